@@ -1,0 +1,44 @@
+"""Wall-clock convergence analysis of run directories (pandas in, pandas and matplotlib out).
+
+from fleetsim.analysis import load_runs, time_to_accuracy_table, write_report, compare_runs
+runs = load_runs(["runs/a", "runs/b"])
+time_to_accuracy_table(runs, [0.6, 0.8], by="protocol.perturbations_per_device")
+"""
+
+from fleetsim.analysis.load import RunSet, load_run, load_runs
+from fleetsim.analysis.metrics import (
+    breakdown_shares,
+    step_breakdown,
+    time_to_accuracy,
+    time_to_accuracy_runs,
+    time_to_accuracy_table,
+    utilisation,
+)
+from fleetsim.analysis.plots import (
+    breakdown_figure,
+    convergence_figure,
+    device_spans,
+    timeline_figure,
+    utilisation_figure,
+)
+from fleetsim.analysis.report import compare_runs, comparison_table, write_report
+
+__all__ = [
+    "RunSet",
+    "breakdown_figure",
+    "breakdown_shares",
+    "compare_runs",
+    "comparison_table",
+    "convergence_figure",
+    "device_spans",
+    "load_run",
+    "load_runs",
+    "step_breakdown",
+    "time_to_accuracy",
+    "time_to_accuracy_runs",
+    "time_to_accuracy_table",
+    "timeline_figure",
+    "utilisation",
+    "utilisation_figure",
+    "write_report",
+]

@@ -1,0 +1,478 @@
+"""Figures of runs: convergence curves, device timelines, utilisation, step breakdown.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (Agg canvas,
+no pyplot state), so they are safe in scripts, tests and servers and never
+accumulate in a global figure list.  Every function returns the Figure (tests
+and notebooks can inspect lines, labels and legends) and saves a PNG when
+given ``path``.  Lines and bar collections carry a ``gid``: the run id for
+curve lines, the state or part name for timeline spans and breakdown bars.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from fleetsim.analysis.load import RunSet
+from fleetsim.analysis.metrics import (
+    BREAKDOWN_PARTS,
+    UTILISATION_SHARES,
+    group_labels,
+)
+from fleetsim.errors import FleetsimInputError
+from fleetsim.rng import stream
+
+X_AXES = {
+    "hours": "simulated wall-clock time (h)",
+    "steps": "committed steps",
+    "perturbations": "perturbations used by committed steps",
+    "energy": "device energy (kJ)",
+    "bytes": "bytes moved, up + down (MB)",
+}
+METRICS = {
+    "accuracy": "held-out accuracy",
+    "loss": "training loss",
+    "eval_loss": "held-out loss",
+    "steps": "committed steps",
+}
+TIMELINE_STATES = ("offline", "available", "interrupted", "download", "compute", "upload")
+_STATE_COLOURS = {
+    "offline": "#d9d9d9",
+    "available": "#c7e9c0",
+    "interrupted": "#e41a1c",
+    "download": "#377eb8",
+    "compute": "#ff7f00",
+    "upload": "#984ea3",
+}
+_PART_COLOURS = {
+    "download": "#377eb8",
+    "compute": "#ff7f00",
+    "upload": "#984ea3",
+    "straggler_wait": "#e41a1c",
+    "variance_repeats": "#ffd92f",
+    "other": "#bdbdbd",
+    "used": "#4daf4a",
+    "wasted": "#e41a1c",
+    "idle": "#a6d854",
+    "offline": "#d9d9d9",
+}
+
+
+def save_figure(figure: Figure, path: Path | str | None, dpi: int = 110) -> Figure:
+    """Write ``figure`` as PNG to ``path`` (when given; parent folders are created)."""
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=dpi, bbox_inches="tight")
+    return figure
+
+
+def _cumulative_busy_energy(
+    events: pd.DataFrame, devices: pd.DataFrame, horizon_s: float, times: np.ndarray
+) -> np.ndarray:
+    """Device energy spent up to each of ``times`` (J).
+
+    The devices table holds each device's total energy only, so it is spread
+    over that device's busy spans (download, compute, upload events) in
+    proportion to their length; a device with energy but no busy span has it
+    spread evenly over the run.  The last value equals the devices' total.
+    """
+    spans = events[events["kind"].isin(("download", "compute", "upload"))]
+    busy = spans.groupby("device_id")["duration_s"].sum()
+    energy = devices.set_index("device_id")["energy_j"].astype(float)
+    starts, ends, rates = [], [], []
+    if len(spans):
+        span_busy = spans["device_id"].map(busy).to_numpy(dtype=float)
+        span_energy = spans["device_id"].map(energy).fillna(0.0).to_numpy(dtype=float)
+        duration = spans["duration_s"].to_numpy(dtype=float)
+        keep = (duration > 0) & (span_busy > 0)
+        ends.append(spans["time_s"].to_numpy(dtype=float)[keep])
+        starts.append(ends[-1] - duration[keep])
+        rates.append(span_energy[keep] / span_busy[keep])
+    without_spans = energy[~energy.index.isin(busy[busy > 0].index)].sum()
+    if without_spans > 0 and horizon_s > 0:
+        starts.append(np.array([0.0]))
+        ends.append(np.array([horizon_s]))
+        rates.append(np.array([without_spans / horizon_s]))
+    if not starts:
+        return np.zeros_like(times, dtype=float)
+    start, end, rate = np.concatenate(starts), np.concatenate(ends), np.concatenate(rates)
+    # Piecewise-linear integral of the summed power: rate changes at span ends.
+    breaks = np.concatenate([start, end])
+    slope_change = np.concatenate([rate, -rate])
+    order = np.argsort(breaks, kind="stable")
+    breaks, slope_change = breaks[order], slope_change[order]
+    slopes = np.cumsum(slope_change)
+    integral = np.concatenate([[0.0], np.cumsum(slopes[:-1] * np.diff(breaks))])
+    return np.interp(times, breaks, integral, left=0.0)
+
+
+def progress_frame(runset: RunSet, run: str) -> pd.DataFrame:
+    """One run's step rows in time order with every x axis of :data:`X_AXES` as a column."""
+    steps = runset.steps[runset.steps["run"] == run].sort_values(
+        ["sim_time_s", "step", "attempt"], kind="stable"
+    )
+    committed = steps["committed"].to_numpy(dtype=bool)
+    frame = steps.assign(
+        hours=steps["sim_time_s"] / 3600.0,
+        steps=np.cumsum(committed),
+        perturbations=np.cumsum(np.where(committed, steps["perturbations"], 0)),
+        bytes=np.cumsum(steps["bytes_up"] + steps["bytes_down"]) / 1e6,
+    )
+    if "energy_j" in steps.columns:  # a recorder that logs per-row energy is used directly
+        frame["energy"] = np.cumsum(steps["energy_j"].fillna(0.0)) / 1e3
+    else:
+        summary = runset.summary[runset.summary["run"] == run].iloc[0]
+        frame["energy"] = (
+            _cumulative_busy_energy(
+                runset.events[runset.events["run"] == run],
+                runset.devices[runset.devices["run"] == run],
+                float(summary["simulated_seconds"]),
+                frame["sim_time_s"].to_numpy(dtype=float),
+            )
+            / 1e3
+        )
+    return frame
+
+
+def has_accuracy(runset: RunSet) -> bool:
+    return bool(runset.steps["accuracy"].notna().any())
+
+
+def convergence_figure(
+    runset: RunSet,
+    x: str = "hours",
+    by: str | None = None,
+    metrics: Sequence[str] | None = None,
+    targets: Sequence[float] = (),
+    path: Path | str | None = None,
+) -> Figure:
+    """Accuracy / loss (or committed steps for systems-only runs) against ``x``.
+
+    One line per run, one colour per value of ``by`` (a summary or scenario
+    key; each run is its own group when None); the legend has one entry per
+    group.  ``metrics`` defaults to accuracy and loss when any run evaluated
+    accuracy, else committed steps.  ``targets`` draws horizontal accuracy lines.
+    """
+    if x not in X_AXES:
+        raise FleetsimInputError(f"x axis {x!r} unknown; allowed: {', '.join(X_AXES)}")
+    if metrics is None:
+        metrics = ("accuracy", "loss") if has_accuracy(runset) else ("steps",)
+    for metric in metrics:
+        if metric not in METRICS:
+            raise FleetsimInputError(f"metric {metric!r} unknown; allowed: {', '.join(METRICS)}")
+    labels = group_labels(runset, by)
+    groups = list(dict.fromkeys(labels.astype(str)))
+    colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    run_group = dict(zip(runset.summary["run"], labels.astype(str)))
+    counts = labels.astype(str).value_counts()
+
+    figure = Figure(figsize=(6.0 * len(metrics), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    frames = {run: progress_frame(runset, run) for run in runset.runs}
+    for ax, metric in zip(axes, metrics):
+        labelled: set[str] = set()
+        for run, frame in frames.items():
+            group = run_group[run]
+            if metric == "steps":
+                points = frame[frame["committed"]]
+                y = points["steps"]
+            elif metric == "loss":
+                points = frame[frame["committed"] & frame["loss"].notna()]
+                y = points["loss"]
+            else:
+                points = frame[frame[metric].notna()]
+                y = points[metric]
+            if points.empty:
+                continue
+            n = int(counts[group])
+            key = f"{by}={group}" if by is not None else group
+            label = f"{key} ({n} runs)" if n > 1 else key
+            line = ax.plot(
+                points[x],
+                y,
+                color=colours[group],
+                marker="o" if metric == "accuracy" and len(points) < 60 else None,
+                markersize=3,
+                linewidth=1.2,
+                alpha=0.9 if n == 1 else 0.6,
+                label=label if group not in labelled else f"_{label}",
+            )[0]
+            line.set_gid(run)
+            labelled.add(group)
+        if metric == "accuracy":
+            for target in targets:
+                ax.axhline(target, color="0.5", linestyle=":", linewidth=0.8, gid="target")
+        ax.set_xlabel(X_AXES[x])
+        ax.set_ylabel(METRICS[metric])
+        ax.grid(alpha=0.3)
+        if labelled:
+            ax.legend(fontsize=8)
+    title_by = f" by {by}" if by is not None else ""
+    figure.suptitle(f"{' and '.join(METRICS[m] for m in metrics)} vs {X_AXES[x]}{title_by}")
+    return save_figure(figure, path)
+
+
+def _availability_spans(
+    device_events: pd.DataFrame, horizon_s: float
+) -> list[tuple[str, float, float]]:
+    """(state, start, end) spans of ``offline`` / ``available`` for one device.
+
+    Online/offline events mark transitions; before the first one the device is
+    taken to be in the opposite state (a first ``online`` means it was offline
+    since the start).  A device without transitions was available throughout.
+    """
+    transitions = device_events[device_events["kind"].isin(("online", "offline"))]
+    spans = []
+    online = transitions.empty or transitions["kind"].iloc[0] == "offline"
+    since = 0.0
+    for kind, time in zip(transitions["kind"], transitions["time_s"]):
+        now_online = kind == "online"
+        if now_online == online:
+            continue
+        spans.append(("available" if online else "offline", since, float(time)))
+        online, since = now_online, float(time)
+    spans.append(("available" if online else "offline", since, horizon_s))
+    return [s for s in spans if s[2] > s[1]]
+
+
+def device_spans(events: pd.DataFrame, horizon_s: float | None = None) -> pd.DataFrame:
+    """Per device with events: ``device_id``, ``state``, ``start_s``, ``end_s``.
+
+    ``download``/``compute``/``upload`` come from the events recorded at the end
+    of each span; ``interrupted`` from ``interrupted`` events (their own
+    duration when recorded, else until the device's next ``resumed`` or
+    ``online`` event); ``offline``/``available`` from availability transitions.
+    """
+    device_events = events[events["device_id"] >= 0].sort_values(["seq"], kind="stable")
+    if horizon_s is None:
+        horizon_s = float(events["time_s"].max()) if len(events) else 0.0
+    rows: list[tuple[int, str, float, float]] = []
+    for device, frame in device_events.groupby("device_id", sort=True):
+        for state, start, end in _availability_spans(frame, horizon_s):
+            rows.append((int(device), state, start, end))
+        work = frame[frame["kind"].isin(("download", "compute", "upload"))]
+        for kind, time, duration in zip(work["kind"], work["time_s"], work["duration_s"]):
+            rows.append((int(device), str(kind), float(time) - float(duration), float(time)))
+        ends = frame[frame["kind"].isin(("resumed", "online"))]["time_s"].to_numpy(dtype=float)
+        interrupted = frame[frame["kind"] == "interrupted"]
+        for time, duration in zip(interrupted["time_s"], interrupted["duration_s"]):
+            time = float(time)
+            if duration > 0:
+                rows.append((int(device), "interrupted", time - float(duration), time))
+                continue
+            later = ends[ends > time]
+            rows.append(
+                (int(device), "interrupted", time, float(later[0]) if later.size else horizon_s)
+            )
+    return pd.DataFrame(rows, columns=["device_id", "state", "start_s", "end_s"])
+
+
+def _time_unit(horizon_s: float) -> tuple[str, float]:
+    if horizon_s > 3 * 3600:
+        return "h", 3600.0
+    if horizon_s > 180:
+        return "min", 60.0
+    return "s", 1.0
+
+
+def sample_devices(events: pd.DataFrame, sample: int, seed: int = 0) -> list[int]:
+    """Up to ``sample`` device ids among those with events, drawn from the
+    ``("analysis", "timeline_sample")`` stream of ``seed`` and sorted."""
+    candidates = np.sort(events.loc[events["device_id"] >= 0, "device_id"].unique())
+    if candidates.size <= sample:
+        return [int(d) for d in candidates]
+    chosen = stream(seed, "analysis", "timeline_sample").choice(
+        candidates, size=sample, replace=False
+    )
+    return sorted(int(d) for d in chosen)
+
+
+def timeline_figure(
+    runset: RunSet,
+    run: str | None = None,
+    device_ids: Sequence[int] | None = None,
+    sample: int = 12,
+    seed: int = 0,
+    time_range_s: tuple[float, float] | None = None,
+    path: Path | str | None = None,
+) -> Figure:
+    """Gantt chart of a sample of devices of one run: offline / available /
+    interrupted / download / compute / upload spans over simulated time, with
+    step commits as vertical lines (rollbacks dashed)."""
+    run = _one_run(runset, run)
+    events = runset.events[runset.events["run"] == run]
+    summary = runset.summary[runset.summary["run"] == run].iloc[0]
+    horizon = float(summary["simulated_seconds"])
+    if not math.isfinite(horizon) or horizon <= 0:
+        horizon = float(events["time_s"].max()) if len(events) else 1.0
+    if device_ids is None:
+        device_ids = sample_devices(events, sample, seed)
+    device_ids = list(device_ids)
+    spans = device_spans(events[events["device_id"].isin(device_ids)], horizon)
+    unit, scale = _time_unit(horizon)
+
+    figure = Figure(figsize=(11.0, 1.2 + 0.38 * max(len(device_ids), 1)), layout="constrained")
+    ax = figure.subplots()
+    for row, device in enumerate(device_ids):
+        mine = spans[spans["device_id"] == device]
+        for state in TIMELINE_STATES:
+            part = mine[mine["state"] == state]
+            if part.empty:
+                continue
+            # Background states fill the row; work spans are drawn thinner on top.
+            height = 0.8 if state in ("offline", "available") else 0.5
+            collection = ax.broken_barh(
+                list(zip(part["start_s"] / scale, (part["end_s"] - part["start_s"]) / scale)),
+                (row - height / 2, height),
+                facecolors=_STATE_COLOURS[state],
+                edgecolor="none",
+            )
+            collection.set_gid(state)
+            collection.set_label(f"_{state}")
+    server = events[events["device_id"] < 0]
+    commits = server.loc[server["kind"] == "step_commit", "time_s"].to_numpy(dtype=float)
+    if commits.size == 0:  # older recorders: commit times from the steps table
+        steps = runset.steps[(runset.steps["run"] == run) & runset.steps["committed"]]
+        commits = steps["sim_time_s"].to_numpy(dtype=float)
+    rollbacks = server.loc[server["kind"] == "step_rollback", "time_s"].to_numpy(dtype=float)
+    top = max(len(device_ids), 1) - 0.5
+    if commits.size:
+        ax.vlines(
+            commits / scale, -0.5, top, colors="0.35", linewidth=0.5, alpha=0.6, gid="step_commit"
+        )
+    if rollbacks.size:
+        ax.vlines(
+            rollbacks / scale,
+            -0.5,
+            top,
+            colors="#e41a1c",
+            linewidth=0.5,
+            linestyles="dashed",
+            alpha=0.6,
+            gid="step_rollback",
+        )
+    ax.set_yticks(range(len(device_ids)))
+    ax.set_yticklabels([f"device {d}" for d in device_ids], fontsize=8)
+    ax.set_ylim(-0.6, top + 0.1)
+    if time_range_s is not None:
+        ax.set_xlim(time_range_s[0] / scale, time_range_s[1] / scale)
+    else:
+        ax.set_xlim(0, horizon / scale)
+    ax.set_xlabel(f"simulated time ({unit})")
+    handles = [Patch(color=_STATE_COLOURS[s], label=s) for s in TIMELINE_STATES]
+    handles.append(Patch(color="0.35", label="step commit"))
+    if rollbacks.size:
+        handles.append(Patch(color="#e41a1c", label="step rollback", fill=False))
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12 - 0.3 / max(len(device_ids), 1)),
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
+    ax.set_title(f"device timelines, {len(device_ids)} sampled devices ({run})")
+    return save_figure(figure, path)
+
+
+def _one_run(runset: RunSet, run: str | None) -> str:
+    if run is None:
+        if len(runset.runs) != 1:
+            raise FleetsimInputError(
+                f"this figure shows one run; choose one of: {', '.join(runset.runs)}"
+            )
+        return runset.runs[0]
+    if run not in runset.runs:
+        raise FleetsimInputError(f"run {run!r} not loaded; loaded: {', '.join(runset.runs)}")
+    return run
+
+
+def _stacked_bars(ax, labels: list[str], shares: pd.DataFrame, parts: Sequence[str]) -> None:
+    left = np.zeros(len(labels))
+    for part in parts:
+        values = shares[part].fillna(0.0).to_numpy(dtype=float)
+        bars = ax.barh(labels, values, left=left, color=_PART_COLOURS[part], label=part)
+        for bar in bars:
+            bar.set_gid(part)
+        left += values
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+
+
+def utilisation_figure(table: pd.DataFrame, path: Path | str | None = None) -> Figure:
+    """Stacked share bars of :func:`~fleetsim.analysis.metrics.utilisation` output:
+    one panel per level (fleet, phone model, backend), one bar per group (per
+    run and group when the table holds several runs)."""
+    levels = list(dict.fromkeys(table["level"]))
+    several_runs = table["run"].nunique() > 1
+    heights = [max(1, int((table["level"] == lv).sum())) for lv in levels]
+    figure = Figure(
+        figsize=(9.0, 1.0 + 0.32 * sum(heights) + 0.6 * len(levels)), layout="constrained"
+    )
+    axes = figure.subplots(len(levels), 1, squeeze=False, height_ratios=heights)[:, 0]
+    for ax, level in zip(axes, levels):
+        part = table[table["level"] == level]
+        labels = [
+            f"{r}: {g}" if several_runs else str(g) for r, g in zip(part["run"], part["group"])
+        ]
+        _stacked_bars(ax, labels, part, UTILISATION_SHARES)
+        ax.set_title(f"share of device-time, per {level.replace('_', ' ')}", fontsize=10)
+    axes[-1].set_xlabel("share of device-time")
+    axes[0].legend(
+        ncol=len(UTILISATION_SHARES),
+        fontsize=8,
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.15),
+        frameon=False,
+    )
+    return save_figure(figure, path)
+
+
+def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) -> Figure:
+    """Where step time went: stacked seconds per committed step (one run) and the
+    share of all step time per part (one bar per run)."""
+    several_runs = breakdown["run"].nunique() > 1
+    figure = Figure(figsize=(12.0, 4.2), layout="constrained")
+    if several_runs:
+        share_ax = figure.subplots()
+        step_ax = None
+    else:
+        step_ax, share_ax = figure.subplots(1, 2, width_ratios=[3, 1.2])
+    if step_ax is not None and len(breakdown):
+        steps = breakdown["step"].to_numpy()
+        bottom = np.zeros(len(breakdown))
+        unit, scale = _time_unit(float(breakdown["total_s"].max()))
+        for part in BREAKDOWN_PARTS:
+            values = breakdown[part].to_numpy(dtype=float) / scale
+            bars = step_ax.bar(
+                steps,
+                values,
+                bottom=bottom,
+                width=1.0,
+                color=_PART_COLOURS[part],
+                label=part,
+                linewidth=0,
+            )
+            for bar in bars:
+                bar.set_gid(part)
+            bottom += values
+        step_ax.set_xlabel("server step")
+        step_ax.set_ylabel(f"simulated time ({unit})")
+        step_ax.legend(fontsize=8, ncol=3)
+        step_ax.set_title("time per committed step", fontsize=10)
+    totals = breakdown.groupby("run", sort=True)[["total_s", *BREAKDOWN_PARTS]].sum()
+    shares = totals[list(BREAKDOWN_PARTS)].div(
+        totals["total_s"].where(totals["total_s"] > 0), axis=0
+    )
+    _stacked_bars(share_ax, [str(r) for r in shares.index], shares.reset_index(), BREAKDOWN_PARTS)
+    share_ax.set_title("share of all step time", fontsize=10)
+    if step_ax is None:
+        share_ax.legend(fontsize=8, ncol=len(BREAKDOWN_PARTS))
+    return save_figure(figure, path)

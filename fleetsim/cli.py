@@ -1,0 +1,152 @@
+"""The ``fleetsim`` command line.
+
+Every bad input ends as one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+from fleetsim.errors import FleetsimInputError
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fleetsim.runner import run_loaded
+    from fleetsim.scenario.loader import load_scenario
+
+    loaded = load_scenario(args.scenario, args.set)
+    progress = False if args.no_progress else None
+    out = run_loaded(loaded, Path(args.out) if args.out else None, progress)
+    import json
+
+    summary = json.loads((out / "summary.json").read_text())
+    acc = summary.get("final_accuracy")
+    acc_text = "n/a (systems-only)" if acc is None else f"{acc:.4f}"
+    print(
+        f"run directory: {out}\n"
+        f"final accuracy: {acc_text} | simulated: {summary['simulated_seconds'] / 3600:.3f} h | "
+        f"rounds: {summary['rounds']} | steps: {summary['steps']} | "
+        f"host: {summary['host_seconds']:.1f} s"
+    )
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from fleetsim.scenario.loader import load_scenario
+
+    loaded = load_scenario(args.scenario, args.set)
+    sc = loaded.scenario
+    print(
+        f"{args.scenario}: ok ({sc.fleet.size} devices, protocol {sc.protocol.name}, "
+        f"policy {sc.policy.name}, model {sc.model.name_or_path}, data {sc.data.name})"
+    )
+    return 0
+
+
+def _cmd_traces(args: argparse.Namespace) -> int:
+    from fleetsim.traces.inspect import inspect_trace_file, validate_trace_file
+
+    path = Path(args.path)
+    if args.traces_command == "validate":
+        print(validate_trace_file(path))
+        return 0
+    out_dir = Path(args.out) if args.out else Path(".")
+    table, png = inspect_trace_file(path, out_dir)
+    print(table.to_string(index=False))
+    print(f"figure: {png}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fleetsim.analysis.report import write_report
+
+    html = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report: {html}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fleetsim.analysis.report import compare_runs
+
+    targets = [float(t) for t in args.targets.split(",")] if args.targets else None
+    paths = compare_runs([Path(p) for p in args.run_dirs], args.by, Path(args.out), targets)
+    for name, p in paths.items():
+        print(f"{name}: {p}")
+    return 0
+
+
+def _cmd_reference(args: argparse.Namespace) -> int:
+    from fleetsim.scenario.reference import scenario_reference
+
+    print(scenario_reference())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleetsim",
+        description="Simulate phone fleets fine-tuning language models with forward gradients.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a scenario and write a run directory")
+    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, e.g. --set protocol.lr=0.02 (repeatable)")
+    run.add_argument("--out", help="run directory (default: output.dir of the scenario)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="check a scenario without running it")
+    val.add_argument("scenario")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.set_defaults(func=_cmd_validate)
+
+    tr = sub.add_parser("traces", help="check or summarise a device trace file")
+    trs = tr.add_subparsers(dest="traces_command", required=True)
+    tv = trs.add_parser("validate", help="check a trace file")
+    tv.add_argument("path")
+    tv.set_defaults(func=_cmd_traces)
+    ti = trs.add_parser("inspect", help="summary table and a PNG of a trace file")
+    ti.add_argument("path")
+    ti.add_argument("--out", help="folder for the PNG (default: current folder)")
+    ti.set_defaults(func=_cmd_traces)
+
+    rep = sub.add_parser("report", help="PNGs and one self-contained HTML page for a run")
+    rep.add_argument("run_dir")
+    rep.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    rep.set_defaults(func=_cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="comparison table and overlaid curves of runs")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.add_argument("--by", help="scenario key to group runs by, e.g. policy.name")
+    cmp_.add_argument("--out", default="comparison", help="output folder (default: comparison)")
+    cmp_.add_argument("--targets", help="comma-separated target accuracies, e.g. 0.5,0.7")
+    cmp_.set_defaults(func=_cmd_compare)
+
+    ref = sub.add_parser("scenario-reference", help="print the scenario reference (Markdown)")
+    ref.set_defaults(func=_cmd_reference)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FleetsimInputError as exc:
+        print(f"fleetsim: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("fleetsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Vectorised availability state for a whole fleet on a monotone clock.
+
+The fleet never runs a process per idle device.  Instead it keeps, per device, the
+availability state it last looked up and the time until which that state is certain
+(``valid_until``: the window's end when online, the next window's start when offline).
+A query at time ``t`` re-reads only the devices whose certainty ran out (``valid_until <=
+t``), with a fresh lookup *at t* — never by stepping one interval forward — so a large
+jump of the clock cannot leave a stale window behind (the FedScale failure mode).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, IntervalAvailability
+
+
+class AvailabilityCursor:
+    """Cached ``is_available`` / ``window_end`` for all devices of a trace."""
+
+    def __init__(self, trace: AvailabilityTrace) -> None:
+        self.trace = trace
+        n = trace.num_devices
+        self.online = np.zeros(n, dtype=bool)
+        # -inf: nothing known yet, the first query looks every device up.
+        self.valid_until = np.full(n, -np.inf)
+        self._last_t = -np.inf
+
+    def _refresh(self, ids: np.ndarray, t: float) -> None:
+        if len(ids) == 0:
+            return
+        end = self.trace.window_end(ids, t)
+        online = end > t
+        self.online[ids] = online
+        until = end
+        offline_ids = ids[~online]
+        if len(offline_ids):
+            until = end.copy()
+            until[~online] = self.trace.next_start(offline_ids, t)
+        self.valid_until[ids] = until
+
+    def refresh_all(self, t: float) -> None:
+        """Bring every device up to date at ``t`` (vectorised over the stale ones only)."""
+        if t < self._last_t:
+            # Queries going back in time (a caller asking about the past): the cache is
+            # only valid forward, so look everything up again.
+            self.valid_until[:] = -np.inf
+        self._last_t = t
+        stale = np.flatnonzero(self.valid_until <= t)
+        self._refresh(stale, t)
+
+    def available_ids(self, t: float) -> np.ndarray:
+        self.refresh_all(t)
+        return np.flatnonzero(self.online)
+
+    def available_mask(self, t: float) -> np.ndarray:
+        self.refresh_all(t)
+        return self.online
+
+    def state(self, ids: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """(online, window end) at ``t`` for ``ids``; window end is ``t`` where offline."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if t < self._last_t:
+            end = self.trace.window_end(ids, t)
+            return end > t, end
+        stale = ids[self.valid_until[ids] <= t]
+        if len(stale):
+            self._refresh(np.unique(stale), t)
+        online = self.online[ids]
+        return online, np.where(online, self.valid_until[ids], float(t))
+
+    def next_start(self, device_id: int, t: float) -> float:
+        """When the (offline) device is next online; ``inf`` if never."""
+        ids = np.array([device_id], dtype=np.int64)
+        start = float(self.trace.next_start(ids, t)[0])
+        return start
+
+
+def online_seconds(trace: AvailabilityTrace, ids: np.ndarray, end_time: float) -> np.ndarray:
+    """Seconds each device is online in ``[0, end_time]``.
+
+    Vectorised for :class:`AlwaysOnline` and :class:`IntervalAvailability` (CSR gather over
+    the devices' intervals); other traces are walked window by window through the public
+    API, grouped by query time."""
+    ids = np.asarray(ids, dtype=np.int64)
+    end_time = float(end_time)
+    if len(ids) == 0 or end_time <= 0:
+        return np.zeros(len(ids))
+    if isinstance(trace, AlwaysOnline):
+        return np.full(len(ids), end_time)
+    if isinstance(trace, IntervalAvailability):
+        period = trace.period_s
+        if period:
+            full, rest = divmod(end_time, period)
+            per_period = _interval_overlap(trace, ids, 0.0, float(period))
+            return full * per_period + _interval_overlap(trace, ids, 0.0, rest)
+        return _interval_overlap(trace, ids, 0.0, end_time)
+    return _walk_online_seconds(trace, ids, end_time)
+
+
+def _interval_overlap(
+    trace: IntervalAvailability, ids: np.ndarray, lo_t: float, hi_t: float
+) -> np.ndarray:
+    lo = trace.offsets[ids]
+    counts = trace.offsets[ids + 1] - lo
+    total = int(counts.sum())
+    if total == 0 or hi_t <= lo_t:
+        return np.zeros(len(ids))
+    first = np.cumsum(counts) - counts
+    owner = np.repeat(np.arange(len(ids)), counts)
+    index = np.repeat(lo, counts) + (np.arange(total) - first[owner])
+    overlap = np.minimum(trace.ends[index], hi_t) - np.maximum(trace.starts[index], lo_t)
+    return np.bincount(owner, weights=np.maximum(overlap, 0.0), minlength=len(ids))
+
+
+def _walk_online_seconds(trace: AvailabilityTrace, ids: np.ndarray, end_time: float) -> np.ndarray:
+    total = np.zeros(len(ids))
+    t = np.zeros(len(ids))
+    active = np.arange(len(ids))
+    while len(active):
+        starts = np.empty(len(active))
+        for value in np.unique(t[active]):
+            sel = t[active] == value
+            starts[sel] = trace.next_start(ids[active[sel]], float(value))
+        ends = starts.copy()
+        live = np.isfinite(starts) & (starts < end_time)
+        for value in np.unique(starts[live]):
+            sel = live & (starts == value)
+            ends[sel] = trace.window_end(ids[active[sel]], float(value))
+        total[active] += np.where(live, np.minimum(ends, end_time) - starts, 0.0)
+        t[active] = ends
+        active = active[live & (ends < end_time)]
+    return total

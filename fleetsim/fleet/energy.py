@@ -1,0 +1,122 @@
+"""Power figures and the energy model of the fleet engine.
+
+Compute energy is backend power × compute seconds; radio energy follows the data-transfer
+power model of Huang et al. (MobiSys 2012): a per-bit term by direction plus the radio's
+active base power for the duration of the transfer.  Figures live in
+``device_traces/power/power.yaml`` (sources in its PROVENANCE.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.fleet.config import EnergyConfig
+
+BACKENDS = ("cpu", "gpu", "npu")
+RADIO_FIELDS = ("up_mw_per_mbps", "down_mw_per_mbps", "base_mw")
+
+
+def default_power_file() -> Path:
+    """The shipped power figures: ``device_traces/power/power.yaml`` at the repository root."""
+    return Path(__file__).resolve().parents[2] / "device_traces" / "power" / "power.yaml"
+
+
+@dataclass(frozen=True)
+class RadioPower:
+    up_mw_per_mbps: float
+    down_mw_per_mbps: float
+    base_mw: float
+
+
+@dataclass
+class PowerTable:
+    """Power figures resolved for one fleet: compute watts per backend, radio per network type."""
+
+    compute_w: dict[str, float]
+    radio: dict[str, RadioPower]
+    aliases: dict[str, str]
+    include_radio_base: bool = True
+    source: str = ""
+
+    @classmethod
+    def load(cls, config: Optional[EnergyConfig] = None) -> PowerTable:
+        config = config or EnergyConfig()
+        path = Path(config.power_file) if config.power_file else default_power_file()
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise FleetsimInputError(f"{path}: cannot read power figures ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise FleetsimInputError(f"{path}: expected a mapping with keys compute_w, radio")
+        compute = raw.get("compute_w")
+        if not isinstance(compute, dict) or set(compute) != set(BACKENDS):
+            raise FleetsimInputError(
+                f"{path}: compute_w must map exactly the backends {', '.join(BACKENDS)} to watts"
+            )
+        compute_w = {}
+        for name, value in compute.items():
+            compute_w[name] = _non_negative(path, f"compute_w.{name}", value)
+        compute_w.update(config.compute_w)
+        radio_raw = raw.get("radio")
+        if not isinstance(radio_raw, dict) or not radio_raw:
+            raise FleetsimInputError(f"{path}: radio must map network types to power figures")
+        radio = {}
+        for net, fields in radio_raw.items():
+            if not isinstance(fields, dict) or set(fields) != set(RADIO_FIELDS):
+                raise FleetsimInputError(
+                    f"{path}: radio.{net} must have exactly the fields {', '.join(RADIO_FIELDS)}"
+                )
+            radio[str(net).lower()] = RadioPower(
+                **{f: _non_negative(path, f"radio.{net}.{f}", fields[f]) for f in RADIO_FIELDS}
+            )
+        aliases = {str(k).lower(): str(v).lower() for k, v in (raw.get("aliases") or {}).items()}
+        for alias, target in aliases.items():
+            if target not in radio:
+                raise FleetsimInputError(
+                    f"{path}: aliases.{alias} points to {target!r}; allowed: {', '.join(radio)}"
+                )
+        return cls(compute_w, radio, aliases, config.include_radio_base, str(path))
+
+    def radio_for(self, network_type: str) -> RadioPower:
+        key = network_type.lower()
+        key = self.aliases.get(key, key)
+        if key not in self.radio:
+            allowed = sorted(set(self.radio) | set(self.aliases))
+            raise FleetsimInputError(
+                f"{self.source}: no radio power figures for network type {network_type!r}; "
+                f"allowed: {', '.join(allowed)}"
+            )
+        return self.radio[key]
+
+    def radio_arrays(self, network_types: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per network-type index: (uplink J per byte, downlink J per byte, base W)."""
+        rows = [self.radio_for(name) for name in network_types]
+        # mW per Mbit/s × Mbit = mJ; per byte: 8e-6 Mbit, then /1000 to joules.
+        up = np.array([r.up_mw_per_mbps * 8e-9 for r in rows])
+        down = np.array([r.down_mw_per_mbps * 8e-9 for r in rows])
+        base = np.array([r.base_mw / 1000.0 if self.include_radio_base else 0.0 for r in rows])
+        return up, down, base
+
+    def compute_watts(self, backend: str) -> float:
+        if backend not in self.compute_w:
+            raise FleetsimInputError(
+                f"{self.source}: no compute power for backend {backend!r}; "
+                f"allowed: {', '.join(self.compute_w)}"
+            )
+        return self.compute_w[backend]
+
+
+def _non_negative(path: Path, key: str, value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number < 0:
+        raise FleetsimInputError(f"{path}: {key} must be a finite number >= 0, got {value!r}")
+    return number

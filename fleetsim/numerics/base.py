@@ -1,0 +1,129 @@
+"""The one interface protocols use to get learning signal.
+
+The numerics engine owns θ (the trainable parameters), the data partitions and
+the server optimiser.  It never reads the simulated clock: protocols call it at
+commit time with the work that devices *delivered* (work receipts turned into
+:class:`GradientWork`), and it computes exactly that work, batched as it likes.
+
+This module imports neither torch nor simpy, so systems-only runs and policies
+can depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class GradientWork:
+    """One device's delivered contribution to a step.
+
+    ``perturbations`` are the perturbation indices k the device ran; each
+    perturbation is regenerated from ``stream_seed(seed, "perturbation", step,
+    device_id, k)`` so a device may upload seeds and scalars only.  Variance
+    repeats of the same step use fresh k (the protocol offsets them).
+    """
+
+    device_id: int
+    client_id: int  # data partition the device holds
+    batch_index: int  # which of the client's local batches
+    perturbations: tuple[int, ...]
+
+
+@dataclass
+class StepEstimate:
+    """An aggregated gradient estimate for one server step (engine-owned tensor
+    inside ``handle``; protocols treat it as opaque)."""
+
+    step: int
+    n_perturbations: int
+    n_devices: int
+    loss: float = math.nan  # mean training loss at θ on the delivered batches
+    variance: float = math.nan  # split-half variance statistic (see engine docs)
+    handle: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    loss: float
+    n_examples: int
+
+
+@dataclass
+class ModelFacts:
+    """What the simulated side needs to know about the model: plain numbers."""
+
+    name: str
+    n_params: int  # all parameters (what the phone runs)
+    trainable_params: int  # the PEFT subset (drives payload sizes)
+    n_layers: int
+    hidden_size: int
+    flops_per_token: float  # forward FLOPs per token of the full model
+    seq_len: int
+    batch_size: int
+    dtype_bytes: int = 4
+    vocab_size: int = 0
+    intermediate_size: int = 0
+
+
+class NumericsEngine(ABC):
+    """Facade over models, data, estimators and the server optimiser."""
+
+    #: True when no gradient is computed (systems-only mode); outputs say so.
+    systems_only: bool = False
+
+    @abstractmethod
+    def facts(self) -> ModelFacts: ...
+
+    @abstractmethod
+    def num_clients(self) -> int: ...
+
+    @abstractmethod
+    def batches_per_client(self, client_id: int) -> int: ...
+
+    @abstractmethod
+    def forward_gradient(
+        self, step: int, work: list[GradientWork], previous: Optional[StepEstimate] = None
+    ) -> StepEstimate:
+        """Average the forward-gradient estimates of ``work`` (each perturbation
+        weighs the same).  With ``previous`` (variance repeats of one step), the
+        result pools previous and new perturbations."""
+
+    @abstractmethod
+    def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:
+        """Exact gradient by backprop on the same batches (FedSGD baseline)."""
+
+    @abstractmethod
+    def local_train(
+        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float
+    ) -> StepEstimate:
+        """FedAvg-style local SGD from the current θ; the estimate holds the
+        model delta (θ_local − θ) as a pseudo-gradient with sign flipped so that
+        ``apply(avg, lr=1)`` with plain SGD moves θ to the average."""
+
+    @abstractmethod
+    def average(self, estimates: list[StepEstimate]) -> StepEstimate:
+        """Weighted (by n_perturbations, else by n_devices) mean of estimates."""
+
+    @abstractmethod
+    def apply(self, estimate: StepEstimate, lr: float) -> None:
+        """One server optimiser step with the estimate as the gradient."""
+
+    @abstractmethod
+    def evaluate(self) -> EvalResult: ...
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Trainable weights, optimiser state, previous gradient: for checkpoints."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def describe(self) -> dict:
+        """Metadata written to the run directory (estimator, host batching, ...)."""
+        return {}

@@ -1,0 +1,181 @@
+"""Scenario sections for the numerics side: model, PEFT method, engine settings.
+
+All three are pydantic v2 models with ``extra="forbid"`` so that a typo in a
+scenario fails loudly at load time rather than silently using a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m", "tiny-bert", "tiny-llama")
+
+
+class ModelConfig(BaseModel):
+    """Which network to fine-tune and how to read a class out of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str = Field(
+        "all-minilm-l6-v2",
+        description=(
+            "'all-minilm-l6-v2' | 'smollm2-135m' (installed data packages), 'tiny-bert' | "
+            "'tiny-llama' (random init, for tests), a local Hugging Face directory "
+            "(relative to the scenario file) or a hub id already in the local HF cache."
+        ),
+    )
+    max_seq_len: int = Field(128, ge=4, le=4096, description="Tokens per example (truncation).")
+    attn_implementation: Literal["eager", "sdpa"] = Field(
+        "eager",
+        description="Attention kernel; 'eager' is required for torch.func.jvp on CPU.",
+    )
+    pooling: Literal["cls", "mean", "last"] = Field(
+        "mean",
+        description="How a sequence becomes one vector for the classification head: first "
+        "token, masked mean, or last non-padding token (decoders).",
+    )
+
+
+class PeftConfig(BaseModel):
+    """Which parameters are trainable (the PEFT subset θ)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "bitfit", "adapter", "head_only"] = Field(
+        "lora",
+        description="'lora' (peft LoRA), 'bitfit' (bias terms), 'adapter' (bottleneck adapters "
+        "after each selected layer's feed-forward output), 'head_only' (classification head).",
+    )
+    rank: int = Field(
+        8, ge=1, le=4096, description="LoRA rank, or the adapter bottleneck width."
+    )
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
+    target_modules: Optional[list[str]] = Field(
+        None,
+        description="Module names LoRA adapts; default: attention query/value projections "
+        "('query','value' for BERT-family, 'q_proj','v_proj' for LLaMA-family).",
+    )
+    layers: Optional[list[int]] = Field(
+        None,
+        description="Transformer layer indices that get LoRA/adapters/BitFit; negative indices "
+        "count from the top (e.g. [-1, -2] = top two). Default: all layers.",
+    )
+    top_layers: Optional[int] = Field(
+        None,
+        ge=1,
+        description="Shorthand for layers = the top N layers (FedAdapter style); exclusive "
+        "with 'layers'.",
+    )
+    train_head: bool = Field(True, description="Whether the classification head is trainable.")
+
+    @model_validator(mode="after")
+    def _layers_xor_top(self) -> "PeftConfig":
+        if self.layers is not None and self.top_layers is not None:
+            raise ValueError("give either peft.layers or peft.top_layers, not both")
+        if self.method == "head_only" and not self.train_head:
+            raise ValueError("peft.method 'head_only' needs peft.train_head: true")
+        return self
+
+
+class ServerOptimizerConfig(BaseModel):
+    """The server's optimiser, applied to the aggregated gradient estimate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["sgd", "momentum", "adam"] = Field("sgd", description="Update rule.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Heavy-ball coefficient ('momentum').")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam first-moment decay.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam second-moment decay.")
+    eps: float = Field(1e-8, gt=0, description="Adam denominator floor.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay per unit lr.")
+    clip_norm: Optional[float] = Field(
+        None, gt=0, description="Clip the estimate to this L2 norm before the step (None: off)."
+    )
+
+
+class DiscriminativeConfig(BaseModel):
+    """FwdLLM's discriminative perturbation sampling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Rank candidate perturbations by cosine.")
+    candidates: int = Field(
+        10, ge=1, le=1000, description="m: candidates drawn per kept perturbation."
+    )
+    every: int = Field(
+        2, ge=1, description="Use it on every n-th step (the paper alternates: 2)."
+    )
+    chunk_elements: int = Field(
+        4_000_000,
+        ge=1024,
+        description="Memory bound: at most this many candidate elements live at once.",
+    )
+
+
+class NumericsConfig(BaseModel):
+    """How the host computes the learning signal (never what the phone is charged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["torch", "none"] = Field(
+        "torch", description="'torch' computes real gradients; 'none' is systems-only."
+    )
+    estimator: Literal["central", "onesided", "jvp", "backprop"] = Field(
+        "onesided",
+        description="How the host computes each perturbation's directional derivative: "
+        "central differences, one-sided differences with a shared base forward, exact "
+        "torch.func.jvp, or one backprop per batch dotted with every v (exact, cheapest "
+        "for many perturbations).",
+    )
+    h: float = Field(0.01, gt=0, description="Finite-difference step size.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Model dtype.")
+    host_batch_perturbations: int = Field(
+        32, ge=1, le=4096, description="Max perturbations evaluated in one batched call."
+    )
+    frozen_prefix_reuse: bool = Field(
+        True,
+        description="Run the frozen layers below the lowest trainable layer once per example "
+        "and cache the hidden states (they never change), so perturbations only run the suffix.",
+    )
+    prefix_cache_max_bytes: int = Field(
+        2 * 1024**3, ge=0, description="Memory budget for the cached frozen-prefix states."
+    )
+    server_optimizer: ServerOptimizerConfig = Field(
+        default_factory=ServerOptimizerConfig, description="Server optimiser."
+    )
+    discriminative: DiscriminativeConfig = Field(
+        default_factory=DiscriminativeConfig, description="Discriminative sampling."
+    )
+    variance_check: Literal["paper", "all"] = Field(
+        "paper",
+        description="Tensor(s) the split-half variance statistic is computed on: 'paper' (one "
+        "check tensor, as FwdLLM) or 'all' trainable tensors.",
+    )
+    variance_check_tensor: Optional[str] = Field(
+        None,
+        description="Name (substring) of the check tensor for variance_check 'paper'; default: "
+        "the first trainable tensor of the lowest adapted layer.",
+    )
+    threads: Optional[int] = Field(
+        None, ge=1, le=256, description="torch intra-op threads (None: leave as is)."
+    )
+    eval_max_examples: Optional[int] = Field(
+        None, ge=1, description="Cap on held-out examples per evaluation (None: all)."
+    )
+    eval_batch_size: int = Field(64, ge=1, description="Batch size for evaluation forwards.")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="Non-finite loss/estimate: 'stop' raises NumericalFault, 'skip' drops the "
+        "device's estimate and lists it in StepEstimate.extra['skipped'].",
+    )
+    cache_dir: Optional[str] = Field(
+        None,
+        description="Where converted models and tokenised datasets are cached (default: "
+        "$FLEETSIM_CACHE_DIR or ~/.cache/fleetsim).",
+    )
+    init_head_std: float = Field(
+        0.02, ge=0, description="Std of the seeded normal init of the classification head."
+    )

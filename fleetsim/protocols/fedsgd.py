@@ -1,0 +1,39 @@
+"""FedSGD with backprop: the same step structure as FwdLLM, but each device runs one
+backprop step on its local batch and uploads the dense gradient.  Backprop runs
+on CPU/GPU only and needs backprop memory, so phones whose RAM cannot hold it
+are refused by the fleet (logged) and drop out."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from fleetsim.fleet.work import TaskKind
+from fleetsim.numerics.base import StepEstimate
+from fleetsim.policies.base import Allocation
+from fleetsim.protocols.fwdllm import FwdLLMProtocol
+
+
+class FedSGDProtocol(FwdLLMProtocol):
+    name = "fedsgd"
+    task_kind = TaskKind.BACKPROP
+
+    def inferences_per_unit(self) -> float:
+        return 1.0  # a unit is one backprop step; the latency model prices it
+
+    def upload_fn(self):
+        dense = self.trainable_bytes()
+        return lambda units: dense if units > 0 else 0
+
+    def download_bytes(self) -> int:
+        return self.trainable_bytes()
+
+    def allocate(self, cohort: np.ndarray) -> Allocation:
+        ids = np.intersect1d(cohort, self.candidates())
+        return Allocation(ids, np.ones(len(ids), dtype=np.int64))
+
+    def aggregate(self, step: int, work, previous: Optional[StepEstimate]) -> StepEstimate:
+        # Exact gradients need no variance repeats; pooling keeps the interface uniform.
+        estimate = self.engine.backprop_gradient(step, work)
+        return estimate if previous is None else self.engine.average([previous, estimate])

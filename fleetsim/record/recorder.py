@@ -1,0 +1,130 @@
+"""Collects a run's steps, events and device totals, and writes the run directory."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from fleetsim.record.atomic import write_bytes, write_json, write_parquet, write_text
+from fleetsim.record.events import EventLog
+from fleetsim.record.schema import DEVICE_COLUMNS, STEP_COLUMNS
+
+
+class Recorder:
+    def __init__(self, record_events: bool = True) -> None:
+        self.events = EventLog(enabled=record_events)
+        self._steps: list[dict] = []
+
+    # ----------------------------------------------------------- collection
+    def add_step(self, row: dict) -> None:
+        missing = set(STEP_COLUMNS) - set(row)
+        if missing:
+            raise ValueError(f"step row lacks {sorted(missing)}")
+        self._steps.append({k: row[k] for k in STEP_COLUMNS})
+
+    def attach_evaluation(self, evaluation: Any) -> None:
+        """Put an evaluation taken after the last step row onto that row."""
+        if self._steps:
+            self._steps[-1]["accuracy"] = float(evaluation.accuracy)
+            self._steps[-1]["eval_loss"] = float(evaluation.loss)
+
+    @property
+    def step_rows(self) -> list[dict]:
+        return self._steps
+
+    def steps_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {k: pd.Series([r[k] for r in self._steps], dtype=t) for k, t in STEP_COLUMNS.items()}
+        )
+
+    def state(self) -> dict:
+        return {"steps": [dict(r) for r in self._steps], "events": self.events.state()}
+
+    def load_state(self, state: dict) -> None:
+        self._steps = [dict(r) for r in state["steps"]]
+        self.events.load_state(state["events"])
+
+    # ----------------------------------------------------------- writing
+    def write(
+        self,
+        run_dir: Path,
+        devices: pd.DataFrame,
+        summary: dict,
+        scenario_yaml: str,
+        convergence_png: bool = True,
+        title: str = "",
+    ) -> None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "scenario.yaml", scenario_yaml)
+        write_parquet(run_dir / "steps.parquet", self.steps_frame())
+        write_parquet(run_dir / "events.parquet", self.events.to_frame())
+        dev = devices.copy()
+        for col, dtype in DEVICE_COLUMNS.items():
+            if col not in dev:
+                dev[col] = pd.Series(dtype=dtype)
+        write_parquet(run_dir / "devices.parquet", dev[list(DEVICE_COLUMNS)])
+        write_json(run_dir / "summary.json", _json_safe(summary))
+        if convergence_png:
+            write_bytes(run_dir / "convergence.png", convergence_plot(self.steps_frame(), title))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        return _json_safe(obj.item())
+    return obj
+
+
+def time_to_targets(steps: pd.DataFrame, targets: list[float]) -> dict[str, Optional[float]]:
+    """Simulated seconds at which the running max of evaluated accuracy first
+    reaches each target (the paper's convention); None when never reached."""
+    evaluated = steps.dropna(subset=["accuracy"]).sort_values(["sim_time_s", "step"])
+    best = evaluated["accuracy"].cummax()
+    out: dict[str, Optional[float]] = {}
+    for target in targets:
+        hit = evaluated["sim_time_s"][best >= target]
+        out[f"{target:g}"] = float(hit.iloc[0]) if len(hit) else None
+    return out
+
+
+def convergence_plot(steps: pd.DataFrame, title: str = "") -> bytes:
+    """Accuracy (and training loss) against simulated wall-clock hours, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    evaluated = steps.dropna(subset=["accuracy"])
+    if len(evaluated):
+        ax.plot(evaluated["sim_time_s"] / 3600, evaluated["accuracy"], marker="o", ms=3,
+                label="held-out accuracy")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
+    else:
+        ax.text(0.5, 0.5, "systems-only run: no accuracy", ha="center", va="center",
+                transform=ax.transAxes)
+    committed = steps[steps["committed"]]
+    if committed["loss"].notna().any():
+        ax2 = ax.twinx()
+        ax2.plot(committed["sim_time_s"] / 3600, committed["loss"], color="tab:orange", lw=0.8,
+                 alpha=0.7, label="training loss")
+        ax2.set_ylabel("training loss")
+    ax.set_xlabel("simulated wall-clock time (hours)")
+    ax.set_title(title or "convergence")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()

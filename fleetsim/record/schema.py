@@ -1,0 +1,85 @@
+"""Column contracts of a run directory's tables.
+
+Everything that writes or reads ``steps.parquet``, ``events.parquet`` and
+``devices.parquet`` goes through these names, so the recorder, the analysis API
+and the tests agree.  Times are simulated seconds since the run start.
+"""
+
+from __future__ import annotations
+
+# One row per server step attempt (a variance-gated repeat is its own row with
+# the same ``step`` and a higher ``attempt``; ``committed`` says which one moved θ).
+STEP_COLUMNS: dict[str, str] = {
+    "sim_time_s": "float64",  # simulated time at commit
+    "round": "int64",
+    "step": "int64",  # server step index (batch index within the run)
+    "attempt": "int64",  # 0 for the first try of a step, 1.. for variance repeats
+    "committed": "bool",  # whether θ was updated by this row
+    "devices": "int64",  # devices that delivered work
+    "perturbations": "int64",  # units used by this row's estimate (cumulative over repeats)
+    "loss": "float64",  # mean training loss of the delivered work (NaN in systems-only)
+    "accuracy": "float64",  # held-out accuracy when evaluated, else NaN
+    "eval_loss": "float64",
+    "variance": "float64",  # split-half variance statistic (NaN when not computed)
+    "lr": "float64",
+    "bytes_up": "int64",
+    "bytes_down": "int64",
+    "step_seconds": "float64",  # simulated seconds from step start to commit
+}
+
+# One row per simulated event.  ``seq`` breaks ties at equal time.
+EVENT_COLUMNS: dict[str, str] = {
+    "seq": "int64",
+    "time_s": "float64",
+    "device_id": "int64",  # -1 for server events
+    "kind": "string",  # see EVENT_KINDS
+    "step": "int64",  # -1 when not tied to a step
+    "payload_bytes": "int64",
+    "duration_s": "float64",
+    "units": "int64",
+    "detail": "string",
+}
+
+EVENT_KINDS = (
+    "online",
+    "offline",
+    "assign",
+    "refuse_memory",
+    "refuse_offline",
+    "refuse_backend",  # no usable compute backend on the phone for the task's kind
+    "download",  # finished download; duration_s is its length
+    "compute",  # finished compute span; units in it
+    "upload",  # finished upload
+    "interrupted",  # availability ended during a phase; detail names the phase
+    "resumed",
+    "lost_work",  # units lost to an interruption
+    "late",  # work arrived after commit
+    "dropped",  # work dropped by the server
+    "cancelled",
+    "step_start",
+    "step_commit",
+    "step_rollback",  # variance gate rejected the step
+    "round_start",
+    "round_end",
+    "evaluate",
+    "numerical_fault",
+)
+
+DEVICE_COLUMNS: dict[str, str] = {
+    "device_id": "int64",
+    "phone_model": "string",
+    "backend": "string",
+    "busy_s": "float64",  # downloading + computing + uploading
+    "compute_s": "float64",
+    "network_s": "float64",
+    "idle_s": "float64",  # available but not working
+    "offline_s": "float64",
+    "interrupted_s": "float64",  # time a task was suspended by unavailability
+    "wasted_s": "float64",  # busy time whose work was never used
+    "tasks": "int64",
+    "perturbations": "int64",  # units delivered
+    "units_lost": "int64",
+    "bytes_up": "int64",
+    "bytes_down": "int64",
+    "energy_j": "float64",
+}

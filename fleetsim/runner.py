@@ -1,0 +1,187 @@
+"""Build a run from a scenario and drive it to the end on the SimPy clock.
+
+scenario → (DeviceTable, AvailabilityTrace) from traces, NumericsEngine,
+Fleet, policy, protocol, Recorder → run → run directory.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional
+
+import simpy
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.fleet.fleet import Fleet
+from fleetsim.fleet.work import TaskKind
+from fleetsim.policies.registry import make_cohort_selector, make_policy
+from fleetsim.protocols.base import ServerContext
+from fleetsim.protocols.registry import make_protocol, protocol_class
+from fleetsim.record.recorder import Recorder, time_to_targets
+from fleetsim.scenario.loader import LoadedScenario, load_scenario
+from fleetsim.traces import build_fleet
+from fleetsim.traces.memory import job_memory_bytes
+
+
+def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
+    if run_dir is not None:
+        return Path(run_dir)
+    sc = loaded.scenario
+    try:
+        return Path(sc.output.dir.format(name=sc.run.name, seed=sc.run.seed))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise FleetsimInputError(
+            f"{loaded.path}: output.dir: bad placeholder in {sc.output.dir!r} ({exc}); "
+            "allowed placeholders: {name}, {seed}"
+        ) from None
+
+
+def build_engine_for(loaded: LoadedScenario):
+    """The numerics engine of a scenario (systems-only when numerics.engine is none)."""
+    from fleetsim.numerics.engine import build_engine
+
+    sc = loaded.scenario
+    return build_engine(
+        sc.model, sc.peft, sc.data, sc.numerics, n_clients=sc.fleet.size, seed=sc.run.seed,
+        base_dir=loaded.base_dir,
+    )
+
+
+class _Progress:
+    """tqdm bar over committed steps: simulated time, step, loss, accuracy."""
+
+    def __init__(self, enabled: bool, total: Optional[int], label: str) -> None:
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, leave=True)
+        self.acc = math.nan
+
+    def __call__(self, row: dict) -> None:
+        if self.bar is None:
+            return
+        if row["committed"]:
+            self.bar.update(1)
+        if not math.isnan(row["accuracy"]):
+            self.acc = row["accuracy"]
+        hours = row["sim_time_s"] / 3600
+        self.bar.set_postfix_str(
+            f"sim {hours:.2f} h | step {row['step']} | loss {row['loss']:.4f} | acc {self.acc:.3f}",
+            refresh=False,
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_loaded(
+    loaded: LoadedScenario, run_dir: Optional[Path] = None, progress: Optional[bool] = None
+) -> Path:
+    sc = loaded.scenario
+    host_start = time.perf_counter()
+    out = run_dir_for(loaded, run_dir)
+    if out.exists() and not out.is_dir():
+        raise FleetsimInputError(f"output.dir: {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not sc.output.overwrite:
+        raise FleetsimInputError(
+            f"output.dir: {out} already holds a run and output.overwrite is false; "
+            "choose another directory or set output.overwrite: true"
+        )
+    protocol_class(sc.protocol.name)  # fail fast on an unknown protocol name
+    make_policy(sc.policy)
+
+    engine = build_engine_for(loaded)
+    facts = engine.facts()
+    horizon_s = sc.run.max_sim_hours * 3600.0
+    table, availability = build_fleet(
+        sc.traces, sc.fleet.size, sc.run.seed, horizon_s, loaded.base_dir
+    )
+    env = simpy.Environment()
+    recorder = Recorder(record_events=sc.output.events)
+    fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts)
+    memory = {
+        TaskKind.FORWARD_GRADIENT: job_memory_bytes(facts, "forward_gradient", sc.peft.method),
+        TaskKind.BACKPROP: job_memory_bytes(facts, "backprop", sc.peft.method),
+    }
+    show = sc.run.progress if progress is None else progress
+    bar = _Progress(show, sc.protocol.max_steps, sc.run.name)
+    ctx = ServerContext(
+        env=env,
+        fleet=fleet,
+        engine=engine,
+        policy=make_policy(sc.policy),
+        cohort=make_cohort_selector(sc.policy),
+        config=sc.protocol,
+        recorder=recorder,
+        seed=sc.run.seed,
+        memory_bytes=memory,
+        max_sim_seconds=horizon_s,
+        on_step=bar,
+    )
+    protocol = make_protocol(ctx)
+    try:
+        env.run(until=env.process(protocol.run()))
+    finally:
+        bar.close()
+    end = float(env.now)
+    devices = fleet.device_totals(end)
+    steps = recorder.steps_frame()
+    evaluated = steps["accuracy"].dropna()
+    committed = steps[steps["committed"]]
+    summary = {
+        "scenario_name": sc.run.name,
+        "description": sc.description,
+        "protocol": sc.protocol.name,
+        "policy": sc.policy.name,
+        "cohort": sc.policy.cohort,
+        "seed": sc.run.seed,
+        "systems_only": bool(engine.systems_only),
+        "mode": "systems-only (no gradients computed)" if engine.systems_only else "full numerics",
+        "final_accuracy": float(evaluated.iloc[-1]) if len(evaluated) else None,
+        "best_accuracy": float(evaluated.max()) if len(evaluated) else None,
+        "simulated_seconds": end,
+        "simulated_hours": end / 3600.0,
+        "rounds": int(protocol.round),
+        "steps": int(protocol.step),
+        "step_attempts": int(len(steps)),
+        "variance_repeats": int((~steps["committed"]).sum()),
+        "host_seconds": time.perf_counter() - host_start,
+        "time_to_target": time_to_targets(steps, sc.run.targets),
+        "total_perturbations": int(committed["perturbations"].sum()),
+        "bytes_up": int(steps["bytes_up"].sum()),
+        "bytes_down": int(steps["bytes_down"].sum()),
+        "energy_j": float(devices["energy_j"].sum()) if len(devices) else 0.0,
+        "fleet_size": sc.fleet.size,
+        "devices_with_work": int(len(devices)),
+        "availability_label": getattr(availability, "label", ""),
+        "device_source": getattr(table, "source", ""),
+        "trainable_params": int(facts.trainable_params),
+        "model": facts.name,
+        "numerics": engine.describe(),
+    }
+    recorder.write(
+        out,
+        devices,
+        summary,
+        loaded.resolved_yaml(),
+        convergence_png=sc.output.convergence_png,
+        title=f"{sc.run.name} ({sc.protocol.name}/{sc.policy.name}, seed {sc.run.seed})",
+    )
+    return out
+
+
+def run_scenario(
+    scenario_path: Path | str,
+    overrides: Sequence[str] = (),
+    run_dir: Optional[Path] = None,
+    progress: Optional[bool] = False,
+) -> Path:
+    """Run one scenario file; returns the run directory."""
+    return run_loaded(load_scenario(scenario_path, list(overrides)), run_dir, progress)

@@ -1,0 +1,269 @@
+"""Load a scenario: YAML with ``extends:``, ``--set`` overrides and errors that name
+the file, the line, the key path and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.scenario.schema import Scenario
+
+KeyPath = tuple[str, ...]
+_KEY_PREFIX = re.compile(r"^([a-z_]+(?:\.[a-z_0-9]+)+): (.*)$", re.S)
+_NO_INPUT = {"model_type", "dict_type", "extra_forbidden", "missing"}
+
+
+@dataclass
+class LoadedScenario:
+    scenario: Scenario
+    path: Path  # the file the user named
+    base_dir: Path  # relative paths inside the scenario resolve against this
+    raw: dict  # the merged mapping before validation
+    origins: dict[KeyPath, tuple[Path, int]] = field(default_factory=dict)
+
+    def resolved_yaml(self) -> str:
+        """The fully resolved scenario (defaults filled in) as YAML."""
+        data = self.scenario.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that remembers the line of each mapping key."""
+
+
+def _compose_lines(text: str, path: Path) -> tuple[Any, dict[KeyPath, int]]:
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise FleetsimInputError(
+            f"{path}{line}: not valid YAML: {exc.problem or exc}"
+        ) from None
+    lines: dict[KeyPath, int] = {}
+
+    def walk(n: Any, prefix: KeyPath) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = str(key_node.value)
+                lines[prefix + (key,)] = key_node.start_mark.line + 1
+                walk(value_node, prefix + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[prefix + (str(i),)] = item.start_mark.line + 1
+                walk(item, prefix + (str(i),))
+
+    if node is not None:
+        walk(node, ())
+    data = yaml.load(text, Loader=yaml.SafeLoader) if node is not None else {}
+    return data, lines
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_with_extends(
+    path: Path, stack: tuple[Path, ...] = ()
+) -> tuple[dict, dict[KeyPath, tuple[Path, int]]]:
+    path = path.resolve() if path.exists() else path
+    if path in stack:
+        chain = " -> ".join(str(p) for p in stack + (path,))
+        raise FleetsimInputError(f"{stack[-1]}: extends: cycle in extends chain: {chain}")
+    if not path.is_file():
+        where = f"{stack[-1]}: extends: " if stack else ""
+        raise FleetsimInputError(f"{where}scenario file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FleetsimInputError(f"{path}: cannot read scenario: {exc}") from None
+    data, lines = _compose_lines(text, path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise FleetsimInputError(
+            f"{path}:1: the scenario must be a mapping of sections "
+            f"(fleet, traces, model, peft, data, numerics, protocol, policy, run, output)"
+        )
+    origins = {k: (path, line) for k, line in lines.items()}
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, origins
+    parents = parent if isinstance(parent, list) else [parent]
+    merged: dict = {}
+    merged_origins: dict[KeyPath, tuple[Path, int]] = {}
+    for p in parents:
+        if not isinstance(p, str) or not p:
+            raise FleetsimInputError(
+                f"{path}:{lines.get(('extends',), 1)}: extends: must be a file path (string) or a "
+                f"list of them, got {p!r}"
+            )
+        pdata, porigins = _read_with_extends((path.parent / p), stack + (path,))
+        merged = _deep_merge(merged, pdata)
+        merged_origins.update(porigins)
+    merged = _deep_merge(merged, data)
+    merged_origins.update({k: v for k, v in origins.items() if k != ("extends",)})
+    return merged, merged_origins
+
+
+def parse_override(text: str) -> tuple[KeyPath, Any]:
+    """``"protocol.lr=0.02"`` → (("protocol", "lr"), 0.02); the value is YAML."""
+    if "=" not in text:
+        raise FleetsimInputError(
+            f"--set {text}: expected KEY=VALUE with a dotted key, e.g. protocol.lr=0.02"
+        )
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise FleetsimInputError(f"--set {text}: empty key path")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return tuple(key.split(".")), parsed
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> tuple[dict, set[KeyPath]]:
+    data = copy.deepcopy(data)
+    touched: set[KeyPath] = set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise FleetsimInputError(
+                    f"--set {text}: {'.'.join(keys[: i + 1])} is a value, not a section"
+                )
+            node = nxt
+        node[keys[-1]] = value
+        touched.add(keys)
+    return data, touched
+
+
+def _model_at(loc: KeyPath) -> Optional[type[BaseModel]]:
+    """The pydantic model that owns the key at ``loc`` (for 'allowed keys' lists)."""
+    model: Any = Scenario
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        ann = fields[part].annotation
+        model = _unwrap_model(ann)
+        if model is None:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _unwrap_model(ann: Any) -> Optional[type[BaseModel]]:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def format_validation_error(
+    exc: ValidationError,
+    path: Path,
+    origins: dict[KeyPath, tuple[Path, int]],
+    overridden: set[KeyPath],
+) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        where = f"{path}"
+        if loc in overridden:
+            where = f"--set {key}"
+        else:
+            for n in range(len(loc), 0, -1):
+                if loc[:n] in origins:
+                    f, line = origins[loc[:n]]
+                    where = f"{f}:{line}"
+                    break
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            owner = _model_at(loc)
+            allowed = ", ".join(owner.model_fields) if owner else "see the scenario reference"
+            msg = f"unknown key; allowed keys here: {allowed}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            # Cross-field validators name the exact key at the start of their message.
+            named = _KEY_PREFIX.match(msg)
+            if named and named.group(1).split(".")[0] in Scenario.model_fields:
+                key, msg = named.group(1), named.group(2)
+                kp = tuple(key.split("."))
+                if kp in overridden:
+                    where = f"--set {key}"
+                elif kp in origins:
+                    where = "{}:{}".format(*origins[kp])
+            value = err.get("input")
+            if isinstance(value, (str, int, float, bool)) and kind not in _NO_INPUT:
+                msg += f" (got {value!r})"
+        msgs.append(f"{where}: {key}: {msg}")
+    return msgs[0] if len(msgs) == 1 else msgs[0] + "".join(f"\n  also {m}" for m in msgs[1:])
+
+
+def load_scenario(path: Path | str, overrides: Optional[list[str]] = None) -> LoadedScenario:
+    """Read, merge ``extends``, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    data, origins = _read_with_extends(path)
+    data, touched = apply_overrides(data, list(overrides or []))
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise FleetsimInputError(format_validation_error(exc, path, origins, touched)) from None
+    loaded = LoadedScenario(
+        scenario=scenario, path=path, base_dir=path.resolve().parent, raw=data, origins=origins
+    )
+    _check_registered_names(loaded, touched)
+    return loaded
+
+
+def _where(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> str:
+    if key in overridden:
+        return "--set " + ".".join(key)
+    if key in loaded.origins:
+        f, line = loaded.origins[key]
+        return f"{f}:{line}"
+    return str(loaded.path)
+
+
+def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) -> None:
+    """Protocol and policy names are open sets (entry points), checked after the schema."""
+    from fleetsim.policies.registry import available_policies
+    from fleetsim.protocols.registry import available_protocols
+
+    sc = loaded.scenario
+    for key, name, found in (
+        (("protocol", "name"), sc.protocol.name, available_protocols()),
+        (("policy", "name"), sc.policy.name, available_policies()),
+    ):
+        if name not in found:
+            raise FleetsimInputError(
+                f"{_where(loaded, key, overridden)}: {'.'.join(key)}: unknown name {name!r}; "
+                f"allowed: {', '.join(sorted(found))}"
+            )

@@ -1,0 +1,125 @@
+"""The scenario: one pydantic model per section, assembled here.
+
+Each area owns its section's model next to its code (``fleet/config.py``,
+``traces/config.py``, ``numerics/config.py``, ``numerics/data.py``,
+``protocols/config.py``, ``policies/config.py``); this module adds ``run`` and
+``output`` and checks settings that contradict each other across sections.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleetsim.fleet.config import FleetConfig
+from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
+from fleetsim.numerics.data import DataConfig
+from fleetsim.policies.config import PolicyConfig
+from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.traces.config import TracesConfig
+
+
+class RunConfig(BaseModel):
+    """How long to run, with which seed, and what to report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", min_length=1, description="Run name (used in the run directory).")
+    seed: int = Field(0, ge=0, description="Seed of every named random stream of the run.")
+    max_sim_hours: float = Field(
+        24.0 * 30, gt=0, description="Stop when the simulated clock passes this many hours."
+    )
+    targets: list[float] = Field(
+        default_factory=list,
+        description="Target accuracies for summary.json's time_to_target (each in (0, 1]).",
+    )
+    progress: bool = Field(True, description="Show a progress bar on stderr.")
+
+    @model_validator(mode="after")
+    def _targets_in_range(self) -> "RunConfig":
+        for t in self.targets:
+            if not 0 < t <= 1:
+                raise ValueError(f"run.targets: each target must be in (0, 1], got {t}")
+        return self
+
+
+class OutputConfig(BaseModel):
+    """Where and what to write."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str = Field(
+        "runs/{name}-seed{seed}",
+        description="Run directory; {name} and {seed} are filled in; relative to the working "
+        "directory.",
+    )
+    events: bool = Field(True, description="Write events.parquet (one row per simulated event).")
+    convergence_png: bool = Field(True, description="Write convergence.png.")
+    overwrite: bool = Field(
+        True, description="Replace the files of an existing run directory (each atomically)."
+    )
+    checkpoint_every_steps: int = Field(
+        0, ge=0, description="Write a checkpoint every N committed steps (0 = never)."
+    )
+
+
+class Scenario(BaseModel):
+    """A complete fleetsim scenario."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field("", description="Free text shown in reports.")
+    fleet: FleetConfig = Field(description="Fleet size and device behaviour on the clock.")
+    traces: TracesConfig = Field(
+        default_factory=TracesConfig, description="Device catalogue, population, availability, "
+        "network."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model to fine-tune.")
+    peft: PeftConfig = Field(default_factory=PeftConfig, description="Trainable subset.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and partitions.")
+    numerics: NumericsConfig = Field(
+        default_factory=NumericsConfig, description="How the host computes the learning signal."
+    )
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig, description="Server strategy.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Load allocation.")
+    run: RunConfig = Field(default_factory=RunConfig, description="Seed, duration, targets.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Run directory.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Scenario":
+        p = self.protocol
+        if p.devices_per_step > self.fleet.size:
+            raise ValueError(
+                f"protocol.devices_per_step ({p.devices_per_step}) exceeds fleet.size "
+                f"({self.fleet.size})"
+            )
+        if self.policy.name == "deadline" and not (self.policy.deadline_s or p.commit.deadline_s):
+            raise ValueError(
+                "policy.deadline_s: the deadline policy needs policy.deadline_s or "
+                "protocol.commit.deadline_s"
+            )
+        if self.numerics.engine == "none" and self.run.targets:
+            raise ValueError(
+                "run.targets: a systems-only run (numerics.engine: none) computes no accuracy; "
+                "remove the targets"
+            )
+        if p.name in ("fedsgd", "fedavg") and self.fleet.backend == "npu":
+            raise ValueError(
+                "fleet.backend: backprop baselines cannot run on the NPU; allowed: auto, cpu, gpu"
+            )
+        return self
+
+
+SECTIONS: tuple[str, ...] = tuple(
+    name for name in Scenario.model_fields if name != "description"
+)
+
+
+def section_models() -> dict[str, type[BaseModel]]:
+    """Section name → pydantic model (for the generated scenario reference)."""
+    out: dict[str, type[BaseModel]] = {}
+    for name, field in Scenario.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out[name] = ann
+    return out
+

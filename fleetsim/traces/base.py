@@ -1,0 +1,196 @@
+"""The contracts between device traces and the fleet engine.
+
+A fleet is columnar: one numpy array per attribute, indexed by device id
+(0..n-1), so that a million devices cost a few arrays and every lookup is
+vectorised.  The fleet engine only reads these objects; it never opens files.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class DeviceTable:
+    """Static per-device facts of a synthesised (or loaded) fleet.
+
+    ``phone_model_index`` points into ``phone_models`` (catalogue names) so the
+    table stays numeric.  Latencies are seconds for ONE reference unit (see
+    ``fleetsim.traces.latency``) per backend, NaN where the backend is absent;
+    the fleet engine scales them to a job with the latency model.
+    """
+
+    phone_model_index: np.ndarray  # int32 [n]
+    phone_models: list[str]  # names, catalogue order
+    ram_bytes: np.ndarray  # int64 [n] total RAM
+    usable_ram_bytes: np.ndarray  # int64 [n] share an app may use
+    network_type_index: np.ndarray  # int16 [n] into network_types
+    network_types: list[str]
+    uplink_bps: np.ndarray  # float64 [n] bits per second
+    downlink_bps: np.ndarray  # float64 [n]
+    # seconds per reference forward (batch 8 x seq 128 of the reference model)
+    # for each backend; NaN = backend absent on this phone.
+    ref_forward_s: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""  # provenance label written to outputs ("model: ...", "trace: ...")
+
+    def __len__(self) -> int:
+        return int(self.phone_model_index.shape[0])
+
+    @property
+    def device_ids(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
+
+
+class AvailabilityTrace(ABC):
+    """When each device may work.  All queries are vectorised over device ids.
+
+    Intervals are half-open ``[start, end)``: a device whose window ends at
+    ``t`` is offline at ``t``; a window starting at ``t`` is online at ``t``.
+    """
+
+    #: shown in outputs: e.g. "model: diurnal (calibrated on FLASH 1000 users)"
+    label: str = ""
+
+    @property
+    @abstractmethod
+    def num_devices(self) -> int: ...
+
+    @abstractmethod
+    def is_available(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        """bool [len(device_ids)]"""
+
+    @abstractmethod
+    def window_end(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        """End of the window containing ``t`` (``t`` itself where offline);
+        ``np.inf`` where the device never goes offline again."""
+
+    @abstractmethod
+    def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        """Start of the first window with ``end > t`` (``t`` where online now);
+        ``np.inf`` where the device never comes online again."""
+
+
+class AlwaysOnline(AvailabilityTrace):
+    """Every device online all the time (the paper's closed-form assumption)."""
+
+    def __init__(self, n: int) -> None:
+        self._n = int(n)
+        self.label = "always online"
+
+    @property
+    def num_devices(self) -> int:
+        return self._n
+
+    def is_available(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        return np.ones(len(device_ids), dtype=bool)
+
+    def window_end(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        return np.full(len(device_ids), np.inf)
+
+    def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        return np.full(len(device_ids), float(t))
+
+
+class IntervalAvailability(AvailabilityTrace):
+    """Availability from explicit sorted, non-overlapping intervals per device
+    (CSR layout: device i owns ``starts[offsets[i]:offsets[i+1]]``).
+
+    With ``period_s`` set the pattern repeats (a week of synthetic windows can
+    serve a month-long run); otherwise a device is offline after its last window.
+    """
+
+    def __init__(
+        self,
+        offsets: np.ndarray,
+        starts: np.ndarray,
+        ends: np.ndarray,
+        period_s: float | None = None,
+        label: str = "",
+    ) -> None:
+        self.offsets = np.asarray(offsets, dtype=np.int64)
+        self.starts = np.asarray(starts, dtype=np.float64)
+        self.ends = np.asarray(ends, dtype=np.float64)
+        self.period_s = period_s
+        self.label = label
+
+    @property
+    def num_devices(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    def _period_index(self, t: float) -> float:
+        """k with k*P <= t < (k+1)*P, computed the way window times are computed
+        (k*P + offset), so that a time returned by ``next_start`` is online."""
+        p = float(self.period_s)
+        k = float(np.floor(t / p))
+        if (k + 1.0) * p <= t:
+            k += 1.0
+        elif k * p > t:
+            k -= 1.0
+        return k
+
+    def _first_end_after(
+        self, lo: np.ndarray, hi: np.ndarray, shift: np.ndarray, t: float
+    ) -> np.ndarray:
+        """Per device: smallest j in [lo, hi) with ends[j] + shift > t, else hi.
+
+        A vectorised binary search over every device's slice at once (about
+        log2(longest slice) numpy passes, no per-device Python loop)."""
+        a = lo.copy()
+        b = hi.copy()
+        last = max(len(self.ends) - 1, 0)
+        if len(self.ends) == 0:
+            return a
+        while True:
+            active = a < b
+            if not active.any():
+                return a
+            mid = (a + b) // 2
+            le = (self.ends[np.minimum(mid, last)] + shift) <= t
+            a = np.where(active & le, mid + 1, a)
+            b = np.where(active & ~le, mid, b)
+
+    def _lookup(self, device_ids: np.ndarray, t: float):
+        """Per device: index of the first interval with end > t (global index),
+        whether it exists, and the period offset added to its times."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        lo = self.offsets[ids]
+        hi = self.offsets[ids + 1]
+        t = float(t)
+        shift = np.zeros(len(ids))
+        if self.period_s:
+            shift[:] = self._period_index(t) * float(self.period_s)
+        idx = self._first_end_after(lo, hi, shift, t)
+        exists = idx < hi
+        if self.period_s:
+            # Past the last window of this period: first window of the next one.
+            wrap = ~exists & (hi > lo)
+            idx = np.where(wrap, lo, idx)
+            shift = np.where(wrap, shift + float(self.period_s), shift)
+            exists = exists | wrap
+        return idx, exists, shift, t
+
+    def is_available(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        idx, exists, shift, _ = self._lookup(device_ids, t)
+        if len(self.starts) == 0:
+            return np.zeros(len(idx), dtype=bool)
+        safe = np.minimum(idx, len(self.starts) - 1)
+        return exists & (self.starts[safe] + shift <= t)
+
+    def window_end(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        idx, exists, shift, _ = self._lookup(device_ids, t)
+        if len(self.starts) == 0:
+            return np.full(len(idx), float(t))
+        safe = np.minimum(idx, len(self.starts) - 1)
+        online = exists & (self.starts[safe] + shift <= t)
+        return np.where(online, self.ends[safe] + shift, float(t))
+
+    def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        idx, exists, shift, _ = self._lookup(device_ids, t)
+        if len(self.starts) == 0:
+            return np.full(len(idx), np.inf)
+        safe = np.minimum(idx, len(self.starts) - 1)
+        start = np.maximum(self.starts[safe] + shift, float(t))
+        return np.where(exists, start, np.inf)

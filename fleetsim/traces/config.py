@@ -1,0 +1,159 @@
+"""Scenario section ``traces``: where device facts come from.
+
+Every field names either a built-in table shipped in ``device_traces/`` or a file
+path; paths are resolved relative to the scenario file's folder (``base_dir``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_AVAILABILITY = ("always_online", "diurnal_model", "intervals", "fedscale", "flash")
+FILE_AVAILABILITY = ("intervals", "fedscale", "flash")
+NETWORK_TYPES = ("hsdpa_3g", "5g_mmwave", "flash_wifi", "fixed")
+
+
+class AvailabilityConfig(BaseModel):
+    """When devices may work: a documented model, a trace file, or always online."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(
+        "diurnal_model",
+        description="always_online | diurnal_model (documented model calibrated on the FLASH "
+        "1000 users) | intervals (CSV/Parquet device_id,start_s,end_s) | fedscale "
+        "(client_behave_trace pickle) | flash (state_traces.json) | a format registered in "
+        "the `fleetsim.traces` entry-point group.",
+    )
+    path: Optional[str] = Field(
+        None, description="Trace file for file kinds; relative to the scenario file's folder."
+    )
+    period_s: Optional[float] = Field(
+        None, gt=0,
+        description="intervals: repeat the file's windows with this period (None = a device is "
+        "offline after its last window).",
+    )
+    trace_span_days: float = Field(
+        7.0, gt=0,
+        description="diurnal_model: days the FLASH per-user totals were summed over (the "
+        "totals file does not state it; FLASH describes a one-week trace).",
+    )
+    night_share: float = Field(
+        0.7, ge=0, le=1,
+        description="diurnal_model: share of devices whose daily window starts around "
+        "night_start_hour (overnight charging); the rest start at a uniform hour.",
+    )
+    night_start_hour: float = Field(
+        23.0, ge=0, lt=24, description="diurnal_model: mean local hour of the overnight window."
+    )
+    night_start_sd_hours: float = Field(
+        1.5, ge=0, description="diurnal_model: spread (sd, hours) of the overnight start hour."
+    )
+    wifi_share: float = Field(
+        1.0, ge=0, le=1,
+        description="diurnal_model: share of idle-charging time that is also on Wi-Fi.",
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value in BUILTIN_AVAILABILITY:
+            return value
+        from fleetsim.traces.registry import available_formats
+
+        names = available_formats()
+        if value not in names:
+            raise ValueError(
+                f"traces.availability.kind: {value!r} is not one of {', '.join(sorted(names))}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "AvailabilityConfig":
+        if self.kind in FILE_AVAILABILITY and not self.path:
+            raise ValueError(
+                f"traces.availability.path: kind {self.kind!r} needs a trace file path"
+            )
+        return self
+
+
+class NetworkConfig(BaseModel):
+    """Per-device uplink/downlink bandwidth."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["hsdpa_3g", "5g_mmwave", "flash_wifi", "fixed"] = Field(
+        "flash_wifi",
+        description="hsdpa_3g (Norway 3G commute traces) | 5g_mmwave (5Gophers) | flash_wifi "
+        "(FLASH per-user up/down profiles) | fixed (uplink_mbps/downlink_mbps for everyone).",
+    )
+    path: Optional[str] = Field(
+        None,
+        description="Optional distribution table (CSV quantile,downlink_mbps,uplink_mbps) "
+        "replacing the built-in one for hsdpa_3g/5g_mmwave.",
+    )
+    uplink_mbps: Optional[float] = Field(
+        None, gt=0, description="fixed: uplink in Mbit/s (or Mibit/s with mebibit: true)."
+    )
+    downlink_mbps: Optional[float] = Field(
+        None, gt=0, description="fixed: downlink in Mbit/s (default: equal to uplink_mbps)."
+    )
+    mebibit: bool = Field(
+        False,
+        description="fixed: read the rates as 2^20 bit/s per unit (the FwdLLM paper's "
+        "'10 Mbit/s' is 10 x 2^20 bit/s).",
+    )
+    uplink_only: bool = Field(
+        False, description="Downloads take zero time (downlink = infinite), as in the paper."
+    )
+
+    @model_validator(mode="after")
+    def _fixed_rates(self) -> "NetworkConfig":
+        if self.type == "fixed" and self.uplink_mbps is None:
+            raise ValueError("traces.network.uplink_mbps: type 'fixed' needs uplink_mbps")
+        return self
+
+
+class TracesConfig(BaseModel):
+    """Device catalogue, population, availability and network of the fleet."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    catalogue: str = Field(
+        "default",
+        description="'default' (device_traces/catalogue/phones.csv) or a path to a catalogue "
+        "CSV (phone_model, ram_gb, cpu_ref_forward_s[, gpu_ref_forward_s, npu_ref_forward_s]).",
+    )
+    population: str = Field(
+        "flash_1000",
+        description="flash_1000 | market_share_2024 | uniform | paper_fwdllm, or a path to a "
+        "CSV phone_model,weight.",
+    )
+    availability: AvailabilityConfig = Field(
+        default_factory=AvailabilityConfig, description="When devices may work."
+    )
+    network: NetworkConfig = Field(default_factory=NetworkConfig, description="Bandwidth.")
+    usable_ram_fraction: float = Field(
+        0.5, gt=0, le=1,
+        description="Share of a phone's RAM one app may use (Android keeps the OS and "
+        "background apps resident); a job larger than this cannot run.",
+    )
+
+    def resolve(self, value: Optional[str], base_dir: Path) -> Optional[Path]:
+        """A path field resolved against the scenario folder."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (Path(base_dir) / p)
+
+
+def paper_profile_config() -> TracesConfig:
+    """The closed-form reproduction of FwdLLM: paper phone, always online, 10 Mibit/s up."""
+    return TracesConfig(
+        population="paper_fwdllm",
+        availability=AvailabilityConfig(kind="always_online"),
+        network=NetworkConfig(type="fixed", uplink_mbps=10.0, mebibit=True, uplink_only=True),
+    )

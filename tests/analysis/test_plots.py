@@ -1,0 +1,155 @@
+"""Figures are checked for the series they should contain, not only for existing."""
+
+import numpy as np
+import pytest
+
+from fleetsim.analysis.load import load_runs
+from fleetsim.analysis.metrics import step_breakdown, utilisation
+from fleetsim.analysis.plots import (
+    BREAKDOWN_PARTS,
+    TIMELINE_STATES,
+    breakdown_figure,
+    convergence_figure,
+    device_spans,
+    sample_devices,
+    timeline_figure,
+    utilisation_figure,
+)
+from fleetsim.errors import FleetsimInputError
+
+
+def _lines(ax):
+    return [line for line in ax.get_lines() if line.get_gid() not in (None, "target")]
+
+
+def test_convergence_overlays_runs_grouped_by_key(make_run, tmp_path) -> None:
+    dirs = [
+        make_run(name="v2-s0", seed=0, units_per_device=2),
+        make_run(name="v2-s1", seed=1, units_per_device=2),
+        make_run(name="v5-s0", seed=0, units_per_device=5, accuracies=(0.2, 0.4, 0.8)),
+    ]
+    runs = load_runs(dirs)
+    path = tmp_path / "curves.png"
+    figure = convergence_figure(
+        runs, by="protocol.perturbations_per_device", targets=[0.6], path=path
+    )
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    accuracy_ax, loss_ax = figure.axes
+    assert accuracy_ax.get_ylabel() == "held-out accuracy"
+    assert loss_ax.get_ylabel() == "training loss"
+    assert sorted(line.get_gid() for line in _lines(accuracy_ax)) == ["v2-s0", "v2-s1", "v5-s0"]
+    _handles, labels = accuracy_ax.get_legend_handles_labels()
+    assert labels == [
+        "protocol.perturbations_per_device=2 (2 runs)",
+        "protocol.perturbations_per_device=5",
+    ]
+    # one colour per group
+    colours = {line.get_gid(): line.get_color() for line in _lines(accuracy_ax)}
+    assert colours["v2-s0"] == colours["v2-s1"] != colours["v5-s0"]
+    v5 = next(line for line in _lines(accuracy_ax) if line.get_gid() == "v5-s0")
+    np.testing.assert_allclose(v5.get_ydata(), [0.2, 0.4, 0.8])
+    np.testing.assert_allclose(v5.get_xdata(), np.array([13.0, 26.0, 39.0]) / 3600)
+    assert [line.get_gid() for line in accuracy_ax.get_lines()].count("target") == 1
+
+
+def test_convergence_x_axes(make_run) -> None:
+    runs = load_runs([make_run(name="a", repeat_steps=(1,))])
+    summary = runs.summary.iloc[0]
+
+    def xdata(x: str) -> np.ndarray:
+        figure = convergence_figure(runs, x=x, metrics=("accuracy",))
+        return _lines(figure.axes[0])[0].get_xdata()
+
+    np.testing.assert_allclose(xdata("steps"), [1, 2, 3, 4])
+    # perturbations of committed rows: 6, 12 (repeat: cumulative over attempts), 6, 6
+    np.testing.assert_allclose(xdata("perturbations"), [6, 18, 24, 30])
+    assert xdata("bytes")[-1] == pytest.approx((summary["bytes_up"] + summary["bytes_down"]) / 1e6)
+    # energy is spread over busy spans; all of it is spent by the last upload
+    energy = xdata("energy")
+    assert energy[-1] == pytest.approx(summary["energy_j"] / 1e3)
+    assert np.all(np.diff(energy) > 0)
+    with pytest.raises(FleetsimInputError, match="hours, steps, perturbations"):
+        convergence_figure(runs, x="minutes")
+
+
+def test_systems_only_curves_show_progress(make_run) -> None:
+    runs = load_runs([make_run(name="s", accuracies=None)])
+    figure = convergence_figure(runs)
+    (ax,) = figure.axes
+    assert ax.get_ylabel() == "committed steps"
+    np.testing.assert_allclose(_lines(ax)[0].get_ydata(), [1, 2, 3, 4])
+
+
+def test_timeline_has_states_and_step_boundaries(make_run) -> None:
+    runs = load_runs([make_run(name="a", repeat_steps=(1,), offline_device=2, offline_step=2)])
+    figure = timeline_figure(runs)
+    (ax,) = figure.axes
+    states = {c.get_gid() for c in ax.collections}
+    assert {
+        "available",
+        "offline",
+        "interrupted",
+        "download",
+        "compute",
+        "upload",
+        "step_commit",
+        "step_rollback",
+    } <= states
+    commits = next(c for c in ax.collections if c.get_gid() == "step_commit")
+    assert len(commits.get_segments()) == 4
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[: len(TIMELINE_STATES)] == list(TIMELINE_STATES)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["device 0", "device 1", "device 2"]
+
+
+def test_device_spans_by_hand(make_run) -> None:
+    runs = load_runs([make_run(name="a", offline_device=2, offline_step=2)])
+    spans = device_spans(runs.events, horizon_s=67.0)
+    mine = spans[spans["device_id"] == 2]
+    # step 2 starts at 26 s: download 26-28, offline 28-33, compute 33-43, upload 43-44
+    assert mine[mine["state"] == "offline"][["start_s", "end_s"]].values.tolist() == [[28, 33]]
+    assert mine[mine["state"] == "interrupted"][["start_s", "end_s"]].values.tolist() == [[28, 33]]
+    assert mine[mine["state"] == "available"][["start_s", "end_s"]].values.tolist() == [
+        [0, 28],
+        [33, 67],
+    ]
+    assert [33.0, 43.0] in mine[mine["state"] == "compute"][["start_s", "end_s"]].values.tolist()
+
+
+def test_device_sample_is_seeded_and_bounded(make_run) -> None:
+    devices = tuple(("pixel7", "npu", 1.0 + i) for i in range(20))
+    runs = load_runs([make_run(name="a", devices=devices, accuracies=(0.5,))])
+    first = sample_devices(runs.events, 6, seed=3)
+    assert first == sample_devices(runs.events, 6, seed=3)
+    assert len(first) == 6 and first == sorted(first)
+    assert first != sample_devices(runs.events, 6, seed=4)
+    figure = timeline_figure(runs, sample=6, seed=3)
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert labels == [f"device {d}" for d in first]
+
+
+def test_utilisation_and_breakdown_bars(make_run) -> None:
+    runs = load_runs([make_run(name="a", offline_device=2, offline_step=2)])
+    figure = utilisation_figure(utilisation(runs))
+    assert [ax.get_title() for ax in figure.axes] == [
+        "share of device-time, per fleet",
+        "share of device-time, per phone model",
+        "share of device-time, per backend",
+    ]
+    backend_ax = figure.axes[2]
+    assert [t.get_text() for t in backend_ax.get_yticklabels()] == ["cpu", "npu"]
+    widths: dict[float, float] = {}
+    for patch in backend_ax.patches:
+        widths[patch.get_y()] = widths.get(patch.get_y(), 0.0) + patch.get_width()
+    np.testing.assert_allclose(list(widths.values()), 1.0)
+    offline = [p for p in backend_ax.patches if p.get_gid() == "offline"]
+    assert max(p.get_width() for p in offline) == pytest.approx(5.0 / 67.0)
+
+    breakdown = step_breakdown(runs.events, runs.steps)
+    figure = breakdown_figure(breakdown)
+    step_ax, share_ax = figure.axes
+    parts = {p.get_gid() for p in step_ax.patches}
+    assert parts == set(BREAKDOWN_PARTS)
+    compute = [p.get_height() for p in step_ax.patches if p.get_gid() == "compute"]
+    assert compute == [6.0, 6.0, 6.0, 6.0]
+    assert sum(p.get_width() for p in share_ax.patches) == pytest.approx(1.0)

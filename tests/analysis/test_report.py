@@ -1,0 +1,86 @@
+import base64
+import re
+
+import pandas as pd
+import pytest
+
+from fleetsim.analysis.report import compare_runs, markdown_table, write_report
+from fleetsim.errors import FleetsimInputError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _embedded_images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+@pytest.mark.parametrize("protocol", ["fwdllm", "fedsgd", "fedavg", "kseed"])
+def test_report_for_each_protocol(make_run, protocol: str) -> None:
+    run = make_run(name=protocol, protocol=protocol, repeat_steps=(1,), offline_device=0)
+    page_path = write_report(run)
+    assert page_path == run / "report" / "report.html"
+    page = page_path.read_text()
+    images = _embedded_images(page)
+    assert len(images) == 5 and all(image.startswith(PNG) for image in images)
+    for name in (
+        "convergence_time.png",
+        "convergence_perturbations.png",
+        "timeline.png",
+        "utilisation.png",
+        "step_breakdown.png",
+    ):
+        assert (run / "report" / name).read_bytes().startswith(PNG)
+    assert "Time to accuracy" in page and f"<td>{protocol}</td>" in page
+    tta = pd.read_csv(run / "report" / "time_to_accuracy.csv")
+    # targets come from the summary's time_to_target keys; 0.6 first reached at 0.7 (step 3)
+    assert tta["target accuracy"].tolist() == [0.6]
+    assert tta["simulated seconds"].tolist() == [63.0]
+
+
+def test_systems_only_report_has_no_accuracy_panels(make_run, tmp_path) -> None:
+    run = make_run(name="s", accuracies=None)
+    page = write_report(run, tmp_path / "out").read_text()
+    assert "Time to accuracy" not in page and "Convergence" not in page
+    assert "Progress over simulated time" in page
+    assert len(_embedded_images(page)) == 4
+    assert not (tmp_path / "out" / "time_to_accuracy.csv").exists()
+
+
+def test_compare_runs_table_markdown_and_curves(make_run, tmp_path) -> None:
+    dirs = [
+        make_run(name="v2-s0", seed=0, units_per_device=2, accuracies=(0.3, 0.5, 0.7)),
+        make_run(name="v2-s1", seed=1, units_per_device=2, accuracies=(0.3, 0.5, 0.55)),
+        make_run(name="v5-s0", seed=0, units_per_device=5, accuracies=(0.6, 0.7, 0.8)),
+        make_run(name="sys", seed=0, units_per_device=9, accuracies=None),
+    ]
+    written = compare_runs(
+        dirs, "protocol.perturbations_per_device", tmp_path / "cmp", targets=[0.5, 0.7]
+    )
+    table = pd.read_csv(written["csv"])
+    assert table["protocol.perturbations_per_device"].tolist() == [2, 5, 9]
+    assert table["runs"].tolist() == [2, 1, 1]
+    assert table["tta_0.5_h"].tolist()[:2] == pytest.approx([26 / 3600, 13 / 3600])
+    assert table["tta_0.7_reached"].tolist() == ["1/2", "1/1", "0/1"]
+    assert pd.isna(table.loc[2, "tta_0.7_h"]) and pd.isna(table.loc[2, "final_accuracy"])
+    assert table["final_accuracy"].tolist()[:2] == pytest.approx([0.625, 0.8])
+    markdown = written["markdown"].read_text()
+    assert "| protocol.perturbations_per_device | runs |" in markdown
+    assert "| 9 | 1 |" in markdown
+    for key in ("curves", "curves_perturbations"):
+        assert written[key].read_bytes().startswith(PNG)
+    with pytest.raises(FleetsimInputError, match="differ between runs"):
+        compare_runs(dirs, "protocol.nope", tmp_path / "cmp")
+
+
+def test_compare_systems_only_runs_per_run(make_run, tmp_path) -> None:
+    dirs = [make_run(name=f"s{i}", seed=i, accuracies=None) for i in range(2)]
+    written = compare_runs(dirs, None, tmp_path / "cmp")
+    table = pd.read_csv(written["csv"])
+    assert table["run"].tolist() == ["s0", "s1"]
+    assert not any(c.startswith("tta_") for c in table.columns)
+    assert "curves_perturbations" not in written
+
+
+def test_markdown_table_formats_missing_values() -> None:
+    text = markdown_table(pd.DataFrame({"a": [1.5, float("nan")], "b": ["x|y", None]}))
+    assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1.5 | x\\|y |", "| — | — |"]

@@ -1,0 +1,135 @@
+"""Bad scenarios: exit code 2, one clear message naming file, line, key and what is
+allowed; never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleetsim.cli import main
+
+MINIMAL = """\
+fleet:
+  size: 20
+numerics:
+  engine: none
+traces:
+  availability:
+    kind: always_online
+protocol:
+  devices_per_step: 5
+  rounds: 1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+def test_minimal_scenario_validates(tmp_path, capsys):
+    p = write(tmp_path, MINIMAL)
+    code = main(["validate", str(p)])
+    assert code == 0, capsys.readouterr().err
+
+
+CASES = [
+    # (id, scenario text or None for "file missing", extra args, expected substrings)
+    ("missing_file", None, [], ["scenario file not found"]),
+    ("yaml_syntax", "fleet:\n  size: [1, 2\n", [], ["not valid YAML", ":3"]),
+    ("not_mapping", "- a\n- b\n", [], ["must be a mapping of sections"]),
+    ("unknown_section", MINIMAL + "fleeet: {}\n", [], ["fleeet", "unknown key", "fleet, traces"]),
+    ("unknown_nested", MINIMAL.replace("rounds: 1", "rounds: 1\n  lrr: 0.1"), [],
+     ["s.yaml:11", "protocol.lrr", "unknown key", "lr_schedule"]),
+    ("wrong_type", MINIMAL.replace("rounds: 1", "rounds: 1\n  lr: fast"), [],
+     ["protocol.lr", "valid number", "'fast'"]),
+    ("out_of_range", MINIMAL.replace("rounds: 1", "rounds: 1\n  lr: -1"), [],
+     ["protocol.lr", "greater than 0"]),
+    ("bad_literal", MINIMAL + "policy:\n  cohort: smart\n", [],
+     ["policy.cohort", "'random'", "'fastest_first'"]),
+    ("missing_required", "numerics:\n  engine: none\n", [], ["fleet", "required key is missing"]),
+    ("zero_fleet", MINIMAL.replace("size: 20", "size: 0"), [], ["s.yaml:2", "fleet.size"]),
+    ("extends_missing", "extends: nothere.yaml\n" + MINIMAL, [],
+     ["extends", "scenario file not found", "nothere.yaml"]),
+    ("set_no_equals", MINIMAL, ["--set", "protocol.lr"], ["KEY=VALUE"]),
+    ("set_unknown_key", MINIMAL, ["--set", "protocol.speed=3"], ["--set protocol.speed",
+                                                                   "unknown key"]),
+    ("set_wrong_type", MINIMAL, ["--set", "run.seed=abc"], ["--set run.seed", "valid integer"]),
+    ("set_into_value", MINIMAL, ["--set", "fleet.size.x=3"], ["fleet.size is a value"]),
+    ("cohort_too_big", MINIMAL.replace("devices_per_step: 5", "devices_per_step: 50"), [],
+     ["devices_per_step (50) exceeds fleet.size (20)"]),
+    ("deadline_policy_without_deadline", MINIMAL + "policy:\n  name: deadline\n", [],
+     ["policy.deadline_s", "needs"]),
+    ("deadline_commit_without_deadline",
+     MINIMAL.replace("rounds: 1", "rounds: 1\n  commit:\n    mode: deadline"), [],
+     ["protocol.commit", "deadline_s is required"]),
+    ("targets_range", MINIMAL + "run:\n  targets: [1.5]\n", [], ["run.targets", "(0, 1]"]),
+    ("systems_only_with_targets", MINIMAL + "run:\n  targets: [0.5]\n", [],
+     ["systems-only", "remove the targets"]),
+    ("unknown_protocol", MINIMAL.replace("rounds: 1", "rounds: 1\n  name: fedprox"), [],
+     ["protocol.name", "fedprox", "fwdllm"]),
+    ("unknown_policy", MINIMAL + "policy:\n  name: greedy\n", [],
+     ["policy.name", "greedy", "capability"]),
+    ("negative_seed", MINIMAL + "run:\n  seed: -1\n", [], ["run.seed", "greater than or equal"]),
+    ("bad_quorum", MINIMAL.replace("rounds: 1", "rounds: 1\n  commit:\n    quorum_fraction: 2"),
+     [], ["protocol.commit.quorum_fraction", "less than or equal to 1"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_scenario_exits_2_with_clear_message(case, tmp_path, capsys):
+    _, text, extra, expected = case
+    path = tmp_path / "s.yaml" if text is None else write(tmp_path, text)
+    code, err = run_cli(["validate", str(path), *extra], capsys)
+    assert code == 2, err
+    assert err.startswith("fleetsim: error: ")
+    for needle in expected:
+        assert needle in err, f"{needle!r} not in {err!r}"
+
+
+def test_extends_cycle(tmp_path, capsys):
+    write(tmp_path, "extends: b.yaml\n" + MINIMAL, "a.yaml")
+    write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    code, err = run_cli(["validate", str(tmp_path / "a.yaml")], capsys)
+    assert code == 2
+    assert "cycle in extends chain" in err and "a.yaml" in err and "b.yaml" in err
+
+
+def test_extends_merges_and_overrides(tmp_path):
+    from fleetsim.scenario.loader import load_scenario
+
+    write(tmp_path, MINIMAL, "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nprotocol:\n  lr: 0.5\n", "child.yaml")
+    loaded = load_scenario(child, ["run.seed=7"])
+    sc = loaded.scenario
+    assert sc.protocol.lr == 0.5
+    assert sc.protocol.devices_per_step == 5  # inherited
+    assert sc.fleet.size == 20
+    assert sc.run.seed == 7
+    # The error for a bad inherited key points at the parent file's line.
+    write(tmp_path, MINIMAL.replace("rounds: 1", "rounds: 0"), "badbase.yaml")
+    bad = write(tmp_path, "extends: badbase.yaml\n", "badchild.yaml")
+    with pytest.raises(Exception) as info:
+        load_scenario(bad)
+    assert "badbase.yaml:10" in str(info.value)
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    p = write(tmp_path, MINIMAL.replace("rounds: 1", "rounds: -3"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fleetsim", "run", str(p)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "protocol.rounds" in proc.stderr

@@ -30,12 +30,16 @@ from fleetsim.traces.latency import (
 )
 
 HERE = Path(__file__).resolve().parent
-AIB_URL = "https://ai-benchmark.com/ranking_processors.html (scrape in AymenOML/FedPylot_Client_Selection@e30fbc72)"
+AIB_URL = (
+    "https://ai-benchmark.com/ranking_processors.html "
+    "(scrape in AymenOML/FedPylot_Client_Selection@e30fbc72)"
+)
 FLASH_URL = "https://github.com/PKU-Chengxu/FLASH/tree/55cbede0131877b583ed55333e980985a1925afd"
 FLASH_DUR_URL = (
     "https://github.com/AymenOML/FedPylot_Client_Selection/blob/"
     "e30fbc7208396cbb5e1d32e11f5484567afadd83/Android_Traces/aggregated_durations.json"
 )
+MLP = "MLPerf Mobile submission systems json, dram "
 SPEC = "manufacturer specification, base variant (public spec; not in reference data)"
 
 # ------------------------------------------------------------------ SoC names
@@ -63,8 +67,19 @@ _ALIASES = {
 
 def norm_soc(name: str) -> str:
     s = str(name).lower()
-    for junk in ("qualcomm", "mobile platform", "compute platform", "platform", "(tm)",
-                 "hisilicon", "mediatek", "samsung ", "(proxy)", " octa", " quad"):
+    for junk in (
+        "qualcomm",
+        "mobile platform",
+        "compute platform",
+        "platform",
+        "(tm)",
+        "hisilicon",
+        "mediatek",
+        "samsung ",
+        "(proxy)",
+        " octa",
+        " quad",
+    ):
         s = s.replace(junk, " ")
     s = s.replace(" plus ", "+ ").replace("snapdragon 7 + ", "snapdragon 7+ ")
     s = re.sub(r"\s+", " ", s).strip()
@@ -86,7 +101,9 @@ def load_soc_ranking(src: Path) -> pd.DataFrame:
             "cpu_f_score": g["CPU-F Score"].max(),
             "int8_transformer_score": g["INT8 Transformer"].max(),
             "npu_listed": g["npu_row"].any(),
-            "accelerators": g["AI Accelerator"].apply(lambda x: " | ".join(sorted(set(map(str, x))))),
+            "accelerators": g["AI Accelerator"].apply(
+                lambda x: " | ".join(sorted(set(map(str, x))))
+            ),
         }
     )
     return out
@@ -152,8 +169,11 @@ def measured_rows(src: Path, ranking: pd.DataFrame) -> pd.DataFrame:
     }
     # AI Hub's MobileBERT export runs ~10x slower per FLOP than MLPerf's MobileBERT on
     # the same SoC (graph/export inefficiency, not a SoC property): excluded, see PROVENANCE.
-    sel = ah[ah["model_id"].isin(list(_ENCODERS)) & ah["device"].isin(list(phones))
-             & (ah["model_id"] != "mobile_bert_uncased_google")]
+    sel = ah[
+        ah["model_id"].isin(list(_ENCODERS))
+        & ah["device"].isin(list(phones))
+        & (ah["model_id"] != "mobile_bert_uncased_google")
+    ]
     for _, r in sel.iterrows():
         unit = str(r["primary_compute_unit"]).lower()
         if unit == "npu" and r["runtime"] == "onnx":
@@ -162,8 +182,13 @@ def measured_rows(src: Path, ranking: pd.DataFrame) -> pd.DataFrame:
         flops = 384 * forward_flops_per_token(body, layers, width, 384)
         rows.append(
             dict(
-                soc=phones[r["device"]], backend=unit, model=r["model_id"], tokens=384,
-                precision=r["precision"], flops=flops, latency_s=r["inference_time_ms"] / 1e3,
+                soc=phones[r["device"]],
+                backend=unit,
+                model=r["model_id"],
+                tokens=384,
+                precision=r["precision"],
+                flops=flops,
+                latency_s=r["inference_time_ms"] / 1e3,
                 source=f"Qualcomm AI Hub perf.yaml @{str(r['source_commit'])[:8]} "
                 f"{r['source_path']} ({r['device']}, {r['runtime']})",
             )
@@ -185,8 +210,12 @@ def measured_rows(src: Path, ranking: pd.DataFrame) -> pd.DataFrame:
         layers, d = _WHISPER[r["model_id"]]
         rows.append(
             dict(
-                soc=gpu_dev[r["device"]], backend="gpu", model=r["model_id"] + ":encoder",
-                tokens=1500, precision=r["precision"], flops=_whisper_flops(layers, d),
+                soc=gpu_dev[r["device"]],
+                backend="gpu",
+                model=r["model_id"] + ":encoder",
+                tokens=1500,
+                precision=r["precision"],
+                flops=_whisper_flops(layers, d),
                 latency_s=r["inference_time_ms"] / 1e3,
                 source=f"Qualcomm AI Hub perf.yaml @{str(r['source_commit'])[:8]} "
                 f"{r['source_path']} ({r['device']}, {r['runtime']})",
@@ -202,8 +231,12 @@ def measured_rows(src: Path, ranking: pd.DataFrame) -> pd.DataFrame:
         body, layers, width = _ENCODERS["mobilebert"]
         rows.append(
             dict(
-                soc=soc, backend=backend, model="mobilebert (MLPerf)", tokens=384,
-                precision="int8", flops=384 * forward_flops_per_token(body, layers, width, 384),
+                soc=soc,
+                backend=backend,
+                model="mobilebert (MLPerf)",
+                tokens=384,
+                precision="int8",
+                flops=384 * forward_flops_per_token(body, layers, width, 384),
                 latency_s=float(r["p90_latency_ms"]) / 1e3,
                 source=f"{r['source_repo']}@{str(r['source_commit'])[:8]} {r['source_path']}",
             )
@@ -224,8 +257,13 @@ def measured_rows(src: Path, ranking: pd.DataFrame) -> pd.DataFrame:
         total_ms, n_tok = (float(x) for x in rec["prefilling_latency"].split("/")[:2])
         rows.append(
             dict(
-                soc=chip, backend="cpu", model=rec["name"], tokens=int(n_tok), precision="int4",
-                flops=2.0 * params * n_tok, latency_s=total_ms / 1e3,
+                soc=chip,
+                backend="cpu",
+                model=rec["name"],
+                tokens=int(n_tok),
+                precision="int4",
+                flops=2.0 * params * n_tok,
+                latency_s=total_ms / 1e3,
                 source="UbiquitousLearning/TinyLLMLeaderBoard@087631aa data.json "
                 f"({rec['device']}, prefill)",
             )
@@ -240,16 +278,44 @@ def measured_rows(src: Path, ranking: pd.DataFrame) -> pd.DataFrame:
 
 # (phone model, vendor, SoC as named in the sources, year, RAM GB, RAM source)
 MODERN_PHONES = [
-    ("Oppo Reno 8 Pro", "Oppo", "Snapdragon 7 Gen 1", 2022, 8, "MLPerf Mobile v2.1 systems json (dram 2xLPDDR4 8GB)"),
-    ("Asus ROG Phone 6", "Asus", "Snapdragon 8+ Gen 1", 2022, 12, "MLPerf Mobile v2.1 systems json (dram 12GB)"),
-    ("Xiaomi 13 Pro", "Xiaomi", "Snapdragon 8 Gen 2", 2022, 12, "MLPerf Mobile v3.0 systems json (dram 12GB)"),
-    ("Xiaomi Redmi Note 12R", "Xiaomi", "Snapdragon 4 Gen 2", 2023, 6, "MLPerf Mobile systems json (dram 6+2GB: 6 physical)"),
-    ("Xiaomi Redmi Note 12 Turbo", "Xiaomi", "Snapdragon 7+ Gen 2", 2023, 8, "MLPerf Mobile systems json (dram 8+3GB: 8 physical)"),
-    ("Honor 100", "Honor", "Snapdragon 7 Gen 3", 2023, 8, "MLPerf Mobile v4.0 systems json (dram 8+8GB: 8 physical)"),
-    ("Vivo iQOO 12", "Vivo", "Snapdragon 8 Gen 3", 2023, 12, "MLPerf Mobile v4.0 systems json (dram 12+12GB: 12 physical)"),
-    ("Samsung Galaxy S24 (Exynos)", "Samsung", "Exynos 2400", 2024, 8, "MLPerf Mobile v4.0 systems json (dram 8 GB)"),
-    ("Xiaomi Redmi Note 14 Pro+", "Xiaomi", "Snapdragon 7s Gen 3", 2024, 16, "MLPerf Mobile v5.0 systems json (dram 16+6GB: 16 physical)"),
-    ("OnePlus 13", "OnePlus", "Snapdragon 8 Elite", 2024, 16, "MLPerf Mobile v5.0 systems json (dram 16+12GB: 16 physical)"),
+    ("Oppo Reno 8 Pro", "Oppo", "Snapdragon 7 Gen 1", 2022, 8, MLP + "2xLPDDR4 8GB" + " (v2.1)"),
+    ("Asus ROG Phone 6", "Asus", "Snapdragon 8+ Gen 1", 2022, 12, MLP + "12GB" + " (v2.1)"),
+    ("Xiaomi 13 Pro", "Xiaomi", "Snapdragon 8 Gen 2", 2022, 12, MLP + "12GB" + " (v3.0)"),
+    ("Xiaomi Redmi Note 12R", "Xiaomi", "Snapdragon 4 Gen 2", 2023, 6, MLP + "6+2GB: 6 physical"),
+    (
+        "Xiaomi Redmi Note 12 Turbo",
+        "Xiaomi",
+        "Snapdragon 7+ Gen 2",
+        2023,
+        8,
+        MLP + "8+3GB: 8 physical",
+    ),
+    ("Honor 100", "Honor", "Snapdragon 7 Gen 3", 2023, 8, MLP + "8+8GB: 8 physical" + " (v4.0)"),
+    (
+        "Vivo iQOO 12",
+        "Vivo",
+        "Snapdragon 8 Gen 3",
+        2023,
+        12,
+        MLP + "12+12GB: 12 physical" + " (v4.0)",
+    ),
+    ("Samsung Galaxy S24 (Exynos)", "Samsung", "Exynos 2400", 2024, 8, MLP + "8 GB" + " (v4.0)"),
+    (
+        "Xiaomi Redmi Note 14 Pro+",
+        "Xiaomi",
+        "Snapdragon 7s Gen 3",
+        2024,
+        16,
+        MLP + "16+6GB: 16 physical" + " (v5.0)",
+    ),
+    (
+        "OnePlus 13",
+        "OnePlus",
+        "Snapdragon 8 Elite",
+        2024,
+        16,
+        MLP + "16+12GB: 16 physical" + " (v5.0)",
+    ),
     ("Samsung Galaxy S23", "Samsung", "Snapdragon 8 Gen 2", 2023, 8, SPEC),
     ("Samsung Galaxy S24 (Snapdragon)", "Samsung", "Snapdragon 8 Gen 3", 2024, 8, SPEC),
     ("Samsung Galaxy S25", "Samsung", "Snapdragon 8 Elite", 2025, 12, SPEC),
@@ -318,28 +384,45 @@ def build(src: Path, out: Path) -> dict:
     for b in ("npu", "gpu", "cpu"):
         col = per_soc[b].dropna() if b in per_soc else pd.Series(dtype=float)
         col = col[col.index.isin(list(scores[b]))]
-        constants[b] = fit_backend_constant(col.to_numpy(), np.array([scores[b][s] for s in col.index]))
+        constants[b] = fit_backend_constant(
+            col.to_numpy(), np.array([scores[b][s] for s in col.index])
+        )
 
     # --- phones: FLASH-mapped AI-Benchmark phones + modern phones
     ab = pd.read_csv(src / "flash_pku_device_util/ai_benchmark_phones_2019_2020.derived.csv")
-    users = json.loads((src / "flash_1000user_state_durations/aggregated_durations.json").read_text())
+    users = json.loads(
+        (src / "flash_1000user_state_durations/aggregated_durations.json").read_text()
+    )
     r2b = json.loads((src / "flash_pku_device_util/real2benchmark.json").read_text())
     flash_counts = pd.Series([r2b.get(u["model"], "unknown") for u in users]).value_counts()
     phones = []
-    for name, count in flash_counts.items():
+    for name in flash_counts.index:
         row = ab[ab["model"] == name]
         if name == "unknown" or row.empty:
             continue
         r = row.iloc[0]
         phones.append(
-            dict(phone_model=name, vendor=name.split()[0].capitalize().replace("Lg", "LG"),
-                 soc_name=r["soc"], year=int(r["year"]), ram_gb=float(r["ram_gb"]),
-                 ram_source=f"AI-Benchmark phone list ~2020 via FLASH {FLASH_URL} "
-                 "models/utils/device_util/raw_ai_benchmark_list.json")
+            dict(
+                phone_model=name,
+                vendor=name.split()[0].capitalize().replace("Lg", "LG"),
+                soc_name=r["soc"],
+                year=int(r["year"]),
+                ram_gb=float(r["ram_gb"]),
+                ram_source=f"AI-Benchmark phone list ~2020 via FLASH {FLASH_URL} "
+                "models/utils/device_util/raw_ai_benchmark_list.json",
+            )
         )
     for name, vendor, soc, year, ram, ram_src in MODERN_PHONES:
-        phones.append(dict(phone_model=name, vendor=vendor, soc_name=soc, year=year,
-                           ram_gb=float(ram), ram_source=ram_src))
+        phones.append(
+            dict(
+                phone_model=name,
+                vendor=vendor,
+                soc_name=soc,
+                year=year,
+                ram_gb=float(ram),
+                ram_source=ram_src,
+            )
+        )
     ph = pd.DataFrame(phones)
     ph["soc_key"] = ph["soc_name"].map(lambda s: resolve_soc(s, ranking))
     dropped = ph[ph["soc_key"].isna()]
@@ -353,11 +436,20 @@ def build(src: Path, out: Path) -> dict:
     for _, p in ph.iterrows():
         key = p["soc_key"]
         rk = ranking.loc[key]
-        measured_npu = key in per_soc.index and "npu" in per_soc and not np.isnan(per_soc.loc[key, "npu"])
+        measured_npu = (
+            key in per_soc.index and "npu" in per_soc and not np.isnan(per_soc.loc[key, "npu"])
+        )
         has_npu = bool(rk["npu_listed"]) or measured_npu
-        rec = dict(phone_model=p["phone_model"], vendor=p["vendor"], soc=p["soc"],
-                   year=int(p["year"]), ram_gb=p["ram_gb"], has_cpu=True, has_gpu=True,
-                   has_npu=has_npu)
+        rec = dict(
+            phone_model=p["phone_model"],
+            vendor=p["vendor"],
+            soc=p["soc"],
+            year=int(p["year"]),
+            ram_gb=p["ram_gb"],
+            has_cpu=True,
+            has_gpu=True,
+            has_npu=has_npu,
+        )
         methods = []
         for b in ("cpu", "gpu", "npu"):
             if b == "npu" and not has_npu:
@@ -374,26 +466,52 @@ def build(src: Path, out: Path) -> dict:
                 rec[f"{b}_ref_forward_s"] = ref_s(constants[b] * scores[b][key])
                 methods.append(f"{b}=scaled")
         rec["latency_method"] = ";".join(methods)
-        rec["source"] = (f"SoC scores: {AIB_URL} row '{p['soc']}'; RAM: {p['ram_source']}; "
-                         "measured rows: device_traces/catalogue/measurements.csv")
+        rec["source"] = (
+            f"SoC scores: {AIB_URL} row '{p['soc']}'; RAM: {p['ram_source']}; "
+            "measured rows: device_traces/catalogue/measurements.csv"
+        )
         out_rows.append(rec)
     # Paper profile phone: reference forwards implied by the paper's DistilBERT
     # constants (one perturbation = 2 forwards of DistilBERT at batch 8 x seq 128).
     distil = 8 * 128 * forward_flops_per_token(6 * (4 * 768**2 + 2 * 768 * 3072), 6, 768, 128)
-    paper_ref = {b: PAPER_CONSTANTS[("distilbert", b, "forward_gradient")] / 2.0
-                 * REFERENCE_FLOPS / distil for b in ("npu", "cpu")}
-    out_rows.append(dict(
-        phone_model=PAPER_PHONE, vendor="(paper)", soc="(paper profile)", year=2023,
-        ram_gb=12.0, has_cpu=True, has_gpu=False, has_npu=True,
-        cpu_ref_forward_s=paper_ref["cpu"], gpu_ref_forward_s=np.nan,
-        npu_ref_forward_s=paper_ref["npu"], latency_method="paper constants",
-        source="FwdLLM, Xu et al., arXiv 2308.13894 (per-batch constants); RAM 12 GB assumed"))
+    paper_ref = {
+        b: PAPER_CONSTANTS[("distilbert", b, "forward_gradient")] / 2.0 * REFERENCE_FLOPS / distil
+        for b in ("npu", "cpu")
+    }
+    out_rows.append(
+        dict(
+            phone_model=PAPER_PHONE,
+            vendor="(paper)",
+            soc="(paper profile)",
+            year=2023,
+            ram_gb=12.0,
+            has_cpu=True,
+            has_gpu=False,
+            has_npu=True,
+            cpu_ref_forward_s=paper_ref["cpu"],
+            gpu_ref_forward_s=np.nan,
+            npu_ref_forward_s=paper_ref["npu"],
+            latency_method="paper constants",
+            source="FwdLLM, Xu et al., arXiv 2308.13894 (per-batch constants); RAM 12 GB assumed",
+        )
+    )
     cat = pd.DataFrame(out_rows)
     (out / "catalogue").mkdir(parents=True, exist_ok=True)
-    cat.to_csv(out / "catalogue/phones.csv", index=False, float_format="%.6g")
-    meas_out = meas[["soc", "soc_key", "backend", "model", "precision", "tokens", "flops",
-                     "latency_s_measured", "latency_s", "source"]].rename(
-        columns={"latency_s": "latency_s_float_equiv"})
+    cat.to_csv(out / "catalogue/phones.csv", index=False, float_format="%.10g")
+    meas_out = meas[
+        [
+            "soc",
+            "soc_key",
+            "backend",
+            "model",
+            "precision",
+            "tokens",
+            "flops",
+            "latency_s_measured",
+            "latency_s",
+            "source",
+        ]
+    ].rename(columns={"latency_s": "latency_s_float_equiv"})
     meas_out.to_csv(out / "catalogue/measurements.csv", index=False, float_format="%.6g")
     soc_tab = ranking.reset_index().rename(columns={"key": "soc_key"})
     soc_tab = soc_tab[soc_tab["soc_key"].isin(set(ph["soc_key"]) | set(meas["soc_key"]))]
@@ -405,10 +523,14 @@ def build(src: Path, out: Path) -> dict:
     pop_dir.mkdir(exist_ok=True)
     in_cat = set(cat["phone_model"])
     fc = flash_counts[[n for n in flash_counts.index if n in in_cat]]
-    pd.DataFrame({"phone_model": fc.index, "weight": fc.to_numpy(),
-                  "source": f"FLASH 1000-user sample: Build.MODEL -> AI-Benchmark name via "
-                  f"real2benchmark.json ({FLASH_URL}); users per phone model ({FLASH_DUR_URL})"}
-                 ).to_csv(pop_dir / "flash_1000.csv", index=False)
+    pd.DataFrame(
+        {
+            "phone_model": fc.index,
+            "weight": fc.to_numpy(),
+            "source": f"FLASH 1000-user sample: Build.MODEL -> AI-Benchmark name via "
+            f"real2benchmark.json ({FLASH_URL}); users per phone model ({FLASH_DUR_URL})",
+        }
+    ).to_csv(pop_dir / "flash_1000.csv", index=False)
     ms = pd.read_csv(src / "extracted_measurements/vendor_market_share.csv")
     ms = ms[ms["period"] == "2024-06"]
     recent = cat[(cat["year"] >= 2020) & (cat["phone_model"] != PAPER_PHONE)]
@@ -419,12 +541,18 @@ def build(src: Path, out: Path) -> dict:
         if phones_v.empty:
             continue
         for name in phones_v["phone_model"]:
-            mrows.append((name, float(v["share_pct"]) / len(phones_v),
-                          f"StatCounter mobile vendor share 2024-06 ({vend} {v['share_pct']}%) "
-                          f"split equally over the vendor's {len(phones_v)} catalogue phones "
-                          f"from 2020+; seen in {v['seen_in']}"))
+            mrows.append(
+                (
+                    name,
+                    float(v["share_pct"]) / len(phones_v),
+                    f"StatCounter mobile vendor share 2024-06 ({vend} {v['share_pct']}%) "
+                    f"split equally over the vendor's {len(phones_v)} catalogue phones "
+                    f"from 2020+; seen in {v['seen_in']}",
+                )
+            )
     pd.DataFrame(mrows, columns=["phone_model", "weight", "source"]).to_csv(
-        pop_dir / "market_share_2024.csv", index=False)
+        pop_dir / "market_share_2024.csv", index=False
+    )
     covered = sorted({r[2].split("(")[1].split()[0] for r in mrows})
 
     # --- availability calibration (quantiles of per-user daily totals)
@@ -433,11 +561,14 @@ def build(src: Path, out: Path) -> dict:
     charge = np.array([u["battery_charged_on_duration"] for u in users], dtype=float)
     screen = np.array([u["screen_on_duration"] for u in users], dtype=float)
     q = np.linspace(0, 1, 101)
-    pd.DataFrame({"quantile": q, "charging_s_total": np.quantile(charge, q),
-                  "screen_on_s_total": np.quantile(screen, q),
-                  "source": f"FLASH 1000 users, per-user totals ({FLASH_DUR_URL})"}
-                 ).to_csv(av_dir / "flash_1000_totals_quantiles.csv", index=False,
-                          float_format="%.6g")
+    pd.DataFrame(
+        {
+            "quantile": q,
+            "charging_s_total": np.quantile(charge, q),
+            "screen_on_s_total": np.quantile(screen, q),
+            "source": f"FLASH 1000 users, per-user totals ({FLASH_DUR_URL})",
+        }
+    ).to_csv(av_dir / "flash_1000_totals_quantiles.csv", index=False, float_format="%.6g")
     corr = float(np.corrcoef(np.log1p(charge), np.log1p(screen))[0, 1])
     nd = NormalDist()
 
@@ -446,15 +577,21 @@ def build(src: Path, out: Path) -> dict:
         return np.array([nd.inv_cdf(float(r)) for r in (ranks - 0.5) / len(x)])
 
     rho = float(np.corrcoef(normal_scores(charge), normal_scores(screen))[0, 1])
-    (av_dir / "flash_1000_calibration.json").write_text(json.dumps({
-        "copula_rho": round(rho, 4),
-        "n_users": len(users),
-        "median_charging_s_total": float(np.median(charge)),
-        "median_screen_on_s_total": float(np.median(screen)),
-        "source": FLASH_DUR_URL,
-        "method": "Gaussian-copula correlation of normal scores of per-user charging and "
-                  "screen-on totals",
-    }, indent=1) + "\n")
+    (av_dir / "flash_1000_calibration.json").write_text(
+        json.dumps(
+            {
+                "copula_rho": round(rho, 4),
+                "n_users": len(users),
+                "median_charging_s_total": float(np.median(charge)),
+                "median_screen_on_s_total": float(np.median(screen)),
+                "source": FLASH_DUR_URL,
+                "method": "Gaussian-copula correlation of normal scores of per-user charging and "
+                "screen-on totals",
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
     # --- network tables
     net_dir = out / "network"
@@ -470,29 +607,59 @@ def build(src: Path, out: Path) -> dict:
     g5v = g5["throughput_mbps"].to_numpy()
     g5v = g5v[g5v > 0]
     for fname, down, src_txt in [
-        ("hsdpa_3g.csv", hs_all, "Riiser et al. MMSys 2013 3G/HSDPA Norway commute traces "
-         "(Pensieve cooked_3gp, confiwent/Real-world-bandwidth-traces@d28c4fd4): quantiles of "
-         f"{len(hs_all)} per-second downlink samples"),
-        ("5g_mmwave.csv", g5v, "5Gophers v1.0 (Narayanan et al. WWW 2020, CC BY 4.0; "
-         "jhzuo/Offloading-FL@7133b70d): quantiles of per-second TCP downlink samples, "
-         "All-Carriers/01-Throughput"),
+        (
+            "hsdpa_3g.csv",
+            hs_all,
+            "Riiser et al. MMSys 2013 3G/HSDPA Norway commute traces "
+            "(Pensieve cooked_3gp, confiwent/Real-world-bandwidth-traces@d28c4fd4): quantiles of "
+            f"{len(hs_all)} per-second downlink samples",
+        ),
+        (
+            "5g_mmwave.csv",
+            g5v,
+            "5Gophers v1.0 (Narayanan et al. WWW 2020, CC BY 4.0; "
+            "jhzuo/Offloading-FL@7133b70d): quantiles of per-second TCP downlink samples, "
+            "All-Carriers/01-Throughput",
+        ),
     ]:
         dq = np.quantile(down, q)
-        pd.DataFrame({"quantile": q, "downlink_mbps": dq, "uplink_mbps": dq * up_down,
-                      "source": src_txt + f"; uplink = downlink x {up_down:.4f} (median "
-                      "FLASH per-user up/down ratio: the trace has no uplink)"}).to_csv(
-            net_dir / fname, index=False, float_format="%.6g")
-    pd.DataFrame([{"user": i, "downlink_mbps": v["down_u"] / 1e3,
-                   "downlink_sigma_mbps": v["down_sigma"] / 1e3,
-                   "uplink_mbps": v["up_u"] / 1e3, "uplink_sigma_mbps": v["up_sigma"] / 1e3,
-                   "source": f"FLASH models/speed_distri.json ({FLASH_URL}); kb/s read as kbit/s"}
-                  for i, v in enumerate(sp.values())]).to_csv(
-        net_dir / "flash_wifi.csv", index=False, float_format="%.6g")
-    return dict(errors=errors, int8_speedup=int8_speedup, constants=constants, n_phones=len(cat),
-                dropped=dropped[["phone_model", "soc_name"]].values.tolist(),
-                flash_users_mapped=int(fc.sum()), flash_users=len(users), corr=corr, rho=rho,
-                up_down=float(up_down), market_vendors=covered,
-                measured_rows=len(meas), paper_ref=paper_ref)
+        pd.DataFrame(
+            {
+                "quantile": q,
+                "downlink_mbps": dq,
+                "uplink_mbps": dq * up_down,
+                "source": src_txt + f"; uplink = downlink x {up_down:.4f} (median "
+                "FLASH per-user up/down ratio: the trace has no uplink)",
+            }
+        ).to_csv(net_dir / fname, index=False, float_format="%.6g")
+    pd.DataFrame(
+        [
+            {
+                "user": i,
+                "downlink_mbps": v["down_u"] / 1e3,
+                "downlink_sigma_mbps": v["down_sigma"] / 1e3,
+                "uplink_mbps": v["up_u"] / 1e3,
+                "uplink_sigma_mbps": v["up_sigma"] / 1e3,
+                "source": f"FLASH models/speed_distri.json ({FLASH_URL}); kb/s read as kbit/s",
+            }
+            for i, v in enumerate(sp.values())
+        ]
+    ).to_csv(net_dir / "flash_wifi.csv", index=False, float_format="%.6g")
+    return dict(
+        errors=errors,
+        int8_speedup=int8_speedup,
+        constants=constants,
+        n_phones=len(cat),
+        dropped=dropped[["phone_model", "soc_name"]].values.tolist(),
+        flash_users_mapped=int(fc.sum()),
+        flash_users=len(users),
+        corr=corr,
+        rho=rho,
+        up_down=float(up_down),
+        market_vendors=covered,
+        measured_rows=len(meas),
+        paper_ref=paper_ref,
+    )
 
 
 def main() -> None:
@@ -500,6 +667,12 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=HERE.parent.parent / "shared/device_data")
     args = ap.parse_args()
     info = build(args.source, HERE)
+    calib = {k: info[k] for k in ("errors", "int8_speedup", "constants", "measured_rows")}
+    calib["constants_unit"] = (
+        "FLOP/s per AI-Benchmark score point (npu: INT8 Transformer; cpu and gpu: CPU-F)"
+    )
+    calib["error_method"] = "leave-one-SoC-out; factor = exp(|log(predicted/measured)|)"
+    (HERE / "catalogue" / "calibration.json").write_text(json.dumps(calib, indent=1) + "\n")
     print(json.dumps(info, indent=1, default=str))
 
 

@@ -11,18 +11,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, RunStopped
 
 EXIT_BAD_INPUT = 2
+EXIT_RUN_STOPPED = 3
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fleetsim.runner import run_loaded
+    from fleetsim.runner import resume_run, run_loaded
     from fleetsim.scenario.loader import load_scenario
 
-    loaded = load_scenario(args.scenario, args.set)
     progress = False if args.no_progress else None
-    out = run_loaded(loaded, Path(args.out) if args.out else None, progress)
+    if args.resume:
+        if args.scenario or args.set:
+            raise FleetsimInputError("--resume RUN_DIR takes no scenario or --set: the run "
+                                     "continues with the scenario stored in its checkpoint")
+        out = resume_run(Path(args.resume), progress)
+    else:
+        if not args.scenario:
+            raise FleetsimInputError("run: give a scenario file (or --resume RUN_DIR)")
+        loaded = load_scenario(args.scenario, args.set)
+        out = run_loaded(loaded, Path(args.out) if args.out else None, progress)
     import json
 
     summary = json.loads((out / "summary.json").read_text())
@@ -96,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a scenario and write a run directory")
-    run.add_argument("scenario", help="scenario YAML file")
+    run.add_argument("scenario", nargs="?", help="scenario YAML file")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue an interrupted run from its last checkpoint")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set protocol.lr=0.02 (repeatable)")
     run.add_argument("--out", help="run directory (default: output.dir of the scenario)")
@@ -143,6 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FleetsimInputError as exc:
         print(f"fleetsim: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunStopped as exc:
+        print(f"fleetsim: stopped: {exc}", file=sys.stderr)
+        return EXIT_RUN_STOPPED
     except KeyboardInterrupt:
         print("fleetsim: interrupted", file=sys.stderr)
         return 130

@@ -15,12 +15,14 @@ from typing import Optional
 
 import simpy
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, RunStopped
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import TaskKind
+from fleetsim.numerics.errors import NumericalFault
 from fleetsim.policies.registry import make_cohort_selector, make_policy
 from fleetsim.protocols.base import ServerContext
 from fleetsim.protocols.registry import make_protocol, protocol_class
+from fleetsim.record.checkpoint import Checkpoint, JournalEngine, read_checkpoint, write_checkpoint
 from fleetsim.record.recorder import Recorder, time_to_targets
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
 from fleetsim.traces import build_fleet
@@ -82,14 +84,17 @@ class _Progress:
 
 
 def run_loaded(
-    loaded: LoadedScenario, run_dir: Optional[Path] = None, progress: Optional[bool] = None
+    loaded: LoadedScenario,
+    run_dir: Optional[Path] = None,
+    progress: Optional[bool] = None,
+    resume: Optional[Checkpoint] = None,
 ) -> Path:
     sc = loaded.scenario
     host_start = time.perf_counter()
     out = run_dir_for(loaded, run_dir)
     if out.exists() and not out.is_dir():
         raise FleetsimInputError(f"output.dir: {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not sc.output.overwrite:
+    if resume is None and out.exists() and any(out.iterdir()) and not sc.output.overwrite:
         raise FleetsimInputError(
             f"output.dir: {out} already holds a run and output.overwrite is false; "
             "choose another directory or set output.overwrite: true"
@@ -97,7 +102,11 @@ def run_loaded(
     protocol_class(sc.protocol.name)  # fail fast on an unknown protocol name
     make_policy(sc.policy)
 
-    engine = build_engine_for(loaded)
+    engine = JournalEngine(
+        build_engine_for(loaded),
+        replay=resume.journal if resume else None,
+        state_at_end=resume.engine_state if resume else None,
+    )
     facts = engine.facts()
     horizon_s = sc.run.max_sim_hours * 3600.0
     table, availability = build_fleet(
@@ -112,6 +121,17 @@ def run_loaded(
     }
     show = sc.run.progress if progress is None else progress
     bar = _Progress(show, sc.protocol.max_steps, sc.run.name)
+    every = sc.output.checkpoint_every_steps
+
+    def on_step(row: dict) -> None:
+        bar(row)
+        if every and row["committed"] and (row["step"] + 1) % every == 0 and not engine.replaying:
+            write_checkpoint(out, Checkpoint(
+                scenario_raw=loaded.raw, scenario_path=str(loaded.path),
+                base_dir=str(loaded.base_dir), run_dir=str(out),
+                committed_steps=int(row["step"]) + 1, journal=list(engine.journal),
+                engine_state=engine.state_dict(), sim_time_s=float(row["sim_time_s"]),
+            ))
     ctx = ServerContext(
         env=env,
         fleet=fleet,
@@ -123,11 +143,24 @@ def run_loaded(
         seed=sc.run.seed,
         memory_bytes=memory,
         max_sim_seconds=horizon_s,
-        on_step=bar,
+        on_step=on_step,
     )
     protocol = make_protocol(ctx)
+    fault: Optional[BaseException] = None
     try:
         env.run(until=env.process(protocol.run()))
+    except NumericalFault as exc:
+        # Stop cleanly: log it, keep a final checkpoint of the last good state, write outputs.
+        fault = exc
+        recorder.events.add(env.now, -1, "numerical_fault", step=protocol.step, detail=str(exc))
+        if every:
+            write_checkpoint(out, Checkpoint(
+                scenario_raw=loaded.raw, scenario_path=str(loaded.path),
+                base_dir=str(loaded.base_dir), run_dir=str(out),
+                committed_steps=protocol.step, journal=list(engine.journal),
+                engine_state=engine.state_dict(), sim_time_s=float(env.now),
+                extra={"stopped_by": str(exc)},
+            ))
     finally:
         bar.close()
     end = float(env.now)
@@ -165,6 +198,7 @@ def run_loaded(
         "trainable_params": int(facts.trainable_params),
         "model": facts.name,
         "numerics": engine.describe(),
+        "status": "stopped: numerical fault" if fault else "completed",
     }
     recorder.write(
         out,
@@ -174,7 +208,22 @@ def run_loaded(
         convergence_png=sc.output.convergence_png,
         title=f"{sc.run.name} ({sc.protocol.name}/{sc.policy.name}, seed {sc.run.seed})",
     )
+    if fault is not None:
+        raise RunStopped(
+            f"run stopped at step {protocol.step} by a numerical fault: {fault}; outputs and "
+            f"the last checkpoint are in {out} (set numerics.on_nonfinite: skip to skip such "
+            "estimates instead)"
+        )
     return out
+
+
+def resume_run(run_dir: Path, progress: Optional[bool] = None) -> Path:
+    """Continue a run from its last checkpoint (see fleetsim.record.checkpoint)."""
+    from fleetsim.scenario.loader import validate_raw
+
+    ckpt = read_checkpoint(Path(run_dir))
+    loaded = validate_raw(ckpt.scenario_raw, Path(ckpt.scenario_path), Path(ckpt.base_dir))
+    return run_loaded(loaded, Path(run_dir), progress, resume=ckpt)
 
 
 def run_scenario(

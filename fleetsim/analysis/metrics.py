@@ -213,13 +213,63 @@ def utilisation(
 BREAKDOWN_PARTS = ("download", "compute", "upload", "straggler_wait", "variance_repeats", "other")
 
 
-def _clipped_total(spans: pd.DataFrame, start: float, end: float) -> float:
-    """Total length of the event spans [time_s - duration_s, time_s] inside [start, end]."""
-    if spans.empty or end <= start:
-        return 0.0
-    ends = spans["time_s"].to_numpy(dtype=float)
-    begins = ends - spans["duration_s"].to_numpy(dtype=float)
-    return float(np.clip(np.minimum(ends, end) - np.maximum(begins, start), 0.0, None).sum())
+WORK_KINDS = ("download", "compute", "upload")
+SPAN_COLUMNS = ["run", "device_id", "step", "kind", "start_s", "end_s"]
+
+
+def work_spans(events: pd.DataFrame) -> pd.DataFrame:
+    """Contiguous download / compute / upload spans of every device: ``run``,
+    ``device_id``, ``step``, ``kind``, ``start_s``, ``end_s``.
+
+    The fleet logs a compute event per contiguous piece, but a transfer once at
+    its end with its total active time, and an ``interrupted`` event (detail =
+    phase, duration = the active time of the piece it cut short) when the
+    device goes offline mid-phase.  A transfer's last piece therefore starts no
+    earlier than the device's last ``resumed`` event; the pieces before an
+    interruption come from the ``interrupted`` events themselves.
+    """
+    if "run" not in events.columns:
+        events = events.assign(run="run")
+    device_events = events[events["device_id"] >= 0]
+    work = device_events.loc[
+        device_events["kind"].isin(WORK_KINDS),
+        ["run", "device_id", "step", "kind", "time_s", "duration_s"],
+    ]
+    resumes = device_events.loc[device_events["kind"] == "resumed", ["run", "device_id", "time_s"]]
+    work = work.assign(start_s=work["time_s"] - work["duration_s"])
+    transfer = work["kind"] != "compute"
+    if transfer.any() and len(resumes):
+        transfers = work[transfer].reset_index().sort_values("time_s", kind="stable")
+        resumes = resumes.rename(columns={"time_s": "resume_s"}).sort_values("resume_s")
+        matched = pd.merge_asof(
+            transfers,
+            resumes,
+            left_on="time_s",
+            right_on="resume_s",
+            by=["run", "device_id"],
+            allow_exact_matches=False,
+        ).set_index("index")
+        work.loc[matched.index, "start_s"] = np.fmax(
+            matched["start_s"], matched["resume_s"].fillna(-np.inf)
+        )
+    cut = device_events[
+        (device_events["kind"] == "interrupted")
+        & device_events["detail"].isin(("download", "upload"))
+        & (device_events["duration_s"] > 0)
+    ]
+    pieces = pd.DataFrame(
+        {
+            "run": cut["run"],
+            "device_id": cut["device_id"],
+            "step": cut["step"],
+            "kind": cut["detail"].astype(str),
+            "start_s": cut["time_s"] - cut["duration_s"],
+            "time_s": cut["time_s"],
+        }
+    )
+    spans = pd.concat([work.drop(columns=["duration_s"]), pieces], ignore_index=True)
+    spans = spans.rename(columns={"time_s": "end_s"})[SPAN_COLUMNS]
+    return spans.sort_values(["run", "device_id", "start_s"], kind="stable").reset_index(drop=True)
 
 
 def step_breakdown(
@@ -246,64 +296,6 @@ def step_breakdown(
         steps = steps.assign(run="run")
     if "run" not in events.columns:
         events = events.assign(run="run")
-    work_kinds = ("download", "compute", "upload")
-    rows = []
-    for run, run_steps in steps.groupby("run", sort=True):
-        run_events = events[(events["run"] == run) & events["kind"].isin(work_kinds)]
-        by_step = {s: f for s, f in run_events.groupby("step", sort=False)}
-        committed = run_steps[run_steps["committed"]]
-        repeats_by_step = {
-            s: f for s, f in run_steps[~run_steps["committed"]].groupby("step", sort=False)
-        }
-        for row in committed.itertuples(index=False):
-            t_commit = float(row.sim_time_s)
-            t_start = t_commit - float(row.step_seconds)
-            repeats = repeats_by_step.get(row.step, run_steps.iloc[0:0])
-            rolled_back = repeats[
-                (repeats["sim_time_s"] <= t_commit) & (repeats["sim_time_s"] >= t_start)
-            ]
-            t_attempt = float(rolled_back["sim_time_s"].max()) if len(rolled_back) else t_start
-            parts = dict.fromkeys(BREAKDOWN_PARTS, 0.0)
-            parts["variance_repeats"] = t_attempt - t_start
-            step_events = by_step.get(row.step, run_events.iloc[0:0])
-            uploads = step_events[
-                (step_events["kind"] == "upload")
-                & (step_events["time_s"] > t_attempt)
-                & (step_events["time_s"] <= t_commit)
-            ]
-            device = -1
-            if uploads.empty:
-                parts["other"] = t_commit - t_attempt
-            else:
-                last_upload = (
-                    uploads.groupby("device_id")["time_s"].max().sort_values(kind="stable")
-                )
-                position = (len(last_upload) - 1) // 2 if reference == "median" else -1
-                device = int(last_upload.index[position])
-                upload_end = float(last_upload.iloc[position])
-                mine = step_events[step_events["device_id"] == device]
-                for kind in work_kinds:
-                    parts[kind] = _clipped_total(mine[mine["kind"] == kind], t_attempt, upload_end)
-                parts["straggler_wait"] = t_commit - upload_end
-                parts["other"] = max(
-                    (upload_end - t_attempt)
-                    - parts["download"]
-                    - parts["compute"]
-                    - parts["upload"],
-                    0.0,
-                )
-            rows.append(
-                {
-                    "run": run,
-                    "step": int(row.step),
-                    "start_s": t_start,
-                    "commit_s": t_commit,
-                    "total_s": t_commit - t_start,
-                    "attempts": int(row.attempt) + 1,
-                    "reference_device": device,
-                    **parts,
-                }
-            )
     columns = [
         "run",
         "step",
@@ -314,7 +306,85 @@ def step_breakdown(
         "reference_device",
         *BREAKDOWN_PARTS,
     ]
-    return pd.DataFrame(rows, columns=columns)
+    committed = steps.loc[
+        steps["committed"], ["run", "step", "attempt", "sim_time_s", "step_seconds"]
+    ]
+    if committed.empty:
+        return pd.DataFrame(columns=columns)
+    windows = pd.DataFrame(
+        {
+            "run": committed["run"].to_numpy(),
+            "step": committed["step"].to_numpy(dtype=np.int64),
+            "attempts": committed["attempt"].to_numpy(dtype=np.int64) + 1,
+            "commit_s": committed["sim_time_s"].to_numpy(dtype=float),
+        }
+    )
+    windows["start_s"] = windows["commit_s"] - committed["step_seconds"].to_numpy(dtype=float)
+    windows["window"] = np.arange(len(windows))
+
+    # Last rolled-back attempt of each committed step (inside its window).
+    repeats = steps.loc[~steps["committed"], ["run", "step", "sim_time_s"]].merge(
+        windows[["run", "step", "window", "start_s", "commit_s"]], on=["run", "step"]
+    )
+    repeats = repeats[
+        (repeats["sim_time_s"] >= repeats["start_s"])
+        & (repeats["sim_time_s"] <= repeats["commit_s"])
+    ]
+    last_rollback = repeats.groupby("window")["sim_time_s"].max()
+    windows["attempt_s"] = windows["window"].map(last_rollback).fillna(windows["start_s"])
+
+    # The reference device: median (or last) of the devices' last upload in the final attempt.
+    work = work_spans(events).rename(columns={"end_s": "time_s"})
+    window_keys = windows[["run", "step", "window", "attempt_s", "commit_s"]]
+    # Completed uploads only (an interrupted upload piece is not a delivery).
+    completed = events.loc[
+        (events["kind"] == "upload") & (events["device_id"] >= 0),
+        ["run", "step", "device_id", "time_s"],
+    ]
+    uploads = completed.merge(window_keys, on=["run", "step"])
+    uploads = uploads[
+        (uploads["time_s"] > uploads["attempt_s"]) & (uploads["time_s"] <= uploads["commit_s"])
+    ]
+    per_device = uploads.groupby(["window", "device_id"], sort=False)["time_s"].max().reset_index()
+    per_device = per_device.sort_values(["window", "time_s", "device_id"], kind="stable")
+    per_device["rank"] = per_device.groupby("window").cumcount()
+    count = per_device.groupby("window")["device_id"].transform("size")
+    wanted = (count - 1) // 2 if reference == "median" else count - 1
+    chosen = per_device[per_device["rank"] == wanted].set_index("window")
+    windows["reference_device"] = windows["window"].map(chosen["device_id"]).fillna(-1)
+    windows["upload_end_s"] = windows["window"].map(chosen["time_s"])
+
+    # The reference device's spans, clipped to [attempt start, its upload end].
+    mine = work.merge(
+        windows.loc[
+            windows["reference_device"] >= 0,
+            ["run", "step", "window", "reference_device", "attempt_s", "upload_end_s"],
+        ],
+        left_on=["run", "step", "device_id"],
+        right_on=["run", "step", "reference_device"],
+    )
+    begin = np.maximum(mine["start_s"], mine["attempt_s"])
+    end = np.minimum(mine["time_s"], mine["upload_end_s"])
+    mine = mine.assign(clipped=np.clip(end - begin, 0.0, None))
+    spent = mine.pivot_table(index="window", columns="kind", values="clipped", aggfunc="sum")
+    has_reference = windows["reference_device"] >= 0
+    for kind in ("download", "compute", "upload"):
+        values = windows["window"].map(spent[kind]) if kind in spent.columns else 0.0
+        windows[kind] = np.where(has_reference, pd.Series(values).fillna(0.0), 0.0)
+    windows["variance_repeats"] = windows["attempt_s"] - windows["start_s"]
+    windows["straggler_wait"] = np.where(
+        has_reference, windows["commit_s"] - windows["upload_end_s"], 0.0
+    )
+    busy = windows["download"] + windows["compute"] + windows["upload"]
+    windows["other"] = np.where(
+        has_reference,
+        np.clip(windows["upload_end_s"] - windows["attempt_s"] - busy, 0.0, None),
+        windows["commit_s"] - windows["attempt_s"],
+    )
+    windows["total_s"] = windows["commit_s"] - windows["start_s"]
+    windows["reference_device"] = windows["reference_device"].astype(np.int64)
+    out = windows.sort_values(["run", "commit_s", "step"], kind="stable")[columns]
+    return out.reset_index(drop=True)
 
 
 def breakdown_shares(breakdown: pd.DataFrame) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from fleetsim.analysis.metrics import (
     BREAKDOWN_PARTS,
     UTILISATION_SHARES,
     group_labels,
+    work_spans,
 )
 from fleetsim.errors import FleetsimInputError
 from fleetsim.rng import stream
@@ -242,35 +243,97 @@ def _availability_spans(
     return [s for s in spans if s[2] > s[1]]
 
 
-def device_spans(events: pd.DataFrame, horizon_s: float | None = None) -> pd.DataFrame:
+def device_spans(
+    events: pd.DataFrame,
+    horizon_s: float | None = None,
+    always_online: bool = False,
+    availability: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Per device with events: ``device_id``, ``state``, ``start_s``, ``end_s``.
 
-    ``download``/``compute``/``upload`` come from the events recorded at the end
-    of each span; ``interrupted`` from ``interrupted`` events (their own
-    duration when recorded, else until the device's next ``resumed`` or
-    ``online`` event); ``offline``/``available`` from availability transitions.
+    ``download``/``compute``/``upload`` are the contiguous work spans of
+    :func:`~fleetsim.analysis.metrics.work_spans`; ``interrupted`` spans are the
+    pauses of suspended tasks (``resumed`` events carry the pause length); an
+    interruption after which the task never resumed (lost work, device gone) is
+    an ``interruption`` row with ``start_s == end_s``.  ``offline``/``available``
+    come from ``online``/``offline`` transitions when the run recorded them; a
+    run without transitions shows ``available`` throughout only when
+    ``always_online`` (else availability is left out: it is unknown).
+    ``availability`` (rows of ``device_id``, ``state``, ``start_s``, ``end_s``,
+    e.g. from :func:`trace_availability_spans`) replaces the event-derived
+    availability spans when given.
     """
+    columns = ["device_id", "state", "start_s", "end_s"]
     device_events = events[events["device_id"] >= 0].sort_values(["seq"], kind="stable")
     if horizon_s is None:
         horizon_s = float(events["time_s"].max()) if len(events) else 0.0
+    transitions_known = bool(device_events["kind"].isin(("online", "offline")).any())
     rows: list[tuple[int, str, float, float]] = []
     for device, frame in device_events.groupby("device_id", sort=True):
-        for state, start, end in _availability_spans(frame, horizon_s):
-            rows.append((int(device), state, start, end))
-        work = frame[frame["kind"].isin(("download", "compute", "upload"))]
-        for kind, time, duration in zip(work["kind"], work["time_s"], work["duration_s"]):
-            rows.append((int(device), str(kind), float(time) - float(duration), float(time)))
-        ends = frame[frame["kind"].isin(("resumed", "online"))]["time_s"].to_numpy(dtype=float)
+        if availability is None and (transitions_known or always_online):
+            for state, start, end in _availability_spans(frame, horizon_s):
+                rows.append((int(device), state, start, end))
+        resumed = frame[(frame["kind"] == "resumed") & (frame["duration_s"] > 0)]
+        for time, pause in zip(resumed["time_s"], resumed["duration_s"]):
+            rows.append((int(device), "interrupted", float(time) - float(pause), float(time)))
         interrupted = frame[frame["kind"] == "interrupted"]
-        for time, duration in zip(interrupted["time_s"], interrupted["duration_s"]):
-            time = float(time)
-            if duration > 0:
-                rows.append((int(device), "interrupted", time - float(duration), time))
-                continue
-            later = ends[ends > time]
-            rows.append(
-                (int(device), "interrupted", time, float(later[0]) if later.size else horizon_s)
-            )
+        for seq, step, time in zip(interrupted["seq"], interrupted["step"], interrupted["time_s"]):
+            later = frame[(frame["seq"] > seq) & (frame["step"] == step)]
+            if not (later["kind"] == "resumed").any():
+                rows.append((int(device), "interruption", float(time), float(time)))
+    spans = work_spans(device_events)
+    work = pd.DataFrame(
+        {
+            "device_id": spans["device_id"].astype(int),
+            "state": spans["kind"],
+            "start_s": spans["start_s"],
+            "end_s": spans["end_s"],
+        }
+    )
+    frames = [pd.DataFrame(rows, columns=columns), work]
+    if availability is not None:
+        frames.append(availability[columns])
+    out = pd.concat(frames, ignore_index=True)
+    return out.sort_values(["device_id", "start_s"], kind="stable").reset_index(drop=True)
+
+
+def trace_availability_spans(
+    scenario: dict, run_dir: Path, device_ids: Sequence[int], horizon_s: float
+) -> pd.DataFrame | None:
+    """``available`` / ``offline`` spans of ``device_ids`` rebuilt from the run's
+    availability trace (the same seeded trace the run used: same traces
+    section, fleet size, seed and horizon), or None when it cannot be rebuilt
+    (e.g. a trace file whose relative path does not resolve from the run
+    directory)."""
+    from pydantic import ValidationError
+
+    from fleetsim.errors import FleetsimInputError as InputError
+    from fleetsim.traces.config import TracesConfig
+    from fleetsim.traces.fleet_builder import build_availability
+
+    try:
+        config = TracesConfig.model_validate(scenario["traces"])
+        size = int(scenario["fleet"]["size"])
+        seed = int(scenario["run"]["seed"])
+        run_horizon = float(scenario["run"]["max_sim_hours"]) * 3600.0
+        trace = build_availability(config, size, seed, run_horizon, Path(run_dir))
+    except (InputError, ValidationError, KeyError, TypeError, ValueError, OSError):
+        return None
+    rows = []
+    for device in device_ids:
+        ids = np.array([device], dtype=np.int64)
+        t = 0.0
+        while t < horizon_s:
+            start = float(trace.next_start(ids, t)[0])
+            if start > t:
+                rows.append((int(device), "offline", t, min(start, horizon_s)))
+            if not math.isfinite(start) or start >= horizon_s:
+                break
+            end = float(trace.window_end(ids, start)[0])
+            rows.append((int(device), "available", start, min(end, horizon_s)))
+            if end <= start:  # a zero-length window: step past it
+                end = float(np.nextafter(start, np.inf))
+            t = end
     return pd.DataFrame(rows, columns=["device_id", "state", "start_s", "end_s"])
 
 
@@ -315,7 +378,20 @@ def timeline_figure(
     if device_ids is None:
         device_ids = sample_devices(events, sample, seed)
     device_ids = list(device_ids)
-    spans = device_spans(events[events["device_id"].isin(device_ids)], horizon)
+    always_online = str(summary.get("traces.availability.kind", "")) == "always_online"
+    recorded = bool(events["kind"].isin(("online", "offline")).any())
+    rebuilt = None
+    if not (always_online or recorded) and run in runset.scenarios:
+        rebuilt = trace_availability_spans(
+            runset.scenarios[run], runset.run_dirs[run], device_ids, horizon
+        )
+    availability_known = always_online or recorded or rebuilt is not None
+    spans = device_spans(
+        events[events["device_id"].isin(device_ids)],
+        horizon,
+        always_online=always_online or recorded,
+        availability=rebuilt,
+    )
     unit, scale = _time_unit(horizon)
 
     figure = Figure(figsize=(11.0, 1.2 + 0.38 * max(len(device_ids), 1)), layout="constrained")
@@ -336,6 +412,17 @@ def timeline_figure(
             )
             collection.set_gid(state)
             collection.set_label(f"_{state}")
+        lost = mine[mine["state"] == "interruption"]
+        if len(lost):
+            ax.plot(
+                lost["start_s"] / scale,
+                np.full(len(lost), row),
+                linestyle="none",
+                marker="x",
+                color=_STATE_COLOURS["interrupted"],
+                gid="interruption",
+                label="_interruption",
+            )
     server = events[events["device_id"] < 0]
     commits = server.loc[server["kind"] == "step_commit", "time_s"].to_numpy(dtype=float)
     if commits.size == 0:  # older recorders: commit times from the steps table
@@ -366,7 +453,8 @@ def timeline_figure(
     else:
         ax.set_xlim(0, horizon / scale)
     ax.set_xlabel(f"simulated time ({unit})")
-    handles = [Patch(color=_STATE_COLOURS[s], label=s) for s in TIMELINE_STATES]
+    shown = TIMELINE_STATES if availability_known else TIMELINE_STATES[2:]
+    handles = [Patch(color=_STATE_COLOURS[s], label=s) for s in shown]
     handles.append(Patch(color="0.35", label="step commit"))
     if rollbacks.size:
         handles.append(Patch(color="#e41a1c", label="step rollback", fill=False))
@@ -378,7 +466,8 @@ def timeline_figure(
         fontsize=8,
         frameon=False,
     )
-    ax.set_title(f"device timelines, {len(device_ids)} sampled devices ({run})")
+    note = "" if availability_known else "; availability not recorded, only pauses shown"
+    ax.set_title(f"device timelines, {len(device_ids)} sampled devices ({run}){note}")
     return save_figure(figure, path)
 
 
@@ -425,14 +514,19 @@ def utilisation_figure(table: pd.DataFrame, path: Path | str | None = None) -> F
         _stacked_bars(ax, labels, part, UTILISATION_SHARES)
         ax.set_title(f"share of device-time, per {level.replace('_', ' ')}", fontsize=10)
     axes[-1].set_xlabel("share of device-time")
-    axes[0].legend(
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(
+        handles,
+        labels,
         ncol=len(UTILISATION_SHARES),
         fontsize=8,
-        loc="lower right",
-        bbox_to_anchor=(1.0, 1.15),
+        loc="outside upper center",
         frameon=False,
     )
     return save_figure(figure, path)
+
+
+MAX_STEP_BARS = 80
 
 
 def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) -> Figure:
@@ -449,23 +543,39 @@ def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) ->
         steps = breakdown["step"].to_numpy()
         bottom = np.zeros(len(breakdown))
         unit, scale = _time_unit(float(breakdown["total_s"].max()))
-        for part in BREAKDOWN_PARTS:
-            values = breakdown[part].to_numpy(dtype=float) / scale
-            bars = step_ax.bar(
+        if len(breakdown) <= MAX_STEP_BARS:
+            for part in BREAKDOWN_PARTS:
+                values = breakdown[part].to_numpy(dtype=float) / scale
+                bars = step_ax.bar(
+                    steps,
+                    values,
+                    bottom=bottom,
+                    width=1.0,
+                    color=_PART_COLOURS[part],
+                    label=part,
+                    linewidth=0,
+                )
+                for bar in bars:
+                    bar.set_gid(part)
+                bottom += values
+        else:
+            # Thousands of bar patches make saving slow; stacked step areas draw the same.
+            areas = step_ax.stackplot(
                 steps,
-                values,
-                bottom=bottom,
-                width=1.0,
-                color=_PART_COLOURS[part],
-                label=part,
+                *[breakdown[part].to_numpy(dtype=float) / scale for part in BREAKDOWN_PARTS],
+                labels=list(BREAKDOWN_PARTS),
+                colors=[_PART_COLOURS[part] for part in BREAKDOWN_PARTS],
+                step="mid",
                 linewidth=0,
             )
-            for bar in bars:
-                bar.set_gid(part)
-            bottom += values
+            for area, part in zip(areas, BREAKDOWN_PARTS):
+                area.set_gid(part)
         step_ax.set_xlabel("server step")
         step_ax.set_ylabel(f"simulated time ({unit})")
-        step_ax.legend(fontsize=8, ncol=3)
+        handles, labels = step_ax.get_legend_handles_labels()
+        figure.legend(
+            handles, labels, fontsize=8, ncol=len(labels), loc="outside upper center", frameon=False
+        )
         step_ax.set_title("time per committed step", fontsize=10)
     totals = breakdown.groupby("run", sort=True)[["total_s", *BREAKDOWN_PARTS]].sum()
     shares = totals[list(BREAKDOWN_PARTS)].div(
@@ -475,4 +585,71 @@ def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) ->
     share_ax.set_title("share of all step time", fontsize=10)
     if step_ax is None:
         share_ax.legend(fontsize=8, ncol=len(BREAKDOWN_PARTS))
+    return save_figure(figure, path)
+
+
+def time_to_accuracy_figure(
+    table: pd.DataFrame,
+    by: str,
+    target_labels: dict[float, str] | None = None,
+    path: Path | str | None = None,
+) -> Figure:
+    """Mean time to each target (hours, 95 % interval as error bars) from
+    :func:`~fleetsim.analysis.metrics.time_to_accuracy_table`, one line per group
+    of ``by``.  Targets that no run of a group reached leave a gap.
+    ``target_labels`` renames the x ticks (e.g. "60 % of target")."""
+    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    targets = sorted(table["target"].unique())
+    positions = {t: i for i, t in enumerate(targets)}
+    for index, group in enumerate(list(dict.fromkeys(table[by]))):
+        part = table[table[by] == group].sort_values("target")
+        x = np.array([positions[t] for t in part["target"]], dtype=float)
+        mean = part["mean_s"].to_numpy(dtype=float) / 3600.0
+        low = part["ci_low_s"].to_numpy(dtype=float) / 3600.0
+        high = part["ci_high_s"].to_numpy(dtype=float) / 3600.0
+        errors = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
+        container = ax.errorbar(
+            x,
+            mean,
+            yerr=errors,
+            marker="o",
+            capsize=3,
+            color=f"C{index % 10}",
+            label=f"{by}={group}",
+        )
+        container.lines[0].set_gid(str(group))
+    ax.set_xticks(range(len(targets)))
+    ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])
+    ax.set_xlabel("accuracy target")
+    ax.set_ylabel("simulated time to reach (h)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def grouped_breakdown_figure(
+    breakdown: pd.DataFrame,
+    group_of_run: dict[str, object],
+    by: str,
+    path: Path | str | None = None,
+) -> Figure:
+    """Mean seconds per committed step, stacked by part, one bar per group of runs."""
+    frame = breakdown.assign(_group=breakdown["run"].map(group_of_run))
+    means = frame.groupby("_group", sort=True)[list(BREAKDOWN_PARTS)].mean()
+    figure = Figure(figsize=(8.0, 4.5), layout="constrained")
+    ax = figure.subplots()
+    labels = [str(g) for g in means.index]
+    bottom = np.zeros(len(labels))
+    for part in BREAKDOWN_PARTS:
+        values = means[part].to_numpy(dtype=float)
+        bars = ax.bar(labels, values, bottom=bottom, color=_PART_COLOURS[part], label=part)
+        for bar in bars:
+            bar.set_gid(part)
+        bottom += values
+    ax.set_xlabel(by)
+    ax.set_ylabel("mean simulated seconds per committed step")
+    handles, labels = ax.get_legend_handles_labels()
+    figure.legend(handles, labels, fontsize=8, ncol=3, loc="outside upper center", frameon=False)
+    ax.grid(alpha=0.3, axis="y")
     return save_figure(figure, path)

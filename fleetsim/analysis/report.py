@@ -12,7 +12,6 @@ import base64
 import html
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +104,13 @@ img { max-width: 100%; } .note { color: #666; font-size: 0.9em; }
 """
 
 
-def _page(title: str, sections: list[tuple[str, str]]) -> str:
+def _page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
+    # No generation timestamp: the same run directory gives a byte-identical page.
     body = "\n".join(f"<h2>{html.escape(h)}</h2>\n{content}" for h, content in sections)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
-        f'<h1>{html.escape(title)}</h1>\n<p class="note">fleetsim report, generated {stamp}. '
+        f'<h1>{html.escape(title)}</h1>\n<p class="note">{html.escape(subtitle)} '
         "Times are simulated wall-clock time.</p>\n"
         f"{body}\n</body></html>\n"
     )
@@ -209,7 +208,9 @@ def write_report(
         figure_section(
             "Progress over simulated time",
             "progress.png",
-            "Systems-only run: no accuracy was computed.",
+            "Systems-only run: no accuracy was computed."
+            if bool(summary["systems_only"])
+            else "No accuracy was evaluated in this run.",
         )
 
     if len(runset.events):
@@ -280,7 +281,9 @@ def write_report(
         )
     )
     page = out_dir / REPORT_HTML
-    page.write_text(_page(f"fleetsim run {run}", sections))
+    description = str(runset.scenarios[run].get("description") or "")
+    subtitle = f"{description}." if description else ""
+    page.write_text(_page(f"fleetsim run {run}", subtitle, sections))
     return page
 
 

@@ -99,7 +99,6 @@ class _Job:
     seq: int  # dispatch call index: only breaks ties between tasks of one (device, step)
     t_assigned: float
     cancelled: bool = False
-    started: bool = False
     backend: str = ""
     window_end: float = 0.0  # end of the device's current availability window
     online_hint: Optional[bool] = None  # availability looked up in the dispatch batch...
@@ -117,6 +116,11 @@ class _Job:
     interrupted_s: float = 0.0
     wasted_s: float = 0.0  # wasted busy time in a task that still delivered something
     energy_j: float = 0.0
+    compute_j: float = 0.0
+    radio_j: float = 0.0
+    # The compute span in progress: end offsets of its units (or the equal unit time).
+    span_cum: Optional[np.ndarray] = field(default=None, repr=False)
+    span_unit_s: float = 0.0
     noise: Optional[np.ndarray] = field(default=None, repr=False)
 
 
@@ -163,9 +167,10 @@ class Fleet:
 
         up_j, down_j, base_w = self.power.radio_arrays(list(table.network_types))
         net = np.asarray(table.network_type_index, dtype=np.int64)
-        self._up_j_per_byte = up_j[net]
-        self._down_j_per_byte = down_j[net]
-        self._radio_base_w = base_w[net]
+        # Huang et al. model: radio power while transferring = alpha × throughput + beta,
+        # i.e. J per byte × bytes per second + base watts, per device and direction.
+        self._up_radio_w = up_j[net] * (table.uplink_bps / 8.0) + base_w[net]
+        self._down_radio_w = down_j[net] * (table.downlink_bps / 8.0) + base_w[net]
         self._compute_w = {b: self.power.compute_watts(b) for b in BACKENDS}
         for name in ("uplink_bps", "downlink_bps"):
             rates = np.asarray(getattr(table, name), dtype=np.float64)
@@ -192,6 +197,7 @@ class Fleet:
         self._radio_j = np.zeros(n)
         self._last_backend = np.full(n, -1, dtype=np.int8)
 
+        self._ledger: list[tuple] = []  # finished tasks not yet added to the columns above
         self._queues: dict[int, deque[_Job]] = {}  # devices with a process: tasks not started
         self._current: dict[int, _Job] = {}
         self._procs: dict[int, simpy.Process] = {}
@@ -277,6 +283,7 @@ class Fleet:
         self._dispatch_seq += 1
         self._pending.append(job)
         self._busy_count[d] += 1
+        self._tasks[d] += 1
         self._schedule_flush()
         return job.event
 
@@ -304,6 +311,7 @@ class Fleet:
         Idle and offline time cover ``[0, end_time]`` and come from the availability trace
         (vectorised over devices); busy time is what the device spent downloading,
         computing and uploading."""
+        self._apply_ledger()
         ids = np.flatnonzero(self._tasks > 0)
         online = online_seconds(self.availability, ids, float(end_time))
         busy = self._busy_s[ids]
@@ -335,12 +343,14 @@ class Fleet:
 
     def energy_totals(self) -> dict[str, float]:
         """Run totals in joules: compute, radio and their sum."""
+        self._apply_ledger()
         compute = float(self._compute_j.sum())
         radio = float(self._radio_j.sum())
         return {"compute_j": compute, "radio_j": radio, "total_j": compute + radio}
 
     def run_totals(self) -> dict[str, float]:
         """Run totals of the per-device accounting (sums over all devices)."""
+        self._apply_ledger()
         return {
             "busy_s": float(self._busy_s.sum()),
             "compute_s": float(self._compute_s.sum()),
@@ -357,8 +367,29 @@ class Fleet:
 
     # ------------------------------------------------------------------ internals: lookups
 
+    def _apply_ledger(self) -> None:
+        if not self._ledger:
+            return
+        rows = np.array(self._ledger, dtype=np.float64)
+        self._ledger = []
+        ids = rows[:, 0].astype(np.int64)
+        float_columns = (
+            self._busy_s,
+            self._compute_s,
+            self._network_s,
+            self._interrupted_s,
+            self._wasted_s,
+            self._compute_j,
+            self._radio_j,
+        )
+        for i, column in enumerate(float_columns, start=1):
+            np.add.at(column, ids, rows[:, i])
+        int_columns = (self._delivered, self._units_lost, self._bytes_up, self._bytes_down)
+        for i, column in enumerate(int_columns, start=1 + len(float_columns)):
+            np.add.at(column, ids, rows[:, i].astype(np.int64))
+
     def _backend_array(self, kind: TaskKind) -> np.ndarray:
-        key = TaskKind(kind).value
+        key = kind.value if isinstance(kind, TaskKind) else TaskKind(kind).value
         cached = self._backend_cache.get(key)
         if cached is None:
             cached = np.asarray(
@@ -371,7 +402,8 @@ class Fleet:
         return cached
 
     def _unit_array(self, kind: TaskKind, inferences_per_unit: float) -> np.ndarray:
-        key = (TaskKind(kind).value, float(inferences_per_unit))
+        kind_name = kind.value if isinstance(kind, TaskKind) else TaskKind(kind).value
+        key = (kind_name, float(inferences_per_unit))
         cached = self._unit_cache.get(key)
         if cached is None:
             backends = self._backend_array(kind)
@@ -397,6 +429,13 @@ class Fleet:
         rate = bps[ids]
         with np.errstate(divide="ignore"):
             return np.where(rate > 0, payload * 8.0 / rate, np.inf)
+
+    def _transfer_seconds_one(self, d: int, payload: int, direction: str) -> float:
+        mode = self.config.transfers
+        if payload <= 0 or mode == "none" or (mode == "uplink_only" and direction == "download"):
+            return 0.0
+        bps = self.table.uplink_bps if direction == "upload" else self.table.downlink_bps
+        return payload * 8.0 / float(bps[d])
 
     # ------------------------------------------------------------------ internals: batching
 
@@ -462,23 +501,18 @@ class Fleet:
 
     def _run_job(self, job: _Job):
         env, task, d = self.env, job.task, job.task.device_id
-        job.started = True
-        self._tasks[d] += 1
         try:
             if not self._admit(job):
                 return
             self.log.add(env.now, d, "assign", task.step, units=task.units, detail=job.backend)
             # Download.
             if task.download_bytes > 0:
-                seconds = float(
-                    self._transfer_seconds(np.array([d]), task.download_bytes, "download")[0]
-                )
+                seconds = self._transfer_seconds_one(d, task.download_bytes, "download")
                 outcome = yield from self._active(job, "download", seconds)
                 if outcome != _DONE:
                     self._end_without_delivery(job, outcome)
                     return
                 job.bytes_down = int(task.download_bytes)
-                self._bytes_down[d] += job.bytes_down
                 self.log.add(env.now, d, "download", task.step, job.bytes_down, seconds)
             # Compute.
             outcome = yield from self._compute(job)
@@ -494,8 +528,9 @@ class Fleet:
             # Upload (after a "lose" interruption: once the device is back).
             yield from self._upload(job, resume_first=(outcome == _LOST))
         except simpy.Interrupt:
+            phase = job.phase or "between phases"
             self._charge_partial_phase(job)
-            self.log.add(env.now, d, "cancelled", task.step, units=job.units_done, detail=job.phase)
+            self.log.add(env.now, d, "cancelled", task.step, units=job.units_done, detail=phase)
             job.units_lost += job.units_done - job.units_delivered
             self._finish(job, ReceiptStatus.CANCELLED)
 
@@ -535,27 +570,21 @@ class Fleet:
         return True
 
     def _spend(self, job: _Job, phase: str, seconds: float) -> None:
-        """Account ``seconds`` of active ``phase`` time to the job and the device."""
+        """Account ``seconds`` of active ``phase`` time to the job (the device's columns are
+        updated once, when the task ends)."""
         if seconds <= 0:
             return
         d = job.task.device_id
         job.busy_s += seconds
-        self._busy_s[d] += seconds
         if phase == "compute":
             joules = self._compute_w[job.backend] * seconds
             job.compute_s += seconds
-            self._compute_s[d] += seconds
-            self._compute_j[d] += joules
+            job.compute_j += joules
         else:
-            # Huang et al. model: radio power = alpha × throughput + beta while transferring.
-            if phase == "upload":
-                per_byte, rate = self._up_j_per_byte[d], self.table.uplink_bps[d] / 8.0
-            else:
-                per_byte, rate = self._down_j_per_byte[d], self.table.downlink_bps[d] / 8.0
-            joules = (per_byte * rate + self._radio_base_w[d]) * seconds
+            watts = self._up_radio_w[d] if phase == "upload" else self._down_radio_w[d]
+            joules = float(watts) * seconds
             job.network_s += seconds
-            self._network_s[d] += seconds
-            self._radio_j[d] += joules
+            job.radio_j += joules
         job.energy_j += joules
 
     def _charge_partial_phase(self, job: _Job) -> None:
@@ -563,10 +592,43 @@ class Fleet:
         elapsed = self.env.now - job.phase_start
         if job.phase == "paused":
             job.interrupted_s += elapsed
-            self._interrupted_s[job.task.device_id] += elapsed
         elif job.phase in ("download", "compute", "upload"):
             self._spend(job, job.phase, elapsed)
+        if job.phase == "compute":
+            # Credit the units the span finished before the cancel; the one in progress is
+            # lost work too.
+            if job.span_cum is not None:
+                finished = int(np.searchsorted(job.span_cum, elapsed, side="right"))
+                finished_at = float(job.span_cum[finished - 1]) if finished else 0.0
+            else:
+                finished = int(elapsed // job.span_unit_s) if job.span_unit_s > 0 else 0
+                finished = min(finished, job.task.units - job.units_done)
+                finished_at = finished * job.span_unit_s
+            job.units_done += finished
+            if finished:
+                self.log.add(
+                    self.env.now,
+                    job.task.device_id,
+                    "compute",
+                    job.task.step,
+                    duration_s=finished_at,
+                    units=finished,
+                )
+            if elapsed > finished_at:
+                job.units_lost += 1
         job.phase = ""
+
+    def _timeout_until(self, t: float) -> simpy.Timeout:
+        """A timeout firing at exactly ``t`` (a window boundary or deadline): ``now + (t -
+        now)`` can miss ``t`` by an ulp, which would put the event on the wrong side of a
+        half-open boundary or of a server timer set for the same instant."""
+        now = self.env.now
+        delay = t - now
+        for _ in range(4):
+            if now + delay == t:
+                break
+            delay = float(np.nextafter(delay, np.inf if now + delay < t else -np.inf))
+        return self.env.timeout(max(delay, 0.0))
 
     def _wait_online(self, job: _Job):
         """Suspend until the device's next window; False if it never comes back."""
@@ -575,10 +637,9 @@ class Fleet:
         if not np.isfinite(back):
             return False
         job.phase, job.phase_start = "paused", now
-        yield self.env.timeout(back - now)
+        yield self._timeout_until(back)
         job.phase = ""
         job.interrupted_s += back - now
-        self._interrupted_s[d] += back - now
         online, end = self.cursor.state(np.array([d], dtype=np.int64), self.env.now)
         job.window_end = float(end[0])
         self.log.add(self.env.now, d, "resumed", job.task.step, duration_s=back - now)
@@ -599,7 +660,7 @@ class Fleet:
             run = job.window_end - now
             if run > 0:
                 job.phase, job.phase_start = phase, now
-                yield env.timeout(run)
+                yield self._timeout_until(job.window_end)
                 job.phase = ""
                 self._spend(job, phase, run)
                 remaining -= run
@@ -646,13 +707,30 @@ class Fleet:
 
     def _compute(self, job: _Job):
         env, task, d = self.env, job.task, job.task.device_id
-        times = self._unit_times(job)
+        base_s = float(self._unit_array(task.kind, task.inferences_per_unit)[d])
+        exact = self.config.compute_noise_sigma <= 0 and not self.config.thermal.enabled
+        times = None if exact else self._unit_times(job)
         head_remaining: Optional[float] = None
         deadline = task.deadline_s if task.deadline_s is not None else np.inf
         while job.units_done < task.units:
             now = env.now
             if now >= deadline:
                 return _EXPIRED
+            if times is None:
+                # Fast path (no noise, no thermal model): equal units, one timeout if they
+                # all fit in the window and before the deadline.
+                left = task.units - job.units_done
+                span = base_s * left
+                if now + span <= min(job.window_end, deadline):
+                    job.phase, job.phase_start = "compute", now
+                    job.span_cum, job.span_unit_s = None, base_s
+                    yield env.timeout(span)
+                    job.phase = ""
+                    self._spend(job, "compute", span)
+                    job.units_done = task.units
+                    self.log.add(env.now, d, "compute", task.step, duration_s=span, units=left)
+                    return _DONE
+                times = np.full(task.units, base_s)
             seg = times[job.units_done :].copy()
             if head_remaining is not None:
                 seg[0] = head_remaining
@@ -661,6 +739,7 @@ class Fleet:
             limit = min(job.window_end, deadline)
             # Units whose end falls at or before the limit complete (half-open windows).
             fit = int(np.searchsorted(now + cum, limit, side="right"))
+            job.span_cum = cum
             if fit == len(seg):
                 span = float(cum[-1])
                 job.phase, job.phase_start = "compute", now
@@ -674,7 +753,7 @@ class Fleet:
             span = limit - now
             if span > 0:
                 job.phase, job.phase_start = "compute", now
-                yield env.timeout(span)
+                yield self._timeout_until(limit)
                 job.phase = ""
                 self._spend(job, "compute", span)
             self._load_end[d] = env.now
@@ -723,7 +802,7 @@ class Fleet:
     def _upload(self, job: _Job, resume_first: bool):
         env, task, d = self.env, job.task, job.task.device_id
         payload = int(task.upload_bytes(job.units_done))
-        seconds = float(self._transfer_seconds(np.array([d]), payload, "upload")[0])
+        seconds = self._transfer_seconds_one(d, payload, "upload")
         while True:
             if resume_first:
                 back = yield from self._wait_online(job)
@@ -741,7 +820,6 @@ class Fleet:
             resume_first = True
         job.bytes_up = payload
         job.units_delivered = job.units_done
-        self._bytes_up[d] += payload
         self.log.add(env.now, d, "upload", task.step, payload, seconds, units=job.units_done)
         status = (
             ReceiptStatus.DELIVERED if job.units_delivered == task.units else ReceiptStatus.PARTIAL
@@ -759,13 +837,26 @@ class Fleet:
 
     def _finish(self, job: _Job, status: ReceiptStatus) -> None:
         d, task = job.task.device_id, job.task
-        if not job.started:
-            self._tasks[d] += 1
         if job.units_delivered == 0:
             job.wasted_s = job.busy_s
-        self._wasted_s[d] += job.wasted_s
-        self._delivered[d] += job.units_delivered
-        self._units_lost[d] += job.units_lost
+        # Device columns are updated in bulk (numpy scalar updates cost more than the rest
+        # of the bookkeeping); see _apply_ledger.
+        self._ledger.append(
+            (
+                d,
+                job.busy_s,
+                job.compute_s,
+                job.network_s,
+                job.interrupted_s,
+                job.wasted_s,
+                job.compute_j,
+                job.radio_j,
+                job.units_delivered,
+                job.units_lost,
+                job.bytes_up,
+                job.bytes_down,
+            )
+        )
         self._busy_count[d] -= 1
         receipt = WorkReceipt(
             device_id=d,

@@ -71,7 +71,7 @@ class PeftConfig(BaseModel):
     train_head: bool = Field(True, description="Whether the classification head is trainable.")
 
     @model_validator(mode="after")
-    def _layers_xor_top(self) -> "PeftConfig":
+    def _layers_xor_top(self) -> PeftConfig:
         if self.layers is not None and self.top_layers is not None:
             raise ValueError("give either peft.layers or peft.top_layers, not both")
         if self.method == "head_only" and not self.train_head:

@@ -510,11 +510,13 @@ def _fit_margins(
 def _round_columns(matrix: np.ndarray, col_sums: np.ndarray) -> np.ndarray:
     """Round each column to integers summing exactly to ``col_sums`` (largest remainder)."""
     counts = np.floor(matrix).astype(np.int64)
+    n_rows = matrix.shape[0]
     for c in range(matrix.shape[1]):
         shortfall = int(col_sums[c]) - int(counts[:, c].sum())
         if shortfall > 0:
             order = np.argsort(-(matrix[:, c] - counts[:, c]), kind="stable")
-            counts[order[:shortfall], c] += 1
+            # Cycling only matters if the fit did not converge (shortfall > rows).
+            np.add.at(counts[:, c], order[np.arange(shortfall) % n_rows], 1)
         elif shortfall < 0:  # floor of a fitted matrix cannot exceed, but stay exact
             order = np.argsort(matrix[:, c] - counts[:, c], kind="stable")
             for i in order:
@@ -543,6 +545,10 @@ def _dirichlet_counts(
     for i in np.flatnonzero(bad):
         proportions[i] = 0.0
         proportions[i, rng.choice(np.flatnonzero(present), p=prior)] = 1.0
+    # A floor keeps every class claimable: a class that underflowed to 0 in every
+    # client's draw could not be placed by rescaling.  1e-12 of a client's demand
+    # changes no expected count.
+    proportions[:, present] = np.maximum(proportions[:, present], 1e-12)
     sizes = _near_equal_sizes(len(labels), n_clients)
     # Clients get near-equal sizes and every example is used exactly once: the
     # demand matrix sizes_i * q_i is fitted to those margins (IPF) and rounded per

@@ -262,16 +262,21 @@ class TextClassifier(nn.Module):
         hidden = self.embed(input_ids, ctx)
         return self.run_layers(hidden, ctx, 0, stop)
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, start: int
                 ) -> torch.Tensor:
-        """Logits from the hidden states entering layer ``start`` (float32)."""
-        ctx = self.context(attention_mask, hidden.dtype)
+        """Logits (float32) from the hidden states entering layer ``start``, or from token
+        ids when ``start`` is -1 (embeddings trainable: nothing is frozen below)."""
+        ctx = self.context(attention_mask, self.head.weight.dtype)
+        if start < 0:
+            hidden, start = self.embed(inputs, ctx), 0
+        else:
+            hidden = inputs
         hidden = self.run_layers(hidden, ctx, start, self.n_layers)
         pooled = self.pool(hidden, attention_mask)
         return self.head(pooled).float()
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.forward(self.prefix(input_ids, attention_mask, 0), attention_mask, 0)
+        return self.forward(input_ids, attention_mask, -1)
 
 
 def _normalise_layers(peft: PeftConfig, n_layers: int) -> list[int]:

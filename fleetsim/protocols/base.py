@@ -77,10 +77,13 @@ class Protocol(ABC):
         self.step = 0  # committed steps so far
         self.round = 0
         self.last_eval: Optional[EvalResult] = None
-        self._carried: list[Any] = []  # pending dispatch events carried past a commit
+        # (device, step, pending dispatch event) carried past a commit
+        self._carried: list[tuple[int, int, Any]] = []
         self._next_k: dict[tuple[int, int], int] = {}  # (step, device) -> next perturbation index
         self.history: list[tuple[float, int]] = []
         self._last_step_units = 0
+        self._refused: set[int] = set()  # devices whose memory refusal was logged
+        self._eligible: Optional[np.ndarray] = None
 
     # ------------------------------------------------------------------ interface
     @abstractmethod
@@ -164,12 +167,33 @@ class Protocol(ABC):
         )
 
     def candidates(self) -> np.ndarray:
-        """Devices online now and not busy with carried work."""
+        """Devices online now, not busy with carried work, and able to hold the job.
+
+        The server knows each phone's RAM: a device that cannot hold the job is
+        never assigned it; its refusal is logged once (needed vs available bytes)."""
         ids = self.fleet.available_ids()
         busy = self.fleet.busy_ids()
         if len(busy):
             ids = np.setdiff1d(ids, busy, assume_unique=False)
+        need = int(self.ctx.memory_bytes.get(self.task_kind, 0))
+        if need and len(ids):
+            fits = self.fleet.can_hold(ids, need)
+            if not fits.all():
+                self._log_memory_refusals(ids[~fits], need)
+                ids = ids[fits]
         return ids
+
+    def _log_memory_refusals(self, ids: np.ndarray, need: int) -> None:
+        fresh = [int(d) for d in ids.tolist() if int(d) not in self._refused]
+        if not fresh:
+            return
+        usable = self.fleet.table.usable_ram_bytes
+        for d in fresh:
+            self._refused.add(d)
+            self.ctx.recorder.events.add(
+                self.env.now, d, "refuse_memory", step=self.step,
+                detail=f"needed={need} available={int(usable[d])} kind={self.task_kind.value}",
+            )
 
     def select_cohort(self, size: int, expected_round_s: float) -> Generator:
         """Pick a round's cohort among online devices, waiting while none is online."""
@@ -183,14 +207,24 @@ class Protocol(ABC):
                 return np.zeros(0, dtype=np.int64)
             yield self.env.timeout(wait)
 
+    def eligible_ids(self) -> np.ndarray:
+        """Devices whose RAM can hold this protocol's job (static; cached)."""
+        if self._eligible is None:
+            ids = np.arange(self.fleet.num_devices, dtype=np.int64)
+            need = int(self.ctx.memory_bytes.get(self.task_kind, 0))
+            self._eligible = ids[self.fleet.can_hold(ids, need)] if need else ids
+        return self._eligible
+
     def _seconds_until_someone_online(self) -> float:
-        # One vectorised query over the whole fleet (cheap even at a million devices).
-        ids = np.arange(self.fleet.num_devices, dtype=np.int64)
+        # One vectorised query over the eligible fleet (cheap even at a million devices).
+        ids = self.eligible_ids()
+        if len(ids) == 0:
+            return math.inf
         starts = self.fleet.availability.next_start(ids, float(self.env.now))
-        nxt = float(starts.min()) if len(starts) else math.inf
+        nxt = float(starts.min())
         if not math.isfinite(nxt):
             return math.inf
-        # Someone is online but busy with carried work: poll at a coarse interval.
+        # Someone eligible is online but busy with carried work: poll at a coarse interval.
         return nxt - float(self.env.now) if nxt > self.env.now else 1.0
 
     def perturbation_indices(self, device_id: int, units: int) -> tuple[int, ...]:
@@ -225,7 +259,10 @@ class Protocol(ABC):
                 upload_bytes=upload,
                 inferences_per_unit=self.inferences_per_unit(),
                 memory_bytes=self.ctx.memory_bytes.get(self.task_kind, 0),
-                deadline_s=None if deadline_rel is None else started + deadline_rel,
+                # Devices cut their compute only when the policy planned for a deadline;
+                # a commit deadline alone leaves late work to the late_work rule.
+                deadline_s=None if allocation.deadline_s is None
+                else started + allocation.deadline_s,
                 tags={"batch_index": batch_index, "attempt": attempt},
             )
             events[int(dev)] = self.fleet.dispatch(task)
@@ -248,26 +285,34 @@ class Protocol(ABC):
                     receipts.append(r)
                     delivered += r.units_delivered
                     del pending[dev]
-            if timer is not None and timer.triggered:
+            if timer is not None and timer.processed:
                 break
             if need is not None and delivered >= need:
                 break
         late: list[WorkReceipt] = []
         # Work carried from the previous step that arrived meanwhile.
         still = []
-        for ev in self._carried:
-            if ev.triggered:
-                late.append(ev.value)
+        for item in self._carried:
+            if item[2].triggered:
+                late.append(item[2].value)
             else:
-                still.append(ev)
+                still.append(item)
         self._carried = still
         for dev in sorted(pending):
             if commit.late_work == "carry":
-                self._carried.append(pending[dev])
+                self._carried.append((dev, self.step, pending[dev]))
             else:
                 self.fleet.cancel(dev, self.step)
                 self.ctx.recorder.events.add(env.now, dev, "dropped", step=self.step)
         return StepOutcome(receipts, late, started, float(env.now), assigned)
+
+    def drop_carried(self) -> None:
+        """At the end of the run: withdraw work still carried (logged as dropped)."""
+        for dev, step, ev in self._carried:
+            if not ev.triggered:
+                self.fleet.cancel(dev, step)
+                self.ctx.recorder.events.add(self.env.now, dev, "dropped", step=step)
+        self._carried = []
 
     def to_work(self, receipts: list[WorkReceipt]) -> list[GradientWork]:
         work = []

@@ -65,9 +65,10 @@ class FedAvgProtocol(Protocol):
                 self.engine.apply(estimate, self.cfg.lr)
                 rec.events.add(self.env.now, -1, "step_commit", step=self.step,
                                units=sum(d.n_perturbations for d in deltas))
-                self.step += 1
             rec.events.add(self.env.now, -1, "round_end", detail=f"round={self.round}")
             evaluation = self.evaluate()
             self.record_step(outcome, estimate, 0, committed=estimate is not None, lr=lr,
                              evaluation=evaluation)
+            if estimate is not None:
+                self.step += 1
             self.round += 1

@@ -91,6 +91,7 @@ class FwdLLMProtocol(Protocol):
                 evaluation = self.evaluate()
                 rec.attach_evaluation(evaluation)
             self.round += 1
+        self.drop_carried()
 
     def one_step(self, cohort: np.ndarray, batch_index: int) -> Generator:
         """Run one server step to its commit; False when it had to be given up."""
@@ -118,6 +119,9 @@ class FwdLLMProtocol(Protocol):
                     return False  # repeatedly nothing delivered: give the step up
                 continue
             estimate = self.aggregate(self.step, work, estimate)
+            for dev in estimate.extra.get("skipped", []):
+                rec.events.add(self.env.now, int(dev), "numerical_fault", step=self.step,
+                               detail="non-finite estimate skipped (numerics.on_nonfinite: skip)")
             self._last_step_units = int(estimate.n_perturbations)
             gate = self.cfg.variance
             failed = (
@@ -140,11 +144,11 @@ class FwdLLMProtocol(Protocol):
                        units=estimate.n_perturbations, detail=f"attempts={attempt + 1}")
         self.history.append((float(estimate.variance), attempt))
         self.ctx.policy.observe(self.step_context(), float(estimate.variance), attempt)
-        self.step += 1
         evaluation = None
-        if self.cfg.eval_every_steps and self.step % self.cfg.eval_every_steps == 0:
+        if self.cfg.eval_every_steps and (self.step + 1) % self.cfg.eval_every_steps == 0:
             evaluation = self.evaluate()
         self.record_step(outcome, estimate, attempt, committed=True, lr=lr, evaluation=evaluation)
+        self.step += 1
         return True
 
     def _wait_for_cohort(self, cohort: np.ndarray) -> Optional[float]:

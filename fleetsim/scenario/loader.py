@@ -243,6 +243,15 @@ def load_scenario(path: Path | str, overrides: Optional[list[str]] = None) -> Lo
     return loaded
 
 
+def validate_raw(data: dict, path: Path, base_dir: Path) -> LoadedScenario:
+    """Validate an already merged mapping (a checkpoint's scenario)."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise FleetsimInputError(format_validation_error(exc, path, {}, set())) from None
+    return LoadedScenario(scenario=scenario, path=path, base_dir=base_dir, raw=data)
+
+
 def _where(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> str:
     if key in overridden:
         return "--set " + ".".join(key)

@@ -1,1 +1,18 @@
+"""Device facts: catalogue, latency and memory models, population, availability, network.
 
+Entry point for the rest of fleetsim: :func:`build_fleet`.
+"""
+
+from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, DeviceTable, IntervalAvailability
+from fleetsim.traces.config import TracesConfig, paper_profile_config
+from fleetsim.traces.fleet_builder import build_fleet
+
+__all__ = [
+    "AlwaysOnline",
+    "AvailabilityTrace",
+    "DeviceTable",
+    "IntervalAvailability",
+    "TracesConfig",
+    "build_fleet",
+    "paper_profile_config",
+]

@@ -67,34 +67,39 @@ class DiurnalAvailability(AvailabilityTrace):
     def num_devices(self) -> int:
         return int(self.offset_s.shape[0])
 
-    def _window(self, ids: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Start and duration of the latest window starting at or before ``t``."""
+    def _window(self, ids: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(offset, k, duration) of the latest window starting at or before ``t``:
+        that window starts at ``offset + k*P`` (always computed in this form)."""
         a = self.offset_s[ids]
         p = self.period_s
         k = np.floor((t - a) / p)
         k = np.where(a + (k + 1.0) * p <= t, k + 1.0, k)
         k = np.where(a + k * p > t, k - 1.0, k)
-        return a + k * p, self.duration_s[ids]
+        return a, k, self.duration_s[ids]
+
+    def _online(self, a, k, dur, t: float) -> np.ndarray:
+        return (dur >= self.period_s) | ((dur > 0) & (t < a + k * self.period_s + dur))
 
     def is_available(self, device_ids: np.ndarray, t: float) -> np.ndarray:
         ids = np.asarray(device_ids, dtype=np.int64)
-        start, dur = self._window(ids, float(t))
-        return (dur >= self.period_s) | ((dur > 0) & (t < start + dur))
+        t = float(t)
+        a, k, dur = self._window(ids, t)
+        return self._online(a, k, dur, t)
 
     def window_end(self, device_ids: np.ndarray, t: float) -> np.ndarray:
         ids = np.asarray(device_ids, dtype=np.int64)
         t = float(t)
-        start, dur = self._window(ids, t)
-        online = (dur > 0) & (t < start + dur)
-        end = np.where(online, start + dur, t)
+        a, k, dur = self._window(ids, t)
+        online = self._online(a, k, dur, t)
+        end = np.where(online, a + k * self.period_s + dur, t)
         return np.where(dur >= self.period_s, np.inf, end)
 
     def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
         ids = np.asarray(device_ids, dtype=np.int64)
         t = float(t)
-        start, dur = self._window(ids, t)
-        online = (dur >= self.period_s) | ((dur > 0) & (t < start + dur))
-        nxt = np.where(online, t, start + self.period_s)
+        a, k, dur = self._window(ids, t)
+        online = self._online(a, k, dur, t)
+        nxt = np.where(online, t, a + (k + 1.0) * self.period_s)
         return np.where(dur <= 0, np.inf, nxt)
 
     def online_share_by_hour(self, device_ids: np.ndarray, days: int = 1) -> np.ndarray:
@@ -372,9 +377,7 @@ _WIFI_ON = {"wifi"}
 _WIFI_OFF = {"2g", "3g", "4g", "5g", "unknown", "none"}
 
 
-def flash_intervals(
-    path: Path, horizon_s: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def flash_intervals(path: Path, horizon_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(device, start, end) from FLASH ``state_traces.json``.
 
     Available = screen locked ∧ charging ∧ Wi-Fi.  State starts False for each

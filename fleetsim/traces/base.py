@@ -160,15 +160,18 @@ class IntervalAvailability(AvailabilityTrace):
         hi = self.offsets[ids + 1]
         t = float(t)
         shift = np.zeros(len(ids))
+        k = 0.0
         if self.period_s:
-            shift[:] = self._period_index(t) * float(self.period_s)
+            k = self._period_index(t)
+            shift[:] = k * float(self.period_s)
         idx = self._first_end_after(lo, hi, shift, t)
         exists = idx < hi
         if self.period_s:
             # Past the last window of this period: first window of the next one.
             wrap = ~exists & (hi > lo)
             idx = np.where(wrap, lo, idx)
-            shift = np.where(wrap, shift + float(self.period_s), shift)
+            # (k + 1) * P, not shift + P: the same float _period_index will produce
+            shift = np.where(wrap, (k + 1.0) * float(self.period_s), shift)
             exists = exists | wrap
         return idx, exists, shift, t
 

@@ -32,17 +32,21 @@ class AvailabilityConfig(BaseModel):
         None, description="Trace file for file kinds; relative to the scenario file's folder."
     )
     period_s: Optional[float] = Field(
-        None, gt=0,
+        None,
+        gt=0,
         description="intervals: repeat the file's windows with this period (None = a device is "
         "offline after its last window).",
     )
     trace_span_days: float = Field(
-        7.0, gt=0,
+        7.0,
+        gt=0,
         description="diurnal_model: days the FLASH per-user totals were summed over (the "
         "totals file does not state it; FLASH describes a one-week trace).",
     )
     night_share: float = Field(
-        0.7, ge=0, le=1,
+        0.7,
+        ge=0,
+        le=1,
         description="diurnal_model: share of devices whose daily window starts around "
         "night_start_hour (overnight charging); the rest start at a uniform hour.",
     )
@@ -53,7 +57,9 @@ class AvailabilityConfig(BaseModel):
         1.5, ge=0, description="diurnal_model: spread (sd, hours) of the overnight start hour."
     )
     wifi_share: float = Field(
-        1.0, ge=0, le=1,
+        1.0,
+        ge=0,
+        le=1,
         description="diurnal_model: share of idle-charging time that is also on Wi-Fi.",
     )
 
@@ -72,7 +78,7 @@ class AvailabilityConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _path_needed(self) -> "AvailabilityConfig":
+    def _path_needed(self) -> AvailabilityConfig:
         if self.kind in FILE_AVAILABILITY and not self.path:
             raise ValueError(
                 f"traces.availability.path: kind {self.kind!r} needs a trace file path"
@@ -106,12 +112,17 @@ class NetworkConfig(BaseModel):
         description="fixed: read the rates as 2^20 bit/s per unit (the FwdLLM paper's "
         "'10 Mbit/s' is 10 x 2^20 bit/s).",
     )
+    radio: Literal["wifi", "hsdpa", "lte", "5g"] = Field(
+        "wifi",
+        description="fixed: radio technology of the link (energy model); the trace types "
+        "imply theirs (hsdpa_3g: hsdpa, 5g_mmwave: 5g, flash_wifi: wifi).",
+    )
     uplink_only: bool = Field(
         False, description="Downloads take zero time (downlink = infinite), as in the paper."
     )
 
     @model_validator(mode="after")
-    def _fixed_rates(self) -> "NetworkConfig":
+    def _fixed_rates(self) -> NetworkConfig:
         if self.type == "fixed" and self.uplink_mbps is None:
             raise ValueError("traces.network.uplink_mbps: type 'fixed' needs uplink_mbps")
         return self
@@ -137,7 +148,9 @@ class TracesConfig(BaseModel):
     )
     network: NetworkConfig = Field(default_factory=NetworkConfig, description="Bandwidth.")
     usable_ram_fraction: float = Field(
-        0.5, gt=0, le=1,
+        0.5,
+        gt=0,
+        le=1,
         description="Share of a phone's RAM one app may use (Android keeps the OS and "
         "background apps resident); a job larger than this cannot run.",
     )

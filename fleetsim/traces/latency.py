@@ -180,12 +180,18 @@ def choose_backend(
 ) -> np.ndarray:
     """Backend per device: object array of "npu"/"gpu"/"cpu".
 
-    Rule: backprop never runs on an NPU (phone NPUs run inference only) and, with
-    ``auto``, runs on the CPU (mobile training runtimes run backward passes on the
-    CPU; the paper's and FLASH's backprop measurements are CPU).  Inference-only
-    work (forward gradients, inference) with ``auto`` uses the NPU where present,
-    else the GPU, else the CPU.  An explicit preference is honoured where the
-    backend exists (and is allowed), else the ``auto`` choice is used.
+    Rule:
+
+    * backprop never runs on an NPU (phone NPUs run inference only).  With
+      ``auto`` it runs on the CPU: mobile training runtimes run backward passes
+      on the CPU, and the paper's and FLASH's backprop measurements are CPU.
+    * inference-only work (forward gradients, inference) with ``auto`` runs on
+      the present backend with the smallest reference latency (ties: NPU, then
+      GPU, then CPU).  On every catalogued flagship that is the NPU; on SoCs
+      whose NPU handles transformers poorly (AI-Benchmark INT8-transformer score
+      below the GPU's predicted speed) it is the GPU.
+    * an explicit preference is honoured where that backend exists (and is
+      allowed for the kind), else the ``auto`` choice is used.
     """
     if kind not in KINDS:
         raise FleetsimInputError(f"latency kind: {kind!r} is not one of {', '.join(KINDS)}")
@@ -194,21 +200,23 @@ def choose_backend(
             f"backend preference: {preference!r} is not one of {', '.join(PREFERENCES)}"
         )
     ids = np.asarray(device_ids, dtype=np.int64)
-    present = {
-        b: (~np.isnan(table.ref_forward_s[b][ids]) if b in table.ref_forward_s else
-            np.zeros(len(ids), dtype=bool))
+    lat = {
+        b: (table.ref_forward_s[b][ids] if b in table.ref_forward_s else np.full(len(ids), np.nan))
         for b in BACKENDS
     }
+    present = {b: ~np.isnan(lat[b]) for b in BACKENDS}
     out = np.full(len(ids), "cpu", dtype=object)
     if kind == "backprop":
         if preference == "gpu":
             out[present["gpu"]] = "gpu"
         return out
-    out[present["gpu"]] = "gpu"
-    out[present["npu"]] = "npu"
-    if preference in ("gpu", "cpu"):
-        forced = present[preference]
-        out[forced] = preference
+    best = np.where(present["cpu"], lat["cpu"], np.inf)
+    for b in ("gpu", "npu"):  # later wins ties: NPU over GPU over CPU
+        better = present[b] & (lat[b] <= best)
+        out[better] = b
+        best = np.where(better, lat[b], best)
+    if preference != "auto":
+        out[present[preference]] = preference
     return out
 
 

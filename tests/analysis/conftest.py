@@ -1,4 +1,4 @@
-"""A factory of small synthetic run directories with exactly the files a recorder writes.
+"""Fixtures of small synthetic run directories with exactly the files a recorder writes.
 
 The synthetic run is a hand-checkable synchronous schedule: every step starts
 when the previous one commits; each device downloads for ``download_s``,
@@ -47,7 +47,26 @@ class SyntheticRun:
     offline_device: int | None = None
     offline_step: int = 0
     offline_s: float = 5.0
+    offline_phase: str = "compute"  # or "download": goes offline halfway through the download
+    record_availability: bool = True  # log online/offline transitions
     trailing_idle_s: float = 10.0
+
+
+def _go_offline(
+    log: EventLog,
+    spec: SyntheticRun,
+    time: float,
+    device: int,
+    step: int,
+    phase: str,
+    active_s: float,
+) -> None:
+    if spec.record_availability:
+        log.add(time, device, "offline", step=step)
+    log.add(time, device, "interrupted", step=step, duration_s=active_s, detail=phase)
+    if spec.record_availability:
+        log.add(time + spec.offline_s, device, "online", step=step)
+    log.add(time + spec.offline_s, device, "resumed", step=step, duration_s=spec.offline_s)
 
 
 def write_run(root: Path, spec: SyntheticRun) -> Path:
@@ -77,18 +96,25 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
         ends = []
         for i in range(len(spec.devices)):
             log.add(t, i, "assign", step=step, units=spec.units_per_device)
-            cursor = t + spec.download_s
+            offline_here = spec.offline_device == i and spec.offline_step == step
+            cursor = t
+            if offline_here and spec.offline_phase == "download":
+                # The fleet's convention: "interrupted" carries the active time of the piece it
+                # cut, "resumed" the pause, and the transfer's event its total active time.
+                cursor += spec.download_s / 2
+                _go_offline(log, spec, cursor, i, step, "download", spec.download_s / 2)
+                cursor += spec.offline_s + spec.download_s / 2
+            else:
+                cursor += spec.download_s
             log.add(
                 cursor, i, "download", step=step, payload_bytes=1000, duration_s=spec.download_s
             )
             per_device[i]["down"] += 1000
             per_device[i]["network"] += spec.download_s
-            if spec.offline_device == i and spec.offline_step == step:
-                log.add(cursor, i, "offline", step=step)
-                log.add(cursor, i, "interrupted", step=step, detail="compute")
+            if offline_here and spec.offline_phase == "compute":
+                _go_offline(log, spec, cursor, i, step, "compute", 0.0)
                 cursor += spec.offline_s
-                log.add(cursor, i, "online", step=step)
-                log.add(cursor, i, "resumed", step=step)
+            if offline_here:
                 per_device[i]["offline"] += spec.offline_s
                 per_device[i]["interrupted"] += spec.offline_s
             ends.append(cursor)
@@ -145,7 +171,9 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
     horizon = t + spec.trailing_idle_s
     events = log.to_frame()
     events.to_parquet(run_dir / "events.parquet")
-    pd.DataFrame(step_rows).astype(STEP_COLUMNS).to_parquet(run_dir / "steps.parquet")
+    pd.DataFrame(step_rows, columns=list(STEP_COLUMNS)).astype(STEP_COLUMNS).to_parquet(
+        run_dir / "steps.parquet"
+    )
     device_rows = []
     for i, (model, backend, _c) in enumerate(spec.devices):
         d = per_device[i]
@@ -174,6 +202,11 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
     scenario = {
         "name": spec.name,
         "fleet": {"devices": len(spec.devices)},
+        "traces": {
+            "availability": {
+                "kind": "always_online" if spec.offline_device is None else "diurnal_model"
+            }
+        },
         "numerics": {"engine": "none" if systems_only else "torch"},
         "protocol": {
             "name": spec.protocol,
@@ -218,9 +251,20 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
 
 @pytest.fixture
 def make_run(tmp_path: Path) -> Callable[..., Path]:
-    """``make_run(name=..., accuracies=..., ...)`` writes a synthetic run directory."""
+    """``make_run(name=..., accuracies=..., ...)`` writes a synthetic run directory under
+    ``tmp_path/runs`` (keyword arguments are the fields of :class:`SyntheticRun`)."""
 
     def factory(**kwargs) -> Path:
         return write_run(tmp_path / "runs", SyntheticRun(**kwargs))
 
     return factory
+
+
+@pytest.fixture
+def write_synthetic_run() -> Callable[..., Path]:
+    """``write_synthetic_run(root, **fields)``: a synthetic run directory ``root/<name>``."""
+
+    def write(root: Path, **kwargs) -> Path:
+        return write_run(Path(root), SyntheticRun(**kwargs))
+
+    return write

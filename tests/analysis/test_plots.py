@@ -153,3 +153,60 @@ def test_utilisation_and_breakdown_bars(make_run) -> None:
     compute = [p.get_height() for p in step_ax.patches if p.get_gid() == "compute"]
     assert compute == [6.0, 6.0, 6.0, 6.0]
     assert sum(p.get_width() for p in share_ax.patches) == pytest.approx(1.0)
+
+
+def test_long_runs_draw_stacked_areas(make_run) -> None:
+    runs = load_runs([make_run(name="long", devices=(("p", "cpu", 1.0),), accuracies=[0.5] * 90)])
+    figure = breakdown_figure(step_breakdown(runs.events, runs.steps))
+    step_ax = figure.axes[0]
+    assert [c.get_gid() for c in step_ax.collections] == list(BREAKDOWN_PARTS)
+    assert not step_ax.patches
+
+
+def test_interrupted_download_is_split_around_the_pause(make_run) -> None:
+    runs = load_runs(
+        [make_run(name="a", offline_device=2, offline_step=1, offline_phase="download")]
+    )
+    spans = device_spans(runs.events, horizon_s=100.0)
+    mine = spans[spans["device_id"] == 2]
+    # step 1 starts at 13 s: download 13-14, offline 14-19, download 19-20, compute 20-30
+    downloads = mine[mine["state"] == "download"][["start_s", "end_s"]].values.tolist()
+    assert [13.0, 14.0] in downloads and [19.0, 20.0] in downloads
+    assert mine[mine["state"] == "interrupted"][["start_s", "end_s"]].values.tolist() == [
+        [14.0, 19.0]
+    ]
+    breakdown = step_breakdown(runs.events, runs.steps, reference="last").set_index("step")
+    step = breakdown.loc[1]
+    assert (step["download"], step["compute"], step["upload"], step["other"]) == (2, 10, 1, 5)
+
+
+def test_unrecorded_availability_is_not_invented(make_run) -> None:
+    runs = load_runs(
+        [make_run(name="a", offline_device=2, offline_step=1, record_availability=False)]
+    )
+    figure = timeline_figure(runs)
+    (ax,) = figure.axes
+    states = {c.get_gid() for c in ax.collections}
+    assert "available" not in states and "offline" not in states
+    assert "interrupted" in states
+    assert "availability not recorded" in ax.get_title()
+    # an always-online run without transitions is available throughout
+    runs = load_runs([make_run(name="b")])
+    spans = device_spans(runs.events, horizon_s=62.0, always_online=True)
+    available = spans[spans["state"] == "available"]
+    assert available[["start_s", "end_s"]].drop_duplicates().values.tolist() == [[0.0, 62.0]]
+
+
+def test_interruption_without_resume_is_a_marker(make_run) -> None:
+    import pandas as pd
+
+    run = make_run(name="a", offline_device=1, offline_step=0)
+    events = pd.read_parquet(run / "events.parquet")
+    events[events["kind"] != "resumed"].to_parquet(run / "events.parquet")
+    runs = load_runs([run])
+    spans = device_spans(runs.events)
+    lost = spans[spans["state"] == "interruption"]
+    assert lost[["device_id", "start_s", "end_s"]].values.tolist() == [[1, 2.0, 2.0]]
+    (ax,) = timeline_figure(runs).axes
+    markers = [line for line in ax.get_lines() if line.get_gid() == "interruption"]
+    assert len(markers) == 1 and list(markers[0].get_xdata()) == [2.0]

@@ -94,9 +94,7 @@ def test_interrupted_mid_compute_lose_without_partial_delivery_loses_everything(
     env, fleet, _ = make_fleet(
         make_table(1), intervals([[(0.0, 1.25), (3.0, 100.0)]]), unit_s=0.5, interruption="lose"
     )
-    task = Task(
-        step=0, device_id=0, units=4, upload_bytes=upload_one_byte, deliver_partial=False
-    )
+    task = Task(step=0, device_id=0, units=4, upload_bytes=upload_one_byte, deliver_partial=False)
     receipt = run_task(env, fleet, task)
     assert receipt.status == ReceiptStatus.INTERRUPTED
     assert receipt.t_finished == pytest.approx(1.25)
@@ -242,6 +240,9 @@ def test_cancel_mid_compute_and_queued_task():
     assert first.status == ReceiptStatus.CANCELLED
     assert first.t_finished == pytest.approx(2.5)
     assert first.busy_s == pytest.approx(2.5) == first.wasted_s
+    assert first.units_done == 2 and first.units_lost == 3  # 2 finished + 1 in progress
+    cancelled = log.to_frame().query("kind == 'cancelled'")
+    assert list(cancelled.detail) == ["compute"] and list(cancelled.units) == [2]
     # The queued task starts once the device is free.
     assert second.status == ReceiptStatus.DELIVERED
     assert second.t_assigned == 0.0 and second.t_finished == pytest.approx(2.5 + 1.0 + 1.0)

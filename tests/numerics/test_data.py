@@ -110,6 +110,14 @@ def test_small_csv_maps_labels_and_custom_text_fields(tmp_path: pathlib.Path) ->
     assert load_text_dataset(only_title, tmp_path).texts == ["a", "c, d"]
 
 
+def test_latin1_csv_is_decoded(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "news.csv").write_bytes(
+        "label,title,description\n3,Profit,\u00a35m up\n".encode("latin-1")
+    )
+    data = load_text_dataset(DataConfig(name="ag_news_csv", path="news.csv"), tmp_path)
+    assert data.texts == ["Profit \u00a35m up"]
+
+
 @pytest.mark.parametrize(
     ("content", "message_parts"),
     [
@@ -253,7 +261,7 @@ def test_partition_covers_every_example_exactly_once(scheme: str, n_clients: int
     assert all(p.dtype == np.int64 for p in parts)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     labels=st.lists(st.integers(0, 5), min_size=1, max_size=300),
     n_clients=st.integers(1, 40),

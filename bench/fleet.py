@@ -1,0 +1,252 @@
+"""Scale benchmark of the fleet engine in systems-only mode (no gradients).
+
+A small server loop drives :class:`fleetsim.fleet.Fleet`: each round it draws a random
+cohort of idle devices (``fleetsim.rng``), gives each a uniform quota of perturbations,
+waits for all receipts or a round deadline, cancels the stragglers and starts the next
+round.  The fleet (DeviceTable + a churning periodic IntervalAvailability with several
+windows per device per day) is synthesised with numpy.  Per-unit times come from the
+traces latency model (``fleetsim.traces.latency``), as in a real run.
+
+Each configuration runs in a fresh subprocess so that its peak resident memory
+(``ru_maxrss``) is its own.  Host seconds include synthesising the fleet.
+
+Usage::
+
+    .venv/bin/python bench/fleet.py                 # grid 10k/100k/1M x 100/1k/10k, 200 rounds
+    .venv/bin/python bench/fleet.py --rounds 20     # quicker
+    .venv/bin/python bench/fleet.py --single 1000000 1000 200
+
+Ends with ``RESULT fleet_1m_1000x200_host_s=...`` and ``RESULT fleet_1m_1000x200_peak_gib=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DAY_S = 86_400.0
+SEED = 20260525
+UNITS_PER_DEVICE = 10  # perturbations per device per round
+ROUND_DEADLINE_S = 600.0
+DOWNLOAD_BYTES = 450_340 * 4  # dense trainable vector (DistilBERT adapters, fp32)
+MEMORY_BYTES = 600 << 20
+START_S = 10 * 3600.0
+
+
+def upload_seeds_and_scalars(units: int) -> int:
+    return 16 + 12 * units  # header + (seed, jvp scalar) per perturbation
+
+
+def synthesise_fleet(n: int, seed: int):
+    """A DeviceTable and a churning availability trace for ``n`` devices (vectorised)."""
+    from fleetsim.rng import stream
+    from fleetsim.traces.base import DeviceTable, IntervalAvailability
+
+    rng = stream(seed, "bench", "fleet", n)
+    phone_models = ["Budget A", "Mid B", "Mid C", "Flagship D", "Flagship E"]
+    model_index = rng.integers(0, len(phone_models), size=n).astype(np.int32)
+    # Seconds per reference forward by phone model and backend (NaN: no such backend).
+    cpu_s = np.array([6.0, 3.5, 3.0, 1.6, 1.2])
+    gpu_s = np.array([np.nan, 1.4, 1.2, 0.6, 0.5])
+    npu_s = np.array([np.nan, np.nan, 0.5, 0.2, 0.15])
+    ram_gib = np.array([3, 4, 6, 8, 12], dtype=np.int64)
+    ram = ram_gib[model_index] << 30
+    network_types = ["wifi", "4g", "5g"]
+    net = rng.choice(3, size=n, p=[0.6, 0.3, 0.1]).astype(np.int16)
+    median_up = np.array([20e6, 6e6, 40e6])[net]
+    median_down = np.array([60e6, 13e6, 200e6])[net]
+    table = DeviceTable(
+        phone_model_index=model_index,
+        phone_models=phone_models,
+        ram_bytes=ram,
+        usable_ram_bytes=(ram * 0.4).astype(np.int64),
+        network_type_index=net,
+        network_types=network_types,
+        uplink_bps=median_up * rng.lognormal(0.0, 0.6, size=n),
+        downlink_bps=median_down * rng.lognormal(0.0, 0.6, size=n),
+        ref_forward_s={
+            "cpu": cpu_s[model_index] * rng.lognormal(0.0, 0.1, size=n),
+            "gpu": gpu_s[model_index],
+            "npu": npu_s[model_index],
+        },
+        source="bench: synthesised",
+    )
+    # 4 windows per device per day, about half the day online, repeating daily.
+    windows = 4
+    cuts = np.sort(rng.uniform(0.0, DAY_S, size=(n, 2 * windows)), axis=1)
+    starts = cuts[:, 0::2].ravel()
+    ends = cuts[:, 1::2].ravel()
+    offsets = np.arange(0, n * windows + 1, windows, dtype=np.int64)
+    availability = IntervalAvailability(offsets, starts, ends, period_s=DAY_S, label="bench")
+    return table, availability
+
+
+def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True) -> dict:
+    """Simulate ``rounds`` rounds; return host seconds, simulated seconds and counts."""
+    import simpy
+
+    from fleetsim.fleet import Fleet, FleetConfig, ReceiptStatus, Task, TaskKind
+    from fleetsim.numerics.base import ModelFacts
+    from fleetsim.record.events import EventLog
+    from fleetsim.rng import stream
+
+    t0 = time.perf_counter()
+    table, availability = synthesise_fleet(n_devices, SEED)
+    facts = ModelFacts(
+        name="distilbert-base-uncased",
+        n_params=66_000_000,
+        trainable_params=450_340,
+        n_layers=6,
+        hidden_size=768,
+        flops_per_token=2 * 43_000_000 + 4 * 6 * 128 * 768,
+        seq_len=128,
+        batch_size=8,
+    )
+    # Windows do not wrap around midnight, so few phones are online at 00:00: start the
+    # run mid-morning, when about half the fleet is online.
+    env = simpy.Environment(initial_time=START_S)
+    log = EventLog(enabled=log_events)
+    fleet = Fleet(
+        env,
+        table,
+        availability,
+        FleetConfig(size=n_devices, interruption="pause"),
+        SEED,
+        log,
+        facts,
+    )
+    t_setup = time.perf_counter() - t0
+    stats = {"dispatched": 0, "delivered": 0, "cancelled": 0, "refused": 0, "cohort_short": 0}
+
+    def server():
+        for r in range(rounds):
+            idle = fleet.idle_ids()
+            eligible = idle[fleet.can_hold(idle, MEMORY_BYTES)]
+            size = min(per_round, len(eligible))
+            stats["cohort_short"] += per_round - size
+            chosen = stream(SEED, "bench", "cohort", r).choice(eligible, size=size, replace=False)
+            deadline = env.now + ROUND_DEADLINE_S
+            events = [
+                fleet.dispatch(
+                    Task(
+                        step=r,
+                        device_id=int(d),
+                        units=UNITS_PER_DEVICE,
+                        kind=TaskKind.FORWARD_GRADIENT,
+                        download_bytes=DOWNLOAD_BYTES,
+                        upload_bytes=upload_seeds_and_scalars,
+                        memory_bytes=MEMORY_BYTES,
+                    )
+                )
+                for d in chosen
+            ]
+            stats["dispatched"] += len(events)
+            yield env.all_of(events) | env.timeout(deadline - env.now)
+            if not all(event.triggered for event in events):
+                for d, event in zip(chosen, events):
+                    if not event.triggered:
+                        fleet.cancel(int(d), r)
+                # A fresh condition: SimPy detaches the nested one once the outer fired.
+                yield env.all_of(events)
+            for event in events:
+                status = event.value.status
+                if status in (ReceiptStatus.DELIVERED, ReceiptStatus.PARTIAL):
+                    stats["delivered"] += 1
+                elif status == ReceiptStatus.CANCELLED:
+                    stats["cancelled"] += 1
+                elif status == ReceiptStatus.REFUSED:
+                    stats["refused"] += 1
+
+    env.process(server())
+    env.run()
+    totals = fleet.device_totals(env.now)  # included in host time: part of every run
+    host_s = time.perf_counter() - t0
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    return {
+        "n_devices": n_devices,
+        "per_round": per_round,
+        "rounds": rounds,
+        "host_s": host_s,
+        "setup_s": t_setup,
+        "peak_gib": peak_gib,
+        "sim_s": env.now - START_S,
+        "events": len(log),
+        "devices_with_work": len(totals),
+        "energy_kj": fleet.energy_totals()["total_j"] / 1000,
+        **stats,
+    }
+
+
+def run_in_subprocess(n_devices: int, per_round: int, rounds: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--single", str(n_devices), str(per_round), str(rounds)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1_000, 10_000])
+    parser.add_argument("--single", type=int, nargs=3, metavar=("N", "PER_ROUND", "ROUNDS"))
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(run_one(*args.single)))
+        return
+    results = {}
+    header = (
+        f"{'fleet':>9} {'per round':>9} {'rounds':>6} {'host s':>8} {'setup s':>8} "
+        f"{'peak GiB':>8} {'sim h':>7} {'events':>9} {'delivered':>9} {'cancelled':>9} "
+        f"{'short':>7}"
+    )
+    print(header)
+    for n in args.sizes:
+        for k in args.per_round:
+            row = run_in_subprocess(n, k, args.rounds)
+            results[(n, k)] = row
+            print(
+                f"{n:>9} {k:>9} {row['rounds']:>6} {row['host_s']:>8.2f} {row['setup_s']:>8.2f} "
+                f"{row['peak_gib']:>8.3f} {row['sim_s'] / 3600:>7.2f} {row['events']:>9} "
+                f"{row['delivered']:>9} {row['cancelled']:>9} {row['cohort_short']:>7}",
+                flush=True,
+            )
+    # Scaling ratios: fleet size at fixed cohort, cohort size at fixed fleet.
+    sizes, cohorts = sorted(args.sizes), sorted(args.per_round)
+    for k in cohorts:
+        if len(sizes) > 1:
+            small, large = results[(sizes[0], k)], results[(sizes[-1], k)]
+            ratio = large["host_s"] / small["host_s"]
+            print(
+                f"fleet-size scaling at {k}/round: {sizes[-1]}/{sizes[0]} devices "
+                f"({sizes[-1] / sizes[0]:.0f}x) -> host time x{ratio:.2f}"
+            )
+    for n in sizes:
+        if len(cohorts) > 1:
+            small, large = results[(n, cohorts[0])], results[(n, cohorts[-1])]
+            ratio = (large["host_s"] - large["setup_s"]) / (small["host_s"] - small["setup_s"])
+            tasks = large["dispatched"] / max(small["dispatched"], 1)
+            print(
+                f"cohort scaling at {n} devices: {cohorts[-1]}/{cohorts[0]} per round "
+                f"({tasks:.0f}x tasks) -> simulation host time x{ratio:.2f}"
+            )
+    key = (1_000_000, 1_000)
+    if key in results and args.rounds == 200:
+        print(f"RESULT fleet_1m_1000x200_host_s={results[key]['host_s']:.2f}")
+        print(f"RESULT fleet_1m_1000x200_peak_gib={results[key]['peak_gib']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Sweep benchmark: 8 scenario × seed runs, sequential vs Ray, in one process.
+
+Each run fine-tunes a small real model (tiny-bert, random init, real forward-gradient
+numerics on BBC News) on a small fleet: a few seconds of CPU each.  ``--systems-only``
+simulates a large churning fleet without numerics instead.  Baseline:
+``--backend sequential`` with torch using every core (what one ``fleetsim run`` after the
+other does).  New: one Ray task per run on a local Ray instance, ``max_parallel`` = cores,
+one torch thread per task (so tasks do not fight over cores).
+
+The Ray instance is started before the timed sweep (a long-lived instance, as on a cluster);
+its start-up time is printed and a second figure includes it.  Peak memory is the peak
+resident memory of this process and all its children (Ray's raylet, GCS and workers),
+sampled every 50 ms.
+
+    .venv/bin/python bench/sweep.py            # prints figures, ends with RESULT lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fleetsim.sweep import LoadedSweep, load_sweep, read_index, run_sweep  # noqa: E402
+from fleetsim.sweep.execute import start_ray  # noqa: E402
+
+SCENARIO = """\
+description: sweep benchmark run (tiny-bert, forward gradients, BBC News)
+fleet:
+  size: 16
+  interruption: pause
+traces:
+  availability:
+    kind: always_online
+  network:
+    type: fixed
+    uplink_mbps: 10
+model:
+  name_or_path: tiny-bert
+  max_seq_len: 64
+peft:
+  method: lora
+  rank: 4
+data:
+  name: bbc_news
+  batch_size: 8
+  max_examples: 400
+  max_eval_examples: 64
+numerics:
+  engine: torch
+protocol:
+  name: fwdllm
+  devices_per_step: 4
+  perturbations_per_device: 4
+  batches_per_round: {batches}
+  rounds: {rounds}
+  eval_every_steps: 1000
+run:
+  name: bench
+"""
+
+# Without numerics a run of the small fleet above is over in a blink: the systems-only
+# variant simulates a large churning fleet instead (pure-Python SimPy work, one core each).
+SYSTEMS_ONLY_OVERRIDES = (
+    "numerics.engine=none",
+    "fleet.size=3000",
+    "fleet.compute_noise_sigma=0.2",
+    "traces.availability.kind=diurnal_model",
+    "protocol.devices_per_step=100",
+    "protocol.rounds=6",
+    "protocol.batches_per_round=10",
+)
+
+SWEEP = """\
+base: bench.yaml
+grid:
+  policy.name: [uniform, capability]
+seeds: [0, 1, 2, 3]
+"""
+
+
+class PeakMemory:
+    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self.peak = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, int]:
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        result = run_sweep(sweep, progress=False, **kwargs)
+        seconds = time.perf_counter() - start
+    if not result.ok or result.executed != 8:
+        index = read_index(result.index_path)
+        print(index[["run_id", "status", "error"]].to_string(index=False))
+        raise SystemExit(f"benchmark sweep did not finish all 8 runs: {result.counts}")
+    return seconds, memory.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per run")
+    parser.add_argument("--batches", type=int, default=4, help="batches (steps) per round")
+    parser.add_argument("--systems-only", action="store_true",
+                        help="numerics.engine: none (no torch work: measures the simulator)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra scenario override for every run (repeatable)")
+    parser.add_argument("--keep", action="store_true", help="keep the sweep folders")
+    args = parser.parse_args()
+
+    cores = os.cpu_count() or 1
+    overrides = tuple(args.set) + (SYSTEMS_ONLY_OVERRIDES if args.systems_only else ())
+    work = Path(tempfile.mkdtemp(prefix="fleetsim-bench-sweep-"))
+    (work / "bench.yaml").write_text(SCENARIO.format(rounds=args.rounds, batches=args.batches))
+    (work / "sweep.yaml").write_text(SWEEP)
+    try:
+        seq_s, seq_mem = timed_sweep(
+            load_sweep(work / "sweep.yaml", out=str(work / "sequential")),
+            backend="sequential", torch_threads=cores, overrides=overrides,
+        )
+        print(f"sequential: 8 runs in {seq_s:.1f} s ({cores} torch threads), "
+              f"peak memory {seq_mem / 2**20:.0f} MiB")
+
+        ray_start = time.perf_counter()
+        started = start_ray(None, cores)
+        startup_s = time.perf_counter() - ray_start
+        try:
+            ray_s, ray_mem = timed_sweep(
+                load_sweep(work / "sweep.yaml", out=str(work / "ray")),
+                backend="ray", max_parallel=cores, torch_threads=1, overrides=overrides,
+            )
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+        print(f"ray: 8 runs in {ray_s:.1f} s ({cores} tasks x 1 torch thread), "
+              f"peak memory {ray_mem / 2**20:.0f} MiB (all Ray processes included); "
+              f"Ray start-up {startup_s:.1f} s")
+        speedup = seq_s / ray_s
+        with_startup = seq_s / (ray_s + startup_s)
+        print(f"speed-up: {speedup:.2f}x (Ray already running), {with_startup:.2f}x including "
+              f"Ray start-up; memory ratio ray/sequential {ray_mem / seq_mem:.2f}")
+        print(f"RESULT sweep_ray_speedup={speedup:.2f}")
+        print(f"RESULT sweep_ray_speedup_with_startup={with_startup:.2f}")
+        print(f"RESULT sweep_sequential_peak_mib={seq_mem / 2**20:.0f}")
+        print(f"RESULT sweep_ray_peak_mib={ray_mem / 2**20:.0f}")
+    finally:
+        if args.keep:
+            print(f"sweep folders kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,783 @@
+"""The torch numerics engine, the systems-only engine, and the builders.
+
+:class:`TorchEngine` owns θ (the PEFT subset of a :class:`TextClassifier`), the
+tokenised dataset and its client partitions, the host estimators and the server
+optimiser.  Protocols call it at commit time with the work devices delivered.
+
+Host-cost levers (they change host time only, never what a phone is charged):
+
+* perturbations of one device batch run batched (``host_batch_perturbations`` per
+  ``torch.vmap`` call), one-sided estimators share one base forward;
+* frozen-prefix reuse: with every trainable tensor at or above layer L, the hidden
+  states entering layer L depend only on the example, so they are computed once
+  per example and cached for the whole run (within ``prefix_cache_max_bytes``;
+  beyond it, once per batch per call);
+* the ``backprop`` host estimator obtains the exact ∇L·v_k of every perturbation
+  from one reverse pass.
+
+Variance statistic (FwdLLM's variance-controlled pacing): the pooled
+perturbations of a step are split into two halves by a seeded coin per
+(step, device, k) (:func:`fleetsim.numerics.perturbation.variance_half`); each
+half's mean estimate g₁, g₂ is taken on the check tensor(s) and the statistic is
+the per-coordinate variance of the two half-means averaged over coordinates,
+``mean_i var(g₁ᵢ, g₂ᵢ) = mean_i (g₁ᵢ − g₂ᵢ)² / 2`` (unbiased two-sample
+variance), the quantity the reference implementation's ``calculate_var``
+thresholds (paper: 0.1 DistilBERT / 0.2 BERT; like theirs it scales with the
+gradient's magnitude).  The scale-free ``‖g₁−g₂‖² / (‖g₁‖²+‖g₂‖²)`` is reported
+in ``StepEstimate.extra['variance_normalised']`` (≈ 1 for pure noise, → 0 as the
+halves agree).  The check tensor ('paper') is one tensor, by default the first
+trainable tensor of the lowest adapted layer; 'all' uses every trainable tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.numerics.base import (
+    EvalResult,
+    GradientWork,
+    ModelFacts,
+    NumericsEngine,
+    StepEstimate,
+)
+from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
+from fleetsim.numerics.data import (
+    DataConfig,
+    client_batches,
+    load_text_dataset,
+    partition,
+    split_for_run,
+    tokenize_cached,
+)
+
+BUILTIN_NUM_LABELS = {"bbc_news": 5, "rotten_tomatoes": 2, "ag_news_csv": 4}
+
+# Known configurations, so that systems-only runs need neither weights nor a GGUF conversion.
+SMOLLM2_135M_CONFIG = {
+    "model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
+    "vocab_size": 49152, "tie_word_embeddings": True,
+}
+
+
+# ------------------------------------------------------------------------ data plan
+
+
+@dataclass
+class DataPlan:
+    """Split, partitions and per-client batches (numpy only)."""
+
+    labels: np.ndarray
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    batches: list[list[np.ndarray]]  # [client][batch] -> dataset indices
+    label_names: list[str]
+    texts: list[str] = field(default_factory=list)
+
+
+def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> DataPlan:
+    dataset = load_text_dataset(data, base_dir)
+    train_idx, eval_idx = split_for_run(data, dataset.labels, seed)
+    parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed)
+    batches = [
+        client_batches(train_idx[part], data.batch_size, seed, client)
+        for client, part in enumerate(parts)
+    ]
+    return DataPlan(
+        dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
+        list(dataset.texts),
+    )
+
+
+def _batch_of(plan: DataPlan, client_id: int, batch_index: int) -> np.ndarray:
+    if not 0 <= client_id < len(plan.batches):
+        raise ValueError(f"client_id {client_id} out of range 0..{len(plan.batches) - 1}")
+    batches = plan.batches[client_id]
+    if not batches:
+        raise ValueError(f"client {client_id} holds no examples")
+    return batches[batch_index % len(batches)]
+
+
+# ----------------------------------------------------------------------- estimates
+
+
+@dataclass
+class _Pool:
+    """Running sums behind an opaque StepEstimate.handle (engine-owned tensors)."""
+
+    sums: list[list[Any]]  # [half][tensor] -> Σ d_k v_k
+    counts: list[int]  # perturbations per half
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    devices: set = field(default_factory=set)
+    weight: float = 0.0  # for backprop / local-train estimates: number of devices
+
+    def total(self) -> list[Any]:
+        return [a + b for a, b in zip(self.sums[0], self.sums[1])]
+
+
+class TorchEngine(NumericsEngine):
+    """Real forward gradients on a Hugging Face model with a PEFT subset."""
+
+    systems_only = False
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        peft: PeftConfig,
+        data: DataConfig,
+        numerics: NumericsConfig,
+        n_clients: int,
+        seed: int,
+        base_dir: Path,
+    ) -> None:
+        import torch
+
+        from fleetsim.numerics import models as model_lib
+        from fleetsim.numerics.optim import ServerOptimizer
+
+        self.model_cfg, self.peft_cfg, self.data_cfg, self.cfg = model, peft, data, numerics
+        self.seed = int(seed)
+        self.base_dir = Path(base_dir)
+        if numerics.threads:
+            torch.set_num_threads(numerics.threads)
+        if numerics.device == "cuda" and not torch.cuda.is_available():
+            raise FleetsimInputError(
+                "numerics.device: 'cuda' requested but no CUDA device is available "
+                "(allowed: cpu, cuda)"
+            )
+        self.device = torch.device(numerics.device)
+        self.dtype = torch.float32 if numerics.dtype == "float32" else torch.bfloat16
+        self.timings: dict[str, float] = {}
+        started = time.perf_counter()
+        self.cache_dir = model_lib.default_cache_dir(numerics.cache_dir, self.base_dir)
+        self.plan = plan_data(data, n_clients, self.seed, self.base_dir)
+        self.resolved = model_lib.resolve_model(model, self.base_dir, self.cache_dir)
+        self.tokenizer = model_lib.load_tokenizer(self.resolved)
+        # only the examples this run uses are tokenised (and cached): rows of the token
+        # tensors are positions in ``self.rows`` (sorted dataset indices)
+        self.rows = np.union1d(self.plan.train_idx, self.plan.eval_idx).astype(np.int64)
+        self._row_of = np.full(len(self.plan.labels), -1, dtype=np.int64)
+        self._row_of[self.rows] = np.arange(len(self.rows))
+        ids, mask = tokenize_cached(
+            [self.plan.texts[i] for i in self.rows], self.tokenizer, model.max_seq_len,
+            self.cache_dir / "tokens",
+        )
+        self.input_ids, self.attention_mask = ids, mask
+        self.labels = torch.as_tensor(self.plan.labels[self.rows], dtype=torch.long)
+        self.timings["data_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        num_labels = len(self.plan.label_names)
+        self.model = model_lib.load_classifier(
+            self.resolved, model, num_labels, self.seed, torch.float32, "cpu",
+            numerics.init_head_std,
+        )
+        self.names = model_lib.apply_peft(self.model, peft, self.seed)
+        self.model.to(device=self.device, dtype=self.dtype)
+        self.model.eval()
+        self.timings["model_s"] = time.perf_counter() - started
+        named = dict(self.model.named_parameters())
+        self.params = [named[n] for n in self.names]
+        self.shapes = [p.shape for p in self.params]
+        self.trainable_params = int(sum(p.numel() for p in self.params))
+        self.total_params = int(sum(p.numel() for p in self.model.parameters()))
+        lowest = min(self.model.layer_of(n) for n in self.names)
+        # -1: nothing worth caching below the lowest trainable layer (or reuse is off):
+        # every forward starts from token ids
+        self.start_layer = lowest if lowest > 0 and numerics.frozen_prefix_reuse else -1
+        self.optimizer = ServerOptimizer(numerics.server_optimizer)
+        self.previous_gradient: Optional[list[Any]] = None
+        self.check_indices = self._check_tensor_indices()
+        self._prefix_store: Optional[Any] = None
+        self._prefix_done = np.zeros(len(self.labels), dtype=bool)
+        self._init_prefix_store()
+        eval_idx = self.plan.eval_idx
+        if numerics.eval_max_examples is not None and len(eval_idx) > numerics.eval_max_examples:
+            keep = np.random.default_rng(0).choice(  # fixed subset, independent of the run seed
+                len(eval_idx), numerics.eval_max_examples, replace=False
+            )
+            eval_idx = np.sort(eval_idx[keep])
+        self.eval_idx = eval_idx
+        self.host_perturbations = 0
+        self.host_estimate_s = 0.0
+
+    # ----------------------------------------------------------------- bookkeeping
+    def _check_tensor_indices(self) -> list[int]:
+        if self.cfg.variance_check == "all":
+            return list(range(len(self.names)))
+        wanted = self.cfg.variance_check_tensor
+        if wanted is not None:
+            for index, name in enumerate(self.names):
+                if wanted in name:
+                    return [index]
+            raise FleetsimInputError(
+                f"numerics.variance_check_tensor: no trainable tensor matches '{wanted}'; "
+                f"allowed: substrings of {', '.join(self.names)}"
+            )
+        backbone = [i for i, n in enumerate(self.names) if n.startswith("backbone.")]
+        if not backbone:
+            return [0]
+        lowest = min(self.model.layer_of(self.names[i]) for i in backbone)
+        return [next(i for i in backbone if self.model.layer_of(self.names[i]) == lowest)]
+
+    def _init_prefix_store(self) -> None:
+        import torch
+
+        if self.start_layer <= 0:
+            return
+        n, width = self.input_ids.shape
+        hidden = self.model.backbone.config.hidden_size
+        nbytes = n * width * hidden * torch.finfo(self.dtype).bits // 8
+        if nbytes <= self.cfg.prefix_cache_max_bytes:
+            self._prefix_store = torch.zeros((n, width, hidden), dtype=self.dtype,
+                                             device=self.device)
+
+    def facts(self) -> ModelFacts:
+        config = self.model.backbone.config
+        return _facts_from_config(
+            self.resolved.name, config, self.total_params, self.trainable_params,
+            self.model_cfg.max_seq_len, self.data_cfg.batch_size,
+            2 if self.cfg.dtype == "bfloat16" else 4,
+        )
+
+    def num_clients(self) -> int:
+        return len(self.plan.batches)
+
+    def batches_per_client(self, client_id: int) -> int:
+        return len(self.plan.batches[client_id])
+
+    def describe(self) -> dict:
+        return {
+            "engine": "torch",
+            "model": self.resolved.name,
+            "peft": self.peft_cfg.model_dump(),
+            "estimator": self.cfg.estimator,
+            "h": self.cfg.h,
+            "host_batch_perturbations": self.cfg.host_batch_perturbations,
+            "frozen_prefix_layer": self.start_layer,
+            "prefix_cache": self._prefix_store is not None,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "trainable_tensors": list(self.names),
+            "variance_check_tensors": [self.names[i] for i in self.check_indices],
+            "server_optimizer": self.cfg.server_optimizer.model_dump(),
+            "discriminative": self.cfg.discriminative.model_dump(),
+            "device": self.cfg.device,
+            "dtype": self.cfg.dtype,
+            "threads": self.cfg.threads,
+            "n_train": int(len(self.plan.train_idx)),
+            "n_eval": int(len(self.eval_idx)),
+            "host_timings_s": dict(self.timings),
+            "host_perturbations": self.host_perturbations,
+            "host_estimate_s": self.host_estimate_s,
+        }
+
+    # -------------------------------------------------------------------- batches
+    def batch_inputs(self, indices: np.ndarray) -> tuple[Any, Any, Any]:
+        """(model input from ``start_layer``, attention mask, labels) for dataset rows."""
+        import torch
+
+        indices = self._row_of[np.asarray(indices, dtype=np.int64)]
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        mask = self.attention_mask[rows]
+        width = max(1, int(mask.sum(dim=1).max()))  # right padding: trim empty columns
+        mask = mask[:, :width].to(self.device)
+        labels = self.labels[rows].to(self.device)
+        ids = self.input_ids[rows, :width].to(self.device)
+        if self.start_layer <= 0:
+            return ids, mask, labels
+        with torch.inference_mode():
+            if self._prefix_store is None:
+                return self.model.prefix(ids, mask, self.start_layer), mask, labels
+            todo = ~self._prefix_done[indices]
+            if todo.any():
+                missing = np.asarray(indices)[todo]
+                sub = torch.as_tensor(missing, dtype=torch.long)
+                sub_mask = self.attention_mask[sub]
+                sub_width = max(1, int(sub_mask.sum(dim=1).max()))
+                hidden = self.model.prefix(
+                    self.input_ids[sub, :sub_width].to(self.device),
+                    sub_mask[:, :sub_width].to(self.device), self.start_layer,
+                )
+                self._prefix_store[sub.to(self.device), :sub_width] = hidden
+                self._prefix_done[missing] = True
+            return self._prefix_store[rows.to(self.device), :width], mask, labels
+
+    def warm_prefix_cache(self, batch_size: int = 64) -> None:
+        """Fill the frozen-prefix cache for every training and evaluation example."""
+        if self._prefix_store is None:
+            return
+        todo = self.rows[~self._prefix_done]
+        for start in range(0, len(todo), batch_size):
+            self.batch_inputs(todo[start : start + batch_size])
+
+    def loss_fn(self, inputs: Any, mask: Any, labels: Any):
+        """L(params) = mean cross-entropy of one batch; frozen weights closed over."""
+        import torch
+
+        model = self.model
+        start = self.start_layer
+
+        def loss(params: dict) -> Any:
+            logits = torch.func.functional_call(model, params, (inputs, mask, start),
+                                                strict=False)
+            return torch.nn.functional.cross_entropy(logits, labels)
+
+        return loss
+
+    def current_params(self) -> dict:
+        return {n: p.detach() for n, p in zip(self.names, self.params)}
+
+    # ----------------------------------------------------------- forward gradient
+    def _perturbations(self, step: int, device_id: int, ks: tuple[int, ...]) -> list[Any]:
+        from fleetsim.numerics.perturbation import stack_perturbations
+
+        disc = self.cfg.discriminative
+        use_disc = (
+            disc.enabled and self.previous_gradient is not None and step % disc.every == 0
+        )
+        return stack_perturbations(
+            self.seed, step, device_id, ks, self.shapes,
+            previous_gradient=self.previous_gradient if use_disc else None,
+            candidates=disc.candidates if use_disc else 1,
+            chunk_elements=disc.chunk_elements, device=self.device, dtype=self.dtype,
+        )
+
+    def _empty_pool(self) -> _Pool:
+        import torch
+
+        zeros = [[torch.zeros(s, dtype=torch.float32, device=self.device) for s in self.shapes]
+                 for _ in range(2)]
+        return _Pool(zeros, [0, 0])
+
+    def _fault(self, step: int, device_id: int, detail: str, skipped: list) -> None:
+        from fleetsim.numerics.errors import NumericalFault
+
+        if self.cfg.on_nonfinite == "stop":
+            raise NumericalFault(step, device_id, detail)
+        skipped.append({"device_id": device_id, "reason": detail})
+
+    def forward_gradient(
+        self, step: int, work: list[GradientWork], previous: Optional[StepEstimate] = None
+    ) -> StepEstimate:
+        import torch
+
+        from fleetsim.numerics.estimators import directional_derivatives
+        from fleetsim.numerics.perturbation import variance_half
+
+        started = time.perf_counter()
+        pool = self._copy_pool(previous.handle) if previous is not None else self._empty_pool()
+        skipped: list = list(previous.extra.get("skipped", [])) if previous is not None else []
+        params = self.current_params()
+        for item in work:
+            if not item.perturbations:
+                continue
+            inputs, mask, labels = self.batch_inputs(
+                _batch_of(self.plan, item.client_id, item.batch_index)
+            )
+            tangents_list = self._perturbations(step, item.device_id, item.perturbations)
+            tangents = dict(zip(self.names, tangents_list))
+            derivs, base_loss = directional_derivatives(
+                self.loss_fn(inputs, mask, labels), params, tangents, self.cfg.estimator,
+                self.cfg.h, self.cfg.host_batch_perturbations,
+            )
+            self.host_perturbations += len(item.perturbations)
+            if not math.isfinite(base_loss):
+                self._fault(step, item.device_id, "loss", skipped)
+                continue
+            if not bool(torch.isfinite(derivs).all()):
+                self._fault(step, item.device_id, "directional derivative", skipped)
+                continue
+            halves = torch.tensor(
+                [variance_half(self.seed, step, item.device_id, k) for k in item.perturbations],
+                device=self.device,
+            )
+            for half in (0, 1):
+                weights = derivs * (halves == half).to(derivs.dtype)
+                count = int((halves == half).sum())
+                if count == 0:
+                    continue
+                for index, tangent in enumerate(tangents_list):
+                    pool.sums[half][index] += torch.einsum(
+                        "k,k...->...", weights, tangent.float()
+                    )
+                pool.counts[half] += count
+            pool.loss_sum += base_loss
+            pool.loss_n += 1
+            pool.devices.add(item.device_id)
+        self.host_estimate_s += time.perf_counter() - started
+        return self._estimate_from_pool(step, pool, skipped)
+
+    def _copy_pool(self, handle: _Pool) -> _Pool:
+        return _Pool(
+            [[t.clone() for t in half] for half in handle.sums], list(handle.counts),
+            handle.loss_sum, handle.loss_n, set(handle.devices), handle.weight,
+        )
+
+    def _estimate_from_pool(self, step: int, pool: _Pool, skipped: list) -> StepEstimate:
+        n = pool.counts[0] + pool.counts[1]
+        variance = math.nan
+        normalised = math.nan
+        if pool.counts[0] > 0 and pool.counts[1] > 0:
+            g1 = [pool.sums[0][i] / pool.counts[0] for i in self.check_indices]
+            g2 = [pool.sums[1][i] / pool.counts[1] for i in self.check_indices]
+            squared_diff = sum(float((a - b).pow(2).sum()) for a, b in zip(g1, g2))
+            numel = sum(a.numel() for a in g1)
+            variance = squared_diff / 2 / numel
+            scale = sum(float(a.pow(2).sum()) + float(b.pow(2).sum()) for a, b in zip(g1, g2))
+            normalised = squared_diff / scale if scale > 0 else math.nan
+        return StepEstimate(
+            step=step,
+            n_perturbations=n,
+            n_devices=len(pool.devices),
+            loss=pool.loss_sum / pool.loss_n if pool.loss_n else math.nan,
+            variance=variance,
+            handle=pool,
+            extra={"skipped": skipped, "variance_normalised": normalised,
+                   "halves": list(pool.counts)},
+        )
+
+    @staticmethod
+    def gradient_of(estimate: StepEstimate) -> list[Any]:
+        """The estimate as a list of tensors (engine order): the mean over perturbations,
+        or over devices for backprop / local-train estimates."""
+        pool: _Pool = estimate.handle
+        n = pool.counts[0] + pool.counts[1]
+        denominator = n if n > 0 else pool.weight
+        if denominator <= 0:
+            return [t * 0 for t in pool.sums[0]]
+        return [t / denominator for t in pool.total()]
+
+    # -------------------------------------------------------------- backprop etc.
+    def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:
+        from fleetsim.numerics.estimators import exact_gradient
+
+        pool = self._empty_pool()
+        skipped: list = []
+        params = self.current_params()
+        for item in work:
+            inputs, mask, labels = self.batch_inputs(
+                _batch_of(self.plan, item.client_id, item.batch_index)
+            )
+            grad, loss = exact_gradient(self.loss_fn(inputs, mask, labels), params)
+            if not math.isfinite(loss):
+                self._fault(step, item.device_id, "loss", skipped)
+                continue
+            for index, name in enumerate(self.names):
+                pool.sums[0][index] += grad[name].float()
+            pool.weight += 1
+            pool.loss_sum += loss
+            pool.loss_n += 1
+            pool.devices.add(item.device_id)
+        estimate = self._estimate_from_pool(step, pool, skipped)
+        estimate.n_perturbations = 0
+        return estimate
+
+    def local_train(
+        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float
+    ) -> StepEstimate:
+        import torch
+
+        from fleetsim.numerics.estimators import exact_gradient
+
+        local = {n: p.detach().clone().float() for n, p in zip(self.names, self.params)}
+        losses = []
+        skipped: list = []
+        for batch_index in batch_indices:
+            inputs, mask, labels = self.batch_inputs(
+                _batch_of(self.plan, client_id, batch_index)
+            )
+            cast = {n: t.to(self.dtype) for n, t in local.items()}
+            grad, loss = exact_gradient(self.loss_fn(inputs, mask, labels), cast)
+            if not math.isfinite(loss):
+                self._fault(step, device_id, "loss", skipped)
+                break
+            losses.append(loss)
+            with torch.no_grad():
+                for name in self.names:
+                    local[name] -= lr * grad[name].float()
+        pool = self._empty_pool()
+        if not skipped:
+            for index, (name, param) in enumerate(zip(self.names, self.params)):
+                pool.sums[0][index] += param.detach().float() - local[name]  # −(θ_local − θ)
+            pool.weight = 1
+            pool.devices.add(device_id)
+            pool.loss_sum = float(np.mean(losses)) if losses else math.nan
+            pool.loss_n = 1
+        estimate = self._estimate_from_pool(step, pool, skipped)
+        estimate.n_perturbations = 0
+        return estimate
+
+    def average(self, estimates: list[StepEstimate]) -> StepEstimate:
+        if not estimates:
+            raise ValueError("average() needs at least one estimate")
+        out = self._empty_pool()
+        by_perturbation = all(e.n_perturbations > 0 for e in estimates)
+        skipped: list = []
+        for estimate in estimates:
+            pool: _Pool = estimate.handle
+            skipped.extend(estimate.extra.get("skipped", []))
+            if by_perturbation:  # pooled sums are already perturbation-weighted
+                for half in (0, 1):
+                    for index, tensor in enumerate(pool.sums[half]):
+                        out.sums[half][index] += tensor
+                    out.counts[half] += pool.counts[half]
+            else:
+                weight = max(estimate.n_devices, 1)
+                mean = self.gradient_of(estimate)
+                for index, tensor in enumerate(mean):
+                    out.sums[0][index] += tensor * weight
+                out.weight += weight
+            out.loss_sum += pool.loss_sum
+            out.loss_n += pool.loss_n
+            out.devices |= pool.devices
+        result = self._estimate_from_pool(max(e.step for e in estimates), out, skipped)
+        if not by_perturbation:
+            result.n_perturbations = 0
+        return result
+
+    def apply(self, estimate: StepEstimate, lr: float) -> None:
+        import torch
+
+        from fleetsim.numerics.errors import NumericalFault
+
+        gradient = self.gradient_of(estimate)
+        if not all(bool(torch.isfinite(g).all()) for g in gradient):
+            if self.cfg.on_nonfinite == "stop":
+                raise NumericalFault(estimate.step, -1, "aggregated estimate")
+            return
+        with torch.no_grad():
+            self.optimizer.step([p.data for p in self.params], gradient, lr)
+        self.previous_gradient = [g.detach().to("cpu") for g in gradient]
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self) -> EvalResult:
+        import torch
+
+        total_loss = 0.0
+        correct = 0
+        size = self.cfg.eval_batch_size
+        params = self.current_params()
+        with torch.inference_mode():
+            for start in range(0, len(self.eval_idx), size):
+                inputs, mask, labels = self.batch_inputs(self.eval_idx[start : start + size])
+                logits = torch.func.functional_call(
+                    self.model, params, (inputs, mask, self.start_layer), strict=False
+                )
+                total_loss += float(
+                    torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+                )
+                correct += int((logits.argmax(dim=-1) == labels).sum())
+        n = len(self.eval_idx)
+        if n == 0:
+            return EvalResult(math.nan, math.nan, 0)
+        return EvalResult(correct / n, total_loss / n, n)
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "params": {n: p.detach().cpu().clone() for n, p in zip(self.names, self.params)},
+            "optimizer": self.optimizer.state_dict(),
+            "previous_gradient": None if self.previous_gradient is None
+            else [g.clone() for g in self.previous_gradient],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        import torch
+
+        missing = set(self.names) - set(state["params"])
+        if missing:
+            raise ValueError(f"checkpoint lacks trainable tensors: {sorted(missing)}")
+        with torch.no_grad():
+            for name, param in zip(self.names, self.params):
+                param.copy_(state["params"][name].to(param.device, param.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        previous = state.get("previous_gradient")
+        self.previous_gradient = None if previous is None else [g.clone() for g in previous]
+
+
+# ---------------------------------------------------------------- systems only
+
+
+class SystemsOnlyEngine(NumericsEngine):
+    """Computes nothing: NaN losses and variance, NaN accuracy; knows the data plan so
+    protocols run unchanged."""
+
+    systems_only = True
+
+    def __init__(self, facts: ModelFacts, batches: list[int], info: Optional[dict] = None
+                 ) -> None:
+        self._facts = facts
+        self._batches = list(batches)
+        self._info = dict(info or {})
+        self._steps = 0
+
+    def facts(self) -> ModelFacts:
+        return self._facts
+
+    def num_clients(self) -> int:
+        return len(self._batches)
+
+    def batches_per_client(self, client_id: int) -> int:
+        return self._batches[client_id]
+
+    def _nan(self, step: int, n_perturbations: int, n_devices: int) -> StepEstimate:
+        return StepEstimate(step=step, n_perturbations=n_perturbations, n_devices=n_devices,
+                            extra={"skipped": [], "systems_only": True})
+
+    def forward_gradient(
+        self, step: int, work: list[GradientWork], previous: Optional[StepEstimate] = None
+    ) -> StepEstimate:
+        n = sum(len(w.perturbations) for w in work)
+        devices = {w.device_id for w in work if w.perturbations}
+        if previous is not None:
+            n += previous.n_perturbations
+            devices |= set(previous.extra.get("devices", []))
+        estimate = self._nan(step, n, len(devices))
+        estimate.extra["devices"] = sorted(devices)
+        return estimate
+
+    def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:
+        return self._nan(step, 0, len({w.device_id for w in work}))
+
+    def local_train(
+        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float
+    ) -> StepEstimate:
+        return self._nan(step, 0, 1)
+
+    def average(self, estimates: list[StepEstimate]) -> StepEstimate:
+        step = max((e.step for e in estimates), default=0)
+        return self._nan(step, sum(e.n_perturbations for e in estimates),
+                         sum(e.n_devices for e in estimates))
+
+    def apply(self, estimate: StepEstimate, lr: float) -> None:
+        self._steps += 1
+
+    def evaluate(self) -> EvalResult:
+        return EvalResult(math.nan, math.nan, 0)
+
+    def state_dict(self) -> dict:
+        return {"steps": self._steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._steps = int(state.get("steps", 0))
+
+    def describe(self) -> dict:
+        return {"engine": "none", "systems_only": True, **self._info}
+
+
+# ---------------------------------------------------------------------- facts
+
+
+def _cfg_get(config: Any, key: str, default: Any = 0) -> Any:
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def _facts_from_config(
+    name: str, config: Any, n_params: int, trainable: int, seq_len: int, batch_size: int,
+    dtype_bytes: int,
+) -> ModelFacts:
+    hidden = int(_cfg_get(config, "hidden_size"))
+    layers = int(_cfg_get(config, "num_hidden_layers"))
+    vocab = int(_cfg_get(config, "vocab_size"))
+    intermediate = int(_cfg_get(config, "intermediate_size"))
+    heads = int(_cfg_get(config, "num_attention_heads", 1)) or 1
+    kv_heads = int(_cfg_get(config, "num_key_value_heads", heads) or heads)
+    head_dim = hidden // heads
+    if _cfg_get(config, "model_type", "") in ("llama", "mistral", "qwen2"):
+        per_layer = (
+            2 * hidden * hidden + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
+        )
+    else:
+        per_layer = 4 * hidden * hidden + 2 * hidden * intermediate
+    # 2 FLOPs per multiply-add in the projections, plus QK^T and AV over the sequence
+    flops = 2.0 * layers * per_layer + 4.0 * layers * seq_len * hidden
+    return ModelFacts(
+        name=name, n_params=n_params, trainable_params=trainable, n_layers=layers,
+        hidden_size=hidden, flops_per_token=flops, seq_len=seq_len, batch_size=batch_size,
+        dtype_bytes=dtype_bytes, vocab_size=vocab, intermediate_size=intermediate,
+    )
+
+
+def _num_labels(data: DataConfig, base_dir: Path) -> int:
+    if data.name in BUILTIN_NUM_LABELS and data.name != "ag_news_csv":
+        return BUILTIN_NUM_LABELS[data.name]
+    return load_text_dataset(data, base_dir).num_classes
+
+
+def _known_config(model: ModelConfig, base_dir: Path) -> tuple[str, Any]:
+    """(name, config) without loading weights or converting a GGUF."""
+    from fleetsim.numerics import models as model_lib
+
+    key = model.name_or_path.lower()
+    if key == "smollm2-135m":
+        from transformers import LlamaConfig
+
+        return key, LlamaConfig(**SMOLLM2_135M_CONFIG)
+    if key in ("tiny-bert", "tiny-llama", "all-minilm-l6-v2"):
+        resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
+        return resolved.name, resolved.config
+    resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
+    return resolved.name, resolved.config
+
+
+def model_facts(
+    model: ModelConfig, peft: PeftConfig, data: DataConfig, numerics: NumericsConfig,
+    base_dir: Path = Path("."),
+) -> ModelFacts:
+    """Cheap facts: the architecture is instantiated on the meta device (no weights, no
+    memory) and the PEFT method applied to count parameters exactly."""
+    import torch
+    from transformers import AutoModel
+
+    from fleetsim.numerics import models as model_lib
+
+    name, config = _known_config(model, base_dir)
+    family = model_lib.model_family(config)
+    num_labels = _num_labels(data, base_dir)
+    with torch.device("meta"):
+        backbone = AutoModel.from_config(config, attn_implementation="eager")
+        classifier = model_lib.TextClassifier(backbone, family, num_labels, model.pooling)
+        names = model_lib.apply_peft(classifier, peft, 0)
+    named = dict(classifier.named_parameters())
+    trainable = int(sum(named[n].numel() for n in names))
+    total = int(sum(p.numel() for p in classifier.parameters()))
+    return _facts_from_config(
+        name, config, total, trainable, model.max_seq_len, data.batch_size,
+        2 if numerics.dtype == "bfloat16" else 4,
+    )
+
+
+def build_engine(
+    model: ModelConfig,
+    peft: PeftConfig,
+    data: DataConfig,
+    numerics: NumericsConfig,
+    n_clients: int,
+    seed: int,
+    base_dir: Path,
+) -> NumericsEngine:
+    """The run's engine: :class:`TorchEngine`, or :class:`SystemsOnlyEngine` for engine 'none'."""
+    base_dir = Path(base_dir)
+    if n_clients <= 0:
+        raise FleetsimInputError(f"fleet size: n_clients must be positive, got {n_clients}")
+    if numerics.engine == "none":
+        facts = model_facts(model, peft, data, numerics, base_dir)
+        dataset = load_text_dataset(data, base_dir)
+        train_idx, _ = split_for_run(data, dataset.labels, seed)
+        parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed)
+        batches = [math.ceil(len(p) / data.batch_size) for p in parts]
+        info = {"model": facts.name, "trainable_params": facts.trainable_params,
+                "peft": json.loads(peft.model_dump_json())}
+        return SystemsOnlyEngine(facts, batches, info)
+    return TorchEngine(model, peft, data, numerics, n_clients, seed, base_dir)

@@ -1,0 +1,581 @@
+"""Run a planned sweep: on Ray (a local instance by default, a cluster with ``address``)
+or sequentially in this process.
+
+Each run is isolated: its exceptions are caught on the worker and recorded as ``failed``;
+a worker that dies (signal, out-of-memory kill) is recorded as ``killed`` by the driver.
+Neither affects the other runs.  Re-running a sweep skips runs whose ``summary.json``
+exists for the same resolved scenario and retries every other run.
+
+Joining a cluster (``--address``): start Ray on the head node (``ray start --head``) and
+on each worker node (``ray start --address=HEAD:6379``), with fleetsim installed and the
+scenario's data paths valid on every node, and the sweep folder on a filesystem every node
+writes to; then ``fleetsim sweep SWEEP.yaml --address HEAD:6379`` (or ``--address auto``
+on the head node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.record.atomic import write_text
+from fleetsim.sweep.config import LoadedSweep, load_sweep
+from fleetsim.sweep.index import INDEX_FILE, RunStatus, SweepIndex
+from fleetsim.sweep.plan import PlannedRun, plan_sweep
+
+Backend = Literal["ray", "sequential"]
+#: ``(scenario_path, overrides, run_dir) -> run directory``; default: fleetsim.runner's
+RunFn = Callable[[Path, Sequence[str], Path], Path]
+
+ERROR_FILE = "sweep_error.txt"
+LOCK_FILE = ".sweep.lock"
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass
+class RunOutcome:
+    """What one attempt of one run ended with (plain data: it crosses process boundaries)."""
+
+    run_id: str
+    status: str
+    error: str = ""
+    host_seconds: float = math.nan
+    final_accuracy: float = math.nan
+    simulated_seconds: float = math.nan
+    worker: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+
+    def index_fields(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "error": self.error,
+            "host_seconds": self.host_seconds,
+            "final_accuracy": self.final_accuracy,
+            "simulated_seconds": self.simulated_seconds,
+            "worker": self.worker,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+@dataclass
+class SweepResult:
+    """The end of one ``fleetsim sweep`` invocation."""
+
+    name: str
+    out_dir: Path
+    index_path: Path
+    counts: dict[str, int]  # status -> runs, over the whole sweep
+    executed: int  # runs started by this invocation
+    skipped: int  # runs already finished before it
+    backend: str
+    host_seconds: float
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (run id, error)
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.get(RunStatus.DONE.value, 0) == sum(self.counts.values())
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _summary_fields(run_dir: Path) -> dict[str, float]:
+    """final accuracy and simulated seconds from a finished run's summary.json."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    acc = summary.get("final_accuracy")
+    return {
+        "final_accuracy": math.nan if acc is None else float(acc),
+        "simulated_seconds": float(summary.get("simulated_seconds", math.nan)),
+        "host_seconds": float(summary.get("host_seconds", math.nan)),
+    }
+
+
+def limit_threads(threads: int) -> None:
+    """Make torch / OpenMP use ``threads`` threads in this process, so parallel runs on one
+    machine do not fight over its cores."""
+    for var in _THREAD_VARS:
+        os.environ[var] = str(threads)
+    # torch reads OMP_NUM_THREADS when it is first imported; once imported, it is told.
+    # (Importing it here would cost seconds per fresh worker of a systems-only sweep.)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(threads))
+
+
+def _default_run_fn(scenario_path: Path, overrides: Sequence[str], run_dir: Path) -> Path:
+    from fleetsim.runner import run_scenario
+
+    return run_scenario(scenario_path, overrides, run_dir=run_dir, progress=False)
+
+
+def execute_run(
+    run_id: str,
+    scenario_path: str,
+    overrides: Sequence[str],
+    run_dir: str,
+    torch_threads: int,
+    run_fn: Optional[RunFn] = None,
+    run_timeout_s: Optional[float] = None,
+) -> RunOutcome:
+    """One attempt of one run, on whichever process executes it.  Never raises for a
+    failing run: the error (one line) goes into the outcome and the traceback into
+    ``RUN_DIR/sweep_error.txt``.
+
+    ``run_timeout_s`` (worker processes only: it ends the process) kills the process when
+    the run is still going after that many seconds, leaving the reason in
+    ``RUN_DIR/sweep_error.txt`` for the driver."""
+    started_at = _now()
+    start = time.perf_counter()
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    limit_threads(torch_threads)
+    fn = run_fn or _default_run_fn
+    with contextlib.suppress(FileNotFoundError):
+        (Path(run_dir) / ERROR_FILE).unlink()  # a reason left by an earlier attempt
+    watchdog = None
+    if run_timeout_s is not None:
+        watchdog = threading.Timer(
+            run_timeout_s, _end_timed_out_run, (Path(run_dir), run_timeout_s)
+        )
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        fn(Path(scenario_path), list(overrides), Path(run_dir))
+    except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not raised
+        if isinstance(exc, FleetsimInputError):
+            message = str(exc)
+        else:
+            message = f"{type(exc).__name__}: {exc}"
+        one_line = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+        with contextlib.suppress(OSError):
+            write_text(Path(run_dir) / ERROR_FILE, traceback.format_exc())
+        return RunOutcome(
+            run_id=run_id,
+            status=RunStatus.FAILED.value,
+            error=one_line or type(exc).__name__,
+            host_seconds=time.perf_counter() - start,
+            worker=worker,
+            started_at=started_at,
+            finished_at=_now(),
+        )
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+    fields = _summary_fields(Path(run_dir))
+    if not fields:
+        return RunOutcome(
+            run_id=run_id,
+            status=RunStatus.FAILED.value,
+            error=f"the run ended without writing {Path(run_dir) / 'summary.json'}",
+            host_seconds=time.perf_counter() - start,
+            worker=worker,
+            started_at=started_at,
+            finished_at=_now(),
+        )
+    return RunOutcome(
+        run_id=run_id,
+        status=RunStatus.DONE.value,
+        host_seconds=time.perf_counter() - start,
+        final_accuracy=fields["final_accuracy"],
+        simulated_seconds=fields["simulated_seconds"],
+        worker=worker,
+        started_at=started_at,
+        finished_at=_now(),
+    )
+
+
+_TIMEOUT_NOTE = "killed after the run timeout of"
+
+
+def _end_timed_out_run(run_dir: Path, run_timeout_s: float) -> None:
+    """Watchdog of a run past its time limit: a run cannot be stopped from inside (it may be
+    deep in torch), so the worker process ends, as if killed, with the reason on disk."""
+    with contextlib.suppress(OSError):
+        write_text(run_dir / ERROR_FILE, f"{_TIMEOUT_NOTE} {run_timeout_s:g} s\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _timeout_note(run_dir: Path) -> str:
+    try:
+        text = (Path(run_dir) / ERROR_FILE).read_text().strip()
+    except OSError:
+        return ""
+    return text if text.startswith(_TIMEOUT_NOTE) else ""
+
+
+def is_finished(run: PlannedRun) -> bool:
+    """A run is finished when its summary.json exists and it ran the same scenario (a run
+    directory left by a different base scenario or override is run again)."""
+    if not (run.run_dir / "summary.json").is_file():
+        return False
+    if not run.resolved_yaml:
+        return True
+    try:
+        written = (run.run_dir / "scenario.yaml").read_text()
+    except OSError:
+        return False
+    if written == run.resolved_yaml:
+        return True
+    # The recorder may write the YAML in its own style: compare the data, not the text.
+    try:
+        return yaml.safe_load(written) == yaml.safe_load(run.resolved_yaml)
+    except yaml.YAMLError:
+        return False
+
+
+# ---------------------------------------------------------------------------------- backends
+
+_Callback = Callable[[PlannedRun], None]
+_DoneCallback = Callable[[PlannedRun, RunOutcome], None]
+
+
+def _run_sequential(
+    runs: list[PlannedRun],
+    base_path: Path,
+    threads: int,
+    run_fn: Optional[RunFn],
+    on_start: _Callback,
+    on_done: _DoneCallback,
+) -> None:
+    previous_threads = _torch_threads()
+    try:
+        for run in runs:
+            on_start(run)
+            try:
+                outcome = execute_run(
+                    run.run_id, str(base_path), run.overrides, str(run.run_dir), threads, run_fn
+                )
+            except KeyboardInterrupt:
+                on_done(run, _killed(run, "the sweep was interrupted while this run was going"))
+                raise
+            on_done(run, outcome)
+    finally:
+        if previous_threads is not None:
+            limit_threads(previous_threads)
+
+
+def _torch_threads() -> Optional[int]:
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
+def _killed(run: PlannedRun, why: str) -> RunOutcome:
+    return RunOutcome(
+        run_id=run.run_id, status=RunStatus.KILLED.value, error=why, finished_at=_now()
+    )
+
+
+def _package_root() -> str:
+    import fleetsim
+
+    return str(Path(fleetsim.__file__).resolve().parent.parent)
+
+
+def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to (``address``) or start a local Ray instance; True if this call started
+    or joined it (and should shut it down).  A Ray already initialised in this process is
+    reused as it is."""
+    try:
+        import ray
+    except ImportError:
+        raise FleetsimInputError(
+            "--backend ray: Ray is not installed; install it (pip install 'fleetsim[ray]') "
+            "or use --backend sequential"
+        ) from None
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": "warning",
+    }
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = num_cpus
+        # Workers of a local instance import fleetsim from the same checkout as the driver,
+        # even when it is not installed and the sweep runs from another folder.
+        path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise FleetsimInputError(
+            f"--address {address}: cannot join the Ray cluster ({exc}); start it with "
+            "`ray start --head` or leave --address out for a local instance"
+        ) from None
+    return True
+
+
+def _run_ray(
+    runs: list[PlannedRun],
+    base_path: Path,
+    threads: int,
+    max_parallel: int,
+    run_fn: Optional[RunFn],
+    on_start: _Callback,
+    on_done: _DoneCallback,
+    run_timeout_s: Optional[float] = None,
+) -> None:
+    import ray
+    from ray.exceptions import RayTaskError
+
+    remote_run = ray.remote(num_cpus=1, max_retries=0)(execute_run)
+    waiting = deque(runs)
+    in_flight: dict[Any, PlannedRun] = {}
+    try:
+        while waiting or in_flight:
+            # At most max_parallel runs are handed out, so the index's "running" means running
+            # and a cluster larger than asked for is not flooded.
+            while waiting and len(in_flight) < max_parallel:
+                run = waiting.popleft()
+                ref = remote_run.remote(
+                    run.run_id,
+                    str(base_path),
+                    list(run.overrides),
+                    str(run.run_dir),
+                    threads,
+                    run_fn,
+                    run_timeout_s,
+                )
+                in_flight[ref] = run
+                on_start(run)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                run = in_flight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except RayTaskError as exc:
+                    # execute_run catches every error of the run itself: this one is of the
+                    # task machinery (e.g. the run function could not be unpickled).
+                    outcome = RunOutcome(
+                        run_id=run.run_id,
+                        status=RunStatus.FAILED.value,
+                        error=_first_line(exc),
+                        finished_at=_now(),
+                    )
+                except ray.exceptions.RayError as exc:
+                    why = _timeout_note(run.run_dir) or f"worker died: {_first_line(exc)}"
+                    outcome = _killed(run, why)
+                on_done(run, outcome)
+    except KeyboardInterrupt:
+        for ref, run in in_flight.items():
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            on_done(run, _killed(run, "the sweep was interrupted while this run was going"))
+        raise
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if line.strip():
+            return f"{type(exc).__name__}: {line.strip()}"
+    return type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def run_sweep(
+    sweep: LoadedSweep | Path | str,
+    backend: Backend = "ray",
+    address: Optional[str] = None,
+    max_parallel: Optional[int] = None,
+    torch_threads: Optional[int] = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    run_fn: Optional[RunFn] = None,
+    run_timeout_s: Optional[float] = None,
+) -> SweepResult:
+    """Plan, validate and run a sweep; returns the counts by status and the index path.
+
+    Arguments override the sweep file's ``max_parallel`` / ``torch_threads_per_task`` /
+    ``run_timeout_s`` (a limit the Ray backend enforces; sequential runs cannot be stopped);
+    ``overrides`` (``--set``) apply to every run.  ``run_fn`` replaces the runner (tests).
+    """
+    host_start = time.perf_counter()
+    loaded = sweep if isinstance(sweep, LoadedSweep) else load_sweep(sweep)
+    if backend not in ("ray", "sequential"):
+        raise FleetsimInputError(f"--backend {backend}: allowed: ray, sequential")
+    plan = plan_sweep(loaded, tuple(overrides))
+    out_dir = loaded.out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FleetsimInputError(f"{loaded.path}: out: {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _sweep_lock(out_dir, loaded.path):
+        return _run_locked(loaded, plan, out_dir, backend, address, max_parallel, torch_threads,
+                           progress, run_fn, run_timeout_s, host_start)
+
+
+@contextlib.contextmanager
+def _sweep_lock(out_dir: Path, sweep_path: Path) -> Iterator[None]:
+    """One sweep invocation per sweep folder at a time: two would overwrite each other's
+    index and run the same runs twice."""
+    import fcntl
+
+    with open(out_dir / LOCK_FILE, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FleetsimInputError(
+                f"{sweep_path}: out: another fleetsim sweep is running in {out_dir}; wait for "
+                "it to end or choose another folder (--out)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _run_locked(
+    loaded: LoadedSweep,
+    plan: list[PlannedRun],
+    out_dir: Path,
+    backend: Backend,
+    address: Optional[str],
+    max_parallel: Optional[int],
+    torch_threads: Optional[int],
+    progress: bool,
+    run_fn: Optional[RunFn],
+    run_timeout_s: Optional[float],
+    host_start: float,
+) -> SweepResult:
+    base_path = loaded.base_path.resolve()
+    # Workers may run in another folder (a cluster node): hand them absolute paths.
+    plan = [
+        PlannedRun(r.run_id, r.params, r.overrides, r.run_dir.resolve(), r.resolved_yaml)
+        for r in plan
+    ]
+
+    cpus = os.cpu_count() or 1
+    if backend == "sequential":
+        parallel = 1
+    else:
+        parallel = max_parallel or loaded.config.max_parallel or (None if address else cpus)
+    threads = (
+        torch_threads
+        or loaded.config.torch_threads_per_task
+        or max(1, cpus // (parallel or cpus))
+    )
+
+    index = SweepIndex(out_dir / INDEX_FILE)
+    previous = SweepIndex.read_previous(index.path)
+    to_run: list[PlannedRun] = []
+    for run in plan:
+        index.add(run.run_id, run.params, run.run_dir, previous.get(run.run_id))
+        if is_finished(run):
+            fields = _summary_fields(run.run_dir)
+            kept = {
+                k: previous.get(run.run_id, {}).get(k, "")
+                for k in ("worker", "started_at", "finished_at")
+            }
+            index.update(run.run_id, status=RunStatus.DONE.value, **fields, **kept)
+            continue
+        prior = previous.get(run.run_id)
+        if prior and prior["status"] == RunStatus.RUNNING.value:
+            # The sweep that started it ended without hearing back: the run was killed.
+            index.update(
+                run.run_id,
+                status=RunStatus.KILLED.value,
+                error="the sweep process ended while this run was going",
+            )
+        elif prior and prior["status"] in (RunStatus.FAILED.value, RunStatus.KILLED.value):
+            index.update(run.run_id, status=prior["status"], error=prior["error"])
+        to_run.append(run)
+    skipped = len(plan) - len(to_run)
+    index.write()
+    # Copy of the sweep file beside the index: the folder documents how it was made.
+    write_text(out_dir / "sweep.yaml", loaded.path.read_text())
+
+    started_ray = False
+    if to_run and backend == "ray":
+        # Before the progress bar: Ray's start-up messages would break its line.
+        started_ray = start_ray(address, parallel)
+        if parallel is None:
+            import ray
+
+            parallel = max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+    bar = None
+    if progress and to_run:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(to_run), desc=f"sweep {loaded.name}", unit="run",
+                   file=sys.stderr, dynamic_ncols=True)
+        if skipped:
+            bar.write(f"sweep {loaded.name}: {skipped} of {len(plan)} runs already finished",
+                      file=sys.stderr)
+
+    failures: list[tuple[str, str]] = []
+
+    def on_start(run: PlannedRun) -> None:
+        row = index.rows[run.run_id]
+        index.update(run.run_id, status=RunStatus.RUNNING.value, error="",
+                     attempts=int(row["attempts"]) + 1, started_at=_now(), finished_at="")
+        index.write()
+
+    def on_done(run: PlannedRun, outcome: RunOutcome) -> None:
+        fields = outcome.index_fields()
+        if not fields["started_at"]:
+            fields["started_at"] = index.rows[run.run_id]["started_at"]
+        index.update(run.run_id, **fields)
+        index.write()
+        if outcome.status != RunStatus.DONE.value:
+            failures.append((run.run_id, outcome.error))
+        if bar is not None:
+            counts = index.counts()
+            bar.set_postfix_str(
+                f"done {counts['done']} | failed {counts['failed']} | killed {counts['killed']}",
+                refresh=False,
+            )
+            bar.update(1)
+
+    try:
+        if not to_run:
+            pass
+        elif backend == "sequential":
+            _run_sequential(to_run, base_path, threads, run_fn, on_start, on_done)
+        else:
+            _run_ray(to_run, base_path, threads, parallel, run_fn, on_start, on_done,
+                     run_timeout_s or loaded.config.run_timeout_s)
+    finally:
+        if bar is not None:
+            bar.close()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return SweepResult(
+        name=loaded.name,
+        out_dir=out_dir,
+        index_path=index.path,
+        counts=index.counts(),
+        executed=len(to_run),
+        skipped=skipped,
+        backend=backend,
+        host_seconds=time.perf_counter() - host_start,
+        failures=failures,
+    )

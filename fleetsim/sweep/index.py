@@ -1,0 +1,160 @@
+"""The sweep index: ``sweep_index.parquet``, one row per run with its status.
+
+Written atomically after every change of status, so a sweep killed at any moment leaves
+an index that says which runs finished.  A row left ``running`` by a sweep process that
+died is read back as ``killed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from fleetsim.record.atomic import write_parquet
+
+INDEX_FILE = "sweep_index.parquet"
+
+
+class RunStatus(str, Enum):
+    PENDING = "pending"  # planned, not started (yet)
+    RUNNING = "running"  # handed to a worker
+    DONE = "done"  # summary.json written
+    FAILED = "failed"  # the run raised; ``error`` says why
+    KILLED = "killed"  # the worker process died (signal, out of memory) or the sweep ended
+
+
+# Fixed columns of the index, in order, with their dtypes.  Each swept key also gets a
+# column of its own (named by the key, e.g. ``policy.name``) after ``params``.
+INDEX_COLUMNS: dict[str, str] = {
+    "run_id": "string",
+    "status": "string",
+    "params": "string",  # JSON object: swept key -> value
+    "run_dir": "string",
+    "error": "string",  # "" unless failed/killed
+    "host_seconds": "float64",  # wall-clock seconds of the run on its worker
+    "final_accuracy": "float64",  # NaN for systems-only runs or unfinished runs
+    "simulated_seconds": "float64",
+    "attempts": "int64",  # how many times the sweep started this run
+    "worker": "string",  # host:pid that ran the last attempt
+    "started_at": "string",  # UTC ISO time of the last attempt's start ("" if none)
+    "finished_at": "string",
+}
+
+
+def _empty_row(run_id: str, params: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "status": RunStatus.PENDING.value,
+        "params": json.dumps(params, default=str),
+        "run_dir": str(run_dir),
+        "error": "",
+        "host_seconds": math.nan,
+        "final_accuracy": math.nan,
+        "simulated_seconds": math.nan,
+        "attempts": 0,
+        "worker": "",
+        "started_at": "",
+        "finished_at": "",
+    }
+
+
+def _param_column_values(values: list[Any]) -> tuple[list[Any], Optional[str]]:
+    """Values and pandas dtype of one swept key's column: native when all values share one
+    scalar type, else their JSON text (Parquet columns have one type)."""
+    kinds = {type(v) for v in values}
+    if kinds == {bool}:
+        return values, "bool"
+    if kinds <= {int} and kinds:
+        return values, "int64"
+    if kinds <= {int, float} and kinds:
+        return [float(v) for v in values], "float64"
+    if kinds == {str}:
+        return values, "string"
+    return [json.dumps(v, default=str) for v in values], "string"
+
+
+class SweepIndex:
+    """In-memory rows of the index, keyed by run id, in plan order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.params: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def read_previous(cls, path: Path) -> dict[str, dict[str, Any]]:
+        """Rows of an existing index by run id ({} if there is none or it is unreadable)."""
+        path = Path(path)
+        if not path.is_file():
+            return {}
+        try:
+            frame = pd.read_parquet(path)
+        except Exception:  # noqa: BLE001 - a damaged index is rebuilt from the run directories
+            return {}
+        if "run_id" not in frame.columns:
+            return {}
+        rows = {}
+        for record in frame.to_dict("records"):
+            rows[str(record["run_id"])] = {
+                k: record.get(k, _empty_row("", {}, Path())[k]) for k in INDEX_COLUMNS
+            }
+        return rows
+
+    def add(self, run_id: str, params: dict[str, Any], run_dir: Path,
+            previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        row = _empty_row(run_id, params, run_dir)
+        if previous:
+            row["attempts"] = int(previous.get("attempts") or 0)
+        self.rows[run_id] = row
+        self.params[run_id] = params
+        return row
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(INDEX_COLUMNS)
+        if unknown:
+            raise KeyError(f"not index columns: {sorted(unknown)}")
+        self.rows[run_id].update(fields)
+
+    def counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in RunStatus}
+        for row in self.rows.values():
+            out[row["status"]] += 1
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        ids = list(self.rows)
+        data: dict[str, pd.Series] = {
+            name: pd.Series([self.rows[i][name] for i in ids], dtype=dtype)
+            for name, dtype in INDEX_COLUMNS.items()
+        }
+        keys: list[str] = []
+        for params in self.params.values():
+            keys.extend(k for k in params if k not in keys and k not in INDEX_COLUMNS)
+        columns: dict[str, pd.Series] = {}
+        for name in INDEX_COLUMNS:
+            columns[name] = data[name]
+            if name == "params":
+                for key in keys:
+                    values, dtype = _param_column_values(
+                        [self.params[i].get(key) for i in ids]
+                    )
+                    columns[key] = pd.Series(values, dtype=dtype)
+        return pd.DataFrame(columns)
+
+    def write(self) -> Path:
+        write_parquet(self.path, self.frame())
+        return self.path
+
+
+def read_index(path: Path) -> pd.DataFrame:
+    """The sweep index of a sweep folder (or of the index file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / INDEX_FILE
+    return pd.read_parquet(path)
+

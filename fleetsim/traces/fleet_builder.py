@@ -1,0 +1,95 @@
+"""Fleet synthesis: N devices from a population, vectorised (no per-device loop)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.rng import stream
+from fleetsim.traces.availability import diurnal_model
+from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, DeviceTable
+from fleetsim.traces.config import TracesConfig
+from fleetsim.traces.network import radio_technology, sample_network
+from fleetsim.traces.registry import get_format
+from fleetsim.traces.tables import catalogue_for, population_weights
+
+GIB = 2**30
+
+
+def synthesise_devices(cfg: TracesConfig, n_devices: int, seed: int, base_dir: Path) -> DeviceTable:
+    """Static device facts: phone model per device drawn from the population
+    (stream ``("population",)``), RAM, usable RAM, per-backend latency, network."""
+    n = int(n_devices)
+    if n < 1:
+        raise FleetsimInputError(f"fleet size: {n} (allowed: >= 1)")
+    cat, cat_path = catalogue_for(cfg.catalogue, base_dir)
+    weights = population_weights(cfg.population, cat, base_dir)
+    model_idx = stream(seed, "population").choice(len(cat), size=n, p=weights).astype(np.int32)
+    # Phone RAM is sold in binary gigabytes (an "8 GB" phone has 8 GiB).
+    ram_by_model = np.round(cat["ram_gb"].to_numpy() * GIB).astype(np.int64)
+    ram = ram_by_model[model_idx]
+    usable = np.floor(ram_by_model * cfg.usable_ram_fraction).astype(np.int64)[model_idx]
+    ref = {
+        b: cat[f"{b}_ref_forward_s"].to_numpy(dtype=np.float64)[model_idx]
+        for b in ("npu", "gpu", "cpu")
+    }
+    up, down, net_label = sample_network(cfg.network, n, seed, base_dir)
+    pop_label = cfg.population
+    return DeviceTable(
+        phone_model_index=model_idx,
+        phone_models=list(cat["phone_model"]),
+        ram_bytes=ram,
+        usable_ram_bytes=usable,
+        network_type_index=np.zeros(n, dtype=np.int16),
+        network_types=[radio_technology(cfg.network)],
+        uplink_bps=up,
+        downlink_bps=down,
+        ref_forward_s=ref,
+        source=(
+            f"catalogue: {cat_path.name} ({len(cat)} phone models); population: {pop_label}; "
+            f"network: {net_label}"
+        ),
+    )
+
+
+def build_availability(
+    cfg: TracesConfig, n_devices: int, seed: int, horizon_s: float, base_dir: Path
+) -> AvailabilityTrace:
+    a = cfg.availability
+    if a.kind == "always_online":
+        return AlwaysOnline(n_devices)
+    if a.kind == "diurnal_model":
+        return diurnal_model(
+            n_devices,
+            seed,
+            trace_span_days=a.trace_span_days,
+            night_share=a.night_share,
+            night_start_hour=a.night_start_hour,
+            night_start_sd_hours=a.night_start_sd_hours,
+            wifi_share=a.wifi_share,
+        )
+    path = cfg.resolve(a.path, base_dir)
+    if a.kind == "intervals":
+        from fleetsim.traces.availability import load_intervals
+
+        return load_intervals(path, n_devices, a.period_s)
+    trace = get_format(a.kind).load(path, n_devices, seed, horizon_s)
+    if trace.num_devices != n_devices:
+        raise FleetsimInputError(
+            f"traces.availability.kind {a.kind!r}: the format returned {trace.num_devices} "
+            f"devices for a fleet of {n_devices}"
+        )
+    return trace
+
+
+def build_fleet(
+    cfg: TracesConfig, n_devices: int, seed: int, horizon_s: float, base_dir: Path
+) -> tuple[DeviceTable, AvailabilityTrace]:
+    """The fleet's static facts and availability (vectorised; 1M devices in ~1 s)."""
+    table = synthesise_devices(cfg, n_devices, seed, Path(base_dir))
+    avail = build_availability(cfg, n_devices, seed, horizon_s, Path(base_dir))
+    if avail.label:
+        table.source += f"; availability: {avail.label}"
+    return table, avail

@@ -1,0 +1,255 @@
+"""``fleetsim traces validate|inspect PATH``: detect a trace file's format, check
+it, summarise it, and draw latency / availability-by-hour / bandwidth-CDF panels.
+
+Detection: ``.pkl``/``.pickle`` → FedScale client_behave_trace; ``.json`` →
+FLASH state_traces; CSV/TSV/Parquet by columns: ``device_id,start_s,end_s`` →
+intervals; ``phone_model,weight`` → population; ``phone_model,ram_gb,
+cpu_ref_forward_s`` → catalogue; ``quantile,downlink_mbps,uplink_mbps`` →
+network distribution; ``downlink_mbps,uplink_mbps`` (+ ``_sigma_``) → per-user
+network profiles.  Other suffixes: any registered format whose ``sniff`` accepts
+the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.base import AvailabilityTrace
+from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population, read_table
+
+#: fleet devices used to evaluate a trace that maps devices cyclically
+SUMMARY_HOURS = 24
+
+
+@dataclass
+class TraceReport:
+    kind: str
+    summary: dict
+    latency: pd.DataFrame | None = None  # phone_model, backend, ref_forward_s
+    hourly_share: np.ndarray | None = None  # [24]
+    bandwidth: dict = field(default_factory=dict)  # label -> Mbit/s samples (sorted)
+
+
+def _detect_table_kind(path: Path, df: pd.DataFrame) -> str:
+    cols = set(df.columns)
+    if {"device_id", "start_s", "end_s"} <= cols:
+        return "intervals"
+    if {"phone_model", "weight"} <= cols:
+        return "population"
+    if {"phone_model", "ram_gb", "cpu_ref_forward_s"} <= cols:
+        return "catalogue"
+    if {"quantile", "downlink_mbps", "uplink_mbps"} <= cols:
+        return "network_distribution"
+    if {"downlink_mbps", "uplink_mbps"} <= cols:
+        return "network_profiles"
+    raise FleetsimInputError(
+        f"{path}: cannot tell the trace format from columns {', '.join(map(str, df.columns))} "
+        "(allowed: device_id,start_s,end_s | phone_model,weight | phone_model,ram_gb,"
+        "cpu_ref_forward_s | quantile,downlink_mbps,uplink_mbps | downlink_mbps,uplink_mbps)"
+    )
+
+
+def _hourly_share(trace: AvailabilityTrace, days: int) -> np.ndarray:
+    ids = np.arange(trace.num_devices)
+    share = np.zeros(SUMMARY_HOURS)
+    for d in range(days):
+        for h in range(SUMMARY_HOURS):
+            for quarter in range(4):
+                t = d * 86400.0 + h * 3600.0 + quarter * 900.0
+                share[h] += trace.is_available(ids, t).mean()
+    return share / (days * 4)
+
+
+def _availability_report(kind: str, trace: AvailabilityTrace, horizon_s: float) -> TraceReport:
+    days = max(1, min(14, int(np.ceil(horizon_s / 86400.0))))
+    hourly = _hourly_share(trace, days)
+    summary = {
+        "format": kind,
+        "devices": trace.num_devices,
+        "mean_online_share": float(hourly.mean()),
+        "peak_hour": int(np.argmax(hourly)),
+        "trough_hour": int(np.argmin(hourly)),
+        "label": trace.label,
+    }
+    if hasattr(trace, "starts"):
+        dur = trace.ends - trace.starts
+        summary.update(
+            windows=int(len(dur)),
+            median_window_s=float(np.median(dur)) if len(dur) else 0.0,
+            span_s=float(trace.ends.max() - trace.starts.min()) if len(dur) else 0.0,
+        )
+    return TraceReport(kind, summary, hourly_share=hourly)
+
+
+def analyse(path: Path) -> TraceReport:
+    """Detect, load and validate ``path``; raise FleetsimInputError if malformed."""
+    from fleetsim.traces import availability as av
+    from fleetsim.traces.network import load_quantile_table
+    from fleetsim.traces.registry import BUILTIN_FORMATS, _entry_point_formats, get_format
+
+    path = Path(path)
+    if not path.exists():
+        raise FleetsimInputError(f"{path}: file not found")
+    if path.is_dir():
+        raise FleetsimInputError(f"{path}: is a folder (expected a trace file)")
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        dev, start, end, m = av.fedscale_intervals(path, horizon_s=7 * 86400.0)
+        trace = av.intervals_to_trace(dev, start, end, m, None, f"FedScale {path.name}", m)
+        return _availability_report("fedscale", trace, 7 * 86400.0)
+    if suffix == ".json":
+        dev, start, end, m = av.flash_intervals(path, horizon_s=7 * 86400.0)
+        trace = av.intervals_to_trace(dev, start, end, m, None, f"FLASH {path.name}", m)
+        return _availability_report("flash", trace, 7 * 86400.0)
+    if suffix in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
+        df = read_table(path)
+        kind = _detect_table_kind(path, df)
+        if kind == "intervals":
+            dev, start, end = av.load_interval_table(path)
+            uniq, dense = np.unique(dev, return_inverse=True)
+            trace = av.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
+            span = float(end.max())
+            return _availability_report("intervals", trace, span)
+        if kind == "catalogue":
+            cat = load_catalogue(path)
+            return _catalogue_report(cat)
+        if kind == "population":
+            cat = load_catalogue(CATALOGUES["default"])
+            w = load_population(path, cat)
+            top = np.argsort(w)[::-1][:5]
+            summary = {
+                "format": "population",
+                "phone_models": int((w > 0).sum()),
+                "top": "; ".join(f"{cat['phone_model'][i]} {w[i]:.1%}" for i in top),
+                "mean_ram_gb": float((w * cat["ram_gb"]).sum()),
+            }
+            lat = _catalogue_report(cat[w > 0].reset_index(drop=True)).latency
+            return TraceReport("population", summary, latency=lat)
+        if kind == "network_distribution":
+            q, down, up = load_quantile_table(path)
+            summary = {
+                "format": "network_distribution",
+                "quantiles": int(len(q)),
+                "median_downlink_mbps": float(np.interp(0.5, q, down)),
+                "median_uplink_mbps": float(np.interp(0.5, q, up)),
+            }
+            return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
+        from fleetsim.traces.tables import numeric_column
+
+        down = np.sort(numeric_column(df, path, "downlink_mbps", positive=True))
+        up = np.sort(numeric_column(df, path, "uplink_mbps", positive=True))
+        summary = {
+            "format": "network_profiles",
+            "users": int(len(df)),
+            "median_downlink_mbps": float(np.median(down)),
+            "median_uplink_mbps": float(np.median(up)),
+        }
+        return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
+    for name in sorted(_entry_point_formats()):
+        if name in BUILTIN_FORMATS:
+            continue
+        fmt = get_format(name)
+        if fmt.sniff(path):
+            trace = fmt.load(path, 1000, 0, 7 * 86400.0)
+            return _availability_report(name, trace, 7 * 86400.0)
+    raise FleetsimInputError(
+        f"{path}: unknown trace format {suffix!r} (allowed: .csv, .tsv, .parquet, .pkl, "
+        ".pickle, .json, or a suffix of a format registered in `fleetsim.traces`)"
+    )
+
+
+def _catalogue_report(cat: pd.DataFrame) -> TraceReport:
+    rows = []
+    for b in ("cpu", "gpu", "npu"):
+        col = cat[f"{b}_ref_forward_s"]
+        for name, v in zip(cat["phone_model"], col):
+            if not np.isnan(v):
+                rows.append((name, b, float(v)))
+    lat = pd.DataFrame(rows, columns=["phone_model", "backend", "ref_forward_s"])
+    summary = {
+        "format": "catalogue",
+        "phone_models": int(len(cat)),
+        "with_npu": int(cat["npu_ref_forward_s"].notna().sum()),
+        "with_gpu": int(cat["gpu_ref_forward_s"].notna().sum()),
+        "median_cpu_ref_forward_s": float(cat["cpu_ref_forward_s"].median()),
+        "ram_gb_range": f"{cat['ram_gb'].min():g}-{cat['ram_gb'].max():g}",
+    }
+    return TraceReport("catalogue", summary, latency=lat)
+
+
+def validate_trace_file(path: Path) -> str:
+    """One summary line; raises FleetsimInputError when the file is malformed."""
+    rep = analyse(Path(path))
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in rep.summary.items()
+        if k not in ("format", "label")
+    ]
+    return f"{Path(path).name}: valid {rep.kind} trace; " + ", ".join(parts)
+
+
+def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
+    """Summary table and a PNG (latency by device, availability share by hour of
+    day, bandwidth CDF; panels the file has no data for say so)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    rep = analyse(path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(
+        {"field": list(rep.summary), "value": [str(v) for v in rep.summary.values()]}
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    if rep.latency is not None and len(rep.latency):
+        piv = rep.latency.pivot_table(
+            index="phone_model", columns="backend", values="ref_forward_s"
+        )
+        piv = piv.sort_values("cpu" if "cpu" in piv else piv.columns[0])
+        for b in piv.columns:
+            ax.plot(np.arange(len(piv)), piv[b].to_numpy(), "o", ms=3, label=b)
+        ax.set_yscale("log")
+        ax.set_xlabel("phone model (sorted by CPU latency)")
+        ax.set_ylabel("s per reference forward (BERT-base 8x128)")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no latency data in this file", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title("latency by device")
+    ax = axes[1]
+    if rep.hourly_share is not None:
+        ax.bar(np.arange(24), rep.hourly_share)
+        ax.set_xlabel("hour of day")
+        ax.set_ylabel("share of devices online")
+    else:
+        ax.text(0.5, 0.5, "no availability data in this file", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title("availability share by hour of day")
+    ax = axes[2]
+    if rep.bandwidth:
+        for label, values in rep.bandwidth.items():
+            v = np.sort(values)
+            ax.plot(v, np.linspace(0, 1, len(v)), label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("Mbit/s")
+        ax.set_ylabel("CDF")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no bandwidth data in this file", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title("bandwidth CDF")
+    fig.suptitle(f"{path.name} ({rep.kind})")
+    fig.tight_layout()
+    png = out_dir / f"{path.stem}_inspect.png"
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return table, png

@@ -1,0 +1,218 @@
+"""Malformed trace files: each raises FleetsimInputError with an exact message."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.availability import load_fedscale, load_flash, load_intervals
+from fleetsim.traces.inspect import validate_trace_file
+from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _message(fn, *args) -> str:
+    with pytest.raises(FleetsimInputError) as info:
+        fn(*args)
+    return str(info.value)
+
+
+def test_intervals_missing_column(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s\n0,1\n")
+    assert _message(load_intervals, p, 4) == (
+        f"{p}: missing column(s) 'end_s' (required: device_id, start_s, end_s; "
+        "found: device_id, start_s)"
+    )
+
+
+def test_intervals_negative_start(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0,5,9\n1,-3,4\n")
+    assert _message(load_intervals, p, 4) == (
+        f"{p}: column 'start_s' row 2: -3 is not allowed (allowed: numbers >= 0)"
+    )
+
+
+def test_intervals_reversed(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0,5,9\n1,8,4\n")
+    assert _message(load_intervals, p, 4) == (
+        f"{p}: row 2: interval of device 1 has end_s 4 <= start_s 8 (allowed: end_s > start_s)"
+    )
+
+
+def test_intervals_zero_length(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0,5,5\n")
+    assert _message(load_intervals, p, 4) == (
+        f"{p}: row 1: interval of device 0 has end_s 5 <= start_s 5 (allowed: end_s > start_s)"
+    )
+
+
+def test_intervals_overlapping(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n3,10,20\n3,0,12\n")
+    assert _message(load_intervals, p, 4) == (
+        f"{p}: device 3 has overlapping intervals [0, 12) and [10, 20) "
+        "(allowed: sorted, non-overlapping per device)"
+    )
+
+
+def test_intervals_non_numeric(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0,abc,9\n")
+    assert _message(load_intervals, p, 4) == f"{p}: column 'start_s' row 1: 'abc' is not a number"
+
+
+def test_intervals_non_integer_device(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0.5,1,9\n")
+    assert _message(load_intervals, p, 4) == (
+        f"{p}: column 'device_id' row 1: 0.5 is not an integer (allowed: integers >= 0)"
+    )
+
+
+def test_empty_file(tmp_path):
+    p = _write(tmp_path, "a.csv", "")
+    assert _message(load_intervals, p, 4) == f"{p}: file is empty"
+
+
+def test_header_only(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n")
+    assert _message(load_intervals, p, 4) == f"{p}: table has a header but no rows"
+
+
+def test_intervals_outside_period(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0,10,200\n")
+    assert _message(load_intervals, p, 4, 100.0) == (
+        f"{p}: column 'end_s' row 1: 200 exceeds traces.availability.period_s = 100 "
+        "(allowed: windows inside one period)"
+    )
+
+
+def test_broken_parquet(tmp_path):
+    p = tmp_path / "a.parquet"
+    p.write_bytes(b"not a parquet file at all")
+    assert _message(load_intervals, p, 4).startswith(f"{p}: cannot be read as a table (")
+
+
+def test_catalogue_zero_latency(tmp_path):
+    p = _write(tmp_path, "c.csv", "phone_model,ram_gb,cpu_ref_forward_s\nA,4,1.5\nB,4,0\n")
+    assert _message(load_catalogue, p) == (
+        f"{p}: column 'cpu_ref_forward_s' row 2: 0 is not allowed (allowed: numbers > 0)"
+    )
+
+
+def test_catalogue_negative_latency(tmp_path):
+    p = _write(
+        tmp_path,
+        "c.csv",
+        "phone_model,ram_gb,cpu_ref_forward_s,npu_ref_forward_s\nA,4,1.5,-0.2\n",
+    )
+    assert _message(load_catalogue, p) == (
+        f"{p}: column 'npu_ref_forward_s' row 1: -0.2 is not allowed (allowed: numbers > 0)"
+    )
+
+
+def test_catalogue_duplicate_phone(tmp_path):
+    p = _write(tmp_path, "c.csv", "phone_model,ram_gb,cpu_ref_forward_s\nA,4,1\nA,6,2\n")
+    assert _message(load_catalogue, p) == f"{p}: column 'phone_model': 'A' appears more than once"
+
+
+def test_population_unknown_phone(tmp_path):
+    cat = load_catalogue(CATALOGUES["default"])
+    p = _write(tmp_path, "p.csv", "phone_model,weight\nXiaomi 14,1\nNokia 3310,2\n")
+    assert _message(load_population, p, cat) == (
+        f"{p}: column 'phone_model' row 2: unknown phone model 'Nokia 3310' "
+        f"(allowed: the catalogue's {len(cat)} phone models)"
+    )
+
+
+def test_population_zero_weights(tmp_path):
+    cat = load_catalogue(CATALOGUES["default"])
+    p = _write(tmp_path, "p.csv", "phone_model,weight\nXiaomi 14,0\n")
+    assert _message(load_population, p, cat) == (
+        f"{p}: column 'weight': weights sum to zero (need > 0)"
+    )
+
+
+def test_pickle_with_global_is_refused(tmp_path):
+    p = tmp_path / "trace.pkl"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    p.write_bytes(pickle.dumps({0: Evil()}))
+    msg = _message(load_fedscale, p, 4, 86400.0)
+    assert msg.startswith(f"{p}: pickle refers to ")
+    assert msg.endswith(
+        "; refused (allowed: builtin data only: dict, list, tuple, str, bytes, int, float, "
+        "bool, None)"
+    )
+
+
+def test_pickle_not_a_dict(tmp_path):
+    p = tmp_path / "trace.pkl"
+    p.write_bytes(pickle.dumps([1, 2, 3]))
+    assert _message(load_fedscale, p, 4, 86400.0) == (
+        f"{p}: expected a non-empty dict client_id -> {{'active', 'inactive', 'finish_time'}}, "
+        "got list"
+    )
+
+
+def test_fedscale_missing_key(tmp_path):
+    p = tmp_path / "trace.pkl"
+    p.write_bytes(pickle.dumps({7: {"active": [0.0], "inactive": [5.0]}}))
+    assert _message(load_fedscale, p, 4, 86400.0) == (
+        f"{p}: client 7: missing key(s) finish_time (required: active, inactive, finish_time)"
+    )
+
+
+def test_fedscale_length_mismatch(tmp_path):
+    p = tmp_path / "trace.pkl"
+    p.write_bytes(pickle.dumps({7: {"active": [0.0, 9.0], "inactive": [5.0], "finish_time": 20}}))
+    assert _message(load_fedscale, p, 4, 86400.0) == (
+        f"{p}: client 7: 'active' has 2 entries but 'inactive' has 1 (must match)"
+    )
+
+
+def test_flash_bad_timestamp(tmp_path):
+    p = _write(tmp_path, "s.json", json.dumps({"u1": {"messages": "yesterday\tscreen_on\n"}}))
+    assert _message(load_flash, p, 4, 86400.0) == (
+        f"{p}: user 'u1' messages line 1: 'yesterday\\tscreen_on' does not start with a "
+        "'YYYY-mm-dd HH:MM:SS' timestamp and a tab"
+    )
+
+
+def test_flash_invalid_json(tmp_path):
+    p = _write(tmp_path, "s.json", "{not json")
+    assert _message(load_flash, p, 4, 86400.0).startswith(f"{p}: not valid JSON (")
+
+
+def test_unknown_suffix(tmp_path):
+    p = _write(tmp_path, "trace.xyz", "hello")
+    assert _message(validate_trace_file, p) == (
+        f"{p}: unknown trace format '.xyz' (allowed: .csv, .tsv, .parquet, .pkl, .pickle, "
+        ".json, or a suffix of a format registered in `fleetsim.traces`)"
+    )
+
+
+def test_undetectable_columns(tmp_path):
+    p = _write(tmp_path, "t.csv", "foo,bar\n1,2\n")
+    assert _message(validate_trace_file, p) == (
+        f"{p}: cannot tell the trace format from columns foo, bar (allowed: device_id,start_s,"
+        "end_s | phone_model,weight | phone_model,ram_gb,cpu_ref_forward_s | quantile,"
+        "downlink_mbps,uplink_mbps | downlink_mbps,uplink_mbps)"
+    )
+
+
+def test_network_quantiles_not_rising(tmp_path):
+    p = _write(tmp_path, "n.csv", "quantile,downlink_mbps,uplink_mbps\n0,1,1\n0.5,2,2\n0.4,3,3\n")
+    assert _message(validate_trace_file, p) == (
+        f"{p}: column 'quantile' must rise strictly within [0, 1] (allowed: 0..1)"
+    )

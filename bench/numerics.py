@@ -46,7 +46,9 @@ def build(model_key: str, seq: int, peft: PeftConfig, threads: int) -> TorchEngi
         peft,
         DataConfig(name="bbc_news", batch_size=8, max_examples=64, max_eval_examples=8),
         NumericsConfig(threads=threads, prefix_cache_max_bytes=0),
-        n_clients=1, seed=0, base_dir=Path("."),
+        n_clients=1,
+        seed=0,
+        base_dir=Path("."),
     )
 
 
@@ -76,8 +78,9 @@ def forward_seconds(engine: TorchEngine, ids, mask, repeats: int) -> float:
     return timed(run, repeats)
 
 
-def per_perturbation(engine: TorchEngine, ids, mask, labels, estimator: str, k: int,
-                     repeats: int) -> float:
+def per_perturbation(
+    engine: TorchEngine, ids, mask, labels, estimator: str, k: int, repeats: int
+) -> float:
     """Seconds per perturbation for K perturbations in one batched call (plus, with a
     frozen prefix, the prefix run once for the batch)."""
     tangents = dict(zip(engine.names, stack_perturbations(0, 0, 0, range(k), engine.shapes)))
@@ -95,17 +98,22 @@ def per_perturbation(engine: TorchEngine, ids, mask, labels, estimator: str, k: 
     return timed(run, repeats) / k
 
 
-def p1(models: list[str], seqs: list[int], ks: list[int], repeats: int, threads: int,
-       results: dict) -> None:
+def p1(
+    models: list[str], seqs: list[int], ks: list[int], repeats: int, threads: int, results: dict
+) -> None:
     print("P1: host seconds per perturbation / plain forward (batch 8)")
-    print(f"{'model':8} {'seq':>4} {'peft':10} {'estimator':9} " +
-          " ".join(f"{'K=' + str(k):>7}" for k in ks) + "   forward_s")
+    print(
+        f"{'model':8} {'seq':>4} {'peft':10} {'estimator':9} "
+        + " ".join(f"{'K=' + str(k):>7}" for k in ks)
+        + "   forward_s"
+    )
     for model_key in models:
         for seq in seqs:
             configs = [("lora-all", PeftConfig(method="lora", rank=8, alpha=16))]
             if model_key == "minilm":
-                configs.append(("lora-top2", PeftConfig(method="lora", rank=8, alpha=16,
-                                                        top_layers=2)))
+                configs.append(
+                    ("lora-top2", PeftConfig(method="lora", rank=8, alpha=16, top_layers=2))
+                )
             for label, peft in configs:
                 engine = build(model_key, seq, peft, threads)
                 ids, mask, labels = full_batch(engine, seq)
@@ -114,18 +122,20 @@ def p1(models: list[str], seqs: list[int], ks: list[int], repeats: int, threads:
                 for estimator in estimators:
                     ratios = []
                     for k in ks:
-                        seconds = per_perturbation(engine, ids, mask, labels, estimator, k,
-                                                   repeats)
+                        seconds = per_perturbation(engine, ids, mask, labels, estimator, k, repeats)
                         ratios.append(seconds / fwd)
                         results[(model_key, seq, label, estimator, k)] = seconds / fwd
-                    print(f"{model_key:8} {seq:>4} {label:10} {estimator:9} " +
-                          " ".join(f"{r:7.2f}" for r in ratios) + f"   {fwd:.3f}", flush=True)
+                    print(
+                        f"{model_key:8} {seq:>4} {label:10} {estimator:9} "
+                        + " ".join(f"{r:7.2f}" for r in ratios)
+                        + f"   {fwd:.3f}",
+                        flush=True,
+                    )
                 if label == "lora-all":
                     compile_report(engine, ids, mask, repeats, model_key, seq)
 
 
-def compile_report(engine: TorchEngine, ids, mask, repeats: int, model_key: str, seq: int
-                   ) -> None:
+def compile_report(engine: TorchEngine, ids, mask, repeats: int, model_key: str, seq: int) -> None:
     def plain() -> None:
         with torch.no_grad():
             engine.model.logits(ids, mask)
@@ -134,8 +144,10 @@ def compile_report(engine: TorchEngine, ids, mask, repeats: int, model_key: str,
         with torch.inference_mode():
             engine.model.logits(ids, mask)
 
-    line = (f"  samples/s {model_key} seq {seq}: no_grad {8 / timed(plain, repeats):.1f}, "
-            f"inference_mode {8 / timed(inference, repeats):.1f}")
+    line = (
+        f"  samples/s {model_key} seq {seq}: no_grad {8 / timed(plain, repeats):.1f}, "
+        f"inference_mode {8 / timed(inference, repeats):.1f}"
+    )
     try:
         compiled = torch.compile(engine.model.logits)
 
@@ -173,14 +185,27 @@ def p2(seq: int, threads: int) -> float:
     out = {}
     for mode in ("onesided", "backprop"):
         proc = subprocess.run(
-            [sys.executable, __file__, "--p2-child", mode, "--p2-seq", str(seq),
-             "--threads", str(threads)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--p2-child",
+                mode,
+                "--p2-seq",
+                str(seq),
+                "--threads",
+                str(threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
         label = "one-sided, K=32 batched" if mode == "onesided" else "one backprop step"
-        print(f"  {label:24}: peak +{out[mode]['peak_above_model_kib'] / 1024:.0f} MiB, "
-              f"{out[mode]['seconds']:.1f} s", flush=True)
+        print(
+            f"  {label:24}: peak +{out[mode]['peak_above_model_kib'] / 1024:.0f} MiB, "
+            f"{out[mode]['seconds']:.1f} s",
+            flush=True,
+        )
     return out["onesided"]["peak_above_model_kib"] / max(1, out["backprop"]["peak_above_model_kib"])
 
 
@@ -201,8 +226,14 @@ def main() -> None:
         return
     results: dict = {}
     if not args.skip_p1:
-        p1(args.models.split(","), [int(s) for s in args.seqs.split(",")],
-           [int(k) for k in args.ks.split(",")], args.repeats, args.threads, results)
+        p1(
+            args.models.split(","),
+            [int(s) for s in args.seqs.split(",")],
+            [int(k) for k in args.ks.split(",")],
+            args.repeats,
+            args.threads,
+            results,
+        )
     memory_ratio = None if args.skip_p2 else p2(args.p2_seq, args.threads)
     for estimator in ESTIMATORS:
         key = ("minilm", 128, "lora-all", estimator, 32)

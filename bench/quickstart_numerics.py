@@ -50,18 +50,30 @@ def main() -> None:
     cpu_started = time.process_time()
     engine = build_engine(
         ModelConfig(name_or_path="all-minilm-l6-v2", max_seq_len=args.seq, pooling=args.pooling),
-        PeftConfig(method=args.method, rank=args.rank, alpha=2.0 * args.rank,
-                   top_layers=args.top_layers if args.method != "head_only" else None),
+        PeftConfig(
+            method=args.method,
+            rank=args.rank,
+            alpha=2.0 * args.rank,
+            top_layers=args.top_layers if args.method != "head_only" else None,
+        ),
         DataConfig(name="bbc_news", batch_size=args.batch),
-        NumericsConfig(estimator=args.estimator, threads=args.threads,
-                       server_optimizer=ServerOptimizerConfig(name=args.optimizer)),
-        n_clients=args.clients, seed=args.seed, base_dir=Path("."),
+        NumericsConfig(
+            estimator=args.estimator,
+            threads=args.threads,
+            server_optimizer=ServerOptimizerConfig(name=args.optimizer),
+        ),
+        n_clients=args.clients,
+        seed=args.seed,
+        base_dir=Path("."),
     )
     built = time.perf_counter()
     engine.warm_prefix_cache()
     cached = time.perf_counter()
-    print(f"build {built - started:.1f}s  prefix cache {cached - built:.1f}s  "
-          f"trainable {engine.trainable_params}  start layer {engine.start_layer}", flush=True)
+    print(
+        f"build {built - started:.1f}s  prefix cache {cached - built:.1f}s  "
+        f"trainable {engine.trainable_params}  start layer {engine.start_layer}",
+        flush=True,
+    )
     first = engine.evaluate()
     print(f"step 0 acc {first.accuracy:.3f} loss {first.loss:.3f}", flush=True)
     eval_s = 0.0
@@ -71,9 +83,14 @@ def main() -> None:
         work = []
         for slot in range(args.devices):
             device = (step * args.devices + slot) % args.clients
-            work.append(GradientWork(device_id=device, client_id=device,
-                                     batch_index=next_batch[device],
-                                     perturbations=tuple(range(args.k))))
+            work.append(
+                GradientWork(
+                    device_id=device,
+                    client_id=device,
+                    batch_index=next_batch[device],
+                    perturbations=tuple(range(args.k)),
+                )
+            )
             next_batch[device] += 1
         estimate = engine.forward_gradient(step, work)
         engine.apply(estimate, args.lr)
@@ -81,13 +98,18 @@ def main() -> None:
             t0 = time.perf_counter()
             result = engine.evaluate()
             eval_s += time.perf_counter() - t0
-            print(f"step {step + 1} acc {result.accuracy:.3f} loss {result.loss:.3f} "
-                  f"train-loss {estimate.loss:.3f} var {estimate.variance:.3g} "
-                  f"t {time.perf_counter() - started:.1f}s", flush=True)
+            print(
+                f"step {step + 1} acc {result.accuracy:.3f} loss {result.loss:.3f} "
+                f"train-loss {estimate.loss:.3f} var {estimate.variance:.3g} "
+                f"t {time.perf_counter() - started:.1f}s",
+                flush=True,
+            )
     total = time.perf_counter() - started
     cpu = time.process_time() - cpu_started
-    print(f"host wall {total:.1f}s, process CPU {cpu:.1f}s (on a contended machine, an idle "
-          f"2-core wall time lies between CPU/threads and CPU)")
+    print(
+        f"host wall {total:.1f}s, process CPU {cpu:.1f}s (on a contended machine, an idle "
+        f"2-core wall time lies between CPU/threads and CPU)"
+    )
     print(f"RESULT quickstart_final_accuracy={result.accuracy:.4f}")
     print(f"RESULT quickstart_host_cpu_seconds={cpu:.1f}")
     print(f"RESULT quickstart_host_seconds={total:.1f}")

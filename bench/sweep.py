@@ -139,10 +139,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="rounds per run")
     parser.add_argument("--batches", type=int, default=4, help="batches (steps) per round")
-    parser.add_argument("--systems-only", action="store_true",
-                        help="numerics.engine: none (no torch work: measures the simulator)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra scenario override for every run (repeatable)")
+    parser.add_argument(
+        "--systems-only",
+        action="store_true",
+        help="numerics.engine: none (no torch work: measures the simulator)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra scenario override for every run (repeatable)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the sweep folders")
     args = parser.parse_args()
 
@@ -154,10 +162,14 @@ def main() -> None:
     try:
         seq_s, seq_mem = timed_sweep(
             load_sweep(work / "sweep.yaml", out=str(work / "sequential")),
-            backend="sequential", torch_threads=cores, overrides=overrides,
+            backend="sequential",
+            torch_threads=cores,
+            overrides=overrides,
         )
-        print(f"sequential: 8 runs in {seq_s:.1f} s ({cores} torch threads), "
-              f"peak memory {seq_mem / 2**20:.0f} MiB")
+        print(
+            f"sequential: 8 runs in {seq_s:.1f} s ({cores} torch threads), "
+            f"peak memory {seq_mem / 2**20:.0f} MiB"
+        )
 
         ray_start = time.perf_counter()
         started = start_ray(None, cores)
@@ -165,20 +177,27 @@ def main() -> None:
         try:
             ray_s, ray_mem = timed_sweep(
                 load_sweep(work / "sweep.yaml", out=str(work / "ray")),
-                backend="ray", max_parallel=cores, torch_threads=1, overrides=overrides,
+                backend="ray",
+                max_parallel=cores,
+                torch_threads=1,
+                overrides=overrides,
             )
         finally:
             if started:
                 import ray
 
                 ray.shutdown()
-        print(f"ray: 8 runs in {ray_s:.1f} s ({cores} tasks x 1 torch thread), "
-              f"peak memory {ray_mem / 2**20:.0f} MiB (all Ray processes included); "
-              f"Ray start-up {startup_s:.1f} s")
+        print(
+            f"ray: 8 runs in {ray_s:.1f} s ({cores} tasks x 1 torch thread), "
+            f"peak memory {ray_mem / 2**20:.0f} MiB (all Ray processes included); "
+            f"Ray start-up {startup_s:.1f} s"
+        )
         speedup = seq_s / ray_s
         with_startup = seq_s / (ray_s + startup_s)
-        print(f"speed-up: {speedup:.2f}x (Ray already running), {with_startup:.2f}x including "
-              f"Ray start-up; memory ratio ray/sequential {ray_mem / seq_mem:.2f}")
+        print(
+            f"speed-up: {speedup:.2f}x (Ray already running), {with_startup:.2f}x including "
+            f"Ray start-up; memory ratio ray/sequential {ray_mem / seq_mem:.2f}"
+        )
         print(f"RESULT sweep_ray_speedup={speedup:.2f}")
         print(f"RESULT sweep_ray_speedup_with_startup={with_startup:.2f}")
         print(f"RESULT sweep_sequential_peak_mib={seq_mem / 2**20:.0f}")

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--targets", help="comma-separated target accuracies, e.g. 0.5,0.7")
     cmp_.set_defaults(func=_cmd_compare)
 
+    from fleetsim.sweep.cli import add_sweep_parser
+
+    add_sweep_parser(sub)
+
     ref = sub.add_parser("scenario-reference", help="print the scenario reference (Markdown)")
     ref.set_defaults(func=_cmd_reference)
     return parser

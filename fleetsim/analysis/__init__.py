@@ -13,12 +13,16 @@ from fleetsim.analysis.metrics import (
     time_to_accuracy_runs,
     time_to_accuracy_table,
     utilisation,
+    work_spans,
 )
 from fleetsim.analysis.plots import (
     breakdown_figure,
     convergence_figure,
     device_spans,
+    grouped_breakdown_figure,
+    time_to_accuracy_figure,
     timeline_figure,
+    trace_availability_spans,
     utilisation_figure,
 )
 from fleetsim.analysis.report import compare_runs, comparison_table, write_report
@@ -31,14 +35,18 @@ __all__ = [
     "comparison_table",
     "convergence_figure",
     "device_spans",
+    "grouped_breakdown_figure",
     "load_run",
     "load_runs",
     "step_breakdown",
     "time_to_accuracy",
     "time_to_accuracy_runs",
+    "time_to_accuracy_figure",
     "time_to_accuracy_table",
     "timeline_figure",
+    "trace_availability_spans",
     "utilisation",
     "utilisation_figure",
+    "work_spans",
     "write_report",
 ]

@@ -125,10 +125,15 @@ def check_key(runset: RunSet, key: str) -> None:
     if key not in runset.summary.columns:
         varying = runset.varying_params()
         hint = ", ".join(varying) if varying else "(no scenario key differs between these runs)"
-        others = ", ".join(sorted(c for c in runset.summary.columns if c not in varying))
+        params = set(runset.param_columns)
+        summary_keys = sorted(
+            c for c in runset.summary.columns if c not in params and "." not in c and c != "run"
+        )
         raise FleetsimInputError(
-            f"--by {key!r}: no such scenario or summary key in the loaded runs; "
-            f"keys that differ between runs: {hint}; other keys: {others}"
+            f"--by {key!r}: no such scenario or summary key in the loaded runs; keys that "
+            f"differ between runs: {hint}; any other resolved scenario key in dotted form "
+            f"({len(params)} keys, e.g. policy.name, protocol.devices_per_step, run.seed) or a "
+            f"summary key ({', '.join(summary_keys)}) is allowed too"
         )
 
 

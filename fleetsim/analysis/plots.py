@@ -594,20 +594,22 @@ def time_to_accuracy_figure(
     target_labels: dict[float, str] | None = None,
     path: Path | str | None = None,
 ) -> Figure:
-    """Mean time to each target (hours, 95 % interval as error bars) from
+    """Mean time to each target (s, min or h by scale; 95 % interval as error bars) from
     :func:`~fleetsim.analysis.metrics.time_to_accuracy_table`, one line per group
     of ``by``.  Targets that no run of a group reached leave a gap.
     ``target_labels`` renames the x ticks (e.g. "60 % of target")."""
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = figure.subplots()
     targets = sorted(table["target"].unique())
+    longest = table["ci_high_s"].fillna(table["mean_s"]).max()
+    unit, scale = _time_unit(float(longest) if pd.notna(longest) else 0.0)
     positions = {t: i for i, t in enumerate(targets)}
     for index, group in enumerate(list(dict.fromkeys(table[by]))):
         part = table[table[by] == group].sort_values("target")
         x = np.array([positions[t] for t in part["target"]], dtype=float)
-        mean = part["mean_s"].to_numpy(dtype=float) / 3600.0
-        low = part["ci_low_s"].to_numpy(dtype=float) / 3600.0
-        high = part["ci_high_s"].to_numpy(dtype=float) / 3600.0
+        mean = part["mean_s"].to_numpy(dtype=float) / scale
+        low = part["ci_low_s"].to_numpy(dtype=float) / scale
+        high = part["ci_high_s"].to_numpy(dtype=float) / scale
         errors = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
         container = ax.errorbar(
             x,
@@ -622,7 +624,7 @@ def time_to_accuracy_figure(
     ax.set_xticks(range(len(targets)))
     ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])
     ax.set_xlabel("accuracy target")
-    ax.set_ylabel("simulated time to reach (h)")
+    ax.set_ylabel(f"simulated time to reach ({unit})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(figure, path)

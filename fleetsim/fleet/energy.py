@@ -51,9 +51,20 @@ class PowerTable:
         try:
             raw = yaml.safe_load(path.read_text())
         except OSError as exc:
-            raise FleetsimInputError(f"{path}: cannot read power figures ({exc})") from exc
+            raise FleetsimInputError(
+                f"fleet.energy.power_file: cannot read power figures from {path} "
+                f"({exc.strerror or exc}); give a YAML file in the format of "
+                f"{default_power_file()}"
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise FleetsimInputError(
+                f"fleet.energy.power_file: {path} is not valid YAML ({exc})"
+            ) from exc
         if not isinstance(raw, dict):
-            raise FleetsimInputError(f"{path}: expected a mapping with keys compute_w, radio")
+            raise FleetsimInputError(
+                f"fleet.energy.power_file: {path}: expected a mapping with keys compute_w, "
+                "radio (and optionally aliases)"
+            )
         compute = raw.get("compute_w")
         if not isinstance(compute, dict) or set(compute) != set(BACKENDS):
             raise FleetsimInputError(

@@ -31,7 +31,16 @@ Interruption semantics (``FleetConfig.interruption``):
 Deadlines (``Task.deadline_s``) cut compute only: at the deadline the unit in
 progress is abandoned and the finished units are uploaded (the protocol decides
 what late work is worth; set the deadline earlier by the predicted upload time
-to have work arrive in time).  A download or upload in progress completes.
+to have work arrive in time).  A download or upload in progress completes.  A
+device with no finished unit at its deadline ends the task *at* the deadline with
+an EXPIRED receipt: a server timer set for the same instant finds that receipt
+already triggered.  Cancelling (``cancel``) credits the units finished before the
+cancel as computed (and lost), like an interruption.
+
+Ending a run.  Timers of interrupted or cancelled phases stay in SimPy's queue
+(SimPy cannot withdraw a scheduled timeout); they fire with no effect.  Run the
+simulation until the server's own process ends (``env.run(until=server)``), not
+until the queue is empty, or the clock will stop at the last stale timer.
 
 Determinism.  Dispatches and cancels made within one simulated instant are
 collected and applied together, sorted by ``(device_id, step)``, in one callback
@@ -174,11 +183,14 @@ class Fleet:
         self._compute_w = {b: self.power.compute_watts(b) for b in BACKENDS}
         for name in ("uplink_bps", "downlink_bps"):
             rates = np.asarray(getattr(table, name), dtype=np.float64)
-            if not np.all(np.isfinite(rates) & (rates > 0)):
-                bad = int(np.flatnonzero(~(np.isfinite(rates) & (rates > 0)))[0])
+            # +inf is allowed: an uplink-only profile makes downloads free (the paper's model).
+            ok = ~np.isnan(rates) & (rates > 0)
+            if not np.all(ok):
+                bad = int(np.flatnonzero(~ok)[0])
                 raise FleetsimInputError(
-                    f"device table ({table.source or 'synthesised'}): {name} must be finite and "
-                    f"> 0 bit/s for every device; device {bad} has {rates[bad]!r}"
+                    f"device table ({table.source or 'synthesised'}): {name} must be > 0 bit/s "
+                    f"(or inf for free transfers) for every device; device {bad} has "
+                    f"{rates[bad]!r}"
                 )
 
         # Per-device accounting (columnar: a million devices cost a few arrays).

@@ -174,7 +174,7 @@ class NumericsConfig(BaseModel):
     cache_dir: Optional[str] = Field(
         None,
         description="Where converted models and tokenised datasets are cached (default: "
-        "$FLEETSIM_CACHE_DIR or ~/.cache/fleetsim).",
+        "$FLEETSIM_CACHE or ~/.cache/fleetsim).",
     )
     init_head_std: float = Field(
         0.02, ge=0, description="Std of the seeded normal init of the classification head."

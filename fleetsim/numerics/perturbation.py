@@ -49,7 +49,9 @@ def _best_candidate(
     remaining = candidates
     while remaining > 0:
         count = min(per_chunk, remaining)
-        chunk = torch.randn((count, numel), generator=generator)
+        # one draw per candidate: the stream then does not depend on the chunk size
+        # (torch fills large tensors in vectorised blocks)
+        chunk = torch.stack([torch.randn(numel, generator=generator) for _ in range(count)])
         if ref_norm > 0:
             scores = (chunk @ ref).abs() / (chunk.norm(dim=1) * ref_norm).clamp_min(1e-30)
         else:  # no direction to prefer: keep the first candidate

@@ -38,10 +38,6 @@ class PlannedRun:
     run_dir: Path
     resolved_yaml: str = field(repr=False, default="")  # the scenario the run will write
 
-    @property
-    def params_json(self) -> str:
-        return json.dumps(self.params, sort_keys=False, default=str)
-
 
 def format_value(value: Any) -> str:
     """A value as YAML text that ``--set`` parses back to the same value."""

@@ -120,7 +120,7 @@ def test_malformed_scenario(path, tmp_path, capsys, monkeypatch):
 
 #: A bad scenario must be refused before anything is simulated; a run command still going
 #: after this long is a missing up-front check (and would otherwise hang the suite).
-RUN_LIMIT_S = 90
+RUN_LIMIT_S = 45
 
 
 @contextlib.contextmanager

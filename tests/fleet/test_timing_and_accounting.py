@@ -350,6 +350,8 @@ def test_power_file_errors_name_the_key(tmp_path):
     )
     with pytest.raises(FleetsimInputError, match=r"power.yaml: compute_w.npu must be"):
         PowerTable.load(EnergyConfig(power_file=str(bad)))
+    with pytest.raises(FleetsimInputError, match=r"fleet.energy.power_file: .*missing.yaml"):
+        PowerTable.load(EnergyConfig(power_file=str(tmp_path / "missing.yaml")))
     with pytest.raises(ValueError, match="compute_w"):
         FleetConfig(size=1, energy={"compute_w": {"tpu": 1.0}})
 
@@ -397,3 +399,36 @@ def test_every_active_span_lies_inside_one_availability_window(interruption):
         ids = np.array([row.device_id])
         assert trace.is_available(ids, row.time_s)[0], row
         assert not trace.is_available(ids, row.time_s - row.duration_s)[0], row
+
+
+def test_transfer_modes_and_backend_preference_reach_the_trace_model():
+    seen = {}
+
+    def choose(table, device_ids, kind, preference="auto"):
+        seen["call"] = (kind, preference, len(device_ids))
+        return np.where(np.asarray(device_ids) % 2 == 0, "npu", "cpu").astype(object)
+
+    table = make_table(4, uplink_bps=8.0, downlink_bps=16.0)
+    ids = np.arange(4)
+    for mode, expected in (("both", 2.0 + 3.0), ("uplink_only", 3.0), ("none", 0.0)):
+        fleet = Fleet(
+            simpy.Environment(),
+            table,
+            AlwaysOnline(4),
+            FleetConfig(size=4, transfers=mode, backend="npu"),
+            0,
+            EventLog(),
+            FACTS,
+            unit_seconds_fn=lambda *a: np.ones(4),
+            choose_backend_fn=choose,
+        )
+        assert list(fleet.predict_transfer_seconds(ids, 4, 3)) == [expected] * 4
+    assert list(fleet.backends(ids, "forward_gradient")) == ["npu", "cpu", "npu", "cpu"]
+    assert seen["call"] == ("forward_gradient", "npu", 4)
+    # Compute energy uses the backend's power: NPU devices spend less per second.
+    env = fleet.env
+    events = [fleet.dispatch(Task(step=0, device_id=d, units=2)) for d in range(2)]
+    env.run()
+    power = fleet.power.compute_w
+    assert events[0].value.energy_j == pytest.approx(2 * power["npu"])
+    assert events[1].value.energy_j == pytest.approx(2 * power["cpu"])

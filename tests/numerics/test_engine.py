@@ -181,3 +181,18 @@ def test_bad_model_inputs_name_the_key(tmp_path, small_data):
     with pytest.raises(FleetsimInputError, match="peft.layers"):
         model_facts(ModelConfig(name_or_path="tiny-bert"), PeftConfig(layers=[7]), small_data,
                     NumericsConfig())
+
+
+def test_describe_is_json_and_bfloat16_runs(make_engine):
+    import json
+
+    engine = make_engine(estimator="jvp")
+    info = json.loads(json.dumps(engine.describe()))
+    assert info["estimator"] == "jvp" and info["trainable_params"] == engine.trainable_params
+    assert info["frozen_prefix_layer"] == -1  # LoRA on every layer: nothing frozen below
+    half = make_engine(estimator="jvp", dtype="bfloat16")
+    assert half.params[0].dtype == torch.bfloat16
+    work = [GradientWork(0, 0, 0, tuple(range(8)))]
+    a = torch.cat([t.reshape(-1) for t in engine.gradient_of(engine.forward_gradient(0, work))])
+    b = torch.cat([t.reshape(-1) for t in half.gradient_of(half.forward_gradient(0, work))])
+    assert float(torch.nn.functional.cosine_similarity(a, b.float(), dim=0)) > 0.9

@@ -95,3 +95,17 @@ def test_frozen_prefix_reuse_changes_nothing_but_cost(make_engine):
     for x, y in zip(reuse.gradient_of(a), plain.gradient_of(b)):
         torch.testing.assert_close(x, y, rtol=2e-3, atol=1e-5)
     assert reuse.evaluate().loss == pytest.approx(plain.evaluate().loss, rel=1e-5)
+
+
+def test_split_half_variance_falls_as_perturbations_pool(make_engine):
+    engine = make_engine(peft={"method": "head_only"}, estimator="backprop")
+
+    def stats(k: int) -> tuple[float, float]:
+        estimate = engine.forward_gradient(0, [GradientWork(0, 0, 0, tuple(range(k)))])
+        assert sum(estimate.extra["halves"]) == k
+        return estimate.variance, estimate.extra["variance_normalised"]
+
+    few, many = stats(8), stats(800)
+    # the variance of the half-means falls like 1/K; the normalised form tends to 0 from ~1
+    assert many[0] < few[0] / 20
+    assert few[1] > 0.5 and many[1] < 0.5

@@ -83,7 +83,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from fleetsim.analysis.report import compare_runs
 
-    targets = [float(t) for t in args.targets.split(",")] if args.targets else None
+    targets = None
+    if args.targets:
+        try:
+            targets = [float(t) for t in args.targets.split(",")]
+        except ValueError:
+            raise FleetsimInputError(
+                f"--targets {args.targets}: expected comma-separated accuracies in (0, 1], "
+                "e.g. 0.5,0.7"
+            ) from None
+        if not all(0 < t <= 1 for t in targets):
+            raise FleetsimInputError(f"--targets {args.targets}: each target must be in (0, 1]")
     paths = compare_runs([Path(p) for p in args.run_dirs], args.by, Path(args.out), targets)
     for name, p in paths.items():
         print(f"{name}: {p}")

@@ -7,6 +7,7 @@ Fleet, policy, protocol, Recorder → run → run directory.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -123,8 +124,12 @@ def run_loaded(
     bar = _Progress(show, sc.protocol.max_steps, sc.run.name)
     every = sc.output.checkpoint_every_steps
 
+    step_delay = float(os.environ.get("FLEETSIM_TEST_STEP_DELAY_S", "0") or 0)
+
     def on_step(row: dict) -> None:
         bar(row)
+        if step_delay:  # test hook: lets a test SIGKILL a run between checkpoints
+            time.sleep(step_delay)
         if every and row["committed"] and (row["step"] + 1) % every == 0 and not engine.replaying:
             write_checkpoint(out, Checkpoint(
                 scenario_raw=loaded.raw, scenario_path=str(loaded.path),

@@ -57,6 +57,7 @@ from fleetsim.numerics.data import (
     split_for_run,
     tokenize_cached,
 )
+from fleetsim.rng import stream
 
 BUILTIN_NUM_LABELS = {"bbc_news": 5, "rotten_tomatoes": 2, "ag_news_csv": 4}
 
@@ -201,7 +202,7 @@ class TorchEngine(NumericsEngine):
         self._init_prefix_store()
         eval_idx = self.plan.eval_idx
         if numerics.eval_max_examples is not None and len(eval_idx) > numerics.eval_max_examples:
-            keep = np.random.default_rng(0).choice(  # fixed subset, independent of the run seed
+            keep = stream(self.seed, "numerics", "eval-subset").choice(
                 len(eval_idx), numerics.eval_max_examples, replace=False
             )
             eval_idx = np.sort(eval_idx[keep])

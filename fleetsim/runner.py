@@ -84,6 +84,39 @@ class _Progress:
             self.bar.close()
 
 
+def check_feasible(loaded: LoadedScenario, fleet: Fleet, protocol, memory_bytes: int) -> None:
+    """Contradictions that show only once the fleet is built: exit 2 before simulating."""
+    import numpy as np
+
+    sc = loaded.scenario
+    ids = np.arange(fleet.num_devices, dtype=np.int64)
+    fits = fleet.can_hold(ids, memory_bytes)
+    if not fits.any():
+        best = int(np.max(fleet.table.usable_ram_bytes))
+        raise FleetsimInputError(
+            f"{loaded.path}: traces: no device can hold the job: {protocol.task_kind.value} of "
+            f"{sc.model.name_or_path} needs {memory_bytes / 2**20:.0f} MiB, the largest usable "
+            f"RAM in the fleet is {best / 2**20:.0f} MiB (traces.usable_ram_fraction="
+            f"{sc.traces.usable_ram_fraction}); use a smaller model/PEFT/batch or another "
+            "population"
+        )
+    deadline = sc.policy.deadline_s if sc.policy.name == "deadline" else None
+    deadline = deadline or sc.protocol.commit.deadline_s
+    if deadline is not None:
+        held = ids[fits]
+        one_unit = fleet.predict_unit_seconds(
+            held, protocol.task_kind, protocol.inferences_per_unit()
+        ) + fleet.predict_transfer_seconds(held, protocol.download_bytes(), protocol.upload_fn()(1))
+        fastest = float(np.min(one_unit))
+        if fastest > deadline:
+            key = "policy.deadline_s" if sc.policy.name == "deadline" else (
+                "protocol.commit.deadline_s")
+            raise FleetsimInputError(
+                f"{loaded.path}: {key}: no device can meet the deadline of {deadline:g} s: the "
+                f"fastest device needs {fastest:.3g} s for one unit with its transfers"
+            )
+
+
 def run_loaded(
     loaded: LoadedScenario,
     run_dir: Optional[Path] = None,
@@ -151,6 +184,7 @@ def run_loaded(
         on_step=on_step,
     )
     protocol = make_protocol(ctx)
+    check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])
     fault: Optional[BaseException] = None
     try:
         env.run(until=env.process(protocol.run()))

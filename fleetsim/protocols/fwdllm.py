@@ -103,7 +103,11 @@ class FwdLLMProtocol(Protocol):
         while True:
             allocation = self.allocate(cohort)
             if allocation.total <= 0:
-                # No cohort device online with capacity: wait for one (bounded).
+                if self.finished() or len(allocation.device_ids):
+                    # Online cohort devices got no work (e.g. none fits the deadline):
+                    # give the round up rather than spin; a new cohort is drawn.
+                    return False
+                # No cohort device online: wait for one (bounded by wait_offline_s).
                 wait = self._wait_for_cohort(cohort)
                 if wait is None:
                     return False

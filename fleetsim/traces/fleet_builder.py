@@ -71,6 +71,10 @@ def build_availability(
             wifi_share=a.wifi_share,
         )
     path = cfg.resolve(a.path, base_dir)
+    if path is not None and not path.exists():
+        raise FleetsimInputError(
+            f"traces.availability.path: {a.path!r} resolves to {path}, which does not exist"
+        )
     if a.kind == "intervals":
         from fleetsim.traces.availability import load_intervals
 

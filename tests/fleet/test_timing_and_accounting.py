@@ -432,3 +432,12 @@ def test_transfer_modes_and_backend_preference_reach_the_trace_model():
     power = fleet.power.compute_w
     assert events[0].value.energy_j == pytest.approx(2 * power["npu"])
     assert events[1].value.energy_j == pytest.approx(2 * power["cpu"])
+
+
+def test_online_seconds_uses_a_trace_closed_form_when_offered():
+    class ClosedForm(WalkOnly):
+        def online_seconds(self, ids, end_time):
+            return np.full(len(ids), 0.25 * end_time)
+
+    trace = ClosedForm(AlwaysOnline(3))
+    assert list(online_seconds(trace, np.arange(3), 40.0)) == [10.0, 10.0, 10.0]

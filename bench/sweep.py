@@ -14,7 +14,9 @@ The Ray instance is started, and its workers warmed (heavy imports done), before
 sweep, as with a long-lived instance on a cluster; the start-up time is printed and a second
 speed-up figure includes it.  Peak memory is the peak
 resident memory of this process and all its children (Ray's raylet, GCS and workers),
-sampled every 50 ms.
+sampled every 50 ms.  The machine's parallel headroom (pure-Python work in ``cores``
+processes vs one after the other, measured before and after) is printed beside the
+speed-up: on a shared machine other programs' load caps what any parallel sweep can reach.
 
     .venv/bin/python bench/sweep.py            # prints figures, ends with RESULT lines
 """
@@ -140,6 +142,30 @@ def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, int]:
     return seconds, memory.peak
 
 
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i
+    return total
+
+
+def parallel_headroom(cores: int, n: int = 20_000_000) -> float:
+    """Speed-up that ``cores`` processes of pure-Python work get on this machine right now
+    (other programs' load included): the ceiling for any parallel sweep here."""
+    import multiprocessing
+
+    start = time.perf_counter()
+    for _ in range(cores):
+        _burn(n)
+    sequential = time.perf_counter() - start
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(_burn, [1000] * cores)  # start the processes outside the timing
+        start = time.perf_counter()
+        pool.map(_burn, [n] * cores)
+        parallel = time.perf_counter() - start
+    return sequential / parallel
+
+
 def warm_ray_workers(cores: int) -> None:
     """Start one worker per core and import the runner's heavy modules in it (torch,
     transformers, peft): a long-lived Ray instance has warm workers, and the timed sweep then
@@ -200,6 +226,7 @@ def main() -> None:
     (work / "bench.yaml").write_text(SCENARIO.format(rounds=args.rounds, batches=args.batches))
     (work / "sweep.yaml").write_text(SWEEP)
     try:
+        headroom_before = parallel_headroom(cores)
         # One untimed run fills the on-disk caches and this process's imports.
         run_scenario(
             work / "bench.yaml",
@@ -255,10 +282,18 @@ def main() -> None:
         )
         for threads, (seconds, _) in baselines.items():
             print(f"  vs sequential with {threads} torch threads: {seconds / ray_s:.2f}x")
+        headroom_after = parallel_headroom(cores)
+        headroom = (headroom_before + headroom_after) / 2
+        print(
+            f"machine headroom: {cores} processes of pure-Python work run {headroom_before:.2f}x "
+            f"(before) / {headroom_after:.2f}x (after) faster than one after the other (other "
+            f"programs' load included); the sweep reaches {speedup / headroom:.0%} of the mean"
+        )
         print(f"RESULT sweep_ray_speedup={speedup:.2f}")
         print(f"RESULT sweep_ray_speedup_with_startup={with_startup:.2f}")
         print(f"RESULT sweep_sequential_peak_mib={seq_mem / 2**20:.0f}")
         print(f"RESULT sweep_ray_peak_mib={ray_mem / 2**20:.0f}")
+        print(f"RESULT sweep_machine_parallel_headroom={headroom:.2f}")
     finally:
         if args.keep:
             print(f"sweep folders kept in {work}")

@@ -88,12 +88,13 @@ class AllocationPolicy(ABC):
 
     def observe(self, ctx: StepContext, variance: float, repeats: int) -> None:
         """Called after each committed step (budget-driven policies adapt here)."""
+        return None
 
     def state(self) -> dict:
         return {}
 
     def load_state(self, state: dict) -> None:
-        pass
+        return None  # stateless by default
 
 
 class CohortSelector(ABC):

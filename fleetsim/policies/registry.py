@@ -16,7 +16,9 @@ from fleetsim.policies.variance_paced import VariancePacedPolicy
 
 BUILTIN_POLICIES: dict[str, type[AllocationPolicy]] = {
     cls.name: cls
-    for cls in (UniformPolicy, CapabilityPolicy, DeadlinePolicy, VariancePacedPolicy, OvercommitPolicy)
+    for cls in (
+        UniformPolicy, CapabilityPolicy, DeadlinePolicy, VariancePacedPolicy, OvercommitPolicy
+    )
 }
 
 

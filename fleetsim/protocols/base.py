@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -25,7 +25,6 @@ from fleetsim.policies.base import (
     AllocationPolicy,
     CohortSelector,
     FleetView,
-    StepContext,
 )
 from fleetsim.protocols.config import ProtocolConfig
 from fleetsim.record.recorder import Recorder
@@ -317,17 +316,20 @@ class Protocol(ABC):
     def to_work(self, receipts: list[WorkReceipt]) -> list[GradientWork]:
         work = []
         for r in sorted(receipts, key=lambda r: (r.step, r.device_id)):
-            if r.units_delivered <= 0 or r.status in (ReceiptStatus.REFUSED, ReceiptStatus.CANCELLED):
+            unusable = r.status in (ReceiptStatus.REFUSED, ReceiptStatus.CANCELLED)
+            if r.units_delivered <= 0 or unusable:
                 continue
-            batch = int(r.tags.get("batch_index", 0))
+            client = self.client_of(r.device_id)
+            n_batches = max(self.engine.batches_per_client(client), 1)
+            batch = int(r.tags.get("batch_index", 0)) % n_batches
             ks = r.tags.get("perturbations")
             if ks is None:
                 ks = self.perturbation_indices(r.device_id, r.units_delivered)
             work.append(
                 GradientWork(
                     device_id=int(r.device_id),
-                    client_id=self.client_of(r.device_id),
-                    batch_index=batch % max(self.engine.batches_per_client(self.client_of(r.device_id)), 1),
+                    client_id=client,
+                    batch_index=batch,
                     perturbations=tuple(ks),
                 )
             )

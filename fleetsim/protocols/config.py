@@ -19,7 +19,8 @@ class VarianceControl(BaseModel):
     )
     max_repeats: int = Field(
         5, ge=0, le=1000,
-        description="Most extra rounds of fresh perturbations on the same batch; every hit is logged.",
+        description="Most extra rounds of fresh perturbations on the same batch; every hit is "
+        "logged.",
     )
 
 
@@ -79,7 +80,9 @@ class ProtocolConfig(BaseModel):
         description="Steps per round; default: the cohort's local batches (paper: 15 for AGNews "
         "at batch 8).",
     )
-    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many committed steps.")
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="Stop after this many committed steps."
+    )
     devices_per_step: int = Field(10, ge=1, description="Cohort size: devices asked per round.")
     perturbations_per_device: int = Field(
         1, ge=1, description="v: perturbations each device computes per step (uniform quota)."

@@ -47,7 +47,8 @@ class FwdLLMProtocol(Protocol):
             return 0.0
         sample = ids[:: max(len(ids) // 256, 1)]
         v = self.view(sample, "estimate")
-        per_step = np.median(v.unit_seconds * self.cfg.perturbations_per_device + v.transfer_seconds)
+        quota = self.cfg.perturbations_per_device
+        per_step = np.median(v.unit_seconds * quota + v.transfer_seconds)
         return float(per_step) * n_batches
 
     def step_context(self) -> StepContext:

@@ -50,7 +50,7 @@ class EventLog:
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            {name: pd.Series(values, dtype=EVENT_COLUMNS[name]) for name, values in self._cols.items()}
+            {name: pd.Series(vals, dtype=EVENT_COLUMNS[name]) for name, vals in self._cols.items()}
         )
 
     def state(self) -> dict:

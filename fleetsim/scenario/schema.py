@@ -35,7 +35,7 @@ class RunConfig(BaseModel):
     progress: bool = Field(True, description="Show a progress bar on stderr.")
 
     @model_validator(mode="after")
-    def _targets_in_range(self) -> "RunConfig":
+    def _targets_in_range(self) -> RunConfig:
         for t in self.targets:
             if not 0 < t <= 1:
                 raise ValueError(f"run.targets: each target must be in (0, 1], got {t}")
@@ -85,7 +85,7 @@ class Scenario(BaseModel):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Run directory.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Scenario":
+    def _consistent(self) -> Scenario:
         p = self.protocol
         if p.devices_per_step > self.fleet.size:
             raise ValueError(

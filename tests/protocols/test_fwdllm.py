@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from fleet_harness import FakeEngine, build
 
 from fleetsim.protocols.base import SEED_RECORD_BYTES
 from fleetsim.traces.base import IntervalAvailability
-
-from fleet_harness import FakeEngine, build
 
 
 def steps(h) -> pd.DataFrame:

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-
 import simpy
 
 from fleetsim.fleet.config import FleetConfig
@@ -57,8 +56,8 @@ class FakeEngine(NumericsEngine):
         self.calls.append(("fg", step, list(work)))
         n = sum(len(w.perturbations) for w in work) + (previous.n_perturbations if previous else 0)
         var = self.variance_script.pop(0) if self.variance_script else 0.0
-        return StepEstimate(step=step, n_perturbations=n, n_devices=len(work), loss=1.0 / (step + 1),
-                            variance=var)
+        return StepEstimate(step=step, n_perturbations=n, n_devices=len(work),
+                            loss=1.0 / (step + 1), variance=var)
 
     def backprop_gradient(self, step, work) -> StepEstimate:
         self.calls.append(("bp", step, list(work)))

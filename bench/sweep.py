@@ -135,10 +135,15 @@ def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, int]:
         start = time.perf_counter()
         result = run_sweep(sweep, progress=False, **kwargs)
         seconds = time.perf_counter() - start
+    index = read_index(result.index_path)
     if not result.ok or result.executed != 8:
-        index = read_index(result.index_path)
         print(index[["run_id", "status", "error"]].to_string(index=False))
         raise SystemExit(f"benchmark sweep did not finish all 8 runs: {result.counts}")
+    per_run = index["host_seconds"]
+    print(
+        f"  {kwargs.get('backend')}: seconds per run on its worker: mean {per_run.mean():.2f}, "
+        f"min {per_run.min():.2f}, max {per_run.max():.2f}"
+    )
     return seconds, memory.peak
 
 

@@ -41,7 +41,7 @@ def test_quickstart_settings_learn():
         ModelConfig(name_or_path="all-minilm-l6-v2", max_seq_len=64, pooling="mean"),
         PeftConfig(method="lora", rank=4, alpha=8, top_layers=1),
         DataConfig(name="bbc_news", batch_size=8, max_eval_examples=200),
-        NumericsConfig(threads=1, server_optimizer={"name": "adam"}),
+        NumericsConfig(threads=1, estimator="backprop", server_optimizer={"name": "adam"}),
         n_clients=50, seed=0, base_dir=Path("."),
     )
     first = engine.evaluate().accuracy

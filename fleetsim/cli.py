@@ -36,7 +36,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     summary = json.loads((out / "summary.json").read_text())
     acc = summary.get("final_accuracy")
-    acc_text = "n/a (systems-only)" if acc is None else f"{acc:.4f}"
+    if acc is not None:
+        acc_text = f"{acc:.4f}"
+    else:
+        acc_text = "n/a (systems-only)" if summary.get("systems_only") else "not evaluated"
     print(
         f"run directory: {out}\n"
         f"final accuracy: {acc_text} | simulated: {summary['simulated_seconds'] / 3600:.3f} h | "

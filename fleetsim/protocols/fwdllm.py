@@ -123,10 +123,13 @@ class FwdLLMProtocol(Protocol):
                 if attempt > self.cfg.variance.max_repeats + 3:
                     return False  # repeatedly nothing delivered: give the step up
                 continue
+            seen = len(estimate.extra.get("skipped", [])) if estimate is not None else 0
             estimate = self.aggregate(self.step, work, estimate)
-            for dev in estimate.extra.get("skipped", []):
+            for item in estimate.extra.get("skipped", [])[seen:]:
+                dev = item["device_id"] if isinstance(item, dict) else item
+                reason = item.get("reason", "") if isinstance(item, dict) else ""
                 rec.events.add(self.env.now, int(dev), "numerical_fault", step=self.step,
-                               detail="non-finite estimate skipped (numerics.on_nonfinite: skip)")
+                               detail=f"non-finite {reason} skipped (numerics.on_nonfinite: skip)")
             self._last_step_units = int(estimate.n_perturbations)
             gate = self.cfg.variance
             failed = (

@@ -2,7 +2,7 @@
 
 Scenario file: ``analysis/perturbations_per_batch/scenario.yaml`` (real forward gradients).
 Grid: ``protocol.perturbations_per_device`` = v ∈ {1, 3, 5, 10, 50} × seeds 0, 1, 2.
-``--quick``: seed 0, 10 steps of 2 devices per run (see ``QUICK_OVERRIDES``).
+``--quick``: seed 0, 10 steps of 5 devices per run (see ``QUICK_OVERRIDES``).
 
 The target accuracy is the best held-out accuracy any run of the study reached
 (``--target-accuracy`` fixes it instead); the study reports the simulated time
@@ -34,11 +34,11 @@ SCENARIO = HERE / "scenario.yaml"
 V_VALUES = (1, 3, 5, 10, 50)
 FRACTIONS = (0.4, 0.6, 0.8, 0.9)
 BY = "protocol.perturbations_per_device"
-# --quick: 10 steps of 2 devices on 32-token inputs, evaluated every 2 steps on 100 examples.
+# --quick: 10 steps of 5 devices on 32-token inputs, evaluated every 2 steps on 100 examples.
 QUICK_OVERRIDES = [
     "protocol.rounds=2",
     "protocol.batches_per_round=5",
-    "protocol.devices_per_step=2",
+    "protocol.devices_per_step=5",
     "protocol.eval_every_steps=2",
     "numerics.eval_max_examples=100",
     "model.max_seq_len=32",

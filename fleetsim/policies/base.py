@@ -55,7 +55,7 @@ class StepContext:
     perturbations_per_device: int
     devices_per_step: int
     deadline_s: Optional[float] = None
-    variance_threshold: Optional[float] = None
+    variance_threshold: Optional[float] = None  # protocol.variance.threshold (gate on or off)
     # (variance statistic, repeats needed) of previous committed steps
     history: list[tuple[float, int]] = field(default_factory=list)
 

@@ -1,9 +1,11 @@
 """``variance_paced``: the server sets each step's total perturbation budget from the
 variance statistic and spreads it with ``capability``.
 
-Rule: start at ``budget.initial``; after a step that needed variance repeats
-(its first estimate failed the gate) multiply the budget by ``budget.growth``;
-after a step that passed at once multiply by ``budget.decay`` (default 1: keep).
+Rule: start at ``budget.initial``; after a step whose estimate was too noisy —
+it needed variance repeats, or its split-half variance statistic exceeded
+``protocol.variance.threshold`` (checked even when the gate itself is off) —
+multiply the budget by ``budget.growth``; otherwise multiply by ``budget.decay``
+(default 1: keep).
 Bounded by [1, budget.maximum].  This reproduces the paper's observation that
 the useful number of perturbations per batch grows as training proceeds, while
 letting the fleet absorb the growth where capacity is."""
@@ -32,7 +34,11 @@ class VariancePacedPolicy(AllocationPolicy):
 
     def observe(self, ctx: StepContext, variance: float, repeats: int) -> None:
         b = self.config.budget
-        factor = b.growth if repeats > 0 else b.decay
+        threshold = ctx.variance_threshold
+        noisy = repeats > 0 or (
+            threshold is not None and variance == variance and variance > threshold
+        )
+        factor = b.growth if noisy else b.decay
         self.budget = min(max(self.budget * factor, 1.0), float(b.maximum))
 
     def state(self) -> dict:

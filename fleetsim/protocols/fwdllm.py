@@ -58,7 +58,7 @@ class FwdLLMProtocol(Protocol):
             perturbations_per_device=self.cfg.perturbations_per_device,
             devices_per_step=self.cfg.devices_per_step,
             deadline_s=self.cfg.commit.deadline_s,
-            variance_threshold=self.cfg.variance.threshold if self.cfg.variance.enabled else None,
+            variance_threshold=self.cfg.variance.threshold,
             history=list(self.history),
         )
 

@@ -98,3 +98,16 @@ def test_cohort_rules():
     r1 = RandomCohort().select(view([1.0] * 50, seed=3), 5, 0.0)
     r2 = RandomCohort().select(view([1.0] * 50, seed=3), 5, 0.0)
     assert r1.tolist() == r2.tolist() and len(set(r1.tolist())) == 5
+
+
+def test_variance_paced_grows_on_statistic_above_threshold_without_gate():
+    cfg = PolicyConfig(name="variance_paced", budget={"initial": 10, "growth": 2.0})
+    pol = make_policy(cfg)
+    c = StepContext(step=0, round=0, perturbations_per_device=1, devices_per_step=2,
+                    variance_threshold=0.1)
+    pol.observe(c, variance=0.05, repeats=0)
+    assert pol.allocate(view([1, 1]), c).total == 10
+    pol.observe(c, variance=0.3, repeats=0)
+    assert pol.allocate(view([1, 1]), c).total == 20
+    pol.observe(c, variance=float("nan"), repeats=0)  # systems-only: no statistic, keep
+    assert pol.allocate(view([1, 1]), c).total == 20

@@ -102,6 +102,22 @@ class DiurnalAvailability(AvailabilityTrace):
         nxt = np.where(online, t, a + (k + 1.0) * self.period_s)
         return np.where(dur <= 0, np.inf, nxt)
 
+    def online_seconds(self, device_ids: np.ndarray, end_time: float) -> np.ndarray:
+        """Online seconds in ``[0, end_time)`` in closed form (the fleet's accounting hook).
+
+        With G(t) = k·d + min(t − (a + kP), d), k = floor((t − a)/P), the online time
+        accumulated up to t counted from window 0, the answer is G(end) − G(0)."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        a = self.offset_s[ids]
+        p = self.period_s
+        d = np.clip(self.duration_s[ids], 0.0, p)
+
+        def cumulative(t: float) -> np.ndarray:
+            k = np.floor((t - a) / p)
+            return k * d + np.minimum(t - (a + k * p), d)
+
+        return np.maximum(cumulative(float(end_time)) - cumulative(0.0), 0.0)
+
     def online_share_by_hour(self, device_ids: np.ndarray, days: int = 1) -> np.ndarray:
         """Share of devices online at each hour of the day (for ``traces inspect``)."""
         return np.array(

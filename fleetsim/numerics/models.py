@@ -380,9 +380,12 @@ def load_classifier(
 ) -> TextClassifier:
     """Backbone (pretrained or random init, seeded) + seeded head, eval mode."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     from fleetsim.rng import stream_seed
 
+    # fleetsim shows its own progress bar; the per-tensor "Loading weights" bar is noise.
+    hf_logging.disable_progress_bar()
     family = model_family(resolved.config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(seed, "init", "backbone"))

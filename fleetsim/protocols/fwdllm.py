@@ -93,6 +93,10 @@ class FwdLLMProtocol(Protocol):
                 rec.attach_evaluation(evaluation)
             self.round += 1
         self.drop_carried()
+        rows = self.ctx.recorder.step_rows
+        if rows and not self.engine.systems_only and math.isnan(rows[-1]["accuracy"]):
+            # Stopped between evaluations (max_steps, horizon): evaluate the final model.
+            self.ctx.recorder.attach_evaluation(self.evaluate())
 
     def one_step(self, cohort: np.ndarray, batch_index: int) -> Generator:
         """Run one server step to its commit; False when it had to be given up."""

@@ -195,7 +195,8 @@ def warm_ray_workers(cores: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="rounds per run")
+    # 48 rounds x 4 steps: runs of ~12 s, long enough that Ray's per-task overhead is small
+    parser.add_argument("--rounds", type=int, default=48, help="rounds per run")
     parser.add_argument("--batches", type=int, default=4, help="batches (steps) per round")
     parser.add_argument(
         "--systems-only",

@@ -17,6 +17,7 @@ from typing import Optional
 import simpy
 
 from fleetsim.errors import FleetsimInputError, RunStopped
+from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import TaskKind
 from fleetsim.numerics.errors import NumericalFault
@@ -148,7 +149,8 @@ def run_loaded(
     )
     env = simpy.Environment()
     recorder = Recorder(record_events=sc.output.events)
-    fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts)
+    fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts,
+                  power=PowerTable.load(sc.fleet.energy, loaded.base_dir))
     memory = {
         TaskKind.FORWARD_GRADIENT: job_memory_bytes(facts, "forward_gradient", sc.peft.method),
         TaskKind.BACKPROP: job_memory_bytes(facts, "backprop", sc.peft.method),

@@ -38,8 +38,8 @@ class EnergyConfig(BaseModel):
 
     power_file: Optional[str] = Field(
         None,
-        description="YAML file of power figures (format of device_traces/power/power.yaml); "
-        "default: the shipped device_traces/power/power.yaml.",
+        description="YAML file of power figures (format of device_traces/power/power.yaml), "
+        "relative to the scenario file; default: the shipped device_traces/power/power.yaml.",
     )
     compute_w: dict[str, float] = Field(
         default_factory=dict,

@@ -45,9 +45,16 @@ class PowerTable:
     source: str = ""
 
     @classmethod
-    def load(cls, config: Optional[EnergyConfig] = None) -> PowerTable:
+    def load(cls, config: Optional[EnergyConfig] = None, base_dir: Optional[Path] = None
+             ) -> PowerTable:
+        """The power figures; a relative ``power_file`` is resolved against ``base_dir``
+        (the scenario file's folder), like every other path in a scenario."""
         config = config or EnergyConfig()
-        path = Path(config.power_file) if config.power_file else default_power_file()
+        path = Path(config.power_file).expanduser() if config.power_file else (
+            default_power_file()
+        )
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
         try:
             raw = yaml.safe_load(path.read_text())
         except OSError as exc:

@@ -6,11 +6,25 @@ scenario fails loudly at load time rather than silently using a default.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m", "tiny-bert", "tiny-llama")
+# tokens (perturbations × examples × max_seq_len) per batched host call under
+# host_batch_perturbations 'auto': on a 2-core CPU the cost per row rises once a call's
+# activations outgrow the caches (bench/numerics.py sweep: best at 16 rows of 128 tokens
+# and 32 rows of 64); a GPU wants large calls, bounded by memory
+HOST_TOKENS_CPU = 2048
+HOST_TOKENS_CUDA = 65536
+
+
+def host_chunk(setting: Union[str, int], batch_size: int, seq_len: int, device: str) -> int:
+    """Perturbations per batched host call for a ``host_batch_perturbations`` setting."""
+    if setting != "auto":
+        return int(setting)
+    tokens = HOST_TOKENS_CUDA if device == "cuda" else HOST_TOKENS_CPU
+    return max(1, tokens // max(1, batch_size * seq_len))
 
 
 class ModelConfig(BaseModel):
@@ -29,7 +43,9 @@ class ModelConfig(BaseModel):
     max_seq_len: int = Field(128, ge=4, le=4096, description="Tokens per example (truncation).")
     attn_implementation: Literal["eager", "sdpa"] = Field(
         "eager",
-        description="Attention kernel; 'eager' is required for torch.func.jvp on CPU.",
+        description="Attention kernel. The fused SDPA kernels have no forward-mode AD, so "
+        "with 'sdpa' the jvp estimator runs attention on the math backend; 'eager' measured "
+        "as fast at batch 8 on a 2-core CPU.",
     )
     pooling: Literal["cls", "mean", "last"] = Field(
         "mean",
@@ -132,11 +148,26 @@ class NumericsConfig(BaseModel):
     h: float = Field(0.01, gt=0, description="Finite-difference step size.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device.")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Model dtype.")
-    host_batch_perturbations: int = Field(
-        8, ge=1, le=4096,
-        description="Max perturbations evaluated in one batched call (8: larger vmap batches "
-        "measured slower per perturbation on a 2-core CPU; bounds memory too).",
+    host_batch_perturbations: Union[Literal["auto"], int] = (
+        Field(
+            "auto",
+            description="Max perturbations evaluated in one batched call (one forward over "
+            "perturbations × batch rows); bounds memory too. 'auto': as many as fit in "
+            f"{HOST_TOKENS_CPU} tokens (rows × model.max_seq_len) on CPU, where larger calls "
+            f"measured slower per perturbation (bench/numerics.py), or {HOST_TOKENS_CUDA} on "
+            "CUDA.",
+        )
     )
+
+    @field_validator("host_batch_perturbations", mode="before")
+    @classmethod
+    def _host_batch(cls, value: Any) -> Union[str, int]:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise ValueError("allowed: 'auto' or an integer 1..4096")
+        return value
+
     frozen_prefix_reuse: bool = Field(
         True,
         description="Run the frozen layers below the lowest trainable layer once per example "

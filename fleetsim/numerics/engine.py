@@ -7,7 +7,9 @@ optimiser.  Protocols call it at commit time with the work devices delivered.
 Host-cost levers (they change host time only, never what a phone is charged):
 
 * perturbations of one device batch run batched (``host_batch_perturbations`` per
-  ``torch.vmap`` call), one-sided estimators share one base forward;
+  call: one forward over perturbations × batch rows, :mod:`fleetsim.numerics.stacked`,
+  or ``torch.vmap`` where a trainable tensor cannot run stacked), one-sided
+  estimators share one base forward;
 * frozen-prefix reuse: with every trainable tensor at or above layer L, the hidden
   states entering layer L depend only on the example, so they are computed once
   per example and cached for the whole run (within ``prefix_cache_max_bytes``;
@@ -48,7 +50,7 @@ from fleetsim.numerics.base import (
     NumericsEngine,
     StepEstimate,
 )
-from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
+from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig, host_chunk
 from fleetsim.numerics.data import (
     DataConfig,
     client_batches,
@@ -144,6 +146,7 @@ class TorchEngine(NumericsEngine):
 
         from fleetsim.numerics import models as model_lib
         from fleetsim.numerics.optim import ServerOptimizer
+        from fleetsim.numerics.stacked import stackable
 
         self.model_cfg, self.peft_cfg, self.data_cfg, self.cfg = model, peft, data, numerics
         self.seed = int(seed)
@@ -191,6 +194,12 @@ class TorchEngine(NumericsEngine):
         self.trainable_params = int(sum(p.numel() for p in self.params))
         self.total_params = int(sum(p.numel() for p in self.model.parameters()))
         lowest = min(self.model.layer_of(n) for n in self.names)
+        self.host_chunk = host_chunk(numerics.host_batch_perturbations, data.batch_size,
+                                     model.max_seq_len, numerics.device)
+        # how the host batches finite-difference perturbations (run metadata)
+        self.host_batching = "stacked" if stackable(
+            self.model, self.names, self.model.embedding_modules()
+        ) else "vmap"
         # -1: nothing worth caching below the lowest trainable layer (or reuse is off):
         # every forward starts from token ids
         self.start_layer = lowest if lowest > 0 and numerics.frozen_prefix_reuse else -1
@@ -262,7 +271,8 @@ class TorchEngine(NumericsEngine):
             "peft": self.peft_cfg.model_dump(),
             "estimator": self.cfg.estimator,
             "h": self.cfg.h,
-            "host_batch_perturbations": self.cfg.host_batch_perturbations,
+            "host_batch_perturbations": self.host_chunk,
+            "host_batching": self.host_batching,
             "frozen_prefix_layer": self.start_layer,
             "prefix_cache": self._prefix_store is not None,
             "trainable_params": self.trainable_params,
@@ -334,6 +344,29 @@ class TorchEngine(NumericsEngine):
 
         return loss
 
+    def batched_loss_fn(self, inputs: Any, mask: Any, labels: Any):
+        """K losses from stacked parameter sets {name: (K, *shape)} in one forward over
+        K × batch rows (:mod:`fleetsim.numerics.stacked`); None when some trainable tensor
+        cannot run stacked (the estimators then use vmap)."""
+        import torch
+
+        from fleetsim.numerics.stacked import stacked_parameters
+
+        if self.host_batching != "stacked":
+            return None
+        model = self.model
+        start = self.start_layer
+
+        def losses(stacked: dict) -> Any:
+            with stacked_parameters(model, stacked) as count:
+                logits = model(inputs, mask, start, count)
+            per_row = torch.nn.functional.cross_entropy(
+                logits, labels.repeat(count), reduction="none"
+            )
+            return per_row.view(count, -1).mean(dim=1)
+
+        return losses
+
     def current_params(self) -> dict:
         return {n: p.detach() for n, p in zip(self.names, self.params)}
 
@@ -388,7 +421,8 @@ class TorchEngine(NumericsEngine):
             tangents = dict(zip(self.names, tangents_list))
             derivs, base_loss = directional_derivatives(
                 self.loss_fn(inputs, mask, labels), params, tangents, self.cfg.estimator,
-                self.cfg.h, self.cfg.host_batch_perturbations,
+                self.cfg.h, self.host_chunk,
+                self.batched_loss_fn(inputs, mask, labels),
             )
             self.host_perturbations += len(item.perturbations)
             if not math.isfinite(base_loss):

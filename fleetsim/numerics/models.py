@@ -256,18 +256,35 @@ class TextClassifier(nn.Module):
         hidden = self.embed(input_ids, ctx)
         return self.run_layers(hidden, ctx, 0, stop)
 
-    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, start: int
-                ) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, start: int,
+                repeat: int = 1) -> torch.Tensor:
         """Logits (float32) from the hidden states entering layer ``start``, or from token
-        ids when ``start`` is -1 (embeddings trainable: nothing is frozen below)."""
+        ids when ``start`` is -1 (embeddings trainable: nothing is frozen below).
+
+        ``repeat`` > 1 runs the layers from ``start`` on ``repeat`` copies of the batch
+        (row ``k·B + b``), for :func:`fleetsim.numerics.stacked.stacked_parameters`; the
+        embedding runs once, before the copies are made."""
         ctx = self.context(attention_mask, self.head.weight.dtype)
         if start < 0:
             hidden, start = self.embed(inputs, ctx), 0
         else:
             hidden = inputs
+        if repeat > 1:
+            hidden = hidden.repeat(repeat, *([1] * (hidden.dim() - 1)))
+            attention_mask = attention_mask.repeat(repeat, 1)
+            ctx = LayerContext(
+                attention_mask, ctx.additive_mask.repeat(repeat, 1, 1, 1), ctx.position_ids,
+                ctx.position_embeddings,
+            )
         hidden = self.run_layers(hidden, ctx, start, self.n_layers)
         pooled = self.pool(hidden, attention_mask)
         return self.head(pooled).float()
+
+    def embedding_modules(self) -> tuple[str, ...]:
+        """Parameter-name prefixes of the modules that run before the layers."""
+        if self.family == "bert":
+            return ("backbone.embeddings.",)
+        return ("backbone.embed_tokens.",)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.forward(input_ids, attention_mask, -1)

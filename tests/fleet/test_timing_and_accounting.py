@@ -356,6 +356,19 @@ def test_power_file_errors_name_the_key(tmp_path):
         FleetConfig(size=1, energy={"compute_w": {"tpu": 1.0}})
 
 
+def test_relative_power_file_resolves_against_the_scenario_folder(tmp_path, monkeypatch):
+    from fleetsim.fleet.energy import default_power_file
+
+    text = default_power_file().read_text().replace("npu:", "npu: 0.125 #", 1)
+    (tmp_path / "mine.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path.parent)  # the file is not in the working directory
+    power = PowerTable.load(EnergyConfig(power_file="mine.yaml"), base_dir=tmp_path)
+    assert power.compute_w["npu"] == 0.125
+    assert power.compute_w["npu"] != PowerTable.load().compute_w["npu"]
+    with pytest.raises(FleetsimInputError, match="mine.yaml"):
+        PowerTable.load(EnergyConfig(power_file="mine.yaml"))  # cwd: not found
+
+
 def test_shipped_power_figures_cover_common_network_names():
     power = PowerTable.load()
     for name in ("wifi", "4g", "LTE", "5g", "3g", "hsdpa"):

@@ -9,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 import simpy
+from fleet_helpers import constant_unit_seconds, cpu_backend, make_table
 
 from fleetsim.fleet.config import FleetConfig
 from fleetsim.fleet.fleet import Fleet
@@ -86,32 +87,6 @@ class FakeEngine(NumericsEngine):
         self.applied = list(state["applied"])
 
 
-def make_table(n: int, up_bps: float = 8e6, down_bps: float = 8e6, ram_gb: float = 8.0):
-    return DeviceTable(
-        phone_model_index=np.zeros(n, dtype=np.int32),
-        phone_models=["test-phone"],
-        ram_bytes=np.full(n, int(ram_gb * 2**30), dtype=np.int64),
-        usable_ram_bytes=np.full(n, int(ram_gb * 2**29), dtype=np.int64),
-        network_type_index=np.zeros(n, dtype=np.int16),
-        network_types=["wifi"],
-        uplink_bps=np.full(n, up_bps),
-        downlink_bps=np.full(n, down_bps),
-        ref_forward_s={"cpu": np.ones(n)},
-        source="test",
-    )
-
-
-def unit_seconds_by_device(per_device: np.ndarray):
-    def fn(table, ids, backends, facts, kind, inferences_per_unit):
-        return np.asarray(per_device)[np.asarray(ids)] * 1.0
-
-    return fn
-
-
-def cpu_backend(table, ids, kind, preference="auto"):
-    return np.array(["cpu"] * len(ids), dtype=object)
-
-
 @dataclass
 class Harness:
     env: simpy.Environment
@@ -139,11 +114,11 @@ def build(
 ) -> Harness:
     env = simpy.Environment()
     recorder = Recorder()
-    table = table or make_table(n)
+    table = table or make_table(n, uplink_bps=8e6, downlink_bps=8e6)
     unit = np.ones(n) if unit_s is None else np.asarray(unit_s, dtype=float)
     fcfg = FleetConfig(size=n, **(fleet or {}))
     fl = Fleet(env, table, availability or AlwaysOnline(n), fcfg, seed, recorder.events, FACTS,
-               unit_seconds_fn=unit_seconds_by_device(unit), choose_backend_fn=cpu_backend)
+               unit_seconds_fn=constant_unit_seconds(unit), choose_backend_fn=cpu_backend)
     eng = engine or FakeEngine()
     pcfg = ProtocolConfig(**(protocol or {}))
     pol = PolicyConfig(**(policy or {}))

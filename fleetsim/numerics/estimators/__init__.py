@@ -2,9 +2,10 @@
 
 from fleetsim.numerics.estimators.directional import (
     ESTIMATORS,
+    BatchedLossFn,
     LossFn,
     directional_derivatives,
     exact_gradient,
 )
 
-__all__ = ["ESTIMATORS", "LossFn", "directional_derivatives", "exact_gradient"]
+__all__ = ["ESTIMATORS", "BatchedLossFn", "LossFn", "directional_derivatives", "exact_gradient"]

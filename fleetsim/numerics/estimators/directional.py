@@ -4,11 +4,12 @@
 one batch (frozen weights and inputs are closed over).  Tangents arrive stacked:
 ``tangents[name]`` has shape ``(K, *param.shape)``.
 
-* ``central``: (L(θ+hv) − L(θ−hv)) / 2h; the 2K perturbed forwards run batched
-  (``torch.vmap`` over the stacked parameter sets, ``chunk`` at a time).  Under
-  vmap the frozen base weights see one large matrix product over K × batch rows
-  and the LoRA / head deltas become batched low-rank products; activations that
-  do not depend on θ (the frozen prefix) are computed once.
+* ``central``: (L(θ+hv) − L(θ−hv)) / 2h; the 2K perturbed forwards run batched,
+  ``chunk`` parameter sets at a time, through ``batched_loss`` when the caller
+  has one (:mod:`fleetsim.numerics.stacked`: one forward over chunk × batch rows,
+  the frozen base weights as one large matrix product, the LoRA / head deltas as
+  batched low-rank products), else ``torch.vmap`` over the stacked parameter
+  sets.  Activations that do not depend on θ (the frozen prefix) are computed once.
 * ``onesided``: L(θ) once, then (L(θ+hv) − L(θ)) / h, K perturbed forwards batched.
 * ``jvp``: exact forward mode, ``torch.func.jvp`` vmapped over tangents.
 * ``backprop``: one reverse pass for ∇L, then d_k = ⟨∇L, v_k⟩ — the same exact
@@ -21,10 +22,13 @@ L(θ) (for central: the mean of L(θ±hv), equal to L(θ) up to O(h²)).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 
 LossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# stacked parameter sets {name: (K, *shape)} -> the K losses, shape (K,)
+BatchedLossFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 ESTIMATORS = ("central", "onesided", "jvp", "backprop")
 
 
@@ -32,11 +36,31 @@ def _chunks(k: int, size: int) -> list[slice]:
     return [slice(start, min(k, start + size)) for start in range(0, k, size)]
 
 
-def _batched_losses(loss_fn: LossFn, stacked: dict[str, torch.Tensor]) -> torch.Tensor:
+def _batched_losses(
+    loss_fn: LossFn, stacked: dict[str, torch.Tensor], batched_loss: Optional[BatchedLossFn]
+) -> torch.Tensor:
     count = next(iter(stacked.values())).shape[0]
+    if batched_loss is not None:
+        return batched_loss(stacked)
     if count == 1:  # vmap adds nothing for one parameter set
         return loss_fn({n: t[0] for n, t in stacked.items()}).reshape(1)
     return torch.vmap(loss_fn, in_dims=({n: 0 for n in stacked},))(stacked)
+
+
+def _forward_ad_attention():
+    """SDPA's fused CPU kernels have no forward-mode AD: jvp runs attention on the math
+    backend (eager-attention models are unaffected)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _jvp_chunk(one_jvp: Callable, sub: dict[str, torch.Tensor], part: slice
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    if part.stop - part.start == 1:
+        value, derivative = one_jvp({n: t[0] for n, t in sub.items()})
+        return value.reshape(1), derivative.reshape(1)
+    return torch.vmap(one_jvp, in_dims=({n: 0 for n in sub},))(sub)
 
 
 def directional_derivatives(
@@ -46,8 +70,12 @@ def directional_derivatives(
     estimator: str,
     h: float = 0.01,
     chunk: int = 32,
+    batched_loss: Optional[BatchedLossFn] = None,
 ) -> tuple[torch.Tensor, float]:
-    """d_k = ∇L·v_k for every stacked tangent k, and the base loss."""
+    """d_k = ∇L·v_k for every stacked tangent k, and the base loss.
+
+    ``batched_loss`` (optional) evaluates many parameter sets at once for the
+    finite-difference estimators; without it they use ``torch.vmap(loss_fn)``."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
     params = {n: p.detach() for n, p in params.items()}
@@ -67,11 +95,8 @@ def directional_derivatives(
 
         for part in _chunks(k_total, chunk):
             sub = {n: t[part] for n, t in tangents.items()}
-            if part.stop - part.start == 1:
-                value, derivative = one_jvp({n: t[0] for n, t in sub.items()})
-                value, derivative = value.reshape(1), derivative.reshape(1)
-            else:
-                value, derivative = torch.vmap(one_jvp, in_dims=({n: 0 for n in sub},))(sub)
+            with _forward_ad_attention():
+                value, derivative = _jvp_chunk(one_jvp, sub, part)
             base = float(value[0])
             pieces.append(derivative.float())
         return torch.cat(pieces), base
@@ -80,7 +105,8 @@ def directional_derivatives(
             base_t = loss_fn(params).float()
             for part in _chunks(k_total, chunk):
                 stacked = {n: params[n] + h * tangents[n][part] for n in params}
-                pieces.append((_batched_losses(loss_fn, stacked).float() - base_t) / h)
+                losses = _batched_losses(loss_fn, stacked, batched_loss).float()
+                pieces.append((losses - base_t) / h)
             return torch.cat(pieces), float(base_t)
         # central: each chunk holds ⌈chunk/2⌉ perturbations as ± pairs
         base_sum = 0.0
@@ -88,7 +114,7 @@ def directional_derivatives(
             plus = {n: params[n] + h * tangents[n][part] for n in params}
             minus = {n: params[n] - h * tangents[n][part] for n in params}
             both = {n: torch.cat([plus[n], minus[n]]) for n in params}
-            losses = _batched_losses(loss_fn, both).float()
+            losses = _batched_losses(loss_fn, both, batched_loss).float()
             count = part.stop - part.start
             pieces.append((losses[:count] - losses[count:]) / (2 * h))
             base_sum += float(losses.sum()) / 2

@@ -1,5 +1,5 @@
 """Small fleets built directly from the trace contracts (no dependency on fleetsim.traces
-models), with injectable per-unit times."""
+models), with injectable per-unit times; shared by the fleet and protocol tests."""
 
 from __future__ import annotations
 

@@ -119,3 +119,15 @@ def test_jvp_runs_on_sdpa_models(numerics_cache, small_data, model, pooling):
     exact, _ = directional_derivatives(loss, params, tangents, "backprop")
     forward_mode, _ = directional_derivatives(loss, params, tangents, "jvp", chunk=2)
     torch.testing.assert_close(forward_mode, exact, rtol=1e-4, atol=1e-6)
+
+
+def test_stacked_losses_in_bfloat16(make_engine):
+    engine = make_engine(dtype="bfloat16")
+    inputs, mask, labels = engine.batch_inputs(engine.plan.batches[0][0])
+    stacked = {n: t.to(torch.bfloat16) for n, t in _perturbed_sets(engine, 3).items()}
+    with torch.inference_mode():
+        batched = engine.batched_loss_fn(inputs, mask, labels)(stacked)
+        loss = engine.loss_fn(inputs, mask, labels)
+        separate = torch.stack([loss({n: t[k] for n, t in stacked.items()}) for k in range(3)])
+    assert batched.dtype == separate.dtype
+    torch.testing.assert_close(batched.float(), separate.float(), rtol=2e-2, atol=2e-2)

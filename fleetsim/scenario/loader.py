@@ -223,7 +223,8 @@ def format_validation_error(
             value = err.get("input")
             if isinstance(value, (str, int, float, bool)) and kind not in _NO_INPUT:
                 msg += f" (got {value!r})"
-        msgs.append(f"{where}: {key}: {msg}")
+        # "--set KEY" already names the key
+        msgs.append(f"{where}: {msg}" if where == f"--set {key}" else f"{where}: {key}: {msg}")
     return msgs[0] if len(msgs) == 1 else msgs[0] + "".join(f"\n  also {m}" for m in msgs[1:])
 
 

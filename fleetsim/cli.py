@@ -19,7 +19,7 @@ EXIT_RUN_STOPPED = 3
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from fleetsim.runner import resume_run, run_loaded
-    from fleetsim.scenario.loader import load_scenario
+    from fleetsim.scenario.loader import load_scenario, locate_error
 
     progress = False if args.no_progress else None
     if args.resume:
@@ -31,7 +31,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.scenario:
             raise FleetsimInputError("run: give a scenario file (or --resume RUN_DIR)")
         loaded = load_scenario(args.scenario, args.set)
-        out = run_loaded(loaded, Path(args.out) if args.out else None, progress)
+        try:
+            out = run_loaded(loaded, Path(args.out) if args.out else None, progress)
+        except FleetsimInputError as exc:
+            raise FleetsimInputError(locate_error(loaded, str(exc))) from None
     import json
 
     summary = json.loads((out / "summary.json").read_text())

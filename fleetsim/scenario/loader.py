@@ -28,6 +28,7 @@ class LoadedScenario:
     base_dir: Path  # relative paths inside the scenario resolve against this
     raw: dict  # the merged mapping before validation
     origins: dict[KeyPath, tuple[Path, int]] = field(default_factory=dict)
+    overridden: set[KeyPath] = field(default_factory=set)  # keys given with --set
 
     def resolved_yaml(self) -> str:
         """The fully resolved scenario (defaults filled in) as YAML."""
@@ -228,6 +229,23 @@ def format_validation_error(
     return msgs[0] if len(msgs) == 1 else msgs[0] + "".join(f"\n  also {m}" for m in msgs[1:])
 
 
+def locate_error(loaded: LoadedScenario, message: str) -> str:
+    """Prefix an error found after validation (a missing GPU, an unreadable model or power
+    file) that names a scenario key with where that key was set: ``file:line``, ``--set``
+    or the scenario file.  Messages that name no key (trace files name their own) pass."""
+    named = _KEY_PREFIX.match(message)
+    if not named or named.group(1).split(".")[0] not in Scenario.model_fields:
+        return message
+    key = tuple(named.group(1).split("."))
+    if key in loaded.overridden:  # "--set KEY" names the key
+        return f"--set {named.group(1)}: {named.group(2)}"
+    for n in range(len(key), 0, -1):
+        if key[:n] in loaded.origins:
+            origin, line = loaded.origins[key[:n]]
+            return f"{origin}:{line}: {message}"
+    return f"{loaded.path}: {message}"
+
+
 def load_scenario(path: Path | str, overrides: Optional[list[str]] = None) -> LoadedScenario:
     """Read, merge ``extends``, apply ``--set`` overrides and validate."""
     path = Path(path)
@@ -238,7 +256,8 @@ def load_scenario(path: Path | str, overrides: Optional[list[str]] = None) -> Lo
     except ValidationError as exc:
         raise FleetsimInputError(format_validation_error(exc, path, origins, touched)) from None
     loaded = LoadedScenario(
-        scenario=scenario, path=path, base_dir=path.resolve().parent, raw=data, origins=origins
+        scenario=scenario, path=path, base_dir=path.resolve().parent, raw=data, origins=origins,
+        overridden=set(touched),
     )
     _check_registered_names(loaded, touched)
     return loaded

@@ -133,3 +133,23 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "protocol.rounds" in proc.stderr
+
+
+def test_errors_found_while_building_a_run_name_file_and_line(tmp_path, capsys):
+    """A file that validates but cannot be run (an unreadable power file) is reported at the
+    line that set the key, or as --set, and nothing is written."""
+    text = MINIMAL.replace(
+        "fleet:\n  size: 20\n",
+        "fleet:\n  size: 20\n  energy:\n    power_file: missing-power.yaml\n",
+    )
+    path = write(tmp_path, text)
+    out = tmp_path / "run"
+    code, err = run_cli(["run", str(path), "--out", str(out), "--no-progress"], capsys)
+    assert code == 2
+    assert f"{path}:4: fleet.energy.power_file: cannot read power figures" in err
+    assert str(tmp_path / "missing-power.yaml") in err  # resolved next to the scenario
+    assert not out.exists() or not any(out.iterdir())
+    code, err = run_cli(["run", str(write(tmp_path, MINIMAL, "ok.yaml")), "--out", str(out),
+                         "--no-progress", "--set", "fleet.energy.power_file=nope.yaml"], capsys)
+    assert code == 2
+    assert "error: --set fleet.energy.power_file: cannot read power figures" in err

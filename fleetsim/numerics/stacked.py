@@ -86,12 +86,11 @@ def _linear_forward(module: nn.Linear, weight: Optional[torch.Tensor],
 def _layer_norm_forward(module: nn.LayerNorm, weight: Optional[torch.Tensor],
                         bias: Optional[torch.Tensor], count: int) -> Callable:
     def forward(x: torch.Tensor) -> torch.Tensor:
+        # a shared bias can join the normalisation only when no per-set scale follows it
         y = nn.functional.layer_norm(
             x, module.normalized_shape, module.weight if weight is None else None,
             module.bias if bias is None and weight is None else None, module.eps,
         )
-        if weight is None and bias is None:
-            return y
         y = _rows(y, count)
         if weight is not None:
             y = y * weight.unsqueeze(1)

@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 import simpy
+from fleet_helpers import constant_unit_seconds, cpu_backend, intervals, make_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +33,7 @@ from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.numerics.base import ModelFacts
 from fleetsim.record.events import EventLog
-from fleetsim.traces.base import DeviceTable, IntervalAvailability
+from fleetsim.traces.base import IntervalAvailability
 
 EPS = 1e-6
 MEMORY_NEEDED = 1 << 30
@@ -126,38 +127,14 @@ def plans(draw) -> Plan:
 
 def build(plan: Plan) -> tuple[simpy.Environment, Fleet, EventLog, IntervalAvailability]:
     n = plan.n
-    table = DeviceTable(
-        phone_model_index=np.zeros(n, dtype=np.int32),
-        phone_models=["Property Phone"],
-        ram_bytes=np.full(n, 8 << 30, dtype=np.int64),
-        usable_ram_bytes=np.array(plan.ram, dtype=np.int64),
-        network_type_index=np.zeros(n, dtype=np.int16),
-        network_types=["wifi"],
-        uplink_bps=np.array(plan.bps),
-        downlink_bps=np.array(plan.bps),
-        ref_forward_s={"cpu": np.ones(n)},
-        source="property test",
-    )
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(w) for w in plan.windows])
-    trace = IntervalAvailability(
-        offsets,
-        np.array([s for w in plan.windows for s, _ in w], dtype=np.float64),
-        np.array([e for w in plan.windows for _, e in w], dtype=np.float64),
-        period_s=plan.period,
-    )
-    unit = np.array(plan.unit_s)
-
-    def unit_seconds(table, device_ids, backends, facts, kind, inferences_per_unit):
-        return unit[np.asarray(device_ids)]
-
-    def cpu_only(table, device_ids, kind, preference="auto"):
-        return np.full(len(device_ids), "cpu", dtype=object)
-
+    table = make_table(n, uplink_bps=np.array(plan.bps), downlink_bps=np.array(plan.bps),
+                       usable_ram=np.array(plan.ram, dtype=np.int64))
+    trace = intervals(plan.windows, period_s=plan.period)
     env = simpy.Environment()
     log = EventLog()
     fleet = Fleet(env, table, trace, FleetConfig(size=n, **plan.config), 7, log, FACTS,
-                  unit_seconds_fn=unit_seconds, choose_backend_fn=cpu_only)
+                  unit_seconds_fn=constant_unit_seconds(np.array(plan.unit_s)),
+                  choose_backend_fn=cpu_backend)
     return env, fleet, log, trace
 
 

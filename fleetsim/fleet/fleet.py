@@ -26,7 +26,10 @@ Interruption semantics (``FleetConfig.interruption``):
   the task ends with nothing.  Lost in compute: the unit in progress is lost, and
   the task stops computing.  Units finished before the interruption (or whose
   upload was lost) are uploaded when the device is next available if
-  ``Task.deliver_partial`` (the protocol's choice), else lost too.
+  ``Task.deliver_partial`` (the protocol's choice), else lost too.  On a
+  repeating trace (``AvailabilityTrace.period_s``) the upload is given up, and
+  the units lost, once its retries have failed for a whole period: no window of
+  the pattern is long enough for it.
 
 Deadlines (``Task.deadline_s``) cut compute only: at the deadline the unit in
 progress is abandoned and the finished units are uploaded (the protocol decides
@@ -815,6 +818,8 @@ class Fleet:
         env, task, d = self.env, job.task, job.task.device_id
         payload = int(task.upload_bytes(job.units_done))
         seconds = self._transfer_seconds_one(d, payload, "upload")
+        period = self.availability.period_s
+        first_loss: Optional[float] = None
         while True:
             if resume_first:
                 back = yield from self._wait_online(job)
@@ -829,6 +834,13 @@ class Fleet:
                 return
             # "lose": the upload is lost (its elapsed time counted as wasted by _active); the
             # units stay on the phone and go up again, whole payload, when the device is back.
+            # On a repeating trace, a period of failed retries has tried every window: none
+            # is long enough, and retrying for ever would hold the device (and the run).
+            if first_loss is None:
+                first_loss = env.now
+            elif period and env.now - first_loss >= period:
+                self._end_without_delivery(job, _LOST)
+                return
             resume_first = True
         job.bytes_up = payload
         job.units_delivered = job.units_done

@@ -53,6 +53,8 @@ class AvailabilityTrace(ABC):
 
     #: shown in outputs: e.g. "model: diurnal (calibrated on FLASH 1000 users)"
     label: str = ""
+    #: the windows repeat with this period (seconds); None: they do not repeat
+    period_s: float | None = None
 
     @property
     @abstractmethod

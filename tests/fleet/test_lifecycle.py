@@ -129,6 +129,21 @@ def test_interrupted_mid_upload_lose_restarts_the_upload():
     assert receipt.wasted_s == pytest.approx(0.5)
 
 
+def test_lose_gives_up_an_upload_no_window_of_a_repeating_trace_can_hold():
+    # 1 s upload; windows of 0.9 s and 0.6 s repeating every 5 s: every retry is lost
+    env, fleet, log = make_fleet(
+        make_table(1), intervals([[(0.0, 0.9), (3.0, 3.6)]], period_s=5.0), unit_s=0.25,
+        interruption="lose",
+    )
+    receipt = run_task(env, fleet, Task(step=0, device_id=0, units=2, upload_bytes=upload_one_byte))
+    # lost at 0.9 (first loss), 3.6, 5.9: a period after the first loss, given up
+    assert receipt.status == ReceiptStatus.INTERRUPTED
+    assert receipt.t_finished == pytest.approx(5.9)
+    assert receipt.units_lost == 2 and receipt.units_delivered == 0
+    assert kinds(log).count("resumed") == 2
+    assert env.now == pytest.approx(5.9)  # the run ends: nothing keeps retrying
+
+
 def test_device_that_never_returns_ends_the_task():
     env, fleet, _ = make_fleet(
         make_table(1), intervals([[(0.0, 1.0)]]), unit_s=0.5, interruption="pause"

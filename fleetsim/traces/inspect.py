@@ -193,6 +193,11 @@ def validate_trace_file(path: Path) -> str:
     return f"{Path(path).name}: valid {rep.kind} trace; " + ", ".join(parts)
 
 
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} data in this file", ha="center", va="center")
+    ax.set_axis_off()
+
 def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
     """Summary table and a PNG (latency by device, availability share by hour of
     day, bandwidth CDF; panels the file has no data for say so)."""
@@ -222,8 +227,7 @@ def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
         ax.set_ylabel("s per reference forward (BERT-base 8x128)")
         ax.legend()
     else:
-        ax.text(0.5, 0.5, "no latency data in this file", ha="center", va="center")
-        ax.set_axis_off()
+        _no_data(ax, "latency")
     ax.set_title("latency by device")
     ax = axes[1]
     if rep.hourly_share is not None:
@@ -231,8 +235,7 @@ def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
         ax.set_xlabel("hour of day")
         ax.set_ylabel("share of devices online")
     else:
-        ax.text(0.5, 0.5, "no availability data in this file", ha="center", va="center")
-        ax.set_axis_off()
+        _no_data(ax, "availability")
     ax.set_title("availability share by hour of day")
     ax = axes[2]
     if rep.bandwidth:
@@ -244,8 +247,7 @@ def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
         ax.set_ylabel("CDF")
         ax.legend()
     else:
-        ax.text(0.5, 0.5, "no bandwidth data in this file", ha="center", va="center")
-        ax.set_axis_off()
+        _no_data(ax, "bandwidth")
     ax.set_title("bandwidth CDF")
     fig.suptitle(f"{path.name} ({rep.kind})")
     fig.tight_layout()

@@ -193,10 +193,10 @@ def validate_trace_file(path: Path) -> str:
     return f"{Path(path).name}: valid {rep.kind} trace; " + ", ".join(parts)
 
 
-
 def _no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} data in this file", ha="center", va="center")
     ax.set_axis_off()
+
 
 def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
     """Summary table and a PNG (latency by device, availability share by hour of

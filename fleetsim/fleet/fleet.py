@@ -265,13 +265,14 @@ class Fleet:
         return self._unit_array(kind, inferences_per_unit)[np.asarray(ids, dtype=np.int64)]
 
     def predict_transfer_seconds(
-        self, ids: np.ndarray, download_bytes: int, upload_bytes: int
+        self, ids: np.ndarray, download_bytes: "int | np.ndarray", upload_bytes: "int | np.ndarray"
     ) -> np.ndarray:
-        """Seconds to download then upload the given payloads (as configured: downloads take no
-        time under ``transfers: uplink_only``, nothing does under ``none``)."""
+        """Seconds to download then upload the given payloads (bytes: one for all devices, or
+        one per device), as configured: downloads take no time under ``transfers:
+        uplink_only``, nothing does under ``none``."""
         ids = np.asarray(ids, dtype=np.int64)
-        down = self._transfer_seconds(ids, int(download_bytes), "download")
-        up = self._transfer_seconds(ids, int(upload_bytes), "upload")
+        down = self._transfer_seconds(ids, download_bytes, "download")
+        up = self._transfer_seconds(ids, upload_bytes, "upload")
         return down + up
 
     def can_hold(self, ids: np.ndarray, memory_bytes: int) -> np.ndarray:
@@ -356,6 +357,43 @@ class Fleet:
             {name: pd.Series(columns[name], dtype=dtype) for name, dtype in DEVICE_COLUMNS.items()}
         )
 
+    def stop_in_flight(self) -> list[WorkReceipt]:
+        """At the end of a run (a stop rule fired with work still out): end every task that
+        is queued, waiting to start or in progress, without delivery, at ``env.now``.
+
+        The phase in progress is charged up to now (busy, energy, or suspended time for a
+        paused task), so the device totals cover exactly ``[0, now]``; units finished but
+        not uploaded count as lost.  Each task gets one event: ``unfinished`` (detail: the
+        phase it was in, or ``queued``), or ``cancelled`` when the server had already
+        withdrawn it.  Returns the receipts of the ``unfinished`` tasks (status CANCELLED).
+        The fleet must not be simulated further afterwards."""
+        withdrawn = set(self._pending_cancels)
+        jobs = list(self._current.values())
+        current = {id(j) for j in jobs}
+        jobs += [j for q in self._queues.values() for j in q if id(j) not in current]
+        jobs += self._pending
+        jobs.sort(key=lambda j: (j.task.device_id, j.task.step, j.seq))
+        self._pending, self._pending_cancels = [], []
+        unfinished = []
+        now = self.env.now
+        for job in jobs:
+            d, step = job.task.device_id, job.task.step
+            phase = job.phase or ("queued" if id(job) not in current else "between phases")
+            if id(job) in current:
+                self._charge_partial_phase(job)
+            job.units_lost += job.units_done - job.units_delivered
+            if job.cancelled or (d, step) in withdrawn:
+                self.log.add(now, d, "cancelled", step, units=job.units_done, detail=phase)
+                self._finish(job, ReceiptStatus.CANCELLED)
+                continue
+            self.log.add(now, d, "unfinished", step, units=job.units_done,
+                         detail=f"phase={phase} assigned={job.task.units}")
+            self._finish(job, ReceiptStatus.CANCELLED)
+            unfinished.append(job.event.value)
+        self._current.clear()
+        self._queues.clear()
+        return unfinished
+
     def energy_totals(self) -> dict[str, float]:
         """Run totals in joules: compute, radio and their sum."""
         self._apply_ledger()
@@ -436,14 +474,18 @@ class Fleet:
             self._unit_cache[key] = cached
         return cached
 
-    def _transfer_seconds(self, ids: np.ndarray, payload: int, direction: str) -> np.ndarray:
+    def _transfer_seconds(
+        self, ids: np.ndarray, payload: "int | np.ndarray", direction: str
+    ) -> np.ndarray:
         mode = self.config.transfers
-        if payload <= 0 or mode == "none" or (mode == "uplink_only" and direction == "download"):
+        if mode == "none" or (mode == "uplink_only" and direction == "download"):
             return np.zeros(len(ids))
+        payload = np.broadcast_to(np.asarray(payload, dtype=np.float64), (len(ids),))
         bps = self.table.uplink_bps if direction == "upload" else self.table.downlink_bps
         rate = bps[ids]
-        with np.errstate(divide="ignore"):
-            return np.where(rate > 0, payload * 8.0 / rate, np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            seconds = np.where(rate > 0, payload * 8.0 / rate, np.inf)
+        return np.where(payload > 0, seconds, 0.0)
 
     def _transfer_seconds_one(self, d: int, payload: int, direction: str) -> float:
         mode = self.config.transfers

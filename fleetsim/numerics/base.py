@@ -31,6 +31,14 @@ class GradientWork:
     client_id: int  # data partition the device holds
     batch_index: int  # which of the client's local batches
     perturbations: tuple[int, ...]
+    #: The server step the device computed for (it downloaded θ_step and drew step's
+    #: perturbations).  ``None``: the step being estimated (fresh work).  Older steps are
+    #: *stale* work: the engine evaluates it at θ_step from its bounded θ history
+    #: (:meth:`NumericsEngine.retain_steps`), exactly what the phone computed.
+    step: Optional[int] = None
+    #: Staleness weight of every perturbation of this work in the step's average
+    #: (1.0 for fresh work; e.g. 1/√(1+s) under FedBuff/FedAsync-style weighting).
+    weight: float = 1.0
 
 
 @dataclass
@@ -100,9 +108,11 @@ class NumericsEngine(ABC):
 
     @abstractmethod
     def local_train(
-        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float
+        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float,
+        source_step: Optional[int] = None,
     ) -> StepEstimate:
-        """FedAvg-style local SGD from the current θ; the estimate holds the
+        """FedAvg-style local SGD from θ_source_step (default: the current θ; an older
+        step's θ for carried work, see :meth:`retain_steps`); the estimate holds the
         model delta (θ_local − θ) as a pseudo-gradient with sign flipped so that
         ``apply(avg, lr=1)`` with plain SGD moves θ to the average."""
 
@@ -116,6 +126,13 @@ class NumericsEngine(ABC):
 
     @abstractmethod
     def evaluate(self) -> EvalResult: ...
+
+    def retain_steps(self, max_staleness: int) -> None:
+        """Keep θ (and what perturbation sampling depends on) of the last
+        ``max_staleness`` steps, so that work computed for step s and delivered at
+        step s + k (k ≤ max_staleness) is evaluated at θ_s.  0 (the default) keeps
+        none: every work item must then be fresh.  Engines that compute nothing
+        ignore it."""
 
     @abstractmethod
     def state_dict(self) -> dict:

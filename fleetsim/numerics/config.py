@@ -17,6 +17,9 @@ KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m", "tiny-bert", "tiny-llama")
 # and 32 rows of 64); a GPU wants large calls, bounded by memory
 HOST_TOKENS_CPU = 2048
 HOST_TOKENS_CUDA = 65536
+# storage bytes and machine epsilon (spacing of numbers in [1, 2)) of each model dtype
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DTYPE_EPS = {"float32": 2.0**-23, "bfloat16": 2.0**-7, "float16": 2.0**-10}
 
 
 def host_chunk(setting: Union[str, int], batch_size: int, seq_len: int, device: str) -> int:
@@ -147,7 +150,12 @@ class NumericsConfig(BaseModel):
     )
     h: float = Field(0.01, gt=0, description="Finite-difference step size.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device.")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Model dtype.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Model dtype (host forwards and the phone's precision for payload sizes). "
+        "Finite differences in a low-precision dtype need a large enough numerics.h "
+        "(min_fd_step).",
+    )
     host_batch_perturbations: Union[Literal["auto"], int] = (
         Field(
             "auto",

@@ -50,7 +50,13 @@ from fleetsim.numerics.base import (
     NumericsEngine,
     StepEstimate,
 )
-from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig, host_chunk
+from fleetsim.numerics.config import (
+    DTYPE_BYTES,
+    ModelConfig,
+    NumericsConfig,
+    PeftConfig,
+    host_chunk,
+)
 from fleetsim.numerics.data import (
     DataConfig,
     client_batches,
@@ -121,7 +127,10 @@ class _Pool:
     loss_sum: float = 0.0
     loss_n: int = 0
     devices: set = field(default_factory=set)
-    weight: float = 0.0  # for backprop / local-train estimates: number of devices
+    weight: float = 0.0  # for backprop / local-train estimates: Σ device weights
+    # Σ staleness weights per half: the denominators of the weighted mean (equal to
+    # ``counts`` when every perturbation is fresh and weighs 1).
+    mass: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
     def total(self) -> list[Any]:
         return [a + b for a, b in zip(self.sums[0], self.sums[1])]
@@ -159,7 +168,7 @@ class TorchEngine(NumericsEngine):
                 "(allowed: cpu, cuda)"
             )
         self.device = torch.device(numerics.device)
-        self.dtype = torch.float32 if numerics.dtype == "float32" else torch.bfloat16
+        self.dtype = getattr(torch, numerics.dtype)
         self.timings: dict[str, float] = {}
         started = time.perf_counter()
         self.cache_dir = model_lib.default_cache_dir(numerics.cache_dir, self.base_dir)
@@ -205,6 +214,10 @@ class TorchEngine(NumericsEngine):
         self.start_layer = lowest if lowest > 0 and numerics.frozen_prefix_reuse else -1
         self.optimizer = ServerOptimizer(numerics.server_optimizer)
         self.previous_gradient: Optional[list[Any]] = None
+        # θ history for stale work: step -> (θ_step, previous gradient at step), the last
+        # ``_retain`` steps only (see retain_steps).
+        self._retain = 0
+        self._history: dict[int, tuple[dict, Optional[list[Any]]]] = {}
         self.check_indices = self._check_tensor_indices()
         self._prefix_store: Optional[Any] = None
         self._prefix_done = np.zeros(len(self.labels), dtype=bool)
@@ -255,7 +268,7 @@ class TorchEngine(NumericsEngine):
         return _facts_from_config(
             self.resolved.name, config, self.total_params, self.trainable_params,
             self.model_cfg.max_seq_len, self.data_cfg.batch_size,
-            2 if self.cfg.dtype == "bfloat16" else 4,
+            DTYPE_BYTES[self.cfg.dtype],
         )
 
     def num_clients(self) -> int:
@@ -370,17 +383,50 @@ class TorchEngine(NumericsEngine):
     def current_params(self) -> dict:
         return {n: p.detach() for n, p in zip(self.names, self.params)}
 
+    # ------------------------------------------------------------------ staleness
+    def retain_steps(self, max_staleness: int) -> None:
+        self._retain = max(int(max_staleness), 0)
+
+    def _snapshot(self, step: int) -> None:
+        """Remember θ_step (the current θ: called before step's update is applied)."""
+        if self._retain <= 0:
+            return
+        if step not in self._history:
+            self._history[step] = (
+                {n: p.detach().clone() for n, p in zip(self.names, self.params)},
+                self.previous_gradient,  # replaced (never mutated) by apply()
+            )
+        for old in [s for s in self._history if s < step - self._retain]:
+            del self._history[old]
+
+    def _source(self, step: int, item: GradientWork) -> tuple[int, dict, Optional[list[Any]]]:
+        """(source step, θ, previous gradient) a work item was computed with."""
+        source = step if item.step is None else int(item.step)
+        if source == step:
+            return step, self.current_params(), self.previous_gradient
+        if source not in self._history:
+            raise ValueError(
+                f"work of device {item.device_id} was computed for step {source}, but θ of that "
+                f"step is not retained (estimating step {step}, retaining {self._retain} steps); "
+                "the protocol must drop work older than its max_staleness"
+            )
+        params, previous = self._history[source]
+        return source, params, previous
+
     # ----------------------------------------------------------- forward gradient
-    def _perturbations(self, step: int, device_id: int, ks: tuple[int, ...]) -> list[Any]:
+    def _perturbations(
+        self, step: int, device_id: int, ks: tuple[int, ...],
+        previous_gradient: Optional[list[Any]] = None,
+    ) -> list[Any]:
+        """The perturbations v_k of ``step`` for one device, as drawn when the device
+        computed them (discriminative sampling ranks by the gradient before ``step``)."""
         from fleetsim.numerics.perturbation import stack_perturbations
 
         disc = self.cfg.discriminative
-        use_disc = (
-            disc.enabled and self.previous_gradient is not None and step % disc.every == 0
-        )
+        use_disc = disc.enabled and previous_gradient is not None and step % disc.every == 0
         return stack_perturbations(
             self.seed, step, device_id, ks, self.shapes,
-            previous_gradient=self.previous_gradient if use_disc else None,
+            previous_gradient=previous_gradient if use_disc else None,
             candidates=disc.candidates if use_disc else 1,
             chunk_elements=disc.chunk_elements, device=self.device, dtype=self.dtype,
         )
@@ -410,14 +456,17 @@ class TorchEngine(NumericsEngine):
         started = time.perf_counter()
         pool = self._copy_pool(previous.handle) if previous is not None else self._empty_pool()
         skipped: list = list(previous.extra.get("skipped", [])) if previous is not None else []
-        params = self.current_params()
+        self._snapshot(step)
         for item in work:
-            if not item.perturbations:
+            if not item.perturbations or item.weight <= 0:
                 continue
+            source, params, prev_grad = self._source(step, item)
             inputs, mask, labels = self.batch_inputs(
                 _batch_of(self.plan, item.client_id, item.batch_index)
             )
-            tangents_list = self._perturbations(step, item.device_id, item.perturbations)
+            tangents_list = self._perturbations(
+                source, item.device_id, item.perturbations, prev_grad
+            )
             tangents = dict(zip(self.names, tangents_list))
             derivs, base_loss = directional_derivatives(
                 self.loss_fn(inputs, mask, labels), params, tangents, self.cfg.estimator,
@@ -432,11 +481,11 @@ class TorchEngine(NumericsEngine):
                 self._fault(step, item.device_id, "directional derivative", skipped)
                 continue
             halves = torch.tensor(
-                [variance_half(self.seed, step, item.device_id, k) for k in item.perturbations],
+                [variance_half(self.seed, source, item.device_id, k) for k in item.perturbations],
                 device=self.device,
             )
             for half in (0, 1):
-                weights = derivs * (halves == half).to(derivs.dtype)
+                weights = derivs * (halves == half).to(derivs.dtype) * float(item.weight)
                 count = int((halves == half).sum())
                 if count == 0:
                     continue
@@ -445,6 +494,7 @@ class TorchEngine(NumericsEngine):
                         "k,k...->...", weights, tangent.float()
                     )
                 pool.counts[half] += count
+                pool.mass[half] += count * float(item.weight)
             pool.loss_sum += base_loss
             pool.loss_n += 1
             pool.devices.add(item.device_id)
@@ -455,15 +505,16 @@ class TorchEngine(NumericsEngine):
         return _Pool(
             [[t.clone() for t in half] for half in handle.sums], list(handle.counts),
             handle.loss_sum, handle.loss_n, set(handle.devices), handle.weight,
+            list(handle.mass),
         )
 
     def _estimate_from_pool(self, step: int, pool: _Pool, skipped: list) -> StepEstimate:
         n = pool.counts[0] + pool.counts[1]
         variance = math.nan
         normalised = math.nan
-        if pool.counts[0] > 0 and pool.counts[1] > 0:
-            g1 = [pool.sums[0][i] / pool.counts[0] for i in self.check_indices]
-            g2 = [pool.sums[1][i] / pool.counts[1] for i in self.check_indices]
+        if pool.mass[0] > 0 and pool.mass[1] > 0:
+            g1 = [pool.sums[0][i] / pool.mass[0] for i in self.check_indices]
+            g2 = [pool.sums[1][i] / pool.mass[1] for i in self.check_indices]
             squared_diff = sum(float((a - b).pow(2).sum()) for a, b in zip(g1, g2))
             numel = sum(a.numel() for a in g1)
             variance = squared_diff / 2 / numel
@@ -485,7 +536,7 @@ class TorchEngine(NumericsEngine):
         """The estimate as a list of tensors (engine order): the mean over perturbations,
         or over devices for backprop / local-train estimates."""
         pool: _Pool = estimate.handle
-        n = pool.counts[0] + pool.counts[1]
+        n = pool.mass[0] + pool.mass[1]
         denominator = n if n > 0 else pool.weight
         if denominator <= 0:
             return [t * 0 for t in pool.sums[0]]
@@ -497,8 +548,11 @@ class TorchEngine(NumericsEngine):
 
         pool = self._empty_pool()
         skipped: list = []
-        params = self.current_params()
+        self._snapshot(step)
         for item in work:
+            if item.weight <= 0:
+                continue
+            _, params, _ = self._source(step, item)
             inputs, mask, labels = self.batch_inputs(
                 _batch_of(self.plan, item.client_id, item.batch_index)
             )
@@ -507,8 +561,8 @@ class TorchEngine(NumericsEngine):
                 self._fault(step, item.device_id, "loss", skipped)
                 continue
             for index, name in enumerate(self.names):
-                pool.sums[0][index] += grad[name].float()
-            pool.weight += 1
+                pool.sums[0][index] += grad[name].float() * float(item.weight)
+            pool.weight += float(item.weight)
             pool.loss_sum += loss
             pool.loss_n += 1
             pool.devices.add(item.device_id)
@@ -517,13 +571,18 @@ class TorchEngine(NumericsEngine):
         return estimate
 
     def local_train(
-        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float
+        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float,
+        source_step: Optional[int] = None,
     ) -> StepEstimate:
         import torch
 
         from fleetsim.numerics.estimators import exact_gradient
 
-        local = {n: p.detach().clone().float() for n, p in zip(self.names, self.params)}
+        self._snapshot(step)
+        _, start, _ = self._source(
+            step, GradientWork(device_id, client_id, 0, (), step=source_step)
+        )
+        local = {n: start[n].detach().clone().float() for n in self.names}
         losses = []
         skipped: list = []
         for batch_index in batch_indices:
@@ -541,8 +600,9 @@ class TorchEngine(NumericsEngine):
                     local[name] -= lr * grad[name].float()
         pool = self._empty_pool()
         if not skipped:
-            for index, (name, param) in enumerate(zip(self.names, self.params)):
-                pool.sums[0][index] += param.detach().float() - local[name]  # −(θ_local − θ)
+            for index, name in enumerate(self.names):
+                # −(θ_local − θ_start): the device's own update, applied to today's θ
+                pool.sums[0][index] += start[name].detach().float() - local[name]
             pool.weight = 1
             pool.devices.add(device_id)
             pool.loss_sum = float(np.mean(losses)) if losses else math.nan
@@ -565,6 +625,7 @@ class TorchEngine(NumericsEngine):
                     for index, tensor in enumerate(pool.sums[half]):
                         out.sums[half][index] += tensor
                     out.counts[half] += pool.counts[half]
+                    out.mass[half] += pool.mass[half]
             else:
                 weight = max(estimate.n_devices, 1)
                 mean = self.gradient_of(estimate)
@@ -595,25 +656,39 @@ class TorchEngine(NumericsEngine):
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self) -> EvalResult:
+        """Accuracy (fraction in [0, 1]) and mean cross-entropy (nats) of θ on the held-out
+        examples.
+
+        A non-finite model is never credited with an accuracy: when a trainable tensor,
+        a logit or the loss is not finite, the result is ``EvalResult(nan, nan, n)``
+        with ``n > 0`` (the argmax of NaN logits is an arbitrary class, so a count of
+        "correct" answers would be noise).  ``n_examples == 0`` means there was nothing
+        to evaluate.  Callers tell the two apart by ``n_examples``."""
         import torch
 
         total_loss = 0.0
         correct = 0
         size = self.cfg.eval_batch_size
         params = self.current_params()
+        n = len(self.eval_idx)
+        if n == 0:
+            return EvalResult(math.nan, math.nan, 0)
+        if not all(bool(torch.isfinite(p).all()) for p in params.values()):
+            return EvalResult(math.nan, math.nan, n)
         with torch.inference_mode():
-            for start in range(0, len(self.eval_idx), size):
+            for start in range(0, n, size):
                 inputs, mask, labels = self.batch_inputs(self.eval_idx[start : start + size])
                 logits = torch.func.functional_call(
                     self.model, params, (inputs, mask, self.start_layer), strict=False
                 )
+                if not bool(torch.isfinite(logits).all()):
+                    return EvalResult(math.nan, math.nan, n)
                 total_loss += float(
                     torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
                 )
                 correct += int((logits.argmax(dim=-1) == labels).sum())
-        n = len(self.eval_idx)
-        if n == 0:
-            return EvalResult(math.nan, math.nan, 0)
+        if not math.isfinite(total_loss):
+            return EvalResult(math.nan, math.nan, n)
         return EvalResult(correct / n, total_loss / n, n)
 
     # ---------------------------------------------------------------- checkpoints
@@ -623,6 +698,10 @@ class TorchEngine(NumericsEngine):
             "optimizer": self.optimizer.state_dict(),
             "previous_gradient": None if self.previous_gradient is None
             else [g.clone() for g in self.previous_gradient],
+            "history": {
+                step: ({n: t.detach().cpu().clone() for n, t in params.items()}, previous)
+                for step, (params, previous) in self._history.items()
+            },
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -637,6 +716,10 @@ class TorchEngine(NumericsEngine):
         self.optimizer.load_state_dict(state["optimizer"])
         previous = state.get("previous_gradient")
         self.previous_gradient = None if previous is None else [g.clone() for g in previous]
+        self._history = {
+            int(step): ({n: t.to(self.device, self.dtype) for n, t in params.items()}, prev)
+            for step, (params, prev) in state.get("history", {}).items()
+        }
 
 
 # ---------------------------------------------------------------- systems only
@@ -684,7 +767,8 @@ class SystemsOnlyEngine(NumericsEngine):
         return self._nan(step, 0, len({w.device_id for w in work}))
 
     def local_train(
-        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float
+        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float,
+        source_step: Optional[int] = None,
     ) -> StepEstimate:
         return self._nan(step, 0, 1)
 
@@ -789,7 +873,7 @@ def model_facts(
     total = int(sum(p.numel() for p in classifier.parameters()))
     return _facts_from_config(
         name, config, total, trainable, model.max_seq_len, data.batch_size,
-        2 if numerics.dtype == "bfloat16" else 4,
+        DTYPE_BYTES[numerics.dtype],
     )
 
 

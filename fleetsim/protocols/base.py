@@ -80,9 +80,18 @@ class Protocol(ABC):
         self._carried: list[tuple[int, int, Any]] = []
         self._next_k: dict[tuple[int, int], int] = {}  # (step, device) -> next perturbation index
         self.history: list[tuple[float, int]] = []
-        self._last_step_units = 0
         self._refused: set[int] = set()  # devices whose memory refusal was logged
         self._eligible: Optional[np.ndarray] = None
+        # Byte accounting state: the step whose θ each device holds (-1: none yet; a dense
+        # download fetches it, a seed replay starts from θ_0, which every device builds from
+        # the run's seed), and Σ (seed, scalar) pairs of the steps committed before step k
+        # (``_pairs_before[k]``): what a seed download replays.
+        self._synced = np.full(ctx.fleet.num_devices, -1, dtype=np.int64)
+        self._pairs_before: list[int] = [0]
+        # (units, staleness) of the receipts turned into work since the last step row.
+        self._used_staleness: list[tuple[int, int]] = []
+        if self.cfg.commit.late_work == "carry":
+            ctx.engine.retain_steps(self.cfg.commit.max_staleness)
 
     # ------------------------------------------------------------------ interface
     @abstractmethod
@@ -138,16 +147,85 @@ class Protocol(ABC):
     def trainable_bytes(self) -> int:
         return int(self.engine.facts().trainable_params) * FP32
 
-    def download_bytes(self) -> int:
+    # ------------------------------------------------------------------ payloads
+    # One documented function per protocol says what goes down and up the wire
+    # (``download_payload`` and ``upload_fn``); the helpers below are their parts.
+
+    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
+        """Bytes each device downloads before computing for the current step.
+
+        FwdLLM (this default): ``protocol.download: dense`` — the fp32 trainable vector
+        (4 × trainable parameters), or nothing when the device already holds θ of this
+        step (a variance repeat); ``seeds`` — see :meth:`seed_download`.
+        Shape: ``(len(device_ids),)``, int64."""
         if self.cfg.download == "seeds":
-            return SEED_RECORD_BYTES * max(self._last_step_units, 0)
-        return self.trainable_bytes()
+            return self.seed_download(device_ids)
+        return self.dense_download(device_ids)
 
     def upload_fn(self) -> Callable[[int], int]:
+        """Bytes a device uploads for ``units`` delivered perturbations.
+
+        FwdLLM: ``protocol.upload: dense`` — its averaged estimate as one fp32 trainable
+        vector (4 × trainable parameters) whatever the number of units, nothing for 0;
+        ``seeds`` — a 64-bit seed and an fp32 scalar (12 bytes) per perturbation."""
         if self.cfg.upload == "seeds":
             return lambda units: SEED_RECORD_BYTES * int(units)
         dense = self.trainable_bytes()
         return lambda units: dense if units > 0 else 0
+
+    def dense_download(self, device_ids: np.ndarray) -> np.ndarray:
+        """4 × trainable parameters, or 0 for a device that already holds θ of this step."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        behind = self._synced[ids] != self.step
+        return np.where(behind, self.trainable_bytes(), 0).astype(np.int64)
+
+    def seed_download(self, device_ids: np.ndarray) -> np.ndarray:
+        """12 bytes per (seed, scalar) pair of every committed step the device has not
+        applied (it replays them to rebuild θ: DeComFL's and FedKSeed's catch-up); under
+        ``protocol.seed_catch_up: dense_if_smaller`` the dense vector when that is smaller."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        before = np.asarray(self._pairs_before, dtype=np.int64)
+        held = np.maximum(self._synced[ids], 0)
+        pairs = before[min(self.step, len(before) - 1)] - before[held]
+        seeds = SEED_RECORD_BYTES * pairs
+        if self.cfg.seed_catch_up == "dense_if_smaller":
+            seeds = np.minimum(seeds, self.dense_download(ids))
+        return seeds.astype(np.int64)
+
+    def download_bytes(self) -> int:
+        """The download of a device that holds θ of the previous step (what feasibility
+        checks assume for a typical device)."""
+        held = self._synced[:1].copy()
+        self._synced[:1] = max(self.step - 1, 0)
+        try:
+            return int(self.download_payload(np.zeros(1, dtype=np.int64))[0])
+        finally:
+            self._synced[:1] = held
+
+    def note_commit(self, pairs: int) -> None:
+        """Record that the current step committed an update of ``pairs`` (seed, scalar)
+        pairs (the estimate's perturbations): what a lagging device replays later."""
+        while len(self._pairs_before) <= self.step:
+            self._pairs_before.append(self._pairs_before[-1])
+        self._pairs_before.append(self._pairs_before[self.step] + int(pairs))
+        del self._pairs_before[self.step + 2:]
+
+    def _note_synced(self, receipts: list[WorkReceipt]) -> None:
+        for r in receipts:
+            if r.bytes_down > 0:
+                d = int(r.device_id)
+                self._synced[d] = max(int(self._synced[d]), int(r.step))
+
+    # ------------------------------------------------------------------ staleness
+    def staleness_weight(self, staleness: int) -> float:
+        """Weight of each perturbation of work ``staleness`` steps old
+        (``protocol.commit.staleness_weighting``)."""
+        commit = self.cfg.commit
+        if commit.staleness_weighting == "inverse_sqrt":
+            return 1.0 / math.sqrt(1.0 + staleness)
+        if commit.staleness_weighting == "cutoff":
+            return 1.0 if staleness <= commit.staleness_cutoff else 0.0
+        return 1.0
 
     def view(self, device_ids: np.ndarray, purpose: str) -> FleetView:
         """Predictions a policy may use, for ``device_ids`` at the current time."""
@@ -159,7 +237,7 @@ class Protocol(ABC):
             device_ids=ids,
             unit_seconds=fleet.predict_unit_seconds(ids, kind, self.inferences_per_unit()),
             transfer_seconds=fleet.predict_transfer_seconds(
-                ids, self.download_bytes(), self.upload_fn()(1)
+                ids, self.download_payload(ids), self.upload_fn()(1)
             ),
             window_end=fleet.window_end(ids),
             rng=stream(self.ctx.seed, "policy", purpose, self.round, self.step),
@@ -226,8 +304,12 @@ class Protocol(ABC):
         # Someone eligible is online but busy with carried work: poll at a coarse interval.
         return nxt - float(self.env.now) if nxt > self.env.now else 1.0
 
-    def perturbation_indices(self, device_id: int, units: int) -> tuple[int, ...]:
-        key = (self.step, int(device_id))
+    def perturbation_indices(
+        self, device_id: int, units: int, step: Optional[int] = None
+    ) -> tuple[int, ...]:
+        """The next ``units`` perturbation indices of ``device_id`` for ``step`` (default:
+        the current step); variance repeats of a step get fresh indices."""
+        key = (self.step if step is None else int(step), int(device_id))
         k0 = self._next_k.get(key, 0)
         self._next_k[key] = k0 + int(units)
         return tuple(range(k0, k0 + int(units)))
@@ -242,11 +324,13 @@ class Protocol(ABC):
         started = float(env.now)
         events: dict[int, Any] = {}
         upload = self.upload_fn()
-        down = self.download_bytes()
+        downloads = self.download_payload(allocation.device_ids)
         deadline_rel = allocation.deadline_s or commit.deadline_s
         if commit.mode == "barrier" and allocation.deadline_s is None:
             deadline_rel = None
-        for dev, units in zip(allocation.device_ids.tolist(), allocation.quotas.tolist()):
+        for dev, units, down in zip(
+            allocation.device_ids.tolist(), allocation.quotas.tolist(), downloads.tolist()
+        ):
             if units <= 0:
                 continue
             task = Task(
@@ -254,7 +338,7 @@ class Protocol(ABC):
                 device_id=int(dev),
                 units=int(units),
                 kind=self.task_kind,
-                download_bytes=down,
+                download_bytes=int(down),
                 upload_bytes=upload,
                 inferences_per_unit=self.inferences_per_unit(),
                 memory_bytes=self.ctx.memory_bytes.get(self.task_kind, 0),
@@ -298,20 +382,26 @@ class Protocol(ABC):
                 receipts.append(ev.value)
                 del pending[dev]
         late: list[WorkReceipt] = []
-        # Work carried from the previous step that arrived meanwhile.
+        # Work carried from earlier steps that arrived meanwhile; work still in flight that
+        # is already older than max_staleness could never be used: withdraw it.
         still = []
         for item in self._carried:
-            if item[2].triggered:
-                late.append(item[2].value)
+            dev, step, ev = item
+            if ev.triggered:
+                late.append(ev.value)
+            elif self.step - step >= commit.max_staleness:
+                self.fleet.cancel(dev, step)
+                self.ctx.recorder.events.add(env.now, dev, "dropped", step=step, detail="stale")
             else:
                 still.append(item)
         self._carried = still
         for dev in sorted(pending):
-            if commit.late_work == "carry":
+            if commit.late_work == "carry" and commit.max_staleness > 0:
                 self._carried.append((dev, self.step, pending[dev]))
             else:
                 self.fleet.cancel(dev, self.step)
                 self.ctx.recorder.events.add(env.now, dev, "dropped", step=self.step)
+        self._note_synced(receipts + late)
         return StepOutcome(receipts, late, started, float(env.now), assigned)
 
     def drop_carried(self) -> None:
@@ -323,23 +413,45 @@ class Protocol(ABC):
         self._carried = []
 
     def to_work(self, receipts: list[WorkReceipt]) -> list[GradientWork]:
+        """Delivered receipts as numerics work, each at the step it was computed for.
+
+        A receipt of step s used at step t has staleness t − s: it is evaluated at θ_s
+        along step s's perturbations and weighted by :meth:`staleness_weight`; one older
+        than ``protocol.commit.max_staleness`` is dropped.  Every receipt used or dropped
+        is logged as a ``receipt`` or ``dropped`` event with its staleness."""
         work = []
+        log = self.ctx.recorder.events
         for r in sorted(receipts, key=lambda r: (r.step, r.device_id)):
             unusable = r.status in (ReceiptStatus.REFUSED, ReceiptStatus.CANCELLED)
             if r.units_delivered <= 0 or unusable:
                 continue
+            staleness = self.step - int(r.step)
+            if staleness > self.cfg.commit.max_staleness:
+                self.fleet.mark_unused(r)
+                log.add(self.env.now, r.device_id, "dropped", step=r.step,
+                        units=r.units_delivered, detail="stale", staleness=staleness)
+                continue
+            weight = self.staleness_weight(staleness)
             client = self.client_of(r.device_id)
             n_batches = max(self.engine.batches_per_client(client), 1)
             batch = int(r.tags.get("batch_index", 0)) % n_batches
             ks = r.tags.get("perturbations")
             if ks is None:
-                ks = self.perturbation_indices(r.device_id, r.units_delivered)
+                ks = self.perturbation_indices(r.device_id, r.units_delivered, r.step)
+            log.add(self.env.now, r.device_id, "receipt", step=r.step, units=r.units_delivered,
+                    detail=f"applied_step={self.step} weight={weight:.6g}", staleness=staleness)
+            if weight <= 0:
+                self.fleet.mark_unused(r)
+                continue
+            self._used_staleness.append((int(r.units_delivered), staleness))
             work.append(
                 GradientWork(
                     device_id=int(r.device_id),
                     client_id=client,
                     batch_index=batch,
                     perturbations=tuple(ks),
+                    step=int(r.step),
+                    weight=weight,
                 )
             )
         return work
@@ -370,11 +482,23 @@ class Protocol(ABC):
             "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
             "bytes_down": int(sum(r.bytes_down for r in outcome.receipts + outcome.late)),
             "step_seconds": outcome.committed - outcome.started,
+            **self._staleness_columns(),
         }
         self.ctx.recorder.add_step(row)
         if self.ctx.on_step is not None:
             self.ctx.on_step(row)
         return row
+
+    def _staleness_columns(self) -> dict:
+        """Per-row staleness of the work used since the last row (units-weighted)."""
+        used, self._used_staleness = self._used_staleness, []
+        units = sum(u for u, _ in used)
+        stale = [(u, s) for u, s in used if s > 0]
+        return {
+            "stale_units": int(sum(u for u, _ in stale)),
+            "staleness_max": int(max((s for _, s in used), default=0)),
+            "staleness_mean": float(sum(u * s for u, s in used) / units) if units else 0.0,
+        }
 
     def evaluate(self) -> EvalResult:
         result = self.engine.evaluate()

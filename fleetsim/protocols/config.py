@@ -43,8 +43,26 @@ class CommitRule(BaseModel):
     )
     late_work: Literal["drop", "carry"] = Field(
         "drop",
-        description="Work arriving after commit: drop it, or carry it into the next step's "
-        "estimate (it was computed at stale θ; FedBuff-style).",
+        description="Work arriving after commit: drop it, or carry it into a later step's "
+        "estimate. Carried work is what the phone computed: directional derivatives at θ_s "
+        "along step s's perturbations, applied at the step it arrives in (staleness = that "
+        "step − s; FedBuff-style buffered asynchrony).",
+    )
+    max_staleness: int = Field(
+        4, ge=0, le=1000,
+        description="Carried work more than this many steps old is dropped (a 'dropped' event "
+        "with detail 'stale'); bounds the θ history the server keeps for it.",
+    )
+    staleness_weighting: Literal["none", "inverse_sqrt", "cutoff"] = Field(
+        "none",
+        description="Weight of a stale perturbation in the step's average: none (1), "
+        "inverse_sqrt (1/√(1+s), the polynomial staleness function of FedAsync (Xie et al., "
+        "2019) with a = 0.5, as FedBuff (Nguyen et al., 2022) uses), cutoff (1 for "
+        "s ≤ staleness_cutoff, else 0: received but unused).",
+    )
+    staleness_cutoff: int = Field(
+        1, ge=0, description="Largest staleness that still counts under staleness_weighting: "
+        "cutoff."
     )
     wait_offline_s: float = Field(
         3600.0, gt=0,
@@ -103,8 +121,14 @@ class ProtocolConfig(BaseModel):
     )
     download: Literal["dense", "seeds"] = Field(
         "dense",
-        description="What a device fetches each step: the dense trainable vector, or the previous "
-        "step's seeds and scalars.",
+        description="What a device fetches to hold the current θ: the dense trainable vector, or "
+        "the (seed, scalar) pairs of every committed step it has not applied yet (12 bytes a "
+        "pair; a device that missed k steps replays all k).",
+    )
+    seed_catch_up: Literal["replay", "dense_if_smaller"] = Field(
+        "replay",
+        description="Seed download for a device that missed steps: replay every missed pair, or "
+        "fetch the dense trainable vector instead when that is smaller (FedKSeed-style).",
     )
     local_epochs: int = Field(1, ge=1, description="FedAvg local epochs over the round's batches.")
     eval_every_steps: int = Field(

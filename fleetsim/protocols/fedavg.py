@@ -6,7 +6,7 @@ round.  Devices whose RAM cannot hold backprop are refused by the fleet."""
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 
@@ -22,12 +22,25 @@ class FedAvgProtocol(Protocol):
     def inferences_per_unit(self) -> float:
         return 1.0
 
-    def upload_fn(self):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        if self.cfg.commit.staleness_weighting != "none":
+            from fleetsim.errors import FleetsimInputError
+
+            raise FleetsimInputError(
+                "protocol.commit.staleness_weighting: fedavg averages whole-model deltas per "
+                "device and supports only 'none' (allowed here: none)"
+            )
+
+    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
+        """The dense fp32 adapter (trainable) weights, 4 × trainable parameters; nothing for
+        a device that already holds θ of this round's step."""
+        return self.dense_download(device_ids)
+
+    def upload_fn(self) -> Callable[[int], int]:
+        """The device's locally trained adapter weights: one dense fp32 trainable vector."""
         dense = self.trainable_bytes()
         return lambda units: dense if units > 0 else 0
-
-    def download_bytes(self) -> int:
-        return self.trainable_bytes()
 
     def local_batches(self, device_id: int) -> list[int]:
         n = self.engine.batches_per_client(self.client_of(device_id))
@@ -50,13 +63,13 @@ class FedAvgProtocol(Protocol):
             rec.events.add(self.env.now, -1, "step_start", step=self.step, units=allocation.total)
             outcome = yield from self.execute(allocation, batch_index=0, attempt=0)
             deltas = []
-            for r in sorted(outcome.receipts + outcome.late, key=lambda r: r.device_id):
-                if r.units_delivered <= 0:
-                    continue
-                batches = self.local_batches(r.device_id)[: r.units_delivered]
+            # Late work from an earlier round trains from that round's θ (stale).
+            for w in sorted(self.to_work(outcome.receipts + outcome.late),
+                            key=lambda w: w.device_id):
+                batches = self.local_batches(w.device_id)[: len(w.perturbations)]
                 deltas.append(
                     self.engine.local_train(
-                        self.step, r.device_id, self.client_of(r.device_id), batches, lr
+                        self.step, w.device_id, w.client_id, batches, lr, source_step=w.step
                     )
                 )
             estimate = None

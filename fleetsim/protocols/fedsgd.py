@@ -5,6 +5,7 @@ are refused by the fleet (logged) and drop out."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import numpy as np
@@ -22,12 +23,15 @@ class FedSGDProtocol(FwdLLMProtocol):
     def inferences_per_unit(self) -> float:
         return 1.0  # a unit is one backprop step; the latency model prices it
 
-    def upload_fn(self):
+    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
+        """The dense fp32 trainable vector (4 × trainable parameters); nothing for a device
+        that already holds θ of this step."""
+        return self.dense_download(device_ids)
+
+    def upload_fn(self) -> Callable[[int], int]:
+        """The device's exact gradient: one dense fp32 trainable vector (0 for no work)."""
         dense = self.trainable_bytes()
         return lambda units: dense if units > 0 else 0
-
-    def download_bytes(self) -> int:
-        return self.trainable_bytes()
 
     def allocate(self, cohort: np.ndarray) -> Allocation:
         ids = np.intersect1d(cohort, self.candidates())

@@ -134,7 +134,6 @@ class FwdLLMProtocol(Protocol):
                 reason = item.get("reason", "") if isinstance(item, dict) else ""
                 rec.events.add(self.env.now, int(dev), "numerical_fault", step=self.step,
                                detail=f"non-finite {reason} skipped (numerics.on_nonfinite: skip)")
-            self._last_step_units = int(estimate.n_perturbations)
             gate = self.cfg.variance
             failed = (
                 gate.enabled
@@ -152,6 +151,7 @@ class FwdLLMProtocol(Protocol):
                 continue
             break
         self.engine.apply(estimate, lr)
+        self.note_commit(estimate.n_perturbations)
         rec.events.add(self.env.now, -1, "step_commit", step=self.step,
                        units=estimate.n_perturbations, detail=f"attempts={attempt + 1}")
         self.history.append((float(estimate.variance), attempt))

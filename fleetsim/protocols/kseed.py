@@ -9,18 +9,23 @@ seed-probability weighting.  Variance control is off."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
+
+from fleetsim.protocols.base import SEED_RECORD_BYTES
 from fleetsim.protocols.fwdllm import FwdLLMProtocol
 
 
 class KSeedProtocol(FwdLLMProtocol):
     name = "kseed"
 
-    def upload_fn(self):
-        from fleetsim.protocols.base import SEED_RECORD_BYTES
+    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
+        """Seeds down, whatever ``protocol.download`` says: the 12-byte (seed, scalar)
+        pairs of every committed step the device has not applied (``seed_download``;
+        ``protocol.seed_catch_up: dense_if_smaller`` caps it at the dense vector)."""
+        return self.seed_download(device_ids)
 
+    def upload_fn(self) -> Callable[[int], int]:
+        """Seeds up: 12 bytes (64-bit seed + fp32 scalar) per delivered perturbation."""
         return lambda units: SEED_RECORD_BYTES * int(units)
-
-    def download_bytes(self) -> int:
-        from fleetsim.protocols.base import SEED_RECORD_BYTES
-
-        return SEED_RECORD_BYTES * max(self._last_step_units, 0)

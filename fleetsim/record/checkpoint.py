@@ -154,10 +154,14 @@ class JournalEngine(NumericsEngine):
     def backprop_gradient(self, step, work):
         return self._call("backprop_gradient", self.inner.backprop_gradient, step, work)
 
-    def local_train(self, step, device_id, client_id, batch_indices, lr):
+    def local_train(self, step, device_id, client_id, batch_indices, lr, source_step=None):
         return self._call(
-            "local_train", self.inner.local_train, step, device_id, client_id, batch_indices, lr
+            "local_train", self.inner.local_train, step, device_id, client_id, batch_indices, lr,
+            source_step,
         )
+
+    def retain_steps(self, max_staleness: int) -> None:
+        self.inner.retain_steps(max_staleness)
 
     def average(self, estimates):
         return self._call("average", self.inner.average, estimates)

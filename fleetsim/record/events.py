@@ -29,6 +29,7 @@ class EventLog:
         duration_s: float = 0.0,
         units: int = 0,
         detail: str = "",
+        staleness: int = -1,
     ) -> None:
         if not self.enabled:
             return
@@ -44,6 +45,7 @@ class EventLog:
         c["duration_s"].append(float(duration_s))
         c["units"].append(int(units))
         c["detail"].append(detail)
+        c["staleness"].append(int(staleness))
 
     def __len__(self) -> int:
         return len(self._cols["seq"])

@@ -25,6 +25,12 @@ STEP_COLUMNS: dict[str, str] = {
     "bytes_up": "int64",
     "bytes_down": "int64",
     "step_seconds": "float64",  # simulated seconds from step start to commit
+    # Staleness of the work this row used (see protocol.commit.late_work: carry): units
+    # computed for an earlier step, the largest staleness (steps), and the units-weighted
+    # mean staleness over all units used (0 when all work was fresh).
+    "stale_units": "int64",
+    "staleness_max": "int64",
+    "staleness_mean": "float64",
 }
 
 # One row per simulated event.  ``seq`` breaks ties at equal time.
@@ -38,6 +44,9 @@ EVENT_COLUMNS: dict[str, str] = {
     "duration_s": "float64",
     "units": "int64",
     "detail": "string",
+    # For ``receipt`` and stale ``dropped`` events: the step the work was used at minus the
+    # step it was computed for; -1 for every other event.
+    "staleness": "int64",
 }
 
 EVENT_KINDS = (
@@ -54,6 +63,7 @@ EVENT_KINDS = (
     "resumed",
     "lost_work",  # units lost to an interruption
     "late",  # work arrived after commit
+    "receipt",  # delivered work turned into numerics work; step = the step it was computed for
     "dropped",  # work dropped by the server
     "cancelled",
     "step_start",
@@ -61,8 +71,10 @@ EVENT_KINDS = (
     "step_rollback",  # variance gate rejected the step
     "round_start",
     "round_end",
-    "evaluate",
+    "evaluate",  # detail: accuracy=… loss=… (nan for a non-finite model: no accuracy)
     "numerical_fault",
+    "unfinished",  # a stop rule fired while the task was out; detail: phase=… assigned=…
+    "run_stopped",  # server: the run ended; detail: status=… stopped_by=…
 )
 
 DEVICE_COLUMNS: dict[str, str] = {

@@ -121,9 +121,11 @@ def test_discriminative_engine_uses_previous_gradient(make_engine):
     assert engine.previous_gradient is not None
     plain = make_engine()
     plain.apply(plain.forward_gradient(0, work), 0.01)
-    odd_a, odd_b = engine._perturbations(1, 0, (0,)), plain._perturbations(1, 0, (0,))
+    odd_a = engine._perturbations(1, 0, (0,), engine.previous_gradient)
+    odd_b = plain._perturbations(1, 0, (0,))
     assert all(torch.equal(x, y) for x, y in zip(odd_a, odd_b))  # odd step: plain draws
-    even_a, even_b = engine._perturbations(2, 0, (0,)), plain._perturbations(2, 0, (0,))
+    even_a = engine._perturbations(2, 0, (0,), engine.previous_gradient)
+    even_b = plain._perturbations(2, 0, (0,))
     assert not all(torch.equal(x, y) for x, y in zip(even_a, even_b))
 
 

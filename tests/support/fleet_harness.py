@@ -64,7 +64,9 @@ class FakeEngine(NumericsEngine):
         self.calls.append(("bp", step, list(work)))
         return StepEstimate(step=step, n_perturbations=len(work), n_devices=len(work), loss=0.5)
 
-    def local_train(self, step, device_id, client_id, batch_indices, lr) -> StepEstimate:
+    def local_train(
+        self, step, device_id, client_id, batch_indices, lr, source_step=None
+    ) -> StepEstimate:
         self.calls.append(("lt", step, []))
         return StepEstimate(step=step, n_perturbations=len(batch_indices), n_devices=1, loss=0.4)
 

@@ -69,10 +69,10 @@ def _cmd_traces(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     if args.traces_command == "validate":
-        print(validate_trace_file(path))
+        print(validate_trace_file(path, args.format, args.timezone))
         return 0
     out_dir = Path(args.out) if args.out else Path(".")
-    table, png = inspect_trace_file(path, out_dir)
+    table, png = inspect_trace_file(path, out_dir, args.format, args.timezone)
     print(table.to_string(index=False))
     print(f"figure: {png}")
     return 0
@@ -138,10 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("traces", help="check or summarise a device trace file")
     trs = tr.add_subparsers(dest="traces_command", required=True)
     tv = trs.add_parser("validate", help="check a trace file")
-    tv.add_argument("path")
-    tv.set_defaults(func=_cmd_traces)
     ti = trs.add_parser("inspect", help="summary table and a PNG of a trace file")
-    ti.add_argument("path")
+    for p in (tv, ti):
+        p.add_argument("path")
+        p.add_argument("--format", metavar="NAME",
+                       help="skip detection: a registered trace format (intervals, fedscale, "
+                       "flash, ...) or catalogue, population, network_distribution, "
+                       "network_profiles (default: detected by suffix, else by content)")
+        p.add_argument("--timezone", default="UTC", metavar="ZONE",
+                       help="IANA zone for timestamps without one (default: UTC)")
+    tv.set_defaults(func=_cmd_traces)
     ti.add_argument("--out", help="folder for the PNG (default: current folder)")
     ti.set_defaults(func=_cmd_traces)
 

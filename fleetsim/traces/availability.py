@@ -11,8 +11,20 @@
   global), FLASH's ``state_traces.json``.
 
 Trace devices are assigned to fleet devices cyclically: fleet device ``i`` uses
-the ``(i mod m)``-th trace device (trace ids sorted), so a 100-device trace can
-serve a 1,000,000-device fleet and the mapping needs no randomness.
+the ``(i mod m)``-th trace device, so a 100-device trace can serve a
+1,000,000-device fleet and the mapping needs no randomness.  Trace ids are put in
+ONE order in every format (:func:`trace_id_order`): ids that are integers (``7``,
+``"10"``) in numeric order, so ``"9"`` comes before ``"10"``, then any other ids in
+string order.
+
+Windows of a repeating trace (``period_s`` of interval files, FedScale's
+``finish_time``) that cross the period boundary wrap around (:func:`wrap_windows`):
+``[82800, 90000)`` with a period of 86,400 s is 23:00-01:00 every day, as FLASH's
+``get_available_time`` replays a window past ``trace_end`` into the next repetition.
+
+Timestamps without a zone (FLASH's ``YYYY-mm-dd HH:MM:SS``) are read in the zone
+``traces.availability.timezone`` (default UTC, via :mod:`zoneinfo`), never the
+host's.
 """
 
 from __future__ import annotations
@@ -21,9 +33,11 @@ import io
 import json
 import math
 import pickle
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from statistics import NormalDist
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -126,7 +140,7 @@ class DiurnalAvailability(AvailabilityTrace):
 
 
 def _calibration() -> dict:
-    with open(AVAILABILITY_CALIBRATION) as fh:
+    with open(AVAILABILITY_CALIBRATION, encoding="utf-8") as fh:
         return json.load(fh)
 
 
@@ -177,6 +191,104 @@ def diurnal_model(
         f"Wi-Fi share {wifi_share:g})"
     )
     return DiurnalAvailability(hour * 3600.0, duration, DAY_S, label)
+
+
+# ------------------------------------------------------------ ids and periods
+
+
+def _numeric_id(value: object) -> int | None:
+    """The integer a trace id stands for (``7``, ``7.0``, ``"7"``, ``" 07 "``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        if text and text.lstrip("+-").isdigit() and text.isascii():
+            return int(text)
+    return None
+
+
+def trace_id_order(ids: Iterable[object]) -> list[object]:
+    """Trace ids in the order trace devices are numbered (0, 1, ...) in every format.
+
+    Ids that are integers, or strings of an integer, come first in numeric order
+    (``"9"`` before ``"10"``); any other ids follow in string order.  The input
+    order (file order, JSON key order, pickle dict order) never matters."""
+
+    def key(value: object) -> tuple:
+        n = _numeric_id(value)
+        return (0, n, str(value)) if n is not None else (1, 0, str(value))
+
+    return sorted(ids, key=key)
+
+
+def wrap_windows(
+    path: Path,
+    device: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    period_s: np.ndarray | float,
+    key: str,
+    what: str = "window",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of a repeating trace folded into one period ``[0, P)``.
+
+    A window ``[s, e)`` with ``s < P < e`` crosses the period boundary and wraps
+    around: it becomes ``[s, P)`` and ``[0, e - P)`` (``[82800, 90000)`` with
+    ``P = 86400`` is 23:00-01:00 every day).  ``period_s`` is one number or one per
+    window (FedScale: each client's ``finish_time``).  Windows must be validated
+    (``end > start``) already.
+
+    Raises FleetsimInputError, naming ``path`` and ``key``, for a window starting at
+    or after its period or longer than one period, and for windows that overlap once
+    wrapped.  Returns (device, start, end) sorted by device then start, touching
+    windows merged.
+    """
+    period = np.broadcast_to(np.asarray(period_s, dtype=np.float64), start.shape)
+    late = start >= period
+    if late.any():
+        i = int(np.nonzero(late)[0][0])
+        raise FleetsimInputError(
+            f"{path}: {what} {i + 1} (device {device[i]}): start {start[i]:g} is not inside "
+            f"the period {key} = {period[i]:g} (allowed: 0 <= start < period; a window may "
+            "end after the period and then wraps around to the period's start)"
+        )
+    long = (end - start) > period
+    if long.any():
+        i = int(np.nonzero(long)[0][0])
+        raise FleetsimInputError(
+            f"{path}: {what} {i + 1} (device {device[i]}): [{start[i]:g}, {end[i]:g}) is "
+            f"longer than the period {key} = {period[i]:g} (allowed: at most one period)"
+        )
+    cross = end > period
+    dev = np.concatenate([device, device[cross]])
+    s = np.concatenate([start, np.zeros(int(cross.sum()))])
+    e = np.concatenate([np.where(cross, period, end), end[cross] - period[cross]])
+    order = np.lexsort((s, dev))
+    d2, s2, e2 = dev[order], s[order], e[order]
+    overlap = (d2[1:] == d2[:-1]) & (s2[1:] < e2[:-1])
+    if overlap.any():
+        j = int(np.nonzero(overlap)[0][0])
+        raise FleetsimInputError(
+            f"{path}: device {d2[j]}: windows [{s2[j]:g}, {e2[j]:g}) and "
+            f"[{s2[j + 1]:g}, {e2[j + 1]:g}) overlap once wrapped around the period {key} "
+            "(allowed: non-overlapping windows modulo the period)"
+        )
+    return _merge_touching(d2, s2, e2)
+
+
+def zone(name: str, what: str = "traces.availability.timezone") -> ZoneInfo:
+    """The IANA zone ``name`` (e.g. ``UTC``, ``Asia/Shanghai``) for timestamps without one."""
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise FleetsimInputError(
+            f"{what}: {name!r} is not an IANA time zone (allowed: e.g. UTC, Europe/Paris, "
+            "Asia/Shanghai)"
+        ) from None
 
 
 # ------------------------------------------------------------ intervals → CSR
@@ -272,15 +384,18 @@ def load_interval_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 def load_intervals(
     path: Path, n_devices: int, period_s: float | None = None
 ) -> IntervalAvailability:
+    """Fleet availability from an interval table (CSV/TSV/Parquet ``device_id,start_s,
+    end_s``, seconds).  With ``period_s`` the windows repeat, and a window crossing the
+    period boundary wraps around (:func:`wrap_windows`).  Trace device ids are numbered
+    in numeric order (:func:`trace_id_order`), devices mapped cyclically."""
     path = Path(path)
     dev, start, end = load_interval_table(path)
-    if period_s is not None and np.any(end > period_s):
-        i = int(np.nonzero(end > period_s)[0][0])
-        raise FleetsimInputError(
-            f"{path}: column 'end_s' row {i + 1}: {end[i]:g} exceeds "
-            f"traces.availability.period_s = {period_s:g} (allowed: windows inside one period)"
+    if period_s is not None:
+        dev, start, end = wrap_windows(
+            path, dev, start, end, float(period_s), "traces.availability.period_s", "row"
         )
-    dev, start, end = _merge_touching(dev, start, end)
+    else:
+        dev, start, end = _merge_touching(dev, start, end)
     uniq, dense = np.unique(dev, return_inverse=True)
     label = f"trace: intervals {path.name} ({len(uniq)} trace devices)"
     return intervals_to_trace(dense, start, end, n_devices, period_s, label, len(uniq))
@@ -338,9 +453,11 @@ def _number_list(path: Path, client, key: str, value) -> np.ndarray:
 def fedscale_intervals(
     path: Path, horizon_s: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(device, start, end) from FedScale's client_behave_trace, windows repeated
-    with each client's ``finish_time`` period up to ``horizon_s`` (FedScale's
-    client replays its trace modulo finish_time)."""
+    """(device, start, end, number of clients) from FedScale's client_behave_trace,
+    windows repeated with each client's ``finish_time`` period up to ``horizon_s``
+    (FedScale's client replays its trace modulo finish_time); a window ending after
+    ``finish_time`` wraps around to the period's start (:func:`wrap_windows`).
+    Clients are numbered in :func:`trace_id_order` (numeric ids numerically)."""
     path = Path(path)
     obj = safe_unpickle(path)
     if not isinstance(obj, dict) or not obj:
@@ -349,7 +466,8 @@ def fedscale_intervals(
             f"'finish_time'}}, got {type(obj).__name__}"
         )
     devs, starts, ends = [], [], []
-    for i, (client, rec) in enumerate(sorted(obj.items(), key=lambda kv: str(kv[0]))):
+    for i, client in enumerate(trace_id_order(obj)):
+        rec = obj[client]
         if not isinstance(rec, dict):
             raise FleetsimInputError(f"{path}: client {client!r}: expected a dict")
         missing = [k for k in ("active", "inactive", "finish_time") if k not in rec]
@@ -372,6 +490,10 @@ def fedscale_intervals(
             )
         dev = np.full(len(act), i, dtype=np.int64)
         validate_intervals(path, dev, act, ina, what=f"client {client!r} window")
+        _, act, ina = wrap_windows(
+            path, dev, act, ina, float(fin), f"finish_time of client {client!r}",
+            f"client {client!r} window",
+        )
         reps = max(int(math.ceil(horizon_s / float(fin))), 1)
         k = np.repeat(np.arange(reps), len(act))
         devs.append(np.full(len(k), i, dtype=np.int64))
@@ -379,6 +501,18 @@ def fedscale_intervals(
         ends.append(np.tile(ina, reps) + k * float(fin))
     dev, start, end = np.concatenate(devs), np.concatenate(starts), np.concatenate(ends)
     return (*_merge_touching(dev, start, end), len(obj))
+
+
+def fedscale_period_totals(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Per client (in :func:`trace_id_order`): online seconds in one period and the
+    period (``finish_time``), both in seconds; windows wrapped as in
+    :func:`fedscale_intervals` (which validates the file)."""
+    path = Path(path)
+    obj = safe_unpickle(path)
+    periods = np.array([float(obj[c]["finish_time"]) for c in trace_id_order(obj)])
+    dev, start, end, m = fedscale_intervals(path, horizon_s=float(periods.max()))
+    inside = np.clip(np.minimum(end, periods[dev]) - start, 0.0, None)
+    return np.bincount(dev, weights=inside, minlength=m), periods
 
 
 def load_fedscale(path: Path, n_devices: int, horizon_s: float) -> IntervalAvailability:
@@ -393,18 +527,30 @@ _WIFI_ON = {"wifi"}
 _WIFI_OFF = {"2g", "3g", "4g", "5g", "unknown", "none"}
 
 
-def flash_intervals(path: Path, horizon_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(device, start, end) from FLASH ``state_traces.json``.
+def flash_intervals(
+    path: Path, horizon_s: float, timezone: str = "UTC"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(device, start, end, number of users) from FLASH ``state_traces.json``.
 
     Available = screen locked ∧ charging ∧ Wi-Fi.  State starts False for each
     flag until an event sets it; ``phone_off`` clears all.  Times count from the
     user's first message; each user's pattern repeats with period = its span
-    (last - first message) up to ``horizon_s``.
+    (last - first message) up to ``horizon_s``.  The messages' timestamps carry no
+    zone: they are read in ``timezone`` (IANA name, default UTC; a daylight-saving
+    change inside a trace shortens or lengthens that day), never the host's zone.
+    Users are numbered in :func:`trace_id_order` (numeric uids numerically).
     """
+    tz = zone(timezone)
     path = Path(path)
     if not path.exists():
         raise FleetsimInputError(f"{path}: file not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FleetsimInputError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); FLASH state_traces "
+            "is a JSON object uid -> {'messages': ...}"
+        ) from None
     if not text.strip():
         raise FleetsimInputError(f"{path}: file is empty")
     try:
@@ -416,7 +562,8 @@ def flash_intervals(path: Path, horizon_s: float) -> tuple[np.ndarray, np.ndarra
             f"{path}: expected a non-empty JSON object uid -> {{'messages': ...}}"
         )
     devs, starts, ends = [], [], []
-    for i, (uid, rec) in enumerate(obj.items()):
+    for i, uid in enumerate(trace_id_order(obj)):
+        rec = obj[uid]
         if not isinstance(rec, dict) or not isinstance(rec.get("messages"), str):
             raise FleetsimInputError(
                 f"{path}: user {uid!r}: missing string field 'messages' "
@@ -430,7 +577,11 @@ def flash_intervals(path: Path, horizon_s: float) -> tuple[np.ndarray, np.ndarra
                 continue
             stamp, _, event = line.partition("\t")
             try:
-                t = datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S").timestamp()
+                t = (
+                    datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S")
+                    .replace(tzinfo=tz)
+                    .timestamp()
+                )
             except ValueError:
                 raise FleetsimInputError(
                     f"{path}: user {uid!r} messages line {ln + 1}: {line[:40]!r} does not start "
@@ -485,8 +636,10 @@ def flash_intervals(path: Path, horizon_s: float) -> tuple[np.ndarray, np.ndarra
     return (*_merge_touching(dev, start, end), len(obj))
 
 
-def load_flash(path: Path, n_devices: int, horizon_s: float) -> IntervalAvailability:
-    dev, start, end, m = flash_intervals(path, horizon_s)
+def load_flash(
+    path: Path, n_devices: int, horizon_s: float, timezone: str = "UTC"
+) -> IntervalAvailability:
+    dev, start, end, m = flash_intervals(path, horizon_s, timezone)
     label = (
         f"trace: FLASH state_traces {Path(path).name} ({m} users; "
         "available = locked & charging & Wi-Fi)"

@@ -190,7 +190,23 @@ class IntervalAvailability(AvailabilityTrace):
             return np.full(len(idx), float(t))
         safe = np.minimum(idx, len(self.starts) - 1)
         online = exists & (self.starts[safe] + shift <= t)
-        return np.where(online, self.ends[safe] + shift, float(t))
+        end = self.ends[safe] + shift
+        if self.period_s:
+            # A window reaching the period's end continues into the next period when
+            # the device's first window starts at 0 (a window wrapped around the
+            # boundary, e.g. 23:00-01:00): one window, not two touching ones.
+            p = float(self.period_s)
+            ids = np.asarray(device_ids, dtype=np.int64)
+            lo = self.offsets[ids]
+            has = self.offsets[ids + 1] > lo
+            first = np.minimum(lo, len(self.starts) - 1)
+            starts_at_zero = has & (self.starts[first] <= 0.0)
+            whole = starts_at_zero & (self.ends[first] >= p)
+            cont = online & starts_at_zero & (self.ends[safe] >= p)
+            k_next = np.round(shift / p) + 1.0
+            end = np.where(cont, self.ends[first] + k_next * p, end)
+            end = np.where(online & whole, np.inf, end)
+        return np.where(online, end, float(t))
 
     def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
         idx, exists, shift, _ = self._lookup(device_ids, t)

@@ -11,8 +11,9 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_AVAILABILITY = ("always_online", "diurnal_model", "intervals", "fedscale", "flash")
-FILE_AVAILABILITY = ("intervals", "fedscale", "flash")
+BUILTIN_AVAILABILITY = ("always_online", "diurnal_model", "auto", "intervals", "fedscale",
+                        "flash")
+FILE_AVAILABILITY = ("auto", "intervals", "fedscale", "flash")
 NETWORK_TYPES = ("hsdpa_3g", "5g_mmwave", "flash_wifi", "fixed")
 
 
@@ -26,7 +27,8 @@ class AvailabilityConfig(BaseModel):
         description="always_online | diurnal_model (documented model calibrated on the FLASH "
         "1000 users) | intervals (CSV/Parquet device_id,start_s,end_s) | fedscale "
         "(client_behave_trace pickle) | flash (state_traces.json) | a format registered in "
-        "the `fleetsim.traces` entry-point group.",
+        "the `fleetsim.traces` entry-point group | auto (the file's format detected by its "
+        "content, as `fleetsim traces validate` does).",
     )
     path: Optional[str] = Field(
         None, description="Trace file for file kinds; relative to the scenario file's folder."
@@ -35,7 +37,13 @@ class AvailabilityConfig(BaseModel):
         None,
         gt=0,
         description="intervals: repeat the file's windows with this period (None = a device is "
-        "offline after its last window).",
+        "offline after its last window); a window ending after the period wraps around "
+        "(0,82800,90000 with 86400 is online 23:00-01:00 every day).",
+    )
+    timezone: str = Field(
+        "UTC",
+        description="IANA time zone in which trace timestamps without a zone (FLASH "
+        "state_traces messages) are read; never the host's zone.",
     )
     trace_span_days: float = Field(
         7.0,
@@ -75,6 +83,18 @@ class AvailabilityConfig(BaseModel):
             raise ValueError(
                 f"traces.availability.kind: {value!r} is not one of {', '.join(sorted(names))}"
             )
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from fleetsim.errors import FleetsimInputError
+        from fleetsim.traces.availability import zone
+
+        try:
+            zone(value)
+        except FleetsimInputError as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

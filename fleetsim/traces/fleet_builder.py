@@ -12,7 +12,7 @@ from fleetsim.traces.availability import diurnal_model
 from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, DeviceTable
 from fleetsim.traces.config import TracesConfig
 from fleetsim.traces.network import radio_technology, sample_network
-from fleetsim.traces.registry import get_format
+from fleetsim.traces.registry import detect_format, file_formats, format_for_suffix, get_format
 from fleetsim.traces.tables import catalogue_for, population_weights
 
 GIB = 2**30
@@ -75,14 +75,18 @@ def build_availability(
         raise FleetsimInputError(
             f"traces.availability.path: {a.path!r} resolves to {path}, which does not exist"
         )
-    if a.kind == "intervals":
-        from fleetsim.traces.availability import load_intervals
-
-        return load_intervals(path, n_devices, a.period_s)
-    trace = get_format(a.kind).load(path, n_devices, seed, horizon_s)
+    kind = a.kind
+    if kind == "auto":
+        kind = (detect_format(path) or format_for_suffix(path)) if path is not None else None
+        if kind is None:
+            raise FleetsimInputError(
+                f"traces.availability.kind: 'auto' cannot tell the format of {path} from its "
+                f"content (allowed kinds: {', '.join(file_formats())})"
+            )
+    trace = get_format(kind).load_with(path, n_devices, seed, horizon_s, a)
     if trace.num_devices != n_devices:
         raise FleetsimInputError(
-            f"traces.availability.kind {a.kind!r}: the format returned {trace.num_devices} "
+            f"traces.availability.kind {kind!r}: the format returned {trace.num_devices} "
             f"devices for a fleet of {n_devices}"
         )
     return trace

@@ -1,13 +1,15 @@
 """``fleetsim traces validate|inspect PATH``: detect a trace file's format, check
 it, summarise it, and draw latency / availability-by-hour / bandwidth-CDF panels.
 
-Detection: ``.pkl``/``.pickle`` → FedScale client_behave_trace; ``.json`` →
-FLASH state_traces; CSV/TSV/Parquet by columns: ``device_id,start_s,end_s`` →
-intervals; ``phone_model,weight`` → population; ``phone_model,ram_gb,
-cpu_ref_forward_s`` → catalogue; ``quantile,downlink_mbps,uplink_mbps`` →
-network distribution; ``downlink_mbps,uplink_mbps`` (+ ``_sigma_``) → per-user
-network profiles.  Other suffixes: any registered format whose ``sniff`` accepts
-the file.
+Detection works with any suffix or none (FedScale ships ``client_behave_trace``
+without one): first the availability formats of the registry, each asked
+``sniff(path)`` on the file's head (:func:`fleetsim.traces.registry.detect_format`:
+FedScale pickle, FLASH ``state_traces`` JSON, ``device_id,start_s,end_s`` interval
+tables, then plug-ins); then device tables (CSV/TSV by suffix or content, Parquet)
+by columns: ``phone_model,weight`` → population; ``phone_model,ram_gb,
+cpu_ref_forward_s`` → catalogue; ``quantile,downlink_mbps,uplink_mbps`` → network
+distribution; ``downlink_mbps,uplink_mbps`` → per-user network profiles.
+``--format NAME`` (``fmt``) skips detection.
 """
 
 from __future__ import annotations
@@ -86,81 +88,111 @@ def _availability_report(kind: str, trace: AvailabilityTrace, horizon_s: float) 
     return TraceReport(kind, summary, hourly_share=hourly)
 
 
-def analyse(path: Path) -> TraceReport:
-    """Detect, load and validate ``path``; raise FleetsimInputError if malformed."""
+#: device-table kinds ``traces validate|inspect --format`` accepts besides the registry's
+TABLE_KINDS = ("catalogue", "population", "network_distribution", "network_profiles")
+
+
+def trace_file_kinds() -> list[str]:
+    """Values of ``--format``: registered availability formats, then device-table kinds."""
+    from fleetsim.traces.registry import file_formats
+
+    return [*file_formats(), *TABLE_KINDS]
+
+
+def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceReport:
+    """Detect (or take ``fmt``), load and validate ``path``; raise FleetsimInputError if
+    malformed.  Zone-less timestamps are read in ``timezone`` (IANA name)."""
     from fleetsim.traces import availability as av
-    from fleetsim.traces.network import load_quantile_table
-    from fleetsim.traces.registry import BUILTIN_FORMATS, _entry_point_formats, get_format
+    from fleetsim.traces.registry import (
+        detect_format,
+        file_formats,
+        format_for_suffix,
+        get_format,
+    )
+    from fleetsim.traces.tables import TABLE_SUFFIXES, sniff_table
 
     path = Path(path)
     if not path.exists():
         raise FleetsimInputError(f"{path}: file not found")
     if path.is_dir():
         raise FleetsimInputError(f"{path}: is a folder (expected a trace file)")
-    suffix = path.suffix.lower()
-    if suffix in (".pkl", ".pickle"):
-        dev, start, end, m = av.fedscale_intervals(path, horizon_s=7 * 86400.0)
+    if fmt is not None and fmt not in trace_file_kinds():
+        raise FleetsimInputError(
+            f"--format: {fmt!r} is not a trace format (allowed: {', '.join(trace_file_kinds())})"
+        )
+    kind = fmt if fmt is not None else detect_format(path)
+    if kind is None and not TABLE_SUFFIXES.get(path.suffix.lower()):
+        kind = format_for_suffix(path)  # its loader then says what is wrong
+    week = 7 * 86400.0
+    if kind == "fedscale":
+        dev, start, end, m = av.fedscale_intervals(path, horizon_s=week)
         trace = av.intervals_to_trace(dev, start, end, m, None, f"FedScale {path.name}", m)
-        return _availability_report("fedscale", trace, 7 * 86400.0)
-    if suffix == ".json":
-        dev, start, end, m = av.flash_intervals(path, horizon_s=7 * 86400.0)
+        rep = _availability_report("fedscale", trace, week)
+        online, period = av.fedscale_period_totals(path)
+        rep.summary.update(
+            online_s_per_period=round(float(online.mean()), 3),
+            period_s=round(float(period.mean()), 3),
+            online_share=float(online.sum() / period.sum()),
+        )
+        return rep
+    if kind == "flash":
+        dev, start, end, m = av.flash_intervals(path, horizon_s=week, timezone=timezone)
         trace = av.intervals_to_trace(dev, start, end, m, None, f"FLASH {path.name}", m)
-        return _availability_report("flash", trace, 7 * 86400.0)
-    if suffix in (".csv", ".tsv", ".txt", ".parquet", ".pq"):
-        df = read_table(path)
-        kind = _detect_table_kind(path, df)
-        if kind == "intervals":
-            dev, start, end = av.load_interval_table(path)
-            uniq, dense = np.unique(dev, return_inverse=True)
-            trace = av.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
-            span = float(end.max())
-            return _availability_report("intervals", trace, span)
-        if kind == "catalogue":
-            cat = load_catalogue(path)
-            return _catalogue_report(cat)
-        if kind == "population":
-            cat = load_catalogue(CATALOGUES["default"])
-            w = load_population(path, cat)
-            top = np.argsort(w)[::-1][:5]
-            summary = {
-                "format": "population",
-                "phone_models": int((w > 0).sum()),
-                "top": "; ".join(f"{cat['phone_model'][i]} {w[i]:.1%}" for i in top),
-                "mean_ram_gb": float((w * cat["ram_gb"]).sum()),
-            }
-            lat = _catalogue_report(cat[w > 0].reset_index(drop=True)).latency
-            return TraceReport("population", summary, latency=lat)
-        if kind == "network_distribution":
-            q, down, up = load_quantile_table(path)
-            summary = {
-                "format": "network_distribution",
-                "quantiles": int(len(q)),
-                "median_downlink_mbps": float(np.interp(0.5, q, down)),
-                "median_uplink_mbps": float(np.interp(0.5, q, up)),
-            }
-            return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
-        from fleetsim.traces.tables import numeric_column
-
-        down = np.sort(numeric_column(df, path, "downlink_mbps", positive=True))
-        up = np.sort(numeric_column(df, path, "uplink_mbps", positive=True))
+        return _availability_report("flash", trace, week)
+    if kind == "intervals":
+        dev, start, end = av.load_interval_table(path)
+        uniq, dense = np.unique(dev, return_inverse=True)
+        trace = av.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
+        return _availability_report("intervals", trace, float(end.max()))
+    if kind is not None and kind not in TABLE_KINDS:
+        trace = get_format(kind).load(path, 1000, 0, week)
+        return _availability_report(kind, trace, week)
+    if kind is None and not (TABLE_SUFFIXES.get(path.suffix.lower()) or sniff_table(path)):
+        raise FleetsimInputError(
+            f"{path}: cannot tell the trace format from the suffix {path.suffix!r} or the "
+            f"content (allowed: a file of format {', '.join(file_formats())}, a device table "
+            "(CSV/TSV/Parquet), or name one with --format)"
+        )
+    df = read_table(path)
+    kind = kind or _detect_table_kind(path, df)
+    if kind == "catalogue":
+        cat = load_catalogue(path)
+        return _catalogue_report(cat)
+    if kind == "population":
+        cat = load_catalogue(CATALOGUES["default"])
+        w = load_population(path, cat)
+        top = np.argsort(w, kind="stable")[::-1][:5]
         summary = {
-            "format": "network_profiles",
-            "users": int(len(df)),
-            "median_downlink_mbps": float(np.median(down)),
-            "median_uplink_mbps": float(np.median(up)),
+            "format": "population",
+            "phone_models": int((w > 0).sum()),
+            "top": "; ".join(f"{cat['phone_model'][i]} {w[i]:.1%}" for i in top),
+            "mean_ram_gb": float((w * cat["ram_gb"]).sum()),
+        }
+        lat = _catalogue_report(cat[w > 0].reset_index(drop=True)).latency
+        return TraceReport("population", summary, latency=lat)
+    if kind == "network_distribution":
+        from fleetsim.traces.network import load_quantile_table
+
+        q, down, up = load_quantile_table(path)
+        summary = {
+            "format": "network_distribution",
+            "quantiles": int(len(q)),
+            "median_downlink_mbps": float(np.interp(0.5, q, down)),
+            "median_uplink_mbps": float(np.interp(0.5, q, up)),
         }
         return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
-    for name in sorted(_entry_point_formats()):
-        if name in BUILTIN_FORMATS:
-            continue
-        fmt = get_format(name)
-        if fmt.sniff(path):
-            trace = fmt.load(path, 1000, 0, 7 * 86400.0)
-            return _availability_report(name, trace, 7 * 86400.0)
-    raise FleetsimInputError(
-        f"{path}: unknown trace format {suffix!r} (allowed: .csv, .tsv, .parquet, .pkl, "
-        ".pickle, .json, or a suffix of a format registered in `fleetsim.traces`)"
-    )
+    from fleetsim.traces.tables import numeric_column, require_columns
+
+    require_columns(df, path, ("downlink_mbps", "uplink_mbps"))
+    down = np.sort(numeric_column(df, path, "downlink_mbps", positive=True))
+    up = np.sort(numeric_column(df, path, "uplink_mbps", positive=True))
+    summary = {
+        "format": "network_profiles",
+        "users": int(len(df)),
+        "median_downlink_mbps": float(np.median(down)),
+        "median_uplink_mbps": float(np.median(up)),
+    }
+    return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
 
 
 def _catalogue_report(cat: pd.DataFrame) -> TraceReport:
@@ -182,11 +214,16 @@ def _catalogue_report(cat: pd.DataFrame) -> TraceReport:
     return TraceReport("catalogue", summary, latency=lat)
 
 
-def validate_trace_file(path: Path) -> str:
+def validate_trace_file(path: Path, fmt: str | None = None, timezone: str = "UTC") -> str:
     """One summary line; raises FleetsimInputError when the file is malformed."""
-    rep = analyse(Path(path))
+    rep = analyse(Path(path), fmt, timezone)
+    def show(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.0f}" if abs(v) >= 1000 and float(v).is_integer() else f"{v:.4g}"
+        return str(v)
+
     parts = [
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        f"{k}={show(v)}"
         for k, v in rep.summary.items()
         if k not in ("format", "label")
     ]
@@ -198,7 +235,9 @@ def _no_data(ax, what: str) -> None:
     ax.set_axis_off()
 
 
-def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
+def inspect_trace_file(
+    path: Path, out_dir: Path, fmt: str | None = None, timezone: str = "UTC"
+) -> tuple[pd.DataFrame, Path]:
     """Summary table and a PNG (latency by device, availability share by hour of
     day, bandwidth CDF; panels the file has no data for say so)."""
     import matplotlib
@@ -207,7 +246,7 @@ def inspect_trace_file(path: Path, out_dir: Path) -> tuple[pd.DataFrame, Path]:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    rep = analyse(path)
+    rep = analyse(path, fmt, timezone)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(

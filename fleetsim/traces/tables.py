@@ -33,22 +33,58 @@ AVAILABILITY_CALIBRATION = DATA_DIR / "availability" / "flash_1000_calibration.j
 PAPER_PHONE = "FwdLLM paper profile"
 
 
+TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".txt": "csv",
+                  ".tsv": "tsv"}
+#: bytes read to tell a table's format from its content
+SNIFF_BYTES = 4096
+
+
+def sniff_table(path: Path) -> str | None:
+    """'parquet', 'tsv' or 'csv' from the first bytes of ``path`` (no suffix needed), or
+    None when it does not look like a table: Parquet by its ``PAR1`` magic; text whose
+    first line holds a tab (TSV) or a comma (CSV) and no NUL byte."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError:
+        return None
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if not head or b"\0" in head:
+        return None
+    try:
+        first = head.decode("utf-8").splitlines()[0]
+    except (UnicodeDecodeError, IndexError):
+        return None
+    if first.lstrip().startswith(("{", "[")):
+        return None
+    if "\t" in first:
+        return "tsv"
+    if "," in first:
+        return "csv"
+    return None
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """CSV or Parquet into a DataFrame; clear errors for missing/empty/unreadable files."""
+    """CSV, TSV or Parquet into a DataFrame; clear errors for missing/empty/unreadable files.
+
+    The format comes from the suffix (``.csv``/``.txt``, ``.tsv``, ``.parquet``/``.pq``),
+    or, for any other suffix or none, from the content (:func:`sniff_table`)."""
     path = Path(path)
     if not path.exists():
         raise FleetsimInputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise FleetsimInputError(f"{path}: file is empty")
-    suffix = path.suffix.lower()
+    kind = TABLE_SUFFIXES.get(path.suffix.lower()) or sniff_table(path)
     try:
-        if suffix in (".parquet", ".pq"):
+        if kind == "parquet":
             df = pd.read_parquet(path)
-        elif suffix in (".csv", ".txt", ".tsv"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        elif kind in ("csv", "tsv"):
+            df = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
         else:
             raise FleetsimInputError(
-                f"{path}: unknown table format {suffix!r} (allowed: .csv, .tsv, .parquet)"
+                f"{path}: neither the suffix {path.suffix!r} nor the content tells a table "
+                "format (allowed: .csv, .tsv, .parquet, or CSV/TSV text / Parquet content)"
             )
     except FleetsimInputError:
         raise

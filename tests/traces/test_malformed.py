@@ -12,6 +12,7 @@ import pytest
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.availability import load_fedscale, load_flash, load_intervals
 from fleetsim.traces.inspect import validate_trace_file
+from fleetsim.traces.registry import file_formats
 from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population
 
 
@@ -87,10 +88,23 @@ def test_header_only(tmp_path):
 
 
 def test_intervals_outside_period(tmp_path):
+    # A window may cross the period's end (it wraps), but not be longer than a period,
+    # start after it, or overlap another window once wrapped.
     p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0,10,200\n")
     assert _message(load_intervals, p, 4, 100.0) == (
-        f"{p}: column 'end_s' row 1: 200 exceeds traces.availability.period_s = 100 "
-        "(allowed: windows inside one period)"
+        f"{p}: row 1 (device 0): [10, 200) is longer than the period "
+        "traces.availability.period_s = 100 (allowed: at most one period)"
+    )
+    p = _write(tmp_path, "b.csv", "device_id,start_s,end_s\n0,10,20\n3,120,130\n")
+    assert _message(load_intervals, p, 4, 100.0) == (
+        f"{p}: row 2 (device 3): start 120 is not inside the period "
+        "traces.availability.period_s = 100 (allowed: 0 <= start < period; a window may "
+        "end after the period and then wraps around to the period's start)"
+    )
+    p = _write(tmp_path, "c.csv", "device_id,start_s,end_s\n0,5,20\n0,90,110\n")
+    assert _message(load_intervals, p, 4, 100.0) == (
+        f"{p}: device 0: windows [0, 10) and [5, 20) overlap once wrapped around the period "
+        "traces.availability.period_s (allowed: non-overlapping windows modulo the period)"
     )
 
 
@@ -197,9 +211,11 @@ def test_flash_invalid_json(tmp_path):
 def test_unknown_suffix(tmp_path):
     p = _write(tmp_path, "trace.xyz", "hello")
     assert _message(validate_trace_file, p) == (
-        f"{p}: unknown trace format '.xyz' (allowed: .csv, .tsv, .parquet, .pkl, .pickle, "
-        ".json, or a suffix of a format registered in `fleetsim.traces`)"
+        f"{p}: cannot tell the trace format from the suffix '.xyz' or the content (allowed: "
+        f"a file of format {', '.join(file_formats())}, a device table (CSV/TSV/Parquet), or "
+        "name one with --format)"
     )
+    assert file_formats()[:3] == ["intervals", "fedscale", "flash"]
 
 
 def test_undetectable_columns(tmp_path):

@@ -111,6 +111,7 @@ class _Job:
     seq: int  # dispatch call index: only breaks ties between tasks of one (device, step)
     t_assigned: float
     cancelled: bool = False
+    released: bool = False  # no longer counted busy (finished, or cancelled by the server)
     backend: str = ""
     window_end: float = 0.0  # end of the device's current availability window
     online_hint: Optional[bool] = None  # availability looked up in the dispatch batch...
@@ -265,7 +266,7 @@ class Fleet:
         return self._unit_array(kind, inferences_per_unit)[np.asarray(ids, dtype=np.int64)]
 
     def predict_transfer_seconds(
-        self, ids: np.ndarray, download_bytes: "int | np.ndarray", upload_bytes: "int | np.ndarray"
+        self, ids: np.ndarray, download_bytes: int | np.ndarray, upload_bytes: int | np.ndarray
     ) -> np.ndarray:
         """Seconds to download then upload the given payloads (bytes: one for all devices, or
         one per device), as configured: downloads take no time under ``transfers:
@@ -310,8 +311,22 @@ class Fleet:
         for job in self._pending:
             if job.task.device_id == d and job.task.step == s:
                 job.cancelled = True
+                self._release(job)
+        # The device is free for the server from this instant: its withdrawn work ends in this
+        # instant's flush, before anything dispatched now starts on it.
+        for job in self._queues.get(d, ()):
+            if job.task.step == s:
+                self._release(job)
+        current = self._current.get(d)
+        if current is not None and current.task.step == s:
+            self._release(current)
         self._pending_cancels.append((d, s))
         self._schedule_flush()
+
+    def _release(self, job: _Job) -> None:
+        if not job.released:
+            job.released = True
+            self._busy_count[job.task.device_id] -= 1
 
     def mark_unused(self, receipt: WorkReceipt) -> None:
         """The server dropped this delivered work (late, rejected): count its busy time as
@@ -475,7 +490,7 @@ class Fleet:
         return cached
 
     def _transfer_seconds(
-        self, ids: np.ndarray, payload: "int | np.ndarray", direction: str
+        self, ids: np.ndarray, payload: int | np.ndarray, direction: str
     ) -> np.ndarray:
         mode = self.config.transfers
         if mode == "none" or (mode == "uplink_only" and direction == "download"):
@@ -923,7 +938,7 @@ class Fleet:
                 job.bytes_down,
             )
         )
-        self._busy_count[d] -= 1
+        self._release(job)
         receipt = WorkReceipt(
             device_id=d,
             step=task.step,

@@ -133,6 +133,7 @@ class NumericsEngine(ABC):
         step s + k (k ≤ max_staleness) is evaluated at θ_s.  0 (the default) keeps
         none: every work item must then be fresh.  Engines that compute nothing
         ignore it."""
+        return None
 
     @abstractmethod
     def state_dict(self) -> dict:

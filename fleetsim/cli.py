@@ -18,7 +18,7 @@ EXIT_RUN_STOPPED = 3
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from fleetsim.runner import resume_run, run_loaded
+    from fleetsim.runner import resume_run, run_loaded, stop_on_signals
     from fleetsim.scenario.loader import load_scenario, locate_error
 
     progress = False if args.no_progress else None
@@ -26,30 +26,43 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.scenario or args.set:
             raise FleetsimInputError("--resume RUN_DIR takes no scenario or --set: the run "
                                      "continues with the scenario stored in its checkpoint")
-        out = resume_run(Path(args.resume), progress)
+        with stop_on_signals() as requested:
+            out = resume_run(Path(args.resume), progress, stop_requested=requested)
     else:
         if not args.scenario:
             raise FleetsimInputError("run: give a scenario file (or --resume RUN_DIR)")
         loaded = load_scenario(args.scenario, args.set)
         try:
-            out = run_loaded(loaded, Path(args.out) if args.out else None, progress)
+            with stop_on_signals() as requested:
+                out = run_loaded(loaded, Path(args.out) if args.out else None, progress,
+                                 stop_requested=requested)
         except FleetsimInputError as exc:
             raise FleetsimInputError(locate_error(loaded, str(exc))) from None
     import json
 
+    from fleetsim.record.status import exit_code
+
     summary = json.loads((out / "summary.json").read_text())
     acc = summary.get("final_accuracy")
+    status = str(summary.get("status", "completed"))
     if acc is not None:
         acc_text = f"{acc:.4f}"
+    elif status == "diverged":
+        acc_text = "none (non-finite model)"
     else:
         acc_text = "n/a (systems-only)" if summary.get("systems_only") else "not evaluated"
     print(
         f"run directory: {out}\n"
         f"final accuracy: {acc_text} | simulated: {summary['simulated_seconds'] / 3600:.3f} h | "
         f"rounds: {summary['rounds']} | steps: {summary['steps']} | "
-        f"host: {summary['host_seconds']:.1f} s"
+        f"host: {summary['host_seconds']:.1f} s | status: {status} "
+        f"(stopped by {summary.get('stopped_by', '?')})"
     )
-    return 0
+    code = exit_code(status)
+    if code:
+        print(f"fleetsim: {status}: {summary.get('status_detail', '')}; outputs are in {out}",
+              file=sys.stderr)
+    return code
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -6,11 +6,14 @@ Fleet, policy, protocol, Recorder → run → run directory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +27,7 @@ from fleetsim.numerics.errors import NumericalFault
 from fleetsim.policies.registry import make_cohort_selector, make_policy
 from fleetsim.protocols.base import ServerContext
 from fleetsim.protocols.registry import make_protocol, protocol_class
+from fleetsim.record import status as run_status
 from fleetsim.record.checkpoint import Checkpoint, JournalEngine, read_checkpoint, write_checkpoint
 from fleetsim.record.recorder import Recorder, time_to_targets
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
@@ -118,12 +122,55 @@ def check_feasible(loaded: LoadedScenario, fleet: Fleet, protocol, memory_bytes:
             )
 
 
+def _finish_instant(env: simpy.Environment, server: simpy.Process, horizon_s: float) -> None:
+    """After the horizon fired: process the events still due at exactly ``horizon_s``
+    (work that ends at the horizon is on time; ``finished()`` starts nothing new then).
+    Bounded, so that a process polling with zero delays cannot hold the run."""
+    for _ in range(1_000_000):
+        if server.triggered or env.peek() > horizon_s:
+            return
+        env.step()
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Callable[[], bool]]:
+    """Within the block, the first SIGINT/SIGTERM asks the run to stop after the step in
+    progress (status ``stop_requested``, outputs written); a second one aborts
+    (KeyboardInterrupt).  Yields the ``stop_requested`` callable for :func:`run_loaded`.
+    Outside the main thread signals cannot be caught: the callable then stays False."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print("fleetsim: stop requested: ending after the step in progress "
+              "(press Ctrl-C again to abort without outputs)", file=sys.stderr)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested.is_set
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def run_loaded(
     loaded: LoadedScenario,
     run_dir: Optional[Path] = None,
     progress: Optional[bool] = None,
     resume: Optional[Checkpoint] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Path:
+    """Simulate ``loaded`` into a run directory (returned).  The run ends at the first stop
+    rule that fires (protocol.rounds, protocol.max_steps, run.max_sim_hours — even in the
+    middle of a step —, ``stop_requested()`` turning true, nobody left to come online, a
+    numerical fault); summary.json says which (``stopped_by``) and how the run ended
+    (``status``, see fleetsim.record.status).  Raises RunStopped after writing the outputs
+    when a numerical fault stopped the run, FleetsimInputError for bad input."""
     sc = loaded.scenario
     host_start = time.perf_counter()
     out = run_dir_for(loaded, run_dir)
@@ -184,12 +231,17 @@ def run_loaded(
         memory_bytes=memory,
         max_sim_seconds=horizon_s,
         on_step=on_step,
+        stop_requested=stop_requested or (lambda: False),
     )
     protocol = make_protocol(ctx)
     check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])
     fault: Optional[BaseException] = None
+    server = env.process(protocol.run())
     try:
-        env.run(until=env.process(protocol.run()))
+        # The horizon stops the clock even in the middle of a step: run until the earlier
+        # of the server's end and the horizon, then let what is due at that instant happen.
+        env.run(until=env.any_of([server, env.timeout(horizon_s)]))
+        _finish_instant(env, server, horizon_s)
     except NumericalFault as exc:
         # Stop cleanly: log it, keep a final checkpoint of the last good state, write outputs.
         fault = exc
@@ -205,9 +257,30 @@ def run_loaded(
     finally:
         bar.close()
     end = float(env.now)
+    if fault is not None:
+        stopped_by = "numerical_fault"
+    elif not server.triggered:
+        stopped_by = "max_sim_hours"
+    else:
+        stopped_by = protocol.stop_reason()
+    # Work still out when a stop rule fired is recorded as unfinished (never committed) and
+    # charged up to now, so the device totals cover exactly [0, end].
+    unfinished = fleet.stop_in_flight()
+    rows = recorder.step_rows
+    if (fault is None and not server.triggered and rows and not engine.systems_only
+            and math.isnan(rows[-1]["accuracy"]) and math.isnan(rows[-1]["eval_loss"])):
+        # Stopped between evaluations by the horizon: evaluate the final model.
+        recorder.attach_evaluation(protocol.evaluate())
+    divergence = run_status.first_divergence(engine.journal)
+    status, status_detail = run_status.decide(
+        stopped_by, int(protocol.step), divergence, fault, sc.run.max_sim_hours, len(unfinished)
+    )
+    recorder.events.add(end, -1, "run_stopped", step=protocol.step,
+                        detail=f"status={status} stopped_by={stopped_by}")
     devices = fleet.device_totals(end)
     steps = recorder.steps_frame()
-    evaluated = steps["accuracy"].dropna()
+    evaluated = run_status.finite_accuracy(steps).dropna()
+    final_ok = run_status.last_evaluation_finite(engine.journal)
     committed = steps[steps["committed"]]
     summary = {
         "scenario_name": sc.run.name,
@@ -218,7 +291,9 @@ def run_loaded(
         "seed": sc.run.seed,
         "systems_only": bool(engine.systems_only),
         "mode": "systems-only (no gradients computed)" if engine.systems_only else "full numerics",
-        "final_accuracy": float(evaluated.iloc[-1]) if len(evaluated) else None,
+        # A non-finite model has no accuracy: the final one is None when the last evaluation
+        # was not finite; best and time_to_target count finite evaluations only.
+        "final_accuracy": float(evaluated.iloc[-1]) if len(evaluated) and final_ok else None,
         "best_accuracy": float(evaluated.max()) if len(evaluated) else None,
         "simulated_seconds": end,
         "simulated_hours": end / 3600.0,
@@ -239,7 +314,14 @@ def run_loaded(
         "trainable_params": int(facts.trainable_params),
         "model": facts.name,
         "numerics": engine.describe(),
-        "status": "stopped: numerical fault" if fault else "completed",
+        "status": status,
+        "stopped_by": stopped_by,
+        "status_detail": status_detail,
+        "diverged_at_step": divergence.step if divergence is not None else (
+            int(getattr(fault, "step", protocol.step)) if fault is not None else None),
+        "max_sim_hours": sc.run.max_sim_hours,
+        "unfinished_tasks": len(unfinished),
+        "unfinished_units": int(sum(r.units_assigned - r.units_delivered for r in unfinished)),
     }
     recorder.write(
         out,
@@ -258,13 +340,17 @@ def run_loaded(
     return out
 
 
-def resume_run(run_dir: Path, progress: Optional[bool] = None) -> Path:
+def resume_run(
+    run_dir: Path,
+    progress: Optional[bool] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
+) -> Path:
     """Continue a run from its last checkpoint (see fleetsim.record.checkpoint)."""
     from fleetsim.scenario.loader import validate_raw
 
     ckpt = read_checkpoint(Path(run_dir))
     loaded = validate_raw(ckpt.scenario_raw, Path(ckpt.scenario_path), Path(ckpt.base_dir))
-    return run_loaded(loaded, Path(run_dir), progress, resume=ckpt)
+    return run_loaded(loaded, Path(run_dir), progress, resume=ckpt, stop_requested=stop_requested)
 
 
 def run_scenario(

@@ -69,6 +69,8 @@ class Protocol(ABC):
     name: str = ""
     #: what devices run: forward-gradient perturbations or backprop steps
     task_kind: TaskKind = TaskKind.FORWARD_GRADIENT
+    #: set by run() when it ends early on its own (e.g. "no_devices_online"); see stop_reason
+    gave_up: Optional[str] = None
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -121,6 +123,20 @@ class Protocol(ABC):
         if self.env.now >= self.ctx.max_sim_seconds:
             return True
         return bool(self.ctx.stop_requested())
+
+    def stop_reason(self) -> str:
+        """Which stop rule ended :meth:`run` (asked once it has returned): ``gave_up``
+        when the protocol set it (e.g. ``no_devices_online``), else ``max_steps``,
+        ``stop_request``, ``max_sim_hours`` or ``rounds`` (see fleetsim.record.status)."""
+        if self.gave_up:
+            return self.gave_up
+        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
+            return "max_steps"
+        if self.ctx.stop_requested():
+            return "stop_request"
+        if self.env.now >= self.ctx.max_sim_seconds:
+            return "max_sim_hours"
+        return "rounds"
 
     def planned_steps(self) -> int:
         if self.cfg.max_steps is not None:

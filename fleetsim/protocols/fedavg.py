@@ -53,6 +53,7 @@ class FedAvgProtocol(Protocol):
         while self.round < self.cfg.rounds and not self.finished():
             cohort = yield from self.select_cohort(self.cfg.devices_per_step, 0.0)
             if len(cohort) == 0:
+                self.gave_up = "no_devices_online"
                 break
             rec.events.add(self.env.now, -1, "round_start", detail=f"round={self.round} "
                            f"cohort={len(cohort)}")

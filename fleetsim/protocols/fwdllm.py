@@ -77,6 +77,7 @@ class FwdLLMProtocol(Protocol):
                 self.cohort_size(), self.expected_round_seconds(guess)
             )
             if len(cohort) == 0:
+                self.gave_up = "no_devices_online"
                 break  # nobody will come online again within the horizon
             n_batches = self.batches_in_round(cohort)
             rec.events.add(self.env.now, -1, "round_start", detail=f"round={self.round} "

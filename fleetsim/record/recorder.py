@@ -12,6 +12,7 @@ import pandas as pd
 from fleetsim.record.atomic import write_bytes, write_json, write_parquet, write_text
 from fleetsim.record.events import EventLog
 from fleetsim.record.schema import DEVICE_COLUMNS, STEP_COLUMNS
+from fleetsim.record.status import finite_accuracy
 
 
 class Recorder:
@@ -87,7 +88,9 @@ def _json_safe(obj: Any) -> Any:
 
 def time_to_targets(steps: pd.DataFrame, targets: list[float]) -> dict[str, Optional[float]]:
     """Simulated seconds at which the running max of evaluated accuracy first
-    reaches each target (the paper's convention); None when never reached."""
+    reaches each target (the paper's convention); None when never reached.  Only
+    evaluations with a finite loss count (see fleetsim.record.status.finite_accuracy)."""
+    steps = steps.assign(accuracy=finite_accuracy(steps))
     evaluated = steps.dropna(subset=["accuracy"]).sort_values(["sim_time_s", "step"])
     best = evaluated["accuracy"].cummax()
     out: dict[str, Optional[float]] = {}
@@ -105,7 +108,7 @@ def convergence_plot(steps: pd.DataFrame, title: str = "") -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    evaluated = steps.dropna(subset=["accuracy"])
+    evaluated = steps.assign(accuracy=finite_accuracy(steps)).dropna(subset=["accuracy"])
     if len(evaluated):
         ax.plot(evaluated["sim_time_s"] / 3600, evaluated["accuracy"], marker="o", ms=3,
                 label="held-out accuracy")

@@ -66,13 +66,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from fleetsim.scenario.loader import load_scenario
+    from fleetsim.runner import validate_loaded
+    from fleetsim.scenario.loader import load_scenario, locate_error
 
     loaded = load_scenario(args.scenario, args.set)
     sc = loaded.scenario
+    try:
+        built = validate_loaded(loaded)
+    except FleetsimInputError as exc:
+        raise FleetsimInputError(locate_error(loaded, str(exc))) from None
     print(
         f"{args.scenario}: ok ({sc.fleet.size} devices, protocol {sc.protocol.name}, "
-        f"policy {sc.policy.name}, model {sc.model.name_or_path}, data {sc.data.name})"
+        f"policy {sc.policy.name}, model {sc.model.name_or_path}, data {sc.data.name}; "
+        f"availability: {built.availability.label or sc.traces.availability.kind})"
     )
     return 0
 
@@ -143,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(func=_cmd_run)
 
-    val = sub.add_parser("validate", help="check a scenario without running it")
+    val = sub.add_parser(
+        "validate",
+        help="check a scenario without running it: loads its trace, catalogue, population, "
+        "power and data files and refuses what run would refuse",
+    )
     val.add_argument("scenario")
     val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     val.set_defaults(func=_cmd_validate)

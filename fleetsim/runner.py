@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,7 @@ from fleetsim.record.checkpoint import Checkpoint, JournalEngine, read_checkpoin
 from fleetsim.record.recorder import Recorder, time_to_targets
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
 from fleetsim.traces import build_fleet
+from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.memory import job_memory_bytes
 
 
@@ -158,6 +160,93 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, old)
 
 
+def check_data(loaded: LoadedScenario) -> None:
+    """Exit 2 before simulating when gradients are computed and the training set has
+    fewer examples than the fleet has clients (some would hold none).  Systems-only
+    runs (numerics.engine: none) compute nothing and accept empty clients."""
+    sc = loaded.scenario
+    if sc.numerics.engine == "none":
+        return
+    from fleetsim.numerics.data import check_examples_per_client
+
+    check_examples_per_client(sc.data, sc.fleet.size, sc.run.seed, loaded.base_dir)
+
+
+@dataclass
+class BuiltRun:
+    """Everything :func:`build_run` assembles before the clock starts."""
+
+    env: simpy.Environment
+    table: DeviceTable
+    availability: AvailabilityTrace
+    fleet: Fleet
+    protocol: object
+    facts: object
+    memory: dict
+    horizon_s: float
+
+
+def build_run(
+    loaded: LoadedScenario,
+    engine,
+    recorder: Recorder,
+    on_step: Optional[Callable[[dict], None]] = None,
+    stop_requested: Optional[Callable[[], bool]] = None,
+) -> BuiltRun:
+    """Fleet (device table + availability from the scenario's trace files), protocol
+    and memory needs of a run, then :func:`check_feasible`: what ``run`` does before
+    the clock starts, shared with ``validate``.  Raises FleetsimInputError."""
+    sc = loaded.scenario
+    facts = engine.facts()
+    horizon_s = sc.run.max_sim_hours * 3600.0
+    table, availability = build_fleet(
+        sc.traces, sc.fleet.size, sc.run.seed, horizon_s, loaded.base_dir
+    )
+    env = simpy.Environment()
+    fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts,
+                  power=PowerTable.load(sc.fleet.energy, loaded.base_dir))
+    memory = {
+        TaskKind.FORWARD_GRADIENT: job_memory_bytes(facts, "forward_gradient", sc.peft.method),
+        TaskKind.BACKPROP: job_memory_bytes(facts, "backprop", sc.peft.method),
+    }
+    ctx = ServerContext(
+        env=env,
+        fleet=fleet,
+        engine=engine,
+        policy=make_policy(sc.policy),
+        cohort=make_cohort_selector(sc.policy),
+        config=sc.protocol,
+        recorder=recorder,
+        seed=sc.run.seed,
+        memory_bytes=memory,
+        max_sim_seconds=horizon_s,
+        on_step=on_step,
+        stop_requested=stop_requested or (lambda: False),
+    )
+    protocol = make_protocol(ctx)
+    check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])
+    return BuiltRun(env, table, availability, fleet, protocol, facts, memory, horizon_s)
+
+
+def validate_loaded(loaded: LoadedScenario) -> BuiltRun:
+    """``fleetsim validate``: load every file the scenario names (traces, catalogue,
+    population, power table, dataset) with the loaders ``run`` uses and make the same
+    checks (:func:`check_data`, :func:`check_feasible`), without loading model weights:
+    the numerics side is the systems-only engine (model facts from the architecture on
+    the meta device).  Raises FleetsimInputError for what ``run`` would refuse."""
+    from fleetsim.numerics.engine import build_engine
+
+    sc = loaded.scenario
+    protocol_class(sc.protocol.name)
+    make_policy(sc.policy)
+    check_data(loaded)
+    engine = build_engine(
+        sc.model, sc.peft, sc.data, sc.numerics.model_copy(update={"engine": "none"}),
+        n_clients=sc.fleet.size, seed=sc.run.seed, base_dir=loaded.base_dir,
+    )
+    return build_run(loaded, engine, Recorder(record_events=False))
+
+
 def run_loaded(
     loaded: LoadedScenario,
     run_dir: Optional[Path] = None,
@@ -184,24 +273,13 @@ def run_loaded(
     protocol_class(sc.protocol.name)  # fail fast on an unknown protocol name
     make_policy(sc.policy)
 
+    check_data(loaded)
     engine = JournalEngine(
         build_engine_for(loaded),
         replay=resume.journal if resume else None,
         state_at_end=resume.engine_state if resume else None,
     )
-    facts = engine.facts()
-    horizon_s = sc.run.max_sim_hours * 3600.0
-    table, availability = build_fleet(
-        sc.traces, sc.fleet.size, sc.run.seed, horizon_s, loaded.base_dir
-    )
-    env = simpy.Environment()
     recorder = Recorder(record_events=sc.output.events)
-    fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts,
-                  power=PowerTable.load(sc.fleet.energy, loaded.base_dir))
-    memory = {
-        TaskKind.FORWARD_GRADIENT: job_memory_bytes(facts, "forward_gradient", sc.peft.method),
-        TaskKind.BACKPROP: job_memory_bytes(facts, "backprop", sc.peft.method),
-    }
     show = sc.run.progress if progress is None else progress
     bar = _Progress(show, sc.protocol.max_steps, sc.run.name)
     every = sc.output.checkpoint_every_steps
@@ -219,22 +297,9 @@ def run_loaded(
                 committed_steps=int(row["step"]) + 1, journal=list(engine.journal),
                 engine_state=engine.state_dict(), sim_time_s=float(row["sim_time_s"]),
             ))
-    ctx = ServerContext(
-        env=env,
-        fleet=fleet,
-        engine=engine,
-        policy=make_policy(sc.policy),
-        cohort=make_cohort_selector(sc.policy),
-        config=sc.protocol,
-        recorder=recorder,
-        seed=sc.run.seed,
-        memory_bytes=memory,
-        max_sim_seconds=horizon_s,
-        on_step=on_step,
-        stop_requested=stop_requested or (lambda: False),
-    )
-    protocol = make_protocol(ctx)
-    check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])
+    built = build_run(loaded, engine, recorder, on_step, stop_requested)
+    env, fleet, protocol, horizon_s = built.env, built.fleet, built.protocol, built.horizon_s
+    table, availability, facts = built.table, built.availability, built.facts
     fault: Optional[BaseException] = None
     server = env.process(protocol.run())
     try:

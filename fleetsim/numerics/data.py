@@ -611,6 +611,50 @@ def partition(
     return [np.sort(np.concatenate(parts)).astype(np.int64) for parts in client_parts]
 
 
+def empty_clients_message(cfg: DataConfig, n_train: int, n_clients: int,
+                          empty: np.ndarray) -> str:
+    """One line for a training set too small for the fleet (see
+    :func:`check_examples_per_client`)."""
+    shown = ", ".join(str(int(c)) for c in empty[:8]) + (", ..." if len(empty) > 8 else "")
+    if cfg.max_examples is not None and cfg.max_examples < n_clients:
+        head = f"data.max_examples {cfg.max_examples} < fleet.size {n_clients}"
+    else:
+        head = (
+            f"data: the training split of {cfg.name} holds {n_train} examples "
+            f"(data.eval_fraction {cfg.eval_fraction:g}, data.max_examples "
+            f"{cfg.max_examples}) < fleet.size {n_clients}"
+        )
+    return (
+        f"{head}: {len(empty)} of {n_clients} clients would hold no examples "
+        f"(clients {shown}; data.partition {cfg.partition}) (allowed: at least as many "
+        "training examples as fleet.size: raise data.max_examples or lower fleet.size; "
+        "numerics.engine: none runs without examples)"
+    )
+
+
+def check_examples_per_client(
+    cfg: DataConfig, n_clients: int, seed: int, base_dir: pathlib.Path
+) -> int:
+    """Number of training examples, after checking every one of ``n_clients`` clients
+    gets at least one under ``cfg.partition``.
+
+    Any partition leaves a client empty exactly when there are fewer training examples
+    than clients (iid: near-equal shares; dirichlet: an empty client takes one example
+    from the largest).  Loads the dataset and splits it as the engine does
+    (:func:`load_text_dataset`, :func:`split_for_run`, :func:`partition`).
+
+    Raises FleetsimInputError (one line naming data.max_examples, fleet.size, the
+    counts and the empty clients) when some client would hold no examples."""
+    dataset = load_text_dataset(cfg, base_dir)
+    train_idx, _ = split_for_run(cfg, dataset.labels, seed)
+    n_train = int(len(train_idx))
+    if n_train >= n_clients:
+        return n_train
+    parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed)
+    empty = np.flatnonzero(np.array([len(p) == 0 for p in parts]))
+    raise FleetsimInputError(empty_clients_message(cfg, n_train, n_clients, empty))
+
+
 def client_batches(
     indices: np.ndarray, batch_size: int, seed: int, client_id: int
 ) -> list[np.ndarray]:

@@ -242,10 +242,12 @@ def wrap_windows(
     window (FedScale: each client's ``finish_time``).  Windows must be validated
     (``end > start``) already.
 
+    A wrapped piece that overlaps or touches another window of the device joins it
+    (the union: the README's ``0,0,3600`` plus ``0,82800,90000`` is online 23:00-01:00).
+
     Raises FleetsimInputError, naming ``path`` and ``key``, for a window starting at
-    or after its period or longer than one period, and for windows that overlap once
-    wrapped.  Returns (device, start, end) sorted by device then start, touching
-    windows merged.
+    or after its period or longer than one period.  Returns (device, start, end)
+    sorted by device then start, overlapping or touching windows merged.
     """
     period = np.broadcast_to(np.asarray(period_s, dtype=np.float64), start.shape)
     late = start >= period
@@ -267,17 +269,7 @@ def wrap_windows(
     dev = np.concatenate([device, device[cross]])
     s = np.concatenate([start, np.zeros(int(cross.sum()))])
     e = np.concatenate([np.where(cross, period, end), end[cross] - period[cross]])
-    order = np.lexsort((s, dev))
-    d2, s2, e2 = dev[order], s[order], e[order]
-    overlap = (d2[1:] == d2[:-1]) & (s2[1:] < e2[:-1])
-    if overlap.any():
-        j = int(np.nonzero(overlap)[0][0])
-        raise FleetsimInputError(
-            f"{path}: device {d2[j]}: windows [{s2[j]:g}, {e2[j]:g}) and "
-            f"[{s2[j + 1]:g}, {e2[j + 1]:g}) overlap once wrapped around the period {key} "
-            "(allowed: non-overlapping windows modulo the period)"
-        )
-    return _merge_touching(d2, s2, e2)
+    return _merge_touching(dev, s, e)
 
 
 def zone(name: str, what: str = "traces.availability.timezone") -> ZoneInfo:
@@ -352,13 +344,16 @@ def validate_intervals(
 def _merge_touching(
     device: np.ndarray, start: np.ndarray, end: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[a, b) followed by [b, c) on one device is one window [a, c)."""
+    """[a, b) followed by [b, c) (or overlapping it) on one device is one window: the
+    union of a device's windows, sorted by device then start."""
     order = np.lexsort((start, device))
     d, s, e = device[order], start[order], end[order]
     if len(d) == 0:
         return d, s, e
+    # latest end so far within each device (a long window may cover several later ones)
+    reach = pd.Series(e).groupby(d).cummax().to_numpy()
     new_run = np.ones(len(d), dtype=bool)
-    new_run[1:] = (d[1:] != d[:-1]) | (s[1:] > e[:-1])
+    new_run[1:] = (d[1:] != d[:-1]) | (s[1:] > reach[:-1])
     first = np.nonzero(new_run)[0]
     return d[first], s[first], np.maximum.reduceat(e, first)
 

@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from fleetsim.record.status import exit_code
 
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     acc = summary.get("final_accuracy")
     status = str(summary.get("status", "completed"))
     if acc is not None:

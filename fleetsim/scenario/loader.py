@@ -89,7 +89,7 @@ def _read_with_extends(
         where = f"{stack[-1]}: extends: " if stack else ""
         raise FleetsimInputError(f"{where}scenario file not found: {path}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")  # never the host locale's encoding
     except (OSError, UnicodeDecodeError) as exc:
         raise FleetsimInputError(f"{path}: cannot read scenario: {exc}") from None
     data, lines = _compose_lines(text, path)

@@ -12,8 +12,8 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_AVAILABILITY = ("always_online", "diurnal_model", "auto", "intervals", "fedscale",
-                        "flash")
-FILE_AVAILABILITY = ("auto", "intervals", "fedscale", "flash")
+                        "flash", "flash_windows", "empirical", "diurnal_windows")
+FILE_AVAILABILITY = ("auto", "intervals", "fedscale", "flash", "flash_windows", "empirical")
 NETWORK_TYPES = ("hsdpa_3g", "5g_mmwave", "flash_wifi", "fixed")
 
 
@@ -28,7 +28,10 @@ class AvailabilityConfig(BaseModel):
         "1000 users) | intervals (CSV/Parquet device_id,start_s,end_s) | fedscale "
         "(client_behave_trace pickle) | flash (state_traces.json) | a format registered in "
         "the `fleetsim.traces` entry-point group | auto (the file's format detected by its "
-        "content, as `fleetsim traces validate` does).",
+        "content, as `fleetsim traces validate` does) | flash_windows (measured windows "
+        "{user: [[start_s, end_s], ...]}, users as they are) | empirical (devices resample "
+        "the users of a flash_windows file, whole-day shifts) | diurnal_windows (model "
+        "fitted on the measured FLASH windows; path: optional fit file).",
     )
     path: Optional[str] = Field(
         None, description="Trace file for file kinds; relative to the scenario file's folder."
@@ -68,7 +71,21 @@ class AvailabilityConfig(BaseModel):
         1.0,
         ge=0,
         le=1,
-        description="diurnal_model: share of idle-charging time that is also on Wi-Fi.",
+        description="diurnal_model: share of idle-charging time that is also on Wi-Fi; "
+        "flash_windows, empirical, diurnal_windows: probability that a charging window is "
+        "on an unmetered network (each window kept with it; 1 = assumed, not measured).",
+    )
+    merge_gap_s: float = Field(
+        60.0,
+        ge=0,
+        description="flash_windows, empirical: merge a user's windows separated by at most "
+        "this many seconds (repeated charge events of one session).",
+    )
+    clock_tolerance_days: float = Field(
+        1.0,
+        ge=0,
+        description="flash_windows, empirical: a user with an interval more than this many "
+        "empty days away from the trace's span is skipped (wrong clock).",
     )
 
     @field_validator("kind")

@@ -163,10 +163,70 @@ class FlashFormat(TraceFormat):
         )
 
 
+class FlashWindowsFormat(TraceFormat):
+    """Measured windows ``{user_id: [[start_s, end_s], ...]}`` (FLASH "ready" intervals):
+    the file's users as they are (fleet device i = user i mod m), quirks cleaned
+    (:mod:`fleetsim.traces.flash_windows`)."""
+
+    name = "flash_windows"
+    suffixes = (".json",)
+
+    def sniff(self, path):
+        from fleetsim.traces.flash_windows import is_windows_file
+
+        return is_windows_file(Path(path))
+
+    def load(self, path, n_devices, seed, horizon_s):
+        return self.load_with(path, n_devices, seed, horizon_s, None)
+
+    def load_with(self, path, n_devices, seed, horizon_s, config):
+        from fleetsim.traces.empirical import load_measured
+
+        return load_measured(path, n_devices, seed, config, resample=False)
+
+
+class EmpiricalFormat(FlashWindowsFormat):
+    """The empirical model: devices resample the users of a ``flash_windows`` file with
+    whole-day shifts (:mod:`fleetsim.traces.empirical`)."""
+
+    name = "empirical"
+    suffixes = ()
+
+    def sniff(self, path):
+        return False  # a model over flash_windows files, not a file format of its own
+
+    def load_with(self, path, n_devices, seed, horizon_s, config):
+        from fleetsim.traces.empirical import load_measured
+
+        return load_measured(path, n_devices, seed, config, resample=True)
+
+
+class DiurnalWindowsFormat(TraceFormat):
+    """The diurnal model recalibrated on measured windows; ``path``: optional fit file
+    (:mod:`fleetsim.traces.diurnal_windows`)."""
+
+    name = "diurnal_windows"
+    suffixes = ()
+
+    def sniff(self, path):
+        return False
+
+    def load(self, path, n_devices, seed, horizon_s):
+        return self.load_with(path, n_devices, seed, horizon_s, None)
+
+    def load_with(self, path, n_devices, seed, horizon_s, config):
+        from fleetsim.traces.diurnal_windows import load_model
+
+        return load_model(path, n_devices, seed, config)
+
+
 BUILTIN_FORMATS: dict[str, type[TraceFormat]] = {
     "intervals": IntervalsFormat,
     "fedscale": FedScaleFormat,
     "flash": FlashFormat,
+    "flash_windows": FlashWindowsFormat,
+    "empirical": EmpiricalFormat,
+    "diurnal_windows": DiurnalWindowsFormat,
 }
 
 

@@ -20,6 +20,42 @@ HOST_TOKENS_CUDA = 65536
 # storage bytes and machine epsilon (spacing of numbers in [1, 2)) of each model dtype
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 DTYPE_EPS = {"float32": 2.0**-23, "bfloat16": 2.0**-7, "float16": 2.0**-10}
+# Smallest finite-difference step (numerics.h) per model dtype.  Below it θ + h·v and the
+# losses round so coarsely that the difference is noise (MeZO issue #42: bf16 at h = 1e-4).
+# Measured relative error of central / one-sided d_k against the exact derivative (fp32
+# backprop, same tangents) behaves as c·eps/h once rounding dominates, with c ≈ 0.006-0.009
+# in bfloat16 / float16 (matmuls accumulate in fp32) and c ≈ 0.4 in float32 (tiny-bert and
+# MiniLM top-layer LoRA + head; docs/results/numerics.md).  Each floor keeps that rounding
+# term near 4 % for either estimator; tests/numerics/test_precision.py checks every
+# dtype x estimator at its floor against backprop.
+MIN_FD_STEP = {"float32": 1e-5, "bfloat16": 2e-3, "float16": 2.5e-4}
+FD_ESTIMATORS = ("central", "onesided")
+
+
+def fd_step_problem(h: float, dtype: str, host_estimator: str,
+                    phone_estimator: Optional[str] = None) -> Optional[str]:
+    """A one-line error when some finite difference of the run (the host's
+    ``numerics.estimator``, or the phone's ``protocol.phone_estimator``) uses a step ``h``
+    below :data:`MIN_FD_STEP` of ``dtype``; None when every difference is meaningful or
+    nothing differences (exact estimators).  The message starts with ``numerics.h:``."""
+    floor = MIN_FD_STEP[dtype]
+    if h >= floor:
+        return None
+    users = []
+    if host_estimator in FD_ESTIMATORS:
+        users.append(f"numerics.estimator '{host_estimator}'")
+    if phone_estimator in FD_ESTIMATORS:
+        users.append(f"protocol.phone_estimator '{phone_estimator}'")
+    if not users:
+        return None
+    floors = ", ".join(f"{name} >= {value:g}" for name, value in MIN_FD_STEP.items())
+    return (
+        f"numerics.h: {h:g} is below what numerics.dtype '{dtype}' resolves in a finite "
+        f"difference ({' and '.join(users)}): θ + h·v and the loss round back and the "
+        f"estimate is noise; allowed: numerics.h >= {floor:g} for {dtype} ({floors}), or "
+        "exact derivatives (numerics.estimator auto, jvp or backprop; "
+        "protocol.phone_estimator jvp)"
+    )
 
 
 def host_chunk(setting: Union[str, int], batch_size: int, seq_len: int, device: str) -> int:
@@ -148,7 +184,14 @@ class NumericsConfig(BaseModel):
         "torch.func.jvp, or one backprop per batch dotted with every v (exact, cheapest "
         "for many perturbations).",
     )
-    h: float = Field(0.01, gt=0, description="Finite-difference step size.")
+    h: float = Field(
+        0.01,
+        gt=0,
+        description="Finite-difference step size (host central / onesided and the phone's "
+        "protocol.phone_estimator). Refused below what numerics.dtype resolves: float32 "
+        f"{MIN_FD_STEP['float32']:g}, bfloat16 {MIN_FD_STEP['bfloat16']:g}, float16 "
+        f"{MIN_FD_STEP['float16']:g}.",
+    )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Torch device.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
@@ -220,3 +263,10 @@ class NumericsConfig(BaseModel):
     init_head_std: float = Field(
         0.02, ge=0, description="Std of the seeded normal init of the classification head."
     )
+
+    @model_validator(mode="after")
+    def _fd_step_resolvable(self) -> NumericsConfig:
+        problem = fd_step_problem(self.h, self.dtype, self.estimator)
+        if problem is not None:
+            raise ValueError(problem)
+        return self

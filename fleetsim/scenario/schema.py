@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetsim.fleet.config import FleetConfig
-from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
+from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig, fd_step_problem
 from fleetsim.numerics.data import DataConfig
 from fleetsim.policies.config import PolicyConfig
 from fleetsim.protocols.config import ProtocolConfig
@@ -102,6 +102,11 @@ class Scenario(BaseModel):
                 "run.targets: a systems-only run (numerics.engine: none) computes no accuracy; "
                 "remove the targets"
             )
+        if p.name not in ("fedsgd", "fedavg"):  # backprop baselines difference nothing
+            problem = fd_step_problem(self.numerics.h, self.numerics.dtype,
+                                      self.numerics.estimator, p.phone_estimator)
+            if problem is not None:
+                raise ValueError(problem)
         if p.name in ("fedsgd", "fedavg") and self.fleet.backend == "npu":
             raise ValueError(
                 "fleet.backend: backprop baselines cannot run on the NPU; allowed: auto, cpu, gpu"

@@ -97,6 +97,7 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
     from fleetsim.fleet import Fleet, FleetConfig, ReceiptStatus, Task, TaskKind
     from fleetsim.numerics.base import ModelFacts
     from fleetsim.record.events import EventLog
+    from fleetsim.record.recorder import devices_frame
     from fleetsim.rng import stream
 
     t0 = time.perf_counter()
@@ -169,7 +170,8 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
     # Run until the server is done: timers of cancelled tasks stay in SimPy's queue and
     # would otherwise carry the clock past the last round.
     env.run(until=env.process(server()))
-    totals = fleet.device_totals(env.now)  # included in host time: part of every run
+    # included in host time: part of every run
+    totals = devices_frame(fleet.device_columns(env.now))
     host_s = time.perf_counter() - t0
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     return {

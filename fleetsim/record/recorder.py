@@ -74,6 +74,15 @@ class Recorder:
             write_bytes(run_dir / "convergence.png", convergence_plot(self.steps_frame(), title))
 
 
+def devices_frame(columns: dict[str, Any]) -> pd.DataFrame:
+    """The ``devices.parquet`` table from per-device arrays keyed by column name
+    (:meth:`fleetsim.fleet.fleet.Fleet.device_columns`), with the dtypes of
+    :data:`~fleetsim.record.schema.DEVICE_COLUMNS`."""
+    return pd.DataFrame(
+        {name: pd.Series(columns[name], dtype=dtype) for name, dtype in DEVICE_COLUMNS.items()}
+    )
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}

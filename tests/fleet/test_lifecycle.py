@@ -8,6 +8,7 @@ import pytest
 from fleet_helpers import intervals, kinds, make_fleet, make_table, run_task
 
 from fleetsim.fleet.work import ReceiptStatus, Task
+from fleetsim.record.recorder import devices_frame
 from fleetsim.traces.base import AlwaysOnline
 
 # Bandwidth 8 bit/s in these tests: one byte takes exactly one second each way.
@@ -262,7 +263,7 @@ def test_cancel_mid_compute_and_queued_task():
     assert second.status == ReceiptStatus.DELIVERED
     assert second.t_assigned == 0.0 and second.t_finished == pytest.approx(2.5 + 1.0 + 1.0)
     assert len(fleet.busy_ids()) == 0
-    totals = fleet.device_totals(env.now)
+    totals = devices_frame(fleet.device_columns(env.now))
     assert totals.wasted_s[0] == pytest.approx(2.5)
     assert totals.tasks[0] == 2
 

@@ -16,6 +16,7 @@ from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import ReceiptStatus, Task
 from fleetsim.record.events import EventLog
+from fleetsim.record.recorder import devices_frame
 from fleetsim.record.schema import DEVICE_COLUMNS
 from fleetsim.rng import stream
 from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace
@@ -56,7 +57,7 @@ def test_closed_form_round_time_uplink_only():
     assert env.now == pytest.approx(expected_s, rel=1e-12)
     assert round(env.now / 60, 4) == 0.4207
     # Downloads took no time but their bytes are counted.
-    totals = fleet.device_totals(env.now)
+    totals = devices_frame(fleet.device_columns(env.now))
     assert (totals.bytes_down == steps * payload).all()
     assert np.allclose(totals.network_s, steps * payload * 8 / (10 * 2**20))
 
@@ -172,7 +173,7 @@ def test_same_seed_same_log_different_seed_different_log():
 def test_busy_time_and_energy_sum_to_run_totals(interruption):
     env, fleet, log, receipts = run_rounds("as_drawn", interruption)
     end = env.now
-    totals = fleet.device_totals(end)
+    totals = devices_frame(fleet.device_columns(end))
     assert list(totals.columns) == list(DEVICE_COLUMNS)
     assert {c: str(t) for c, t in totals.dtypes.items()} == DEVICE_COLUMNS
     run = fleet.run_totals()
@@ -217,7 +218,7 @@ def test_mark_unused_moves_delivered_busy_time_to_waste():
     event = fleet.dispatch(Task(step=0, device_id=0, units=2, upload_bytes=lambda u: 1))
     env.run()
     fleet.mark_unused(event.value)
-    assert fleet.device_totals(env.now).wasted_s[0] == pytest.approx(3.0)
+    assert devices_frame(fleet.device_columns(env.now)).wasted_s[0] == pytest.approx(3.0)
 
 
 # --------------------------------------------------------------------------- noise, thermal

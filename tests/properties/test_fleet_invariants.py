@@ -33,6 +33,7 @@ from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.numerics.base import ModelFacts
 from fleetsim.record.events import EventLog
+from fleetsim.record.recorder import devices_frame
 from fleetsim.traces.base import IntervalAvailability
 
 EPS = 1e-6
@@ -308,7 +309,7 @@ def test_every_unit_ends_delivered_lost_or_unstarted(plan):
         if r.units_delivered == 0:
             assert math.isclose(r.wasted_s, r.busy_s, abs_tol=EPS)
     # The per-device totals are the sums of the receipts.
-    totals = fleet.device_totals(env.now).set_index("device_id")
+    totals = devices_frame(fleet.device_columns(env.now)).set_index("device_id")
     for d in totals.index:
         mine = [r for per in receipts.values() for _, r in per if r.device_id == d]
         assert totals.loc[d, "tasks"] == len(mine)

@@ -1,0 +1,88 @@
+"""Per-device accounting of a run: busy, wasted, bytes, energy.
+
+The device lifecycle (:mod:`fleetsim.fleet.lifecycle`) accumulates each task's
+figures on the task itself and hands the finished task to :meth:`DeviceLedger.record`;
+the ledger adds them to columns over the whole fleet (a million devices cost a few
+arrays).  Rows are buffered and added in bulk: numpy scalar updates per task cost more
+than the rest of the bookkeeping.
+
+Units: seconds of simulated time, bytes, joules.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fleetsim.fleet.energy import BACKENDS
+
+#: Index of each compute backend in :data:`~fleetsim.fleet.energy.BACKENDS`.
+BACKEND_INDEX = {name: i for i, name in enumerate(BACKENDS)}
+
+_FLOAT_COLUMNS = ("busy_s", "compute_s", "network_s", "interrupted_s", "wasted_s", "compute_j",
+                  "radio_j")
+_INT_COLUMNS = ("units_delivered", "units_lost", "bytes_up", "bytes_down")
+
+
+class DeviceLedger:
+    """Columns of per-device totals, indexed by device id (shape ``(n,)`` each)."""
+
+    def __init__(self, n: int) -> None:
+        self.tasks = np.zeros(n, dtype=np.int64)  # tasks dispatched to each device
+        self.last_backend = np.full(n, -1, dtype=np.int8)  # index into BACKENDS, -1: none
+        self._float = {name: np.zeros(n) for name in _FLOAT_COLUMNS}
+        self._int = {name: np.zeros(n, dtype=np.int64) for name in _INT_COLUMNS}
+        self._rows: list[tuple] = []  # finished tasks not yet added to the columns
+
+    # ------------------------------------------------------------------ writing
+    def record(self, job: Any) -> None:
+        """Add one finished task's figures (a :class:`~fleetsim.fleet.lifecycle.Job`)."""
+        self._rows.append(
+            (job.task.device_id,)
+            + tuple(getattr(job, name) for name in _FLOAT_COLUMNS)
+            + tuple(getattr(job, name) for name in _INT_COLUMNS)
+        )
+
+    def add_wasted(self, device_id: int, seconds: float) -> None:
+        """Busy time of delivered work that the server did not use."""
+        self._float["wasted_s"][device_id] += seconds
+
+    def _apply(self) -> None:
+        if not self._rows:
+            return
+        rows = np.array(self._rows, dtype=np.float64)
+        self._rows = []
+        ids = rows[:, 0].astype(np.int64)
+        for i, name in enumerate(_FLOAT_COLUMNS, start=1):
+            np.add.at(self._float[name], ids, rows[:, i])
+        for i, name in enumerate(_INT_COLUMNS, start=1 + len(_FLOAT_COLUMNS)):
+            np.add.at(self._int[name], ids, rows[:, i].astype(np.int64))
+
+    # ------------------------------------------------------------------ reading
+    def column(self, name: str) -> np.ndarray:
+        """One column over all devices (after adding every recorded task)."""
+        self._apply()
+        return self._float[name] if name in self._float else self._int[name]
+
+    def energy_totals(self) -> dict[str, float]:
+        """Run totals in joules: compute, radio and their sum."""
+        compute = float(self.column("compute_j").sum())
+        radio = float(self.column("radio_j").sum())
+        return {"compute_j": compute, "radio_j": radio, "total_j": compute + radio}
+
+    def run_totals(self) -> dict[str, float]:
+        """Run totals over all devices (seconds, counts, bytes, joules)."""
+        return {
+            "busy_s": float(self.column("busy_s").sum()),
+            "compute_s": float(self.column("compute_s").sum()),
+            "network_s": float(self.column("network_s").sum()),
+            "interrupted_s": float(self.column("interrupted_s").sum()),
+            "wasted_s": float(self.column("wasted_s").sum()),
+            "tasks": int(self.tasks.sum()),
+            "perturbations": int(self.column("units_delivered").sum()),
+            "units_lost": int(self.column("units_lost").sum()),
+            "bytes_up": int(self.column("bytes_up").sum()),
+            "bytes_down": int(self.column("bytes_down").sum()),
+            **self.energy_totals(),
+        }

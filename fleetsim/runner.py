@@ -30,7 +30,7 @@ from fleetsim.protocols.base import ServerContext
 from fleetsim.protocols.registry import make_protocol, protocol_class
 from fleetsim.record import status as run_status
 from fleetsim.record.checkpoint import Checkpoint, JournalEngine, read_checkpoint, write_checkpoint
-from fleetsim.record.recorder import Recorder, time_to_targets
+from fleetsim.record.recorder import Recorder, devices_frame, time_to_targets
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
 from fleetsim.traces import build_fleet
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
@@ -342,7 +342,7 @@ def run_loaded(
     )
     recorder.events.add(end, -1, "run_stopped", step=protocol.step,
                         detail=f"status={status} stopped_by={stopped_by}")
-    devices = fleet.device_totals(end)
+    devices = devices_frame(fleet.device_columns(end))
     steps = recorder.steps_frame()
     evaluated = run_status.finite_accuracy(steps).dropna()
     final_ok = run_status.last_evaluation_finite(engine.journal)

@@ -25,6 +25,7 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
+from fleetsim.record.status import finite_accuracy
 
 SCENARIO_FILE = "scenario.yaml"
 SUMMARY_FILE = "summary.json"
@@ -235,6 +236,26 @@ def _summary_row(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: (math.nan if v is None else v) for k, v in row.items()}
 
 
+def _drop_nonfinite_accuracy(steps: pd.DataFrame, summary_row: dict[str, Any]) -> None:
+    """An accuracy whose evaluation loss is not finite (a non-finite model; run directories
+    written before evaluate() refused them) is no accuracy: set it to NaN in ``steps`` and,
+    when any was dropped, recompute the summary's final (NaN if the last evaluation was one
+    of them) and best accuracy from the finite evaluations.  In place."""
+    finite = finite_accuracy(steps)
+    dropped = steps["accuracy"].notna() & finite.isna()
+    if not dropped.any():
+        return
+    evaluated = steps["accuracy"].notna()
+    last_dropped = bool(dropped[evaluated].iloc[-1])
+    steps["accuracy"] = finite
+    kept = finite.dropna()
+    summary_row["final_accuracy"] = (
+        math.nan if last_dropped or not len(kept) else float(kept.iloc[-1])
+    )
+    if "best_accuracy" in summary_row:
+        summary_row["best_accuracy"] = float(kept.max()) if len(kept) else math.nan
+
+
 def load_run(run_dir: Path) -> RunSet:
     """One run directory as a :class:`RunSet` with one run."""
     return load_runs([run_dir])
@@ -267,10 +288,7 @@ def load_runs(run_dirs: Sequence[Path]) -> RunSet:
         scenario = _read_yaml(path / SCENARIO_FILE)
         scenarios[run_id] = scenario
         params = flatten(scenario)
-        # Scenario keys go second so a summary key never hides a scenario key of the same name.
-        summaries.append(
-            {"run": run_id, **_summary_row(_read_summary(path / SUMMARY_FILE)), **params}
-        )
+        summary_row = _summary_row(_read_summary(path / SUMMARY_FILE))
         for frame_list, name, columns in (
             (steps, STEPS_FILE, STEP_COLUMNS),
             (events, EVENTS_FILE, EVENT_COLUMNS),
@@ -279,6 +297,9 @@ def load_runs(run_dirs: Sequence[Path]) -> RunSet:
             frame = _read_table(path / name, columns)
             frame.insert(0, "run", run_id)
             frame_list.append(frame)
+        _drop_nonfinite_accuracy(steps[-1], summary_row)
+        # Scenario keys go second so a summary key never hides a scenario key of the same name.
+        summaries.append({"run": run_id, **summary_row, **params})
 
     summary = pd.DataFrame(summaries)
     summary["systems_only"] = summary["systems_only"].astype(bool)

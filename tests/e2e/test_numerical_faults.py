@@ -49,7 +49,8 @@ def test_nonfinite_stops_run_with_message_checkpoint_and_outputs(tmp_path, capsy
     assert "numerical fault" in err and "Traceback" not in err
     assert (out / CHECKPOINT_NAME).is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"].startswith("stopped")
+    assert summary["status"] == "diverged" and summary["stopped_by"] == "numerical_fault"
+    assert summary["diverged_at_step"] == 0
     ev = pd.read_parquet(out / "events.parquet")
     assert (ev["kind"] == "numerical_fault").sum() == 1
 

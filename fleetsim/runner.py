@@ -25,11 +25,12 @@ from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import TaskKind
 from fleetsim.numerics.errors import NumericalFault
+from fleetsim.numerics.journal import JournalEngine
 from fleetsim.policies.registry import make_cohort_selector, make_policy
 from fleetsim.protocols.base import ServerContext
 from fleetsim.protocols.registry import make_protocol, protocol_class
 from fleetsim.record import status as run_status
-from fleetsim.record.checkpoint import Checkpoint, JournalEngine, read_checkpoint, write_checkpoint
+from fleetsim.record.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from fleetsim.record.recorder import Recorder, devices_frame, time_to_targets
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
 from fleetsim.traces import build_fleet

@@ -17,8 +17,8 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.config import EnergyConfig
+from fleetsim.workload import BACKENDS
 
-BACKENDS = ("cpu", "gpu", "npu")
 RADIO_FIELDS = ("up_mw_per_mbps", "down_mw_per_mbps", "base_mw")
 
 

@@ -38,13 +38,13 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet import lifecycle
 from fleetsim.fleet.availability import AvailabilityCursor, online_seconds
 from fleetsim.fleet.config import FleetConfig
-from fleetsim.fleet.energy import BACKENDS, PowerTable
+from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.ledger import DeviceLedger
 from fleetsim.fleet.lifecycle import Job
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
-from fleetsim.numerics.base import ModelFacts
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
+from fleetsim.workload import BACKENDS, ModelFacts
 
 #: ``(table, device_ids, backends, facts, kind, inferences_per_unit) -> seconds per unit``
 UnitSecondsFn = Callable[..., np.ndarray]

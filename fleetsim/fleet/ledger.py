@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from fleetsim.fleet.energy import BACKENDS
+from fleetsim.workload import BACKENDS
 
-#: Index of each compute backend in :data:`~fleetsim.fleet.energy.BACKENDS`.
+#: Index of each compute backend in :data:`~fleetsim.workload.BACKENDS`.
 BACKEND_INDEX = {name: i for i, name in enumerate(BACKENDS)}
 
 _FLOAT_COLUMNS = ("busy_s", "compute_s", "network_s", "interrupted_s", "wasted_s", "compute_j",

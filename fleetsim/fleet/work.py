@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional
 
+from fleetsim.workload import TaskKind
 
-class TaskKind(str, Enum):
-    FORWARD_GRADIENT = "forward_gradient"  # perturbed inferences only (NPU allowed)
-    BACKPROP = "backprop"  # local SGD steps with backprop (CPU/GPU only)
+__all__ = ["ReceiptStatus", "Task", "TaskKind", "WorkReceipt"]
 
 
 class ReceiptStatus(str, Enum):

@@ -16,6 +16,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from fleetsim.workload import ModelFacts
+
+__all__ = ["EvalResult", "GradientWork", "ModelFacts", "NumericsEngine", "StepEstimate"]
+
 
 @dataclass(frozen=True)
 class GradientWork:
@@ -60,23 +64,6 @@ class EvalResult:
     accuracy: float
     loss: float
     n_examples: int
-
-
-@dataclass
-class ModelFacts:
-    """What the simulated side needs to know about the model: plain numbers."""
-
-    name: str
-    n_params: int  # all parameters (what the phone runs)
-    trainable_params: int  # the PEFT subset (drives payload sizes)
-    n_layers: int
-    hidden_size: int
-    flops_per_token: float  # forward FLOPs per token of the full model
-    seq_len: int
-    batch_size: int
-    dtype_bytes: int = 4
-    vocab_size: int = 0
-    intermediate_size: int = 0
 
 
 class NumericsEngine(ABC):

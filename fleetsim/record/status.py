@@ -64,7 +64,7 @@ class Divergence:
 
 
 def first_divergence(journal: list[tuple[str, Any]]) -> Optional[Divergence]:
-    """Scan a :class:`~fleetsim.record.checkpoint.JournalEngine` journal (every engine call's
+    """Scan a :class:`~fleetsim.numerics.journal.JournalEngine` journal (every engine call's
     result, in order): the first evaluation of a non-empty held-out set whose loss is not
     finite, located by the number of ``apply`` calls before it."""
     applies = 0
@@ -105,7 +105,7 @@ def decide(
             where.append(f"{at} evaluated to a non-finite loss (its accuracy is not counted)")
         if fault is not None:
             where.append(f"numerical fault: {fault}")
-        return "diverged", "diverged: " + "; ".join(where)
+        return "diverged", "; ".join(where)
     if stopped_by == "stop_request":
         return "stop_requested", (
             f"stopped on request after {committed_steps} committed step(s); "

@@ -30,12 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.numerics.base import ModelFacts
 from fleetsim.traces.base import DeviceTable
+from fleetsim.workload import BACKEND_PREFERENCES, BACKENDS, JOB_KINDS, ModelFacts
 
-BACKENDS = ("npu", "gpu", "cpu")
-KINDS = ("forward_gradient", "inference", "backprop")
-PREFERENCES = ("auto", "npu", "gpu", "cpu")
+KINDS = JOB_KINDS
+PREFERENCES = BACKEND_PREFERENCES
 
 #: The reference workload that ``DeviceTable.ref_forward_s`` is expressed in.
 REFERENCE_BATCH = 8

@@ -30,7 +30,7 @@ check of the result, not an input.
 from __future__ import annotations
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.numerics.base import ModelFacts
+from fleetsim.workload import JOB_KINDS, ModelFacts
 
 #: effective bytes per weight: int8/int4 carry one fp16 scale per 32 weights (GGUF q8_0/q4_0)
 BYTES_PER_WEIGHT = {1: 34 / 32, 2: 2.0, 4: 4.0}
@@ -62,7 +62,7 @@ def job_memory_bytes(facts: ModelFacts, kind: str, peft: str = "lora") -> int:
     ``kind``: "inference" | "forward_gradient" | "backprop".  ``peft``: the
     trainable subset; "full"/"none" means every weight trains (T = n_params).
     """
-    if kind not in ("inference", "forward_gradient", "backprop"):
+    if kind not in JOB_KINDS:
         raise FleetsimInputError(
             f"memory kind: {kind!r} is not one of inference, forward_gradient, backprop"
         )

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.workload import BACKENDS
 
 #: repository folder holding the shipped tables
 DATA_DIR = Path(__file__).resolve().parents[2] / "device_traces"
@@ -148,7 +149,7 @@ def numeric_column(
 # ---------------------------------------------------------------- catalogue
 
 CATALOGUE_REQUIRED = ("phone_model", "ram_gb", "cpu_ref_forward_s")
-CATALOGUE_BACKENDS = ("npu", "gpu", "cpu")
+CATALOGUE_BACKENDS = BACKENDS
 
 
 def load_catalogue(path: Path) -> pd.DataFrame:

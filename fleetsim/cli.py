@@ -91,9 +91,20 @@ def _cmd_traces(args: argparse.Namespace) -> int:
         print(validate_trace_file(path, args.format, args.timezone))
         return 0
     out_dir = Path(args.out) if args.out else Path(".")
-    table, png = inspect_trace_file(path, out_dir, args.format, args.timezone)
+    overlay = Path(args.overlay) if args.overlay else None
+    table, png = inspect_trace_file(path, out_dir, args.format, args.timezone, overlay)
     print(table.to_string(index=False))
     print(f"figure: {png}")
+    return 0
+
+
+def _cmd_traces_sample(args: argparse.Namespace) -> int:
+    from fleetsim.traces.sample import sample_scenario
+
+    out, df, label = sample_scenario(args.scenario, args.set, args.devices, args.hours,
+                                     Path(args.out))
+    print(f"{out}: {len(df)} windows of {args.devices} devices over {args.hours:g} h "
+          f"(t = 0 is local midnight); availability: {label}")
     return 0
 
 
@@ -172,7 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="IANA zone for timestamps without one (default: UTC)")
     tv.set_defaults(func=_cmd_traces)
     ti.add_argument("--out", help="folder for the PNG (default: current folder)")
+    ti.add_argument("--overlay", metavar="FILE",
+                    help="another availability file (e.g. from `traces sample`): one PNG "
+                    "overlaying window-length CDFs and online share by hour of day")
     ti.set_defaults(func=_cmd_traces)
+    ts = trs.add_parser("sample", help="write the windows a scenario's availability gives N "
+                        "devices over H hours (CSV device_id,start_s,end_s)")
+    ts.add_argument("scenario")
+    ts.add_argument("--devices", type=int, required=True, help="number of devices")
+    ts.add_argument("--hours", type=float, required=True, help="simulated hours from t = 0 "
+                    "(local midnight)")
+    ts.add_argument("--out", required=True, help="CSV file to write")
+    ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ts.set_defaults(func=_cmd_traces_sample)
 
     rep = sub.add_parser("report", help="PNGs and one self-contained HTML page for a run")
     rep.add_argument("run_dir")

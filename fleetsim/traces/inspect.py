@@ -144,6 +144,15 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
         uniq, dense = np.unique(dev, return_inverse=True)
         trace = av.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
         return _availability_report("intervals", trace, float(end.max()))
+    if kind == "flash_windows":
+        from fleetsim.traces.diurnal_windows import measured_hourly_share
+        from fleetsim.traces.flash_windows import read_flash_windows
+
+        m = read_flash_windows(path)
+        hourly = measured_hourly_share(m)
+        summary = {"format": kind, **m.summary(), "mean_online_share": float(hourly.mean()),
+                   "peak_hour": int(np.argmax(hourly)), "trough_hour": int(np.argmin(hourly))}
+        return TraceReport(kind, summary, hourly_share=hourly)
     if kind is not None and kind not in TABLE_KINDS:
         trace = get_format(kind).load(path, 1000, 0, week)
         return _availability_report(kind, trace, week)
@@ -236,10 +245,24 @@ def _no_data(ax, what: str) -> None:
 
 
 def inspect_trace_file(
-    path: Path, out_dir: Path, fmt: str | None = None, timezone: str = "UTC"
+    path: Path,
+    out_dir: Path,
+    fmt: str | None = None,
+    timezone: str = "UTC",
+    overlay: Path | None = None,
 ) -> tuple[pd.DataFrame, Path]:
     """Summary table and a PNG (latency by device, availability share by hour of
-    day, bandwidth CDF; panels the file has no data for say so)."""
+    day, bandwidth CDF; panels the file has no data for say so).  With ``overlay``
+    (another availability file, e.g. from ``fleetsim traces sample``): one PNG
+    overlaying the two window-length CDFs and hourly online shares, and a table of
+    their KS distance and largest hourly difference (:mod:`fleetsim.traces.overlay`)."""
+    if overlay is not None:
+        from fleetsim.traces.overlay import overlay_figure, windows_profile
+
+        a = windows_profile(Path(path), fmt, timezone)
+        b = windows_profile(Path(overlay), None, timezone)
+        png = Path(out_dir) / f"{Path(path).stem}_vs_{Path(overlay).stem}.png"
+        return overlay_figure(a, b, png, f"{Path(path).name} vs {Path(overlay).name}"), png
     import matplotlib
 
     matplotlib.use("Agg")

@@ -177,12 +177,15 @@ class NumericsConfig(BaseModel):
     engine: Literal["torch", "none"] = Field(
         "torch", description="'torch' computes real gradients; 'none' is systems-only."
     )
-    estimator: Literal["central", "onesided", "jvp", "backprop"] = Field(
-        "onesided",
-        description="How the host computes each perturbation's directional derivative: "
-        "central differences, one-sided differences with a shared base forward, exact "
-        "torch.func.jvp, or one backprop per batch dotted with every v (exact, cheapest "
-        "for many perturbations).",
+    estimator: Literal["auto", "central", "onesided", "jvp", "backprop"] = Field(
+        "auto",
+        description="How the host computes each perturbation's directional derivative "
+        "∇L·v_k (host time only; the phone is charged protocol.phone_estimator): 'auto' "
+        "(per step the cheaper exact method, backprop or jvp, by a documented cost rule; "
+        "recorded in summary.json), 'backprop' (one reverse pass per device batch, dotted "
+        "with every v: exact), 'jvp' (forward mode: exact), 'onesided' / 'central' "
+        "(finite differences with step h: to study their O(h) / O(h²) error, or what a "
+        "low-precision phone computes).",
     )
     h: float = Field(
         0.01,
@@ -219,6 +222,12 @@ class NumericsConfig(BaseModel):
             raise ValueError("allowed: 'auto' or an integer 1..4096")
         return value
 
+    cross_device_batching: bool = Field(
+        True,
+        description="Stack all devices of a step (same θ: own batches and perturbations) "
+        "into as few host calls as the host_batch_perturbations token budget allows; off: "
+        "one device at a time (same results).",
+    )
     frozen_prefix_reuse: bool = Field(
         True,
         description="Run the frozen layers below the lowest trainable layer once per example "

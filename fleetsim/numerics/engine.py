@@ -231,6 +231,8 @@ class TorchEngine(NumericsEngine):
         self.eval_idx = eval_idx
         self.host_perturbations = 0
         self.host_estimate_s = 0.0
+        # host estimator actually run, per (step, source step) group: auto's choices
+        self.estimator_calls: dict[str, int] = {}
 
     # ----------------------------------------------------------------- bookkeeping
     def _check_tensor_indices(self) -> list[int]:
@@ -283,6 +285,12 @@ class TorchEngine(NumericsEngine):
             "model": self.resolved.name,
             "peft": self.peft_cfg.model_dump(),
             "estimator": self.cfg.estimator,
+            "estimator_rule": "auto: backprop or jvp, whichever costs fewer forwards "
+            "(fleetsim.numerics.crossdevice.choose_exact)" if self.cfg.estimator == "auto"
+            else "fixed",
+            "estimator_used": dict(self.estimator_calls),
+            "cross_device_batching": bool(
+                self.cfg.cross_device_batching and self.host_batching == "stacked"),
             "h": self.cfg.h,
             "host_batch_perturbations": self.host_chunk,
             "host_batching": self.host_batching,
@@ -445,61 +453,105 @@ class TorchEngine(NumericsEngine):
             raise NumericalFault(step, device_id, detail)
         skipped.append({"device_id": device_id, "reason": detail})
 
+    def step_estimator(self, perturbations: list[int]) -> str:
+        """The host estimator for one step's work (``perturbations[i]``: device i's count):
+        the configured one, or for ``auto`` the cheaper exact method
+        (:func:`fleetsim.numerics.crossdevice.choose_exact`)."""
+        from fleetsim.numerics.crossdevice import choose_exact
+
+        if self.cfg.estimator != "auto":
+            return self.cfg.estimator
+        return choose_exact(perturbations, self.cfg.device)
+
+    def _directional(
+        self, source: int, params: dict, prev_grad: Optional[list[Any]],
+        items: list[GradientWork], estimator: str,
+    ) -> list[tuple[list[Any], Any, float]]:
+        """Per work item (all computed for step ``source``, at θ = ``params``): its
+        tangents (engine order, (v, *shape) each), d_k (v,) and base loss.  Stackable
+        models run all items in as few calls as the token budget allows
+        (:mod:`fleetsim.numerics.crossdevice`); otherwise one item at a time."""
+        from fleetsim.numerics.crossdevice import Cohort, cohort_directional
+        from fleetsim.numerics.estimators import directional_derivatives
+        from fleetsim.numerics.estimators.directional import _forward_ad_attention
+
+        tangents = [
+            self._perturbations(source, item.device_id, item.perturbations, prev_grad)
+            for item in items
+        ]
+        batches = [self.batch_inputs(_batch_of(self.plan, item.client_id, item.batch_index))
+                   for item in items]
+        if self.host_batching == "stacked" and self.cfg.cross_device_batching:
+            derivs, base = cohort_directional(
+                self.model, self.start_layer, params, Cohort.of(batches),
+                [dict(zip(self.names, t)) for t in tangents], estimator, self.cfg.h,
+                self.host_chunk, _forward_ad_attention,
+            )
+            return [(t, d, float(b)) for t, d, b in zip(tangents, derivs, base.tolist())]
+        out = []
+        for tangent, (inputs, mask, labels) in zip(tangents, batches):
+            derivs, base_loss = directional_derivatives(
+                self.loss_fn(inputs, mask, labels), params, dict(zip(self.names, tangent)),
+                estimator, self.cfg.h, self.host_chunk,
+                self.batched_loss_fn(inputs, mask, labels),
+            )
+            out.append((tangent, derivs, base_loss))
+        return out
+
     def forward_gradient(
         self, step: int, work: list[GradientWork], previous: Optional[StepEstimate] = None
     ) -> StepEstimate:
         import torch
 
-        from fleetsim.numerics.estimators import directional_derivatives
         from fleetsim.numerics.perturbation import variance_half
 
         started = time.perf_counter()
         pool = self._copy_pool(previous.handle) if previous is not None else self._empty_pool()
         skipped: list = list(previous.extra.get("skipped", [])) if previous is not None else []
         self._snapshot(step)
+        # work of different source steps runs at different θ: batch per source step
+        groups: dict[int, list[GradientWork]] = {}
         for item in work:
-            if not item.perturbations or item.weight <= 0:
-                continue
-            source, params, prev_grad = self._source(step, item)
-            inputs, mask, labels = self.batch_inputs(
-                _batch_of(self.plan, item.client_id, item.batch_index)
-            )
-            tangents_list = self._perturbations(
-                source, item.device_id, item.perturbations, prev_grad
-            )
-            tangents = dict(zip(self.names, tangents_list))
-            derivs, base_loss = directional_derivatives(
-                self.loss_fn(inputs, mask, labels), params, tangents, self.cfg.estimator,
-                self.cfg.h, self.host_chunk,
-                self.batched_loss_fn(inputs, mask, labels),
-            )
-            self.host_perturbations += len(item.perturbations)
-            if not math.isfinite(base_loss):
-                self._fault(step, item.device_id, "loss", skipped)
-                continue
-            if not bool(torch.isfinite(derivs).all()):
-                self._fault(step, item.device_id, "directional derivative", skipped)
-                continue
-            halves = torch.tensor(
-                [variance_half(self.seed, source, item.device_id, k) for k in item.perturbations],
-                device=self.device,
-            )
-            for half in (0, 1):
-                weights = derivs * (halves == half).to(derivs.dtype) * float(item.weight)
-                count = int((halves == half).sum())
-                if count == 0:
+            if item.perturbations and item.weight > 0:
+                groups.setdefault(step if item.step is None else int(item.step), []).append(item)
+        chosen: dict[str, int] = {}
+        for items in groups.values():
+            source, params, prev_grad = self._source(step, items[0])
+            estimator = self.step_estimator([len(item.perturbations) for item in items])
+            chosen[estimator] = chosen.get(estimator, 0) + 1
+            self.estimator_calls[estimator] = self.estimator_calls.get(estimator, 0) + 1
+            results = self._directional(source, params, prev_grad, items, estimator)
+            for item, (tangents_list, derivs, base_loss) in zip(items, results):
+                self.host_perturbations += len(item.perturbations)
+                if not math.isfinite(base_loss):
+                    self._fault(step, item.device_id, "loss", skipped)
                     continue
-                for index, tangent in enumerate(tangents_list):
-                    pool.sums[half][index] += torch.einsum(
-                        "k,k...->...", weights, tangent.float()
-                    )
-                pool.counts[half] += count
-                pool.mass[half] += count * float(item.weight)
-            pool.loss_sum += base_loss
-            pool.loss_n += 1
-            pool.devices.add(item.device_id)
+                if not bool(torch.isfinite(derivs).all()):
+                    self._fault(step, item.device_id, "directional derivative", skipped)
+                    continue
+                halves = torch.tensor(
+                    [variance_half(self.seed, source, item.device_id, k)
+                     for k in item.perturbations],
+                    device=self.device,
+                )
+                for half in (0, 1):
+                    weights = derivs * (halves == half).to(derivs.dtype) * float(item.weight)
+                    count = int((halves == half).sum())
+                    if count == 0:
+                        continue
+                    for index, tangent in enumerate(tangents_list):
+                        pool.sums[half][index] += torch.einsum(
+                            "k,k...->...", weights, tangent.float()
+                        )
+                    pool.counts[half] += count
+                    pool.mass[half] += count * float(item.weight)
+                pool.loss_sum += base_loss
+                pool.loss_n += 1
+                pool.devices.add(item.device_id)
         self.host_estimate_s += time.perf_counter() - started
-        return self._estimate_from_pool(step, pool, skipped)
+        estimate = self._estimate_from_pool(step, pool, skipped)
+        estimate.extra["estimator"] = chosen
+        return estimate
 
     def _copy_pool(self, handle: _Pool) -> _Pool:
         return _Pool(

@@ -251,6 +251,26 @@ def test_case_nan_model_reaches_target(tmp_path, capsys):
     assert math.isnan(runset.summary["final_accuracy"].iloc[0])
 
 
+def test_nonfinite_evaluation_without_a_fault_is_diverged(tmp_path, capsys):
+    # on_nonfinite: skip drops the non-finite estimates, so no fault stops the run; the
+    # non-finite evaluations alone make it diverged (exit 3, one line on stderr).
+    case = case_dir("nan_model_reaches_target", tmp_path)
+    out = tmp_path / "out"
+    code = main(["run", str(case / "scenario.yaml"), "--set", "numerics.on_nonfinite=skip",
+                 "--set", "protocol.rounds=1", "--set", "protocol.batches_per_round=2",
+                 "--set", "output.checkpoint_every_steps=0", "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 3
+    err = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("fleetsim: diverged: the model after step 0")
+    assert "final accuracy: none (non-finite model)" in captured.out
+    summary, steps, _, _ = read_run(out)
+    assert summary["status"] == "diverged" and summary["stopped_by"] == "rounds"
+    assert summary["diverged_at_step"] == 0 and summary["steps"] == 2
+    assert summary["final_accuracy"] is None and summary["best_accuracy"] is None
+    assert steps["accuracy"].isna().all()
+
+
 def _steps(acc: list[float], loss: list[float]) -> pd.DataFrame:
     n = len(acc)
     return pd.DataFrame({"sim_time_s": np.arange(n, dtype=float) * 10.0, "step": np.arange(n),

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.analysis.load import RunSet, check_key
-from fleetsim.analysis.stats import mean_confidence_interval
+from fleetsim.analysis.stats import censored_median
 from fleetsim.errors import FleetsimInputError
 
 DEFAULT_TARGETS = (0.4, 0.6, 0.8, 0.9)
@@ -68,17 +68,27 @@ def time_to_accuracy(steps: pd.DataFrame, targets: Sequence[float]) -> dict[floa
 
 
 def time_to_accuracy_runs(runset: RunSet, targets: Sequence[float]) -> pd.DataFrame:
-    """One row per run and target: ``run``, ``target``, ``seconds`` (NaN when not reached)."""
+    """One row per run and target: ``run``, ``target``, ``seconds`` (simulated seconds to
+    the target, NaN when not reached) and ``end_s`` (the run's simulated end, where a run
+    that did not reach the target is censored; ``inf`` when the summary lacks it)."""
     targets = check_targets(targets)
+    ends = dict(zip(runset.summary["run"], runset.summary.get("simulated_seconds", [])))
     rows = []
     for run in runset.runs:
         reached = time_to_accuracy(runset.steps[runset.steps["run"] == run], targets)
+        end = pd.to_numeric(pd.Series([ends.get(run)]), errors="coerce").iloc[0]
+        end = float(end) if pd.notna(end) else math.inf
         for target in targets:
             seconds = reached[target]
             rows.append(
-                {"run": run, "target": target, "seconds": math.nan if seconds is None else seconds}
+                {
+                    "run": run,
+                    "target": target,
+                    "seconds": math.nan if seconds is None else seconds,
+                    "end_s": end,
+                }
             )
-    return pd.DataFrame(rows, columns=["run", "target", "seconds"])
+    return pd.DataFrame(rows, columns=["run", "target", "seconds", "end_s"])
 
 
 def group_labels(runset: RunSet, by: str | None) -> pd.Series:
@@ -90,20 +100,25 @@ def group_labels(runset: RunSet, by: str | None) -> pd.Series:
     return runset.summary[by]
 
 
+TTA_COLUMNS = ("runs", "reached", "median_s", "ci_low_s", "ci_high_s", "median_h")
+
+
 def time_to_accuracy_table(
     runset: RunSet,
     targets: Sequence[float],
     by: str | None = "protocol",
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Time to accuracy per group of runs (typically seeds of one configuration).
+    """Time to accuracy per group of runs (typically seeds of one configuration),
+    counting the runs that never reached the target.
 
-    One row per (group, target) with ``runs`` (runs in the group), ``reached``
-    (runs whose accuracy reached the target), and ``mean_s``, ``ci_low_s``,
-    ``ci_high_s`` over the runs that reached it (t-distribution interval; NaN
-    with fewer than two such runs), ``mean_h`` the mean in hours.  A group where
-    no run reached the target has NaN times: read ``reached`` next to the mean,
-    since a mean over the runs that reached is optimistic when some did not.
+    One row per (group, target): ``runs`` (runs in the group), ``reached`` (runs whose
+    accuracy reached the target), ``median_s`` the Kaplan–Meier median of simulated
+    seconds with each non-reaching run censored at its simulated end
+    (:func:`fleetsim.analysis.stats.censored_median`: ``inf`` = not reached, i.e. more
+    than half of the runs did not get there), ``ci_low_s``/``ci_high_s`` its interval
+    at ``confidence`` (``inf`` = unbounded; never below zero), ``median_h`` the median
+    in hours.  Never the mean of only the runs that reached.
     """
     per_run = time_to_accuracy_runs(runset, targets)
     labels = group_labels(runset, by)
@@ -112,21 +127,23 @@ def time_to_accuracy_table(
     key = by if by is not None else "run"
     rows = []
     for (group, target), frame in per_run.groupby(["group", "target"], sort=True, dropna=False):
-        mean, low, high, reached = mean_confidence_interval(frame["seconds"], confidence)
+        missed = frame["seconds"].isna()
+        result = censored_median(
+            frame.loc[~missed, "seconds"], frame.loc[missed, "end_s"], confidence
+        )
         rows.append(
             {
                 key: group,
                 "target": target,
-                "runs": len(frame),
-                "reached": reached,
-                "mean_s": mean,
-                "ci_low_s": low,
-                "ci_high_s": high,
-                "mean_h": mean / 3600.0,
+                "runs": result.runs,
+                "reached": result.reached,
+                "median_s": result.median,
+                "ci_low_s": result.low,
+                "ci_high_s": result.high,
+                "median_h": result.median / 3600.0,
             }
         )
-    columns = [key, "target", "runs", "reached", "mean_s", "ci_low_s", "ci_high_s", "mean_h"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[key, "target", *TTA_COLUMNS])
 
 
 UTILISATION_SHARES = ("used", "wasted", "idle", "offline")

@@ -594,37 +594,42 @@ def time_to_accuracy_figure(
     target_labels: dict[float, str] | None = None,
     path: Path | str | None = None,
 ) -> Figure:
-    """Mean time to each target (s, min or h by scale; 95 % interval as error bars) from
-    :func:`~fleetsim.analysis.metrics.time_to_accuracy_table`, one line per group
-    of ``by``.  Targets that no run of a group reached leave a gap.
-    ``target_labels`` renames the x ticks (e.g. "60 % of target")."""
+    """Median time to each target (s, min or h by scale) from
+    :func:`~fleetsim.analysis.metrics.time_to_accuracy_table` (non-reaching runs
+    censored), one line per group of ``by``, its interval as error bars.  A target
+    whose median is not reached (more than half of the group's runs never got there)
+    leaves a gap; an unbounded upper interval end is drawn to the top of the axes
+    with an open arrow head.  ``target_labels`` renames the x ticks."""
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = figure.subplots()
     targets = sorted(table["target"].unique())
-    longest = table["ci_high_s"].fillna(table["mean_s"]).max()
+    finite = pd.concat([table["ci_high_s"], table["median_s"]]).replace(np.inf, np.nan)
+    longest = finite.max()
     unit, scale = _time_unit(float(longest) if pd.notna(longest) else 0.0)
+    top = (float(longest) / scale * 1.1) if pd.notna(longest) and longest > 0 else 1.0
     positions = {t: i for i, t in enumerate(targets)}
     for index, group in enumerate(list(dict.fromkeys(table[by]))):
         part = table[table[by] == group].sort_values("target")
         x = np.array([positions[t] for t in part["target"]], dtype=float)
-        mean = part["mean_s"].to_numpy(dtype=float) / scale
+        median = part["median_s"].to_numpy(dtype=float) / scale
+        median[np.isinf(median)] = np.nan
         low = part["ci_low_s"].to_numpy(dtype=float) / scale
         high = part["ci_high_s"].to_numpy(dtype=float) / scale
-        errors = np.vstack([np.nan_to_num(mean - low), np.nan_to_num(high - mean)])
+        unbounded = np.isinf(high) & np.isfinite(median)
+        high = np.where(np.isinf(high), top, high)
+        errors = np.vstack([np.nan_to_num(median - low), np.nan_to_num(high - median)])
+        colour = f"C{index % 10}"
         container = ax.errorbar(
-            x,
-            mean,
-            yerr=errors,
-            marker="o",
-            capsize=3,
-            color=f"C{index % 10}",
-            label=f"{by}={group}",
+            x, median, yerr=errors, marker="o", capsize=3, color=colour, label=f"{by}={group}"
         )
         container.lines[0].set_gid(str(group))
+        if unbounded.any():
+            ax.plot(x[unbounded], np.full(unbounded.sum(), top), "^", color=colour, mfc="none")
+    ax.set_ylim(bottom=0.0, top=top)
     ax.set_xticks(range(len(targets)))
     ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])
     ax.set_xlabel("accuracy target")
-    ax.set_ylabel(f"simulated time to reach ({unit})")
+    ax.set_ylabel(f"median simulated time to reach ({unit})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(figure, path)

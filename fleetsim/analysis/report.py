@@ -64,6 +64,8 @@ def _format_value(value: object) -> str:
     if isinstance(value, (float, np.floating)):
         if math.isnan(value):
             return "—"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
         if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
             return f"{value:.3e}"
         return f"{value:.4g}"
@@ -302,7 +304,8 @@ def comparison_table(
 ) -> pd.DataFrame:
     """One row per group of runs (values of ``by``; each run when None): run count,
     means and 95 % intervals over the group's runs of final accuracy and time to
-    each target (with how many runs reached it), and means of simulated hours,
+    each target (Kaplan–Meier median with non-reaching runs censored, its interval, and
+    how many runs reached it; ``inf`` = not reached / unbounded), and means of simulated hours,
     committed steps, perturbations, energy, bytes, useful and wasted device-time
     shares and the straggler-wait share of step time."""
     if by is not None:
@@ -352,7 +355,7 @@ def comparison_table(
                 match = tta[(tta[key].astype(str) == str(group)) & (tta["target"] == target)]
                 cell = match.iloc[0]
                 name = f"tta_{target:g}"
-                row[f"{name}_h"] = cell["mean_s"] / 3600.0
+                row[f"{name}_median_h"] = cell["median_s"] / 3600.0
                 row[f"{name}_ci_low_h"] = cell["ci_low_s"] / 3600.0
                 row[f"{name}_ci_high_h"] = cell["ci_high_s"] / 3600.0
                 row[f"{name}_reached"] = f"{int(cell['reached'])}/{int(cell['runs'])}"
@@ -380,9 +383,11 @@ def compare_runs(
     written["markdown"] = out_dir / "comparison.md"
     grouping = f"grouped by `{by}`" if by is not None else "one row per run"
     note = (
-        f"{len(runset.runs)} runs, {grouping}. Means over runs with 95 % t-intervals; "
-        "time to accuracy (tta, simulated hours) averages the runs that reached the target "
-        "(see the reached column); — = missing / not reached.\n\n"
+        f"{len(runset.runs)} runs, {grouping}. Means over runs with 95 % bootstrap "
+        "percentile intervals; time to accuracy (tta, simulated hours) is the median over "
+        "all runs with those that never reached the target censored at their end (inf = "
+        "not reached by more than half, or an unbounded interval end; see the reached "
+        "column); — = missing.\n\n"
     )
     written["markdown"].write_text(note + markdown_table(table))
     accuracy = has_accuracy(runset)

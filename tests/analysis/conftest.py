@@ -162,6 +162,9 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
                     "bytes_up": 200 * len(spec.devices),
                     "bytes_down": 1000 * len(spec.devices) if attempt == 0 else 0,
                     "step_seconds": t_end - t,
+                    "stale_units": 0,  # all work fresh
+                    "staleness_max": 0,
+                    "staleness_mean": 0.0,
                 }
             )
             if not last:  # the repeat is requested at the rollback: everyone restarts then

@@ -17,6 +17,7 @@ from fleetsim.analysis.metrics import (
     breakdown_shares,
     step_breakdown,
     time_to_accuracy,
+    time_to_accuracy_runs,
     time_to_accuracy_table,
     utilisation,
 )
@@ -48,9 +49,10 @@ def test_targets_are_fractions(make_run) -> None:
         time_to_accuracy(runs.steps, [60])
 
 
-def test_time_to_accuracy_table_mean_and_interval_over_seeds(make_run) -> None:
+def test_time_to_accuracy_table_censored_median_over_seeds(make_run) -> None:
     # slowest device computes 10, 12, 14 s → steps of 13, 15, 17 s → 0.5 reached at step 1:
-    # 26, 30, 34 s.  A second group (v=5) reaches 0.5 in one seed out of two.
+    # 26, 30, 34 s.  A second group (v=5) reaches 0.5 in one seed out of two, a third (v=7)
+    # in one of three.
     dirs = []
     for seed, slow in enumerate((10.0, 12.0, 14.0)):
         devices = (("pixel7", "npu", 4.0), ("pixel7", "npu", 6.0), ("a14", "cpu", slow))
@@ -59,22 +61,30 @@ def test_time_to_accuracy_table_mean_and_interval_over_seeds(make_run) -> None:
         )
     dirs.append(make_run(name="v5-s0", units_per_device=5, accuracies=(0.3, 0.5, 0.6)))
     dirs.append(make_run(name="v5-s1", seed=1, units_per_device=5, accuracies=(0.3, 0.4, 0.4)))
-    table = time_to_accuracy_table(
-        load_runs(dirs), [0.5, 0.9], by="protocol.perturbations_per_device"
-    )
+    for seed, accuracies in enumerate(((0.3, 0.5, 0.6), (0.3, 0.4, 0.4), (0.1, 0.2, 0.2))):
+        dirs.append(
+            make_run(name=f"v7-s{seed}", seed=seed, units_per_device=7, accuracies=accuracies)
+        )
+    runs = load_runs(dirs)
+    table = time_to_accuracy_table(runs, [0.5, 0.9], by="protocol.perturbations_per_device")
     table = table.set_index(["protocol.perturbations_per_device", "target"])
-    half = 4.302653 * 4.0 / math.sqrt(3)
+    # all three reached: the median is the middle time, as np.median says
     row = table.loc[(2, 0.5)]
-    assert (row["runs"], row["reached"], row["mean_s"]) == (3, 3, 30.0)
-    assert row["ci_low_s"] == pytest.approx(30.0 - half, rel=1e-6)
-    assert row["ci_high_s"] == pytest.approx(30.0 + half, rel=1e-6)
-    assert row["mean_h"] == pytest.approx(30.0 / 3600)
+    assert (row["runs"], row["reached"], row["median_s"]) == (3, 3, np.median([26, 30, 34]))
+    assert row["median_h"] == pytest.approx(30.0 / 3600)
+    assert 0.0 < row["ci_low_s"] <= 30.0 <= row["ci_high_s"]
+    # one of two reached (at 26 s), the other ran to its end without: S(26) = 1/2 → 26 s
     row = table.loc[(5, 0.5)]
-    assert (row["runs"], row["reached"], row["mean_s"]) == (2, 1, 26.0)
-    assert math.isnan(row["ci_low_s"])
-    for v in (2, 5):
+    assert (row["runs"], row["reached"], row["median_s"]) == (2, 1, 26.0)
+    # one of three reached: more than half never did → not reached, not "26 s"
+    row = table.loc[(7, 0.5)]
+    assert (row["runs"], row["reached"]) == (3, 1) and row["median_s"] == math.inf
+    for v in (2, 5, 7):
         row = table.loc[(v, 0.9)]
-        assert row["reached"] == 0 and math.isnan(row["mean_s"])
+        assert row["reached"] == 0 and row["median_s"] == math.inf
+    per_run = time_to_accuracy_runs(runs, [0.5])
+    ends = dict(zip(runs.summary["run"], runs.summary["simulated_seconds"]))
+    assert (per_run["end_s"] == per_run["run"].map(ends)).all()
 
 
 def test_utilisation_shares_by_hand_and_sum_to_one(make_run) -> None:

@@ -104,8 +104,9 @@ def test_time_to_accuracy_figure_series(make_run) -> None:
     lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
     assert set(lines) == {"1", "5"}
     np.testing.assert_allclose(lines["1"].get_ydata(), [26.0, 39.0])  # seconds at this scale
-    assert ax.get_ylabel() == "simulated time to reach (s)"
+    assert ax.get_ylabel() == "median simulated time to reach (s)"
     assert math.isnan(lines["5"].get_ydata()[1])  # v=5 never reached 0.7: a gap, not a number
+    assert ax.get_ylim()[0] == 0.0  # times: the axis (and every interval) starts at zero
     assert [t.get_text() for t in ax.get_xticklabels()] == ["half", "most"]
 
 

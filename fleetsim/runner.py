@@ -20,15 +20,16 @@ from typing import Optional
 
 import simpy
 
+from fleetsim.cost_model import charge_engine, model_labels
 from fleetsim.errors import FleetsimInputError, RunStopped
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import TaskKind
 from fleetsim.numerics.errors import NumericalFault
 from fleetsim.numerics.journal import JournalEngine
-from fleetsim.policies.registry import make_cohort_selector, make_policy
-from fleetsim.protocols.base import ServerContext
-from fleetsim.protocols.registry import make_protocol, protocol_class
+from fleetsim.policies.registry import make_cohort_selector, make_policy, policy_class
+from fleetsim.protocols.registry import make_server, protocol_class
+from fleetsim.protocols.server import ServerContext, StepServer
 from fleetsim.record import status as run_status
 from fleetsim.record.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from fleetsim.record.recorder import Recorder, devices_frame, time_to_targets
@@ -92,7 +93,9 @@ class _Progress:
             self.bar.close()
 
 
-def check_feasible(loaded: LoadedScenario, fleet: Fleet, protocol, memory_bytes: int) -> None:
+def check_feasible(
+    loaded: LoadedScenario, fleet: Fleet, protocol: StepServer, memory_bytes: int
+) -> None:
     """Contradictions that show only once the fleet is built: exit 2 before simulating."""
     import numpy as np
 
@@ -108,8 +111,8 @@ def check_feasible(loaded: LoadedScenario, fleet: Fleet, protocol, memory_bytes:
             f"{sc.traces.usable_ram_fraction}); use a smaller model/PEFT/batch or another "
             "population"
         )
-    deadline = sc.policy.deadline_s if sc.policy.name == "deadline" else None
-    deadline = deadline or sc.protocol.commit.deadline_s
+    policy = policy_class(sc.policy.name)
+    deadline = policy.planning_deadline(sc.policy, sc.protocol.commit.deadline_s)
     if deadline is not None:
         held = ids[fits]
         one_unit = fleet.predict_unit_seconds(
@@ -117,8 +120,8 @@ def check_feasible(loaded: LoadedScenario, fleet: Fleet, protocol, memory_bytes:
         ) + fleet.predict_transfer_seconds(held, protocol.download_bytes(), protocol.upload_fn()(1))
         fastest = float(np.min(one_unit))
         if fastest > deadline:
-            key = "policy.deadline_s" if sc.policy.name == "deadline" else (
-                "protocol.commit.deadline_s")
+            key = ("protocol.commit.deadline_s" if deadline == sc.protocol.commit.deadline_s
+                   else "policy.deadline_s")
             raise FleetsimInputError(
                 f"{loaded.path}: {key}: no device can meet the deadline of {deadline:g} s: the "
                 f"fastest device needs {fastest:.3g} s for one unit with its transfers"
@@ -198,6 +201,7 @@ def build_run(
     and memory needs of a run, then :func:`check_feasible`: what ``run`` does before
     the clock starts, shared with ``validate``.  Raises FleetsimInputError."""
     sc = loaded.scenario
+    engine = charge_engine(sc, engine, loaded.base_dir)  # fleet.cost_model, if any
     facts = engine.facts()
     horizon_s = sc.run.max_sim_hours * 3600.0
     table, availability = build_fleet(
@@ -224,7 +228,7 @@ def build_run(
         on_step=on_step,
         stop_requested=stop_requested or (lambda: False),
     )
-    protocol = make_protocol(ctx)
+    protocol = make_server(ctx)
     check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])
     return BuiltRun(env, table, availability, fleet, protocol, facts, memory, horizon_s)
 
@@ -379,6 +383,7 @@ def run_loaded(
         "device_source": getattr(table, "source", ""),
         "trainable_params": int(facts.trainable_params),
         "model": facts.name,
+        **model_labels(facts, engine.facts()),  # charged (fleet.cost_model) vs learning model
         "numerics": engine.describe(),
         "status": status,
         "stopped_by": stopped_by,

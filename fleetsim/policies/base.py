@@ -86,6 +86,26 @@ class AllocationPolicy(ABC):
     @abstractmethod
     def allocate(self, view: FleetView, ctx: StepContext) -> Allocation: ...
 
+    def cohort_size(self, devices_per_step: int) -> int:
+        """Devices to ask per round for ``protocol.devices_per_step`` (over-commit asks
+        more)."""
+        return int(devices_per_step)
+
+    @classmethod
+    def planning_deadline(
+        cls, config: PolicyConfig, commit_deadline_s: Optional[float]
+    ) -> Optional[float]:
+        """The per-step deadline in seconds that this policy plans quotas for (None: none);
+        the server's commit deadline by default."""
+        return commit_deadline_s
+
+    @classmethod
+    def config_problem(
+        cls, config: PolicyConfig, commit_deadline_s: Optional[float]
+    ) -> Optional[str]:
+        """A one-line reason the settings cannot work with this policy, or None."""
+        return None
+
     def observe(self, ctx: StepContext, variance: float, repeats: int) -> None:
         """Called after each committed step (budget-driven policies adapt here)."""
         return None

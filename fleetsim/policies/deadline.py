@@ -8,14 +8,32 @@ commits at the deadline with what arrived."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.policies.base import Allocation, AllocationPolicy, FleetView, StepContext
+from fleetsim.policies.config import PolicyConfig
 
 
 class DeadlinePolicy(AllocationPolicy):
     name = "deadline"
+
+    @classmethod
+    def planning_deadline(
+        cls, config: PolicyConfig, commit_deadline_s: Optional[float]
+    ) -> Optional[float]:
+        return config.deadline_s or commit_deadline_s
+
+    @classmethod
+    def config_problem(
+        cls, config: PolicyConfig, commit_deadline_s: Optional[float]
+    ) -> Optional[str]:
+        if cls.planning_deadline(config, commit_deadline_s) is None:
+            return ("policy.deadline_s: the deadline policy needs policy.deadline_s or "
+                    "protocol.commit.deadline_s")
+        return None
 
     def allocate(self, view: FleetView, ctx: StepContext) -> Allocation:
         deadline = self.config.deadline_s or ctx.deadline_s

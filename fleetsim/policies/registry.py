@@ -29,16 +29,27 @@ def available_policies() -> dict[str, type[AllocationPolicy]]:
     return found
 
 
-def make_policy(config: PolicyConfig) -> AllocationPolicy:
+def policy_class(name: str) -> type[AllocationPolicy]:
     found = available_policies()
-    if config.name not in found:
+    if name not in found:
         raise FleetsimInputError(
-            f"policy.name: unknown policy {config.name!r}; allowed: {', '.join(sorted(found))}"
+            f"policy.name: unknown policy {name!r}; allowed: {', '.join(sorted(found))}"
         )
-    cls = found[config.name]
-    if not isinstance(cls, type):
-        cls = cls.load()
-    return cls(config)
+    cls = found[name]
+    return cls if isinstance(cls, type) else cls.load()
+
+
+def known_policy_class(name: str) -> type[AllocationPolicy] | None:
+    """The class registered as ``name``, or None (validators report unknown names
+    elsewhere)."""
+    try:
+        return policy_class(name)
+    except FleetsimInputError:
+        return None
+
+
+def make_policy(config: PolicyConfig) -> AllocationPolicy:
+    return policy_class(config.name)(config)
 
 
 def make_cohort_selector(config: PolicyConfig) -> CohortSelector:

@@ -1,158 +1,58 @@
-"""The server-strategy interface and the step machinery all strategies share.
+"""What a protocol author writes: the hooks of a server strategy.
 
-A protocol is a SimPy process (``run``) that decides when a step starts, what
-each device is asked to do, when to commit and how to aggregate.  It knows the
-fleet only through :class:`~fleetsim.fleet.fleet.Fleet`'s small API, the
-numerics only through :class:`~fleetsim.numerics.base.NumericsEngine`, and load
-allocation only through :class:`~fleetsim.policies.base.AllocationPolicy`.
-It never reads trace files and never imports torch.
+A protocol (Flower's ``Strategy``) says what differs between federated algorithms:
+what a device runs (:attr:`Protocol.task_kind`, :meth:`Protocol.inferences_per_unit`),
+what goes down and up the wire (:meth:`Protocol.download_payload`,
+:meth:`Protocol.upload_fn`: one documented pair per protocol), and its round loop
+(:meth:`Protocol.run`: when a step starts, whom it asks, how estimates are
+aggregated).  Everything every protocol needs done the same way (eligible devices,
+cohorts, dispatch, commit rules, carried work, step rows) is the
+:class:`~fleetsim.protocols.server.StepServer`'s, handed to each hook as ``server``.
+New protocols register through the ``fleetsim.protocols`` entry-point group.
 """
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
-from fleetsim.numerics.base import EvalResult, GradientWork, NumericsEngine, StepEstimate
-from fleetsim.policies.base import (
-    Allocation,
-    AllocationPolicy,
-    CohortSelector,
-    FleetView,
-)
 from fleetsim.protocols.config import ProtocolConfig
-from fleetsim.record.recorder import Recorder
-from fleetsim.rng import stream
+from fleetsim.workload import TaskKind
 
-# Bytes on the wire for one perturbation in seed mode: a 64-bit seed and an fp32 scalar.
-SEED_RECORD_BYTES = 12
-FP32 = 4
-
-
-@dataclass
-class ServerContext:
-    """Everything a protocol needs, built by the runner."""
-
-    env: Any  # simpy.Environment
-    fleet: Any  # fleetsim.fleet.fleet.Fleet
-    engine: NumericsEngine
-    policy: AllocationPolicy
-    cohort: CohortSelector
-    config: ProtocolConfig
-    recorder: Recorder
-    seed: int
-    memory_bytes: dict[TaskKind, int]
-    max_sim_seconds: float = math.inf
-    overcommit_factor: float = 1.0
-    on_step: Optional[Callable[[dict], None]] = None  # progress callback
-    stop_requested: Callable[[], bool] = field(default=lambda: False)
-
-
-@dataclass
-class StepOutcome:
-    receipts: list[WorkReceipt]
-    late: list[WorkReceipt]
-    started: float
-    committed: float
-    assigned_units: int
+if TYPE_CHECKING:
+    from fleetsim.protocols.server import StepServer
 
 
 class Protocol(ABC):
-    """Base of every server strategy.  Subclasses implement :meth:`run`."""
+    """Base of every server strategy: the hooks, with FwdLLM's choices as defaults."""
 
     name: str = ""
     #: what devices run: forward-gradient perturbations or backprop steps
     task_kind: TaskKind = TaskKind.FORWARD_GRADIENT
-    #: set by run() when it ends early on its own (e.g. "no_devices_online"); see stop_reason
-    gave_up: Optional[str] = None
 
-    def __init__(self, ctx: ServerContext) -> None:
-        self.ctx = ctx
-        self.cfg = ctx.config
-        self.step = 0  # committed steps so far
-        self.round = 0
-        self.last_eval: Optional[EvalResult] = None
-        # (device, step, pending dispatch event) carried past a commit
-        self._carried: list[tuple[int, int, Any]] = []
-        self._next_k: dict[tuple[int, int], int] = {}  # (step, device) -> next perturbation index
-        self.history: list[tuple[float, int]] = []
-        self._refused: set[int] = set()  # devices whose memory refusal was logged
-        self._eligible: Optional[np.ndarray] = None
-        # Byte accounting state: the step whose θ each device holds (-1: none yet; a dense
-        # download fetches it, a seed replay starts from θ_0, which every device builds from
-        # the run's seed), and Σ (seed, scalar) pairs of the steps committed before step k
-        # (``_pairs_before[k]``): what a seed download replays.
-        self._synced = np.full(ctx.fleet.num_devices, -1, dtype=np.int64)
-        self._pairs_before: list[int] = [0]
-        # (units, staleness) of the receipts turned into work since the last step row.
-        self._used_staleness: list[tuple[int, int]] = []
-        if self.cfg.commit.late_work == "carry":
-            ctx.engine.retain_steps(self.cfg.commit.max_staleness)
+    def __init__(self, config: ProtocolConfig) -> None:
+        self.cfg = config
 
-    # ------------------------------------------------------------------ interface
     @abstractmethod
-    def run(self) -> Generator:
-        """The server's SimPy process."""
+    def run(self, server: StepServer) -> Generator:
+        """The protocol's round loop, a SimPy generator driving ``server``."""
 
-    def state(self) -> dict:
-        """Protocol state for checkpoints (SimPy processes themselves are not stored)."""
-        return {"step": self.step, "round": self.round, "history": list(self.history)}
+    def check(self, server: StepServer) -> None:
+        """Refuse settings this protocol cannot honour (raise FleetsimInputError naming the
+        key); called once when the server is built."""
+        return None
 
-    # ------------------------------------------------------------------ helpers
-    @property
-    def env(self):
-        return self.ctx.env
-
-    @property
-    def fleet(self):
-        return self.ctx.fleet
-
-    @property
-    def engine(self) -> NumericsEngine:
-        return self.ctx.engine
-
-    def finished(self) -> bool:
-        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
-            return True
-        if self.env.now >= self.ctx.max_sim_seconds:
-            return True
-        return bool(self.ctx.stop_requested())
-
-    def stop_reason(self) -> str:
-        """Which stop rule ended :meth:`run` (asked once it has returned): ``gave_up``
-        when the protocol set it (e.g. ``no_devices_online``), else ``max_steps``,
-        ``stop_request``, ``max_sim_hours`` or ``rounds`` (see fleetsim.record.status)."""
-        if self.gave_up:
-            return self.gave_up
-        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
-            return "max_steps"
-        if self.ctx.stop_requested():
-            return "stop_request"
-        if self.env.now >= self.ctx.max_sim_seconds:
-            return "max_sim_hours"
-        return "rounds"
-
-    def planned_steps(self) -> int:
-        if self.cfg.max_steps is not None:
-            return self.cfg.max_steps
-        return self.cfg.rounds * (self.cfg.batches_per_round or 1)
-
-    def lr_at(self, step: int) -> float:
-        if self.cfg.lr_schedule == "linear":
-            total = max(self.planned_steps(), 1)
-            return self.cfg.lr * max(1.0 - step / total, 0.0)
-        return self.cfg.lr
-
-    def client_of(self, device_id: int) -> int:
-        return int(device_id) % self.engine.num_clients()
+    @classmethod
+    def uses_finite_differences(cls) -> bool:
+        """Whether devices difference perturbed forwards (so ``numerics.h`` matters)."""
+        return cls.task_kind is TaskKind.FORWARD_GRADIENT
 
     def inferences_per_unit(self) -> float:
+        """Forward passes a phone runs per unit (``protocol.phone_estimator``): central
+        differences 2, one-sided 1, jvp ``jvp_cost_factor``."""
         mode = self.cfg.phone_estimator
         if mode == "central":
             return 2.0
@@ -160,367 +60,24 @@ class Protocol(ABC):
             return self.cfg.jvp_cost_factor
         return 1.0
 
-    def trainable_bytes(self) -> int:
-        return int(self.engine.facts().trainable_params) * FP32
-
-    # ------------------------------------------------------------------ payloads
-    # One documented function per protocol says what goes down and up the wire
-    # (``download_payload`` and ``upload_fn``); the helpers below are their parts.
-
-    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
-        """Bytes each device downloads before computing for the current step.
+    def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:
+        """Bytes each device downloads before computing for the current step, shape
+        ``(len(device_ids),)``.
 
         FwdLLM (this default): ``protocol.download: dense`` — the fp32 trainable vector
         (4 × trainable parameters), or nothing when the device already holds θ of this
-        step (a variance repeat); ``seeds`` — see :meth:`seed_download`.
-        Shape: ``(len(device_ids),)``, int64."""
+        step (a variance repeat); ``seeds`` — 12 bytes per (seed, scalar) pair of every
+        committed step the device has not applied (``StepServer.seed_download``)."""
         if self.cfg.download == "seeds":
-            return self.seed_download(device_ids)
-        return self.dense_download(device_ids)
+            return server.seed_download(device_ids)
+        return server.dense_download(device_ids)
 
-    def upload_fn(self) -> Callable[[int], int]:
-        """Bytes a device uploads for ``units`` delivered perturbations.
+    def upload_fn(self, server: StepServer) -> Callable[[int], int]:
+        """Bytes a device uploads for ``units`` delivered units.
 
-        FwdLLM: ``protocol.upload: dense`` — its averaged estimate as one fp32 trainable
-        vector (4 × trainable parameters) whatever the number of units, nothing for 0;
-        ``seeds`` — a 64-bit seed and an fp32 scalar (12 bytes) per perturbation."""
+        FwdLLM (this default): ``protocol.upload: dense`` — its averaged estimate as one
+        fp32 trainable vector whatever the number of units, nothing for 0; ``seeds`` — a
+        64-bit seed and an fp32 scalar (12 bytes) per perturbation."""
         if self.cfg.upload == "seeds":
-            return lambda units: SEED_RECORD_BYTES * int(units)
-        dense = self.trainable_bytes()
-        return lambda units: dense if units > 0 else 0
-
-    def dense_download(self, device_ids: np.ndarray) -> np.ndarray:
-        """4 × trainable parameters, or 0 for a device that already holds θ of this step."""
-        ids = np.asarray(device_ids, dtype=np.int64)
-        behind = self._synced[ids] != self.step
-        return np.where(behind, self.trainable_bytes(), 0).astype(np.int64)
-
-    def seed_download(self, device_ids: np.ndarray) -> np.ndarray:
-        """12 bytes per (seed, scalar) pair of every committed step the device has not
-        applied (it replays them to rebuild θ: DeComFL's and FedKSeed's catch-up); under
-        ``protocol.seed_catch_up: dense_if_smaller`` the dense vector when that is smaller."""
-        ids = np.asarray(device_ids, dtype=np.int64)
-        before = np.asarray(self._pairs_before, dtype=np.int64)
-        held = np.maximum(self._synced[ids], 0)
-        pairs = before[min(self.step, len(before) - 1)] - before[held]
-        seeds = SEED_RECORD_BYTES * pairs
-        if self.cfg.seed_catch_up == "dense_if_smaller":
-            seeds = np.minimum(seeds, self.dense_download(ids))
-        return seeds.astype(np.int64)
-
-    def download_bytes(self) -> int:
-        """The download of a device that holds θ of the previous step (what feasibility
-        checks assume for a typical device)."""
-        held = self._synced[:1].copy()
-        self._synced[:1] = max(self.step - 1, 0)
-        try:
-            return int(self.download_payload(np.zeros(1, dtype=np.int64))[0])
-        finally:
-            self._synced[:1] = held
-
-    def note_commit(self, pairs: int) -> None:
-        """Record that the current step committed an update of ``pairs`` (seed, scalar)
-        pairs (the estimate's perturbations): what a lagging device replays later."""
-        while len(self._pairs_before) <= self.step:
-            self._pairs_before.append(self._pairs_before[-1])
-        self._pairs_before.append(self._pairs_before[self.step] + int(pairs))
-        del self._pairs_before[self.step + 2:]
-
-    def _note_synced(self, receipts: list[WorkReceipt]) -> None:
-        for r in receipts:
-            if r.bytes_down > 0:
-                d = int(r.device_id)
-                self._synced[d] = max(int(self._synced[d]), int(r.step))
-
-    # ------------------------------------------------------------------ staleness
-    def staleness_weight(self, staleness: int) -> float:
-        """Weight of each perturbation of work ``staleness`` steps old
-        (``protocol.commit.staleness_weighting``)."""
-        commit = self.cfg.commit
-        if commit.staleness_weighting == "inverse_sqrt":
-            return 1.0 / math.sqrt(1.0 + staleness)
-        if commit.staleness_weighting == "cutoff":
-            return 1.0 if staleness <= commit.staleness_cutoff else 0.0
-        return 1.0
-
-    def view(self, device_ids: np.ndarray, purpose: str) -> FleetView:
-        """Predictions a policy may use, for ``device_ids`` at the current time."""
-        ids = np.asarray(device_ids, dtype=np.int64)
-        fleet = self.fleet
-        kind = self.task_kind
-        return FleetView(
-            now=float(self.env.now),
-            device_ids=ids,
-            unit_seconds=fleet.predict_unit_seconds(ids, kind, self.inferences_per_unit()),
-            transfer_seconds=fleet.predict_transfer_seconds(
-                ids, self.download_payload(ids), self.upload_fn()(1)
-            ),
-            window_end=fleet.window_end(ids),
-            rng=stream(self.ctx.seed, "policy", purpose, self.round, self.step),
-        )
-
-    def candidates(self) -> np.ndarray:
-        """Devices online now, not busy with carried work, and able to hold the job.
-
-        The server knows each phone's RAM: a device that cannot hold the job is
-        never assigned it; its refusal is logged once (needed vs available bytes)."""
-        ids = self.fleet.available_ids()
-        busy = self.fleet.busy_ids()
-        if len(busy):
-            ids = np.setdiff1d(ids, busy, assume_unique=False)
-        need = int(self.ctx.memory_bytes.get(self.task_kind, 0))
-        if need and len(ids):
-            fits = self.fleet.can_hold(ids, need)
-            if not fits.all():
-                self._log_memory_refusals(ids[~fits], need)
-                ids = ids[fits]
-        return ids
-
-    def _log_memory_refusals(self, ids: np.ndarray, need: int) -> None:
-        fresh = [int(d) for d in ids.tolist() if int(d) not in self._refused]
-        if not fresh:
-            return
-        usable = self.fleet.table.usable_ram_bytes
-        for d in fresh:
-            self._refused.add(d)
-            self.ctx.recorder.events.add(
-                self.env.now, d, "refuse_memory", step=self.step,
-                detail=f"needed={need} available={int(usable[d])} kind={self.task_kind.value}",
-            )
-
-    def select_cohort(self, size: int, expected_round_s: float) -> Generator:
-        """Pick a round's cohort among online devices, waiting while none is online."""
-        while True:
-            ids = self.candidates()
-            if len(ids):
-                view = self.view(ids, "cohort")
-                return self.ctx.cohort.select(view, size, expected_round_s)
-            wait = self._seconds_until_someone_online()
-            if not math.isfinite(wait) or self.env.now + wait > self.ctx.max_sim_seconds:
-                return np.zeros(0, dtype=np.int64)
-            yield self.env.timeout(wait)
-
-    def eligible_ids(self) -> np.ndarray:
-        """Devices whose RAM can hold this protocol's job (static; cached)."""
-        if self._eligible is None:
-            ids = np.arange(self.fleet.num_devices, dtype=np.int64)
-            need = int(self.ctx.memory_bytes.get(self.task_kind, 0))
-            self._eligible = ids[self.fleet.can_hold(ids, need)] if need else ids
-        return self._eligible
-
-    def _seconds_until_someone_online(self) -> float:
-        # One vectorised query over the eligible fleet (cheap even at a million devices).
-        ids = self.eligible_ids()
-        if len(ids) == 0:
-            return math.inf
-        starts = self.fleet.availability.next_start(ids, float(self.env.now))
-        nxt = float(starts.min())
-        if not math.isfinite(nxt):
-            return math.inf
-        # Someone eligible is online but busy with carried work: poll at a coarse interval.
-        return nxt - float(self.env.now) if nxt > self.env.now else 1.0
-
-    def perturbation_indices(
-        self, device_id: int, units: int, step: Optional[int] = None
-    ) -> tuple[int, ...]:
-        """The next ``units`` perturbation indices of ``device_id`` for ``step`` (default:
-        the current step); variance repeats of a step get fresh indices."""
-        key = (self.step if step is None else int(step), int(device_id))
-        k0 = self._next_k.get(key, 0)
-        self._next_k[key] = k0 + int(units)
-        return tuple(range(k0, k0 + int(units)))
-
-    # ------------------------------------------------------------------ one step
-    def execute(
-        self, allocation: Allocation, batch_index: int, attempt: int, units_label: str = ""
-    ) -> Generator:
-        """Dispatch the allocation, wait per the commit rule, return a StepOutcome."""
-        env = self.env
-        commit = self.cfg.commit
-        started = float(env.now)
-        events: dict[int, Any] = {}
-        upload = self.upload_fn()
-        downloads = self.download_payload(allocation.device_ids)
-        deadline_rel = allocation.deadline_s or commit.deadline_s
-        if commit.mode == "barrier" and allocation.deadline_s is None:
-            deadline_rel = None
-        for dev, units, down in zip(
-            allocation.device_ids.tolist(), allocation.quotas.tolist(), downloads.tolist()
-        ):
-            if units <= 0:
-                continue
-            task = Task(
-                step=self.step,
-                device_id=int(dev),
-                units=int(units),
-                kind=self.task_kind,
-                download_bytes=int(down),
-                upload_bytes=upload,
-                inferences_per_unit=self.inferences_per_unit(),
-                memory_bytes=self.ctx.memory_bytes.get(self.task_kind, 0),
-                # Devices cut their compute only when the policy planned for a deadline;
-                # a commit deadline alone leaves late work to the late_work rule.
-                deadline_s=None if allocation.deadline_s is None
-                else started + allocation.deadline_s,
-                tags={"batch_index": batch_index, "attempt": attempt},
-            )
-            events[int(dev)] = self.fleet.dispatch(task)
-        assigned = int(sum(int(q) for q in allocation.quotas.tolist() if q > 0))
-        need = allocation.commit_units
-        if commit.mode == "quorum":
-            q = int(math.ceil(commit.quorum_fraction * assigned))
-            need = q if need is None else min(need, q)
-        receipts: list[WorkReceipt] = []
-        pending = dict(events)
-        timer = env.timeout(deadline_rel) if deadline_rel is not None else None
-        # One shared wake-up event instead of an AnyOf over every pending task per arrival
-        # (that was quadratic in the cohort: 1,000 devices meant 1,000 AnyOfs of 1,000).
-        wake = env.event()
-        tally = {"left": len(pending), "units": 0}
-
-        def arrived(ev: Any) -> None:
-            tally["left"] -= 1
-            tally["units"] += ev.value.units_delivered if ev.ok else 0
-            enough = need is not None and tally["units"] >= need
-            if not wake.triggered and (tally["left"] == 0 or enough):
-                wake.succeed()
-
-        for ev in pending.values():
-            if ev.callbacks is None:  # already processed
-                arrived(ev)
-            else:
-                ev.callbacks.append(arrived)
-        if pending:
-            yield env.any_of([wake] + ([timer] if timer is not None else []))
-        for dev in sorted(pending):
-            ev = pending[dev]
-            if ev.triggered:
-                receipts.append(ev.value)
-                del pending[dev]
-        late: list[WorkReceipt] = []
-        # Work carried from earlier steps that arrived meanwhile; work still in flight that
-        # is already older than max_staleness could never be used: withdraw it.
-        still = []
-        for item in self._carried:
-            dev, step, ev = item
-            if ev.triggered:
-                late.append(ev.value)
-            elif self.step - step >= commit.max_staleness:
-                self.fleet.cancel(dev, step)
-                self.ctx.recorder.events.add(env.now, dev, "dropped", step=step, detail="stale")
-            else:
-                still.append(item)
-        self._carried = still
-        for dev in sorted(pending):
-            if commit.late_work == "carry" and commit.max_staleness > 0:
-                self._carried.append((dev, self.step, pending[dev]))
-            else:
-                self.fleet.cancel(dev, self.step)
-                self.ctx.recorder.events.add(env.now, dev, "dropped", step=self.step)
-        self._note_synced(receipts + late)
-        return StepOutcome(receipts, late, started, float(env.now), assigned)
-
-    def drop_carried(self) -> None:
-        """At the end of the run: withdraw work still carried (logged as dropped)."""
-        for dev, step, ev in self._carried:
-            if not ev.triggered:
-                self.fleet.cancel(dev, step)
-                self.ctx.recorder.events.add(self.env.now, dev, "dropped", step=step)
-        self._carried = []
-
-    def to_work(self, receipts: list[WorkReceipt]) -> list[GradientWork]:
-        """Delivered receipts as numerics work, each at the step it was computed for.
-
-        A receipt of step s used at step t has staleness t − s: it is evaluated at θ_s
-        along step s's perturbations and weighted by :meth:`staleness_weight`; one older
-        than ``protocol.commit.max_staleness`` is dropped.  Every receipt used or dropped
-        is logged as a ``receipt`` or ``dropped`` event with its staleness."""
-        work = []
-        log = self.ctx.recorder.events
-        for r in sorted(receipts, key=lambda r: (r.step, r.device_id)):
-            unusable = r.status in (ReceiptStatus.REFUSED, ReceiptStatus.CANCELLED)
-            if r.units_delivered <= 0 or unusable:
-                continue
-            staleness = self.step - int(r.step)
-            if staleness > self.cfg.commit.max_staleness:
-                self.fleet.mark_unused(r)
-                log.add(self.env.now, r.device_id, "dropped", step=r.step,
-                        units=r.units_delivered, detail="stale", staleness=staleness)
-                continue
-            weight = self.staleness_weight(staleness)
-            client = self.client_of(r.device_id)
-            n_batches = max(self.engine.batches_per_client(client), 1)
-            batch = int(r.tags.get("batch_index", 0)) % n_batches
-            ks = r.tags.get("perturbations")
-            if ks is None:
-                ks = self.perturbation_indices(r.device_id, r.units_delivered, r.step)
-            log.add(self.env.now, r.device_id, "receipt", step=r.step, units=r.units_delivered,
-                    detail=f"applied_step={self.step} weight={weight:.6g}", staleness=staleness)
-            if weight <= 0:
-                self.fleet.mark_unused(r)
-                continue
-            self._used_staleness.append((int(r.units_delivered), staleness))
-            work.append(
-                GradientWork(
-                    device_id=int(r.device_id),
-                    client_id=client,
-                    batch_index=batch,
-                    perturbations=tuple(ks),
-                    step=int(r.step),
-                    weight=weight,
-                )
-            )
-        return work
-
-    def record_step(
-        self,
-        outcome: StepOutcome,
-        estimate: Optional[StepEstimate],
-        attempt: int,
-        committed: bool,
-        lr: float,
-        evaluation: Optional[EvalResult] = None,
-    ) -> dict:
-        used = [r for r in outcome.receipts + outcome.late if r.units_delivered > 0]
-        row = {
-            "sim_time_s": float(self.env.now),
-            "round": self.round,
-            "step": self.step,
-            "attempt": attempt,
-            "committed": committed,
-            "devices": len({r.device_id for r in used}),
-            "perturbations": int(estimate.n_perturbations) if estimate else 0,
-            "loss": float(estimate.loss) if estimate else math.nan,
-            "accuracy": evaluation.accuracy if evaluation else math.nan,
-            "eval_loss": evaluation.loss if evaluation else math.nan,
-            "variance": float(estimate.variance) if estimate else math.nan,
-            "lr": lr,
-            "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
-            "bytes_down": int(sum(r.bytes_down for r in outcome.receipts + outcome.late)),
-            "step_seconds": outcome.committed - outcome.started,
-            **self._staleness_columns(),
-        }
-        self.ctx.recorder.add_step(row)
-        if self.ctx.on_step is not None:
-            self.ctx.on_step(row)
-        return row
-
-    def _staleness_columns(self) -> dict:
-        """Per-row staleness of the work used since the last row (units-weighted)."""
-        used, self._used_staleness = self._used_staleness, []
-        units = sum(u for u, _ in used)
-        stale = [(u, s) for u, s in used if s > 0]
-        return {
-            "stale_units": int(sum(u for u, _ in stale)),
-            "staleness_max": int(max((s for _, s in used), default=0)),
-            "staleness_mean": float(sum(u * s for u, s in used) / units) if units else 0.0,
-        }
-
-    def evaluate(self) -> EvalResult:
-        result = self.engine.evaluate()
-        self.last_eval = result
-        self.ctx.recorder.events.add(
-            self.env.now, -1, "evaluate", step=self.step,
-            detail=f"accuracy={result.accuracy:.6f} loss={result.loss:.6f}",
-        )
-        return result
+            return server.seed_upload()
+        return server.dense_upload()

@@ -10,10 +10,11 @@ from typing import Optional
 
 import numpy as np
 
-from fleetsim.fleet.work import TaskKind
 from fleetsim.numerics.base import StepEstimate
 from fleetsim.policies.base import Allocation
 from fleetsim.protocols.fwdllm import FwdLLMProtocol
+from fleetsim.protocols.server import StepServer
+from fleetsim.workload import TaskKind
 
 
 class FedSGDProtocol(FwdLLMProtocol):
@@ -23,21 +24,22 @@ class FedSGDProtocol(FwdLLMProtocol):
     def inferences_per_unit(self) -> float:
         return 1.0  # a unit is one backprop step; the latency model prices it
 
-    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
+    def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:
         """The dense fp32 trainable vector (4 × trainable parameters); nothing for a device
         that already holds θ of this step."""
-        return self.dense_download(device_ids)
+        return server.dense_download(device_ids)
 
-    def upload_fn(self) -> Callable[[int], int]:
+    def upload_fn(self, server: StepServer) -> Callable[[int], int]:
         """The device's exact gradient: one dense fp32 trainable vector (0 for no work)."""
-        dense = self.trainable_bytes()
-        return lambda units: dense if units > 0 else 0
+        return server.dense_upload()
 
-    def allocate(self, cohort: np.ndarray) -> Allocation:
-        ids = np.intersect1d(cohort, self.candidates())
+    def allocate(self, server: StepServer, cohort: np.ndarray) -> Allocation:
+        ids = np.intersect1d(cohort, server.candidates())
         return Allocation(ids, np.ones(len(ids), dtype=np.int64))
 
-    def aggregate(self, step: int, work, previous: Optional[StepEstimate]) -> StepEstimate:
+    def aggregate(
+        self, server: StepServer, step: int, work, previous: Optional[StepEstimate]
+    ) -> StepEstimate:
         # Exact gradients need no variance repeats; pooling keeps the interface uniform.
-        estimate = self.engine.backprop_gradient(step, work)
-        return estimate if previous is None else self.engine.average([previous, estimate])
+        estimate = server.engine.backprop_gradient(step, work)
+        return estimate if previous is None else server.engine.average([previous, estimate])

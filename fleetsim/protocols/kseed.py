@@ -13,19 +13,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fleetsim.protocols.base import SEED_RECORD_BYTES
 from fleetsim.protocols.fwdllm import FwdLLMProtocol
+from fleetsim.protocols.server import StepServer
 
 
 class KSeedProtocol(FwdLLMProtocol):
     name = "kseed"
 
-    def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
+    def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:
         """Seeds down, whatever ``protocol.download`` says: the 12-byte (seed, scalar)
         pairs of every committed step the device has not applied (``seed_download``;
         ``protocol.seed_catch_up: dense_if_smaller`` caps it at the dense vector)."""
-        return self.seed_download(device_ids)
+        return server.seed_download(device_ids)
 
-    def upload_fn(self) -> Callable[[int], int]:
+    def upload_fn(self, server: StepServer) -> Callable[[int], int]:
         """Seeds up: 12 bytes (64-bit seed + fp32 scalar) per delivered perturbation."""
-        return lambda units: SEED_RECORD_BYTES * int(units)
+        return server.seed_upload()

@@ -5,11 +5,12 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.protocols.base import Protocol, ServerContext
+from fleetsim.protocols.base import Protocol
 from fleetsim.protocols.fedavg import FedAvgProtocol
 from fleetsim.protocols.fedsgd import FedSGDProtocol
 from fleetsim.protocols.fwdllm import FwdLLMProtocol
 from fleetsim.protocols.kseed import KSeedProtocol
+from fleetsim.protocols.server import ServerContext, StepServer
 
 BUILTIN_PROTOCOLS: dict[str, type[Protocol]] = {
     cls.name: cls for cls in (FwdLLMProtocol, FedSGDProtocol, FedAvgProtocol, KSeedProtocol)
@@ -33,5 +34,15 @@ def protocol_class(name: str) -> type[Protocol]:
     return cls if isinstance(cls, type) else cls.load()
 
 
-def make_protocol(ctx: ServerContext) -> Protocol:
-    return protocol_class(ctx.config.name)(ctx)
+def known_protocol_class(name: str) -> type[Protocol] | None:
+    """The class registered as ``name``, or None (for validators that report unknown names
+    elsewhere)."""
+    try:
+        return protocol_class(name)
+    except FleetsimInputError:
+        return None
+
+
+def make_server(ctx: ServerContext) -> StepServer:
+    """The run's server, driving the protocol ``ctx.config.name``."""
+    return StepServer(ctx, protocol_class(ctx.config.name)(ctx.config))

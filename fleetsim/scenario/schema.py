@@ -14,8 +14,11 @@ from fleetsim.fleet.config import FleetConfig
 from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig, fd_step_problem
 from fleetsim.numerics.data import DataConfig
 from fleetsim.policies.config import PolicyConfig
+from fleetsim.policies.registry import known_policy_class
 from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.protocols.registry import known_protocol_class
 from fleetsim.traces.config import TracesConfig
+from fleetsim.workload import TaskKind
 
 
 class RunConfig(BaseModel):
@@ -92,22 +95,23 @@ class Scenario(BaseModel):
                 f"protocol.devices_per_step ({p.devices_per_step}) exceeds fleet.size "
                 f"({self.fleet.size})"
             )
-        if self.policy.name == "deadline" and not (self.policy.deadline_s or p.commit.deadline_s):
-            raise ValueError(
-                "policy.deadline_s: the deadline policy needs policy.deadline_s or "
-                "protocol.commit.deadline_s"
-            )
+        policy = known_policy_class(self.policy.name)
+        problem = policy.config_problem(self.policy, p.commit.deadline_s) if policy else None
+        if problem is not None:
+            raise ValueError(problem)
         if self.numerics.engine == "none" and self.run.targets:
             raise ValueError(
                 "run.targets: a systems-only run (numerics.engine: none) computes no accuracy; "
                 "remove the targets"
             )
-        if p.name not in ("fedsgd", "fedavg"):  # backprop baselines difference nothing
+        protocol = known_protocol_class(p.name)
+        if protocol is None or protocol.uses_finite_differences():
             problem = fd_step_problem(self.numerics.h, self.numerics.dtype,
                                       self.numerics.estimator, p.phone_estimator)
             if problem is not None:
                 raise ValueError(problem)
-        if p.name in ("fedsgd", "fedavg") and self.fleet.backend == "npu":
+        if protocol is not None and protocol.task_kind is TaskKind.BACKPROP and (
+                self.fleet.backend == "npu"):
             raise ValueError(
                 "fleet.backend: backprop baselines cannot run on the NPU; allowed: auto, cpu, gpu"
             )

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from fleetsim.numerics import engine as engine_module
-from fleetsim.protocols.base import SEED_RECORD_BYTES
+from fleetsim.protocols.server import SEED_RECORD_BYTES
 from fleetsim.runner import run_scenario
 
 CASES = Path(__file__).resolve().parents[2].parent / "shared" / "cases"

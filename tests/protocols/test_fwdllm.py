@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from fleet_harness import FakeEngine, build
 
-from fleetsim.protocols.base import SEED_RECORD_BYTES
+from fleetsim.protocols.server import SEED_RECORD_BYTES
 from fleetsim.traces.base import IntervalAvailability
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from fleet_harness import FACTS, FakeEngine, build
 
-from fleetsim.protocols.base import SEED_RECORD_BYTES
+from fleetsim.protocols.server import SEED_RECORD_BYTES
 
 DENSE = FACTS.trainable_params * 4
 

@@ -23,9 +23,9 @@ from fleetsim.numerics.base import (
 )
 from fleetsim.policies.config import PolicyConfig
 from fleetsim.policies.registry import make_cohort_selector, make_policy
-from fleetsim.protocols.base import ServerContext
 from fleetsim.protocols.config import ProtocolConfig
-from fleetsim.protocols.registry import make_protocol
+from fleetsim.protocols.registry import make_server
+from fleetsim.protocols.server import ServerContext
 from fleetsim.record.recorder import Recorder
 from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, DeviceTable
 
@@ -130,6 +130,6 @@ def build(
         memory_bytes=memory or {TaskKind.FORWARD_GRADIENT: 1, TaskKind.BACKPROP: 1},
         max_sim_seconds=math.inf,
     )
-    return Harness(env, fl, eng, recorder, make_protocol(ctx))
+    return Harness(env, fl, eng, recorder, make_server(ctx))
 
 

@@ -123,6 +123,7 @@ def _facts(summary: pd.Series) -> pd.DataFrame:
         ("scenario", "scenario_name"),
         ("protocol", "protocol"),
         ("policy", "policy"),
+        ("model", "model_label"),  # "phones charged for X; learning signal from Y"
         ("seed", "seed"),
         ("availability", "availability_label"),
         ("systems only", "systems_only"),

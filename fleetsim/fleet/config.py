@@ -53,6 +53,32 @@ class EnergyConfig(BaseModel):
     )
 
 
+class CostModelConfig(BaseModel):
+    """The model the phones are charged for, when it differs from the model that supplies
+    the learning signal (``model:``).  Compute latency, job memory (RAM admission) and
+    payload sizes (the trainable PEFT size of *this* model under the scenario's ``peft:``)
+    follow it; gradients and accuracy come from ``model:``.  Every output of such a run
+    names both ("phones charged for X; learning signal from Y")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name_or_path: str = Field(
+        ..., min_length=1,
+        description="A model config: a known model name or a folder holding a Hugging Face "
+        "config.json (e.g. scenarios/models/llama-2-7b), relative to the scenario file; "
+        "no weights are read.",
+    )
+    dtype: Literal["float32", "float16", "bfloat16", "int8", "int4"] = Field(
+        "int8",
+        description="Storage type of the charged model's weights on the phone (memory and "
+        "download size): int8 = 1 byte, int4 = 0.5 byte per weight.",
+    )
+    max_seq_len: Optional[int] = Field(
+        None, ge=1,
+        description="Tokens per example the phones are charged for (default: model.max_seq_len).",
+    )
+
+
 class FleetConfig(BaseModel):
     """How the simulated phones behave on the SimPy clock."""
 
@@ -89,6 +115,11 @@ class FleetConfig(BaseModel):
     )
     energy: EnergyConfig = Field(
         default_factory=EnergyConfig, description="Power figures used for energy accounting."
+    )
+    cost_model: Optional[CostModelConfig] = Field(
+        None,
+        description="The model the phones are charged for (latency, memory, payload) when it "
+        "differs from model: (default: the same model).",
     )
 
     @model_validator(mode="after")

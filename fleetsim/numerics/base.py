@@ -1,134 +1,15 @@
-"""The one interface protocols use to get learning signal.
+"""The server–numerics contract, as the numerics package names it.
 
-The numerics engine owns θ (the trainable parameters), the data partitions and
-the server optimiser.  It never reads the simulated clock: protocols call it at
-commit time with the work that devices *delivered* (work receipts turned into
-:class:`GradientWork`), and it computes exactly that work, batched as it likes.
-
-This module imports neither torch nor simpy, so systems-only runs and policies
-can depend on it.
+Defined once in :mod:`fleetsim.numerics_api` (torch-free, on the ground floor);
+re-exported here for the engines that implement it.
 """
 
-from __future__ import annotations
-
-import math
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Optional
-
-from fleetsim.workload import ModelFacts
+from fleetsim.numerics_api import (
+    EvalResult,
+    GradientWork,
+    ModelFacts,
+    NumericsEngine,
+    StepEstimate,
+)
 
 __all__ = ["EvalResult", "GradientWork", "ModelFacts", "NumericsEngine", "StepEstimate"]
-
-
-@dataclass(frozen=True)
-class GradientWork:
-    """One device's delivered contribution to a step.
-
-    ``perturbations`` are the perturbation indices k the device ran; each
-    perturbation is regenerated from ``stream_seed(seed, "perturbation", step,
-    device_id, k)`` so a device may upload seeds and scalars only.  Variance
-    repeats of the same step use fresh k (the protocol offsets them).
-    """
-
-    device_id: int
-    client_id: int  # data partition the device holds
-    batch_index: int  # which of the client's local batches
-    perturbations: tuple[int, ...]
-    #: The server step the device computed for (it downloaded θ_step and drew step's
-    #: perturbations).  ``None``: the step being estimated (fresh work).  Older steps are
-    #: *stale* work: the engine evaluates it at θ_step from its bounded θ history
-    #: (:meth:`NumericsEngine.retain_steps`), exactly what the phone computed.
-    step: Optional[int] = None
-    #: Staleness weight of every perturbation of this work in the step's average
-    #: (1.0 for fresh work; e.g. 1/√(1+s) under FedBuff/FedAsync-style weighting).
-    weight: float = 1.0
-
-
-@dataclass
-class StepEstimate:
-    """An aggregated gradient estimate for one server step (engine-owned tensor
-    inside ``handle``; protocols treat it as opaque)."""
-
-    step: int
-    n_perturbations: int
-    n_devices: int
-    loss: float = math.nan  # mean training loss at θ on the delivered batches
-    variance: float = math.nan  # split-half variance statistic (see engine docs)
-    handle: Any = None
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class EvalResult:
-    accuracy: float
-    loss: float
-    n_examples: int
-
-
-class NumericsEngine(ABC):
-    """Facade over models, data, estimators and the server optimiser."""
-
-    #: True when no gradient is computed (systems-only mode); outputs say so.
-    systems_only: bool = False
-
-    @abstractmethod
-    def facts(self) -> ModelFacts: ...
-
-    @abstractmethod
-    def num_clients(self) -> int: ...
-
-    @abstractmethod
-    def batches_per_client(self, client_id: int) -> int: ...
-
-    @abstractmethod
-    def forward_gradient(
-        self, step: int, work: list[GradientWork], previous: Optional[StepEstimate] = None
-    ) -> StepEstimate:
-        """Average the forward-gradient estimates of ``work`` (each perturbation
-        weighs the same).  With ``previous`` (variance repeats of one step), the
-        result pools previous and new perturbations."""
-
-    @abstractmethod
-    def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:
-        """Exact gradient by backprop on the same batches (FedSGD baseline)."""
-
-    @abstractmethod
-    def local_train(
-        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float,
-        source_step: Optional[int] = None,
-    ) -> StepEstimate:
-        """FedAvg-style local SGD from θ_source_step (default: the current θ; an older
-        step's θ for carried work, see :meth:`retain_steps`); the estimate holds the
-        model delta (θ_local − θ) as a pseudo-gradient with sign flipped so that
-        ``apply(avg, lr=1)`` with plain SGD moves θ to the average."""
-
-    @abstractmethod
-    def average(self, estimates: list[StepEstimate]) -> StepEstimate:
-        """Weighted (by n_perturbations, else by n_devices) mean of estimates."""
-
-    @abstractmethod
-    def apply(self, estimate: StepEstimate, lr: float) -> None:
-        """One server optimiser step with the estimate as the gradient."""
-
-    @abstractmethod
-    def evaluate(self) -> EvalResult: ...
-
-    def retain_steps(self, max_staleness: int) -> None:
-        """Keep θ (and what perturbation sampling depends on) of the last
-        ``max_staleness`` steps, so that work computed for step s and delivered at
-        step s + k (k ≤ max_staleness) is evaluated at θ_s.  0 (the default) keeps
-        none: every work item must then be fresh.  Engines that compute nothing
-        ignore it."""
-        return None
-
-    @abstractmethod
-    def state_dict(self) -> dict:
-        """Trainable weights, optimiser state, previous gradient: for checkpoints."""
-
-    @abstractmethod
-    def load_state_dict(self, state: dict) -> None: ...
-
-    def describe(self) -> dict:
-        """Metadata written to the run directory (estimator, host batching, ...)."""
-        return {}

@@ -1,0 +1,95 @@
+"""The model the phones are charged for (``fleet.cost_model``) when it is not the model
+that supplies the learning signal (``model:``).
+
+Why: a FwdLLM step on a billion-parameter model keeps a phone busy for minutes, long
+enough for availability churn to cut it short; computing real forward gradients of such a
+model on the host for 10,000 phones is out of reach.  The simulated side (latency, job
+memory and RAM admission, payload sizes) is priced with the *charged* model's facts
+while a small real model computes the gradients and the accuracy.
+
+Decisions (tested in ``tests/analysis/test_cost_model.py``):
+
+* latency: the charged model's forward FLOPs per token × tokens (``max_seq_len``, default
+  ``model.max_seq_len``) × batch, through the same latency model;
+* memory: the charged model's weights at ``dtype`` (int8 = 1 byte, int4 = 0.5 byte per
+  weight) plus activations — so fewer phones can hold it;
+* payload: the trainable parameters of the scenario's ``peft:`` applied to the charged
+  model (a LoRA of rank r on LLaMA-2-7B is what a phone would send), counted on the meta
+  device without weights.
+
+Everything the runner writes names both models: ``summary.json`` has ``charged_model``,
+``learning_model`` and ``model_label`` ("phones charged for X; learning signal from Y").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from fleetsim.workload import ModelFacts
+
+#: Bytes per stored weight of each ``fleet.cost_model.dtype``.
+COST_DTYPE_BYTES: dict[str, float] = {
+    "float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "int4": 0.5,
+}
+
+
+def charged_facts(scenario: Any, base_dir: Path) -> ModelFacts:
+    """Facts of ``scenario.fleet.cost_model`` (a :class:`fleetsim.scenario.schema.Scenario`):
+    its architecture from the config alone (meta device), the scenario's ``peft:`` and
+    batch size, ``cost_model.max_seq_len`` (default ``model.max_seq_len``) tokens, weights
+    at ``cost_model.dtype``.  Raises FleetsimInputError for an unknown model."""
+    from fleetsim.numerics.engine import model_facts
+
+    cost = scenario.fleet.cost_model
+    model = scenario.model.model_copy(
+        update={
+            "name_or_path": cost.name_or_path,
+            "max_seq_len": cost.max_seq_len or scenario.model.max_seq_len,
+        }
+    )
+    facts = model_facts(model, scenario.peft, scenario.data, scenario.numerics, base_dir)
+    return dataclasses.replace(facts, dtype_bytes=COST_DTYPE_BYTES[cost.dtype])
+
+
+def model_label(charged: str, learning: str) -> str:
+    """``"phones charged for X; learning signal from Y"``, or the one name when equal."""
+    if charged == learning:
+        return charged
+    return f"phones charged for {charged}; learning signal from {learning}"
+
+
+class ChargedEngine:
+    """A numerics engine whose :meth:`facts` are those of the charged model; every other
+    attribute is the wrapped engine's (gradients, accuracy, journal).  The learning
+    model's facts stay available as :meth:`learning_facts`."""
+
+    def __init__(self, engine: Any, facts: ModelFacts) -> None:
+        self._engine = engine
+        self._charged = facts
+
+    def facts(self) -> ModelFacts:
+        return self._charged
+
+    def learning_facts(self) -> ModelFacts:
+        return self._engine.facts()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def charge_engine(scenario: Any, engine: Any, base_dir: Path) -> Any:
+    """``engine`` itself without ``fleet.cost_model``, else a :class:`ChargedEngine`."""
+    if scenario.fleet.cost_model is None:
+        return engine
+    return ChargedEngine(engine, charged_facts(scenario, base_dir))
+
+
+def model_labels(charged: ModelFacts, learning: ModelFacts) -> dict[str, str]:
+    """Summary fields naming the charged and the learning model of a run."""
+    return {
+        "charged_model": charged.name,
+        "learning_model": learning.name,
+        "model_label": model_label(charged.name, learning.name),
+    }

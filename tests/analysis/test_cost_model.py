@@ -1,0 +1,82 @@
+"""fleet.cost_model: the phones are charged for one model, another supplies the learning
+signal.  Facts checked against parameter counts by hand; latency, memory and payload
+follow the charged model; outputs name both."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetsim.cost_model import charged_facts, model_label
+from fleetsim.scenario.loader import load_scenario
+from fleetsim.traces.latency import REFERENCE_FLOPS, job_forward_flops, unit_seconds
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIO = REPO / "scenarios" / "paper_closed_form.yaml"
+SMALL = ["fleet.size=4", "protocol.devices_per_step=4", "protocol.rounds=1",
+         "protocol.batches_per_round=1"]
+TINYLLAMA = ["fleet.cost_model.name_or_path=models/tinyllama-1.1b",
+             "fleet.cost_model.dtype=int4"]
+
+
+def _tinyllama_backbone_params() -> int:
+    """TinyLlama-1.1B by hand: embeddings, 22 × (attention with 4 KV heads of 64 dims,
+    SwiGLU FFN, two RMSNorms), final RMSNorm."""
+    hidden, ffn, layers, vocab, kv = 2048, 5632, 22, 32000, 4 * 64
+    attention = 2 * hidden * hidden + 2 * hidden * kv
+    per_layer = attention + 3 * hidden * ffn + 2 * hidden
+    return vocab * hidden + layers * per_layer + hidden
+
+
+def test_charged_facts_count_the_charged_model_by_hand() -> None:
+    loaded = load_scenario(SCENARIO, SMALL + TINYLLAMA)
+    facts = charged_facts(loaded.scenario, loaded.base_dir)
+    assert facts.name == "tinyllama-1.1b"
+    assert facts.dtype_bytes == 0.5 and facts.seq_len == loaded.scenario.model.max_seq_len
+    head = 2048 * 4 + 4  # the AG News head (4 classes) the scenario's peft trains
+    adapters = facts.trainable_params - head
+    assert adapters > 0  # the scenario's peft (bottleneck adapters) on the charged model
+    assert facts.n_params - facts.trainable_params == _tinyllama_backbone_params()
+
+
+def test_latency_memory_and_payload_follow_the_charged_model() -> None:
+    from fleetsim.runner import validate_loaded
+    from fleetsim.workload import TaskKind
+
+    plain = validate_loaded(load_scenario(SCENARIO, SMALL))
+    charged = validate_loaded(load_scenario(SCENARIO, SMALL + TINYLLAMA))
+    assert plain.facts.name == "distilbert-base-uncased"
+    assert charged.facts.name == "tinyllama-1.1b"
+    kind = TaskKind.FORWARD_GRADIENT
+    assert charged.memory[kind] > plain.memory[kind]
+    # payload: dense upload of the charged model's trainable parameters, fp32
+    assert charged.protocol.upload_fn()(1) == 4 * charged.facts.trainable_params
+    # latency: the catalogue's reference forward time scaled by the charged model's FLOPs
+    table = charged.table
+    ids = np.arange(2)
+    backends = np.array(["cpu", "cpu"], dtype=object)
+    seconds = unit_seconds(table, ids, backends, charged.facts, "inference", 1.0)
+    by_hand = table.ref_forward_s["cpu"][ids] * job_forward_flops(charged.facts) / REFERENCE_FLOPS
+    np.testing.assert_allclose(seconds, by_hand)
+    assert job_forward_flops(charged.facts) > 10 * job_forward_flops(plain.facts)
+
+
+def test_summary_and_report_name_both_models(tmp_path: Path) -> None:
+    from fleetsim.analysis.report import write_report
+    from fleetsim.runner import run_scenario
+
+    run_dir = run_scenario(SCENARIO, SMALL + TINYLLAMA + ["run.progress=false"],
+                           run_dir=tmp_path / "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["charged_model"] == "tinyllama-1.1b"
+    assert summary["learning_model"] == "distilbert-base-uncased"
+    label = "phones charged for tinyllama-1.1b; learning signal from distilbert-base-uncased"
+    assert summary["model_label"] == label
+    assert label in write_report(run_dir).read_text()
+
+
+def test_label_is_one_name_when_the_models_agree() -> None:
+    assert model_label("a", "a") == "a"
+    with pytest.raises(Exception, match="cost_model"):
+        load_scenario(SCENARIO, ["fleet.cost_model.dtype=int3"])

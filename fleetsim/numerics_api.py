@@ -1,12 +1,13 @@
-"""The one interface protocols use to get learning signal.
+"""The one interface the server uses to get learning signal (ground floor: no torch).
 
 The numerics engine owns θ (the trainable parameters), the data partitions and
 the server optimiser.  It never reads the simulated clock: protocols call it at
 commit time with the work that devices *delivered* (work receipts turned into
 :class:`GradientWork`), and it computes exactly that work, batched as it likes.
 
-This module imports neither torch nor simpy, so systems-only runs and policies
-can depend on it.
+This module imports neither torch nor simpy, so the server (``protocols/``),
+systems-only runs and the checkpoint journal can depend on it without importing
+``fleetsim.numerics``; the engines that implement it live there.
 """
 
 from __future__ import annotations

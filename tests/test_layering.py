@@ -49,6 +49,7 @@ def _numerics_imports(package: str) -> list[str]:
 
 
 def test_packages_below_the_server_import_nothing_from_numerics():
-    # Shared vocabulary (ModelFacts, backends, job kinds) lives in fleetsim.workload.
-    for package in ("fleet", "traces", "record", "policies"):
+    # Shared vocabulary (ModelFacts, backends, job kinds) lives in fleetsim.workload, the
+    # server–numerics contract in fleetsim.numerics_api.
+    for package in ("fleet", "traces", "record", "policies", "protocols"):
         assert _numerics_imports(package) == [], package

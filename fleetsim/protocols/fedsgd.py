@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from fleetsim.numerics.base import StepEstimate
+from fleetsim.numerics_api import StepEstimate
 from fleetsim.policies.base import Allocation
 from fleetsim.protocols.fwdllm import FwdLLMProtocol
 from fleetsim.protocols.server import StepServer

@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from fleetsim.numerics.base import StepEstimate
+from fleetsim.numerics_api import StepEstimate
 from fleetsim.policies.base import Allocation, StepContext
 from fleetsim.protocols.base import Protocol
 from fleetsim.protocols.server import StepServer

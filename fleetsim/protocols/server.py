@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
-from fleetsim.numerics.base import EvalResult, GradientWork, NumericsEngine, StepEstimate
+from fleetsim.numerics_api import EvalResult, GradientWork, NumericsEngine, StepEstimate
 from fleetsim.policies.base import (
     Allocation,
     AllocationPolicy,

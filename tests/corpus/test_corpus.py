@@ -60,7 +60,7 @@ TRACE_EXPECTATIONS: dict[str, str] = {
     "population_unknown_phone.csv": "unknown phone model 'Nokia 3310 Classic'",
     "population_zero_weights.csv": "weights sum to zero",
     "unknown_columns.csv": "cannot tell the trace format from columns when, who, what",
-    "unknown_suffix.xyz": "unknown trace format '.xyz'",
+    "unknown_suffix.xyz": "cannot tell the trace format from the suffix '.xyz'",
 }
 
 _KEY_PATH = re.compile(

@@ -7,8 +7,6 @@ Fleet, policy, protocol, Recorder → run → run directory.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import signal
 import sys
 import threading
@@ -20,6 +18,14 @@ from typing import Optional
 
 import simpy
 
+from fleetsim.callbacks import (
+    Checkpointer,
+    FinalEvaluation,
+    ProgressBar,
+    RunCallback,
+    RunState,
+    StepDelay,
+)
 from fleetsim.cost_model import charge_engine, model_labels
 from fleetsim.errors import FleetsimInputError, RunStopped
 from fleetsim.fleet.energy import PowerTable
@@ -31,8 +37,9 @@ from fleetsim.policies.registry import make_cohort_selector, make_policy, policy
 from fleetsim.protocols.registry import make_server, protocol_class
 from fleetsim.protocols.server import ServerContext, StepServer
 from fleetsim.record import status as run_status
-from fleetsim.record.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from fleetsim.record.recorder import Recorder, devices_frame, time_to_targets
+from fleetsim.record.checkpoint import Checkpoint, read_checkpoint
+from fleetsim.record.recorder import Recorder, devices_frame
+from fleetsim.record.summary import build_summary
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
 from fleetsim.traces import build_fleet
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
@@ -63,34 +70,20 @@ def build_engine_for(loaded: LoadedScenario):
     )
 
 
-class _Progress:
-    """tqdm bar over committed steps: simulated time, step, loss, accuracy."""
-
-    def __init__(self, enabled: bool, total: Optional[int], label: str) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=label, unit="step", file=sys.stderr,
-                            dynamic_ncols=True, leave=True)
-        self.acc = math.nan
-
-    def __call__(self, row: dict) -> None:
-        if self.bar is None:
-            return
-        if row["committed"]:
-            self.bar.update(1)
-        if not math.isnan(row["accuracy"]):
-            self.acc = row["accuracy"]
-        hours = row["sim_time_s"] / 3600
-        self.bar.set_postfix_str(
-            f"sim {hours:.2f} h | step {row['step']} | loss {row['loss']:.4f} | acc {self.acc:.3f}",
-            refresh=False,
-        )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
+    """The callbacks of a run, in the order they are called: progress bar (when shown),
+    the test step delay (when its environment variable is set), checkpoints (when
+    ``output.checkpoint_every_steps``), the final evaluation."""
+    callbacks: list[RunCallback] = []
+    if sc.run.progress if progress is None else progress:
+        callbacks.append(ProgressBar(sc.protocol.max_steps, sc.run.name))
+    delay = StepDelay.from_environment()
+    if delay is not None:
+        callbacks.append(delay)
+    if sc.output.checkpoint_every_steps:
+        callbacks.append(Checkpointer(sc.output.checkpoint_every_steps))
+    callbacks.append(FinalEvaluation())
+    return callbacks
 
 
 def check_feasible(
@@ -285,115 +278,70 @@ def run_loaded(
         state_at_end=resume.engine_state if resume else None,
     )
     recorder = Recorder(record_events=sc.output.events)
-    show = sc.run.progress if progress is None else progress
-    bar = _Progress(show, sc.protocol.max_steps, sc.run.name)
-    every = sc.output.checkpoint_every_steps
+    run = RunState(loaded=loaded, run_dir=out, engine=engine, recorder=recorder)
+    callbacks = run_callbacks(sc, progress)
 
-    step_delay = float(os.environ.get("FLEETSIM_TEST_STEP_DELAY_S", "0") or 0)
+    def after_step(row: dict) -> None:
+        for callback in callbacks:
+            callback.after_central_iteration(run, row)
 
-    def on_step(row: dict) -> None:
-        bar(row)
-        if step_delay:  # test hook: lets a test SIGKILL a run between checkpoints
-            time.sleep(step_delay)
-        if every and row["committed"] and (row["step"] + 1) % every == 0 and not engine.replaying:
-            write_checkpoint(out, Checkpoint(
-                scenario_raw=loaded.raw, scenario_path=str(loaded.path),
-                base_dir=str(loaded.base_dir), run_dir=str(out),
-                committed_steps=int(row["step"]) + 1, journal=list(engine.journal),
-                engine_state=engine.state_dict(), sim_time_s=float(row["sim_time_s"]),
-            ))
-    built = build_run(loaded, engine, recorder, on_step, stop_requested)
-    env, fleet, protocol, horizon_s = built.env, built.fleet, built.protocol, built.horizon_s
-    table, availability, facts = built.table, built.availability, built.facts
-    fault: Optional[BaseException] = None
-    server = env.process(protocol.run())
+    built = build_run(loaded, engine, recorder, after_step, stop_requested)
+    env, fleet, server, horizon_s = built.env, built.fleet, built.protocol, built.horizon_s
+    run.server, run.env = server, env
+    for callback in callbacks:
+        callback.on_train_begin(run)
+    process = env.process(server.run())
     try:
         # The horizon stops the clock even in the middle of a step: run until the earlier
         # of the server's end and the horizon, then let what is due at that instant happen.
-        env.run(until=env.any_of([server, env.timeout(horizon_s)]))
-        _finish_instant(env, server, horizon_s)
+        env.run(until=env.any_of([process, env.timeout(horizon_s)]))
+        _finish_instant(env, process, horizon_s)
     except NumericalFault as exc:
-        # Stop cleanly: log it, keep a final checkpoint of the last good state, write outputs.
-        fault = exc
-        recorder.events.add(env.now, -1, "numerical_fault", step=protocol.step, detail=str(exc))
-        if every:
-            write_checkpoint(out, Checkpoint(
-                scenario_raw=loaded.raw, scenario_path=str(loaded.path),
-                base_dir=str(loaded.base_dir), run_dir=str(out),
-                committed_steps=protocol.step, journal=list(engine.journal),
-                engine_state=engine.state_dict(), sim_time_s=float(env.now),
-                extra={"stopped_by": str(exc)},
-            ))
-    finally:
-        bar.close()
+        # Stop cleanly: log it; the checkpointer keeps the last good state; outputs follow.
+        run.fault = exc
+        recorder.events.add(env.now, -1, "numerical_fault", step=server.step, detail=str(exc))
     end = float(env.now)
-    if fault is not None:
+    run.clock_stopped_by_horizon = run.fault is None and not process.triggered
+    if run.fault is not None:
         stopped_by = "numerical_fault"
-    elif not server.triggered:
+    elif run.clock_stopped_by_horizon:
         stopped_by = "max_sim_hours"
     else:
-        stopped_by = protocol.stop_reason()
+        stopped_by = server.stop_reason()
     # Work still out when a stop rule fired is recorded as unfinished (never committed) and
     # charged up to now, so the device totals cover exactly [0, end].
     unfinished = fleet.stop_in_flight()
-    rows = recorder.step_rows
-    if (fault is None and not server.triggered and rows and not engine.systems_only
-            and math.isnan(rows[-1]["accuracy"]) and math.isnan(rows[-1]["eval_loss"])):
-        # Stopped between evaluations by the horizon: evaluate the final model.
-        recorder.attach_evaluation(protocol.evaluate())
+    for callback in callbacks:
+        callback.on_train_end(run)
+    fault = run.fault
     divergence = run_status.first_divergence(engine.journal)
     status, status_detail = run_status.decide(
-        stopped_by, int(protocol.step), divergence, fault, sc.run.max_sim_hours, len(unfinished)
+        stopped_by, int(server.step), divergence, fault, sc.run.max_sim_hours, len(unfinished)
     )
-    recorder.events.add(end, -1, "run_stopped", step=protocol.step,
+    recorder.events.add(end, -1, "run_stopped", step=server.step,
                         detail=f"status={status} stopped_by={stopped_by}")
     devices = devices_frame(fleet.device_columns(end))
     steps = recorder.steps_frame()
-    evaluated = run_status.finite_accuracy(steps).dropna()
-    final_ok = run_status.last_evaluation_finite(engine.journal)
-    committed = steps[steps["committed"]]
-    summary = {
-        "scenario_name": sc.run.name,
-        "description": sc.description,
-        "protocol": sc.protocol.name,
-        "policy": sc.policy.name,
-        "cohort": sc.policy.cohort,
-        "seed": sc.run.seed,
+    facts = built.facts
+    labels = {
         "systems_only": bool(engine.systems_only),
         "mode": "systems-only (no gradients computed)" if engine.systems_only else "full numerics",
-        # A non-finite model has no accuracy: the final one is None when the last evaluation
-        # was not finite; best and time_to_target count finite evaluations only.
-        "final_accuracy": float(evaluated.iloc[-1]) if len(evaluated) and final_ok else None,
-        "best_accuracy": float(evaluated.max()) if len(evaluated) else None,
-        "simulated_seconds": end,
-        "simulated_hours": end / 3600.0,
-        "rounds": int(protocol.round),
-        "steps": int(protocol.step),
-        "step_attempts": int(len(steps)),
-        "variance_repeats": int((~steps["committed"]).sum()),
-        "host_seconds": time.perf_counter() - host_start,
-        "time_to_target": time_to_targets(steps, sc.run.targets),
-        "total_perturbations": int(committed["perturbations"].sum()),
-        "bytes_up": int(steps["bytes_up"].sum()),
-        "bytes_down": int(steps["bytes_down"].sum()),
-        "energy_j": float(devices["energy_j"].sum()) if len(devices) else 0.0,
-        "fleet_size": sc.fleet.size,
-        "devices_with_work": int(len(devices)),
-        "availability_label": getattr(availability, "label", ""),
-        "device_source": getattr(table, "source", ""),
+        "availability_label": getattr(built.availability, "label", ""),
+        "device_source": getattr(built.table, "source", ""),
         "trainable_params": int(facts.trainable_params),
         "model": facts.name,
         **model_labels(facts, engine.facts()),  # charged (fleet.cost_model) vs learning model
         "numerics": engine.describe(),
-        "status": status,
-        "stopped_by": stopped_by,
-        "status_detail": status_detail,
-        "diverged_at_step": divergence.step if divergence is not None else (
-            int(getattr(fault, "step", protocol.step)) if fault is not None else None),
-        "max_sim_hours": sc.run.max_sim_hours,
-        "unfinished_tasks": len(unfinished),
-        "unfinished_units": int(sum(r.units_assigned - r.units_delivered for r in unfinished)),
     }
+    summary = build_summary(
+        sc, steps, devices, end_s=end, rounds=server.round, committed_steps=server.step,
+        final_evaluation_finite=run_status.last_evaluation_finite(engine.journal),
+        host_seconds=time.perf_counter() - host_start, status=status, stopped_by=stopped_by,
+        status_detail=status_detail,
+        diverged_at_step=divergence.step if divergence is not None else (
+            int(getattr(fault, "step", server.step)) if fault is not None else None),
+        unfinished=unfinished, labels=labels,
+    )
     recorder.write(
         out,
         devices,
@@ -404,7 +352,7 @@ def run_loaded(
     )
     if fault is not None:
         raise RunStopped(
-            f"run stopped at step {protocol.step} by a numerical fault: {fault}; outputs and "
+            f"run stopped at step {server.step} by a numerical fault: {fault}; outputs and "
             f"the last checkpoint are in {out} (set numerics.on_nonfinite: skip to skip such "
             "estimates instead)"
         )

@@ -26,8 +26,8 @@ import pytest
 
 from fleetsim.analysis.load import load_run
 from fleetsim.cli import main
-from fleetsim.record.recorder import time_to_targets
 from fleetsim.record.status import STATUSES, STOP_RULES, exit_code, finite_accuracy
+from fleetsim.record.summary import time_to_targets
 from fleetsim.runner import run_loaded, run_scenario, stop_on_signals
 from fleetsim.scenario.loader import load_scenario
 

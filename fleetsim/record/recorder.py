@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pandas as pd
 
@@ -93,20 +93,6 @@ def _json_safe(obj: Any) -> Any:
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         return _json_safe(obj.item())
     return obj
-
-
-def time_to_targets(steps: pd.DataFrame, targets: list[float]) -> dict[str, Optional[float]]:
-    """Simulated seconds at which the running max of evaluated accuracy first
-    reaches each target (the paper's convention); None when never reached.  Only
-    evaluations with a finite loss count (see fleetsim.record.status.finite_accuracy)."""
-    steps = steps.assign(accuracy=finite_accuracy(steps))
-    evaluated = steps.dropna(subset=["accuracy"]).sort_values(["sim_time_s", "step"])
-    best = evaluated["accuracy"].cummax()
-    out: dict[str, Optional[float]] = {}
-    for target in targets:
-        hit = evaluated["sim_time_s"][best >= target]
-        out[f"{target:g}"] = float(hit.iloc[0]) if len(hit) else None
-    return out
 
 
 def convergence_plot(steps: pd.DataFrame, title: str = "") -> bytes:

@@ -56,7 +56,7 @@ class PowerTable:
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise FleetsimInputError(
                 f"fleet.energy.power_file: cannot read power figures from {path} "

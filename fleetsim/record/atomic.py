@@ -39,7 +39,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+    # Text is UTF-8 whatever the host's locale: outputs must not depend on the host.
+    encoding = None if "b" in mode else "utf-8"
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as fh:
         yield fh
 
 

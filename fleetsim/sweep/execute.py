@@ -102,7 +102,7 @@ def _now() -> str:
 def _summary_fields(run_dir: Path) -> dict[str, float]:
     """final accuracy and simulated seconds from a finished run's summary.json."""
     try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     acc = summary.get("final_accuracy")

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.availability import trace_id_order
 
 DAY_S = 86_400.0
 DEFAULT_MERGE_GAP_S = 60.0
@@ -190,7 +191,7 @@ def clean_windows(
             f"{source}: merge_gap_s {merge_gap_s:g} and clock_tolerance_days "
             f"{clock_tolerance_days:g} must be >= 0"
         )
-    ids = sorted(users)
+    ids = trace_id_order(users)  # numeric ids in numeric order, as every format numbers them
     counts = np.array([len(users[u]) for u in ids], dtype=np.int64)
     pairs = np.concatenate([users[u] for u in ids]) if counts.sum() else np.zeros((0, 2))
     dev = np.repeat(np.arange(len(ids)), counts)

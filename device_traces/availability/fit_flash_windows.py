@@ -1,7 +1,8 @@
 """Fit the ``diurnal_windows`` model on the measured FLASH charging windows.
 
 Reads ``../shared/device_data/flash_ready_windows/ready_strict.json`` (relative to the repo
-root; ``--data`` to change), cleans it as ``kind: flash_windows`` does (gaps <= 60 s merged),
+root; ``--data`` to change), cleans it as ``kind: flash_windows`` does (gaps <= 60 s merged;
+the observed span: whole local days with at least half the busiest day's online hours),
 fits :func:`fleetsim.traces.diurnal_windows.fit_windows_model` on all kept users and writes
 ``device_traces/availability/flash_windows_fit.json``: the parameters, the fit statistics
 against the same users, a two-fold check (fit on a seeded half of the users, compared with the
@@ -59,10 +60,13 @@ def main() -> None:
             "cleaning": {"merge_gap_s": m.merge_gap_s, **m.quirks},
             "users_kept": m.num_users,
             "windows": int(len(m.start)),
-            "span": f"{m.span_days} local days from {m.span_start_s:g} s",
+            "span": f"{m.span_days} observed local days from {m.span_start_s:g} s (days "
+            "whose online hours are at least half the busiest day's; online hours by day "
+            + ", ".join(f"{d}: {h:.0f}" for d, h in sorted(m.day_coverage_h.items())) + ")",
             "method": "fleetsim.traces.diurnal_windows.fit_windows_model (maximum likelihood: "
-            "zero-truncated negative binomial of windows per user over the span; 24-bin start "
-            "hour shares; 3-component log-normal mixture of lengths, weights per 3-hour block)",
+            "zero-truncated negative binomial of windows per user over the observed span; "
+            "24-bin start hour shares; 3-component log-normal mixture of lengths, weights per "
+            "3-hour block)",
             "script": "device_traces/availability/fit_flash_windows.py",
         },
         "params": params,

@@ -87,6 +87,15 @@ class AvailabilityConfig(BaseModel):
         description="flash_windows, empirical: a user with an interval more than this many "
         "empty days away from the trace's span is skipped (wrong clock).",
     )
+    observed_day_min_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="flash_windows, empirical: the observed span (the period replayed) runs "
+        "from the first to the last local day whose online seconds are at least this share "
+        "of the busiest day's; windows starting outside it (edge tails) are dropped and "
+        "counted; 0 keeps every day of the file.",
+    )
 
     @field_validator("kind")
     @classmethod

@@ -52,8 +52,11 @@ INITIAL_SIGMA = np.array([1.5, 1.0, 0.4])
 def fit_windows_model(m: MeasuredWindows) -> dict:
     """Maximum-likelihood parameters of the model from measured windows.
 
-    * counts: zero-truncated negative binomial on windows per kept user over the span
-      (``scipy.optimize.minimize`` of the truncated ``scipy.stats.nbinom`` likelihood);
+    * counts: zero-truncated negative binomial on windows per kept user over the observed
+      span (``m.span_days`` whole observed local days, which become ``period_days``: edge
+      days holding only straddling tails are not part of it, see
+      :mod:`fleetsim.traces.flash_windows`; ``scipy.optimize.minimize`` of the truncated
+      ``scipy.stats.nbinom`` likelihood);
     * start hour: empirical shares of local start hours (24 bins);
     * lengths: three-component log-normal mixture on ln(length s) with weights per 3-hour
       block of start hour (``scipy.optimize.minimize`` of the mixture likelihood).
@@ -184,8 +187,8 @@ def load_model(path: Path | None, n_devices: int, seed: int, config=None) -> Int
 
 
 def measured_hourly_share(m: MeasuredWindows) -> np.ndarray:
-    """[24] online share by local hour of the measured users over their span (windows
-    folded into the span, as the empirical model replays them)."""
+    """[24] online share by local hour of the measured users over their observed span
+    (windows folded into the span, as the empirical model replays them)."""
     from fleetsim.traces.empirical import measured_model
 
     tr = measured_model(m, m.num_users, 0, resample=False)

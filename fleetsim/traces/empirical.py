@@ -4,7 +4,8 @@
 schedule of a measured user drawn with replacement (stream ``("availability", "empirical",
 "user")``) and shifted by a whole number of days drawn uniformly in ``0 .. span_days - 1``
 (stream ``("availability", "empirical", "day_shift")``), so the local time of day of every
-window is kept; the schedule repeats with the trace's span as period and windows crossing the
+window is kept; the schedule repeats with the trace's *observed* span as period (the whole
+local days actually observed: :mod:`fleetsim.traces.flash_windows`) and windows crossing the
 period's end wrap to its start (overnight charging).  Simulated time 0 is a local midnight.
 
 Other eligibility conditions: the measured windows are charging windows.  Each window of the
@@ -28,6 +29,7 @@ from fleetsim.traces.flash_windows import (
     DAY_S,
     DEFAULT_CLOCK_TOLERANCE_DAYS,
     DEFAULT_MERGE_GAP_S,
+    DEFAULT_OBSERVED_DAY_MIN_SHARE,
     MeasuredWindows,
     merge_windows,
     read_flash_windows,
@@ -115,7 +117,7 @@ def load_measured(
 ) -> IntervalAvailability:
     """Kinds ``empirical`` (``resample=True``) and ``flash_windows``: read ``path`` with the
     scenario's ``traces.availability`` settings ``config`` (``merge_gap_s``,
-    ``clock_tolerance_days``, ``wifi_share``; None: defaults)."""
+    ``clock_tolerance_days``, ``observed_day_min_share``, ``wifi_share``; None: defaults)."""
     kind = "empirical" if resample else "flash_windows"
     if path is None:
         raise FleetsimInputError(f"traces.availability.path: kind {kind!r} needs a windows file")
@@ -123,6 +125,7 @@ def load_measured(
         Path(path),
         float(getattr(config, "merge_gap_s", DEFAULT_MERGE_GAP_S)),
         float(getattr(config, "clock_tolerance_days", DEFAULT_CLOCK_TOLERANCE_DAYS)),
+        float(getattr(config, "observed_day_min_share", DEFAULT_OBSERVED_DAY_MIN_SHARE)),
     )
     wifi = float(getattr(config, "wifi_share", 1.0))
     return measured_model(m, n_devices, seed, resample=resample, wifi_share=wifi)

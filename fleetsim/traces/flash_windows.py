@@ -14,10 +14,26 @@ and counts each one in :attr:`MeasuredWindows.quirks` (shown by ``fleetsim trace
   a tail of real unplug/replug gaps; see ``device_traces/availability/PROVENANCE.md``);
 * users with no interval left: skipped (the authors' derivation drops each user's last
   interval, so ``[]`` means "at most one charging session recorded", not "never charges");
-* users whose clock was wrong: the trace's span is the run of consecutive local days holding
-  interval starts around the median start day (gaps of at most ``clock_tolerance_days`` empty
-  days allowed); a user with an interval starting outside that run, or ending more than
-  ``clock_tolerance_days`` after it, is skipped.
+* users whose clock was wrong: the *days in the file* are the run of consecutive local days
+  holding interval starts around the median start day (gaps of at most
+  ``clock_tolerance_days`` empty days allowed); a user with an interval starting outside that
+  run, or ending more than ``clock_tolerance_days`` after it, is skipped;
+* the edges of the observation: the trace's **observed span** (``span_start_s``,
+  ``span_days``, hence the period the models replay) is the run of whole local days from the
+  first to the last day whose window coverage (online seconds of the cleaned windows inside
+  that day) is at least ``observed_day_min_share`` of the busiest day's (default 0.5).  A day
+  at the edge of an observation holds only the tails of windows straddling it (in FLASH's
+  ``ready_strict.json``: 46 and 82 online hours on the first and last of its 4 days against
+  3,853 and 5,309 on the two observed ones, under 2 % of the busiest), while an observed day
+  varies with the weekday by tens of percent, so half the busiest day separates them with a
+  wide margin; a day watched for less than about half its hours counts as an edge.  A window
+  belongs to the local day it *starts* on: windows starting outside the observed span are
+  dropped and counted (``edge_windows_dropped``; a user left without windows:
+  ``users_edge_only_skipped``); a window starting inside it and ending after it is kept whole
+  (it wraps into the period's start when the span repeats).  So the windows per user per
+  observed day and the online share (the kept windows' seconds per observed device-second)
+  are those of the observed days only.  ``observed_day_min_share: 0`` keeps every day of the
+  file.
 
 Malformed files (not JSON, not an object of lists of ``[start, end]`` number pairs) raise
 :class:`~fleetsim.errors.FleetsimInputError` naming the file, line and user.
@@ -39,6 +55,7 @@ from fleetsim.traces.availability import trace_id_order
 DAY_S = 86_400.0
 DEFAULT_MERGE_GAP_S = 60.0
 DEFAULT_CLOCK_TOLERANCE_DAYS = 1.0
+DEFAULT_OBSERVED_DAY_MIN_SHARE = 0.5
 _SNIFF = re.compile(r'^\s*\{\s*(\}|"(?:[^"\\]|\\.)*"\s*:\s*\[)')
 
 
@@ -47,9 +64,12 @@ class MeasuredWindows:
     """Cleaned windows of the kept users, in trace seconds (from the reference midnight).
 
     ``device`` [w] int: index into ``user_ids`` (sorted ids of kept users); ``start``/``end``
-    [w] float seconds, sorted per user, non-overlapping, gaps > ``merge_gap_s``.  The span is
-    ``[span_start_s, span_start_s + span_days * 86400)`` (whole local days); windows may end
-    up to ``clock_tolerance_days`` after it (they wrap when the span repeats).
+    [w] float seconds, sorted per user, non-overlapping, gaps > ``merge_gap_s``.  The observed
+    span is ``[span_start_s, span_start_s + span_days * 86400)`` (whole local days, module
+    docstring); every window starts inside it and may end up to ``clock_tolerance_days``
+    after it (it wraps when the span repeats).  ``day_coverage_h``: online hours of the
+    cleaned windows in each local day of the file (before the edge windows were dropped),
+    keyed by day index (day 0 starts at trace second 0).
     """
 
     source: str
@@ -61,6 +81,7 @@ class MeasuredWindows:
     span_days: int
     merge_gap_s: float
     quirks: dict[str, int] = field(default_factory=dict)
+    day_coverage_h: dict[int, float] = field(default_factory=dict)
 
     @property
     def num_users(self) -> int:
@@ -85,7 +106,7 @@ class MeasuredWindows:
         return MeasuredWindows(
             self.source, [self.user_ids[i] for i in users], d[order], self.start[keep][order],
             self.end[keep][order], self.span_start_s, self.span_days, self.merge_gap_s,
-            dict(self.quirks),
+            dict(self.quirks), dict(self.day_coverage_h),
         )
 
     def summary(self) -> dict:
@@ -98,6 +119,9 @@ class MeasuredWindows:
             "windows": int(len(self.start)),
             "span_days": self.span_days,
             "span_start_s": self.span_start_s,
+            "day_coverage_h": " ".join(
+                f"{d}:{h:.0f}" for d, h in sorted(self.day_coverage_h.items())
+            ),
             "merge_gap_s": self.merge_gap_s,
             "window_min_q25_q50_q75": "/".join(f"{v:.1f}" for v in q),
             "median_user_total_h": float(np.median(total) / 3600.0) if len(total) else 0.0,
@@ -179,17 +203,43 @@ def span_days_of(start_days: np.ndarray, tolerance_days: float) -> tuple[int, in
     return int(days[lo]), int(days[hi])
 
 
+def day_coverage(
+    start: np.ndarray, end: np.ndarray, first_day: int, last_day: int
+) -> np.ndarray:
+    """[last_day - first_day + 1] online seconds of the windows ``[start, end)`` (trace
+    seconds) inside each local day ``first_day .. last_day`` (day k = ``[k, k + 1) * 86400``)."""
+    lo = np.arange(first_day, last_day + 1, dtype=float)[None, :] * DAY_S
+    s, e = np.asarray(start, float)[:, None], np.asarray(end, float)[:, None]
+    return np.clip(np.minimum(e, lo + DAY_S) - np.maximum(s, lo), 0.0, None).sum(axis=0)
+
+
+def observed_days(coverage: np.ndarray, min_share: float) -> tuple[int, int]:
+    """``(lo, hi)`` indices into ``coverage`` (online seconds per consecutive day): the first
+    and last day whose coverage is at least ``min_share`` of the largest (module docstring)."""
+    cov = np.asarray(coverage, float)
+    ok = np.nonzero(cov >= min_share * cov.max())[0] if cov.size and cov.max() > 0 else []
+    if len(ok) == 0:
+        return 0, len(cov) - 1
+    return int(ok[0]), int(ok[-1])
+
+
 def clean_windows(
     users: dict[str, np.ndarray],
     source: str,
     merge_gap_s: float = DEFAULT_MERGE_GAP_S,
     clock_tolerance_days: float = DEFAULT_CLOCK_TOLERANCE_DAYS,
+    observed_day_min_share: float = DEFAULT_OBSERVED_DAY_MIN_SHARE,
 ) -> MeasuredWindows:
     """Apply the documented quirk handling (module docstring) to parsed users."""
     if merge_gap_s < 0 or clock_tolerance_days < 0:
         raise FleetsimInputError(
             f"{source}: merge_gap_s {merge_gap_s:g} and clock_tolerance_days "
             f"{clock_tolerance_days:g} must be >= 0"
+        )
+    if not 0.0 <= observed_day_min_share <= 1.0:
+        raise FleetsimInputError(
+            f"{source}: observed_day_min_share {observed_day_min_share:g} (allowed: 0 <= "
+            "share <= 1)"
         )
     ids = trace_id_order(users)  # numeric ids in numeric order, as every format numbers them
     counts = np.array([len(users[u]) for u in ids], dtype=np.int64)
@@ -221,9 +271,20 @@ def clean_windows(
     quirks["overlaps_merged"] = int(len(dev) - len(d0))
     d1, s1, e1 = merge_windows(d0, s0, e0, float(merge_gap_s))
     quirks["gaps_merged"] = int(len(d0) - len(d1))
+    had = np.zeros(len(ids), dtype=bool)
+    had[d1] = True
+    quirks["users_empty_skipped"] = int((~had & ~wrong).sum())
+    cover = day_coverage(s1, e1, first_day, last_day) if len(s1) else np.zeros(1)
+    lo, hi = observed_days(cover, float(observed_day_min_share))
+    coverage_h = {first_day + k: float(c / 3600.0) for k, c in enumerate(cover)}
+    first_day, last_day = first_day + lo, first_day + hi
+    inside = (s1 >= first_day * DAY_S) & (s1 < (last_day + 1) * DAY_S)
+    quirks["edge_days_trimmed"] = int(len(cover) - (hi - lo + 1))
+    quirks["edge_windows_dropped"] = int((~inside).sum())
+    d1, s1, e1 = d1[inside], s1[inside], e1[inside]
     has = np.zeros(len(ids), dtype=bool)
     has[d1] = True
-    quirks["users_empty_skipped"] = int((~has & ~wrong).sum())
+    quirks["users_edge_only_skipped"] = int((had & ~has).sum())
     kept = np.nonzero(has)[0]
     remap = np.full(len(ids), -1, dtype=np.int64)
     remap[kept] = np.arange(len(kept))
@@ -243,6 +304,7 @@ def clean_windows(
         span_days=last_day - first_day + 1,
         merge_gap_s=float(merge_gap_s),
         quirks=quirks,
+        day_coverage_h=coverage_h,
     )
 
 
@@ -250,10 +312,14 @@ def read_flash_windows(
     path: Path,
     merge_gap_s: float = DEFAULT_MERGE_GAP_S,
     clock_tolerance_days: float = DEFAULT_CLOCK_TOLERANCE_DAYS,
+    observed_day_min_share: float = DEFAULT_OBSERVED_DAY_MIN_SHARE,
 ) -> MeasuredWindows:
     """Read and clean a ``{user_id: [[start_s, end_s], ...]}`` file (module docstring)."""
     path = Path(path)
-    return clean_windows(parse_windows_json(path), path.name, merge_gap_s, clock_tolerance_days)
+    return clean_windows(
+        parse_windows_json(path), path.name, merge_gap_s, clock_tolerance_days,
+        observed_day_min_share,
+    )
 
 
 def hourly_online_share(

@@ -43,7 +43,9 @@ def test_quirks_are_cleaned_and_counted(tmp_path):
         "e": [[7000.0, 7000.0]],  # only a zero-length interval: no window left
         "f": [[170000.0, 180000.0]],
     }
-    m = read_flash_windows(_write(tmp_path, users), merge_gap_s=60.0)
+    # observed_day_min_share 0: every day of the file is observed (the edge rule has its own
+    # test below)
+    m = read_flash_windows(_write(tmp_path, users), merge_gap_s=60.0, observed_day_min_share=0.0)
     q = m.quirks
     assert q["users_in_file"] == 6
     assert q["zero_length_dropped"] == 2
@@ -58,7 +60,8 @@ def test_quirks_are_cleaned_and_counted(tmp_path):
     assert got == [(0, 1000.0, 3000.0), (1, 90000.0, 96000.0), (2, 170000.0, 180000.0)]
     assert (m.span_start_s, m.span_days) == (0.0, 2)  # f starts on day 1, ends on day 2
     # the gap setting: 0 keeps a's two windows apart
-    assert len(read_flash_windows(_write(tmp_path, users), merge_gap_s=0.0).start) == 4
+    assert len(read_flash_windows(_write(tmp_path, users), merge_gap_s=0.0,
+                                  observed_day_min_share=0.0).start) == 4
 
 
 def test_clock_tolerance_and_span(tmp_path):
@@ -68,9 +71,11 @@ def test_clock_tolerance_and_span(tmp_path):
         "b": [[DAY_S + 10, DAY_S + 20]],
         "c": [[3 * DAY_S, 3 * DAY_S + 5]],
     }
-    m = read_flash_windows(_write(tmp_path, users), clock_tolerance_days=1.0)
+    m = read_flash_windows(_write(tmp_path, users), clock_tolerance_days=1.0,
+                           observed_day_min_share=0.0)
     assert m.span_days == 4 and m.quirks["users_wrong_clock_skipped"] == 0
-    m0 = read_flash_windows(_write(tmp_path, users), clock_tolerance_days=0.0)
+    m0 = read_flash_windows(_write(tmp_path, users), clock_tolerance_days=0.0,
+                            observed_day_min_share=0.0)
     assert m0.span_days == 2 and m0.quirks["users_wrong_clock_skipped"] == 1
     # a window ending more than the tolerance after the span is a wrong clock too
     users["d"] = [[DAY_S, 9 * DAY_S]]

@@ -7,11 +7,22 @@ Prints host time (model load, tokenisation, prefix cache, training, evaluation)
 and ends with RESULT lines.
 
     .venv/bin/python bench/quickstart_numerics.py --steps 60
+
+``--scenario scenarios/quickstart.yaml`` instead runs the real quickstart end to end
+(``fleetsim run``, in this process) with fleetsim's defaults and with the code path
+before issue 15 (one-sided, one device at a time: ``--set numerics.estimator=onesided
+--set numerics.cross_device_batching=false``), alternating ``--reps`` times, and prints
+each run's accuracy and host seconds (``summary.json``), the baseline ÷ new ratio and
+``RESULT quickstart_host_s`` (median of the new runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +45,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--optimizer", default="adam")
-    parser.add_argument("--estimator", default="onesided")
+    parser.add_argument("--estimator", default="auto")
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rank", type=int, default=4)
@@ -44,7 +55,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scenario", default=None, help="run this scenario end to end")
+    parser.add_argument("--reps", type=int, default=1)
     args = parser.parse_args()
+    if args.scenario:
+        scenario_runs(args.scenario, args.reps)
+        return
 
     started = time.perf_counter()
     cpu_started = time.process_time()
@@ -113,7 +129,45 @@ def main() -> None:
     print(f"RESULT quickstart_final_accuracy={result.accuracy:.4f}")
     print(f"RESULT quickstart_host_cpu_seconds={cpu:.1f}")
     print(f"RESULT quickstart_host_seconds={total:.1f}")
+    print(f"RESULT quickstart_host_s={total:.1f}")
     print(f"RESULT quickstart_eval_seconds={eval_s:.1f}")
+
+
+BASELINE = ["numerics.estimator=onesided", "numerics.cross_device_batching=false"]
+
+
+def scenario_runs(scenario: str, reps: int) -> None:
+    from fleetsim.cli import main as cli
+
+    results: dict[str, list[tuple[float, float, float]]] = {"new": [], "baseline": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(reps):
+            for name, overrides in (("new", []), ("baseline", BASELINE)):
+                out = Path(tmp) / f"{name}{rep}"
+                args = ["run", scenario, "--out", str(out), "--no-progress"]
+                for item in overrides:
+                    args += ["--set", item]
+                if cli(args) != 0:
+                    raise SystemExit(f"fleetsim run failed: {args}")
+                summary = json.loads((out / "summary.json").read_text())
+                steps = __import__("pandas").read_parquet(out / "steps.parquet")
+                first = steps["accuracy"].dropna()
+                start = float(first.iloc[0]) if len(first) else float("nan")
+                row = (start, float(summary["final_accuracy"]), float(summary["host_seconds"]))
+                results[name].append(row)
+                print(f"{name:8s} rep {rep}: accuracy {row[0]:.3f} -> {row[1]:.3f}, host "
+                      f"{row[2]:.1f} s (estimator used "
+                      f"{summary.get('numerics', {}).get('estimator_used')}; load "
+                      f"{os.getloadavg()[0]:.1f})", flush=True)
+    new = statistics.median(r[2] for r in results["new"])
+    old = statistics.median(r[2] for r in results["baseline"])
+    print(f"host seconds: new {new:.1f}, baseline (one-sided, per device) {old:.1f}, "
+          f"baseline / new {old / new:.2f}; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores")
+    print(f"RESULT quickstart_final_accuracy={results['new'][0][1]:.4f}")
+    print(f"RESULT quickstart_baseline_final_accuracy={results['baseline'][0][1]:.4f}")
+    print(f"RESULT quickstart_host_s={new:.1f}")
+    print(f"RESULT quickstart_baseline_over_new={old / new:.2f}")
 
 
 if __name__ == "__main__":

@@ -36,14 +36,15 @@ from torch import nn
 
 from fleetsim.numerics.stacked import stacked_parameters
 
-# Relative host cost of the exact estimators per forward of the rows they run, used by
-# ``numerics.estimator: auto`` (bench/regime.py measures them): backprop runs each device's
-# rows once forward and once backward (one set per device, whatever v); jvp runs every
-# (device, k) set forward with its tangent.  On the 2-core CPU (MiniLM top-layer LoRA +
-# head, batch 8, 64 tokens) backward + forward measured ~2.1 forwards and a forward-mode
-# pass ~2.4, so backprop wins from v = 1 on; the rule still weighs both so that a device
-# where forward-mode is cheap relative to reverse mode picks jvp at v = 1.
-EXACT_COST = {"cpu": {"backprop": 2.1, "jvp": 2.4}, "cuda": {"backprop": 2.1, "jvp": 2.4}}
+# Host cost of the exact estimators in forwards of the rows they run, for
+# ``numerics.estimator: auto``: backprop runs each device's rows forward and backward once
+# (one parameter set per device, whatever v); jvp runs every (device, k) set forward with
+# its tangent.  Measured interleaved on the 2-core CPU (MiniLM top-layer LoRA + head, batch
+# 8, 64 tokens, 50 devices x v = 1, cross-device batched; bench/regime.py prints the same
+# columns): backprop 1.19 and jvp 4.78 plain suffix forwards (forward-mode AD
+# through eager attention is slow on CPU), so on a CPU backprop wins at every v >= 1.  CUDA
+# is unmeasured: the CPU figures stand in until someone measures it.
+EXACT_COST = {"cpu": {"backprop": 1.2, "jvp": 4.8}, "cuda": {"backprop": 1.2, "jvp": 4.8}}
 
 
 def choose_exact(perturbations: Sequence[int], device: str) -> str:

@@ -1,0 +1,212 @@
+"""Host seconds per simulated step at FwdLLM's scale (issue 15).
+
+MiniLM, LoRA r=4 on query/value of the top layer + head, frozen-prefix cache,
+batch 8, seq 64 (the quickstart's learning setup).  For devices ∈ {10, 100, 1000}
+× perturbations per device v ∈ {1, 8}, one process times, interleaved (every
+repetition runs every method once, in turn, on the same work):
+
+* ``default``   — fleetsim's defaults (``numerics.estimator: auto``, cross-device
+  batching), the engine's ``forward_gradient`` on the step's work;
+* ``onesided``, ``central``, ``jvp``, ``backprop`` — each host estimator, batched
+  across devices;
+* ``baseline``  — the code before issue 15: one-sided, one device at a time
+  (``cross_device_batching: false``), the old default;
+* ``floor``     — one plain forward of the trainable suffix over all devices'
+  examples of the step, from the cached prefix activations (inference mode, the
+  token budget per call): no estimator can be cheaper than reading its input once;
+* ``reference`` — a FwdLLM-style loop written here: per device and perturbation, two
+  functional forwards of the whole model (no prefix cache) at θ ± h·v, central
+  difference, Σ d·v accumulated.  It costs the same for every device, so it is
+  timed on ``--reference-devices`` devices and scaled linearly to n (said so in
+  the table).
+
+The step's work: device d holds client d mod ``--clients``, batch 0 (BBC News, 200
+clients: a full batch of 8 each), perturbations 0..v−1 of step ``rep``.  Costly
+cells (per-estimator rows at n = 1000 × v = 8, and every cell costlier than
+``--cell-budget`` seconds on the previous repetition) are left out ('—').
+
+Ends with ``RESULT`` lines: ``regime_n100_v8_over_floor`` (default ÷ floor; goal
+≤ 2.0), ``regime_n100_v1_over_floor`` (goal ≤ 1.6), ``reference_over_fleetsim_n100_v1``
+(goal ≥ 10), ``regime_n1000_v1_default_s``, ``regime_n1000_v1_over_floor``, and the
+baseline ratio ``baseline_over_default_n100_v8``.  Never a timed test: run it by
+hand, on a quiet machine if you can (``uptime`` is printed beside the figures).
+
+    .venv/bin/python bench/regime.py                       # the whole table (~10 min)
+    .venv/bin/python bench/regime.py --devices 100 --vs 1,8 --reps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from fleetsim.numerics.base import GradientWork
+from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
+from fleetsim.numerics.data import DataConfig
+from fleetsim.numerics.engine import TorchEngine, _batch_of
+
+METHODS = ("default", "onesided", "central", "jvp", "backprop", "baseline", "floor",
+           "reference")
+
+
+def build(clients: int, threads: int) -> TorchEngine:
+    return TorchEngine(
+        ModelConfig(name_or_path="all-minilm-l6-v2", max_seq_len=64, pooling="mean"),
+        PeftConfig(method="lora", rank=4, alpha=8, target_modules=["query", "value"],
+                   top_layers=1, train_head=True),
+        DataConfig(name="bbc_news", batch_size=8),
+        NumericsConfig(threads=threads),
+        n_clients=clients, seed=0, base_dir=Path("."),
+    )
+
+
+def step_work(n: int, v: int, clients: int) -> list[GradientWork]:
+    return [GradientWork(device_id=d, client_id=d % clients, batch_index=0,
+                         perturbations=tuple(range(v))) for d in range(n)]
+
+
+def run_engine(engine: TorchEngine, work: list[GradientWork], rep: int, **settings) -> None:
+    engine.cfg = engine.cfg.model_copy(update=settings)
+    engine.forward_gradient(rep, work)
+
+
+def run_floor(engine: TorchEngine, work: list[GradientWork]) -> None:
+    """One plain forward of the suffix over every device's examples (cached prefix)."""
+    rows = engine.host_chunk * engine.data_cfg.batch_size  # the token budget per call
+    indices = torch.cat([torch.as_tensor(_batch_of(engine.plan, w.client_id, w.batch_index))
+                         for w in work]).numpy()
+    params = engine.current_params()
+    with torch.inference_mode():
+        for start in range(0, len(indices), rows):
+            inputs, mask, labels = engine.batch_inputs(indices[start:start + rows])
+            logits = torch.func.functional_call(
+                engine.model, params, (inputs, mask, engine.start_layer), strict=False)
+            torch.nn.functional.cross_entropy(logits, labels)
+
+
+def run_reference(engine: TorchEngine, work: list[GradientWork], rep: int, h: float) -> None:
+    """FwdLLM-style: per device and perturbation, L(θ+hv) and L(θ−hv) by two functional
+    forwards of the whole model from token ids; g += (L+ − L−)/2h · v."""
+    params = engine.current_params()
+    gradient = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    with torch.inference_mode():
+        for item in work:
+            rows = torch.as_tensor(
+                engine._row_of[_batch_of(engine.plan, item.client_id, item.batch_index)])
+            ids, mask = engine.input_ids[rows], engine.attention_mask[rows]
+            labels = engine.labels[rows]
+            for k in item.perturbations:
+                v = dict(zip(engine.names, engine._perturbations(rep, item.device_id, (k,))))
+                losses = []
+                for sign in (1.0, -1.0):
+                    shifted = {n: p + sign * h * v[n][0] for n, p in params.items()}
+                    logits = torch.func.functional_call(
+                        engine.model, shifted, (ids, mask, -1), strict=False)
+                    losses.append(torch.nn.functional.cross_entropy(logits, labels))
+                d = float(losses[0] - losses[1]) / (2 * h)
+                for n in gradient:
+                    gradient[n] += d * v[n][0].float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", default="10,100,1000")
+    parser.add_argument("--vs", default="1,8")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reference-devices", type=int, default=5)
+    parser.add_argument("--cell-budget", type=float, default=40.0,
+                        help="leave out a cell that took longer than this (seconds)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    args = parser.parse_args()
+    devices = [int(x) for x in args.devices.split(",")]
+    vs = [int(x) for x in args.vs.split(",")]
+    methods = args.methods.split(",")
+
+    started = time.perf_counter()
+    engine = build(args.clients, args.threads)
+    engine.warm_prefix_cache()
+    h = engine.cfg.h
+    print(f"engine ready in {time.perf_counter() - started:.1f}s; trainable "
+          f"{engine.trainable_params}, prefix layer {engine.start_layer}, host batching "
+          f"{engine.host_batching}, {engine.host_chunk} sets per call; threads {args.threads}",
+          flush=True)
+
+    def one(method: str, n: int, v: int, rep: int) -> float:
+        work = step_work(n, v, args.clients)
+        t0 = time.perf_counter()
+        if method == "default":
+            run_engine(engine, work, rep, estimator="auto", cross_device_batching=True)
+        elif method == "baseline":
+            run_engine(engine, work, rep, estimator="onesided", cross_device_batching=False)
+        elif method == "floor":
+            run_floor(engine, work)
+        elif method == "reference":
+            run_reference(engine, work[: args.reference_devices], rep, h)
+            return (time.perf_counter() - t0) * n / min(n, args.reference_devices)
+        else:
+            run_engine(engine, work, rep, estimator=method, cross_device_batching=True)
+        return time.perf_counter() - t0
+
+    cells = [(n, v) for n in devices for v in vs]
+    times: dict[tuple[int, int, str], list[float]] = {}
+    skipped: set[tuple[int, int, str]] = set()
+    for n, v in cells:
+        if n >= 1000 and v >= 8:
+            skipped |= {(n, v, m) for m in ("onesided", "central", "jvp", "baseline")}
+    for m in methods:  # warm-up: the first call of each path pays one-off costs
+        one(m, 10, 1, 0)
+    for rep in range(args.reps):
+        for n, v in cells:
+            for m in methods:
+                key = (n, v, m)
+                if key in skipped:
+                    continue
+                elapsed = one(m, n, v, rep)
+                times.setdefault(key, []).append(elapsed)
+                if elapsed > args.cell_budget:
+                    skipped.add(key)
+        print(f"repetition {rep + 1}/{args.reps} done at {time.perf_counter() - started:.0f}s;"
+              f" load {os.getloadavg()[0]:.1f}", flush=True)
+
+    def med(n: int, v: int, m: str) -> float:
+        values = times.get((n, v, m))
+        return statistics.median(values) if values else float("nan")
+
+    load = os.getloadavg()
+    print(f"\nhost seconds per simulated step (median of {args.reps} interleaved repetitions;"
+          f" load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} "
+          f"cores; reference timed on {args.reference_devices} devices and scaled to n)")
+    print("| devices×v | " + " | ".join(methods) + " | default÷floor |")
+    print("|---" * (len(methods) + 2) + "|")
+    for n, v in cells:
+        row = [f"{med(n, v, m):.2f}" if (n, v, m) in times else "—" for m in methods]
+        ratio = med(n, v, "default") / med(n, v, "floor")
+        print(f"| {n}×{v} | " + " | ".join(row) + f" | {ratio:.2f} |")
+    engine.cfg = engine.cfg.model_copy(update={"estimator": "auto"})
+    print("auto picks: " + ", ".join(
+        f"{n}×{v}: {engine.step_estimator([v] * n)}" for n, v in cells))
+
+    def result(name: str, value: float) -> None:
+        if value == value:  # not NaN: the cell was measured
+            print(f"RESULT {name}={value:.3g}")
+
+    result("regime_n100_v8_over_floor", med(100, 8, "default") / med(100, 8, "floor"))
+    result("regime_n100_v1_over_floor", med(100, 1, "default") / med(100, 1, "floor"))
+    result("reference_over_fleetsim_n100_v1", med(100, 1, "reference") / med(100, 1, "default"))
+    result("baseline_over_default_n100_v8", med(100, 8, "baseline") / med(100, 8, "default"))
+    result("baseline_over_default_n100_v1", med(100, 1, "baseline") / med(100, 1, "default"))
+    result("regime_n1000_v1_default_s", med(1000, 1, "default"))
+    result("regime_n1000_v1_over_floor", med(1000, 1, "default") / med(1000, 1, "floor"))
+    result("regime_n1000_v8_over_floor", med(1000, 8, "default") / med(1000, 8, "floor"))
+
+
+if __name__ == "__main__":
+    main()

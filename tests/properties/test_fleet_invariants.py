@@ -322,7 +322,8 @@ def test_generator_reaches_every_receipt_status():
     """The strategies above are only worth something if they reach every outcome."""
     seen: set[ReceiptStatus] = set()
 
-    @settings(max_examples=150, deadline=None, database=None,
+    # derandomize: a fixed sample of plans, so that coverage of every status cannot flake
+    @settings(max_examples=150, deadline=None, database=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow])
     @given(plans())
     def collect(plan):

@@ -44,6 +44,7 @@ from fleetsim.scenario.loader import LoadedScenario, load_scenario
 from fleetsim.traces import build_fleet
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.memory import job_memory_bytes
+from fleetsim.traces.shift import shift_start
 
 
 def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
@@ -197,9 +198,11 @@ def build_run(
     engine = charge_engine(sc, engine, loaded.base_dir)  # fleet.cost_model, if any
     facts = engine.facts()
     horizon_s = sc.run.max_sim_hours * 3600.0
+    start_s = sc.run.start_hour * 3600.0  # run.start_hour: time of day at simulated time 0
     table, availability = build_fleet(
-        sc.traces, sc.fleet.size, sc.run.seed, horizon_s, loaded.base_dir
+        sc.traces, sc.fleet.size, sc.run.seed, horizon_s + start_s, loaded.base_dir
     )
+    availability = shift_start(availability, sc.run.start_hour)
     env = simpy.Environment()
     fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts,
                   power=PowerTable.load(sc.fleet.energy, loaded.base_dir))

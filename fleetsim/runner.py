@@ -71,6 +71,14 @@ def build_engine_for(loaded: LoadedScenario):
     )
 
 
+def run_title(summary: dict) -> str:
+    """The heading of a run's figures: run, protocol/policy, seed and the model(s)."""
+    title = (f"{summary['scenario_name']} ({summary['protocol']}/{summary['policy']}, "
+             f"seed {summary['seed']})")
+    label = summary.get("model_label") or summary.get("model")
+    return f"{title}\n{label}" if label else title
+
+
 def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     """The callbacks of a run, in the order they are called: progress bar (when shown),
     the test step delay (when its environment variable is set), checkpoints (when
@@ -350,9 +358,11 @@ def run_loaded(
         devices,
         summary,
         loaded.resolved_yaml(),
-        convergence_png=sc.output.convergence_png,
-        title=f"{sc.run.name} ({sc.protocol.name}/{sc.policy.name}, seed {sc.run.seed})",
     )
+    if sc.output.convergence_png:
+        from fleetsim.analysis.plots import write_run_convergence
+
+        write_run_convergence(out, run_title(summary))
     if fault is not None:
         raise RunStopped(
             f"run stopped at step {server.step} by a numerical fault: {fault}; outputs and "

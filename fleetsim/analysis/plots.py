@@ -660,3 +660,25 @@ def grouped_breakdown_figure(
     figure.legend(handles, labels, fontsize=8, ncol=3, loc="outside upper center", frameon=False)
     ax.grid(alpha=0.3, axis="y")
     return save_figure(figure, path)
+
+
+def write_run_convergence(run_dir: Path | str, title: str = "") -> Path:
+    """``convergence.png`` of one run directory: :func:`convergence_figure` over simulated
+    hours (accuracy and training loss; committed steps for a systems-only run), written
+    atomically.  ``title`` heads the figure (the runner names the run, protocol, policy,
+    seed and models)."""
+    import io
+
+    from fleetsim.analysis.load import load_run
+    from fleetsim.record.atomic import write_bytes
+
+    run_dir = Path(run_dir)
+    figure = convergence_figure(load_run(run_dir), x="hours")
+    if title:
+        figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight",
+                   metadata={"Software": None})
+    path = run_dir / "convergence.png"
+    write_bytes(path, buffer.getvalue())
+    return path

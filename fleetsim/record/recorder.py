@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from fleetsim.record.atomic import write_bytes, write_json, write_parquet, write_text
+from fleetsim.record.atomic import write_json, write_parquet, write_text
 from fleetsim.record.events import EventLog
 from fleetsim.record.schema import DEVICE_COLUMNS, STEP_COLUMNS
-from fleetsim.record.status import finite_accuracy
 
 
 class Recorder:
@@ -56,8 +54,6 @@ class Recorder:
         devices: pd.DataFrame,
         summary: dict,
         scenario_yaml: str,
-        convergence_png: bool = True,
-        title: str = "",
     ) -> None:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -70,8 +66,6 @@ class Recorder:
                 dev[col] = pd.Series(dtype=dtype)
         write_parquet(run_dir / "devices.parquet", dev[list(DEVICE_COLUMNS)])
         write_json(run_dir / "summary.json", _json_safe(summary))
-        if convergence_png:
-            write_bytes(run_dir / "convergence.png", convergence_plot(self.steps_frame(), title))
 
 
 def devices_frame(columns: dict[str, Any]) -> pd.DataFrame:
@@ -93,36 +87,3 @@ def _json_safe(obj: Any) -> Any:
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
         return _json_safe(obj.item())
     return obj
-
-
-def convergence_plot(steps: pd.DataFrame, title: str = "") -> bytes:
-    """Accuracy (and training loss) against simulated wall-clock hours, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    evaluated = steps.assign(accuracy=finite_accuracy(steps)).dropna(subset=["accuracy"])
-    if len(evaluated):
-        ax.plot(evaluated["sim_time_s"] / 3600, evaluated["accuracy"], marker="o", ms=3,
-                label="held-out accuracy")
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1)
-    else:
-        ax.text(0.5, 0.5, "systems-only run: no accuracy", ha="center", va="center",
-                transform=ax.transAxes)
-    committed = steps[steps["committed"]]
-    if committed["loss"].notna().any():
-        ax2 = ax.twinx()
-        ax2.plot(committed["sim_time_s"] / 3600, committed["loss"], color="tab:orange", lw=0.8,
-                 alpha=0.7, label="training loss")
-        ax2.set_ylabel("training loss")
-    ax.set_xlabel("simulated wall-clock time (hours)")
-    ax.set_title(title or "convergence")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()

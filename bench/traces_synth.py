@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fleetsim.rng import stream
-from fleetsim.traces import build_fleet
+from fleetsim.traces import build_devices
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.config import TracesConfig
 from fleetsim.traces.tables import catalogue_for, population_weights
@@ -37,7 +37,7 @@ def per_device_loop(cfg: TracesConfig, n: int, seed: int) -> np.ndarray:
 def timed_build(cfg: TracesConfig, n: int) -> tuple[float, float]:
     tracemalloc.start()
     t0 = time.perf_counter()
-    table, avail = build_fleet(cfg, n, 0, 30 * 86400.0, Path("."))
+    table, avail = build_devices(cfg, n, 0, 30 * 86400.0, Path("."))
     avail.is_available(table.device_ids, 3600.0)
     elapsed = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
@@ -47,7 +47,7 @@ def timed_build(cfg: TracesConfig, n: int) -> tuple[float, float]:
 
 def main() -> None:
     cfg = TracesConfig()
-    build_fleet(cfg, 10, 0, 1.0, Path("."))  # warm the catalogue cache and imports
+    build_devices(cfg, 10, 0, 1.0, Path("."))  # warm the catalogue cache and imports
     results = {}
     for n in (10_000, 100_000, 1_000_000):
         s, mib = timed_build(cfg, n)

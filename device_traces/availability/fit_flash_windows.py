@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from fleetsim.traces.diurnal_windows import (
+from fleetsim.traces.formats.diurnal_windows import (
     FIT_FILE,
     fit_statistics,
     fit_windows_model,
     measured_hourly_share,
 )
-from fleetsim.traces.flash_windows import read_flash_windows
+from fleetsim.traces.formats.flash_windows import read_flash_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "device_data" / "flash_ready_windows" / "ready_strict.json"

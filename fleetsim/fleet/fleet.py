@@ -2,7 +2,7 @@ r"""The fleet: owner of every device's state on the SimPy clock.
 
 The server talks to devices only through :class:`Fleet`: it asks who is online,
 until when, who can hold a job and what a unit would cost (vectorised numpy over the
-whole fleet, :class:`~fleetsim.fleet.availability.AvailabilityCursor`), and it
+whole fleet, :class:`~fleetsim.fleet.window_cursor.AvailabilityCursor`), and it
 ``dispatch``\ es and ``cancel``\ s tasks.  Only devices with work are SimPy
 processes; each runs its queue of tasks through the lifecycle in
 :mod:`fleetsim.fleet.lifecycle` (download → compute → upload, with interruption,
@@ -36,11 +36,11 @@ import simpy
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet import lifecycle
-from fleetsim.fleet.availability import AvailabilityCursor, online_seconds
 from fleetsim.fleet.config import FleetConfig
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.ledger import DeviceLedger
 from fleetsim.fleet.lifecycle import Job
+from fleetsim.fleet.window_cursor import AvailabilityCursor, online_seconds
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable

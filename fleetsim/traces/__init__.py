@@ -1,11 +1,12 @@
 """Device facts: catalogue, latency and memory models, population, availability, network.
 
-Entry point for the rest of fleetsim: :func:`build_fleet`.
+Entry point for the rest of fleetsim: :func:`build_devices` (device facts and availability;
+the SimPy ``Fleet`` is built from them in :mod:`fleetsim.fleet`).
 """
 
 from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, DeviceTable, IntervalAvailability
 from fleetsim.traces.config import TracesConfig, paper_profile_config
-from fleetsim.traces.fleet_builder import build_fleet
+from fleetsim.traces.fleet_builder import build_devices
 
 __all__ = [
     "AlwaysOnline",
@@ -13,6 +14,6 @@ __all__ = [
     "DeviceTable",
     "IntervalAvailability",
     "TracesConfig",
-    "build_fleet",
+    "build_devices",
     "paper_profile_config",
 ]

@@ -115,7 +115,7 @@ class AvailabilityConfig(BaseModel):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         from fleetsim.errors import FleetsimInputError
-        from fleetsim.traces.availability import zone
+        from fleetsim.traces.formats.common import zone
 
         try:
             zone(value)

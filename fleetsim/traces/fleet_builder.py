@@ -1,4 +1,5 @@
-"""Fleet synthesis: N devices from a population, vectorised (no per-device loop)."""
+"""Device facts and availability of N devices (:func:`build_devices`), vectorised (no
+per-device loop); the SimPy ``Fleet`` is built from them in :mod:`fleetsim.fleet`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import numpy as np
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.rng import stream
-from fleetsim.traces.availability import diurnal_model
-from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, DeviceTable
+from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.config import TracesConfig
 from fleetsim.traces.network import radio_technology, sample_network
-from fleetsim.traces.registry import detect_format, file_formats, format_for_suffix, get_format
+from fleetsim.traces.registry import (
+    MODEL_FORMATS,
+    detect_format,
+    file_formats,
+    format_for_suffix,
+    get_format,
+)
 from fleetsim.traces.tables import catalogue_for, population_weights
 
 GIB = 2**30
@@ -57,21 +63,11 @@ def synthesise_devices(cfg: TracesConfig, n_devices: int, seed: int, base_dir: P
 def build_availability(
     cfg: TracesConfig, n_devices: int, seed: int, horizon_s: float, base_dir: Path
 ) -> AvailabilityTrace:
+    """The availability of ``n_devices`` devices: ``get_format(kind).load_with(...)`` for
+    every kind (models and files alike; ``auto`` detects a file's format by content)."""
     a = cfg.availability
-    if a.kind == "always_online":
-        return AlwaysOnline(n_devices)
-    if a.kind == "diurnal_model":
-        return diurnal_model(
-            n_devices,
-            seed,
-            trace_span_days=a.trace_span_days,
-            night_share=a.night_share,
-            night_start_hour=a.night_start_hour,
-            night_start_sd_hours=a.night_start_sd_hours,
-            wifi_share=a.wifi_share,
-        )
     path = cfg.resolve(a.path, base_dir)
-    if path is not None and not path.exists():
+    if path is not None and a.kind not in MODEL_FORMATS and not path.exists():
         raise FleetsimInputError(
             f"traces.availability.path: {a.path!r} resolves to {path}, which does not exist"
         )
@@ -92,7 +88,7 @@ def build_availability(
     return trace
 
 
-def build_fleet(
+def build_devices(
     cfg: TracesConfig, n_devices: int, seed: int, horizon_s: float, base_dir: Path
 ) -> tuple[DeviceTable, AvailabilityTrace]:
     """The fleet's static facts and availability (vectorised; 1M devices in ~1 s)."""

@@ -102,7 +102,7 @@ def trace_file_kinds() -> list[str]:
 def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceReport:
     """Detect (or take ``fmt``), load and validate ``path``; raise FleetsimInputError if
     malformed.  Zone-less timestamps are read in ``timezone`` (IANA name)."""
-    from fleetsim.traces import availability as av
+    from fleetsim.traces.formats import common, fedscale, flash, intervals
     from fleetsim.traces.registry import (
         detect_format,
         file_formats,
@@ -125,10 +125,10 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
         kind = format_for_suffix(path)  # its loader then says what is wrong
     week = 7 * 86400.0
     if kind == "fedscale":
-        dev, start, end, m = av.fedscale_intervals(path, horizon_s=week)
-        trace = av.intervals_to_trace(dev, start, end, m, None, f"FedScale {path.name}", m)
+        dev, start, end, m = fedscale.fedscale_intervals(path, horizon_s=week)
+        trace = common.intervals_to_trace(dev, start, end, m, None, f"FedScale {path.name}", m)
         rep = _availability_report("fedscale", trace, week)
-        online, period = av.fedscale_period_totals(path)
+        online, period = fedscale.fedscale_period_totals(path)
         rep.summary.update(
             online_s_per_period=round(float(online.mean()), 3),
             period_s=round(float(period.mean()), 3),
@@ -136,17 +136,17 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
         )
         return rep
     if kind == "flash":
-        dev, start, end, m = av.flash_intervals(path, horizon_s=week, timezone=timezone)
-        trace = av.intervals_to_trace(dev, start, end, m, None, f"FLASH {path.name}", m)
+        dev, start, end, m = flash.flash_intervals(path, horizon_s=week, timezone=timezone)
+        trace = common.intervals_to_trace(dev, start, end, m, None, f"FLASH {path.name}", m)
         return _availability_report("flash", trace, week)
     if kind == "intervals":
-        dev, start, end = av.load_interval_table(path)
+        dev, start, end = intervals.load_interval_table(path)
         uniq, dense = np.unique(dev, return_inverse=True)
-        trace = av.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
+        trace = common.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
         return _availability_report("intervals", trace, float(end.max()))
     if kind == "flash_windows":
-        from fleetsim.traces.diurnal_windows import measured_hourly_share
-        from fleetsim.traces.flash_windows import read_flash_windows
+        from fleetsim.traces.formats.diurnal_windows import measured_hourly_share
+        from fleetsim.traces.formats.flash_windows import read_flash_windows
 
         m = read_flash_windows(path)
         hourly = measured_hourly_share(m)

@@ -24,7 +24,8 @@ import pandas as pd
 from scipy import stats
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces.flash_windows import DAY_S, hourly_online_share, merge_windows
+from fleetsim.traces.formats.common import DAY_S, merge_windows
+from fleetsim.traces.formats.flash_windows import hourly_online_share
 
 
 @dataclass
@@ -36,7 +37,7 @@ class WindowsProfile:
 
 def windows_profile(path: Path, fmt: str | None = None, timezone: str = "UTC") -> WindowsProfile:
     """Window lengths and hourly online share of an availability file (module docstring)."""
-    from fleetsim.traces import availability as av
+    from fleetsim.traces.formats.intervals import load_interval_table
     from fleetsim.traces.registry import detect_format, get_format
 
     path = Path(path)
@@ -44,15 +45,15 @@ def windows_profile(path: Path, fmt: str | None = None, timezone: str = "UTC") -
         raise FleetsimInputError(f"{path}: file not found")
     kind = fmt or detect_format(path)
     if kind == "flash_windows":
-        from fleetsim.traces.diurnal_windows import measured_hourly_share
-        from fleetsim.traces.flash_windows import read_flash_windows
+        from fleetsim.traces.formats.diurnal_windows import measured_hourly_share
+        from fleetsim.traces.formats.flash_windows import read_flash_windows
 
         m = read_flash_windows(path)
         return WindowsProfile(
             f"{path.name} (measured, {m.num_users} users)", m.lengths_s, measured_hourly_share(m)
         )
     if kind == "intervals":
-        dev, start, end = av.load_interval_table(path)
+        dev, start, end = load_interval_table(path)
         d, s, e = merge_windows(dev, start, end, 0.0)
         uniq = np.unique(d, return_inverse=True)[1]
         t1 = max(np.ceil(float(e.max()) / 3600.0) * 3600.0, 3600.0) if len(e) else 3600.0

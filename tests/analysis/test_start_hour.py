@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim.fleet.availability import online_seconds
+from fleetsim.fleet.window_cursor import online_seconds
 from fleetsim.scenario.loader import load_scenario
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.shift import StartShifted, shift_start

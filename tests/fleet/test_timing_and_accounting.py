@@ -10,10 +10,10 @@ import simpy
 from fleet_helpers import FACTS, cpu_backend, intervals, make_fleet, make_table
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.fleet.availability import AvailabilityCursor, online_seconds
 from fleetsim.fleet.config import EnergyConfig, FleetConfig
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
+from fleetsim.fleet.window_cursor import AvailabilityCursor, online_seconds
 from fleetsim.fleet.work import ReceiptStatus, Task
 from fleetsim.record.events import EventLog
 from fleetsim.record.recorder import devices_frame

@@ -13,16 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces import build_fleet
-from fleetsim.traces.availability import (
-    DiurnalAvailability,
-    load_fedscale,
-    load_flash,
-    load_intervals,
-    safe_unpickle,
-)
+from fleetsim.traces import build_devices
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.config import AvailabilityConfig, NetworkConfig, TracesConfig
+from fleetsim.traces.formats.diurnal_model import DiurnalAvailability
+from fleetsim.traces.formats.fedscale import load_fedscale, safe_unpickle
+from fleetsim.traces.formats.flash import load_flash
+from fleetsim.traces.formats.intervals import load_intervals
 
 
 def test_interval_boundaries_half_open():
@@ -119,7 +116,7 @@ def test_diurnal_boundaries_and_periodicity():
 
 def test_diurnal_model_calibration():
     cfg = TracesConfig()
-    _, av = build_fleet(cfg, 20_000, 11, 86400.0, Path("."))
+    _, av = build_devices(cfg, 20_000, 11, 86400.0, Path("."))
     assert av.label.startswith("model: diurnal")
     hourly = np.array([av.is_available(np.arange(20_000), h * 3600.0).mean() for h in range(24)])
     # overnight charging dominates: the 01:00 share beats the 14:00 share
@@ -131,10 +128,10 @@ def test_diurnal_model_calibration():
 
 def test_fleet_determinism_and_prefix_stability():
     cfg = TracesConfig(population="market_share_2024", network=NetworkConfig(type="hsdpa_3g"))
-    a, av_a = build_fleet(cfg, 5000, 7, 86400.0, Path("."))
-    b, av_b = build_fleet(cfg, 5000, 7, 86400.0, Path("."))
-    c, _ = build_fleet(cfg, 5000, 8, 86400.0, Path("."))
-    small, av_small = build_fleet(cfg, 100, 7, 86400.0, Path("."))
+    a, av_a = build_devices(cfg, 5000, 7, 86400.0, Path("."))
+    b, av_b = build_devices(cfg, 5000, 7, 86400.0, Path("."))
+    c, _ = build_devices(cfg, 5000, 8, 86400.0, Path("."))
+    small, av_small = build_devices(cfg, 100, 7, 86400.0, Path("."))
     np.testing.assert_array_equal(a.phone_model_index, b.phone_model_index)
     np.testing.assert_array_equal(a.uplink_bps, b.uplink_bps)
     np.testing.assert_array_equal(av_a.offset_s, av_b.offset_s)
@@ -145,7 +142,7 @@ def test_fleet_determinism_and_prefix_stability():
 
 def test_population_frequencies_follow_weights():
     cfg = TracesConfig(population="flash_1000")
-    table, _ = build_fleet(cfg, 200_000, 1, 10.0, Path("."))
+    table, _ = build_devices(cfg, 200_000, 1, 10.0, Path("."))
     root = Path(__file__).resolve().parents[2]
     pop = pd.read_csv(root / "device_traces/population/flash_1000.csv")
     w = pop.set_index("phone_model")["weight"]
@@ -160,10 +157,10 @@ def test_population_frequencies_follow_weights():
 def test_network_types_and_units():
     base = Path(".")
     fixed = TracesConfig(network=NetworkConfig(type="fixed", uplink_mbps=10, mebibit=True))
-    t, _ = build_fleet(fixed, 3, 0, 1.0, base)
+    t, _ = build_devices(fixed, 3, 0, 1.0, base)
     assert np.all(t.uplink_bps == 10 * 2**20) and np.all(t.downlink_bps == 10 * 2**20)
-    g5, _ = build_fleet(TracesConfig(network=NetworkConfig(type="5g_mmwave")), 4000, 0, 1.0, base)
-    g3, _ = build_fleet(TracesConfig(network=NetworkConfig(type="hsdpa_3g")), 4000, 0, 1.0, base)
+    g5, _ = build_devices(TracesConfig(network=NetworkConfig(type="5g_mmwave")), 4000, 0, 1.0, base)
+    g3, _ = build_devices(TracesConfig(network=NetworkConfig(type="hsdpa_3g")), 4000, 0, 1.0, base)
     assert np.median(g5.downlink_bps) > 50 * np.median(g3.downlink_bps)
     assert 1.0e6 < np.median(g3.downlink_bps) < 2.0e6  # HSDPA median 1.44 Mbit/s
     assert np.all(g3.uplink_bps < g3.downlink_bps)
@@ -179,13 +176,13 @@ def test_config_validation_names_keys():
     with pytest.raises(ValueError, match="extra"):
         TracesConfig(colour="red")
     with pytest.raises(FleetsimInputError, match="traces.population: 'nowhere.csv' is neither"):
-        build_fleet(TracesConfig(population="nowhere.csv"), 3, 0, 1.0, Path("/tmp"))
+        build_devices(TracesConfig(population="nowhere.csv"), 3, 0, 1.0, Path("/tmp"))
 
 
 def test_interval_file_relative_path_and_cyclic_mapping(tmp_path):
     (tmp_path / "win.csv").write_text("device_id,start_s,end_s\n5,0,10\n5,10,20\n9,100,200\n")
     cfg = TracesConfig(availability=AvailabilityConfig(kind="intervals", path="win.csv"))
-    _, av = build_fleet(cfg, 5, 0, 1000.0, tmp_path)
+    _, av = build_devices(cfg, 5, 0, 1000.0, tmp_path)
     ids = np.arange(5)
     # touching windows of device 5 merge to [0, 20); fleet devices 0,2,4 -> trace 5
     assert list(av.is_available(ids, 15.0)) == [True, False, True, False, True]
@@ -268,6 +265,6 @@ def test_network_types_name_radio_technology():
         (NetworkConfig(type="flash_wifi"), "wifi"),
         (NetworkConfig(type="fixed", uplink_mbps=1, radio="lte"), "lte"),
     ]:
-        table, _ = build_fleet(TracesConfig(network=net), 3, 0, 1.0, Path("."))
+        table, _ = build_devices(TracesConfig(network=net), 3, 0, 1.0, Path("."))
         assert table.network_types == [radio]
         assert np.all(table.network_type_index == 0)

@@ -13,15 +13,15 @@ import pytest
 from fleetsim.cli import main as cli_main
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.config import AvailabilityConfig, TracesConfig
-from fleetsim.traces.diurnal_windows import fit_windows_model, load_params, sample_windows
-from fleetsim.traces.empirical import measured_model
-from fleetsim.traces.flash_windows import (
-    DAY_S,
+from fleetsim.traces.fleet_builder import build_availability
+from fleetsim.traces.formats.common import DAY_S
+from fleetsim.traces.formats.diurnal_windows import fit_windows_model, load_params, sample_windows
+from fleetsim.traces.formats.empirical import measured_model
+from fleetsim.traces.formats.flash_windows import (
     clean_windows,
     hourly_online_share,
     read_flash_windows,
 )
-from fleetsim.traces.fleet_builder import build_availability
 from fleetsim.traces.registry import detect_format
 from fleetsim.traces.sample import trace_windows
 
@@ -229,7 +229,7 @@ def test_sample_csv_matches_the_model(tmp_path, capsys):
     )
     assert "windows of 30 devices" in capsys.readouterr().out
     df = pd.read_csv(out)
-    from fleetsim.traces.availability import diurnal_model
+    from fleetsim.traces.formats.diurnal_model import diurnal_model
 
     tr = diurnal_model(30, 7)  # closed form: [offset + kP, offset + kP + duration)
     rows = []

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces.availability import flash_intervals
+from fleetsim.traces.formats.flash import flash_intervals
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces import build_fleet, registry
-from fleetsim.traces.availability import DiurnalAvailability
+from fleetsim.traces import build_devices, registry
 from fleetsim.traces.config import AvailabilityConfig, TracesConfig
+from fleetsim.traces.formats.diurnal_model import DiurnalAvailability
 from fleetsim.traces.inspect import inspect_trace_file, validate_trace_file
 from fleetsim.traces.registry import TraceFormat
 from fleetsim.traces.tables import DATA_DIR, load_catalogue
@@ -92,7 +92,7 @@ def test_entry_point_format(monkeypatch, tmp_path):
     f = tmp_path / "x.night"
     f.write_text("6\n")
     cfg = TracesConfig(availability=AvailabilityConfig(kind="night_only", path="x.night"))
-    table, av = build_fleet(cfg, 10, 0, 86400.0, tmp_path)
+    table, av = build_devices(cfg, 10, 0, 86400.0, tmp_path)
     assert av.is_available(np.arange(10), 3600.0).all()
     assert not av.is_available(np.arange(10), 7 * 3600.0).any()
     assert "night only 6 h" in table.source

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces import build_fleet, paper_profile_config
+from fleetsim.traces import build_devices, paper_profile_config
 from fleetsim.traces.config import TracesConfig
 from fleetsim.traces.latency import (
     REFERENCE_FLOPS,
@@ -95,7 +95,7 @@ def test_facts_from_bad_config():
 
 @pytest.fixture(scope="module")
 def paper_fleet():
-    return build_fleet(paper_profile_config(), 4, 0, 3600.0, Path("."))
+    return build_devices(paper_profile_config(), 4, 0, 3600.0, Path("."))
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_paper_round_time(paper_fleet):
 
 
 def test_generic_latency_scales_with_work():
-    table, _ = build_fleet(TracesConfig(population="uniform"), 50, 3, 3600.0, Path("."))
+    table, _ = build_devices(TracesConfig(population="uniform"), 50, 3, 3600.0, Path("."))
     ids = table.device_ids
     be = choose_backend(table, ids, "forward_gradient")
     f8 = facts_from_hf_config(BERT_BASE, "my-encoder", 8, 128, 1000)
@@ -160,7 +160,7 @@ def test_generic_latency_scales_with_work():
 
 
 def test_choose_backend_rule():
-    table, _ = build_fleet(TracesConfig(population="uniform"), 200, 5, 3600.0, Path("."))
+    table, _ = build_devices(TracesConfig(population="uniform"), 200, 5, 3600.0, Path("."))
     ids = table.device_ids
     lat = np.stack([table.ref_forward_s[b] for b in ("npu", "gpu", "cpu")])
     fastest = np.array(["npu", "gpu", "cpu"])[np.argmin(np.nan_to_num(lat, nan=np.inf), axis=0)]
@@ -196,7 +196,7 @@ def test_memory_ordering_and_ram_limit():
     assert inf < fg < bp < bp_full
     # A 12 GB phone with half its RAM usable cannot hold LLaMA-7B FP16 training,
     # but holds DistilBERT forward-gradient training easily.
-    table, _ = build_fleet(paper_profile_config(), 1, 0, 10.0, Path("."))
+    table, _ = build_devices(paper_profile_config(), 1, 0, 10.0, Path("."))
     assert fg > table.usable_ram_bytes[0]
     distil = facts_from_hf_config(DISTILBERT, "distilbert-base-uncased", 8, 128, 450_340)
     assert job_memory_bytes(distil, "forward_gradient") < table.usable_ram_bytes[0]

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces.availability import load_fedscale, load_flash, load_intervals
+from fleetsim.traces.formats.fedscale import load_fedscale
+from fleetsim.traces.formats.flash import load_flash
+from fleetsim.traces.formats.intervals import load_intervals
 from fleetsim.traces.inspect import validate_trace_file
 from fleetsim.traces.registry import file_formats
 from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from fleetsim.rng import stream
-from fleetsim.traces.diurnal_windows import fit_statistics, load_params
-from fleetsim.traces.empirical import measured_model
-from fleetsim.traces.flash_windows import DAY_S, hourly_online_share, read_flash_windows
+from fleetsim.traces.formats.common import DAY_S
+from fleetsim.traces.formats.diurnal_windows import fit_statistics, load_params
+from fleetsim.traces.formats.empirical import measured_model
+from fleetsim.traces.formats.flash_windows import hourly_online_share, read_flash_windows
 
 H = 3600.0
 D = DAY_S

@@ -1,0 +1,97 @@
+"""Plain interval tables (``kind: intervals``): CSV/TSV/Parquet ``device_id,start_s,end_s``,
+half-open ``[start, end)`` seconds, non-overlapping per device (touching windows merge);
+an optional ``period_s`` repeats them (windows crossing the period wrap around)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.base import IntervalAvailability
+from fleetsim.traces.formats.base import TraceFormat, read_head
+from fleetsim.traces.formats.common import (
+    intervals_to_trace,
+    merge_touching,
+    validate_intervals,
+    wrap_windows,
+)
+from fleetsim.traces.tables import (
+    numeric_column,
+    read_table,
+    require_columns,
+)
+
+
+def load_interval_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (device, start, end) arrays from a CSV/Parquet interval file."""
+    path = Path(path)
+    df = read_table(path)
+    require_columns(df, path, ("device_id", "start_s", "end_s"))
+    dev = numeric_column(df, path, "device_id", non_negative=True)
+    if np.any(dev != np.floor(dev)):
+        i = int(np.nonzero(dev != np.floor(dev))[0][0])
+        raise FleetsimInputError(
+            f"{path}: column 'device_id' row {i + 1}: {dev[i]:g} is not an integer "
+            "(allowed: integers >= 0)"
+        )
+    start = numeric_column(df, path, "start_s", non_negative=True)
+    end = numeric_column(df, path, "end_s", non_negative=True)
+    validate_intervals(path, dev, start, end)
+    return dev.astype(np.int64), start, end
+
+
+def load_intervals(
+    path: Path, n_devices: int, period_s: float | None = None
+) -> IntervalAvailability:
+    """Fleet availability from an interval table (CSV/TSV/Parquet ``device_id,start_s,
+    end_s``, seconds).  With ``period_s`` the windows repeat, and a window crossing the
+    period boundary wraps around (:func:`wrap_windows`).  Trace device ids are numbered
+    in numeric order (:func:`trace_id_order`), devices mapped cyclically."""
+    path = Path(path)
+    dev, start, end = load_interval_table(path)
+    if period_s is not None:
+        dev, start, end = wrap_windows(
+            path, dev, start, end, float(period_s), "traces.availability.period_s", "row"
+        )
+    else:
+        dev, start, end = merge_touching(dev, start, end)
+    uniq, dense = np.unique(dev, return_inverse=True)
+    label = f"trace: intervals {path.name} ({len(uniq)} trace devices)"
+    return intervals_to_trace(dense, start, end, n_devices, period_s, label, len(uniq))
+
+
+class IntervalsFormat(TraceFormat):
+    """CSV/TSV/Parquet ``device_id,start_s,end_s`` (seconds)."""
+
+    name = "intervals"
+    suffixes = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+    columns = ("device_id", "start_s", "end_s")
+
+    def sniff(self, path):
+        from fleetsim.traces.tables import TABLE_SUFFIXES, sniff_table
+
+        path = Path(path)
+        kind = TABLE_SUFFIXES.get(path.suffix.lower()) or sniff_table(path)
+        if kind == "parquet":
+            try:
+                import pyarrow.parquet as pq
+
+                names = set(pq.read_schema(path).names)
+            except Exception:
+                return False
+        elif kind in ("csv", "tsv"):
+            lines = read_head(path).decode("utf-8", errors="replace").splitlines()
+            if not lines:
+                return False
+            names = {c.strip() for c in lines[0].split("\t" if kind == "tsv" else ",")}
+        else:
+            return False
+        return set(self.columns) <= names
+
+    def load(self, path, n_devices, seed, horizon_s):
+        return load_intervals(Path(path), n_devices)
+
+    def load_with(self, path, n_devices, seed, horizon_s, config):
+        return load_intervals(Path(path), n_devices, getattr(config, "period_s", None))

@@ -1,9 +1,10 @@
-"""Study (b): a fixed total of perturbations per step split over 5...500 devices.
+"""Devices per step: a fixed total of perturbations per step split over 5...500 devices.
 
-Scenario file: ``analysis/devices_per_step/scenario.yaml`` (systems-only).
-Grid: 500 perturbations per step over n ∈ {5, 10, 25, 50, 100, 250, 500} devices
-(``protocol.devices_per_step`` = n, ``protocol.perturbations_per_device`` = 500 / n) × seeds
-0, 1, 2.  ``--quick``: 100 perturbations over n ∈ {5, 10, 20, 50, 100}, seed 0, one round.
+Scenario file: ``analysis/devices_per_step/scenario.yaml`` (systems-only).  Grid
+(``sweep.yaml``, through ``fleetsim sweep``'s machinery, resumable): 500 perturbations per
+step over n ∈ {5, 10, 25, 50, 100, 250, 500} devices (``protocol.devices_per_step`` = n,
+``protocol.perturbations_per_device`` = 500 / n) × seeds 0, 1, 2.  ``--quick``
+(``sweep_quick.yaml``): 100 perturbations over n ∈ {5, 20, 100}, seed 0, one round.
 
 Outputs (in ``analysis/devices_per_step/``): ``runs/``, ``figures/step_time.png`` (mean
 seconds per committed step by critical-path part, per n), ``figures/step_time.{csv,md}``
@@ -24,29 +25,16 @@ from fleetsim.analysis import compare_runs, load_runs, step_breakdown, utilisati
 from fleetsim.analysis.metrics import BREAKDOWN_PARTS
 from fleetsim.analysis.plots import grouped_breakdown_figure
 from fleetsim.analysis.stats import mean_confidence_interval
-from fleetsim.analysis.study import StudyPoint, run_study, study_arguments, write_table
+from fleetsim.analysis.study import (
+    host_note,
+    run_study,
+    study_arguments,
+    study_folders,
+    write_table,
+)
 
 HERE = Path(__file__).resolve().parent
-SCENARIO = HERE / "scenario.yaml"
 BY = "protocol.devices_per_step"
-
-
-def grid(total: int, device_counts: tuple[int, ...]) -> list[StudyPoint]:
-    points = []
-    for n in device_counts:
-        if total % n:
-            raise ValueError(f"{total} perturbations do not split evenly over {n} devices")
-        points.append(
-            StudyPoint(
-                f"n{n}",
-                [
-                    f"{BY}={n}",
-                    f"protocol.perturbations_per_device={total // n}",
-                    f"policy.total_perturbations={total}",
-                ],
-            )
-        )
-    return points
 
 
 def step_time_table(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -83,34 +71,21 @@ def step_time_table(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, d
     return pd.DataFrame(rows), breakdown, group_of_run
 
 
-def main() -> None:
-    parser = study_arguments(__doc__.splitlines()[0], default_seeds=(0, 1, 2))
-    args = parser.parse_args()
-    out = args.out or HERE
-    if args.quick:
-        total, counts, seeds, common = 100, (5, 10, 20, 50, 100), [0], ["protocol.rounds=1"]
-    else:
-        total, counts, seeds, common = 500, (5, 10, 25, 50, 100, 250, 500), [0, 1, 2], []
-    seeds = args.seeds or seeds
-    run_dirs = run_study(
-        SCENARIO,
-        grid(total, counts),
-        seeds,
-        out / "runs",
-        common_overrides=common,
-        reuse=not args.fresh,
-    )
-    figures = out / "figures"
-    table, breakdown, group_of_run = step_time_table(run_dirs)
+def main(argv: list[str] | None = None) -> None:
+    args = study_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    sweep, out_dir, figures = study_folders(args, HERE)
+    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel)
+    table, breakdown, group_of_run = step_time_table(runs.run_dirs)
     write_table(
         table,
         figures,
         "step_time",
-        f"{total} perturbations per step; means over committed steps, then over seeds "
-        "(95 % t-interval of the per-run mean step time).",
+        "A fixed number of perturbations per step (policy.total_perturbations); means over "
+        "committed steps, then over seeds (95 % bootstrap percentile interval of the per-run "
+        f"mean step time). {host_note(runs)}.",
     )
     grouped_breakdown_figure(breakdown, group_of_run, BY, path=figures / "step_time.png")
-    compare_runs(run_dirs, BY, figures)
+    compare_runs(runs.run_dirs, BY, figures)
     print(f"figures and tables in {figures}")
 
 

@@ -1,79 +1,232 @@
-"""Study (c): allocation policies under churn.
+"""Study (c): load allocation under churn, at a time scale where churn bites.
 
-Scenario file: ``analysis/policies_under_churn/scenario.yaml`` (systems-only, diurnal
-availability).  Grid: ``policy.name`` ∈ {uniform, capability, deadline, variance_paced,
-overcommit} × seeds 0, 1, 2; the deadline policy plans for ``policy.deadline_s`` (``--deadline-s``).
-``--quick``: seed 0, one round.
+Base scenario ``analysis/policies_under_churn/scenario.yaml``: 10,000 market-share phones
+for one simulated day, charged for TinyLlama-1.1B INT8 (``fleet.cost_model``), diurnal
+charging windows fitted on FLASH, 3G, interrupted units lost; systems-only.  Grid
+(``sweep.yaml``, through ``fleetsim sweep``'s machinery, resumable): the five policies plus
+a tight deadline (600 s) and a larger over-commit (2.0) variant, × ``run.start_hour`` ∈ {9,
+21} × seeds 0–4.  ``--quick`` runs ``sweep_quick.yaml`` (two policies, 300 phones, 2 h).
 
-Outputs (in ``analysis/policies_under_churn/``): ``runs/``, ``figures/comparison.{csv,md}``
-(per policy: simulated hours, steps, useful / wasted device-time, straggler share),
-``figures/curves.png`` (committed steps over simulated time per policy),
-``figures/step_time.png`` (mean seconds per step by critical-path part, per policy),
-``figures/utilisation.png`` (device-time shares per policy), ``figures/timeline_<policy>.png``
-(device Gantt chart of seed 0 of each policy).
+Per run: committed steps in the day, median step time, wasted work (units lost to
+interruptions, dropped or late, as a share of all units computed; wasted device-time share
+of busy time), staleness of used work, straggler-wait share of step time, device energy
+per committed step.  Per policy variant and start hour: mean over seeds with a 95 %
+bootstrap percentile interval.
+
+Outputs (``figures/`` or ``figures-quick/``): ``churn.{csv,md}`` (the table),
+``churn_wide.csv`` (numeric interval ends), ``per_run.csv``, ``churn_metrics.png`` (bars
+with intervals), ``steps_over_time.png``,
+``step_time.png`` (critical-path parts per variant), ``timeline_<variant>.png``
+(device Gantt chart, first seed, first start hour), ``comparison.{csv,md}``, ``study.json``.
 
     python analysis/policies_under_churn/run.py --quick
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
-from fleetsim.analysis import (
-    compare_runs,
-    load_runs,
-    step_breakdown,
-    timeline_figure,
-    utilisation,
-    utilisation_figure,
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from fleetsim.analysis import load_runs, step_breakdown, timeline_figure
+from fleetsim.analysis.load import RunSet
+from fleetsim.analysis.metrics import breakdown_shares
+from fleetsim.analysis.plots import grouped_breakdown_figure, save_figure
+from fleetsim.analysis.report import comparison_table
+from fleetsim.analysis.stats import mean_confidence_interval
+from fleetsim.analysis.study import (
+    StudyRuns,
+    host_note,
+    interval_cells,
+    run_study,
+    study_arguments,
+    study_folders,
+    write_table,
 )
-from fleetsim.analysis.plots import grouped_breakdown_figure
-from fleetsim.analysis.study import StudyPoint, run_study, study_arguments
 
 HERE = Path(__file__).resolve().parent
-SCENARIO = HERE / "scenario.yaml"
 POLICIES = ("uniform", "capability", "deadline", "variance_paced", "overcommit")
-BY = "policy.name"
+METRICS = {
+    "steps": "committed steps in the run",
+    "median_step_min": "median minutes per committed step",
+    "wasted_unit_share": "units lost / dropped / late ÷ units computed",
+    "wasted_time_share": "wasted busy device-time ÷ busy device-time",
+    "straggler_share": "straggler wait ÷ step time",
+    "mean_staleness": "mean staleness of used units (steps)",
+    "kj_per_step": "device energy per committed step (kJ)",
+}
 
 
-def main() -> None:
-    parser = study_arguments(__doc__.splitlines()[0], default_seeds=(0, 1, 2))
-    parser.add_argument(
-        "--deadline-s",
-        type=float,
-        default=900.0,
-        help="deadline the deadline policy plans for (simulated seconds)",
-    )
-    args = parser.parse_args()
-    out = args.out or HERE
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    common = ["protocol.rounds=1"] if args.quick else []
-    points = [
-        StudyPoint(
-            name,
-            [f"{BY}={name}"]
-            + ([f"policy.deadline_s={args.deadline_s}"] if name == "deadline" else []),
+def variant(summary: pd.Series) -> str:
+    """``deadline(600s)``, ``overcommit(x2)`` for the non-default variants, else the name."""
+    name = str(summary["policy.name"])
+    if name == "deadline":
+        return f"deadline({float(summary['policy.deadline_s']):g}s)"
+    if name == "overcommit":
+        return f"overcommit(x{float(summary['policy.overcommit_factor']):g})"
+    return name
+
+
+def per_run_metrics(runset: RunSet) -> pd.DataFrame:
+    """One row per run: its variant, start hour, seed and the :data:`METRICS`."""
+    events, steps, devices = runset.events, runset.steps, runset.devices
+    shares = breakdown_shares(step_breakdown(events, steps)).set_index("run")
+    rows = []
+    for _, summary in runset.summary.iterrows():
+        run = summary["run"]
+        ev = events[events["run"] == run]
+        st = steps[(steps["run"] == run) & steps["committed"]]
+        dv = devices[devices["run"] == run]
+        units = {k: float(ev.loc[ev["kind"] == k, "units"].clip(lower=0).sum())
+                 for k in ("receipt", "lost_work", "dropped", "late")}
+        wasted = units["lost_work"] + units["dropped"] + units["late"]
+        computed = wasted + units["receipt"]
+        receipts = ev[(ev["kind"] == "receipt") & (ev["units"] > 0)]
+        staleness = (
+            float(np.average(receipts["staleness"].clip(lower=0), weights=receipts["units"]))
+            if len(receipts) else math.nan
         )
-        for name in POLICIES
-    ]
-    run_dirs = run_study(
-        SCENARIO, points, seeds, out / "runs", common_overrides=common, reuse=not args.fresh
+        busy = float(dv["busy_s"].sum())
+        n_steps = int(len(st))
+        rows.append(
+            {
+                "run": run,
+                "variant": variant(summary),
+                "start_hour": float(summary["run.start_hour"]),
+                "seed": int(summary["run.seed"]),
+                "steps": n_steps,
+                "median_step_min": float(st["step_seconds"].median()) / 60.0
+                if n_steps else math.nan,
+                "wasted_unit_share": wasted / computed if computed else math.nan,
+                "wasted_time_share": float(dv["wasted_s"].sum()) / busy if busy else math.nan,
+                "straggler_share": float(shares.loc[run, "straggler_wait"])
+                if run in shares.index else math.nan,
+                "mean_staleness": staleness,
+                "kj_per_step": float(summary["energy_j"]) / 1e3 / n_steps
+                if n_steps else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def churn_table(per_run: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and start hour: runs, and each metric's mean over seeds with its 95 %
+    bootstrap percentile interval (``<metric>``, ``<metric>_low``, ``<metric>_high``)."""
+    rows = []
+    order = {v: i for i, v in enumerate(dict.fromkeys(per_run["variant"]))}
+    for (start, name), frame in per_run.groupby(["start_hour", "variant"], sort=False):
+        row: dict[str, object] = {"start_hour": start, "variant": name, "runs": len(frame)}
+        for metric in METRICS:
+            mean, low, high, _ = mean_confidence_interval(frame[metric])
+            row.update({metric: mean, f"{metric}_low": low, f"{metric}_high": high})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["_order"] = table["variant"].map(order)
+    return table.sort_values(["start_hour", "_order"]).drop(columns="_order").reset_index(
+        drop=True
     )
-    figures = out / "figures"
-    compare_runs(run_dirs, BY, figures)
-    runs = load_runs(run_dirs)
-    breakdown = step_breakdown(runs.events, runs.steps)
-    group_of_run = dict(zip(runs.summary["run"], runs.summary[BY]))
-    grouped_breakdown_figure(breakdown, group_of_run, BY, path=figures / "step_time.png")
-    fleet = utilisation(runs, levels=("fleet",))
-    fleet["group"] = fleet["run"].map(group_of_run)
-    fleet = fleet.groupby("group", sort=True).mean(numeric_only=True).reset_index()
-    fleet.insert(0, "run", "mean over seeds")
-    fleet.insert(1, "level", "policy")
-    utilisation_figure(fleet, path=figures / "utilisation.png")
-    first_seed = runs.summary[runs.summary["run.seed"] == seeds[0]]
-    for run, policy in zip(first_seed["run"], first_seed[BY]):
-        timeline_figure(runs, run=run, path=figures / f"timeline_{policy}.png")
+
+
+def metrics_figure(table: pd.DataFrame, title: str, path: Path) -> Figure:
+    """One panel per metric: bars per variant, grouped by start hour, 95 % intervals."""
+    metrics = list(METRICS)
+    figure = Figure(figsize=(13.0, 7.5), layout="constrained")
+    axes = figure.subplots(2, 4).ravel()
+    starts = sorted(table["start_hour"].unique())
+    variants = list(dict.fromkeys(table["variant"]))
+    width = 0.8 / max(len(starts), 1)
+    x = np.arange(len(variants))
+    for ax, metric in zip(axes, metrics):
+        for i, start in enumerate(starts):
+            part = table[table["start_hour"] == start].set_index("variant").reindex(variants)
+            mean = part[metric].to_numpy(dtype=float)
+            err = np.vstack(
+                [np.nan_to_num(mean - part[f"{metric}_low"].to_numpy(dtype=float)),
+                 np.nan_to_num(part[f"{metric}_high"].to_numpy(dtype=float) - mean)]
+            )
+            ax.bar(x + (i - (len(starts) - 1) / 2) * width, mean, width, yerr=err, capsize=2,
+                   color=f"C{i}", label=f"start {start:02.0f}:00")
+        ax.set_xticks(x)
+        ax.set_xticklabels(variants, rotation=35, ha="right", fontsize=7)
+        ax.set_title(METRICS[metric], fontsize=8)
+        ax.set_ylim(bottom=0.0)
+        ax.grid(alpha=0.3, axis="y")
+    axes[-1].axis("off")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].legend(handles, labels, loc="center")
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
+
+
+def steps_over_time_figure(runset: RunSet, per_run: pd.DataFrame, title: str,
+                           path: Path) -> Figure:
+    """Committed steps over simulated hours, one line per run, coloured by variant; one
+    panel per start hour."""
+    starts = sorted(per_run["start_hour"].unique())
+    figure = Figure(figsize=(11.0, 4.2), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(starts), sharey=True))
+    colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(per_run["variant"]))}
+    for ax, start in zip(axes, starts):
+        seen = set()
+        for _, row in per_run[per_run["start_hour"] == start].iterrows():
+            st = runset.steps[(runset.steps["run"] == row["run"]) & runset.steps["committed"]]
+            hours = np.sort(st["sim_time_s"].to_numpy(dtype=float)) / 3600.0
+            label = row["variant"] if row["variant"] not in seen else None
+            seen.add(row["variant"])
+            ax.step(np.r_[0.0, hours], np.arange(len(hours) + 1), where="post",
+                    color=colours[row["variant"]], alpha=0.6, lw=1, label=label)
+        ax.set_title(f"start {start:02.0f}:00", fontsize=9)
+        ax.set_xlabel("simulated hours")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("committed steps")
+    axes[-1].legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
+
+
+def analyse(runs: StudyRuns, figures: Path) -> dict:
+    """Tables and figures from the finished runs; returns the facts of ``study.json``."""
+    runset = load_runs(runs.run_dirs)
+    label = str(runset.summary["model_label"].iloc[0])
+    per_run = per_run_metrics(runset)
+    figures.mkdir(parents=True, exist_ok=True)
+    per_run.to_csv(figures / "per_run.csv", index=False)
+    table = churn_table(per_run)
+    fleet = int(runset.summary["fleet_size"].iloc[0])
+    hours = float(runset.summary["simulated_seconds"].max()) / 3600.0
+    title = f"{fleet} phones, {hours:.0f} simulated h; {label}"
+    note = (f"{title}. Mean over seeds [95 % bootstrap percentile interval]. "
+            f"{host_note(runs)}.")
+    table.to_csv(figures / "churn_wide.csv", index=False)
+    write_table(interval_cells(table, list(METRICS)), figures, "churn", note)
+    metrics_figure(table, title, figures / "churn_metrics.png")
+    steps_over_time_figure(runset, per_run, title, figures / "steps_over_time.png")
+    breakdown = step_breakdown(runset.events, runset.steps)
+    group_of_run = dict(zip(per_run["run"], per_run["variant"]))
+    grouped_breakdown_figure(breakdown, group_of_run, "policy", path=figures / "step_time.png")
+    runset.summary["variant"] = runset.summary["run"].map(group_of_run)
+    comparison = comparison_table(runset, "variant")
+    write_table(comparison, figures, "comparison", note)
+    first = per_run[(per_run["seed"] == per_run["seed"].min())
+                    & (per_run["start_hour"] == per_run["start_hour"].min())]
+    for _, row in first.iterrows():
+        timeline_figure(runset, run=row["run"], path=figures / f"timeline_{row['variant']}.png")
+    facts = {"model_label": label, "fleet_size": fleet, "simulated_hours": hours,
+             "seeds": runs.seeds, "runs": len(runs.run_dirs),
+             "host_minutes_summed": runs.run_host_seconds / 60.0, "sweep": str(runs.sweep_file)}
+    (figures / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
+    return facts
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = study_arguments(__doc__.splitlines()[0]).parse_args(argv)
+    sweep, out_dir, figures = study_folders(args, HERE)
+    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel)
+    analyse(runs, figures)
     print(f"figures and tables in {figures}")
 
 

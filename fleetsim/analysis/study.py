@@ -1,124 +1,132 @@
-"""Running a study: a grid of scenario overrides × seeds, each into its own run directory.
+"""Running a study: its grid is a sweep file (``fleetsim sweep``), run through
+:func:`fleetsim.sweep.run_sweep`, then analysed from the run directories.
 
-The study scripts in ``analysis/`` describe their grid with :class:`StudyPoint`
-and call :func:`run_study`, then build figures from the run directories with
-the rest of :mod:`fleetsim.analysis`.  A run directory that already holds a
-complete run (all files of ``fleetsim.analysis.load.RUN_FILES``) is reused, so
-an interrupted study resumes where it stopped.
+Each study folder under ``analysis/`` holds ``scenario.yaml`` (the base scenario),
+``sweep.yaml`` (the full grid × seeds) and ``sweep_quick.yaml`` (a small grid for a smoke
+test, the one CI runs).  The study script runs one of them with :func:`run_study` — the
+same machinery as ``fleetsim sweep analysis/<study>/sweep.yaml``: run directories named
+from their parameters, a ``sweep_index.parquet`` of statuses, and resumption (a finished
+run with the same resolved scenario is skipped, a failed or killed one is retried).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import sys
+import math
+import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from fleetsim.analysis.load import RUN_FILES
-
-RunFunction = Callable[..., Path]
-
-
-@dataclass(frozen=True)
-class StudyPoint:
-    """One configuration of a study: a label (used in the run directory name) and
-    the ``dotted.key=value`` overrides applied to the study's scenario file."""
-
-    label: str
-    overrides: Sequence[str] = field(default_factory=tuple)
+from fleetsim.errors import FleetsimInputError
+from fleetsim.sweep import load_sweep, plan_sweep, run_sweep
+from fleetsim.sweep.execute import RunFn
+from fleetsim.sweep.index import read_index
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "point"
+@dataclass
+class StudyRuns:
+    """The runs of one study invocation."""
+
+    sweep_file: Path
+    out_dir: Path  # the sweep folder (run directories + sweep_index.parquet)
+    run_dirs: list[Path]  # finished runs, in sweep order
+    host_seconds: float  # host time of this invocation (0 when everything was reused)
+    run_host_seconds: float  # summed host seconds of all finished runs (their summaries)
+    seeds: list[int]
 
 
-def is_complete_run(run_dir: Path) -> bool:
-    return all((run_dir / name).is_file() for name in RUN_FILES)
+def sweep_file(study_dir: Path, quick: bool) -> Path:
+    """``study_dir/sweep_quick.yaml`` with ``quick``, else ``study_dir/sweep.yaml``."""
+    return Path(study_dir) / ("sweep_quick.yaml" if quick else "sweep.yaml")
 
 
 def run_study(
-    scenario_path: Path,
-    points: Sequence[StudyPoint],
-    seeds: Sequence[int],
-    runs_dir: Path,
-    common_overrides: Sequence[str] = (),
-    reuse: bool = True,
-    run_function: RunFunction | None = None,
-    log: Callable[[str], None] | None = None,
-) -> list[Path]:
-    """Run ``scenario_path`` once per point and seed into ``runs_dir/<label>-seed<seed>``.
-
-    Overrides are applied in the order: ``common_overrides``, the point's own,
-    then ``run.seed``, ``run.name`` and ``run.progress=false``.  ``run_function``
-    defaults to :func:`fleetsim.runner.run_scenario` (imported on first use).
-    Returns the run directories in grid order.
-    """
-    if run_function is None:
-        from fleetsim.runner import run_scenario as run_function
-    if log is None:
-
-        def log(message: str) -> None:
-            print(message, file=sys.stderr, flush=True)
-
-    runs_dir = Path(runs_dir)
-    labels = [p.label for p in points]
-    duplicates = sorted({label for label in labels if labels.count(label) > 1})
-    if duplicates:
-        raise ValueError(f"study point labels must be unique; repeated: {', '.join(duplicates)}")
-    run_dirs = []
-    total = len(points) * len(seeds)
-    for index, (point, seed) in enumerate(((p, s) for p in points for s in seeds), start=1):
-        name = f"{_slug(point.label)}-seed{seed}"
-        run_dir = runs_dir / name
-        run_dirs.append(run_dir)
-        if reuse and is_complete_run(run_dir):
-            log(f"[{index}/{total}] {name}: reusing {run_dir}")
-            continue
-        overrides = [
-            *common_overrides,
-            *point.overrides,
-            f"run.seed={seed}",
-            f"run.name={name}",
-            "run.progress=false",
-        ]
-        started = time.perf_counter()
-        run_function(Path(scenario_path), overrides=overrides, run_dir=run_dir)
-        log(f"[{index}/{total}] {name}: done in {time.perf_counter() - started:.1f} s host time")
-    return run_dirs
+    sweep_path: Path,
+    out_dir: Path,
+    overrides: Sequence[str] = (),
+    fresh: bool = False,
+    backend: str = "sequential",
+    max_parallel: int | None = None,
+    run_fn: RunFn | None = None,
+    progress: bool = False,
+) -> StudyRuns:
+    """Run (or resume) the sweep ``sweep_path`` into ``out_dir``; ``overrides`` apply to
+    every run (``--set``); ``fresh`` deletes ``out_dir`` first.  Returns the finished run
+    directories in sweep order; raises :class:`FleetsimInputError` naming the failed runs
+    when any run failed (rerunning retries them)."""
+    out_dir = Path(out_dir)
+    if fresh and out_dir.exists():
+        shutil.rmtree(out_dir)
+    loaded = load_sweep(sweep_path, out=str(out_dir))
+    started = time.perf_counter()
+    result = run_sweep(
+        loaded,
+        backend=backend,  # type: ignore[arg-type]
+        max_parallel=max_parallel,
+        overrides=tuple(overrides),
+        progress=progress,
+        run_fn=run_fn,
+    )
+    if result.failures:
+        listed = "; ".join(f"{run_id}: {error}" for run_id, error in result.failures[:3])
+        raise FleetsimInputError(
+            f"{sweep_path}: {len(result.failures)} run(s) failed ({listed}); rerun to retry"
+        )
+    plan = plan_sweep(loaded, tuple(overrides), validate=False)
+    index = read_index(result.index_path).set_index("run_id")
+    run_dirs = [run.run_dir for run in plan]
+    host = pd.to_numeric(index.loc[[r.run_id for r in plan], "host_seconds"], errors="coerce")
+    seeds = sorted({int(r.params["run.seed"]) for r in plan if "run.seed" in r.params})
+    return StudyRuns(
+        sweep_file=Path(sweep_path),
+        out_dir=out_dir,
+        run_dirs=run_dirs,
+        host_seconds=time.perf_counter() - started if result.executed else 0.0,
+        run_host_seconds=float(host.sum()),
+        seeds=seeds,
+    )
 
 
-def study_arguments(description: str, default_seeds: Sequence[int]) -> argparse.ArgumentParser:
+def study_arguments(description: str) -> argparse.ArgumentParser:
     """The command line every study script shares."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
-        "--quick", action="store_true", help="a small version (one seed, short runs) to try it out"
+        "--quick", action="store_true",
+        help="run sweep_quick.yaml (a small grid, short runs: the CI smoke test)",
     )
     parser.add_argument(
-        "--seeds",
-        type=int,
-        nargs="+",
-        default=None,
-        help=f"run seeds (default: {' '.join(map(str, default_seeds))}; --quick: 0)",
+        "--out", type=Path, default=None,
+        help="output folder (default: the study's own folder); runs go to OUT/runs/<full|quick>, "
+        "figures and tables to OUT/figures[-quick]",
     )
+    parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output folder (default: the study's own folder next to the script)",
+        "--backend", choices=("sequential", "ray"), default="sequential",
+        help="sweep backend (default: sequential; ray runs --max-parallel runs at once)",
     )
+    parser.add_argument("--max-parallel", type=int, default=None, help="ray: runs at once")
     parser.add_argument(
-        "--fresh", action="store_true", help="rerun runs whose directories already exist"
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a scenario key in every run (repeatable), as fleetsim sweep --set",
     )
     return parser
 
 
+def study_folders(args: argparse.Namespace, here: Path) -> tuple[Path, Path, Path]:
+    """(sweep file, sweep folder, figures folder) of a parsed study command line."""
+    out = args.out or here
+    kind = "quick" if args.quick else "full"
+    figures = out / ("figures-quick" if args.quick else "figures")
+    return sweep_file(here, args.quick), out / "runs" / kind, figures
+
+
 def write_table(frame: pd.DataFrame, folder: Path, name: str, note: str = "") -> tuple[Path, Path]:
-    """``frame`` as ``name.csv`` and ``name.md`` (Markdown, missing values as —) in ``folder``."""
+    """``frame`` as ``name.csv`` and ``name.md`` (Markdown, missing values as —, infinite
+    as ∞) in ``folder``."""
     from fleetsim.analysis.report import markdown_table
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,3 +134,33 @@ def write_table(frame: pd.DataFrame, folder: Path, name: str, note: str = "") ->
     frame.to_csv(csv_path, index=False)
     md_path.write_text((note + "\n\n" if note else "") + markdown_table(frame))
     return csv_path, md_path
+
+
+def interval_cells(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """``table`` with each metric's ``<m>``, ``<m>_low``, ``<m>_high`` columns folded into
+    one text column ``"mean [low, high]"`` (3 significant digits; "—" for a missing end)."""
+
+    def fmt(value: object) -> str:
+        number = float(value)  # type: ignore[arg-type]
+        if math.isnan(number):
+            return "—"
+        return "∞" if math.isinf(number) else f"{number:.3g}"
+
+    out = table.copy()
+    for metric in metrics:
+        low, high = f"{metric}_low", f"{metric}_high"
+        out[metric] = [
+            f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]" if not math.isnan(float(lo)) else fmt(m)
+            for m, lo, hi in zip(out[metric], out[low], out[high])
+        ]
+        out = out.drop(columns=[low, high])
+    return out
+
+
+def host_note(runs: StudyRuns) -> str:
+    """One line: runs, seeds and host time, for a results page."""
+    return (
+        f"{len(runs.run_dirs)} runs (seeds {', '.join(map(str, runs.seeds))}) from "
+        f"`{runs.sweep_file.name}`; host time {runs.run_host_seconds / 60:.1f} min summed over "
+        "runs"
+    )

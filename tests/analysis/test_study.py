@@ -1,5 +1,6 @@
 import importlib.util
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 from fleetsim.analysis.load import load_runs
 from fleetsim.analysis.metrics import step_breakdown, time_to_accuracy_table
 from fleetsim.analysis.plots import grouped_breakdown_figure, time_to_accuracy_figure
-from fleetsim.analysis.study import StudyPoint, run_study
+from fleetsim.analysis.study import run_study
+from fleetsim.errors import FleetsimInputError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,66 +23,60 @@ def _load_script(study: str):
 
 
 def _fake_runner(calls: list, write_synthetic_run):
-    """Stands in for fleetsim.runner.run_scenario: writes a synthetic run whose
-    perturbations per device come from the overrides."""
+    """Stands in for fleetsim.runner.run_scenario under the sweep: writes a synthetic run
+    whose perturbations per device come from the overrides, and the resolved scenario the
+    sweep expects (so that a finished run is recognised and reused)."""
+    from fleetsim.scenario.loader import load_scenario
 
-    def run(scenario_path: Path, overrides=(), run_dir=None) -> Path:
-        calls.append((scenario_path, list(overrides), run_dir))
+    def run(scenario_path: Path, overrides, run_dir: Path) -> Path:
+        calls.append((Path(scenario_path), list(overrides), Path(run_dir)))
         values = dict(o.split("=", 1) for o in overrides)
+        if values.get("protocol.perturbations_per_device") == "7":
+            raise RuntimeError("seven is refused")
+        shutil.rmtree(run_dir, ignore_errors=True)  # the sweep made it (or an earlier try)
         write_synthetic_run(
             run_dir.parent,
             name=run_dir.name,
             seed=int(values["run.seed"]),
             units_per_device=int(values.get("protocol.perturbations_per_device", 2)),
         )
+        resolved = load_scenario(Path(scenario_path), list(overrides)).resolved_yaml()
+        (run_dir / "scenario.yaml").write_text(resolved)
         return run_dir
 
     return run
 
 
-def test_run_study_grid_names_overrides_and_reuse(tmp_path: Path, write_synthetic_run) -> None:
+def test_run_study_goes_through_the_sweep_and_resumes(
+    tmp_path: Path, write_synthetic_run
+) -> None:
+    sweep = tmp_path / "sweep.yaml"
+    base = REPO / "analysis" / "perturbations_per_batch" / "scenario.yaml"
+    sweep.write_text(
+        f"base: {base}\ngrid:\n  protocol.perturbations_per_device: [1, 5]\n"
+        "seeds: [0, 1]\nset:\n  protocol.batches_per_round: 3\n"
+    )
     calls: list = []
-    points = [
-        StudyPoint("v1", ["protocol.perturbations_per_device=1"]),
-        StudyPoint("v 5", ["protocol.perturbations_per_device=5"]),
+    runs = run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
+    names = [d.name for d in runs.run_dirs]
+    assert names == [
+        f"protocol.perturbations_per_device={v}__run.seed={s}" for v in (1, 5) for s in (0, 1)
     ]
-    dirs = run_study(
-        tmp_path / "s.yaml",
-        points,
-        [0, 1],
-        tmp_path / "runs",
-        common_overrides=["protocol.rounds=1"],
-        run_function=_fake_runner(calls, write_synthetic_run),
-        log=lambda _m: None,
-    )
-    assert [d.name for d in dirs] == ["v1-seed0", "v1-seed1", "v_5-seed0", "v_5-seed1"]
-    assert calls[1][1] == [
-        "protocol.rounds=1",
-        "protocol.perturbations_per_device=1",
-        "run.seed=1",
-        "run.name=v1-seed1",
-        "run.progress=false",
-    ]
-    runs = load_runs(dirs)
-    assert list(runs.summary["protocol.perturbations_per_device"]) == [1, 1, 5, 5]
-    # complete run directories are reused, unless asked to rerun
-    run_study(
-        tmp_path / "s.yaml",
-        points,
-        [0, 1],
-        tmp_path / "runs",
-        run_function=_fake_runner(calls, write_synthetic_run),
-        log=lambda _m: None,
-    )
-    assert len(calls) == 4
-    with pytest.raises(ValueError, match="unique"):
-        run_study(
-            tmp_path / "s.yaml",
-            [points[0], points[0]],
-            [0],
-            tmp_path / "runs",
-            run_function=_fake_runner(calls, write_synthetic_run),
-        )
+    assert "protocol.batches_per_round=3" in calls[0][1]
+    assert runs.seeds == [0, 1] and (tmp_path / "out" / "sweep_index.parquet").is_file()
+    loaded = load_runs(runs.run_dirs)
+    assert list(loaded.summary["protocol.perturbations_per_device"]) == [1, 1, 5, 5]
+    # finished runs are reused: nothing runs again, no host time spent
+    again = run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
+    assert len(calls) == 4 and again.host_seconds == 0.0
+    # --set applies to every run (and reruns them: a different resolved scenario)
+    run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+              run_fn=_fake_runner(calls, write_synthetic_run))
+    assert len(calls) == 8 and all("protocol.eval_every_steps=7" in c[1] for c in calls[4:])
+    # a failing run is named, and the study stops before analysing half a grid
+    sweep.write_text(sweep.read_text().replace("[1, 5]", "[1, 7]"))
+    with pytest.raises(FleetsimInputError, match="perturbations_per_device=7.*seven"):
+        run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
 
 
 def test_time_to_accuracy_figure_series(make_run) -> None:
@@ -125,26 +121,29 @@ def test_grouped_breakdown_bars(make_run) -> None:
     np.testing.assert_allclose(list(heights.values()), 13.0)  # every synthetic step lasts 13 s
 
 
-def test_study_grids() -> None:
-    devices = _load_script("devices_per_step")
-    points = devices.grid(500, (5, 250))
-    assert points[1].overrides == [
-        "protocol.devices_per_step=250",
-        "protocol.perturbations_per_device=2",
-        "policy.total_perturbations=500",
-    ]
-    with pytest.raises(ValueError, match="split evenly"):
-        devices.grid(500, (3,))
+def test_study_grids_are_sweeps() -> None:
+    from fleetsim.sweep import load_sweep, plan_sweep
+
+    expected = {
+        "perturbations_per_batch/sweep.yaml": 18,  # v in {1,3,5,10,15,50} x 3 seeds
+        "policies_under_churn/sweep.yaml": 70,  # 7 variants x 2 start hours x 5 seeds
+        "end_to_end/sweep_paper.yaml": 12,  # 4 protocols x 3 seeds
+        "end_to_end/sweep_fleet.yaml": 12,
+    }
+    for name, count in expected.items():
+        runs = plan_sweep(load_sweep(REPO / "analysis" / name), validate=False)
+        assert len(runs) == count, name
     perturbations = _load_script("perturbations_per_batch")
-    assert perturbations.V_VALUES == (1, 3, 5, 10, 50)
+    assert perturbations.V_VALUES == (1, 3, 5, 10, 15, 50)
+    plan = plan_sweep(load_sweep(REPO / "analysis" / "perturbations_per_batch" / "sweep.yaml"),
+                      validate=False)
+    assert sorted({r.params[perturbations.BY] for r in plan}) == list(perturbations.V_VALUES)
     policies = _load_script("policies_under_churn")
-    assert policies.POLICIES == (
-        "uniform",
-        "capability",
-        "deadline",
-        "variance_paced",
-        "overcommit",
-    )
+    plan = plan_sweep(load_sweep(REPO / "analysis" / "policies_under_churn" / "sweep.yaml"),
+                      validate=False)
+    assert {r.params["policy.name"] for r in plan} == set(policies.POLICIES)
+    assert {r.params["run.start_hour"] for r in plan} == {9, 21}
+    assert perturbations.paper_best_v() == {0.4: 1, 0.6: 3, 0.8: 3, 0.9: 5, 0.95: 10, 0.99: 50}
 
 
 def test_best_v_per_level(make_run) -> None:

@@ -1,0 +1,83 @@
+"""Each study's --quick sweep, run for real (the CI smoke test of analysis/*/run.py), with
+one figure of each checked against the run directories read another way."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / ".." / "shared" / "datasets" / "ag_news" / "test.csv"
+pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="AG News not present")
+
+
+def _script(study: str):
+    spec = importlib.util.spec_from_file_location(f"study_{study}",
+                                                  REPO / "analysis" / study / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _first_reach_s(run_dir: Path, target: float) -> float:
+    steps = pd.read_parquet(run_dir / "steps.parquet")
+    hit = steps[steps["accuracy"] >= target - 1e-12]
+    return float(hit["sim_time_s"].min()) if len(hit) else math.inf
+
+
+def test_perturbations_per_batch_quick(tmp_path: Path) -> None:
+    _script("perturbations_per_batch").main(["--quick", "--out", str(tmp_path)])
+    figures = tmp_path / "figures-quick"
+    for name in ("minutes_to_fraction.md", "paper_vs_here.md", "best_v.md",
+                 "time_to_fraction.png", "curves.png", "study.json"):
+        assert (figures / name).is_file(), name
+    table = pd.read_csv(figures / "time_to_fraction.csv")
+    runs = tmp_path / "runs" / "quick"
+    for _, row in table.iterrows():  # one seed: the median is that run's first reach
+        v = int(row["protocol.perturbations_per_device"])
+        run_dir = runs / f"protocol.perturbations_per_device={v}__run.seed=0"
+        assert row["median_s"] == pytest.approx(_first_reach_s(run_dir, row["target"]))
+    facts = json.loads((figures / "study.json").read_text())
+    assert "learning signal from all-minilm-l6-v2" in facts["model_label"]
+
+
+def test_end_to_end_quick(tmp_path: Path) -> None:
+    _script("end_to_end").main(["--quick", "--out", str(tmp_path)])
+    figures = tmp_path / "figures-quick"
+    speedup = pd.read_csv(figures / "speedup.csv")
+    assert set(speedup["setting"]) == {"paper", "fleet"}
+    target = json.loads((figures / "study.json").read_text())["target_accuracy"]
+    for setting in ("paper", "fleet"):
+        part = speedup[speedup["setting"] == setting].set_index("protocol")
+        runs = tmp_path / "runs" / f"{setting}_quick"
+        fwd = _first_reach_s(next(runs.glob("protocol.name=fwdllm*")), target)
+        sgd = _first_reach_s(next(runs.glob("protocol.name=fedsgd*")), target)
+        assert part.loc["fwdllm", "median_min"] == pytest.approx(fwd / 60.0)
+        if math.isfinite(fwd) and math.isfinite(sgd):
+            assert part.loc["fedsgd", "fwdllm_speedup"] == pytest.approx(sgd / fwd)
+    assert (figures / "step_time_fleet.png").is_file()
+
+
+def test_policies_under_churn_quick(tmp_path: Path) -> None:
+    _script("policies_under_churn").main(["--quick", "--out", str(tmp_path)])
+    figures = tmp_path / "figures-quick"
+    per_run = pd.read_csv(figures / "per_run.csv")
+    assert set(per_run["start_hour"]) == {9.0, 21.0}
+    for _, row in per_run.iterrows():
+        summary = json.loads((tmp_path / "runs" / "quick" / row["run"] / "summary.json")
+                             .read_text())
+        assert row["steps"] == summary["steps"]
+        assert row["kj_per_step"] == pytest.approx(summary["energy_j"] / 1e3 / summary["steps"])
+        assert "phones charged for tinyllama-1.1b" in summary["model_label"]
+    for name in ("churn.md", "churn_metrics.png", "steps_over_time.png", "step_time.png"):
+        assert (figures / name).is_file(), name
+
+
+def test_devices_per_step_quick(tmp_path: Path) -> None:
+    _script("devices_per_step").main(["--quick", "--out", str(tmp_path)])
+    table = pd.read_csv(tmp_path / "figures-quick" / "step_time.csv")
+    assert table["protocol.devices_per_step"].tolist() == [5, 20, 100]
+    assert (table["step_s_ci_low"].isna() | (table["step_s_ci_low"] >= 0)).all()

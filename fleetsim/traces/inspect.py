@@ -14,27 +14,14 @@ distribution; ``downlink_mbps,uplink_mbps`` → per-user network profiles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.traces.base import AvailabilityTrace
+from fleetsim.traces.report import TraceReport
 from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population, read_table
-
-#: fleet devices used to evaluate a trace that maps devices cyclically
-SUMMARY_HOURS = 24
-
-
-@dataclass
-class TraceReport:
-    kind: str
-    summary: dict
-    latency: pd.DataFrame | None = None  # phone_model, backend, ref_forward_s
-    hourly_share: np.ndarray | None = None  # [24]
-    bandwidth: dict = field(default_factory=dict)  # label -> Mbit/s samples (sorted)
 
 
 def _detect_table_kind(path: Path, df: pd.DataFrame) -> str:
@@ -56,38 +43,6 @@ def _detect_table_kind(path: Path, df: pd.DataFrame) -> str:
     )
 
 
-def _hourly_share(trace: AvailabilityTrace, days: int) -> np.ndarray:
-    ids = np.arange(trace.num_devices)
-    share = np.zeros(SUMMARY_HOURS)
-    for d in range(days):
-        for h in range(SUMMARY_HOURS):
-            for quarter in range(4):
-                t = d * 86400.0 + h * 3600.0 + quarter * 900.0
-                share[h] += trace.is_available(ids, t).mean()
-    return share / (days * 4)
-
-
-def _availability_report(kind: str, trace: AvailabilityTrace, horizon_s: float) -> TraceReport:
-    days = max(1, min(14, int(np.ceil(horizon_s / 86400.0))))
-    hourly = _hourly_share(trace, days)
-    summary = {
-        "format": kind,
-        "devices": trace.num_devices,
-        "mean_online_share": float(hourly.mean()),
-        "peak_hour": int(np.argmax(hourly)),
-        "trough_hour": int(np.argmin(hourly)),
-        "label": trace.label,
-    }
-    if hasattr(trace, "starts"):
-        dur = trace.ends - trace.starts
-        summary.update(
-            windows=int(len(dur)),
-            median_window_s=float(np.median(dur)) if len(dur) else 0.0,
-            span_s=float(trace.ends.max() - trace.starts.min()) if len(dur) else 0.0,
-        )
-    return TraceReport(kind, summary, hourly_share=hourly)
-
-
 #: device-table kinds ``traces validate|inspect --format`` accepts besides the registry's
 TABLE_KINDS = ("catalogue", "population", "network_distribution", "network_profiles")
 
@@ -102,7 +57,6 @@ def trace_file_kinds() -> list[str]:
 def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceReport:
     """Detect (or take ``fmt``), load and validate ``path``; raise FleetsimInputError if
     malformed.  Zone-less timestamps are read in ``timezone`` (IANA name)."""
-    from fleetsim.traces.formats import common, fedscale, flash, intervals
     from fleetsim.traces.registry import (
         detect_format,
         file_formats,
@@ -123,39 +77,9 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
     kind = fmt if fmt is not None else detect_format(path)
     if kind is None and not TABLE_SUFFIXES.get(path.suffix.lower()):
         kind = format_for_suffix(path)  # its loader then says what is wrong
-    week = 7 * 86400.0
-    if kind == "fedscale":
-        dev, start, end, m = fedscale.fedscale_intervals(path, horizon_s=week)
-        trace = common.intervals_to_trace(dev, start, end, m, None, f"FedScale {path.name}", m)
-        rep = _availability_report("fedscale", trace, week)
-        online, period = fedscale.fedscale_period_totals(path)
-        rep.summary.update(
-            online_s_per_period=round(float(online.mean()), 3),
-            period_s=round(float(period.mean()), 3),
-            online_share=float(online.sum() / period.sum()),
-        )
-        return rep
-    if kind == "flash":
-        dev, start, end, m = flash.flash_intervals(path, horizon_s=week, timezone=timezone)
-        trace = common.intervals_to_trace(dev, start, end, m, None, f"FLASH {path.name}", m)
-        return _availability_report("flash", trace, week)
-    if kind == "intervals":
-        dev, start, end = intervals.load_interval_table(path)
-        uniq, dense = np.unique(dev, return_inverse=True)
-        trace = common.intervals_to_trace(dense, start, end, len(uniq), None, path.name, len(uniq))
-        return _availability_report("intervals", trace, float(end.max()))
-    if kind == "flash_windows":
-        from fleetsim.traces.formats.diurnal_windows import measured_hourly_share
-        from fleetsim.traces.formats.flash_windows import read_flash_windows
-
-        m = read_flash_windows(path)
-        hourly = measured_hourly_share(m)
-        summary = {"format": kind, **m.summary(), "mean_online_share": float(hourly.mean()),
-                   "peak_hour": int(np.argmax(hourly)), "trough_hour": int(np.argmin(hourly))}
-        return TraceReport(kind, summary, hourly_share=hourly)
     if kind is not None and kind not in TABLE_KINDS:
-        trace = get_format(kind).load(path, 1000, 0, week)
-        return _availability_report(kind, trace, week)
+        # Every availability format reports itself, through the same registry as runs.
+        return get_format(kind).report(path, timezone)
     if kind is None and not (TABLE_SUFFIXES.get(path.suffix.lower()) or sniff_table(path)):
         raise FleetsimInputError(
             f"{path}: cannot tell the trace format from the suffix {path.suffix!r} or the "
@@ -164,6 +88,8 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
         )
     df = read_table(path)
     kind = kind or _detect_table_kind(path, df)
+    if kind not in TABLE_KINDS:  # an interval table found by its columns
+        return get_format(kind).report(path, timezone)
     if kind == "catalogue":
         cat = load_catalogue(path)
         return _catalogue_report(cat)

@@ -46,6 +46,15 @@ from pathlib import Path
 from typing import Optional
 
 from fleetsim.traces.base import AvailabilityTrace
+from fleetsim.traces.report import WEEK_S, TraceReport, availability_report
+
+
+class InspectSettings:
+    """The ``traces.availability`` settings ``traces validate|inspect`` can give a format
+    (``--timezone``); everything else at its default."""
+
+    def __init__(self, timezone: str = "UTC") -> None:
+        self.timezone = timezone
 
 
 class TraceFormat(ABC):
@@ -70,6 +79,13 @@ class TraceFormat(ABC):
         """:meth:`load` with the scenario's ``traces.availability`` section ``config``
         (period_s, timezone, ...); the default ignores it."""
         return self.load(path, n_devices, seed, horizon_s)
+
+    def report(self, path: Path, timezone: str = "UTC") -> TraceReport:
+        """What ``fleetsim traces validate|inspect`` says about ``path``: by default the
+        trace a run would load for 1,000 devices, summarised over a week (formats override
+        it to report their own figures).  Raises FleetsimInputError for a bad file."""
+        trace = self.load_with(path, 1000, 0, WEEK_S, InspectSettings(timezone))
+        return availability_report(self.name, trace, WEEK_S)
 
 
 def read_head(path: Path, size: int = 4096) -> bytes:

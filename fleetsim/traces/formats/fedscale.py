@@ -22,6 +22,7 @@ from fleetsim.traces.formats.common import (
     validate_intervals,
     wrap_windows,
 )
+from fleetsim.traces.report import WEEK_S, availability_report
 
 
 class BuiltinOnlyUnpickler(pickle.Unpickler):
@@ -153,6 +154,19 @@ class FedScaleFormat(TraceFormat):
         return (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5) or head.startswith(
             (b"(dp", b"}q", b"}")
         )
+
+    def report(self, path, timezone="UTC"):
+        """Every trace device over a week, plus the per-period online totals of the file."""
+        dev, start, end, m = fedscale_intervals(path, horizon_s=WEEK_S)
+        trace = intervals_to_trace(dev, start, end, m, None, f"FedScale {Path(path).name}", m)
+        rep = availability_report("fedscale", trace, WEEK_S)
+        online, period = fedscale_period_totals(path)
+        rep.summary.update(
+            online_s_per_period=round(float(online.mean()), 3),
+            period_s=round(float(period.mean()), 3),
+            online_share=float(online.sum() / period.sum()),
+        )
+        return rep
 
     def load(self, path, n_devices, seed, horizon_s):
         return load_fedscale(Path(path), n_devices, horizon_s)

@@ -20,6 +20,7 @@ from fleetsim.traces.formats.common import (
     trace_id_order,
     zone,
 )
+from fleetsim.traces.report import WEEK_S, availability_report
 
 _WIFI_ON = {"wifi"}
 
@@ -156,6 +157,12 @@ class FlashFormat(TraceFormat):
     def sniff(self, path):
         text = read_head(Path(path)).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
         return text.startswith("{") and '"messages"' in text
+
+    def report(self, path, timezone="UTC"):
+        """Every trace device over a week, timestamps read in ``timezone``."""
+        dev, start, end, m = flash_intervals(path, horizon_s=WEEK_S, timezone=timezone)
+        trace = intervals_to_trace(dev, start, end, m, None, f"FLASH {Path(path).name}", m)
+        return availability_report("flash", trace, WEEK_S)
 
     def load(self, path, n_devices, seed, horizon_s):
         return load_flash(Path(path), n_devices, horizon_s)

@@ -351,6 +351,18 @@ class FlashWindowsFormat(TraceFormat):
 
         return is_windows_file(Path(path))
 
+    def report(self, path, timezone="UTC"):
+        """The cleaned windows' figures and quirk counts, and the measured online share by
+        hour of the observed days."""
+        from fleetsim.traces.formats.diurnal_windows import measured_hourly_share
+        from fleetsim.traces.report import TraceReport
+
+        m = read_flash_windows(Path(path))
+        hourly = measured_hourly_share(m)
+        summary = {"format": self.name, **m.summary(), "mean_online_share": float(hourly.mean()),
+                   "peak_hour": int(np.argmax(hourly)), "trough_hour": int(np.argmin(hourly))}
+        return TraceReport(self.name, summary, hourly_share=hourly)
+
     def load(self, path, n_devices, seed, horizon_s):
         return self.load_with(path, n_devices, seed, horizon_s, None)
 

@@ -17,6 +17,7 @@ from fleetsim.traces.formats.common import (
     validate_intervals,
     wrap_windows,
 )
+from fleetsim.traces.report import availability_report
 from fleetsim.traces.tables import (
     numeric_column,
     read_table,
@@ -89,6 +90,14 @@ class IntervalsFormat(TraceFormat):
         else:
             return False
         return set(self.columns) <= names
+
+    def report(self, path, timezone="UTC"):
+        """Every device of the file, over the file's own span."""
+        dev, start, end = load_interval_table(path)
+        uniq, dense = np.unique(dev, return_inverse=True)
+        trace = intervals_to_trace(dense, start, end, len(uniq), None, Path(path).name,
+                                   len(uniq))
+        return availability_report("intervals", trace, float(end.max()))
 
     def load(self, path, n_devices, seed, horizon_s):
         return load_intervals(Path(path), n_devices)

@@ -37,12 +37,9 @@ from fleetsim.policies.base import (
 )
 from fleetsim.protocols.base import Protocol
 from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.protocols.model_sync import FP32, SEED_RECORD_BYTES, ModelSync
 from fleetsim.record.recorder import Recorder
 from fleetsim.rng import stream
-
-# Bytes on the wire for one perturbation in seed mode: a 64-bit seed and an fp32 scalar.
-SEED_RECORD_BYTES = 12
-FP32 = 4
 
 __all__ = ["SEED_RECORD_BYTES", "ServerContext", "StepOutcome", "StepServer"]
 
@@ -94,12 +91,7 @@ class StepServer:
         self.history: list[tuple[float, int]] = []
         self._refused: set[int] = set()  # devices whose memory refusal was logged
         self._eligible: Optional[np.ndarray] = None
-        # Byte accounting state: the step whose θ each device holds (-1: none yet; a dense
-        # download fetches it, a seed replay starts from θ_0, which every device builds from
-        # the run's seed), and Σ (seed, scalar) pairs of the steps committed before step k
-        # (``_pairs_before[k]``): what a seed download replays.
-        self._synced = np.full(ctx.fleet.num_devices, -1, dtype=np.int64)
-        self._pairs_before: list[int] = [0]
+        self.sync = ModelSync(ctx.fleet.num_devices)  # which θ each device holds
         # (units, staleness) of the receipts turned into work since the last step row.
         self._used_staleness: list[tuple[int, int]] = []
         if self.cfg.commit.late_work == "carry":
@@ -201,46 +193,31 @@ class StepServer:
 
     def dense_download(self, device_ids: np.ndarray) -> np.ndarray:
         """4 × trainable parameters, or 0 for a device that already holds θ of this step."""
-        ids = np.asarray(device_ids, dtype=np.int64)
-        behind = self._synced[ids] != self.step
-        return np.where(behind, self.trainable_bytes(), 0).astype(np.int64)
+        return self.sync.dense_download(device_ids, self.step, self.trainable_bytes())
 
     def seed_download(self, device_ids: np.ndarray) -> np.ndarray:
         """12 bytes per (seed, scalar) pair of every committed step the device has not
-        applied (it replays them to rebuild θ: DeComFL's and FedKSeed's catch-up); under
+        applied (:class:`~fleetsim.protocols.model_sync.ModelSync`); under
         ``protocol.seed_catch_up: dense_if_smaller`` the dense vector when that is smaller."""
-        ids = np.asarray(device_ids, dtype=np.int64)
-        before = np.asarray(self._pairs_before, dtype=np.int64)
-        held = np.maximum(self._synced[ids], 0)
-        pairs = before[min(self.step, len(before) - 1)] - before[held]
-        seeds = SEED_RECORD_BYTES * pairs
+        seeds = self.sync.seed_download(device_ids, self.step)
         if self.cfg.seed_catch_up == "dense_if_smaller":
-            seeds = np.minimum(seeds, self.dense_download(ids))
-        return seeds.astype(np.int64)
+            seeds = np.minimum(seeds, self.dense_download(device_ids))
+        return seeds
 
     def download_bytes(self) -> int:
-        """The download of a device that holds θ of the previous step (what feasibility
-        checks assume for a typical device)."""
-        held = self._synced[:1].copy()
-        self._synced[:1] = max(self.step - 1, 0)
+        """The download of a device that holds θ of the previous step (none before the first
+        step): what feasibility checks assume for a typical device."""
+        held = int(self.sync.held[0])
+        self.sync.held[0] = self.step - 1
         try:
             return int(self.download_payload(np.zeros(1, dtype=np.int64))[0])
         finally:
-            self._synced[:1] = held
+            self.sync.held[0] = held
 
     def note_commit(self, pairs: int) -> None:
-        """Record that the current step committed an update of ``pairs`` (seed, scalar)
-        pairs (the estimate's perturbations): what a lagging device replays later."""
-        while len(self._pairs_before) <= self.step:
-            self._pairs_before.append(self._pairs_before[-1])
-        self._pairs_before.append(self._pairs_before[self.step] + int(pairs))
-        del self._pairs_before[self.step + 2:]
-
-    def _note_synced(self, receipts: list[WorkReceipt]) -> None:
-        for r in receipts:
-            if r.bytes_down > 0:
-                d = int(r.device_id)
-                self._synced[d] = max(int(self._synced[d]), int(r.step))
+        """The current step committed an update of ``pairs`` (seed, scalar) pairs (the
+        estimate's perturbations): what a lagging device replays later."""
+        self.sync.note_commit(self.step, pairs)
 
     # ------------------------------------------------------------------ staleness
     def staleness_weight(self, staleness: int) -> float:
@@ -427,7 +404,7 @@ class StepServer:
             else:
                 self.fleet.cancel(dev, self.step)
                 self.ctx.recorder.events.add(env.now, dev, "dropped", step=self.step)
-        self._note_synced(receipts + late)
+        self.sync.note_downloads(receipts + late)
         return StepOutcome(receipts, late, started, float(env.now), assigned)
 
     def drop_carried(self) -> None:

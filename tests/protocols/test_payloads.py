@@ -94,3 +94,12 @@ def test_variance_repeat_downloads_nothing():
     downs = events[events.kind == "download"]
     assert len(downs) == 4 and (downs["payload_bytes"] == DENSE).all()  # attempt 0 only
     assert steps["bytes_down"].tolist() == [4 * DENSE, 0, 0]
+
+
+def test_feasibility_assumes_a_typical_device_download():
+    # Before the first step a device holds no θ: a dense protocol must download it all.
+    dense = build(n=4, protocol={"devices_per_step": 2})
+    assert dense.protocol.download_bytes() == DENSE
+    # A seed replay starts from θ_0, which every phone builds from the seed: nothing yet.
+    seeds = build(n=4, protocol={"name": "kseed", "devices_per_step": 2})
+    assert seeds.protocol.download_bytes() == 0

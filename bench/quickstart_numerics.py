@@ -155,7 +155,8 @@ def scenario_runs(scenario: str, reps: int) -> None:
                 start = float(first.iloc[0]) if len(first) else float("nan")
                 row = (start, float(summary["final_accuracy"]), float(summary["host_seconds"]))
                 results[name].append(row)
-                print(f"{name:8s} rep {rep}: accuracy {row[0]:.3f} -> {row[1]:.3f}, host "
+                print(f"{name:8s} rep {rep}: accuracy at the first evaluation {row[0]:.3f}, "
+                      f"final {row[1]:.3f}, host "
                       f"{row[2]:.1f} s (estimator used "
                       f"{summary.get('numerics', {}).get('estimator_used')}; load "
                       f"{os.getloadavg()[0]:.1f})", flush=True)

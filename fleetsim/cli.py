@@ -75,9 +75,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         built = validate_loaded(loaded)
     except FleetsimInputError as exc:
         raise FleetsimInputError(locate_error(loaded, str(exc))) from None
+    model = sc.model.name_or_path
+    if sc.fleet.cost_model is not None:  # name both: fleet.cost_model is what phones pay for
+        model = f"{model} (phones charged for {built.facts.name}, {sc.fleet.cost_model.dtype})"
     print(
         f"{args.scenario}: ok ({sc.fleet.size} devices, protocol {sc.protocol.name}, "
-        f"policy {sc.policy.name}, model {sc.model.name_or_path}, data {sc.data.name}; "
+        f"policy {sc.policy.name}, model {model}, data {sc.data.name}; "
         f"availability: {built.availability.label or sc.traces.availability.kind})"
     )
     return 0

@@ -80,3 +80,12 @@ def test_label_is_one_name_when_the_models_agree() -> None:
     assert model_label("a", "a") == "a"
     with pytest.raises(Exception, match="cost_model"):
         load_scenario(SCENARIO, ["fleet.cost_model.dtype=int3"])
+
+
+def test_validate_names_the_charged_model(capsys) -> None:
+    from fleetsim.cli import main
+
+    sets = [arg for o in SMALL + TINYLLAMA for arg in ("--set", o)]
+    assert main(["validate", str(SCENARIO), *sets]) == 0
+    out = capsys.readouterr().out
+    assert "(phones charged for tinyllama-1.1b, int4)" in out

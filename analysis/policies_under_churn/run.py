@@ -4,8 +4,9 @@ Base scenario ``analysis/policies_under_churn/scenario.yaml``: 10,000 market-sha
 for one simulated day, charged for TinyLlama-1.1B INT8 (``fleet.cost_model``), diurnal
 charging windows fitted on FLASH, 3G, interrupted units lost; systems-only.  Grid
 (``sweep.yaml``, through ``fleetsim sweep``'s machinery, resumable): the five policies plus
-a tight deadline (600 s) and a larger over-commit (2.0) variant, × ``run.start_hour`` ∈ {9,
-21} × seeds 0–4.  ``--quick`` runs ``sweep_quick.yaml`` (two policies, 300 phones, 2 h).
+a tight deadline (600 s), a larger over-commit (2.0) and an over-commit that carries late
+work into later steps, × ``run.start_hour`` ∈ {9, 21} × seeds 0–4.  ``--quick`` runs
+``sweep_quick.yaml`` (two policies, 300 phones, 2 h).
 
 Per run: committed steps in the day, median step time, wasted work (units lost to
 interruptions, dropped or late, as a share of all units computed; wasted device-time share
@@ -62,12 +63,15 @@ METRICS = {
 
 
 def variant(summary: pd.Series) -> str:
-    """``deadline(600s)``, ``overcommit(x2)`` for the non-default variants, else the name."""
+    """The policy name with its variant: ``deadline(600s)``, ``overcommit(x2)``, and
+    ``+carry`` when late work is carried into later steps."""
     name = str(summary["policy.name"])
     if name == "deadline":
-        return f"deadline({float(summary['policy.deadline_s']):g}s)"
-    if name == "overcommit":
-        return f"overcommit(x{float(summary['policy.overcommit_factor']):g})"
+        name = f"deadline({float(summary['policy.deadline_s']):g}s)"
+    elif name == "overcommit":
+        name = f"overcommit(x{float(summary['policy.overcommit_factor']):g})"
+    if summary.get("protocol.commit.late_work") == "carry":
+        name += "+carry"
     return name
 
 

@@ -8,7 +8,7 @@ phones with their own latency, RAM admission, diurnal charging windows and FLASH
 Protocols: fwdllm, fedsgd (backprop, same PEFT), fedavg (local backprop, top-layer PEFT as
 FedAdapter), kseed (seed-only) × seeds 0–2; all-MiniLM-L6-v2 + top-layer LoRA on AG News
 supplies the learning signal.  ``--quick`` runs the ``*_quick.yaml`` sweeps (fwdllm and
-fedsgd, one seed, 3 steps).
+fedsgd, one seed, 2 steps).
 
 The common target (``--target-accuracy``; default: 95 % of the lowest, over settings and
 protocols, median best accuracy) is reached or not by each run; per setting and protocol

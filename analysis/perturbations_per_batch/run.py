@@ -5,7 +5,7 @@ phones (charged for DistilBERT with the paper's constants), all-MiniLM-L6-v2 + t
 LoRA on AG News supplying the learning signal.  Grid (``sweep.yaml``, run through
 ``fleetsim sweep``'s machinery, resumable): ``protocol.perturbations_per_device`` v ∈ {1, 3,
 5, 10, 15, 50} × seeds 0, 1, 2.  ``--quick`` runs ``sweep_quick.yaml`` (v ∈ {1, 10}, one
-seed, 4 steps).
+seed, 4 steps on 80 training items).
 
 The target (100 %) is the best held-out accuracy any run reached (``--target-accuracy``
 fixes it).  The table gives, per v and fraction of the target (0.4 … 0.99 as the paper's),

@@ -74,7 +74,8 @@ def step_time_table(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, d
 def main(argv: list[str] | None = None) -> None:
     args = study_arguments(__doc__.splitlines()[0]).parse_args(argv)
     sweep, out_dir, figures = study_folders(args, HERE)
-    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel)
+    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
+                     seeds=args.seeds)
     table, breakdown, group_of_run = step_time_table(runs.run_dirs)
     write_table(
         table,

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         name = f"sweep_{setting}_quick.yaml" if args.quick else f"sweep_{setting}.yaml"
         folder = out / "runs" / (f"{setting}_quick" if args.quick else setting)
         runs[setting] = run_study(HERE / name, folder, args.set, args.fresh, args.backend,
-                                  args.max_parallel)
+                                  args.max_parallel, seeds=args.seeds)
     analyse(runs, figures, args.target_accuracy)
     print(f"figures and tables in {figures}")
 

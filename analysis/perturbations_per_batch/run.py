@@ -126,7 +126,7 @@ def paper_vs_here(table: pd.DataFrame, fractions: dict[float, float]) -> pd.Data
                 "fraction": fraction,
                 "paper_best_v": p_v,
                 "paper_minutes": PAPER_MINUTES.get(round(fraction, 2), {}).get(p_v),
-                "here_best_v": None if mine is None or mine["best_v"] is None
+                "here_best_v": None if mine is None or pd.isna(mine["best_v"])
                 else int(mine["best_v"]),
                 "here_minutes": math.nan if mine is None else mine["median_h"] * 60.0,
             }
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     sweep, out_dir, figures = study_folders(args, HERE)
-    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel)
+    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
+                     seeds=args.seeds)
     analyse(runs, figures, args.target_accuracy)
     print(f"figures and tables in {figures}")
 

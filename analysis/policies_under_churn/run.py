@@ -229,7 +229,8 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = study_arguments(__doc__.splitlines()[0]).parse_args(argv)
     sweep, out_dir, figures = study_folders(args, HERE)
-    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel)
+    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
+                     seeds=args.seeds)
     analyse(runs, figures)
     print(f"figures and tables in {figures}")
 

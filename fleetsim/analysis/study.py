@@ -53,15 +53,19 @@ def run_study(
     max_parallel: int | None = None,
     run_fn: RunFn | None = None,
     progress: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> StudyRuns:
     """Run (or resume) the sweep ``sweep_path`` into ``out_dir``; ``overrides`` apply to
-    every run (``--set``); ``fresh`` deletes ``out_dir`` first.  Returns the finished run
+    every run (``--set``); ``seeds`` replaces the sweep file's seeds; ``fresh`` deletes
+    ``out_dir`` first.  Returns the finished run
     directories in sweep order; raises :class:`FleetsimInputError` naming the failed runs
     when any run failed (rerunning retries them)."""
     out_dir = Path(out_dir)
     if fresh and out_dir.exists():
         shutil.rmtree(out_dir)
     loaded = load_sweep(sweep_path, out=str(out_dir))
+    if seeds is not None:
+        loaded.config = loaded.config.model_copy(update={"seeds": [int(x) for x in seeds]})
     started = time.perf_counter()
     result = run_sweep(
         loaded,
@@ -104,6 +108,10 @@ def study_arguments(description: str) -> argparse.ArgumentParser:
         "figures and tables to OUT/figures[-quick]",
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="run.seed values instead of the sweep file's (e.g. a first look with one seed)",
+    )
     parser.add_argument(
         "--backend", choices=("sequential", "ray"), default="sequential",
         help="sweep backend (default: sequential; ray runs --max-parallel runs at once)",

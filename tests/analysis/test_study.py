@@ -73,6 +73,10 @@ def test_run_study_goes_through_the_sweep_and_resumes(
     run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
               run_fn=_fake_runner(calls, write_synthetic_run))
     assert len(calls) == 8 and all("protocol.eval_every_steps=7" in c[1] for c in calls[4:])
+    # seeds can be replaced (a first look with one seed reuses the finished runs)
+    one = run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"], seeds=[1],
+                    run_fn=_fake_runner(calls, write_synthetic_run))
+    assert len(calls) == 8 and [d.name.split("__")[-1] for d in one.run_dirs] == ["run.seed=1"] * 2
     # a failing run is named, and the study stops before analysing half a grid
     sweep.write_text(sweep.read_text().replace("[1, 5]", "[1, 7]"))
     with pytest.raises(FleetsimInputError, match="perturbations_per_device=7.*seven"):

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from fleetsim.analysis.load import load_runs
-from fleetsim.analysis.metrics import step_breakdown, utilisation
+from fleetsim.analysis.metrics import BREAKDOWN_PARTS, step_breakdown, utilisation
 from fleetsim.analysis.plots import (
-    BREAKDOWN_PARTS,
     TIMELINE_STATES,
     breakdown_figure,
     convergence_figure,

@@ -1,0 +1,1 @@
+"""Figures of runs, one module per family (convergence, timeline, breakdown)."""

@@ -188,15 +188,18 @@ def time_to_accuracy_figure(
     :func:`~fleetsim.analysis.metrics.time_to_accuracy_table` (non-reaching runs
     censored), one line per group of ``by``, its interval as error bars.  A target
     whose median is not reached (more than half of the group's runs never got there)
-    leaves a gap; an unbounded upper interval end is drawn to the top of the axes
-    with an open arrow head.  ``target_labels`` renames the x ticks."""
+    leaves a gap; an interval unbounded above (typical with a few seeds: the log-log
+    band never falls below one half) has no upper bar, an open triangle above the point
+    instead.  ``target_labels`` renames the x ticks."""
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = figure.subplots()
     targets = sorted(table["target"].unique())
     finite = pd.concat([table["ci_high_s"], table["median_s"]]).replace(np.inf, np.nan)
     longest = finite.max()
     unit, scale = _time_unit(float(longest) if pd.notna(longest) else 0.0)
-    top = (float(longest) / scale * 1.1) if pd.notna(longest) and longest > 0 else 1.0
+    finite_median = table["median_s"].replace(np.inf, np.nan).max()
+    top_s = finite_median if pd.notna(finite_median) else longest
+    top = (float(top_s) / scale * 1.15) if pd.notna(top_s) and top_s > 0 else 1.0
     positions = {t: i for i, t in enumerate(targets)}
     for index, group in enumerate(list(dict.fromkeys(table[by]))):
         part = table[table[by] == group].sort_values("target")
@@ -206,7 +209,7 @@ def time_to_accuracy_figure(
         low = part["ci_low_s"].to_numpy(dtype=float) / scale
         high = part["ci_high_s"].to_numpy(dtype=float) / scale
         unbounded = np.isinf(high) & np.isfinite(median)
-        high = np.where(np.isinf(high), top, high)
+        high = np.where(np.isinf(high), median, np.minimum(high, top))
         errors = np.vstack([np.nan_to_num(median - low), np.nan_to_num(high - median)])
         colour = f"C{index % 10}"
         container = ax.errorbar(
@@ -214,7 +217,8 @@ def time_to_accuracy_figure(
         )
         container.lines[0].set_gid(str(group))
         if unbounded.any():
-            ax.plot(x[unbounded], np.full(unbounded.sum(), top), "^", color=colour, mfc="none")
+            ax.plot(x[unbounded], median[unbounded] + 0.03 * top, "^", color=colour,
+                    mfc="none", ms=5)
     ax.set_ylim(bottom=0.0, top=top)
     ax.set_xticks(range(len(targets)))
     ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])

@@ -19,6 +19,7 @@ traces:
 numerics:
   engine: torch
   h: 1.0e+38          # perturbed weights overflow: the loss becomes non-finite
+  estimator: onesided # h matters to finite differences only (auto is exact)
   on_nonfinite: {mode}
 model:
   name_or_path: tiny-bert

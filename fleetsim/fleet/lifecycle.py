@@ -148,34 +148,25 @@ def admit(fleet: Fleet, job: Job) -> bool:
         online, end = fleet.cursor.state(np.array([d], dtype=np.int64), now)
         job.online_hint, job.window_end = bool(online[0]), float(end[0])
     if not job.online_hint:
-        fleet.log.add(now, d, "refuse_offline", task.step)
-        finish(fleet, job, ReceiptStatus.REFUSED)
-        return False
+        return refuse(fleet, job, "refuse_offline")
     available = int(fleet.table.usable_ram_bytes[d])
     if available < task.memory_bytes:
-        fleet.log.add(
-            now,
-            d,
-            "refuse_memory",
-            task.step,
-            detail=f"needed={int(task.memory_bytes)} available={available}",
-        )
-        finish(fleet, job, ReceiptStatus.REFUSED)
-        return False
+        return refuse(fleet, job, "refuse_memory",
+                      f"needed={int(task.memory_bytes)} available={available}")
     job.backend = str(fleet.backend_array(task.kind)[d])
     unit_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
     if job.backend not in fleet.compute_watts or not np.isfinite(unit_s) or unit_s < 0:
-        fleet.log.add(
-            now,
-            d,
-            "refuse_backend",
-            task.step,
-            detail=f"backend={job.backend!r} unit_s={unit_s}",
-        )
-        finish(fleet, job, ReceiptStatus.REFUSED)
-        return False
+        return refuse(fleet, job, "refuse_backend", f"backend={job.backend!r} unit_s={unit_s}")
     fleet.ledger.last_backend[d] = BACKEND_INDEX[job.backend]
     return True
+
+
+def refuse(fleet: Fleet, job: Job, kind: str, detail: str = "") -> bool:
+    """The device cannot take the task (offline, too little RAM, no usable backend): log
+    ``kind`` and end the task REFUSED.  Returns False (for :func:`admit`)."""
+    fleet.log.add(fleet.env.now, job.task.device_id, kind, job.task.step, detail=detail)
+    finish(fleet, job, ReceiptStatus.REFUSED)
+    return False
 
 
 def spend(fleet: Fleet, job: Job, phase: str, seconds: float) -> None:

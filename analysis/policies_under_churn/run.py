@@ -10,15 +10,17 @@ work into later steps, × ``run.start_hour`` ∈ {9, 21} × seeds 0–4.  ``--qu
 
 Per run: committed steps in the day, median step time, wasted work (units lost to
 interruptions, dropped or late, as a share of all units computed; wasted device-time share
-of busy time), staleness of used work, straggler-wait share of step time, device energy
-per committed step.  Per policy variant and start hour: mean over seeds with a 95 %
-bootstrap percentile interval.
+of busy time), staleness of used work, straggler-wait share of step time, committed
+perturbations and device energy per 1,000 of them (policies put very different amounts of
+work into a step, so steps alone are no yardstick).  Per policy variant and start hour:
+mean over seeds with a 95 % bootstrap percentile interval.
 
 Outputs (``figures/`` or ``figures-quick/``): ``churn.{csv,md}`` (the table),
 ``churn_wide.csv`` (numeric interval ends), ``per_run.csv``, ``churn_metrics.png`` (bars
 with intervals), ``steps_over_time.png``,
 ``step_time.png`` (critical-path parts per variant), ``timeline_<variant>.png``
-(device Gantt chart, first seed, first start hour), ``comparison.{csv,md}``, ``study.json``.
+(device Gantt chart, first seed, first start hour), ``study.json``.  The runs are read one
+at a time (a day of 10,000 phones is millions of events per run).
 
     python analysis/policies_under_churn/run.py --quick
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,6 @@ from fleetsim.analysis import load_runs, step_breakdown, timeline_figure
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import breakdown_shares
 from fleetsim.analysis.plots import grouped_breakdown_figure, save_figure
-from fleetsim.analysis.report import comparison_table
 from fleetsim.analysis.stats import mean_confidence_interval
 from fleetsim.analysis.study import (
     StudyRuns,
@@ -53,12 +55,13 @@ HERE = Path(__file__).resolve().parent
 POLICIES = ("uniform", "capability", "deadline", "variance_paced", "overcommit")
 METRICS = {
     "steps": "committed steps in the run",
+    "k_perturbations": "committed perturbations (thousands)",
     "median_step_min": "median minutes per committed step",
     "wasted_unit_share": "units lost / dropped / late ÷ units computed",
     "wasted_time_share": "wasted busy device-time ÷ busy device-time",
     "straggler_share": "straggler wait ÷ step time",
     "mean_staleness": "mean staleness of used units (steps)",
-    "kj_per_step": "device energy per committed step (kJ)",
+    "kj_per_k_perturbations": "device energy per 1,000 committed perturbations (kJ)",
 }
 
 
@@ -75,10 +78,13 @@ def variant(summary: pd.Series) -> str:
     return name
 
 
-def per_run_metrics(runset: RunSet) -> pd.DataFrame:
-    """One row per run: its variant, start hour, seed and the :data:`METRICS`."""
+def per_run_metrics(runset: RunSet, breakdown: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per run: its variant, start hour, seed and the :data:`METRICS`
+    (``breakdown``: :func:`step_breakdown` of the runs, computed here when None)."""
     events, steps, devices = runset.events, runset.steps, runset.devices
-    shares = breakdown_shares(step_breakdown(events, steps)).set_index("run")
+    if breakdown is None:
+        breakdown = step_breakdown(events, steps)
+    shares = breakdown_shares(breakdown).set_index("run")
     rows = []
     for _, summary in runset.summary.iterrows():
         run = summary["run"]
@@ -88,7 +94,7 @@ def per_run_metrics(runset: RunSet) -> pd.DataFrame:
         units = {k: float(ev.loc[ev["kind"] == k, "units"].clip(lower=0).sum())
                  for k in ("receipt", "lost_work", "dropped", "late")}
         wasted = units["lost_work"] + units["dropped"] + units["late"]
-        computed = wasted + units["receipt"]
+        computed_units = wasted + units["receipt"]
         receipts = ev[(ev["kind"] == "receipt") & (ev["units"] > 0)]
         staleness = (
             float(np.average(receipts["staleness"].clip(lower=0), weights=receipts["units"]))
@@ -96,6 +102,7 @@ def per_run_metrics(runset: RunSet) -> pd.DataFrame:
         )
         busy = float(dv["busy_s"].sum())
         n_steps = int(len(st))
+        committed = float(st["perturbations"].sum())
         rows.append(
             {
                 "run": run,
@@ -103,18 +110,50 @@ def per_run_metrics(runset: RunSet) -> pd.DataFrame:
                 "start_hour": float(summary["run.start_hour"]),
                 "seed": int(summary["run.seed"]),
                 "steps": n_steps,
+                "k_perturbations": committed / 1e3,
                 "median_step_min": float(st["step_seconds"].median()) / 60.0
                 if n_steps else math.nan,
-                "wasted_unit_share": wasted / computed if computed else math.nan,
+                "wasted_unit_share": wasted / computed_units if computed_units else math.nan,
                 "wasted_time_share": float(dv["wasted_s"].sum()) / busy if busy else math.nan,
                 "straggler_share": float(shares.loc[run, "straggler_wait"])
                 if run in shares.index else math.nan,
                 "mean_staleness": staleness,
-                "kj_per_step": float(summary["energy_j"]) / 1e3 / n_steps
-                if n_steps else math.nan,
+                "kj_per_k_perturbations": float(summary["energy_j"]) / committed
+                if committed else math.nan,
             }
         )
     return pd.DataFrame(rows)
+
+
+@dataclass
+class StudyTables:
+    """What the figures need, gathered one run at a time (a day of 10,000 phones is
+    millions of events per run: the runs are never all in memory at once)."""
+
+    per_run: pd.DataFrame
+    breakdown: pd.DataFrame  # step_breakdown rows of every run
+    commits: pd.DataFrame  # run, sim_time_s of every committed step
+    summary: pd.DataFrame  # the runs' summary rows
+
+
+def gather(run_dirs: list[Path]) -> StudyTables:
+    """Per-run metrics, step breakdowns and commit times, loading one run at a time."""
+    per_run, breakdowns, commits, summaries = [], [], [], []
+    for run_dir in run_dirs:
+        runset = load_runs([run_dir])
+        breakdown = step_breakdown(runset.events, runset.steps)
+        per_run.append(per_run_metrics(runset, breakdown))
+        breakdowns.append(breakdown)
+        committed = runset.steps[runset.steps["committed"]]
+        commits.append(committed[["run", "sim_time_s"]])
+        summaries.append(runset.summary)
+        del runset
+    return StudyTables(
+        per_run=pd.concat(per_run, ignore_index=True),
+        breakdown=pd.concat(breakdowns, ignore_index=True),
+        commits=pd.concat(commits, ignore_index=True),
+        summary=pd.concat(summaries, ignore_index=True),
+    )
 
 
 def churn_table(per_run: pd.DataFrame) -> pd.DataFrame:
@@ -159,17 +198,15 @@ def metrics_figure(table: pd.DataFrame, title: str, path: Path) -> Figure:
         ax.set_title(METRICS[metric], fontsize=8)
         ax.set_ylim(bottom=0.0)
         ax.grid(alpha=0.3, axis="y")
-    axes[-1].axis("off")
-    handles, labels = axes[0].get_legend_handles_labels()
-    axes[-1].legend(handles, labels, loc="center")
+    axes[0].legend(fontsize=7)
     figure.suptitle(title, fontsize=9)
     return save_figure(figure, path)
 
 
-def steps_over_time_figure(runset: RunSet, per_run: pd.DataFrame, title: str,
+def steps_over_time_figure(commits: pd.DataFrame, per_run: pd.DataFrame, title: str,
                            path: Path) -> Figure:
     """Committed steps over simulated hours, one line per run, coloured by variant; one
-    panel per start hour."""
+    panel per start hour (``commits``: run, sim_time_s of each committed step)."""
     starts = sorted(per_run["start_hour"].unique())
     figure = Figure(figsize=(11.0, 4.2), layout="constrained")
     axes = np.atleast_1d(figure.subplots(1, len(starts), sharey=True))
@@ -177,14 +214,15 @@ def steps_over_time_figure(runset: RunSet, per_run: pd.DataFrame, title: str,
     for ax, start in zip(axes, starts):
         seen = set()
         for _, row in per_run[per_run["start_hour"] == start].iterrows():
-            st = runset.steps[(runset.steps["run"] == row["run"]) & runset.steps["committed"]]
-            hours = np.sort(st["sim_time_s"].to_numpy(dtype=float)) / 3600.0
+            mine = commits.loc[commits["run"] == row["run"], "sim_time_s"]
+            hours = np.sort(mine.to_numpy(dtype=float)) / 3600.0
             label = row["variant"] if row["variant"] not in seen else None
             seen.add(row["variant"])
             ax.step(np.r_[0.0, hours], np.arange(len(hours) + 1), where="post",
                     color=colours[row["variant"]], alpha=0.6, lw=1, label=label)
         ax.set_title(f"start {start:02.0f}:00", fontsize=9)
         ax.set_xlabel("simulated hours")
+        ax.set_yscale("symlog", linthresh=10)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("committed steps")
     axes[-1].legend(fontsize=7)
@@ -194,31 +232,30 @@ def steps_over_time_figure(runset: RunSet, per_run: pd.DataFrame, title: str,
 
 def analyse(runs: StudyRuns, figures: Path) -> dict:
     """Tables and figures from the finished runs; returns the facts of ``study.json``."""
-    runset = load_runs(runs.run_dirs)
-    label = str(runset.summary["model_label"].iloc[0])
-    per_run = per_run_metrics(runset)
+    tables = gather(runs.run_dirs)
+    per_run, summary = tables.per_run, tables.summary
+    label = str(summary["model_label"].iloc[0])
     figures.mkdir(parents=True, exist_ok=True)
     per_run.to_csv(figures / "per_run.csv", index=False)
     table = churn_table(per_run)
-    fleet = int(runset.summary["fleet_size"].iloc[0])
-    hours = float(runset.summary["simulated_seconds"].max()) / 3600.0
+    fleet = int(summary["fleet_size"].iloc[0])
+    hours = float(summary["simulated_seconds"].max()) / 3600.0
     title = f"{fleet} phones, {hours:.0f} simulated h; {label}"
     note = (f"{title}. Mean over seeds [95 % bootstrap percentile interval]. "
             f"{host_note(runs)}.")
     table.to_csv(figures / "churn_wide.csv", index=False)
     write_table(interval_cells(table, list(METRICS)), figures, "churn", note)
     metrics_figure(table, title, figures / "churn_metrics.png")
-    steps_over_time_figure(runset, per_run, title, figures / "steps_over_time.png")
-    breakdown = step_breakdown(runset.events, runset.steps)
+    steps_over_time_figure(tables.commits, per_run, title, figures / "steps_over_time.png")
     group_of_run = dict(zip(per_run["run"], per_run["variant"]))
-    grouped_breakdown_figure(breakdown, group_of_run, "policy", path=figures / "step_time.png")
-    runset.summary["variant"] = runset.summary["run"].map(group_of_run)
-    comparison = comparison_table(runset, "variant")
-    write_table(comparison, figures, "comparison", note)
+    grouped_breakdown_figure(tables.breakdown, group_of_run, "policy",
+                             path=figures / "step_time.png")
     first = per_run[(per_run["seed"] == per_run["seed"].min())
                     & (per_run["start_hour"] == per_run["start_hour"].min())]
+    by_name = {d.name: d for d in runs.run_dirs}
     for _, row in first.iterrows():
-        timeline_figure(runset, run=row["run"], path=figures / f"timeline_{row['variant']}.png")
+        one = load_runs([by_name[row["run"]]])
+        timeline_figure(one, run=row["run"], path=figures / f"timeline_{row['variant']}.png")
     facts = {"model_label": label, "fleet_size": fleet, "simulated_hours": hours,
              "seeds": runs.seeds, "runs": len(runs.run_dirs),
              "host_minutes_summed": runs.run_host_seconds / 60.0, "sweep": str(runs.sweep_file)}

@@ -70,7 +70,9 @@ def test_policies_under_churn_quick(tmp_path: Path) -> None:
         summary = json.loads((tmp_path / "runs" / "quick" / row["run"] / "summary.json")
                              .read_text())
         assert row["steps"] == summary["steps"]
-        assert row["kj_per_step"] == pytest.approx(summary["energy_j"] / 1e3 / summary["steps"])
+        assert row["k_perturbations"] == pytest.approx(summary["total_perturbations"] / 1e3)
+        assert row["kj_per_k_perturbations"] == pytest.approx(
+            summary["energy_j"] / summary["total_perturbations"])
         assert "phones charged for tinyllama-1.1b" in summary["model_label"]
     for name in ("churn.md", "churn_metrics.png", "steps_over_time.png", "step_time.png"):
         assert (figures / name).is_file(), name

@@ -51,7 +51,8 @@ import torch
 from fleetsim.numerics.base import GradientWork
 from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
 from fleetsim.numerics.data import DataConfig
-from fleetsim.numerics.engine import TorchEngine, _batch_of
+from fleetsim.numerics.data import batch_of as _batch_of
+from fleetsim.numerics.engine import TorchEngine
 
 METHODS = ("default", "onesided", "central", "jvp", "backprop", "baseline", "floor",
            "reference")

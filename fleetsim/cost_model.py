@@ -40,7 +40,7 @@ def charged_facts(scenario: Any, base_dir: Path) -> ModelFacts:
     its architecture from the config alone (meta device), the scenario's ``peft:`` and
     batch size, ``cost_model.max_seq_len`` (default ``model.max_seq_len``) tokens, weights
     at ``cost_model.dtype``.  Raises FleetsimInputError for an unknown model."""
-    from fleetsim.numerics.engine import model_facts
+    from fleetsim.numerics.facts import model_facts
 
     cost = scenario.fleet.cost_model
     model = scenario.model.model_copy(

@@ -19,6 +19,11 @@ tokenisation in :mod:`fleetsim.numerics.tokens`, and ``DataConfig`` beside the o
 section models in :mod:`fleetsim.numerics.config`; this module gathers them under one name.
 """
 
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
 from fleetsim.numerics.config import (
     AG_NEWS_LABEL_NAMES,
     ALLOWED_NAMES_TEXT,
@@ -38,7 +43,46 @@ from fleetsim.numerics.partition import (
 )
 from fleetsim.numerics.tokens import tokenize_cached
 
+
+@dataclass
+class DataPlan:
+    """Split, partitions and per-client batches (numpy only)."""
+
+    labels: np.ndarray
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    batches: list[list[np.ndarray]]  # [client][batch] -> dataset indices
+    label_names: list[str]
+    texts: list[str] = field(default_factory=list)
+
+
+def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> DataPlan:
+    dataset = load_text_dataset(data, base_dir)
+    train_idx, eval_idx = split_for_run(data, dataset.labels, seed)
+    parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed)
+    batches = [
+        client_batches(train_idx[part], data.batch_size, seed, client)
+        for client, part in enumerate(parts)
+    ]
+    return DataPlan(
+        dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
+        list(dataset.texts),
+    )
+
+
+def batch_of(plan: DataPlan, client_id: int, batch_index: int) -> np.ndarray:
+    if not 0 <= client_id < len(plan.batches):
+        raise ValueError(f"client_id {client_id} out of range 0..{len(plan.batches) - 1}")
+    batches = plan.batches[client_id]
+    if not batches:
+        raise ValueError(f"client {client_id} holds no examples")
+    return batches[batch_index % len(batches)]
+
+
 __all__ = [
+    "DataPlan",
+    "batch_of",
+    "plan_data",
     "AG_NEWS_LABEL_NAMES",
     "ALLOWED_NAMES_TEXT",
     "BUILTIN_DATASETS",

@@ -1,4 +1,7 @@
-"""The torch numerics engine, the systems-only engine, and the builders.
+"""The torch numerics engine and the builder of a run's engine.
+
+The systems-only engine is in :mod:`fleetsim.numerics.systems_only`, model facts without
+weights in :mod:`fleetsim.numerics.facts`, the data plan in :mod:`fleetsim.numerics.data`.
 
 :class:`TorchEngine` owns θ (the PEFT subset of a :class:`TextClassifier`), the
 tokenised dataset and its client partitions, the host estimators and the server
@@ -36,7 +39,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,78 +60,14 @@ from fleetsim.numerics.config import (
     PeftConfig,
     host_chunk,
 )
+from fleetsim.numerics.data import batch_of, plan_data
 from fleetsim.numerics.datasets import load_text_dataset
-from fleetsim.numerics.partition import client_batches, partition, split_for_run
+from fleetsim.numerics.facts import facts_from_config, model_facts
+from fleetsim.numerics.partition import partition, split_for_run
+from fleetsim.numerics.pool import EstimatePool
+from fleetsim.numerics.systems_only import SystemsOnlyEngine
 from fleetsim.numerics.tokens import tokenize_cached
 from fleetsim.rng import stream
-
-BUILTIN_NUM_LABELS = {"bbc_news": 5, "rotten_tomatoes": 2, "ag_news_csv": 4}
-
-# Known configurations, so that systems-only runs need neither weights nor a GGUF conversion.
-SMOLLM2_135M_CONFIG = {
-    "model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
-    "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
-    "vocab_size": 49152, "tie_word_embeddings": True,
-}
-
-
-# ------------------------------------------------------------------------ data plan
-
-
-@dataclass
-class DataPlan:
-    """Split, partitions and per-client batches (numpy only)."""
-
-    labels: np.ndarray
-    train_idx: np.ndarray
-    eval_idx: np.ndarray
-    batches: list[list[np.ndarray]]  # [client][batch] -> dataset indices
-    label_names: list[str]
-    texts: list[str] = field(default_factory=list)
-
-
-def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> DataPlan:
-    dataset = load_text_dataset(data, base_dir)
-    train_idx, eval_idx = split_for_run(data, dataset.labels, seed)
-    parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed)
-    batches = [
-        client_batches(train_idx[part], data.batch_size, seed, client)
-        for client, part in enumerate(parts)
-    ]
-    return DataPlan(
-        dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
-        list(dataset.texts),
-    )
-
-
-def _batch_of(plan: DataPlan, client_id: int, batch_index: int) -> np.ndarray:
-    if not 0 <= client_id < len(plan.batches):
-        raise ValueError(f"client_id {client_id} out of range 0..{len(plan.batches) - 1}")
-    batches = plan.batches[client_id]
-    if not batches:
-        raise ValueError(f"client {client_id} holds no examples")
-    return batches[batch_index % len(batches)]
-
-
-# ----------------------------------------------------------------------- estimates
-
-
-@dataclass
-class _Pool:
-    """Running sums behind an opaque StepEstimate.handle (engine-owned tensors)."""
-
-    sums: list[list[Any]]  # [half][tensor] -> Σ d_k v_k
-    counts: list[int]  # perturbations per half
-    loss_sum: float = 0.0
-    loss_n: int = 0
-    devices: set = field(default_factory=set)
-    weight: float = 0.0  # for backprop / local-train estimates: Σ device weights
-    # Σ staleness weights per half: the denominators of the weighted mean (equal to
-    # ``counts`` when every perturbation is fresh and weighs 1).
-    mass: list[float] = field(default_factory=lambda: [0.0, 0.0])
-
-    def total(self) -> list[Any]:
-        return [a + b for a, b in zip(self.sums[0], self.sums[1])]
 
 
 class TorchEngine(NumericsEngine):
@@ -263,7 +201,7 @@ class TorchEngine(NumericsEngine):
 
     def facts(self) -> ModelFacts:
         config = self.model.backbone.config
-        return _facts_from_config(
+        return facts_from_config(
             self.resolved.name, config, self.total_params, self.trainable_params,
             self.model_cfg.max_seq_len, self.data_cfg.batch_size,
             DTYPE_BYTES[self.cfg.dtype],
@@ -435,12 +373,12 @@ class TorchEngine(NumericsEngine):
             chunk_elements=disc.chunk_elements, device=self.device, dtype=self.dtype,
         )
 
-    def _empty_pool(self) -> _Pool:
+    def _empty_pool(self) -> EstimatePool:
         import torch
 
         zeros = [[torch.zeros(s, dtype=torch.float32, device=self.device) for s in self.shapes]
                  for _ in range(2)]
-        return _Pool(zeros, [0, 0])
+        return EstimatePool(zeros, [0, 0])
 
     def _fault(self, step: int, device_id: int, detail: str, skipped: list) -> None:
         from fleetsim.numerics.errors import NumericalFault
@@ -475,7 +413,7 @@ class TorchEngine(NumericsEngine):
             self._perturbations(source, item.device_id, item.perturbations, prev_grad)
             for item in items
         ]
-        batches = [self.batch_inputs(_batch_of(self.plan, item.client_id, item.batch_index))
+        batches = [self.batch_inputs(batch_of(self.plan, item.client_id, item.batch_index))
                    for item in items]
         if self.host_batching == "stacked" and self.cfg.cross_device_batching:
             derivs, base = cohort_directional(
@@ -502,7 +440,7 @@ class TorchEngine(NumericsEngine):
         from fleetsim.numerics.perturbation import variance_half
 
         started = time.perf_counter()
-        pool = self._copy_pool(previous.handle) if previous is not None else self._empty_pool()
+        pool = previous.handle.copy() if previous is not None else self._empty_pool()
         skipped: list = list(previous.extra.get("skipped", [])) if previous is not None else []
         self._snapshot(step)
         # work of different source steps runs at different θ: batch per source step
@@ -549,14 +487,7 @@ class TorchEngine(NumericsEngine):
         estimate.extra["estimator"] = chosen
         return estimate
 
-    def _copy_pool(self, handle: _Pool) -> _Pool:
-        return _Pool(
-            [[t.clone() for t in half] for half in handle.sums], list(handle.counts),
-            handle.loss_sum, handle.loss_n, set(handle.devices), handle.weight,
-            list(handle.mass),
-        )
-
-    def _estimate_from_pool(self, step: int, pool: _Pool, skipped: list) -> StepEstimate:
+    def _estimate_from_pool(self, step: int, pool: EstimatePool, skipped: list) -> StepEstimate:
         n = pool.counts[0] + pool.counts[1]
         variance = math.nan
         normalised = math.nan
@@ -583,7 +514,7 @@ class TorchEngine(NumericsEngine):
     def gradient_of(estimate: StepEstimate) -> list[Any]:
         """The estimate as a list of tensors (engine order): the mean over perturbations,
         or over devices for backprop / local-train estimates."""
-        pool: _Pool = estimate.handle
+        pool: EstimatePool = estimate.handle
         n = pool.mass[0] + pool.mass[1]
         denominator = n if n > 0 else pool.weight
         if denominator <= 0:
@@ -602,7 +533,7 @@ class TorchEngine(NumericsEngine):
                 continue
             _, params, _ = self._source(step, item)
             inputs, mask, labels = self.batch_inputs(
-                _batch_of(self.plan, item.client_id, item.batch_index)
+                batch_of(self.plan, item.client_id, item.batch_index)
             )
             grad, loss = exact_gradient(self.loss_fn(inputs, mask, labels), params)
             if not math.isfinite(loss):
@@ -635,7 +566,7 @@ class TorchEngine(NumericsEngine):
         skipped: list = []
         for batch_index in batch_indices:
             inputs, mask, labels = self.batch_inputs(
-                _batch_of(self.plan, client_id, batch_index)
+                batch_of(self.plan, client_id, batch_index)
             )
             cast = {n: t.to(self.dtype) for n, t in local.items()}
             grad, loss = exact_gradient(self.loss_fn(inputs, mask, labels), cast)
@@ -666,7 +597,7 @@ class TorchEngine(NumericsEngine):
         by_perturbation = all(e.n_perturbations > 0 for e in estimates)
         skipped: list = []
         for estimate in estimates:
-            pool: _Pool = estimate.handle
+            pool: EstimatePool = estimate.handle
             skipped.extend(estimate.extra.get("skipped", []))
             if by_perturbation:  # pooled sums are already perturbation-weighted
                 for half in (0, 1):
@@ -768,161 +699,6 @@ class TorchEngine(NumericsEngine):
             int(step): ({n: t.to(self.device, self.dtype) for n, t in params.items()}, prev)
             for step, (params, prev) in state.get("history", {}).items()
         }
-
-
-# ---------------------------------------------------------------- systems only
-
-
-class SystemsOnlyEngine(NumericsEngine):
-    """Computes nothing: NaN losses and variance, NaN accuracy; knows the data plan so
-    protocols run unchanged."""
-
-    systems_only = True
-
-    def __init__(self, facts: ModelFacts, batches: list[int], info: Optional[dict] = None
-                 ) -> None:
-        self._facts = facts
-        self._batches = list(batches)
-        self._info = dict(info or {})
-        self._steps = 0
-
-    def facts(self) -> ModelFacts:
-        return self._facts
-
-    def num_clients(self) -> int:
-        return len(self._batches)
-
-    def batches_per_client(self, client_id: int) -> int:
-        return self._batches[client_id]
-
-    def _nan(self, step: int, n_perturbations: int, n_devices: int) -> StepEstimate:
-        return StepEstimate(step=step, n_perturbations=n_perturbations, n_devices=n_devices,
-                            extra={"skipped": [], "systems_only": True})
-
-    def forward_gradient(
-        self, step: int, work: list[GradientWork], previous: Optional[StepEstimate] = None
-    ) -> StepEstimate:
-        n = sum(len(w.perturbations) for w in work)
-        devices = {w.device_id for w in work if w.perturbations}
-        if previous is not None:
-            n += previous.n_perturbations
-            devices |= set(previous.extra.get("devices", []))
-        estimate = self._nan(step, n, len(devices))
-        estimate.extra["devices"] = sorted(devices)
-        return estimate
-
-    def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:
-        return self._nan(step, 0, len({w.device_id for w in work}))
-
-    def local_train(
-        self, step: int, device_id: int, client_id: int, batch_indices: list[int], lr: float,
-        source_step: Optional[int] = None,
-    ) -> StepEstimate:
-        return self._nan(step, 0, 1)
-
-    def average(self, estimates: list[StepEstimate]) -> StepEstimate:
-        step = max((e.step for e in estimates), default=0)
-        return self._nan(step, sum(e.n_perturbations for e in estimates),
-                         sum(e.n_devices for e in estimates))
-
-    def apply(self, estimate: StepEstimate, lr: float) -> None:
-        self._steps += 1
-
-    def evaluate(self) -> EvalResult:
-        return EvalResult(math.nan, math.nan, 0)
-
-    def state_dict(self) -> dict:
-        return {"steps": self._steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._steps = int(state.get("steps", 0))
-
-    def describe(self) -> dict:
-        return {"engine": "none", "systems_only": True, **self._info}
-
-
-# ---------------------------------------------------------------------- facts
-
-
-def _cfg_get(config: Any, key: str, default: Any = 0) -> Any:
-    if isinstance(config, dict):
-        return config.get(key, default)
-    return getattr(config, key, default)
-
-
-def _facts_from_config(
-    name: str, config: Any, n_params: int, trainable: int, seq_len: int, batch_size: int,
-    dtype_bytes: int,
-) -> ModelFacts:
-    hidden = int(_cfg_get(config, "hidden_size"))
-    layers = int(_cfg_get(config, "num_hidden_layers"))
-    vocab = int(_cfg_get(config, "vocab_size"))
-    intermediate = int(_cfg_get(config, "intermediate_size"))
-    heads = int(_cfg_get(config, "num_attention_heads", 1)) or 1
-    kv_heads = int(_cfg_get(config, "num_key_value_heads", heads) or heads)
-    head_dim = hidden // heads
-    if _cfg_get(config, "model_type", "") in ("llama", "mistral", "qwen2"):
-        per_layer = (
-            2 * hidden * hidden + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
-        )
-    else:
-        per_layer = 4 * hidden * hidden + 2 * hidden * intermediate
-    # 2 FLOPs per multiply-add in the projections, plus QK^T and AV over the sequence
-    flops = 2.0 * layers * per_layer + 4.0 * layers * seq_len * hidden
-    return ModelFacts(
-        name=name, n_params=n_params, trainable_params=trainable, n_layers=layers,
-        hidden_size=hidden, flops_per_token=flops, seq_len=seq_len, batch_size=batch_size,
-        dtype_bytes=dtype_bytes, vocab_size=vocab, intermediate_size=intermediate,
-    )
-
-
-def _num_labels(data: DataConfig, base_dir: Path) -> int:
-    if data.name in BUILTIN_NUM_LABELS and data.name != "ag_news_csv":
-        return BUILTIN_NUM_LABELS[data.name]
-    return load_text_dataset(data, base_dir).num_classes
-
-
-def _known_config(model: ModelConfig, base_dir: Path) -> tuple[str, Any]:
-    """(name, config) without loading weights or converting a GGUF."""
-    from fleetsim.numerics import models as model_lib
-
-    key = model.name_or_path.lower()
-    if key == "smollm2-135m":
-        from transformers import LlamaConfig
-
-        return key, LlamaConfig(**SMOLLM2_135M_CONFIG)
-    if key in ("tiny-bert", "tiny-llama", "all-minilm-l6-v2"):
-        resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
-        return resolved.name, resolved.config
-    resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
-    return resolved.name, resolved.config
-
-
-def model_facts(
-    model: ModelConfig, peft: PeftConfig, data: DataConfig, numerics: NumericsConfig,
-    base_dir: Path = Path("."),
-) -> ModelFacts:
-    """Cheap facts: the architecture is instantiated on the meta device (no weights, no
-    memory) and the PEFT method applied to count parameters exactly."""
-    import torch
-    from transformers import AutoModel
-
-    from fleetsim.numerics import models as model_lib
-
-    name, config = _known_config(model, base_dir)
-    family = model_lib.model_family(config)
-    num_labels = _num_labels(data, base_dir)
-    with torch.device("meta"):
-        backbone = AutoModel.from_config(config, attn_implementation="eager")
-        classifier = model_lib.TextClassifier(backbone, family, num_labels, model.pooling)
-        names = model_lib.apply_peft(classifier, peft, 0)
-    named = dict(classifier.named_parameters())
-    trainable = int(sum(named[n].numel() for n in names))
-    total = int(sum(p.numel() for p in classifier.parameters()))
-    return _facts_from_config(
-        name, config, total, trainable, model.max_seq_len, data.batch_size,
-        DTYPE_BYTES[numerics.dtype],
-    )
 
 
 def build_engine(

@@ -16,8 +16,9 @@ from fleetsim.numerics.config import (
     PeftConfig,
     ServerOptimizerConfig,
 )
-from fleetsim.numerics.engine import build_engine, model_facts
+from fleetsim.numerics.engine import build_engine
 from fleetsim.numerics.errors import NumericalFault
+from fleetsim.numerics.facts import model_facts
 from fleetsim.numerics.optim import ServerOptimizer
 
 

@@ -1,0 +1,108 @@
+"""Model facts without weights: what the simulated side needs to know about a model
+(parameters, trainable PEFT subset, FLOPs per token), from its architecture on the meta
+device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fleetsim.numerics.base import ModelFacts
+from fleetsim.numerics.config import (
+    DTYPE_BYTES,
+    DataConfig,
+    ModelConfig,
+    NumericsConfig,
+    PeftConfig,
+)
+from fleetsim.numerics.datasets import load_text_dataset
+
+BUILTIN_NUM_LABELS = {"bbc_news": 5, "rotten_tomatoes": 2, "ag_news_csv": 4}
+
+# Known configurations, so that systems-only runs need neither weights nor a GGUF conversion.
+SMOLLM2_135M_CONFIG = {
+    "model_type": "llama", "hidden_size": 576, "num_hidden_layers": 30,
+    "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536,
+    "vocab_size": 49152, "tie_word_embeddings": True,
+}
+
+
+def _cfg_get(config: Any, key: str, default: Any = 0) -> Any:
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
+def facts_from_config(
+    name: str, config: Any, n_params: int, trainable: int, seq_len: int, batch_size: int,
+    dtype_bytes: int,
+) -> ModelFacts:
+    hidden = int(_cfg_get(config, "hidden_size"))
+    layers = int(_cfg_get(config, "num_hidden_layers"))
+    vocab = int(_cfg_get(config, "vocab_size"))
+    intermediate = int(_cfg_get(config, "intermediate_size"))
+    heads = int(_cfg_get(config, "num_attention_heads", 1)) or 1
+    kv_heads = int(_cfg_get(config, "num_key_value_heads", heads) or heads)
+    head_dim = hidden // heads
+    if _cfg_get(config, "model_type", "") in ("llama", "mistral", "qwen2"):
+        per_layer = (
+            2 * hidden * hidden + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
+        )
+    else:
+        per_layer = 4 * hidden * hidden + 2 * hidden * intermediate
+    # 2 FLOPs per multiply-add in the projections, plus QK^T and AV over the sequence
+    flops = 2.0 * layers * per_layer + 4.0 * layers * seq_len * hidden
+    return ModelFacts(
+        name=name, n_params=n_params, trainable_params=trainable, n_layers=layers,
+        hidden_size=hidden, flops_per_token=flops, seq_len=seq_len, batch_size=batch_size,
+        dtype_bytes=dtype_bytes, vocab_size=vocab, intermediate_size=intermediate,
+    )
+
+
+def _num_labels(data: DataConfig, base_dir: Path) -> int:
+    if data.name in BUILTIN_NUM_LABELS and data.name != "ag_news_csv":
+        return BUILTIN_NUM_LABELS[data.name]
+    return load_text_dataset(data, base_dir).num_classes
+
+
+def _known_config(model: ModelConfig, base_dir: Path) -> tuple[str, Any]:
+    """(name, config) without loading weights or converting a GGUF."""
+    from fleetsim.numerics import models as model_lib
+
+    key = model.name_or_path.lower()
+    if key == "smollm2-135m":
+        from transformers import LlamaConfig
+
+        return key, LlamaConfig(**SMOLLM2_135M_CONFIG)
+    if key in ("tiny-bert", "tiny-llama", "all-minilm-l6-v2"):
+        resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
+        return resolved.name, resolved.config
+    resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
+    return resolved.name, resolved.config
+
+
+def model_facts(
+    model: ModelConfig, peft: PeftConfig, data: DataConfig, numerics: NumericsConfig,
+    base_dir: Path = Path("."),
+) -> ModelFacts:
+    """Cheap facts: the architecture is instantiated on the meta device (no weights, no
+    memory) and the PEFT method applied to count parameters exactly."""
+    import torch
+    from transformers import AutoModel
+
+    from fleetsim.numerics import models as model_lib
+
+    name, config = _known_config(model, base_dir)
+    family = model_lib.model_family(config)
+    num_labels = _num_labels(data, base_dir)
+    with torch.device("meta"):
+        backbone = AutoModel.from_config(config, attn_implementation="eager")
+        classifier = model_lib.TextClassifier(backbone, family, num_labels, model.pooling)
+        names = model_lib.apply_peft(classifier, peft, 0)
+    named = dict(classifier.named_parameters())
+    trainable = int(sum(named[n].numel() for n in names))
+    total = int(sum(p.numel() for p in classifier.parameters()))
+    return facts_from_config(
+        name, config, total, trainable, model.max_seq_len, data.batch_size,
+        DTYPE_BYTES[numerics.dtype],
+    )

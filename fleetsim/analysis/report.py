@@ -386,7 +386,7 @@ def compare_runs(
     note = (
         f"{len(runset.runs)} runs, {grouping}. Means over runs with 95 % bootstrap "
         "percentile intervals; time to accuracy (tta, simulated hours) is the median over "
-        "all runs with those that never reached the target censored at their end (inf = "
+        "all runs with those that never reached the target censored at their end (∞ = "
         "not reached by more than half, or an unbounded interval end; see the reached "
         "column); — = missing.\n\n"
     )

@@ -220,6 +220,11 @@ class StepServer:
         self.sync.note_commit(self.step, pairs)
 
     # ------------------------------------------------------------------ staleness
+    def _usable_staleness(self, staleness: int) -> bool:
+        """Whether work this many steps old would still be used (weight > 0, not too old)."""
+        return (staleness <= self.cfg.commit.max_staleness
+                and self.staleness_weight(staleness) > 0)
+
     def staleness_weight(self, staleness: int) -> float:
         """Weight of each perturbation of work ``staleness`` steps old
         (``protocol.commit.staleness_weighting``)."""
@@ -377,6 +382,24 @@ class StepServer:
                 arrived(ev)
             else:
                 ev.callbacks.append(arrived)
+
+        # Carried work is used in this step's estimate, so its units count towards the
+        # commit rule as they arrive (FedBuff commits once K updates are buffered, stale or
+        # not); otherwise a step whose stragglers are carried turns into a barrier over the
+        # devices left, and over-commit loses its margin.
+        def carried_arrived(ev: Any) -> None:
+            tally["units"] += ev.value.units_delivered if ev.ok else 0
+            if not wake.triggered and need is not None and tally["units"] >= need:
+                wake.succeed()
+
+        if need is not None:
+            for _, step, ev in self._carried:
+                if not self._usable_staleness(self.step - step):
+                    continue
+                if ev.callbacks is None:
+                    carried_arrived(ev)
+                else:
+                    ev.callbacks.append(carried_arrived)
         if pending:
             yield env.any_of([wake] + ([timer] if timer is not None else []))
         for dev in sorted(pending):

@@ -91,3 +91,19 @@ def test_cohort_mix_matches_the_fleet_under_early_commits():
     k = int(slow[picked].sum())
     # Slow phones are half the fleet and nothing else biases a random cohort.
     assert binomtest(k, len(picked), 0.5).pvalue > 1e-3, k
+
+
+def test_carried_units_count_towards_the_commit_rule():
+    # Device 0 takes 1 s a unit, device 1 takes 1.5 s; quorum of half the assigned units.
+    # Step 0 commits at t=1 with device 0's unit and carries device 1's.  Step 1 asks only
+    # device 0 (device 1 is busy with carried work): device 1's unit arriving at t=1.5 is
+    # used in step 1's estimate, so it counts towards step 1's quorum: commit at 1.5, not 2.
+    h = build(n=2, unit_s=np.array([1.0, 1.5]), fleet={"transfers": "none"},
+              protocol={"devices_per_step": 2, "perturbations_per_device": 1, "rounds": 1,
+                        "batches_per_round": 2,
+                        "commit": {"mode": "quorum", "quorum_fraction": 0.5,
+                                   "late_work": "carry"}},
+              engine=FakeEngine(batches=2)).run()
+    steps = h.recorder.steps_frame()
+    assert steps["sim_time_s"].tolist() == [1.0, 1.5]
+    assert steps["stale_units"].tolist() == [0, 1]

@@ -17,6 +17,7 @@ import pandas as pd
 from fleetsim.analysis.load import RunSet, check_key
 from fleetsim.analysis.stats import censored_median
 from fleetsim.errors import FleetsimInputError
+from fleetsim.record.summary import first_times_reaching
 
 DEFAULT_TARGETS = (0.4, 0.6, 0.8, 0.9)
 
@@ -53,18 +54,13 @@ def accuracy_points(steps: pd.DataFrame) -> pd.DataFrame:
 def time_to_accuracy(steps: pd.DataFrame, targets: Sequence[float]) -> dict[float, float | None]:
     """Simulated seconds until the running maximum of evaluated accuracy first
     reaches each target, for ONE run's steps table; ``None`` when never reached
-    (including systems-only runs, which have no accuracy)."""
+    (including systems-only runs, which have no accuracy).  The rule is
+    :func:`fleetsim.record.summary.first_times_reaching`, the one summary.json uses."""
     if "run" in steps.columns and steps["run"].nunique() > 1:
         raise ValueError("time_to_accuracy takes one run's steps; use time_to_accuracy_table")
-    points = accuracy_points(steps)
-    times = points["sim_time_s"].to_numpy(dtype=float)
-    best = points["best_accuracy"].to_numpy(dtype=float)
-    result: dict[float, float | None] = {}
-    for target in check_targets(targets):
-        # The running max is non-decreasing, so the first index at or above target is the answer.
-        index = int(np.searchsorted(best, target, side="left")) if best.size else 0
-        result[target] = float(times[index]) if index < best.size else None
-    return result
+    targets = check_targets(targets)
+    # One home for the rule: the recorder's (summary.json's time_to_target).
+    return dict(zip(targets, first_times_reaching(steps, targets)))
 
 
 def time_to_accuracy_runs(runset: RunSet, targets: Sequence[float]) -> pd.DataFrame:

@@ -16,20 +16,26 @@ import pandas as pd
 from fleetsim.record.status import finite_accuracy
 
 
-def time_to_targets(steps: pd.DataFrame, targets: list[float]) -> dict[str, Optional[float]]:
-    """Simulated seconds at which the running max of evaluated accuracy first reaches each
-    target (the paper's convention); None when never reached.  Only evaluations with a
-    finite loss count (:func:`fleetsim.record.status.finite_accuracy`); ties in time are
-    ordered by step and attempt.  Keys are the targets formatted with ``:g``."""
+def first_times_reaching(steps: pd.DataFrame, targets: list[float]) -> list[Optional[float]]:
+    """For each target, the simulated seconds at which the running max of evaluated accuracy
+    first reaches it (the paper's convention); None when never reached.  Only evaluations
+    with a finite loss count (:func:`fleetsim.record.status.finite_accuracy`); ties in time
+    are ordered by step and attempt.  One run's steps table."""
     steps = steps.assign(accuracy=finite_accuracy(steps))
     order = [c for c in ("sim_time_s", "step", "attempt") if c in steps.columns]
     evaluated = steps.dropna(subset=["accuracy"]).sort_values(order, kind="stable")
     best = evaluated["accuracy"].cummax()
-    out: dict[str, Optional[float]] = {}
+    out: list[Optional[float]] = []
     for target in targets:
         hit = evaluated["sim_time_s"][best >= target]
-        out[f"{target:g}"] = float(hit.iloc[0]) if len(hit) else None
+        out.append(float(hit.iloc[0]) if len(hit) else None)
     return out
+
+
+def time_to_targets(steps: pd.DataFrame, targets: list[float]) -> dict[str, Optional[float]]:
+    """:func:`first_times_reaching` keyed by the targets formatted with ``:g`` (summary.json's
+    ``time_to_target``)."""
+    return {f"{t:g}": v for t, v in zip(targets, first_times_reaching(steps, list(targets)))}
 
 
 def build_summary(

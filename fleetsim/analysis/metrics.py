@@ -41,16 +41,6 @@ def check_targets(targets: Sequence[float]) -> list[float]:
     return checked
 
 
-def accuracy_points(steps: pd.DataFrame) -> pd.DataFrame:
-    """The evaluated rows of one run's steps, in simulated-time order, with the
-    running maximum of accuracy (the paper's convention) as ``best_accuracy``."""
-    evaluated = steps[steps["accuracy"].notna()].sort_values(
-        ["sim_time_s", "step", "attempt"], kind="stable"
-    )
-    evaluated = evaluated.assign(best_accuracy=evaluated["accuracy"].cummax())
-    return evaluated
-
-
 def time_to_accuracy(steps: pd.DataFrame, targets: Sequence[float]) -> dict[float, float | None]:
     """Simulated seconds until the running maximum of evaluated accuracy first
     reaches each target, for ONE run's steps table; ``None`` when never reached

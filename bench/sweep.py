@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from fleetsim.runner import run_scenario  # noqa: E402
 from fleetsim.sweep import LoadedSweep, load_sweep, read_index, run_sweep  # noqa: E402
-from fleetsim.sweep.execute import start_ray  # noqa: E402
+from fleetsim.sweep.ray_backend import start_ray  # noqa: E402
 
 SCENARIO = """\
 description: sweep benchmark run (tiny-bert, forward gradients, BBC News)

@@ -152,7 +152,7 @@ def local_ray():
     import sweep_fakes
     from ray import cloudpickle
 
-    from fleetsim.sweep.execute import start_ray
+    from fleetsim.sweep.ray_backend import start_ray
 
     # The fake run functions live in a test folder that workers cannot import: send them
     # by value.

@@ -1,0 +1,133 @@
+"""The Ray backend of a sweep: a local Ray instance (or a cluster) runs each planned run as
+one task, at most ``max_parallel`` at a time; a worker that dies marks its run ``killed``.
+
+Joining a cluster (``--address``): start Ray on the head node (``ray start --head``) and
+on each worker node (``ray start --address=HEAD:6379``), with fleetsim installed and the
+scenario's data paths valid on every node, and the sweep folder on a filesystem every node
+writes to; then ``fleetsim sweep SWEEP.yaml --address HEAD:6379`` (or ``--address auto``
+on the head node).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+from fleetsim.errors import FleetsimInputError
+from fleetsim.sweep.execute import (
+    RunFn,
+    RunOutcome,
+    _Callback,
+    _DoneCallback,
+    _first_line,
+    _killed,
+    _now,
+    _timeout_note,
+    execute_run,
+)
+from fleetsim.sweep.index import RunStatus
+from fleetsim.sweep.plan import PlannedRun
+
+
+def _package_root() -> str:
+    import fleetsim
+
+    return str(Path(fleetsim.__file__).resolve().parent.parent)
+
+
+def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
+    """Connect to (``address``) or start a local Ray instance; True if this call started
+    or joined it (and should shut it down).  A Ray already initialised in this process is
+    reused as it is."""
+    try:
+        import ray
+    except ImportError:
+        raise FleetsimInputError(
+            "--backend ray: Ray is not installed; install it (pip install 'fleetsim[ray]') "
+            "or use --backend sequential"
+        ) from None
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": "warning",
+    }
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["num_cpus"] = num_cpus
+        # Workers of a local instance import fleetsim from the same checkout as the driver,
+        # even when it is not installed and the sweep runs from another folder.
+        path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+    try:
+        ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise FleetsimInputError(
+            f"--address {address}: cannot join the Ray cluster ({exc}); start it with "
+            "`ray start --head` or leave --address out for a local instance"
+        ) from None
+    return True
+
+
+def run_ray(
+    runs: list[PlannedRun],
+    base_path: Path,
+    threads: int,
+    max_parallel: int,
+    run_fn: Optional[RunFn],
+    on_start: _Callback,
+    on_done: _DoneCallback,
+    run_timeout_s: Optional[float] = None,
+) -> None:
+    import ray
+    from ray.exceptions import RayTaskError
+
+    remote_run = ray.remote(num_cpus=1, max_retries=0)(execute_run)
+    waiting = deque(runs)
+    in_flight: dict[Any, PlannedRun] = {}
+    try:
+        while waiting or in_flight:
+            # At most max_parallel runs are handed out, so the index's "running" means running
+            # and a cluster larger than asked for is not flooded.
+            while waiting and len(in_flight) < max_parallel:
+                run = waiting.popleft()
+                ref = remote_run.remote(
+                    run.run_id,
+                    str(base_path),
+                    list(run.overrides),
+                    str(run.run_dir),
+                    threads,
+                    run_fn,
+                    run_timeout_s,
+                )
+                in_flight[ref] = run
+                on_start(run)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                run = in_flight.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except RayTaskError as exc:
+                    # execute_run catches every error of the run itself: this one is of the
+                    # task machinery (e.g. the run function could not be unpickled).
+                    outcome = RunOutcome(
+                        run_id=run.run_id,
+                        status=RunStatus.FAILED.value,
+                        error=_first_line(exc),
+                        finished_at=_now(),
+                    )
+                except ray.exceptions.RayError as exc:
+                    why = _timeout_note(run.run_dir) or f"worker died: {_first_line(exc)}"
+                    outcome = _killed(run, why)
+                on_done(run, outcome)
+    except KeyboardInterrupt:
+        for ref, run in in_flight.items():
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+            on_done(run, _killed(run, "the sweep was interrupted while this run was going"))
+        raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from fleetsim.policies.base import Allocation, StepContext
 from fleetsim.protocols.base import Protocol
 from fleetsim.protocols.server import StepServer
 from fleetsim.workload import TaskKind
+
+if TYPE_CHECKING:
+    from simpy import Event
 
 
 class FwdLLMProtocol(Protocol):
@@ -103,6 +106,7 @@ class FwdLLMProtocol(Protocol):
         estimate: Optional[StepEstimate] = None
         attempt = 0
         outcome = None
+        waiting_since: Optional[float] = None
         while True:
             allocation = self.allocate(server, cohort)
             if allocation.total <= 0:
@@ -110,12 +114,16 @@ class FwdLLMProtocol(Protocol):
                     # Online cohort devices got no work (e.g. none fits the deadline):
                     # give the round up rather than spin; a new cohort is drawn.
                     return False
-                # No cohort device online: wait for one (bounded by wait_offline_s).
-                wait = self._wait_for_cohort(server, cohort)
+                # No cohort device can work now: wait until one comes online or finishes its
+                # carried work, for at most wait_offline_s in all.
+                if waiting_since is None:
+                    waiting_since = float(server.env.now)
+                wait = self._wait_for_cohort(server, cohort, waiting_since)
                 if wait is None:
                     return False
-                yield server.env.timeout(wait)
+                yield wait
                 continue
+            waiting_since = None
             rec.events.add(server.env.now, -1, "step_start", step=server.step,
                            units=allocation.total, detail=f"attempt={attempt}")
             outcome = yield from server.execute(allocation, batch_index, attempt)
@@ -161,11 +169,25 @@ class FwdLLMProtocol(Protocol):
         server.step += 1
         return True
 
-    def _wait_for_cohort(self, server: StepServer, cohort: np.ndarray) -> Optional[float]:
-        nxt = server.fleet.availability.next_start(cohort, float(server.env.now))
-        nxt = nxt[np.isfinite(nxt)]
-        busy_free = server.env.now + 1.0 if len(server.fleet.busy_ids()) else math.inf
-        t = min(float(nxt.min()) if len(nxt) else math.inf, busy_free)
-        if not math.isfinite(t) or t - server.env.now > self.cfg.commit.wait_offline_s:
+    def _wait_for_cohort(
+        self, server: StepServer, cohort: np.ndarray, waiting_since: float
+    ) -> Optional[Event]:
+        """An event that fires when a cohort device may be able to work: the next time an
+        offline one comes online, or carried work of a busy one arrives; None when neither
+        can happen before ``protocol.commit.wait_offline_s`` has passed since
+        ``waiting_since`` (the round is then given up and a new cohort drawn)."""
+        env, now = server.env, float(server.env.now)
+        left = waiting_since + self.cfg.commit.wait_offline_s - now
+        if left <= 0:
             return None
-        return max(t - float(server.env.now), 1e-6)
+        busy = server.fleet.busy_ids()
+        idle = np.setdiff1d(np.intersect1d(cohort, server.eligible_ids()), busy)
+        starts = server.fleet.availability.next_start(idle, now) if len(idle) else idle
+        starts = starts[np.isfinite(starts) & (starts > now)]
+        waits = []
+        if len(starts) and float(starts.min()) - now <= left:
+            waits.append(env.timeout(float(starts.min()) - now))
+        carried = server.carried_events(cohort)
+        if carried:
+            waits += carried + [env.timeout(left)]
+        return env.any_of(waits) if waits else None

@@ -430,6 +430,11 @@ class StepServer:
         self.sync.note_downloads(receipts + late)
         return StepOutcome(receipts, late, started, float(env.now), assigned)
 
+    def carried_events(self, device_ids: np.ndarray) -> list[Any]:
+        """The pending dispatch events of work carried past a commit by ``device_ids``."""
+        wanted = set(np.asarray(device_ids, dtype=np.int64).tolist())
+        return [ev for dev, _, ev in self._carried if dev in wanted and not ev.triggered]
+
     def drop_carried(self) -> None:
         """At the end of the run: withdraw work still carried (logged as dropped)."""
         for dev, step, ev in self._carried:

@@ -107,3 +107,29 @@ def test_carried_units_count_towards_the_commit_rule():
     steps = h.recorder.steps_frame()
     assert steps["sim_time_s"].tolist() == [1.0, 1.5]
     assert steps["stale_units"].tolist() == [0, 1]
+
+
+def test_a_cohort_busy_with_carried_work_is_waited_for_not_polled(monkeypatch):
+    # One phone, 1 s a unit, a 0.5 s deadline with carry: at the deadline nothing arrived and
+    # the only cohort device is busy with carried work.  The server waits for that work
+    # (t = 1) instead of polling in tiny steps (it used to retry every microsecond).
+    from fleetsim.protocols.fwdllm import FwdLLMProtocol
+
+    calls = {"n": 0}
+    original = FwdLLMProtocol.allocate
+
+    def counting(self, server, cohort):
+        calls["n"] += 1
+        return original(self, server, cohort)
+
+    monkeypatch.setattr(FwdLLMProtocol, "allocate", counting)
+    h = build(n=1, unit_s=np.array([1.0]), fleet={"transfers": "none"},
+              protocol={"devices_per_step": 1, "perturbations_per_device": 1, "rounds": 1,
+                        "batches_per_round": 2,
+                        "commit": {"mode": "deadline", "deadline_s": 0.5,
+                                   "late_work": "carry"}},
+              engine=FakeEngine(batches=2)).run()
+    assert calls["n"] < 20
+    steps = h.recorder.steps_frame()
+    committed = steps[steps.committed]
+    assert len(committed) == 2 and committed["stale_units"].sum() >= 1

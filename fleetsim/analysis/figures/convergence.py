@@ -240,7 +240,9 @@ def write_run_convergence(run_dir: Path | str, title: str = "") -> Path:
     from fleetsim.record.atomic import write_bytes
 
     run_dir = Path(run_dir)
-    figure = convergence_figure(load_run(run_dir), x="hours")
+    # Grouped by the scenario's run name, not the run directory's: the figure must not
+    # depend on where the run was written (outputs are byte-identical across hosts).
+    figure = convergence_figure(load_run(run_dir), x="hours", by="run.name")
     if title:
         figure.suptitle(title)
     buffer = io.BytesIO()

@@ -161,6 +161,16 @@ def admit(fleet: Fleet, job: Job) -> bool:
     return True
 
 
+def abandon_unit_in_progress(fleet: Fleet, job: Job, elapsed_s: float, why: str) -> None:
+    """The unit being computed is given up after ``elapsed_s`` seconds (a deadline, or an
+    interruption under 'lose'): its time is wasted and, if it had started, it is lost work."""
+    job.wasted_s += elapsed_s
+    if elapsed_s > 0:
+        job.units_lost += 1
+        fleet.log.add(fleet.env.now, job.task.device_id, "lost_work", job.task.step,
+                      duration_s=elapsed_s, units=1, detail=why)
+
+
 def refuse(fleet: Fleet, job: Job, kind: str, detail: str = "") -> bool:
     """The device cannot take the task (offline, too little RAM, no usable backend): log
     ``kind`` and end the task REFUSED.  Returns False (for :func:`admit`)."""
@@ -372,33 +382,11 @@ def compute(fleet: Fleet, job: Job):
             )
         if deadline <= job.window_end:
             # The deadline cut the unit in progress: it is abandoned.
-            job.wasted_s += into_unit
-            if into_unit > 0:
-                fleet.log.add(
-                    env.now,
-                    d,
-                    "lost_work",
-                    task.step,
-                    duration_s=into_unit,
-                    units=1,
-                    detail="deadline",
-                )
-                job.units_lost += 1
+            abandon_unit_in_progress(fleet, job, into_unit, "deadline")
             return _EXPIRED
         fleet.log.add(env.now, d, "interrupted", task.step, duration_s=span, detail="compute")
         if fleet.config.interruption == "lose":
-            job.wasted_s += into_unit
-            if into_unit > 0:
-                job.units_lost += 1
-                fleet.log.add(
-                    env.now,
-                    d,
-                    "lost_work",
-                    task.step,
-                    duration_s=into_unit,
-                    units=1,
-                    detail="compute",
-                )
+            abandon_unit_in_progress(fleet, job, into_unit, "compute")
             return _LOST
         head_remaining = float(seg[fit]) - into_unit
         back = yield from wait_online(fleet, job)

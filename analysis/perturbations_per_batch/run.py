@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -166,7 +167,7 @@ def analyse(runs: StudyRuns, figures: Path, target_accuracy: float | None = None
         "seeds": runs.seeds,
         "runs": len(runs.run_dirs),
         "host_minutes_summed": runs.run_host_seconds / 60.0,
-        "sweep": str(runs.sweep_file),
+        "sweep": os.path.relpath(runs.sweep_file, HERE.parents[1]),
     }
     (figures / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts

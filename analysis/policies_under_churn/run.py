@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,7 +259,8 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
         timeline_figure(one, run=row["run"], path=figures / f"timeline_{row['variant']}.png")
     facts = {"model_label": label, "fleet_size": fleet, "simulated_hours": hours,
              "seeds": runs.seeds, "runs": len(runs.run_dirs),
-             "host_minutes_summed": runs.run_host_seconds / 60.0, "sweep": str(runs.sweep_file)}
+             "host_minutes_summed": runs.run_host_seconds / 60.0,
+             "sweep": os.path.relpath(runs.sweep_file, HERE.parents[1])}
     (figures / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
 

@@ -12,8 +12,11 @@ repetition runs every method once, in turn, on the same work):
 * ``baseline``  — the code before issue 15: one-sided, one device at a time
   (``cross_device_batching: false``), the old default;
 * ``floor``     — one plain forward of the trainable suffix over all devices'
-  examples of the step, from the cached prefix activations (inference mode, the
-  token budget per call): no estimator can be cheaper than reading its input once;
+  examples of the step, from the cached prefix activations (the hidden states entering
+  the top layer; inference mode, the token budget per call), as issue 15 defines it;
+* ``floor_cached`` — the same forward fed the cached frozen query/key/value
+  projections too (``numerics.frozen_projection_reuse``, on by default): the cheapest
+  forward fleetsim itself can run, shown so that default ÷ floor is read beside it;
 * ``reference`` — a FwdLLM-style loop written here: per device and perturbation, two
   functional forwards of the whole model (no prefix cache) at θ ± h·v, central
   difference, Σ d·v accumulated.  It costs the same for every device, so it is
@@ -55,7 +58,7 @@ from fleetsim.numerics.data import batch_of as _batch_of
 from fleetsim.numerics.engine import TorchEngine
 
 METHODS = ("default", "onesided", "central", "jvp", "backprop", "baseline", "floor",
-           "reference")
+           "floor_cached", "reference")
 
 
 def build(clients: int, threads: int) -> TorchEngine:
@@ -79,8 +82,10 @@ def run_engine(engine: TorchEngine, work: list[GradientWork], rep: int, **settin
     engine.forward_gradient(rep, work)
 
 
-def run_floor(engine: TorchEngine, work: list[GradientWork]) -> None:
-    """One plain forward of the suffix over every device's examples (cached prefix)."""
+def run_floor(engine: TorchEngine, work: list[GradientWork], cached: bool = False) -> None:
+    """One plain forward of the suffix over every device's examples from the cached
+    hidden states entering it (``cached``: with the cached projections as well)."""
+    hidden = engine.model.backbone.config.hidden_size
     rows = engine.host_chunk * engine.data_cfg.batch_size  # the token budget per call
     indices = torch.cat([torch.as_tensor(_batch_of(engine.plan, w.client_id, w.batch_index))
                          for w in work]).numpy()
@@ -88,6 +93,8 @@ def run_floor(engine: TorchEngine, work: list[GradientWork]) -> None:
     with torch.inference_mode():
         for start in range(0, len(indices), rows):
             inputs, mask, labels = engine.batch_inputs(indices[start:start + rows])
+            if not cached:
+                inputs = inputs[..., :hidden].contiguous()
             logits = torch.func.functional_call(
                 engine.model, params, (inputs, mask, engine.start_layer), strict=False)
             torch.nn.functional.cross_entropy(logits, labels)
@@ -150,8 +157,8 @@ def main() -> None:
             run_engine(engine, work, rep, estimator="auto", cross_device_batching=True)
         elif method == "baseline":
             run_engine(engine, work, rep, estimator="onesided", cross_device_batching=False)
-        elif method == "floor":
-            run_floor(engine, work)
+        elif method in ("floor", "floor_cached"):
+            run_floor(engine, work, cached=method == "floor_cached")
         elif method == "reference":
             run_reference(engine, work[: args.reference_devices], rep, h)
             return (time.perf_counter() - t0) * n / min(n, args.reference_devices)

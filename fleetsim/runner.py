@@ -7,6 +7,7 @@ Fleet, policy, protocol, Recorder → run → run directory.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -231,6 +232,7 @@ def build_run(
         max_sim_seconds=horizon_s,
         on_step=on_step,
         stop_requested=stop_requested or (lambda: False),
+        stop_accuracy=max(sc.run.targets) if sc.run.stop_at_target else math.inf,
     )
     protocol = make_server(ctx)
     check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])

@@ -315,3 +315,48 @@ def test_readme_documents_every_status_and_stop_rule():
         assert re.search(rf"\|\s*`{status}`\s*\|\s*{code}\s*\|", section), status
     for rule in STOP_RULES:
         assert f"`{rule}`" in section, rule
+
+
+# ------------------------------------------------------------------ run.stop_at_target
+
+LEARNING = """\
+fleet: {{size: 4}}
+traces:
+  availability: {{kind: always_online}}
+  network: {{type: fixed, uplink_mbps: 10, downlink_mbps: 10}}
+model: {{name_or_path: tiny-bert, max_seq_len: 16}}
+data: {{name: bbc_news, max_examples: 96, max_eval_examples: 40, batch_size: 4}}
+numerics: {{threads: 1}}
+protocol: {{devices_per_step: 2, perturbations_per_device: 4, rounds: 1, batches_per_round: 12,
+           eval_every_steps: 1, lr: 0.05}}
+run: {{name: learn, progress: false, targets: {targets}, stop_at_target: {stop}}}
+"""
+
+
+def test_stop_at_target_ends_the_run_at_the_first_evaluation_that_reaches_it(tmp_path):
+    full = tmp_path / "full.yaml"
+    full.write_text(LEARNING.format(targets="[0.05]", stop="false"))
+    summary, steps, _, _ = read_run(run_scenario(full, run_dir=tmp_path / "full"))
+    acc = steps["accuracy"].to_numpy()
+    assert summary["stopped_by"] == "rounds" and np.isfinite(acc).all()
+    # a target the run reaches after its first evaluation: the best accuracy seen later
+    later = acc[1:]
+    target = float(later.max())
+    first = int(np.flatnonzero(acc >= target)[0])
+    stop = tmp_path / "stop.yaml"
+    stop.write_text(LEARNING.format(targets=f"[{acc.min() / 2:.6f}, {target!r}]", stop="true"))
+    summary_s, steps_s, _, _ = read_run(run_scenario(stop, run_dir=tmp_path / "stop"))
+    assert summary_s["stopped_by"] == "targets_reached"
+    assert summary_s["status"] == "completed" and exit_code(summary_s["status"]) == 0
+    assert len(steps_s) == first + 1  # nothing after the step whose evaluation reached it
+    np.testing.assert_array_equal(steps_s["accuracy"].to_numpy(), acc[: first + 1])
+    reached = summary_s["time_to_target"][f"{target:g}"]
+    assert reached == pytest.approx(float(steps["sim_time_s"].iloc[first]))
+
+
+def test_stop_at_target_without_targets_is_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(LEARNING.format(targets="[]", stop="true"))
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "run.stop_at_target" in err[0] and "bad.yaml" in err[0]

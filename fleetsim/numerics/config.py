@@ -232,8 +232,17 @@ class NumericsConfig(BaseModel):
         description="Run the frozen layers below the lowest trainable layer once per example "
         "and cache the hidden states (they never change), so perturbations only run the suffix.",
     )
+    frozen_projection_reuse: bool = Field(
+        True,
+        description="With the frozen-prefix cache, also cache the outputs of the lowest "
+        "trainable layer's frozen attention input projections (query/key/value; a LoRA "
+        "delta on them still runs): they read only the cached states, so they never change "
+        "either.  Costs P more cached values per token (3·hidden for BERT); dropped when "
+        "the cache would exceed prefix_cache_max_bytes.",
+    )
     prefix_cache_max_bytes: int = Field(
-        2 * 1024**3, ge=0, description="Memory budget for the cached frozen-prefix states."
+        2 * 1024**3, ge=0, description="Memory budget for the cached frozen-prefix states "
+        "(and cached projections)."
     )
     server_optimizer: ServerOptimizerConfig = Field(
         default_factory=ServerOptimizerConfig, description="Server optimiser."
@@ -326,13 +335,21 @@ class DataConfig(BaseModel):
         lt=1.0,
         description="Fraction of examples held out for evaluation (stratified by label).",
     )
-    partition: Literal["iid", "dirichlet"] = Field(
+    partition: Literal["iid", "dirichlet", "sampled"] = Field(
         default="iid",
         description=(
             "How training examples are spread over clients: 'iid' (seeded shuffle, "
-            "near-equal shares) or 'dirichlet' (label skew, client label proportions "
-            "~ Dir(alpha * global label prior), FedNLP definition)."
+            "near-equal shares), 'dirichlet' (label skew, client label proportions "
+            "~ Dir(alpha * global label prior), FedNLP definition) or 'sampled' (each "
+            "client draws data.examples_per_client examples uniformly, independently of "
+            "the others: clients share examples, for fleets larger than the dataset)."
         ),
+    )
+    examples_per_client: Optional[int] = Field(
+        default=None,
+        gt=0,
+        description="Examples each client holds under partition 'sampled' (default: "
+        "data.batch_size, one local batch); ignored by the other partitions.",
     )
     alpha: float = Field(
         default=1.0,

@@ -2,8 +2,9 @@
 
 All devices that computed for the same server step share θ; each brings its own
 batch and its own perturbations.  This module stacks them: device batches are
-padded to one shape (:class:`Cohort`), every *parameter set* (a device at θ, or a
-device's perturbed θ + h·v_k) owns the rows of its device's batch, and
+gathered in one call and padded to one shape (:class:`Cohort`), every *parameter
+set* (a device at θ, or a device's perturbed θ + h·v_k) owns the rows of its
+device's batch, and
 :mod:`fleetsim.numerics.stacked` runs ``sets`` parameter sets over
 ``sets × rows`` rows in one forward.  Sets are cut into calls of at most
 ``sets_per_call`` (the ``host_batch_perturbations`` token budget).
@@ -21,8 +22,10 @@ Estimators (``d[i][k] = ∇L_i(θ)·v_ik``, float32; ``base[i] = L_i(θ)``):
 * ``onesided`` / ``central``: finite differences over the perturbed sets; the
   one-sided base losses come from the device sets at θ.
 
-Shapes: a device batch is ``inputs`` (B_i, W_i) token ids or (B_i, W_i, H) hidden
-states entering the first trainable layer, ``mask`` (B_i, W_i), ``labels`` (B_i,).
+Shapes: a device batch is ``inputs`` (B_i, W_i) token ids or (B_i, W_i, H[+P]) hidden
+states entering the first trainable layer (with its P cached projection outputs,
+:meth:`fleetsim.numerics.models.TextClassifier.enable_projection_cache`), ``mask``
+(B_i, W_i), ``labels`` (B_i,).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def choose_exact(perturbations: Sequence[int], device: str) -> str:
 
 @dataclass
 class Cohort:
-    """Device batches padded to one (B, W) shape: ``inputs`` (N, B, W[, H]), ``mask``
+    """Device batches padded to one (B, W) shape, built by :meth:`gathered`: ``inputs`` (N, B, W[, H]), ``mask``
     (N, B, W), ``labels`` (N, B), ``weights`` (N, B) (1 real row, 0 padding)."""
 
     inputs: torch.Tensor
@@ -68,26 +71,17 @@ class Cohort:
     weights: torch.Tensor
 
     @classmethod
-    def of(cls, batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Cohort:
-        rows = max(int(b[2].shape[0]) for b in batches)
-        width = max(int(b[1].shape[1]) for b in batches)
-        inputs, masks, labels, weights = [], [], [], []
-        for x, mask, y in batches:
-            b, w = mask.shape
-            fill = [0] * (2 * (x.dim() - 2)) + [0, width - w]  # pad columns on the right
-            x = nn.functional.pad(x, fill)
-            mask = nn.functional.pad(mask, (0, width - w))
-            extra = rows - b  # padding rows repeat the first example, weight 0
-            pick = torch.cat([torch.arange(b), torch.zeros(extra, dtype=torch.long)]).to(
-                x.device)
-            inputs.append(x[pick])
-            masks.append(mask[pick])
-            labels.append(y[pick])
-            weight = torch.ones(rows, dtype=torch.float32, device=x.device)
-            weight[b:] = 0
-            weights.append(weight)
-        return cls(torch.stack(inputs), torch.stack(masks), torch.stack(labels),
-                   torch.stack(weights))
+    def gathered(cls, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+                 sizes: Sequence[int]) -> Cohort:
+        """From one gather of every device's rows, device i's ``sizes[i]`` real rows
+        followed by padding rows up to ``max(sizes)`` (the caller repeats the device's
+        first row there): ``inputs`` (N·B, W[, H]), ``mask`` (N·B, W), ``labels`` (N·B,).
+        No copy: the cohort views the gathered tensors."""
+        n, rows = len(sizes), max(sizes)
+        weights = (torch.arange(rows)[None, :] < torch.as_tensor(sizes)[:, None]).to(
+            torch.float32).to(inputs.device)
+        return cls(inputs.view(n, rows, *inputs.shape[1:]), mask.view(n, rows, -1),
+                   labels.view(n, rows), weights)
 
     @property
     def rows(self) -> int:
@@ -99,7 +93,15 @@ def set_losses(model: nn.Module, start: int, cohort: Cohort, owners: torch.Tenso
     """Mean loss of each parameter set (shape (sets,)): set j holds ``stacked[n][j]``
     and runs the rows of device ``owners[j]``."""
     count = int(owners.shape[0])
-    flat = lambda t: t[owners].reshape(count * cohort.rows, *t.shape[2:])  # noqa: E731
+    first = int(owners[0]) if count else 0
+    if count and bool((owners == torch.arange(first, first + count, device=owners.device)).all()):
+        pick = slice(first, first + count)  # consecutive devices: a view, no copy
+    else:
+        pick = owners
+
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t[pick].reshape(count * cohort.rows, *t.shape[2:])
+
     inputs, mask, labels, weights = (flat(cohort.inputs), flat(cohort.mask),
                                      flat(cohort.labels), flat(cohort.weights))
     with stacked_parameters(model, stacked):

@@ -4,7 +4,8 @@ Pipeline used by the numerics engine::
 
     dataset = load_text_dataset(cfg, base_dir)                 # all examples, fixed order
     train_idx, eval_idx = split_for_run(cfg, dataset.labels, seed)   # stratified + caps
-    parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed)
+    parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed,
+                      per_client=cfg.examples_per_client or cfg.batch_size)
     client_idx = [train_idx[p] for p in parts]                 # back to dataset indices
     batches = client_batches(client_idx[c], cfg.batch_size, seed, c)
     ids, mask = tokenize_cached(dataset.texts, tokenizer, max_len, cache_dir)
@@ -59,7 +60,8 @@ class DataPlan:
 def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> DataPlan:
     dataset = load_text_dataset(data, base_dir)
     train_idx, eval_idx = split_for_run(data, dataset.labels, seed)
-    parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed)
+    parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed,
+                      per_client=data.examples_per_client or data.batch_size)
     batches = [
         client_batches(train_idx[part], data.batch_size, seed, client)
         for client, part in enumerate(parts)

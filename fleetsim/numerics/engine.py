@@ -16,7 +16,9 @@ Host-cost levers (they change host time only, never what a phone is charged):
 * frozen-prefix reuse: with every trainable tensor at or above layer L, the hidden
   states entering layer L depend only on the example, so they are computed once
   per example and cached for the whole run (within ``prefix_cache_max_bytes``;
-  beyond it, once per batch per call);
+  beyond it, once per batch per call); so are the outputs of layer L's frozen
+  query/key/value projections (``frozen_projection_reuse``), which read only those
+  states — a quarter of a BERT layer's multiply-adds that no estimator repeats;
 * the ``backprop`` host estimator obtains the exact ∇L·v_k of every perturbation
   from one reverse pass.
 
@@ -194,9 +196,15 @@ class TorchEngine(NumericsEngine):
             return
         n, width = self.input_ids.shape
         hidden = self.model.backbone.config.hidden_size
-        nbytes = n * width * hidden * torch.finfo(self.dtype).bits // 8
-        if nbytes <= self.cfg.prefix_cache_max_bytes:
-            self._prefix_store = torch.zeros((n, width, hidden), dtype=self.dtype,
+        extra = 0
+        if self.cfg.frozen_projection_reuse:
+            extra = self.model.enable_projection_cache(self.start_layer, set(self.names))
+        per_value = torch.finfo(self.dtype).bits // 8
+        if extra and n * width * (hidden + extra) * per_value > self.cfg.prefix_cache_max_bytes:
+            # recomputing three projections beats recomputing the whole prefix
+            extra = self.model.enable_projection_cache(-1, set())
+        if n * width * (hidden + extra) * per_value <= self.cfg.prefix_cache_max_bytes:
+            self._prefix_store = torch.zeros((n, width, hidden + extra), dtype=self.dtype,
                                              device=self.device)
 
     def facts(self) -> ModelFacts:
@@ -230,6 +238,7 @@ class TorchEngine(NumericsEngine):
             "host_batching": self.host_batching,
             "frozen_prefix_layer": self.start_layer,
             "prefix_cache": self._prefix_store is not None,
+            "cached_projection_width": self.model.projection_width,
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "trainable_tensors": list(self.names),
@@ -413,17 +422,24 @@ class TorchEngine(NumericsEngine):
             self._perturbations(source, item.device_id, item.perturbations, prev_grad)
             for item in items
         ]
-        batches = [self.batch_inputs(batch_of(self.plan, item.client_id, item.batch_index))
-                   for item in items]
+        indices = [batch_of(self.plan, item.client_id, item.batch_index) for item in items]
         if self.host_batching == "stacked" and self.cfg.cross_device_batching:
+            # one gather of every device's rows (padding rows repeat a device's first row)
+            sizes = [len(rows) for rows in indices]
+            widest = max(sizes)
+            flat = np.concatenate([np.concatenate([np.asarray(rows, dtype=np.int64),
+                                                   np.full(widest - len(rows), rows[0])])
+                                   for rows in indices])
             derivs, base = cohort_directional(
-                self.model, self.start_layer, params, Cohort.of(batches),
+                self.model, self.start_layer, params,
+                Cohort.gathered(*self.batch_inputs(flat), sizes),
                 [dict(zip(self.names, t)) for t in tangents], estimator, self.cfg.h,
                 self.host_chunk, _forward_ad_attention,
             )
             return [(t, d, float(b)) for t, d, b in zip(tangents, derivs, base.tolist())]
         out = []
-        for tangent, (inputs, mask, labels) in zip(tangents, batches):
+        for tangent, rows in zip(tangents, indices):
+            inputs, mask, labels = self.batch_inputs(rows)
             derivs, base_loss = directional_derivatives(
                 self.loss_fn(inputs, mask, labels), params, dict(zip(self.names, tangent)),
                 estimator, self.cfg.h, self.host_chunk,
@@ -718,7 +734,8 @@ def build_engine(
         facts = model_facts(model, peft, data, numerics, base_dir)
         dataset = load_text_dataset(data, base_dir)
         train_idx, _ = split_for_run(data, dataset.labels, seed)
-        parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed)
+        parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed,
+                      per_client=data.examples_per_client or data.batch_size)
         batches = [math.ceil(len(p) / data.batch_size) for p in parts]
         info = {"model": facts.name, "trainable_params": facts.trainable_params,
                 "peft": json.loads(peft.model_dump_json())}

@@ -5,6 +5,11 @@ LLaMA-family decoder), a pooling rule and a linear head.  Its ``forward`` runs
 the backbone *from layer ``start``* on given hidden states, which is what makes
 frozen-prefix reuse possible: when every trainable tensor sits at or above layer
 L, the hidden states entering layer L never change during a run and are cached.
+The frozen projections of layer L (BERT's query/key/value, LLaMA's q/k/v_proj) read
+only those hidden states, so when their weights are frozen their outputs never change
+either: :meth:`TextClassifier.enable_projection_cache` appends them to the cached
+layer input, and ``forward`` feeds them back instead of recomputing them (LoRA's
+low-rank delta on the same projection still runs on the hidden states).
 
 PEFT is applied here: LoRA through ``peft.inject_adapter_in_model`` (module
 paths stay those of the backbone), BitFit by un-freezing bias terms, bottleneck
@@ -17,6 +22,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +36,14 @@ from fleetsim.numerics.config import KNOWN_MODELS, ModelConfig, PeftConfig
 
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra")
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
+
+# The attention input projections of one layer, by family, and the module (inside the
+# layer) their input passes through first (None: they read the layer input directly).
+PROJECTIONS = {
+    "bert": ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "llama": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+}
+PROJECTION_INPUT = {"bert": None, "llama": "input_layernorm"}
 
 
 def package_dir(package: str) -> Path:
@@ -171,6 +186,80 @@ class TextClassifier(nn.Module):
         self.pooling = pooling
         hidden = backbone.config.hidden_size
         self.head = nn.Linear(hidden, num_labels)
+        # frozen projections of layer ``_projection_layer`` whose outputs ride along the
+        # cached layer input (enable_projection_cache); empty: none
+        self._projection_layer = -1
+        self._projections: list[nn.Linear] = []
+
+    # -- cached projections ----------------------------------------------------------------
+    def enable_projection_cache(self, layer: int, trainable: set[str]) -> int:
+        """Make the frozen attention input projections of ``layer`` cacheable: afterwards
+        :meth:`prefix` to ``layer`` returns (…, W, H + P) — the hidden states followed by
+        those projections' outputs — and :meth:`forward` from ``layer`` accepts either
+        width.  Returns P (0: nothing qualifies, the cache stays off).
+
+        A projection qualifies when its own weight and bias are frozen (for a LoRA-wrapped
+        projection: its ``base_layer``; the low-rank delta keeps running) and everything
+        between the layer input and it is frozen (LLaMA's ``input_layernorm``), so its
+        output is a function of the example alone.  ``trainable``: trainable names."""
+        self._projection_layer, self._projections = -1, []
+        if not 0 <= layer < self.n_layers:
+            return 0
+        prefix = f"{self._layer_path(layer)}."
+        before = PROJECTION_INPUT[self.family]
+        if before is not None and any(n.startswith(prefix + before + ".") for n in trainable):
+            return 0
+        chosen = []
+        for path in PROJECTIONS[self.family]:
+            module = self.get_submodule(prefix + path)
+            module = getattr(module, "base_layer", module)  # LoRA keeps the frozen base
+            if type(module) is not nn.Linear or any(
+                p.requires_grad for p in module.parameters()
+            ):
+                continue
+            chosen.append(module)
+        if chosen:
+            self._projection_layer, self._projections = layer, chosen
+        return self.projection_width
+
+    @property
+    def projection_width(self) -> int:
+        """P: the width the cached projections add to the layer input (0 when off)."""
+        return sum(m.out_features for m in self._projections)
+
+    def _layer_path(self, layer: int) -> str:
+        return (f"backbone.encoder.layer.{layer}" if self.family == "bert"
+                else f"backbone.layers.{layer}")
+
+    def _projection_outputs(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """(…, W, P): the cached projections' outputs for the hidden states entering
+        ``layer``."""
+        before = PROJECTION_INPUT[self.family]
+        x = hidden if before is None else getattr(self.layers[layer], before)(hidden)
+        return torch.cat([m(x) for m in self._projections], dim=-1)
+
+    @contextmanager
+    def _cached_projections(self, outputs: torch.Tensor) -> Iterator[None]:
+        """Inside the block each cached projection returns its slice of ``outputs``
+        (…, W, P) instead of computing it; the shapes must match the call's input."""
+        pieces = torch.split(outputs, [m.out_features for m in self._projections], dim=-1)
+
+        def replay(cached: torch.Tensor, name: str):
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                if x.shape[:-1] != cached.shape[:-1]:
+                    raise RuntimeError(
+                        f"cached projection {name}: input rows {tuple(x.shape[:-1])} do "
+                        f"not match the cached {tuple(cached.shape[:-1])}")
+                return cached
+            return forward
+
+        try:
+            for index, (module, cached) in enumerate(zip(self._projections, pieces)):
+                module.forward = replay(cached, str(index))
+            yield
+        finally:
+            for module in self._projections:
+                module.__dict__.pop("forward", None)  # the class's forward again
 
     # -- structure -------------------------------------------------------------------------
     @property
@@ -251,10 +340,15 @@ class TextClassifier(nn.Module):
 
     def prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, stop: int
                ) -> torch.Tensor:
-        """Hidden states entering layer ``stop`` (the frozen prefix)."""
+        """Hidden states entering layer ``stop`` (the frozen prefix), (B, W, H); when the
+        projection cache is on for ``stop``, (B, W, H + P) with the cached projections'
+        outputs appended."""
         ctx = self.context(attention_mask, self.head.weight.dtype)
         hidden = self.embed(input_ids, ctx)
-        return self.run_layers(hidden, ctx, 0, stop)
+        hidden = self.run_layers(hidden, ctx, 0, stop)
+        if self._projections and stop == self._projection_layer:
+            hidden = torch.cat([hidden, self._projection_outputs(hidden, stop)], dim=-1)
+        return hidden
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor, start: int,
                 repeat: int = 1) -> torch.Tensor:
@@ -263,12 +357,23 @@ class TextClassifier(nn.Module):
 
         ``repeat`` > 1 runs the layers from ``start`` on ``repeat`` copies of the batch
         (row ``k·B + b``), for :func:`fleetsim.numerics.stacked.stacked_parameters`; the
-        embedding runs once, before the copies are made."""
+        embedding runs once, before the copies are made.  Hidden states of width H + P
+        carry the cached projections of layer ``start`` (:meth:`prefix`)."""
         ctx = self.context(attention_mask, self.head.weight.dtype)
+        projections = None
         if start < 0:
             hidden, start = self.embed(inputs, ctx), 0
         else:
             hidden = inputs
+            width = self.backbone.config.hidden_size
+            if hidden.shape[-1] != width:
+                if not self._projections or start != self._projection_layer or (
+                        hidden.shape[-1] != width + self.projection_width):
+                    raise RuntimeError(
+                        f"layer input of width {hidden.shape[-1]} from layer {start}: "
+                        f"expected {width} (+{self.projection_width} cached projections "
+                        f"of layer {self._projection_layer})")
+                hidden, projections = hidden[..., :width], hidden[..., width:]
         if repeat > 1:
             hidden = hidden.repeat(repeat, *([1] * (hidden.dim() - 1)))
             attention_mask = attention_mask.repeat(repeat, 1)
@@ -276,6 +381,12 @@ class TextClassifier(nn.Module):
                 attention_mask, ctx.additive_mask.repeat(repeat, 1, 1, 1), ctx.position_ids,
                 ctx.position_embeddings,
             )
+            if projections is not None:
+                projections = projections.repeat(repeat, *([1] * (projections.dim() - 1)))
+        if projections is not None:
+            with self._cached_projections(projections):
+                hidden = self.run_layers(hidden, ctx, start, start + 1)
+            start += 1
         hidden = self.run_layers(hidden, ctx, start, self.n_layers)
         pooled = self.pool(hidden, attention_mask)
         return self.head(pooled).float()

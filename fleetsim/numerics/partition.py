@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pathlib
 
+from typing import Optional
+
 import numpy as np
 
 from fleetsim.errors import FleetsimInputError
@@ -196,7 +198,8 @@ def _dirichlet_counts(
 
 
 def partition(
-    labels: np.ndarray, n_clients: int, scheme: str, alpha: float, seed: int
+    labels: np.ndarray, n_clients: int, scheme: str, alpha: float, seed: int,
+    per_client: Optional[int] = None,
 ) -> list[np.ndarray]:
     """Spread the examples (indices into ``labels``) over ``n_clients`` clients.
 
@@ -209,6 +212,12 @@ def partition(
       rounded per class.  A client left empty by rounding (only
       possible when clients hold ~1 example) receives one example from the largest
       client, so no client is empty when ``len(labels) >= n_clients``.
+    * ``"sampled"``: client i holds ``per_client`` examples drawn uniformly without
+      replacement (all of them when there are fewer), independently of the other
+      clients, so clients share examples.  For fleets larger than the dataset (10,000
+      phones learning from AG News' 6,080 training items): each phone's data is an iid
+      sample of the same population, which is what ``iid`` approximates for smaller
+      fleets.  Raises ValueError when ``per_client`` is missing.
 
     All draws come from the stream ``("data", "partition")``.  Each client's indices
     are sorted; :func:`client_batches` fixes the order in which they are used.
@@ -216,9 +225,10 @@ def partition(
     labels = np.asarray(labels, dtype=np.int64)
     if n_clients <= 0:
         raise ValueError(f"n_clients must be positive, got {n_clients}")
-    if scheme not in ("iid", "dirichlet"):
+    if scheme not in ("iid", "dirichlet", "sampled"):
         raise FleetsimInputError(
-            f"data.partition: unknown scheme {scheme!r}; allowed values: iid, dirichlet"
+            f"data.partition: unknown scheme {scheme!r}; allowed values: iid, dirichlet, "
+            "sampled"
         )
     rng = stream(seed, "data", "partition")
     n_examples = len(labels)
@@ -227,6 +237,19 @@ def partition(
     if scheme == "iid":
         shuffled = rng.permutation(n_examples).astype(np.int64)
         return [np.sort(part) for part in np.array_split(shuffled, n_clients)]
+    if scheme == "sampled":
+        if per_client is None or per_client <= 0:
+            raise ValueError(f"partition 'sampled' needs per_client > 0, got {per_client}")
+        take = min(int(per_client), n_examples)
+        # one row of sorted keys per client: argsort of uniform keys is a uniform sample
+        # without replacement, drawn for all clients at once
+        parts = []
+        for start in range(0, n_clients, 1024):  # bounded memory for big fleets
+            rows = min(1024, n_clients - start)
+            keys = rng.random((rows, n_examples))
+            chosen = np.argpartition(keys, take - 1, axis=1)[:, :take]
+            parts.extend(np.sort(row).astype(np.int64) for row in chosen)
+        return parts
     if not alpha > 0:
         raise FleetsimInputError(f"data.alpha: must be > 0 for dirichlet, got {alpha}")
     counts = _dirichlet_counts(labels, n_clients, alpha, rng)
@@ -276,9 +299,10 @@ def check_examples_per_client(
     dataset = load_text_dataset(cfg, base_dir)
     train_idx, _ = split_for_run(cfg, dataset.labels, seed)
     n_train = int(len(train_idx))
-    if n_train >= n_clients:
+    if n_train >= n_clients or (cfg.partition == "sampled" and n_train > 0):
         return n_train
-    parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed)
+    parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed,
+                      per_client=cfg.examples_per_client or cfg.batch_size)
     empty = np.flatnonzero(np.array([len(p) == 0 for p in parts]))
     raise FleetsimInputError(empty_clients_message(cfg, n_train, n_clients, empty))
 

@@ -61,6 +61,8 @@ class ServerContext:
     overcommit_factor: float = 1.0
     on_step: Optional[Callable[[dict], None]] = None  # progress callback
     stop_requested: Callable[[], bool] = field(default=lambda: False)
+    # run.stop_at_target: stop once an evaluation reaches this accuracy (inf: never)
+    stop_accuracy: float = math.inf
 
 
 @dataclass
@@ -151,6 +153,8 @@ class StepServer:
         return self.ctx.engine
 
     def finished(self) -> bool:
+        if self.target_reached:
+            return True
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return True
         if self.env.now >= self.ctx.max_sim_seconds:
@@ -163,6 +167,8 @@ class StepServer:
         ``stop_request``, ``max_sim_hours`` or ``rounds`` (see fleetsim.record.status)."""
         if self.gave_up:
             return self.gave_up
+        if self.target_reached:
+            return "targets_reached"
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return "max_steps"
         if self.ctx.stop_requested():
@@ -530,6 +536,13 @@ class StepServer:
             "staleness_max": int(max((s for _, s in used), default=0)),
             "staleness_mean": float(sum(u * s for u, s in used) / units) if units else 0.0,
         }
+
+    @property
+    def target_reached(self) -> bool:
+        """run.stop_at_target: the last evaluation reached the highest target."""
+        last = self.last_eval
+        return bool(last is not None and math.isfinite(last.accuracy)
+                    and math.isfinite(last.loss) and last.accuracy >= self.ctx.stop_accuracy)
 
     def evaluate(self) -> EvalResult:
         result = self.engine.evaluate()

@@ -18,7 +18,8 @@ import pandas as pd
 #: status -> (exit code of ``fleetsim run``, meaning).  Precedence when several apply:
 #: diverged, stop_requested, no_progress, then horizon_reached / completed.
 STATUSES: dict[str, tuple[int, str]] = {
-    "completed": (0, "the protocol's own end: protocol.rounds or protocol.max_steps reached"),
+    "completed": (0, "the protocol's own end: protocol.rounds or protocol.max_steps reached, "
+                     "or the highest target with run.stop_at_target"),
     "horizon_reached": (0, "run.max_sim_hours stopped the clock (at least one step committed); "
                            "work in flight was recorded as unfinished"),
     "diverged": (3, "the model became non-finite (a numerical fault, or an evaluation with a "
@@ -32,6 +33,7 @@ STATUSES: dict[str, tuple[int, str]] = {
 STOP_RULES: dict[str, str] = {
     "rounds": "protocol.rounds: every round ran",
     "max_steps": "protocol.max_steps: that many steps committed",
+    "targets_reached": "run.stop_at_target: an evaluation reached the highest of run.targets",
     "max_sim_hours": "run.max_sim_hours: the simulated clock reached the horizon",
     "stop_request": "a stop request from the user (Ctrl-C / SIGTERM)",
     "numerical_fault": "a non-finite loss or estimate with numerics.on_nonfinite: stop",

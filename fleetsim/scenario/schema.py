@@ -40,6 +40,12 @@ class RunConfig(BaseModel):
         default_factory=list,
         description="Target accuracies for summary.json's time_to_target (each in (0, 1]).",
     )
+    stop_at_target: bool = Field(
+        False,
+        description="Stop the run at the first evaluation whose accuracy reaches the highest "
+        "of run.targets (status completed, stopped_by targets_reached): a time-to-accuracy "
+        "study needs nothing after that point.  Needs run.targets.",
+    )
     progress: bool = Field(True, description="Show a progress bar on stderr.")
     start_hour: float = Field(
         0.0, ge=0, lt=24,
@@ -52,6 +58,9 @@ class RunConfig(BaseModel):
         for t in self.targets:
             if not 0 < t <= 1:
                 raise ValueError(f"run.targets: each target must be in (0, 1], got {t}")
+        if self.stop_at_target and not self.targets:
+            raise ValueError("run.stop_at_target: true needs run.targets (a list of accuracies "
+                             "in (0, 1]); allowed: false, or set run.targets")
         return self
 
 

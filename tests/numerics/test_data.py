@@ -17,9 +17,11 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.numerics.data import (
     DataConfig,
     TextDataset,
+    check_examples_per_client,
     client_batches,
     load_text_dataset,
     partition,
+    plan_data,
     split_for_run,
     stratified_subsample,
     tokenize_cached,
@@ -414,3 +416,42 @@ def test_tokenize_damaged_cache_file_is_recomputed(tokenizer, tmp_path) -> None:
     cache_file.write_bytes(b"not a torch file")
     again, _ = tokenize_cached(texts, tokenizer, max_len=16, cache_dir=tmp_path)
     assert (again == ids).all()
+
+
+# ------------------------------------------------------------- sampled (overlapping) clients
+
+
+def test_sampled_partition_draws_each_client_uniformly() -> None:
+    from scipy import stats
+
+    labels = _skewed_labels([0.5, 0.3, 0.2], 600)
+    parts = partition(labels, 3000, "sampled", alpha=1.0, seed=5, per_client=8)
+    assert len(parts) == 3000
+    for p in parts:  # 8 distinct, sorted, in range
+        assert len(p) == 8 and len(np.unique(p)) == 8 and (np.diff(p) > 0).all()
+        assert p.min() >= 0 and p.max() < 600
+    # every example is equally likely: 3000 x 8 / 600 = 40 expected draws each
+    counts = np.bincount(np.concatenate(parts), minlength=600)
+    assert stats.chisquare(counts).pvalue > 1e-3
+    # the seed fixes it; another seed changes it
+    again = partition(labels, 3000, "sampled", alpha=1.0, seed=5, per_client=8)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = partition(labels, 3000, "sampled", alpha=1.0, seed=6, per_client=8)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other))
+    # fewer examples than asked: each client holds all of them
+    small = partition(labels[:5], 4, "sampled", alpha=1.0, seed=0, per_client=8)
+    assert all(p.tolist() == [0, 1, 2, 3, 4] for p in small)
+
+
+def test_sampled_partition_lets_a_fleet_outnumber_the_examples(tmp_path) -> None:
+    cfg = DataConfig(name="bbc_news", partition="sampled", examples_per_client=4,
+                     max_examples=50, batch_size=4)
+    assert check_examples_per_client(cfg, 1000, seed=0, base_dir=tmp_path) == 50
+    plan = plan_data(cfg, 1000, seed=0, base_dir=tmp_path)
+    assert len(plan.batches) == 1000
+    assert all(len(b) == 1 and len(b[0]) == 4 for b in plan.batches)
+    assert all(np.isin(b[0], plan.train_idx).all() for b in plan.batches)
+    # the other partitions still refuse it (one line naming the keys)
+    with pytest.raises(FleetsimInputError, match="fleet.size"):
+        check_examples_per_client(cfg.model_copy(update={"partition": "iid"}), 1000, 0,
+                                  tmp_path)

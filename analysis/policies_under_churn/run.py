@@ -22,7 +22,17 @@ with intervals), ``steps_over_time.png``,
 (device Gantt chart, first seed, first start hour), ``study.json``.  The runs are read one
 at a time (a day of 10,000 phones is millions of events per run).
 
+``--accuracy`` runs ``sweep_accuracy.yaml`` instead (``sweep_accuracy_quick.yaml`` with
+``--quick``): the same fleet, day and charged model, with real forward gradients of a small
+model supplying the learning signal (every run stops at the highest target or the day's
+end).  Its folders are ``runs/accuracy[-quick]`` and ``figures-accuracy[-quick]``; besides
+the tables above it writes ``time_to_accuracy.{csv,md}`` (per variant and target: the
+Kaplan-Meier median hours with runs that never reached the target censored at their end,
+its 95 % interval, and "reached k of n") and ``accuracy.png`` (held-out accuracy against
+simulated hours).
+
     python analysis/policies_under_churn/run.py --quick
+    python analysis/policies_under_churn/run.py --accuracy --quick
 """
 
 from __future__ import annotations
@@ -41,14 +51,13 @@ from fleetsim.analysis import load_runs, step_breakdown, timeline_figure
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import breakdown_shares
 from fleetsim.analysis.plots import grouped_breakdown_figure, save_figure
-from fleetsim.analysis.stats import mean_confidence_interval
+from fleetsim.analysis.stats import censored_median, mean_confidence_interval
 from fleetsim.analysis.study import (
     StudyRuns,
     host_note,
     interval_cells,
     run_study,
     study_arguments,
-    study_folders,
     write_table,
 )
 
@@ -231,6 +240,59 @@ def steps_over_time_figure(commits: pd.DataFrame, per_run: pd.DataFrame, title: 
     return save_figure(figure, path)
 
 
+def time_to_accuracy_table(summary: pd.DataFrame, per_run: pd.DataFrame,
+                           targets: list[float]) -> pd.DataFrame:
+    """Per variant and target: the Kaplan-Meier median simulated hours to the target over
+    seeds (a run that never reached it is censored at its simulated end), the 95 %
+    interval of that median (log-log band; inf: unbounded) and how many runs reached."""
+    variant_of = dict(zip(per_run["run"], per_run["variant"]))
+    rows = []
+    for name in dict.fromkeys(per_run["variant"]):
+        mine = summary[summary["run"].map(variant_of) == name]
+        row: dict[str, object] = {"variant": name, "runs": len(mine)}
+        for target in targets:
+            reached, censored = [], []
+            for _, run in mine.iterrows():
+                value = run.get(f"time_to_target.{target:g}")  # summary.json, flattened
+                if value is None or not math.isfinite(float(value)):
+                    censored.append(float(run["simulated_seconds"]) / 3600.0)
+                else:
+                    reached.append(float(value) / 3600.0)
+            median = censored_median(reached, censored)
+            row.update({f"h_to_{target:g}": median.median,
+                        f"h_to_{target:g}_low": median.low,
+                        f"h_to_{target:g}_high": median.high,
+                        f"reached_{target:g}": median.label})
+        finals = pd.to_numeric(mine["final_accuracy"], errors="coerce")
+        row["final_accuracy_median"] = float(finals.median())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Path) -> Figure:
+    """Held-out accuracy against simulated hours, one line per run, coloured by variant."""
+    figure = Figure(figsize=(8.0, 4.6), layout="constrained")
+    ax = figure.subplots()
+    colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(per_run["variant"]))}
+    variant_of = dict(zip(per_run["run"], per_run["variant"]))
+    seen = set()
+    for run_dir in runs.run_dirs:
+        steps = pd.read_parquet(run_dir / "steps.parquet", columns=["sim_time_s", "accuracy"])
+        steps = steps[steps["accuracy"].notna()]
+        name = variant_of.get(run_dir.name)
+        if name is None or steps.empty:
+            continue
+        ax.plot(steps["sim_time_s"] / 3600.0, steps["accuracy"], color=colours[name],
+                alpha=0.7, lw=1, label=None if name in seen else name)
+        seen.add(name)
+    ax.set_xlabel("simulated hours")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    return save_figure(figure, path)
+
+
 def analyse(runs: StudyRuns, figures: Path) -> dict:
     """Tables and figures from the finished runs; returns the facts of ``study.json``."""
     tables = gather(runs.run_dirs)
@@ -251,6 +313,26 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
     group_of_run = dict(zip(per_run["run"], per_run["variant"]))
     grouped_breakdown_figure(tables.breakdown, group_of_run, "policy",
                              path=figures / "step_time.png")
+    targets = ([float(t) for t in json.loads(summary["run.targets"].iloc[0])]
+               if "run.targets" in summary else [])
+    accuracy_facts: dict[str, object] = {}
+    if targets:
+        tta = time_to_accuracy_table(summary, per_run, targets)
+        tta.to_csv(figures / "time_to_accuracy_wide.csv", index=False)
+        shown = tta[["variant", "runs"]].copy()
+        for target in targets:
+            key = f"h_to_{target:g}"
+            shown[f"hours to {target:g} [95 % CI] (reached)"] = [
+                f"{m:.3g} [{lo:.3g}, {hi:.3g}] ({k})".replace("inf", "∞")
+                for m, lo, hi, k in zip(tta[key], tta[f"{key}_low"], tta[f"{key}_high"],
+                                        tta[f"reached_{target:g}"])]
+        shown["final accuracy (median)"] = tta["final_accuracy_median"].round(3)
+        write_table(shown, figures, "time_to_accuracy",
+                    f"{title}. Kaplan-Meier median simulated hours to each held-out accuracy "
+                    "over seeds; a run that never reached it is censored at its end (∞: more "
+                    f"than half never did). {host_note(runs)}.")
+        accuracy_figure(runs, per_run, title, figures / "accuracy.png")
+        accuracy_facts = {"targets": targets}
     first = per_run[(per_run["seed"] == per_run["seed"].min())
                     & (per_run["start_hour"] == per_run["start_hour"].min())]
     by_name = {d.name: d for d in runs.run_dirs}
@@ -260,14 +342,22 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
     facts = {"model_label": label, "fleet_size": fleet, "simulated_hours": hours,
              "seeds": runs.seeds, "runs": len(runs.run_dirs),
              "host_minutes_summed": runs.run_host_seconds / 60.0,
-             "sweep": os.path.relpath(runs.sweep_file, HERE.parents[1])}
+             "sweep": os.path.relpath(runs.sweep_file, HERE.parents[1]), **accuracy_facts}
     (figures / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = study_arguments(__doc__.splitlines()[0]).parse_args(argv)
-    sweep, out_dir, figures = study_folders(args, HERE)
+    parser = study_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--accuracy", action="store_true",
+                        help="the variant with real forward gradients (sweep_accuracy.yaml)")
+    args = parser.parse_args(argv)
+    out = args.out or HERE
+    kind = ("accuracy" if args.accuracy else "") + ("-quick" if args.quick else "")
+    kind = kind.strip("-") or "full"
+    stem = "sweep" + ("_accuracy" if args.accuracy else "") + ("_quick" if args.quick else "")
+    sweep, out_dir = HERE / f"{stem}.yaml", out / "runs" / kind
+    figures = out / ("figures" if kind == "full" else f"figures-{kind}")
     runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
                      seeds=args.seeds)
     analyse(runs, figures)

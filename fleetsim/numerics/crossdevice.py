@@ -62,8 +62,9 @@ def choose_exact(perturbations: Sequence[int], device: str) -> str:
 
 @dataclass
 class Cohort:
-    """Device batches padded to one (B, W) shape, built by :meth:`gathered`: ``inputs`` (N, B, W[, H]), ``mask``
-    (N, B, W), ``labels`` (N, B), ``weights`` (N, B) (1 real row, 0 padding)."""
+    """Device batches padded to one (B, W) shape, built by :meth:`gathered`: ``inputs``
+    (N, B, W[, H]), ``mask`` (N, B, W), ``labels`` (N, B), ``weights`` (N, B) (1 real row,
+    0 padding)."""
 
     inputs: torch.Tensor
     mask: torch.Tensor

@@ -8,7 +8,6 @@ client id), never on the order in which callers ask for them.
 from __future__ import annotations
 
 import pathlib
-
 from typing import Optional
 
 import numpy as np

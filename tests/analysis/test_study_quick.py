@@ -78,6 +78,32 @@ def test_policies_under_churn_quick(tmp_path: Path) -> None:
         assert (figures / name).is_file(), name
 
 
+def test_policies_under_churn_accuracy_quick(tmp_path: Path) -> None:
+    # real forward gradients on the same fleet; the table's medians are the runs' own
+    # times to target (one seed: reached -> its time, not reached -> inf)
+    _script("policies_under_churn").main(["--accuracy", "--quick", "--out", str(tmp_path)])
+    figures = tmp_path / "figures-accuracy-quick"
+    table = pd.read_csv(figures / "time_to_accuracy_wide.csv").set_index("variant")
+    per_run = pd.read_csv(figures / "per_run.csv")
+    assert len(per_run) == 2
+    for _, row in per_run.iterrows():
+        summary = json.loads((tmp_path / "runs" / "accuracy-quick" / row["run"]
+                              / "summary.json").read_text())
+        assert summary["learning_model"] != summary["charged_model"]
+        for target in (0.4, 0.5):
+            reached = summary["time_to_target"][f"{target:g}"]
+            cell = table.loc[row["variant"], f"h_to_{target:g}"]
+            if reached is None:
+                assert math.isinf(cell)
+                assert table.loc[row["variant"], f"reached_{target:g}"] == "reached 0 of 1"
+            else:
+                assert cell == pytest.approx(reached / 3600.0)
+        if summary["time_to_target"]["0.5"] is not None:
+            assert summary["stopped_by"] == "targets_reached"
+    for name in ("time_to_accuracy.md", "accuracy.png", "churn.md"):
+        assert (figures / name).is_file(), name
+
+
 def test_devices_per_step_quick(tmp_path: Path) -> None:
     _script("devices_per_step").main(["--quick", "--out", str(tmp_path)])
     table = pd.read_csv(tmp_path / "figures-quick" / "step_time.csv")

@@ -303,7 +303,7 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
     table = churn_table(per_run)
     fleet = int(summary["fleet_size"].iloc[0])
     hours = float(summary["simulated_seconds"].max()) / 3600.0
-    title = f"{fleet} phones, {hours:.0f} simulated h; {label}"
+    title = f"{fleet} phones, {hours:.3g} simulated h; {label}"
     note = (f"{title}. Mean over seeds [95 % bootstrap percentile interval]. "
             f"{host_note(runs)}.")
     table.to_csv(figures / "churn_wide.csv", index=False)

@@ -110,7 +110,9 @@ class PeftConfig(BaseModel):
     target_modules: Optional[list[str]] = Field(
         None,
         description="Module names LoRA adapts; default: attention query/value projections "
-        "('query','value' for BERT-family, 'q_proj','v_proj' for LLaMA-family).",
+        "('query','value' for BERT-family, 'q_proj','v_proj' for LLaMA-family). The other "
+        "family's attention names are translated (query/key/value <-> q_proj/k_proj/v_proj), "
+        "so one list serves a BERT learning model and a LLaMA fleet.cost_model.",
     )
     layers: Optional[list[int]] = Field(
         None,

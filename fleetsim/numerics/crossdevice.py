@@ -42,12 +42,13 @@ from fleetsim.numerics.stacked import stacked_parameters
 # Host cost of the exact estimators in forwards of the rows they run, for
 # ``numerics.estimator: auto``: backprop runs each device's rows forward and backward once
 # (one parameter set per device, whatever v); jvp runs every (device, k) set forward with
-# its tangent.  Measured interleaved on the 2-core CPU (MiniLM top-layer LoRA + head, batch
-# 8, 64 tokens, 50 devices x v = 1, cross-device batched; bench/regime.py prints the same
-# columns): backprop 1.19 and jvp 4.78 plain suffix forwards (forward-mode AD
-# through eager attention is slow on CPU), so on a CPU backprop wins at every v >= 1.  CUDA
-# is unmeasured: the CPU figures stand in until someone measures it.
-EXACT_COST = {"cpu": {"backprop": 1.2, "jvp": 4.8}, "cuda": {"backprop": 1.2, "jvp": 4.8}}
+# its tangent.  Measured interleaved on the 2-core CPU (bench/regime.py: MiniLM top-layer
+# LoRA + head, batch 8, 64 tokens, 100 devices x v = 1, cross-device batched, projections
+# cached): backprop 2.00 s and jvp 3.21 s against 0.92 s for one forward of the same rows
+# (``floor_cached``), i.e. 2.2 and 3.5 forwards (forward-mode AD through eager attention is
+# slow on CPU), so on a CPU backprop wins at every v >= 1.  CUDA is unmeasured: the CPU
+# figures stand in until someone measures it.
+EXACT_COST = {"cpu": {"backprop": 2.2, "jvp": 3.5}, "cuda": {"backprop": 2.2, "jvp": 3.5}}
 
 
 def choose_exact(perturbations: Sequence[int], device: str) -> str:

@@ -426,6 +426,20 @@ def default_targets(family: str) -> list[str]:
     return ["query", "value"] if family == "bert" else ["q_proj", "v_proj"]
 
 
+# The same attention projection under each family's module name, so that one ``peft:``
+# section describes both a BERT-family learning model and a LLaMA-family charged model
+# (``fleet.cost_model``): BERT's query/key/value are LLaMA's q_proj/k_proj/v_proj.
+EQUIVALENT_TARGETS = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
+
+
+def targets_for(family: str, targets: list[str]) -> list[str]:
+    """``targets`` with the other family's attention-projection names translated to
+    ``family``'s (:data:`EQUIVALENT_TARGETS`); other names are kept as given."""
+    mapping = EQUIVALENT_TARGETS if family == "llama" else {
+        v: k for k, v in EQUIVALENT_TARGETS.items()}
+    return [mapping.get(t, t) for t in targets]
+
+
 def apply_peft(model: TextClassifier, peft: PeftConfig, seed: int) -> list[str]:
     """Freeze everything, then make the PEFT subset trainable; returns trainable names.
 
@@ -463,7 +477,7 @@ def apply_peft(model: TextClassifier, peft: PeftConfig, seed: int) -> list[str]:
 def _apply_lora(model: TextClassifier, peft: PeftConfig, layers: list[int]) -> None:
     from peft import LoraConfig, inject_adapter_in_model
 
-    targets = peft.target_modules or default_targets(model.family)
+    targets = targets_for(model.family, peft.target_modules or default_targets(model.family))
     lora = LoraConfig(
         r=peft.rank, lora_alpha=peft.alpha, lora_dropout=0.0, bias="none",
         target_modules=targets, layers_to_transform=layers,

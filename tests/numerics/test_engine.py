@@ -199,3 +199,12 @@ def test_describe_is_json_and_bfloat16_runs(make_engine):
     a = torch.cat([t.reshape(-1) for t in engine.gradient_of(engine.forward_gradient(0, work))])
     b = torch.cat([t.reshape(-1) for t in half.gradient_of(half.forward_gradient(0, work))])
     assert float(torch.nn.functional.cosine_similarity(a, b.float(), dim=0)) > 0.9
+
+
+def test_bert_attention_targets_name_the_same_projections_on_llama():
+    # one peft section for a BERT learning model and a LLaMA charged model
+    from fleetsim.numerics.models import targets_for
+
+    assert targets_for("llama", ["query", "value", "gate_proj"]) == ["q_proj", "v_proj",
+                                                                    "gate_proj"]
+    assert targets_for("bert", ["q_proj", "key", "dense"]) == ["query", "key", "dense"]

@@ -360,3 +360,15 @@ def test_stop_at_target_without_targets_is_bad_input(tmp_path, capsys):
     assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.stop_at_target" in err[0] and "bad.yaml" in err[0]
+
+
+def test_the_final_evaluation_does_not_relabel_another_stop(tmp_path):
+    # max_steps stops the run between evaluations; the final model's evaluation reaches
+    # the (tiny) target, but the target did not stop the run: stopped_by stays max_steps
+    text = LEARNING.format(targets="[0.01]", stop="true").replace(
+        "eval_every_steps: 1", "eval_every_steps: 5, max_steps: 3")
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(text)
+    summary, steps, _, _ = read_run(run_scenario(scenario, run_dir=tmp_path / "o"))
+    assert summary["steps"] == 3 and summary["stopped_by"] == "max_steps"
+    assert summary["time_to_target"]["0.01"] is not None  # it was reached, at the end

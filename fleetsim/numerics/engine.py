@@ -734,9 +734,13 @@ def build_engine(
         facts = model_facts(model, peft, data, numerics, base_dir)
         dataset = load_text_dataset(data, base_dir)
         train_idx, _ = split_for_run(data, dataset.labels, seed)
-        parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed,
-                      per_client=data.examples_per_client or data.batch_size)
-        batches = [math.ceil(len(p) / data.batch_size) for p in parts]
+        per_client = data.examples_per_client or data.batch_size
+        if data.partition == "sampled":  # every client holds the same number: no draw needed
+            batches = [math.ceil(min(per_client, len(train_idx)) / data.batch_size)] * n_clients
+        else:
+            parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha,
+                              seed, per_client=per_client)
+            batches = [math.ceil(len(p) / data.batch_size) for p in parts]
         info = {"model": facts.name, "trainable_params": facts.trainable_params,
                 "peft": json.loads(peft.model_dump_json())}
         return SystemsOnlyEngine(facts, batches, info)

@@ -278,7 +278,8 @@ def empty_clients_message(cfg: DataConfig, n_train: int, n_clients: int,
         f"{head}: {len(empty)} of {n_clients} clients would hold no examples "
         f"(clients {shown}; data.partition {cfg.partition}) (allowed: at least as many "
         "training examples as fleet.size: raise data.max_examples or lower fleet.size; "
-        "numerics.engine: none runs without examples)"
+        "data.partition: sampled lets clients share examples; numerics.engine: none runs "
+        "without examples)"
     )
 
 

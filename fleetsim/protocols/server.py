@@ -87,6 +87,7 @@ class StepServer:
         self.step = 0  # committed steps so far
         self.round = 0
         self.last_eval: Optional[EvalResult] = None
+        self.stopped_at_target = False  # finished() returned True for run.stop_at_target
         # (device, step, pending dispatch event) carried past a commit
         self._carried: list[tuple[int, int, Any]] = []
         self._next_k: dict[tuple[int, int], int] = {}  # (step, device) -> next perturbation index
@@ -154,6 +155,9 @@ class StepServer:
 
     def finished(self) -> bool:
         if self.target_reached:
+            # remembered: only a loop that stopped here was stopped by the target (the final
+            # evaluation after another stop rule may reach it too)
+            self.stopped_at_target = True
             return True
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return True
@@ -167,7 +171,7 @@ class StepServer:
         ``stop_request``, ``max_sim_hours`` or ``rounds`` (see fleetsim.record.status)."""
         if self.gave_up:
             return self.gave_up
-        if self.target_reached:
+        if self.stopped_at_target:
             return "targets_reached"
         if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
             return "max_steps"

@@ -134,6 +134,7 @@ def test_study_grids_are_sweeps() -> None:
         "policies_under_churn/sweep_accuracy.yaml": 25,  # 5 variants x 5 seeds
         "end_to_end/sweep_paper.yaml": 12,  # 4 protocols x 3 seeds
         "end_to_end/sweep_fleet.yaml": 12,
+        "end_to_end/sweep_fleet_llama7b.yaml": 12,
     }
     for name, count in expected.items():
         runs = plan_sweep(load_sweep(REPO / "analysis" / name), validate=False)

@@ -48,9 +48,9 @@ def test_end_to_end_quick(tmp_path: Path) -> None:
     _script("end_to_end").main(["--quick", "--out", str(tmp_path)])
     figures = tmp_path / "figures-quick"
     speedup = pd.read_csv(figures / "speedup.csv")
-    assert set(speedup["setting"]) == {"paper", "fleet"}
+    assert set(speedup["setting"]) == {"paper", "fleet", "fleet_llama7b"}
     target = json.loads((figures / "study.json").read_text())["target_accuracy"]
-    for setting in ("paper", "fleet"):
+    for setting in ("paper", "fleet", "fleet_llama7b"):
         part = speedup[speedup["setting"] == setting].set_index("protocol")
         runs = tmp_path / "runs" / f"{setting}_quick"
         fwd = _first_reach_s(next(runs.glob("protocol.name=fwdllm*")), target)
@@ -59,6 +59,11 @@ def test_end_to_end_quick(tmp_path: Path) -> None:
         if math.isfinite(fwd) and math.isfinite(sgd):
             assert part.loc["fedsgd", "fwdllm_speedup"] == pytest.approx(sgd / fwd)
     assert (figures / "step_time_fleet.png").is_file()
+    # (iii) is charged for LLaMA-2-7B: same learning signal, a billion-parameter clock
+    seven = json.loads(next((tmp_path / "runs" / "fleet_llama7b_quick").glob(
+        "protocol.name=fwdllm*/summary.json")).read_text())
+    assert seven["charged_model"] == "llama-2-7b"
+    assert "learning signal from all-minilm-l6-v2" in seven["model_label"]
 
 
 def test_policies_under_churn_quick(tmp_path: Path) -> None:

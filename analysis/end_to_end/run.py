@@ -13,8 +13,8 @@ supplies the learning signal.  ``--quick`` runs the ``*_quick.yaml`` sweeps (fwd
 fedsgd, one seed, 2 steps).
 
 The common target (``--target-accuracy``; default: 95 % of the lowest, over settings (i)
-and (ii) and protocols, median best accuracy) is reached or not by each run; per setting and protocol
-the table gives the median simulated minutes to it (runs that never reached censored at
+and (ii) and protocols, median best accuracy) is reached or not by each run; per setting and
+protocol the table gives the median simulated minutes to it (runs that never reached censored at
 their end), "reached k of n", and FwdLLM's speed-up over each baseline (ratio of medians)
 beside the paper's ratios.
 

@@ -242,14 +242,14 @@ def steps_over_time_figure(commits: pd.DataFrame, per_run: pd.DataFrame, title: 
 
 def time_to_accuracy_table(summary: pd.DataFrame, per_run: pd.DataFrame,
                            targets: list[float]) -> pd.DataFrame:
-    """Per variant and target: the Kaplan-Meier median simulated hours to the target over
-    seeds (a run that never reached it is censored at its simulated end), the 95 %
-    interval of that median (log-log band; inf: unbounded) and how many runs reached."""
-    variant_of = dict(zip(per_run["run"], per_run["variant"]))
+    """Per start hour, variant and target: the Kaplan-Meier median simulated hours to the
+    target over seeds (a run that never reached it is censored at its simulated end), the
+    95 % interval of that median (log-log band; inf: unbounded) and how many runs reached."""
+    keys = per_run.set_index("run")[["start_hour", "variant"]]
     rows = []
-    for name in dict.fromkeys(per_run["variant"]):
-        mine = summary[summary["run"].map(variant_of) == name]
-        row: dict[str, object] = {"variant": name, "runs": len(mine)}
+    for (start, name), members in keys.groupby(["start_hour", "variant"], sort=False):
+        mine = summary[summary["run"].isin(members.index)]
+        row: dict[str, object] = {"start_hour": start, "variant": name, "runs": len(mine)}
         for target in targets:
             reached, censored = [], []
             for _, run in mine.iterrows():
@@ -265,12 +265,14 @@ def time_to_accuracy_table(summary: pd.DataFrame, per_run: pd.DataFrame,
                         f"reached_{target:g}": median.label})
         finals = pd.to_numeric(mine["final_accuracy"], errors="coerce")
         row["final_accuracy_median"] = float(finals.median())
+        row["energy_kj_median"] = float(pd.to_numeric(mine["energy_j"]).median()) / 1e3
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values("start_hour", kind="stable").reset_index(drop=True)
 
 
 def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Path) -> Figure:
-    """Held-out accuracy against simulated hours, one line per run, coloured by variant."""
+    """Held-out accuracy against simulated minutes (log scale: the fast policies finish in
+    minutes, uniform runs the whole day), one line per run, coloured by variant."""
     figure = Figure(figsize=(8.0, 4.6), layout="constrained")
     ax = figure.subplots()
     colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(per_run["variant"]))}
@@ -282,12 +284,13 @@ def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Pa
         name = variant_of.get(run_dir.name)
         if name is None or steps.empty:
             continue
-        ax.plot(steps["sim_time_s"] / 3600.0, steps["accuracy"], color=colours[name],
+        ax.plot(steps["sim_time_s"] / 60.0, steps["accuracy"], color=colours[name],
                 alpha=0.7, lw=1, label=None if name in seen else name)
         seen.add(name)
-    ax.set_xlabel("simulated hours")
+    ax.set_xscale("log")
+    ax.set_xlabel("simulated minutes (log scale)")
     ax.set_ylabel("held-out accuracy")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     figure.suptitle(title, fontsize=9)
     return save_figure(figure, path)
@@ -319,7 +322,7 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
     if targets:
         tta = time_to_accuracy_table(summary, per_run, targets)
         tta.to_csv(figures / "time_to_accuracy_wide.csv", index=False)
-        shown = tta[["variant", "runs"]].copy()
+        shown = tta[["start_hour", "variant", "runs"]].copy()
         for target in targets:
             key = f"h_to_{target:g}"
             shown[f"hours to {target:g} [95 % CI] (reached)"] = [
@@ -327,6 +330,7 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
                 for m, lo, hi, k in zip(tta[key], tta[f"{key}_low"], tta[f"{key}_high"],
                                         tta[f"reached_{target:g}"])]
         shown["final accuracy (median)"] = tta["final_accuracy_median"].round(3)
+        shown["device energy per run, kJ (median)"] = tta["energy_kj_median"].round(1)
         write_table(shown, figures, "time_to_accuracy",
                     f"{title}. Kaplan-Meier median simulated hours to each held-out accuracy "
                     "over seeds; a run that never reached it is censored at its end (∞: more "

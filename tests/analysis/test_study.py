@@ -131,7 +131,7 @@ def test_study_grids_are_sweeps() -> None:
     expected = {
         "perturbations_per_batch/sweep.yaml": 18,  # v in {1,3,5,10,15,50} x 3 seeds
         "policies_under_churn/sweep.yaml": 80,  # 8 variants x 2 start hours x 5 seeds
-        "policies_under_churn/sweep_accuracy.yaml": 25,  # 5 variants x 5 seeds
+        "policies_under_churn/sweep_accuracy.yaml": 50,  # 5 variants x 2 start hours x 5 seeds
         "end_to_end/sweep_paper.yaml": 12,  # 4 protocols x 3 seeds
         "end_to_end/sweep_fleet.yaml": 12,
         "end_to_end/sweep_fleet_llama7b.yaml": 12,

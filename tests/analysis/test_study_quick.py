@@ -89,6 +89,7 @@ def test_policies_under_churn_accuracy_quick(tmp_path: Path) -> None:
     _script("policies_under_churn").main(["--accuracy", "--quick", "--out", str(tmp_path)])
     figures = tmp_path / "figures-accuracy-quick"
     table = pd.read_csv(figures / "time_to_accuracy_wide.csv").set_index("variant")
+    assert (table["start_hour"] == 9).all()
     per_run = pd.read_csv(figures / "per_run.csv")
     assert len(per_run) == 2
     for _, row in per_run.iterrows():

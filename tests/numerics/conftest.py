@@ -38,3 +38,26 @@ def make_engine(numerics_cache: Path, small_data: DataConfig):
         )
 
     return build
+
+
+#: Rotten-tomatoes snippets: short, of varied length; batch 6 over 20 examples per client
+#: leaves a 2-row last batch, so padding of columns and rows is exercised.
+RAGGED = DataConfig(name="rotten_tomatoes", batch_size=6, max_examples=120, max_eval_examples=20)
+
+
+@pytest.fixture(scope="session")
+def ragged_engine(numerics_cache: Path):
+    """Build an engine on :data:`RAGGED` (6 clients, 48 tokens, one thread):
+    ``ragged_engine(model, pooling, peft_dict, **numerics)``."""
+    from fleetsim.numerics.engine import build_engine
+
+    def build(model: str, pooling: str, peft: dict, **numerics):
+        numerics.setdefault("cache_dir", str(numerics_cache))
+        numerics.setdefault("threads", 1)
+        return build_engine(
+            ModelConfig(name_or_path=model, max_seq_len=48, pooling=pooling),
+            PeftConfig(**peft), RAGGED, NumericsConfig(**numerics), n_clients=6, seed=0,
+            base_dir=Path("."),
+        )
+
+    return build

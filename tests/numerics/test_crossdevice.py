@@ -6,18 +6,14 @@ rows is exercised."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from fleetsim.numerics.base import GradientWork
-from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
+from fleetsim.numerics.config import NumericsConfig
 from fleetsim.numerics.crossdevice import EXACT_COST, choose_exact
-from fleetsim.numerics.data import DataConfig
 
 TOL = 1e-5  # float32
-RAGGED = DataConfig(name="rotten_tomatoes", batch_size=6, max_examples=120, max_eval_examples=20)
 MODELS = {
     "tiny-bert": ("mean", {"method": "lora", "rank": 4, "alpha": 8}),
     "tiny-llama": ("last", {"method": "lora", "rank": 4, "alpha": 8, "top_layers": 1}),
@@ -25,18 +21,10 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def engine_for(numerics_cache: Path):
-    from fleetsim.numerics.engine import build_engine
-
+def engine_for(ragged_engine):
     def build(model: str, **numerics):
         pooling, peft = MODELS[model]
-        numerics.setdefault("cache_dir", str(numerics_cache))
-        numerics.setdefault("threads", 1)
-        return build_engine(
-            ModelConfig(name_or_path=model, max_seq_len=48, pooling=pooling),
-            PeftConfig(**peft), RAGGED, NumericsConfig(**numerics), n_clients=6, seed=0,
-            base_dir=Path("."),
-        )
+        return ragged_engine(model, pooling, peft, **numerics)
 
     return build
 

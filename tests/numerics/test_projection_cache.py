@@ -7,17 +7,12 @@ steps must equal the engine that recomputes those projections, float32 to 1e-5."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from fleetsim.numerics.base import GradientWork
-from fleetsim.numerics.config import ModelConfig, NumericsConfig, PeftConfig
-from fleetsim.numerics.data import DataConfig
 
 TOL = 1e-5
-RAGGED = DataConfig(name="rotten_tomatoes", batch_size=6, max_examples=120, max_eval_examples=20)
 SETTINGS = {
     # (model, pooling, peft, expected cached width as a function of the config)
     "bert-lora-qv": ("tiny-bert", "mean", {"method": "lora", "rank": 4, "alpha": 8,
@@ -37,18 +32,10 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def engine_for(numerics_cache: Path):
-    from fleetsim.numerics.engine import build_engine
-
+def engine_for(ragged_engine):
     def build(setting: str, **numerics):
         model, pooling, peft, _ = SETTINGS[setting]
-        numerics.setdefault("cache_dir", str(numerics_cache))
-        numerics.setdefault("threads", 1)
-        return build_engine(
-            ModelConfig(name_or_path=model, max_seq_len=48, pooling=pooling),
-            PeftConfig(**peft), RAGGED, NumericsConfig(**numerics), n_clients=6, seed=0,
-            base_dir=Path("."),
-        )
+        return ragged_engine(model, pooling, peft, **numerics)
 
     return build
 

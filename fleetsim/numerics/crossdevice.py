@@ -34,78 +34,101 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from fleetsim.numerics.forward_mode import cohort_jvp, plan_for
 from fleetsim.numerics.stacked import stacked_parameters
 
 # Host cost of the exact estimators in forwards of the rows they run, for
-# ``numerics.estimator: auto``: backprop runs each device's rows forward and backward once
-# (one parameter set per device, whatever v); jvp runs every (device, k) set forward with
-# its tangent.  Measured interleaved on the 2-core CPU (bench/regime.py: MiniLM top-layer
-# LoRA + head, batch 8, 64 tokens, 100 devices x v = 1, cross-device batched, projections
-# cached): backprop 2.00 s and jvp 3.21 s against 0.92 s for one forward of the same rows
-# (``floor_cached``), i.e. 2.2 and 3.5 forwards (forward-mode AD through eager attention is
-# slow on CPU), so on a CPU backprop wins at every v >= 1.  CUDA is unmeasured: the CPU
-# figures stand in until someone measures it.
-EXACT_COST = {"cpu": {"backprop": 2.2, "jvp": 3.5}, "cuda": {"backprop": 2.2, "jvp": 3.5}}
+# ``numerics.estimator: auto``.  backprop runs each device's rows forward and backward once
+# (one parameter set per device, whatever v).  jvp through ``torch.func`` runs every
+# (device, k) set forward with its tangent; the hand-written forward-mode pass
+# (:mod:`fleetsim.numerics.forward_mode`, when the model qualifies) runs each device's
+# primal once and one tangent pass per set.  Measured interleaved on the 2-core CPU
+# (bench/regime.py: MiniLM top-layer LoRA + head, batch 8, 64 tokens, 100 devices,
+# cross-device batched, projections cached; ``floor_cached`` = one forward of the same
+# rows): backprop 2.2 forwards, torch.func jvp 3.5 per tangent, forward mode 1.0 per
+# device + 1.05 per tangent (2.05 at v = 1, 9.5 at v = 8).  So forward mode wins at v = 1
+# and backprop from v = 2 on; torch.func jvp never wins on a CPU.  CUDA is unmeasured: the
+# CPU figures stand in until someone measures it.
+EXACT_COST = {
+    device: {"backprop": 2.2, "jvp": 3.5, "forward_mode_primal": 1.0,
+             "forward_mode_tangent": 1.05}
+    for device in ("cpu", "cuda")
+}
 
 
-def choose_exact(perturbations: Sequence[int], device: str) -> str:
+def choose_exact(perturbations: Sequence[int], device: str, forward_mode: bool = False) -> str:
     """The cheaper exact estimator for a step whose devices run ``perturbations[i]``
     perturbations each: backprop costs ``EXACT_COST['backprop']`` forwards of every
-    device's rows, jvp ``EXACT_COST['jvp']`` forwards per perturbation."""
+    device's rows; jvp costs ``EXACT_COST['jvp']`` forwards per perturbation, or with the
+    hand-written pass (``forward_mode``: the model qualifies,
+    :func:`fleetsim.numerics.forward_mode.plan_for`) one primal forward per device plus
+    ``forward_mode_tangent`` per perturbation."""
     cost = EXACT_COST.get(device, EXACT_COST["cpu"])
     devices = sum(1 for v in perturbations if v > 0)
     sets = sum(perturbations)
-    return "jvp" if cost["jvp"] * sets < cost["backprop"] * devices else "backprop"
+    jvp = (cost["forward_mode_primal"] * devices + cost["forward_mode_tangent"] * sets
+           if forward_mode else cost["jvp"] * sets)
+    return "jvp" if jvp < cost["backprop"] * devices else "backprop"
+
+
+Loader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class Cohort:
-    """Device batches padded to one (B, W) shape, built by :meth:`gathered`: ``inputs``
-    (N, B, W[, H]), ``mask`` (N, B, W), ``labels`` (N, B), ``weights`` (N, B) (1 real row,
-    0 padding)."""
+    """A step's device batches, gathered one call at a time: ``rows_of`` (N, B) holds
+    device i's dataset rows, its ``sizes[i]`` real rows followed by padding rows that
+    repeat its first row (weight 0 in its mean loss); ``load`` maps dataset rows to
+    (inputs (R, W[, H+P]), mask (R, W), labels (R,)) with W trimmed to the rows' longest
+    example.
 
-    inputs: torch.Tensor
-    mask: torch.Tensor
-    labels: torch.Tensor
-    weights: torch.Tensor
+    Gathering per call rather than once per step keeps each gather the size of one call
+    (a few MiB that stay in cache and in the allocator's free lists) instead of the whole
+    step's activations (≈ 300 MiB at 100 devices with the projection cache, measured at
+    ≈ 70 ms of page faults and cache misses per step on the 2-core CPU)."""
+
+    rows_of: np.ndarray
+    sizes: np.ndarray
+    load: Loader
 
     @classmethod
-    def gathered(cls, inputs: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-                 sizes: Sequence[int]) -> Cohort:
-        """From one gather of every device's rows, device i's ``sizes[i]`` real rows
-        followed by padding rows up to ``max(sizes)`` (the caller repeats the device's
-        first row there): ``inputs`` (N·B, W[, H]), ``mask`` (N·B, W), ``labels`` (N·B,).
-        No copy: the cohort views the gathered tensors."""
-        n, rows = len(sizes), max(sizes)
-        weights = (torch.arange(rows)[None, :] < torch.as_tensor(sizes)[:, None]).to(
-            torch.float32).to(inputs.device)
-        return cls(inputs.view(n, rows, *inputs.shape[1:]), mask.view(n, rows, -1),
-                   labels.view(n, rows), weights)
+    def of(cls, rows: Sequence[Sequence[int]], load: Loader) -> Cohort:
+        """From each device's dataset rows (ragged); padding repeats a device's first row."""
+        sizes = np.asarray([len(r) for r in rows], dtype=np.int64)
+        widest = int(sizes.max())
+        rows_of = np.stack([np.concatenate([np.asarray(r, dtype=np.int64),
+                                            np.full(widest - len(r), r[0], dtype=np.int64)])
+                            for r in rows])
+        return cls(rows_of, sizes, load)
 
     @property
     def rows(self) -> int:
-        return int(self.labels.shape[1])
+        return int(self.rows_of.shape[1])
+
+    def take(self, devices: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows of ``devices`` (D,) (repeats allowed), device-major: inputs (D·B, W[, ·]),
+        mask (D·B, W), labels (D·B,), weights (D·B,) (1 a real row, 0 padding)."""
+        picked = devices.cpu().numpy()
+        inputs, mask, labels = self.load(self.rows_of[picked].reshape(-1))
+        weights = (np.arange(self.rows)[None, :] < self.sizes[picked][:, None]).reshape(-1)
+        return inputs, mask, labels, torch.as_tensor(weights, dtype=torch.float32,
+                                                     device=inputs.device)
 
 
-def set_losses(model: nn.Module, start: int, cohort: Cohort, owners: torch.Tensor,
-               stacked: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean loss of each parameter set (shape (sets,)): set j holds ``stacked[n][j]``
-    and runs the rows of device ``owners[j]``."""
-    count = int(owners.shape[0])
-    first = int(owners[0]) if count else 0
-    if count and bool((owners == torch.arange(first, first + count, device=owners.device)).all()):
-        pick = slice(first, first + count)  # consecutive devices: a view, no copy
-    else:
-        pick = owners
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
-    def flat(t: torch.Tensor) -> torch.Tensor:
-        return t[pick].reshape(count * cohort.rows, *t.shape[2:])
 
-    inputs, mask, labels, weights = (flat(cohort.inputs), flat(cohort.mask),
-                                     flat(cohort.labels), flat(cohort.weights))
+def set_losses(model: nn.Module, start: int, rows: Rows, stacked: dict[str, torch.Tensor]
+               ) -> torch.Tensor:
+    """Mean loss of each parameter set (shape (sets,)): set j holds ``stacked[n][j]`` and
+    runs the j-th block of ``rows`` (:meth:`Cohort.take` of the sets' owners)."""
+    inputs, mask, labels, weights = rows
+    count = int(next(iter(stacked.values())).shape[0])
     with stacked_parameters(model, stacked):
         logits = model(inputs, mask, start, 1)
     per_row = nn.functional.cross_entropy(logits, labels, reduction="none") * weights
@@ -148,8 +171,8 @@ def cohort_directional(
             copies = {n: p.detach().unsqueeze(0).repeat(len(owners), *([1] * p.dim()))
                       for n, p in params.items()}
 
-            def total(stacked: dict[str, torch.Tensor], owners=owners):
-                losses = set_losses(model, start, cohort, owners, stacked)
+            def total(stacked: dict[str, torch.Tensor], rows=cohort.take(owners)):
+                losses = set_losses(model, start, rows, stacked)
                 return losses.sum(), losses.detach()
 
             grad, losses = torch.func.grad(total, has_aux=True)(copies)
@@ -158,6 +181,21 @@ def cohort_directional(
                 grads[n][part] = grad[n].float()
         d = sum(torch.einsum("j...,j...->j", flat_v[n].float(), grads[n][device_of])
                 for n in names)
+    elif estimator == "jvp" and (plan := plan_for(model, names, start)) is not None:
+        # the hand-written forward-mode pass: one primal per device, one tangent per set
+        pieces = []
+        with torch.inference_mode():
+            for part in _chunks(len(device_of), sets_per_call):
+                owners = device_of[part]
+                devices, local = torch.unique_consecutive(owners, return_inverse=True)
+                derivs, losses = cohort_jvp(
+                    plan, model, params, *cohort.take(devices), cohort.rows,
+                    {n: flat_v[n][part] for n in names},
+                    None if len(devices) == len(owners) else local,
+                )
+                pieces.append(derivs)
+                base[devices.cpu()] = losses.cpu()
+        d = torch.cat(pieces)
     elif estimator == "jvp":
         pieces = []
         for part in _chunks(len(device_of), sets_per_call):
@@ -167,7 +205,7 @@ def cohort_directional(
             tangent = {n: flat_v[n][part] for n in names}
             with attention_context():
                 losses, derivs = torch.func.jvp(
-                    lambda s, owners=owners: set_losses(model, start, cohort, owners, s),
+                    lambda s, rows=cohort.take(owners): set_losses(model, start, rows, s),
                     (primal,), (tangent,),
                 )
             pieces.append(derivs.float())
@@ -182,12 +220,12 @@ def cohort_directional(
                     owners = torch.arange(part.start, part.stop, device=dev)
                     at = {n: p.unsqueeze(0).expand(len(owners), *p.shape)
                           for n, p in params.items()}
-                    base[part] = set_losses(model, start, cohort, owners, at).float().cpu()
+                    base[part] = set_losses(model, start, cohort.take(owners), at).float().cpu()
                 base_dev = base.to(dev)
                 for part in _chunks(len(device_of), sets_per_call):
                     owners = device_of[part]
                     stacked = {n: params[n] + h * flat_v[n][part] for n in names}
-                    losses = set_losses(model, start, cohort, owners, stacked).float()
+                    losses = set_losses(model, start, cohort.take(owners), stacked).float()
                     pieces.append((losses - base_dev[owners]) / h)
             elif estimator == "central":
                 sums = torch.zeros(n_dev)
@@ -196,7 +234,7 @@ def cohort_directional(
                     plus = {n: params[n] + h * flat_v[n][part] for n in names}
                     minus = {n: params[n] - h * flat_v[n][part] for n in names}
                     both = {n: torch.cat([plus[n], minus[n]]) for n in names}
-                    losses = set_losses(model, start, cohort, torch.cat([owners, owners]),
+                    losses = set_losses(model, start, cohort.take(torch.cat([owners, owners])),
                                         both).float()
                     count = len(owners)
                     pieces.append((losses[:count] - losses[count:]) / (2 * h))

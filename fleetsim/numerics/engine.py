@@ -230,6 +230,7 @@ class TorchEngine(NumericsEngine):
             "estimator_rule": "auto: backprop or jvp, whichever costs fewer forwards "
             "(fleetsim.numerics.crossdevice.choose_exact)" if self.cfg.estimator == "auto"
             else "fixed",
+            "jvp_implementation": "forward_mode" if self.forward_mode else "torch.func.jvp",
             "estimator_used": dict(self.estimator_calls),
             "cross_device_batching": bool(
                 self.cfg.cross_device_batching and self.host_batching == "stacked"),
@@ -404,7 +405,17 @@ class TorchEngine(NumericsEngine):
 
         if self.cfg.estimator != "auto":
             return self.cfg.estimator
-        return choose_exact(perturbations, self.cfg.device)
+        return choose_exact(perturbations, self.cfg.device, self.forward_mode)
+
+    @property
+    def forward_mode(self) -> bool:
+        """Whether ``jvp`` runs the hand-written forward-mode pass on this model
+        (:func:`fleetsim.numerics.forward_mode.plan_for`; cross-device batching only),
+        rather than ``torch.func.jvp``."""
+        from fleetsim.numerics.forward_mode import plan_for
+
+        return bool(self.host_batching == "stacked" and self.cfg.cross_device_batching
+                    and plan_for(self.model, list(self.names), self.start_layer) is not None)
 
     def _directional(
         self, source: int, params: dict, prev_grad: Optional[list[Any]],
@@ -424,15 +435,8 @@ class TorchEngine(NumericsEngine):
         ]
         indices = [batch_of(self.plan, item.client_id, item.batch_index) for item in items]
         if self.host_batching == "stacked" and self.cfg.cross_device_batching:
-            # one gather of every device's rows (padding rows repeat a device's first row)
-            sizes = [len(rows) for rows in indices]
-            widest = max(sizes)
-            flat = np.concatenate([np.concatenate([np.asarray(rows, dtype=np.int64),
-                                                   np.full(widest - len(rows), rows[0])])
-                                   for rows in indices])
             derivs, base = cohort_directional(
-                self.model, self.start_layer, params,
-                Cohort.gathered(*self.batch_inputs(flat), sizes),
+                self.model, self.start_layer, params, Cohort.of(indices, self.batch_inputs),
                 [dict(zip(self.names, t)) for t in tangents], estimator, self.cfg.h,
                 self.host_chunk, _forward_ad_attention,
             )

@@ -88,11 +88,29 @@ def test_auto_is_the_default_exact_and_recorded(engine_for):
     auto = engine_for("tiny-bert")
     exact = engine_for("tiny-bert", estimator="backprop", cross_device_batching=False)
     estimate = auto.forward_gradient(0, _work())
-    picked = choose_exact([3, 1, 5, 2, 4], "cpu")
+    assert auto.forward_mode  # tiny-bert with LoRA: the hand-written forward-mode pass
+    picked = choose_exact([3, 1, 5, 2, 4], "cpu", forward_mode=True)
     assert estimate.extra["estimator"] == {picked: 1}
     _assert_same(exact.forward_gradient(0, _work()), estimate, exact, auto)
     described = auto.describe()
     assert described["estimator"] == "auto" and described["estimator_used"] == {picked: 1}
+    assert described["jvp_implementation"] == "forward_mode"
+
+
+def test_auto_picks_forward_mode_at_one_perturbation(engine_for):
+    """v = 1 everywhere: forward mode (one primal + one tangent) is cheaper than backprop,
+    and gives the per-device backprop values."""
+    work = [GradientWork(device_id=c, client_id=c, batch_index=0, perturbations=(0,))
+            for c in range(6)]
+    auto = engine_for("tiny-bert")
+    exact = engine_for("tiny-bert", estimator="backprop", cross_device_batching=False)
+    estimate = auto.forward_gradient(0, work)
+    assert estimate.extra["estimator"] == {"jvp": 1}
+    _assert_same(exact.forward_gradient(0, work), estimate, exact, auto)
+    # the per-device path keeps torch.func.jvp: the independent slow path
+    assert engine_for("tiny-bert", cross_device_batching=False).describe()[
+        "jvp_implementation"] == "torch.func.jvp"
+    assert engine_for("tiny-llama").describe()["jvp_implementation"] == "torch.func.jvp"
 
 
 def test_choose_exact_follows_the_cost_rule():

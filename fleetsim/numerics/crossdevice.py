@@ -49,9 +49,10 @@ from fleetsim.numerics.stacked import stacked_parameters
 # primal once and one tangent pass per set.  Measured interleaved on the 2-core CPU
 # (bench/regime.py: MiniLM top-layer LoRA + head, batch 8, 64 tokens, 100 devices,
 # cross-device batched, projections cached; ``floor_cached`` = one forward of the same
-# rows): backprop 2.2 forwards, torch.func jvp 3.5 per tangent, forward mode 1.0 per
-# device + 1.05 per tangent (2.05 at v = 1, 9.5 at v = 8).  So forward mode wins at v = 1
-# and backprop from v = 2 on; torch.func jvp never wins on a CPU.  CUDA is unmeasured: the
+# rows): backprop 2.1-2.2 forwards, torch.func jvp 3.5 per tangent, forward mode 1.0 per
+# device + about 1.05 per tangent (measured 2.0 at v = 1 and 10.3 at v = 8).  So forward
+# mode wins at v = 1 (by ~7 %) and backprop from v = 2 on; torch.func jvp never wins on a
+# CPU.  CUDA is unmeasured: the
 # CPU figures stand in until someone measures it.
 EXACT_COST = {
     device: {"backprop": 2.2, "jvp": 3.5, "forward_mode_primal": 1.0,

@@ -2,7 +2,7 @@
 
 All devices that computed for the same server step share θ; each brings its own
 batch and its own perturbations.  This module stacks them: device batches are
-gathered in one call and padded to one shape (:class:`Cohort`), every *parameter
+padded to one shape and gathered a call at a time (:class:`Cohort`), every *parameter
 set* (a device at θ, or a device's perturbed θ + h·v_k) owns the rows of its
 device's batch, and
 :mod:`fleetsim.numerics.stacked` runs ``sets`` parameter sets over
@@ -17,8 +17,10 @@ Estimators (``d[i][k] = ∇L_i(θ)·v_ik``, float32; ``base[i] = L_i(θ)``):
 * ``backprop``: per-device exact gradients from ONE reverse pass per call: θ is
   copied per device (shape ``(sets, *p)``), the sets' losses are summed and
   differentiated, so the gradient of copy i is ∇L_i; then d_ik = ⟨∇L_i, v_ik⟩.
-* ``jvp``: one forward-mode pass over all (device, k) sets, tangent v_ik on set
-  (i, k); exact.
+* ``jvp``: exact forward mode, tangent v_ik on set (i, k).  On a model the
+  hand-written pass covers (:mod:`fleetsim.numerics.forward_mode`: BERT family, LoRA
+  factors and head trainable) each device's primal runs once and each set adds one
+  tangent pass; otherwise ``torch.func.jvp`` runs every set forward with its tangent.
 * ``onesided`` / ``central``: finite differences over the perturbed sets; the
   one-sided base losses come from the device sets at θ.
 

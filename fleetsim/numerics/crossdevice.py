@@ -161,6 +161,10 @@ def cohort_directional(
     n_dev = len(tangents)
     names = list(params)
     counts = [int(t[names[0]].shape[0]) for t in tangents]
+    if not counts or min(counts) < 1:
+        # a device without a perturbation has no set to carry its base loss; the engine
+        # drops such work before it gets here
+        raise ValueError(f"cohort_directional: every device needs a perturbation, got {counts}")
     dev = next(iter(params.values())).device
     device_of = torch.repeat_interleave(torch.arange(n_dev), torch.tensor(counts)).to(dev)
     # flat (Σ v_i, *shape) tangents, set j = (device_of[j], k)

@@ -286,7 +286,7 @@ def cohort_jvp(
     sets = int(next(iter(tangents.values())).shape[0])
     width = model.backbone.config.hidden_size
     if plan.start < 0:
-        inputs = model.backbone.embeddings(input_ids=inputs)
+        inputs = model.embed(inputs, model.context(mask, plan.head.weight.dtype))
     x = inputs[..., :width].contiguous()
     cached = {path: inputs[..., width + offset: width + offset + size]
               for path, (offset, size) in plan.cached.items()}

@@ -304,7 +304,10 @@ class TextClassifier(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, ctx: LayerContext) -> torch.Tensor:
         if self.family == "bert":
-            return self.backbone.embeddings(input_ids=input_ids)
+            hidden = self.backbone.embeddings(input_ids=input_ids)
+            # ELECTRA with embedding_size != hidden_size projects up before the layers
+            project = getattr(self.backbone, "embeddings_project", None)
+            return hidden if project is None else project(hidden)
         hidden = self.backbone.embed_tokens(input_ids)
         ctx.position_embeddings = self.backbone.rotary_emb(hidden, ctx.position_ids)
         return hidden
@@ -394,7 +397,7 @@ class TextClassifier(nn.Module):
     def embedding_modules(self) -> tuple[str, ...]:
         """Parameter-name prefixes of the modules that run before the layers."""
         if self.family == "bert":
-            return ("backbone.embeddings.",)
+            return ("backbone.embeddings.", "backbone.embeddings_project.")
         return ("backbone.embed_tokens.",)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -111,6 +111,8 @@ def test_auto_picks_forward_mode_at_one_perturbation(engine_for):
     assert engine_for("tiny-bert", cross_device_batching=False).describe()[
         "jvp_implementation"] == "torch.func.jvp"
     assert engine_for("tiny-llama").describe()["jvp_implementation"] == "torch.func.jvp"
+    # a run that never takes jvp records none
+    assert engine_for("tiny-bert", estimator="backprop").describe()["jvp_implementation"] is None
 
 
 def test_choose_exact_follows_the_cost_rule():

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, ElectraConfig
 
 from fleetsim.numerics.config import PeftConfig
-from fleetsim.numerics.crossdevice import EXACT_COST, choose_exact
+from fleetsim.numerics.crossdevice import EXACT_COST, Cohort, choose_exact, cohort_directional
 from fleetsim.numerics.forward_mode import cohort_jvp, plan_for
 from fleetsim.numerics.models import TextClassifier, apply_peft, tiny_config
 
@@ -22,8 +22,13 @@ ROWS = 3  # rows per device batch
 PERTURBATIONS = [2, 1, 3]  # per device
 
 
-def _classifier(peft: dict, pooling: str = "mean", act: str = "gelu") -> tuple:
-    config = tiny_config("tiny-bert", vocab_size=120)
+def _classifier(peft: dict, pooling: str = "mean", act: str = "gelu",
+                electra: bool = False) -> tuple:
+    if electra:  # embeddings narrower than the layers: ELECTRA projects them up
+        config = ElectraConfig(vocab_size=120, embedding_size=16, hidden_size=32,
+                               num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
+    else:
+        config = tiny_config("tiny-bert", vocab_size=120)
     config.hidden_act = act
     torch.manual_seed(0)
     model = TextClassifier(AutoModel.from_config(config, attn_implementation="eager"),
@@ -82,6 +87,8 @@ CASES = {
     "lora-tanh-gelu-no-head": ({"method": "lora", "rank": 2, "alpha": 4, "top_layers": 1,
                                 "train_head": False}, "mean", "gelu_new"),
     "head-only": ({"method": "head_only"}, "mean", "gelu"),
+    "electra-projected-embeddings": ({"method": "lora", "rank": 2, "alpha": 4}, "mean",
+                                     "gelu"),
 }
 
 
@@ -89,7 +96,7 @@ CASES = {
 @pytest.mark.parametrize("case", list(CASES))
 def test_forward_mode_equals_autograd(case, cached):
     peft, pooling, act = CASES[case]
-    model, names = _classifier(peft, pooling, act)
+    model, names = _classifier(peft, pooling, act, electra=case.startswith("electra"))
     start = _start(model, names)
     if cached and not model.enable_projection_cache(start, set(names)):
         pytest.skip("no frozen projection to cache in this layer")
@@ -157,3 +164,14 @@ def test_choose_exact_uses_forward_mode_costs():
     assert choose_exact([1] * 10, "cpu", forward_mode=True) == "jvp"
     assert choose_exact([1] * 10, "cpu", forward_mode=False) == "backprop"
     assert choose_exact([8] * 10, "cpu", forward_mode=True) == "backprop"
+
+
+def test_every_device_needs_a_perturbation():
+    model, names = _classifier({"method": "lora", "rank": 2, "alpha": 4})
+    params = {n: p.detach() for n, p in model.named_parameters() if n in names}
+    one = {n: torch.zeros((1, *p.shape)) for n, p in params.items()}
+    none = {n: torch.zeros((0, *p.shape)) for n, p in params.items()}
+    cohort = Cohort.of([[0], [1]], lambda rows: (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(ValueError, match="every device needs a perturbation"):
+        cohort_directional(model, -1, params, cohort, [one, none], "jvp", 1e-3, 4,
+                           torch.no_grad)

@@ -29,8 +29,8 @@ The primal runs once per device and is shared by that device's parameter sets (o
 per perturbation), so a device with v perturbations costs one forward plus v tangent
 passes.  :func:`plan_for` says whether a model qualifies; anything else (BitFit, adapters,
 trainable layer norms or embeddings, the LLaMA family, other activations, training-mode
-dropout) keeps ``torch.func.jvp``.  Tests compare both against backprop to float32
-precision (``tests/numerics/test_forward_mode.py``).
+dropout) keeps ``torch.func.jvp``.  ``tests/numerics/test_forward_mode.py`` compares the
+pass with autograd's gradients, device by device, to float32 precision.
 """
 
 from __future__ import annotations

@@ -120,6 +120,8 @@ def check_feasible(
         held = ids[fits]
         one_unit = fleet.predict_unit_seconds(
             held, protocol.task_kind, protocol.inferences_per_unit()
+        ) + fleet.predict_setup_seconds(
+            held, protocol.task_kind, protocol.setup_inferences_per_task()
         ) + fleet.predict_transfer_seconds(held, protocol.download_bytes(), protocol.upload_fn()(1))
         fastest = float(np.min(one_unit))
         if fastest > deadline:

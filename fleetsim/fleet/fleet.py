@@ -178,6 +178,22 @@ class Fleet:
         may know.  NaN where the device has no usable backend."""
         return self.unit_array(kind, inferences_per_unit)[np.asarray(ids, dtype=np.int64)]
 
+    def predict_setup_seconds(
+        self, ids: np.ndarray, kind: TaskKind, setup_inferences: float
+    ) -> np.ndarray:
+        """Nominal seconds of the forwards a task runs once before its first unit
+        (:attr:`fleetsim.fleet.work.Task.setup_inferences`); zeros when there are none."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if setup_inferences <= 0:
+            return np.zeros(len(ids))
+        return self.unit_array(kind, setup_inferences)[ids]
+
+    def setup_seconds(self, task: Task) -> float:
+        """Nominal seconds of ``task``'s setup forwards on its device (0 when none)."""
+        if task.setup_inferences <= 0:
+            return 0.0
+        return float(self.unit_array(task.kind, task.setup_inferences)[task.device_id])
+
     def predict_transfer_seconds(
         self, ids: np.ndarray, download_bytes: int | np.ndarray, upload_bytes: int | np.ndarray
     ) -> np.ndarray:

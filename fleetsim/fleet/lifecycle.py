@@ -289,18 +289,24 @@ def active(fleet: Fleet, job: Job, phase: str, seconds: float):
 
 
 def unit_times(fleet: Fleet, job: Job) -> np.ndarray:
-    """Nominal × noise seconds of every unit of the task (drawn once per task)."""
+    """Nominal × noise seconds of every unit of the task (drawn once per task); the first
+    unit also carries the task's setup forwards (:attr:`Task.setup_inferences`)."""
     task, d = job.task, job.task.device_id
     base = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
     sigma = fleet.config.compute_noise_sigma
     if sigma <= 0 or task.units == 0:
-        return np.full(task.units, base)
+        times = np.full(task.units, base)
+        if task.units:
+            times[0] += fleet.setup_seconds(task)  # the setup forwards run before unit 0
+        return times
     key = (d, task.step)
     nth = fleet.tasks_per_step.get(key, 0)
     fleet.tasks_per_step[key] = nth + 1
     rng = stream(fleet.seed, "noise", "compute", d, task.step, nth)
     # Mean-one multiplier: the noise-free prediction is unbiased.
-    return base * rng.lognormal(mean=-0.5 * sigma * sigma, sigma=sigma, size=task.units)
+    times = base * rng.lognormal(mean=-0.5 * sigma * sigma, sigma=sigma, size=task.units)
+    times[0] += fleet.setup_seconds(task)  # the setup forwards (noise-free)
+    return times
 
 
 def thermal_adjust(fleet: Fleet, d: int, now: float, times: np.ndarray, first_started: bool):
@@ -337,10 +343,14 @@ def compute(fleet: Fleet, job: Job):
             # Fast path (no noise, no thermal model): equal units, one timeout if they
             # all fit in the window and before the deadline.
             left = task.units - job.units_done
-            span = base_s * left
+            setup_s = fleet.setup_seconds(task)
+            span = base_s * left + setup_s
             if now + span <= min(job.window_end, deadline):
                 job.phase, job.phase_start = "compute", now
-                job.span_cum, job.span_unit_s = None, base_s
+                # a cancel mid-span credits the units finished (the first one longer by
+                # the setup forwards)
+                job.span_cum = (base_s * np.arange(1, left + 1) + setup_s) if setup_s else None
+                job.span_unit_s = base_s
                 yield env.timeout(span)
                 job.phase = ""
                 spend(fleet, job, "compute", span)
@@ -348,6 +358,7 @@ def compute(fleet: Fleet, job: Job):
                 fleet.log.add(env.now, d, "compute", task.step, duration_s=span, units=left)
                 return _DONE
             times = np.full(task.units, base_s)
+            times[0] += fleet.setup_seconds(task)
         seg = times[job.units_done :].copy()
         if head_remaining is not None:
             seg[0] = head_remaining

@@ -31,7 +31,8 @@ class Task:
     """One unit-divisible piece of work for one device in one server step.
 
     ``units`` perturbations (or local steps) of ``inferences_per_unit`` forwards
-    each (central differences on a phone: 2) at ``batch`` × ``seq_len`` tokens.
+    each (central differences on a phone: 2) at ``batch`` × ``seq_len`` tokens, after
+    ``setup_inferences`` forwards charged to the first unit (one-sided: the base loss).
     ``upload_bytes(units_done)`` is set by the protocol (dense vector, seeds +
     scalars, adapter weights); ``download_bytes`` likewise.
     """
@@ -43,6 +44,9 @@ class Task:
     download_bytes: int = 0
     upload_bytes: Callable[[int], int] = field(default=lambda units: 0)
     inferences_per_unit: float = 2.0
+    # Forwards run once before the first unit: the base loss L(θ) that one-sided
+    # differences subtract from every perturbed loss (protocol.phone_estimator: onesided).
+    setup_inferences: float = 0.0
     memory_bytes: int = 0
     deadline_s: Optional[float] = None  # absolute simulated time; None = no deadline
     # Free-form tags the protocol wants back on the receipt (batch index, attempt, ...).

@@ -109,15 +109,19 @@ class PeftConfig(BaseModel):
     alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank).")
     target_modules: Optional[list[str]] = Field(
         None,
-        description="Module names LoRA adapts; default: attention query/value projections "
+        min_length=1,
+        description="Module names LoRA adapts (peft.method lora only; omit the key for the "
+        "default, an empty list is refused); default: attention query/value projections "
         "('query','value' for BERT-family, 'q_proj','v_proj' for LLaMA-family). The other "
         "family's attention names are translated (query/key/value <-> q_proj/k_proj/v_proj), "
         "so one list serves a BERT learning model and a LLaMA fleet.cost_model.",
     )
     layers: Optional[list[int]] = Field(
         None,
+        min_length=1,
         description="Transformer layer indices that get LoRA/adapters/BitFit; negative indices "
-        "count from the top (e.g. [-1, -2] = top two). Default: all layers.",
+        "count from the top (e.g. [-1, -2] = top two). Default (key omitted): all layers; an "
+        "empty list is refused.",
     )
     top_layers: Optional[int] = Field(
         None,
@@ -133,6 +137,11 @@ class PeftConfig(BaseModel):
             raise ValueError("give either peft.layers or peft.top_layers, not both")
         if self.method == "head_only" and not self.train_head:
             raise ValueError("peft.method 'head_only' needs peft.train_head: true")
+        if self.target_modules is not None and self.method != "lora":
+            raise ValueError(
+                f"peft.target_modules applies to peft.method 'lora' only (method is "
+                f"'{self.method}': adapters sit on each layer's feed-forward output, BitFit "
+                "trains the biases); remove peft.target_modules")
         return self
 
 
@@ -192,8 +201,11 @@ class NumericsConfig(BaseModel):
     h: float = Field(
         0.01,
         gt=0,
+        le=1.0,
         description="Finite-difference step size (host central / onesided and the phone's "
-        "protocol.phone_estimator). Refused below what numerics.dtype resolves: float32 "
+        "protocol.phone_estimator), at most 1 (a step the size of the weights themselves "
+        "is no derivative; FwdLLM uses 1e-2, MeZO 1e-3). Refused below what numerics.dtype "
+        "resolves: float32 "
         f"{MIN_FD_STEP['float32']:g}, bfloat16 {MIN_FD_STEP['bfloat16']:g}, float16 "
         f"{MIN_FD_STEP['float16']:g}.",
     )

@@ -230,9 +230,10 @@ class TorchEngine(NumericsEngine):
             "estimator_rule": "auto: backprop or jvp, whichever costs fewer forwards "
             "(fleetsim.numerics.crossdevice.choose_exact)" if self.cfg.estimator == "auto"
             else "fixed",
+            # what ran the jvp steps; null when no step took jvp
             "jvp_implementation": (
                 ("forward_mode" if self.forward_mode else "torch.func.jvp")
-                if self.cfg.estimator in ("auto", "jvp") else None),
+                if self.estimator_calls.get("jvp") else None),
             "estimator_used": dict(self.estimator_calls),
             "cross_device_batching": bool(
                 self.cfg.cross_device_batching and self.host_batching == "stacked"),

@@ -128,9 +128,12 @@ def resolve_model(cfg: ModelConfig, base_dir: Path, cache_dir: Path) -> Resolved
     try:  # a hub id, only if already in the local HF cache (no network here)
         config = AutoConfig.from_pretrained(name, local_files_only=True)
     except Exception as exc:
+        # the library's own text spans lines and suggests a connection fleetsim never uses
         raise FleetsimInputError(
-            f"model.name_or_path: '{name}' is neither a known model "
-            f"({', '.join(KNOWN_MODELS)}), a directory, nor a hub id in the local cache ({exc})"
+            f"model.name_or_path: '{name}' is neither a known model, a directory with a "
+            "config.json, nor a hub id already in the local Hugging Face cache (fleetsim "
+            f"never downloads); allowed: {', '.join(KNOWN_MODELS)}, a local directory or a "
+            "cached hub id"
         ) from exc
     return ResolvedModel(name, Path(name), Path(name), config)
 
@@ -489,7 +492,13 @@ def _apply_lora(model: TextClassifier, peft: PeftConfig, layers: list[int]) -> N
     try:
         inject_adapter_in_model(lora, model.backbone)
     except ValueError as exc:
-        raise FleetsimInputError(f"peft.target_modules {targets}: {exc}") from exc
+        layer_linears = sorted({
+            name.rsplit(".", 1)[-1] for name, module in model.layers.named_modules()
+            if isinstance(module, nn.Linear)})
+        raise FleetsimInputError(
+            f"peft.target_modules: {targets} names no linear module of layers {layers} of "
+            f"this {model.family}-family model; allowed: {', '.join(layer_linears)}"
+        ) from exc
     for name, param in model.named_parameters():
         if "lora_" in name:
             param.requires_grad_(True)

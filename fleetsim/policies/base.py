@@ -20,9 +20,11 @@ from fleetsim.policies.config import PolicyConfig
 class FleetView:
     """What a policy may know about the candidate devices at ``now``.
 
-    Arrays are aligned with ``device_ids``.  ``unit_seconds`` and
-    ``transfer_seconds`` are the latency model's predictions (no noise);
-    ``window_end`` is the end of each device's current availability window.
+    Arrays are aligned with ``device_ids``.  ``unit_seconds``, ``transfer_seconds``
+    and ``setup_seconds`` (forwards a task runs once before its first unit: the base
+    loss of one-sided differences; zeros otherwise) are the latency model's predictions
+    (no noise); ``window_end`` is the end of each device's current availability window.
+    A task of q units is predicted to take ``setup + q·unit + transfer`` seconds.
     """
 
     now: float
@@ -31,6 +33,11 @@ class FleetView:
     transfer_seconds: np.ndarray
     window_end: np.ndarray
     rng: np.random.Generator
+    setup_seconds: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        if self.setup_seconds is None:
+            self.setup_seconds = np.zeros(len(self.device_ids))
 
     def __len__(self) -> int:
         return int(self.device_ids.shape[0])
@@ -43,6 +50,7 @@ class FleetView:
             transfer_seconds=self.transfer_seconds[mask_or_index],
             window_end=self.window_end[mask_or_index],
             rng=self.rng,
+            setup_seconds=self.setup_seconds[mask_or_index],
         )
 
 

@@ -44,7 +44,7 @@ class FastestFirstCohort(CohortSelector):
     name = "fastest_first"
 
     def select(self, view: FleetView, k: int, expected_round_s: float) -> np.ndarray:
-        per_unit = view.unit_seconds + view.transfer_seconds
+        per_unit = view.unit_seconds + view.transfer_seconds + view.setup_seconds
         order = np.lexsort((view.device_ids, per_unit))
         return np.sort(view.device_ids[order[:k]])
 

@@ -42,7 +42,8 @@ class DeadlinePolicy(AllocationPolicy):
                 "policy.deadline_s: the deadline policy needs a per-step deadline "
                 "(set policy.deadline_s or protocol.commit.deadline_s)"
             )
-        usable = np.minimum(deadline, view.window_end - view.now) - view.transfer_seconds
+        usable = (np.minimum(deadline, view.window_end - view.now) - view.transfer_seconds
+                  - view.setup_seconds)
         quotas = np.floor(np.maximum(usable, 0.0) / np.maximum(view.unit_seconds, 1e-12))
         quotas = np.minimum(quotas, self.config.max_quota).astype(np.int64)
         return Allocation(view.device_ids, quotas, deadline_s=deadline)

@@ -60,6 +60,14 @@ class Protocol(ABC):
             return self.cfg.jvp_cost_factor
         return 1.0
 
+    def setup_inferences_per_task(self) -> float:
+        """Forward passes a phone runs once per task before its first unit: one-sided
+        differences need the base loss L(θ) of the task's batch (one inference); central
+        differences and jvp need none."""
+        if self.task_kind is TaskKind.FORWARD_GRADIENT and self.cfg.phone_estimator == "onesided":
+            return 1.0
+        return 0.0
+
     def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:
         """Bytes each device downloads before computing for the current step, shape
         ``(len(device_ids),)``.

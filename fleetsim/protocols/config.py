@@ -108,8 +108,8 @@ class ProtocolConfig(BaseModel):
     phone_estimator: Literal["central", "onesided", "jvp"] = Field(
         "central",
         description="What a phone runs per perturbation, charged to the simulated clock: central "
-        "= 2 inferences; onesided = 1 (+1 base inference per step); jvp = forward-mode "
-        "(jvp_cost_factor inferences).",
+        "= 2 inferences; onesided = 1 (+1 base inference L(θ) per task, charged before its "
+        "first unit); jvp = forward-mode (jvp_cost_factor inferences).",
     )
     jvp_cost_factor: float = Field(
         1.5, gt=0, description="Phone cost of one jvp in inferences (forward-mode overhead)."

@@ -51,7 +51,7 @@ class FwdLLMProtocol(Protocol):
         sample = ids[:: max(len(ids) // 256, 1)]
         v = server.view(sample, "estimate")
         quota = self.cfg.perturbations_per_device
-        per_step = np.median(v.unit_seconds * quota + v.transfer_seconds)
+        per_step = np.median(v.unit_seconds * quota + v.transfer_seconds + v.setup_seconds)
         return float(per_step) * n_batches
 
     def step_context(self, server: StepServer) -> StepContext:

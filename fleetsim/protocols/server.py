@@ -120,6 +120,9 @@ class StepServer:
     def inferences_per_unit(self) -> float:
         return self.protocol.inferences_per_unit()
 
+    def setup_inferences_per_task(self) -> float:
+        return self.protocol.setup_inferences_per_task()
+
     def download_payload(self, device_ids: np.ndarray) -> np.ndarray:
         return self.protocol.download_payload(self, np.asarray(device_ids, dtype=np.int64))
 
@@ -257,6 +260,8 @@ class StepServer:
             transfer_seconds=fleet.predict_transfer_seconds(
                 ids, self.download_payload(ids), self.upload_fn()(1)
             ),
+            setup_seconds=fleet.predict_setup_seconds(ids, kind,
+                                                      self.setup_inferences_per_task()),
             window_end=fleet.window_end(ids),
             rng=stream(self.ctx.seed, "policy", purpose, self.round, self.step),
         )
@@ -359,6 +364,7 @@ class StepServer:
                 download_bytes=int(down),
                 upload_bytes=upload,
                 inferences_per_unit=self.inferences_per_unit(),
+                setup_inferences=self.setup_inferences_per_task(),
                 memory_bytes=self.ctx.memory_bytes.get(self.task_kind, 0),
                 # Devices cut their compute only when the policy planned for a deadline;
                 # a commit deadline alone leaves late work to the late_work rule.

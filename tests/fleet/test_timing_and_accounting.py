@@ -455,3 +455,35 @@ def test_online_seconds_uses_a_trace_closed_form_when_offered():
 
     trace = ClosedForm(AlwaysOnline(3))
     assert list(online_seconds(trace, np.arange(3), 40.0)) == [10.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize("windows, finish", [
+    ([(0.0, 20.0)], 0.5),                  # one span: setup + 4 units
+    ([(0.0, 0.25), (10.0, 20.0)], 10.25),  # paused inside the second unit, resumed at 10
+    ([(0.0, 0.15), (10.0, 20.0)], 10.35),  # paused inside the first unit (setup + unit 0)
+])
+def test_setup_forwards_are_charged_before_the_first_unit(windows, finish):
+    """One-sided differences: the base loss (one forward, 0.1 s) runs before the first of 4
+    units of one forward each, so the task computes 0.5 s however it is paused."""
+    table = make_table(1, uplink_bps=1e12, downlink_bps=1e12)
+    env, log = simpy.Environment(), EventLog()
+
+    def per_forward(table, device_ids, backends, facts, kind, inferences_per_unit):
+        return np.full(len(device_ids), 0.1 * inferences_per_unit)
+
+    fleet = Fleet(env, table, intervals([windows]), FleetConfig(size=1), 0, log, FACTS,
+                  unit_seconds_fn=per_forward, choose_backend_fn=cpu_backend)
+    box = {}
+
+    def server():
+        box["receipt"] = yield fleet.dispatch(
+            Task(step=0, device_id=0, units=4, inferences_per_unit=1.0, setup_inferences=1.0))
+
+    env.process(server())
+    env.run()
+    receipt = box["receipt"]
+    assert receipt.units_delivered == 4
+    assert receipt.compute_s == pytest.approx(0.5)
+    computes = log.to_frame().query("kind == 'compute'")
+    assert computes.units.sum() == 4
+    assert float(computes.time_s.max()) == pytest.approx(finish)

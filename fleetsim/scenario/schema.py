@@ -34,7 +34,9 @@ class RunConfig(BaseModel):
     name: str = Field("run", min_length=1, description="Run name (used in the run directory).")
     seed: int = Field(0, ge=0, description="Seed of every named random stream of the run.")
     max_sim_hours: float = Field(
-        24.0 * 30, gt=0, description="Stop when the simulated clock passes this many hours."
+        24.0 * 30, gt=0, le=24.0 * 366,
+        description="Stop when the simulated clock passes this many hours (at most a year, "
+        "8,784 h: availability traces are expanded up to the horizon).",
     )
     targets: list[float] = Field(
         default_factory=list,

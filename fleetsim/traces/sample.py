@@ -22,6 +22,9 @@ import pandas as pd
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.base import AvailabilityTrace
 
+#: the longest sample: a year, as ``run.max_sim_hours`` (windows are expanded to it)
+MAX_SAMPLE_HOURS = 24.0 * 366
+
 
 def trace_windows(trace: AvailabilityTrace, horizon_s: float) -> pd.DataFrame:
     """``device_id,start_s,end_s`` of every window of ``trace`` within ``[0, horizon_s)``,
@@ -65,8 +68,9 @@ def sample_scenario(
 
     if devices < 1:
         raise FleetsimInputError(f"--devices: {devices} (allowed: integer >= 1)")
-    if not hours > 0:
-        raise FleetsimInputError(f"--hours: {hours:g} (allowed: number > 0)")
+    if not 0 < hours <= MAX_SAMPLE_HOURS:
+        raise FleetsimInputError(
+            f"--hours: {hours:g} (allowed: number > 0 and <= {MAX_SAMPLE_HOURS:g}, a year)")
     loaded = load_scenario(scenario, overrides)
     sc = loaded.scenario
     horizon = float(hours) * 3600.0

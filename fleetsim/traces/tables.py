@@ -81,7 +81,11 @@ def read_table(path: Path) -> pd.DataFrame:
         if kind == "parquet":
             df = pd.read_parquet(path)
         elif kind in ("csv", "tsv"):
-            df = pd.read_csv(path, sep="\t" if kind == "tsv" else ",")
+            sep = "\t" if kind == "tsv" else ","
+            _refuse_extra_fields(path, sep)
+            # index_col=False: never turn the first column into an index (pandas does so,
+            # silently shifting every column, when rows carry one field more than the header)
+            df = pd.read_csv(path, sep=sep, index_col=False)
         else:
             raise FleetsimInputError(
                 f"{path}: neither the suffix {path.suffix!r} nor the content tells a table "
@@ -95,6 +99,24 @@ def read_table(path: Path) -> pd.DataFrame:
         raise FleetsimInputError(f"{path}: table has a header but no rows")
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def _refuse_extra_fields(path: Path, sep: str) -> None:
+    """A row with more fields than the header has no column for its extra values: refuse
+    it, naming the line (pandas would shift the columns or drop the values)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.reader(handle, delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            if len(row) > len(header) and any(field.strip() for field in row[len(header):]):
+                raise FleetsimInputError(
+                    f"{path}: line {reader.line_num}: {len(row)} fields but the header has "
+                    f"{len(header)} ({', '.join(h.strip() for h in header)}); allowed: one "
+                    "value per header column")
 
 
 def require_columns(df: pd.DataFrame, path: Path, columns: tuple[str, ...]) -> None:

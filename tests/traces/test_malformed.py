@@ -7,6 +7,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fleetsim.errors import FleetsimInputError
@@ -233,3 +234,71 @@ def test_network_quantiles_not_rising(tmp_path):
     assert _message(validate_trace_file, p) == (
         f"{p}: column 'quantile' must rise strictly within [0, 1] (allowed: 0..1)"
     )
+
+
+# ----------------------------------------------------------- found by a new-user trial
+
+
+def _flash_file(tmp_path, lines: list[str], name: str = "state.json"):
+    import json
+
+    path = tmp_path / name
+    path.write_text(json.dumps({"7": {"messages": "\n".join(lines)}}))
+    return path
+
+
+FLASH_LINES = [  # available (locked, charging, Wi-Fi) 05:01-06:00 of a 9 h span
+    "2018-03-06 00:00:00\tbattery_charged_on",
+    "2018-03-06 05:00:00\tscreen_lock",
+    "2018-03-06 05:00:10\twifi",
+    "2018-03-06 05:01:00\tbattery_charged_on",
+    "2018-03-06 06:00:00\tscreen_unlock",
+    "2018-03-06 07:00:00\tbattery_charged_off",
+    "2018-03-06 09:00:00\tbattery_charged_off",
+]
+
+
+def test_flash_messages_out_of_time_order_are_read_in_time_order(tmp_path):
+    from fleetsim.traces.formats.flash import flash_intervals
+
+    shuffled = [FLASH_LINES[i] for i in (1, 2, 3, 5, 0, 6, 4)]
+    in_order = flash_intervals(_flash_file(tmp_path, FLASH_LINES, "a.json"), 86400.0)
+    out_of_order = flash_intervals(_flash_file(tmp_path, shuffled, "b.json"), 86400.0)
+    for a, b in zip(in_order, out_of_order):
+        np.testing.assert_array_equal(a, b)
+    _, start, end, _ = in_order
+    # by hand: one window 05:00:10-06:00 (the charger was already on), repeated every 9 h
+    assert start[0] == 5 * 3600 + 10 and end[0] == 6 * 3600
+    assert np.allclose(np.diff(start), 9 * 3600)
+
+
+def test_flash_user_repeated_into_millions_of_windows_is_refused(tmp_path):
+    from fleetsim.traces.formats.flash import flash_intervals
+
+    lines = ["2018-03-06 05:00:00\tscreen_lock", "2018-03-06 05:00:00\twifi",
+             "2018-03-06 05:00:00\tbattery_charged_on",
+             "2018-03-06 05:00:01\tscreen_unlock", "2018-03-06 05:00:02\tscreen_lock"]
+    with pytest.raises(FleetsimInputError, match="its messages span only 2 s"):
+        flash_intervals(_flash_file(tmp_path, lines), 8000 * 3600.0)
+
+
+def test_the_host_zone_link_is_refused():
+    from fleetsim.traces.formats.common import zone
+
+    for name in ("localtime", "posixrules"):
+        with pytest.raises(FleetsimInputError, match="host's own zone"):
+            zone(name)
+    assert str(zone("UTC")) == "UTC"
+
+
+def test_online_share_counts_short_windows_exactly(tmp_path):
+    """One second online every 15 minutes: 96 s a day.  Sampling at the quarter hours read
+    this as always online; the report now integrates the windows."""
+    from fleetsim.traces.formats.intervals import IntervalsFormat
+
+    path = tmp_path / "blips.csv"
+    rows = [f"0,{q * 900},{q * 900 + 1}" for q in range(96)]
+    path.write_text("device_id,start_s,end_s\n" + "\n".join(rows) + "\n")
+    report = IntervalsFormat().report(path)
+    assert report.summary["mean_online_share"] == pytest.approx(96 / 86400, rel=1e-6)
+    assert report.hourly_share == pytest.approx(np.full(24, 4 / 3600), rel=1e-6)

@@ -59,8 +59,17 @@ def trace_id_order(ids: Iterable[object]) -> list[object]:
     return sorted(ids, key=key)
 
 
+HOST_ZONE_LINKS = ("localtime", "posixrules")
+
+
 def zone(name: str, what: str = "traces.availability.timezone") -> ZoneInfo:
-    """The IANA zone ``name`` (e.g. ``UTC``, ``Asia/Shanghai``) for timestamps without one."""
+    """The IANA zone ``name`` (e.g. ``UTC``, ``Asia/Shanghai``) for timestamps without one.
+    ``localtime`` / ``posixrules`` are refused: the zone database's links to the host's own
+    zone would make a run depend on the machine it runs on."""
+    if str(name).strip().lower() in HOST_ZONE_LINKS:
+        raise FleetsimInputError(
+            f"{what}: {name!r} is the host's own zone, which would make the run depend on the "
+            "machine (allowed: an IANA zone name, e.g. UTC, Europe/Paris, Asia/Shanghai)")
     try:
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError, TypeError):

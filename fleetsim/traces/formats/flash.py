@@ -28,6 +28,11 @@ _WIFI_ON = {"wifi"}
 _WIFI_OFF = {"2g", "3g", "4g", "5g", "unknown", "none"}
 
 
+#: windows one user's repeated pattern may expand to (a user whose messages span seconds,
+#: repeated for months, would otherwise fill the memory)
+MAX_REPEATED_WINDOWS = 2_000_000
+
+
 def flash_intervals(
     path: Path, horizon_s: float, timezone: str = "UTC"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -70,9 +75,7 @@ def flash_intervals(
                 f"{path}: user {uid!r}: missing string field 'messages' "
                 "(lines 'YYYY-mm-dd HH:MM:SS<TAB>event')"
             )
-        times, avail = [], []
-        locked = charging = wifi = False
-        t0 = None
+        parsed = []  # (time, event), then in time order: the state machine needs it
         for ln, line in enumerate(rec["messages"].splitlines()):
             if not line.strip():
                 continue
@@ -88,8 +91,15 @@ def flash_intervals(
                     f"{path}: user {uid!r} messages line {ln + 1}: {line[:40]!r} does not start "
                     "with a 'YYYY-mm-dd HH:MM:SS' timestamp and a tab"
                 ) from None
-            if t0 is None:
-                t0 = t
+            parsed.append((t, event))
+        # a log whose lines are out of time order is read in time order (stable: equal
+        # stamps keep their file order); file order would make the span, and so the
+        # repeat period, wrong and the repeated windows overlap
+        parsed.sort(key=lambda item: item[0])
+        times, avail = [], []
+        locked = charging = wifi = False
+        t0 = parsed[0][0] if parsed else 0.0
+        for t, event in parsed:
             ev = event.strip().lower()
             if ev == "screen_lock":
                 locked = True
@@ -123,6 +133,12 @@ def flash_intervals(
         rise, fall = rise[keep], fall[keep]
         if span > 0 and len(rise):
             reps = max(int(math.ceil(horizon_s / span)), 1)
+            if reps * len(rise) > MAX_REPEATED_WINDOWS:
+                raise FleetsimInputError(
+                    f"{path}: user {uid!r}: its messages span only {span:g} s, so repeating "
+                    f"its pattern up to the horizon ({horizon_s / 3600:g} h) takes "
+                    f"{reps * len(rise):,} windows (allowed: at most "
+                    f"{MAX_REPEATED_WINDOWS:,} per user: drop the user or shorten the horizon)")
             k = np.repeat(np.arange(reps), len(rise))
             rise = np.tile(rise, reps) + k * span
             fall = np.tile(fall, reps) + k * span

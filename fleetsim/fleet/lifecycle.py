@@ -343,7 +343,7 @@ def compute(fleet: Fleet, job: Job):
             # Fast path (no noise, no thermal model): equal units, one timeout if they
             # all fit in the window and before the deadline.
             left = task.units - job.units_done
-            setup_s = fleet.setup_seconds(task)
+            setup_s = fleet.setup_seconds(task) if job.units_done == 0 else 0.0
             span = base_s * left + setup_s
             if now + span <= min(job.window_end, deadline):
                 job.phase, job.phase_start = "compute", now

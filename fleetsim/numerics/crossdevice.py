@@ -79,6 +79,8 @@ def choose_exact(perturbations: Sequence[int], device: str, forward_mode: bool =
 
 
 Loader = Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+# (inputs, mask, labels, weights) of some devices' rows, device-major (Cohort.take)
+Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -112,8 +114,7 @@ class Cohort:
     def rows(self) -> int:
         return int(self.rows_of.shape[1])
 
-    def take(self, devices: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def take(self, devices: torch.Tensor) -> Rows:
         """The rows of ``devices`` (D,) (repeats allowed), device-major: inputs (D·B, W[, ·]),
         mask (D·B, W), labels (D·B,), weights (D·B,) (1 a real row, 0 padding)."""
         picked = devices.cpu().numpy()
@@ -121,9 +122,6 @@ class Cohort:
         weights = (np.arange(self.rows)[None, :] < self.sizes[picked][:, None]).reshape(-1)
         return inputs, mask, labels, torch.as_tensor(weights, dtype=torch.float32,
                                                      device=inputs.device)
-
-
-Rows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def set_losses(model: nn.Module, start: int, rows: Rows, stacked: dict[str, torch.Tensor]

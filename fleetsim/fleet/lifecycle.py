@@ -296,16 +296,15 @@ def unit_times(fleet: Fleet, job: Job) -> np.ndarray:
     sigma = fleet.config.compute_noise_sigma
     if sigma <= 0 or task.units == 0:
         times = np.full(task.units, base)
-        if task.units:
-            times[0] += fleet.setup_seconds(task)  # the setup forwards run before unit 0
-        return times
-    key = (d, task.step)
-    nth = fleet.tasks_per_step.get(key, 0)
-    fleet.tasks_per_step[key] = nth + 1
-    rng = stream(fleet.seed, "noise", "compute", d, task.step, nth)
-    # Mean-one multiplier: the noise-free prediction is unbiased.
-    times = base * rng.lognormal(mean=-0.5 * sigma * sigma, sigma=sigma, size=task.units)
-    times[0] += fleet.setup_seconds(task)  # the setup forwards (noise-free)
+    else:
+        key = (d, task.step)
+        nth = fleet.tasks_per_step.get(key, 0)
+        fleet.tasks_per_step[key] = nth + 1
+        rng = stream(fleet.seed, "noise", "compute", d, task.step, nth)
+        # Mean-one multiplier: the noise-free prediction is unbiased.
+        times = base * rng.lognormal(mean=-0.5 * sigma * sigma, sigma=sigma, size=task.units)
+    if task.units:
+        times[0] += fleet.setup_seconds(task)  # the setup forwards (noise-free), before unit 0
     return times
 
 
@@ -357,8 +356,7 @@ def compute(fleet: Fleet, job: Job):
                 job.units_done = task.units
                 fleet.log.add(env.now, d, "compute", task.step, duration_s=span, units=left)
                 return _DONE
-            times = np.full(task.units, base_s)
-            times[0] += fleet.setup_seconds(task)
+            times = unit_times(fleet, job)  # noise-free here: equal units after the setup
         seg = times[job.units_done :].copy()
         if head_remaining is not None:
             seg[0] = head_remaining

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         figures,
         "step_time",
         "A fixed number of perturbations per step (policy.total_perturbations); means over "
-        "committed steps, then over seeds (95 % bootstrap percentile interval of the per-run "
+        "committed steps, then over seeds (95 % Hall skewness-corrected t interval of the per-run "
         f"mean step time). {host_note(runs)}.",
     )
     grouped_breakdown_figure(breakdown, group_of_run, BY, path=figures / "step_time.png")

@@ -13,7 +13,7 @@ interruptions, dropped or late, as a share of all units computed; wasted device-
 of busy time), staleness of used work, straggler-wait share of step time, committed
 perturbations and device energy per 1,000 of them (policies put very different amounts of
 work into a step, so steps alone are no yardstick).  Per policy variant and start hour:
-mean over seeds with a 95 % bootstrap percentile interval.
+mean over seeds with a 95 % interval (Hall's skewness-corrected t).
 
 Outputs (``figures/`` or ``figures-quick/``): ``churn.{csv,md}`` (the table),
 ``churn_wide.csv`` (numeric interval ends), ``per_run.csv``, ``churn_metrics.png`` (bars
@@ -168,7 +168,7 @@ def gather(run_dirs: list[Path]) -> StudyTables:
 
 def churn_table(per_run: pd.DataFrame) -> pd.DataFrame:
     """Per variant and start hour: runs, and each metric's mean over seeds with its 95 %
-    bootstrap percentile interval (``<metric>``, ``<metric>_low``, ``<metric>_high``)."""
+    Hall skewness-corrected t interval (``<metric>``, ``<metric>_low``, ``<metric>_high``)."""
     rows = []
     order = {v: i for i, v in enumerate(dict.fromkeys(per_run["variant"]))}
     for (start, name), frame in per_run.groupby(["start_hour", "variant"], sort=False):
@@ -307,7 +307,7 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
     fleet = int(summary["fleet_size"].iloc[0])
     hours = float(summary["simulated_seconds"].max()) / 3600.0
     title = f"{fleet} phones, {hours:.3g} simulated h; {label}"
-    note = (f"{title}. Mean over seeds [95 % bootstrap percentile interval]. "
+    note = (f"{title}. Mean over seeds [95 % interval, Hall's skewness-corrected t]. "
             f"{host_note(runs)}.")
     table.to_csv(figures / "churn_wide.csv", index=False)
     write_table(interval_cells(table, list(METRICS)), figures, "churn", note)

@@ -101,8 +101,8 @@ def time_to_accuracy_table(
     One row per (group, target): ``runs`` (runs in the group), ``reached`` (runs whose
     accuracy reached the target), ``median_s`` the Kaplan–Meier median of simulated
     seconds with each non-reaching run censored at its simulated end
-    (:func:`fleetsim.analysis.stats.censored_median`: ``inf`` = not reached, i.e. more
-    than half of the runs did not get there), ``ci_low_s``/``ci_high_s`` its interval
+    (:func:`fleetsim.analysis.stats.censored_median`: ``inf`` = not reached, i.e. fewer
+    than half of the runs got there), ``ci_low_s``/``ci_high_s`` its interval
     at ``confidence`` (``inf`` = unbounded; never below zero), ``median_h`` the median
     in hours.  Never the mean of only the runs that reached.
     """

@@ -384,10 +384,10 @@ def compare_runs(
     written["markdown"] = out_dir / "comparison.md"
     grouping = f"grouped by `{by}`" if by is not None else "one row per run"
     note = (
-        f"{len(runset.runs)} runs, {grouping}. Means over runs with 95 % bootstrap "
-        "percentile intervals; time to accuracy (tta, simulated hours) is the median over "
-        "all runs with those that never reached the target censored at their end (∞ = "
-        "not reached by more than half, or an unbounded interval end; see the reached "
+        f"{len(runset.runs)} runs, {grouping}. Means over runs with 95 % intervals "
+        "(Hall's skewness-corrected t); time to accuracy (tta, simulated hours) is the median "
+        "over all runs with those that never reached the target censored at their end (∞ = "
+        "not reached by at least half, or an unbounded interval end; see the reached "
         "column); — = missing.\n\n"
     )
     written["markdown"].write_text(note + markdown_table(table))

@@ -187,7 +187,7 @@ def time_to_accuracy_figure(
     """Median time to each target (s, min or h by scale) from
     :func:`~fleetsim.analysis.metrics.time_to_accuracy_table` (non-reaching runs
     censored), one line per group of ``by``, its interval as error bars.  A target
-    whose median is not reached (more than half of the group's runs never got there)
+    whose median is not reached (fewer than half of the group's runs got there)
     leaves a gap; an interval unbounded above (typical with a few seeds: the log-log
     band never falls below one half) has no upper bar, an open triangle above the point
     instead.  ``target_labels`` renames the x ticks."""

@@ -85,8 +85,8 @@ class ProtocolConfig(BaseModel):
     name: str = Field(
         "fwdllm",
         description="Server strategy: fwdllm | fedsgd (backprop FedSGD) | fedavg (backprop, local "
-        "epochs) | kseed (zeroth-order seed-only, FedKSeed-style), or a name registered in the "
-        "`fleetsim.protocols` entry-point group.",
+        "epochs) | kseed (FedKSeed: zeroth-order over a pool of seed_pool seeds), or a name "
+        "registered in the `fleetsim.protocols` entry-point group.",
     )
     lr: float = Field(0.01, gt=0, description="Server learning rate.")
     lr_schedule: Literal["constant", "linear"] = Field(

@@ -170,7 +170,10 @@ class KSeedProtocol(FwdLLMProtocol):
         before = server.step
         ok = yield from super().one_step(server, cohort, batch_index)
         if server.step > before and self.pool_size is not None:
+            # the committed row of step ``before`` carries the lr its update was applied with
             row = server.ctx.recorder.step_rows[-1]
+            if int(row["step"]) != before or not row["committed"]:
+                raise RuntimeError(f"kseed: no committed row for step {before}")
             self._note_pool_commit(before, float(row["lr"]), self._last)
         return ok
 

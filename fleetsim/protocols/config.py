@@ -142,8 +142,8 @@ class ProtocolConfig(BaseModel):
     seed_sampling: Literal["uniform", "importance"] = Field(
         "uniform",
         description="How a perturbation's pool seed is drawn: uniform (FedKSeed), or importance "
-        "(FedKSeed-Pro: softmax of the min-max-normalised mean |scalar| of each seed's history). "
-        "Needs seed_pool.",
+        "(FedKSeed-Pro: softmax of the min-max-normalised mean |scalar| of each seed's history; "
+        "a systems-only run has no scalars, so it stays uniform). Needs seed_pool.",
     )
     local_epochs: int = Field(1, ge=1, description="FedAvg local epochs over the round's batches.")
     eval_every_steps: int = Field(

@@ -19,8 +19,9 @@ What defines it, and how fleetsim does it:
   (:meth:`fleetsim.protocols.model_sync.ModelSync.pool_download`).
 * **FedKSeed-Pro** (``protocol.seed_sampling: importance``): seed j is drawn with
   probability p_j = softmax(ψ̃)_j, ψ̃ = min-max normalisation of ψ, ψ_j = the mean of
-  |clip(g, −c, c)| over seed j's history of scalar gradients (the paper's §4.3; the
-  authors' code ``server.calculate_probabilities``: history initialised with one 0,
+  |clip(g, −c, c)| over seed j's history of scalar gradients (the paper's FedKSeed-Pro
+  seed probabilities; the authors' code, zhenqincn/FedKSeed
+  ``Server.calculate_probabilities``: history initialised with one 0,
   c = ``bias_loss_clip`` = 1,000, + 1e-10 in the normalising denominator).  The history
   holds every scalar a committed step used, as uploaded (before weighting); the
   probabilities of step t come from the steps committed before t, as the paper's clients
@@ -70,7 +71,7 @@ def importance_probabilities(abs_sum: np.ndarray, count: np.ndarray) -> np.ndarr
     ``abs_sum[j]``: Σ |clip(g, −IMPORTANCE_CLIP, IMPORTANCE_CLIP)| over seed j's history
     (its initial entry included); ``count[j]``: the history's length (≥ 1).  ψ = abs_sum /
     count; p = softmax((ψ − min ψ) / (max ψ − min ψ + 1e-10)).  Source: Qin et al. 2024
-    §4.3 and the authors' ``Server.calculate_probabilities``."""
+    (FedKSeed-Pro) and the authors' code, zhenqincn/FedKSeed ``Server.calculate_probabilities``."""
     psi = np.asarray(abs_sum, dtype=np.float64) / np.asarray(count, dtype=np.float64)
     norm = (psi - psi.min()) / (psi.max() - psi.min() + IMPORTANCE_EPS)
     e = np.exp(norm - norm.max())

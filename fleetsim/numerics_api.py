@@ -19,7 +19,9 @@ from typing import Any, Optional
 
 from fleetsim.workload import ModelFacts
 
-__all__ = ["EvalResult", "GradientWork", "ModelFacts", "NumericsEngine", "StepEstimate"]
+__all__ = [
+    "POOL_SCALARS", "EvalResult", "GradientWork", "ModelFacts", "NumericsEngine", "StepEstimate",
+]
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,26 @@ class GradientWork:
     #: Staleness weight of every perturbation of this work in the step's average
     #: (1.0 for fresh work; e.g. 1/√(1+s) under FedBuff/FedAsync-style weighting).
     weight: float = 1.0
+    #: Seed-pool protocols (FedKSeed): the pool index j of each of ``perturbations``, chosen
+    #: by the server; the perturbation is then the pool seed's, regenerated from
+    #: ``stream_seed(seed, "seed-pool", j)`` whatever the step, device or k, so equal
+    #: indices mean equal v.  ``None``: per-(step, device, k) perturbations.
+    pool_seeds: Optional[tuple[int, ...]] = None
+
+
+#: ``StepEstimate.extra`` key of a seed-pool step's scalars: a list of ``[j, d, w]``, one per
+#: pooled perturbation (pool index j, directional derivative d = ∇L·v_j in loss units per
+#: unit of v, staleness weight w), in pooling order.  The estimate is then exactly
+#: Σ w·d·v_j / Σ w, so the server can keep FedKSeed's per-seed accumulated scalars and
+#: FedKSeed-Pro's scalar history from numbers alone.
+POOL_SCALARS = "pool_scalars"
 
 
 @dataclass
 class StepEstimate:
     """An aggregated gradient estimate for one server step (engine-owned tensor
-    inside ``handle``; protocols treat it as opaque)."""
+    inside ``handle``; protocols treat it as opaque; numbers for the protocol in
+    ``extra``, e.g. :data:`POOL_SCALARS`)."""
 
     step: int
     n_perturbations: int

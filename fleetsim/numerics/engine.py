@@ -69,6 +69,7 @@ from fleetsim.numerics.partition import partition, split_for_run
 from fleetsim.numerics.pool import EstimatePool
 from fleetsim.numerics.systems_only import SystemsOnlyEngine
 from fleetsim.numerics.tokens import tokenize_cached
+from fleetsim.numerics_api import POOL_SCALARS
 from fleetsim.rng import stream
 
 
@@ -372,11 +373,19 @@ class TorchEngine(NumericsEngine):
     def _perturbations(
         self, step: int, device_id: int, ks: tuple[int, ...],
         previous_gradient: Optional[list[Any]] = None,
+        pool_seeds: Optional[tuple[int, ...]] = None,
     ) -> list[Any]:
         """The perturbations v_k of ``step`` for one device, as drawn when the device
-        computed them (discriminative sampling ranks by the gradient before ``step``)."""
-        from fleetsim.numerics.perturbation import stack_perturbations
+        computed them (discriminative sampling ranks by the gradient before ``step``); with
+        ``pool_seeds``, the seed pool's entries instead (the same v wherever drawn)."""
+        from fleetsim.numerics.perturbation import stack_perturbations, stack_pool_perturbations
 
+        if pool_seeds is not None:
+            if len(pool_seeds) != len(ks):
+                raise ValueError(f"device {device_id}: {len(pool_seeds)} pool seeds for "
+                                 f"{len(ks)} perturbations")
+            return stack_pool_perturbations(self.seed, pool_seeds, self.shapes,
+                                            device=self.device, dtype=self.dtype)
         disc = self.cfg.discriminative
         use_disc = disc.enabled and previous_gradient is not None and step % disc.every == 0
         return stack_perturbations(
@@ -433,7 +442,8 @@ class TorchEngine(NumericsEngine):
         from fleetsim.numerics.estimators.directional import _forward_ad_attention
 
         tangents = [
-            self._perturbations(source, item.device_id, item.perturbations, prev_grad)
+            self._perturbations(source, item.device_id, item.perturbations, prev_grad,
+                                item.pool_seeds)
             for item in items
         ]
         indices = [batch_of(self.plan, item.client_id, item.batch_index) for item in items]
@@ -465,6 +475,7 @@ class TorchEngine(NumericsEngine):
         started = time.perf_counter()
         pool = previous.handle.copy() if previous is not None else self._empty_pool()
         skipped: list = list(previous.extra.get("skipped", [])) if previous is not None else []
+        scalars: list = list(previous.extra.get(POOL_SCALARS, [])) if previous is not None else []
         self._snapshot(step)
         # work of different source steps runs at different θ: batch per source step
         groups: dict[int, list[GradientWork]] = {}
@@ -505,9 +516,14 @@ class TorchEngine(NumericsEngine):
                 pool.loss_sum += base_loss
                 pool.loss_n += 1
                 pool.devices.add(item.device_id)
+                if item.pool_seeds is not None:
+                    scalars.extend([int(j), float(d), float(item.weight)]
+                                   for j, d in zip(item.pool_seeds, derivs.tolist()))
         self.host_estimate_s += time.perf_counter() - started
         estimate = self._estimate_from_pool(step, pool, skipped)
         estimate.extra["estimator"] = chosen
+        if scalars:
+            estimate.extra[POOL_SCALARS] = scalars
         return estimate
 
     def _estimate_from_pool(self, step: int, pool: EstimatePool, skipped: list) -> StepEstimate:

@@ -6,6 +6,12 @@ A perturbation is identified by (run seed, step, device, k) and regenerated from
 then moved to the compute device, so CPU and CUDA runs see the same v and a
 device may upload a seed and a scalar instead of a dense vector.
 
+Seed pool (FedKSeed, Qin et al. 2024): with ``protocol.seed_pool`` = K, the server
+assigns each perturbation (step, device, k) an index j < K, and v is pool entry j's,
+regenerated from ``stream_seed(seed, "seed-pool", j)`` (:func:`pool_perturbation`):
+equal indices give equal v, so θ_T = θ_0 − Σ_j h_j v_j with h_j the server's
+accumulated scalar of seed j.
+
 Discriminative sampling (FwdLLM §4.3): with a previous aggregated gradient g,
 each trainable tensor draws ``m`` candidates from the same generator and keeps
 the one with the largest |cos(candidate, g)|.  The absolute value is used because
@@ -107,6 +113,40 @@ def stack_perturbations(
     """Perturbations ks of one device stacked per tensor: list of (len(ks), *shape)."""
     per_k = [make_perturbation(seed, step, device_id, k, shapes, **kwargs) for k in ks]
     return [torch.stack([v[i] for v in per_k]) for i in range(len(shapes))]
+
+
+def pool_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of seed-pool entry ``index`` (FedKSeed's candidate seed j): its
+    perturbation is the same at every step and on every device."""
+    return torch.Generator(device="cpu").manual_seed(stream_seed(seed, "seed-pool", index))
+
+
+def pool_perturbation(
+    seed: int,
+    index: int,
+    shapes: Sequence[torch.Size],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor]:
+    """v_j ~ N(0, I) of seed-pool entry ``index``: one tensor per trainable tensor, in
+    ``shapes`` order, drawn like :func:`make_perturbation` (CPU generator, then moved)."""
+    generator = pool_generator(seed, index)
+    return [torch.randn(tuple(shape), generator=generator).to(device=device, dtype=dtype)
+            for shape in shapes]
+
+
+def stack_pool_perturbations(
+    seed: int,
+    indices: Sequence[int],
+    shapes: Sequence[torch.Size],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> list[torch.Tensor]:
+    """Pool perturbations ``indices`` stacked per tensor: list of (len(indices), *shape)."""
+    per_j = [pool_perturbation(seed, j, shapes, device=device, dtype=dtype) for j in indices]
+    return [torch.stack([v[i] for v in per_j]) for i in range(len(shapes))]
 
 
 def variance_half(seed: int, step: int, device_id: int, k: int) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -67,6 +67,14 @@ class Protocol(ABC):
         if self.task_kind is TaskKind.FORWARD_GRADIENT and self.cfg.phone_estimator == "onesided":
             return 1.0
         return 0.0
+
+    def pool_seeds(
+        self, server: StepServer, step: int, device_id: int, ks: tuple[int, ...]
+    ) -> Optional[tuple[int, ...]]:
+        """Seed-pool protocols (FedKSeed): the pool index of each perturbation ``ks`` that
+        ``device_id`` computed for ``step``, chosen server-side; None (this default): every
+        perturbation has its own per-(step, device, k) seed."""
+        return None
 
     def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:
         """Bytes each device downloads before computing for the current step, shape

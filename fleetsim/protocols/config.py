@@ -85,8 +85,8 @@ class ProtocolConfig(BaseModel):
     name: str = Field(
         "fwdllm",
         description="Server strategy: fwdllm | fedsgd (backprop FedSGD) | fedavg (backprop, local "
-        "epochs) | kseed (zeroth-order seed-only, FedKSeed-style), or a name registered in the "
-        "`fleetsim.protocols` entry-point group.",
+        "epochs) | kseed (FedKSeed: zeroth-order over a pool of seed_pool seeds), or a name "
+        "registered in the `fleetsim.protocols` entry-point group.",
     )
     lr: float = Field(0.01, gt=0, description="Server learning rate.")
     lr_schedule: Literal["constant", "linear"] = Field(
@@ -130,9 +130,67 @@ class ProtocolConfig(BaseModel):
         description="Seed download for a device that missed steps: replay every missed pair, or "
         "fetch the dense trainable vector instead when that is smaller (FedKSeed-style).",
     )
+    seed_pool: Optional[int] = Field(
+        None, ge=1, le=2**32,
+        description="K: the finite pool of candidate seeds every perturbation is drawn from, "
+        "shared by server and phones (FedKSeed, Qin et al. 2024; the paper: 4,096). Phones "
+        "upload (4-byte seed index, fp32 scalar) pairs; the server keeps one accumulated scalar "
+        "per seed; a phone catches up with the K accumulated scalars or the pairs since its last "
+        "sync, whichever is smaller. kseed only; unset under kseed: 4096; null: unbounded "
+        "per-(step, device, k) seeds (kseed is then fwdllm with upload and download: seeds).",
+    )
+    seed_sampling: Literal["uniform", "importance"] = Field(
+        "uniform",
+        description="How a perturbation's pool seed is drawn: uniform (FedKSeed), or importance "
+        "(FedKSeed-Pro: softmax of the min-max-normalised mean |scalar| of each seed's history; "
+        "a systems-only run has no scalars, so it stays uniform). Needs seed_pool.",
+    )
     local_epochs: int = Field(1, ge=1, description="FedAvg local epochs over the round's batches.")
     eval_every_steps: int = Field(
         0, ge=0, description="Evaluate every N committed steps; 0 = at each round end only."
     )
     variance: VarianceControl = Field(default_factory=VarianceControl)
     commit: CommitRule = Field(default_factory=CommitRule)
+
+    @model_validator(mode="after")
+    def _seed_pool(self) -> ProtocolConfig:
+        if self.name == "kseed" and "seed_pool" not in self.model_fields_set:
+            self.seed_pool = KSEED_PAPER_POOL
+        if self.seed_pool is not None and self.name != "kseed":
+            raise ValueError(
+                f"protocol.seed_pool: only protocol kseed draws perturbations from a seed pool; "
+                f"allowed for {self.name}: null"
+            )
+        if self.seed_sampling == "importance" and self.seed_pool is None:
+            raise ValueError(
+                "protocol.seed_sampling: importance needs a finite protocol.seed_pool (K); "
+                "allowed with seed_pool null: uniform"
+            )
+        return self
+
+
+#: FedKSeed's pool size K (Qin et al., ICML 2024, "Federated Full-Parameter Tuning of
+#: Billion-Sized Language Models with Communication Cost under 18 Kilobytes", arXiv 2312.06353:
+#: K = 4,096 in its experiments; the authors' code's ``-K`` default).
+KSEED_PAPER_POOL = 4096
+
+
+def seed_pool_problem(
+    protocol: ProtocolConfig, optimizer: str, weight_decay: float, clip_norm: Optional[float],
+    discriminative: bool,
+) -> Optional[str]:
+    """Why ``protocol.seed_pool`` cannot be honoured with these numerics settings (None: it
+    can).  FedKSeed's server applies θ ← θ − η Σ_j h_j v_j with plain SGD, so the K accumulated
+    scalars h_j reconstruct θ from θ_0 only when the server optimiser is plain SGD (no
+    momentum, Adam, weight decay or clipping) and v_j depends on the seed alone (no
+    discriminative sampling, which picks v by the previous gradient)."""
+    if protocol.seed_pool is None:
+        return None
+    if optimizer != "sgd" or weight_decay or clip_norm is not None:
+        return ("numerics.server_optimizer: protocol.seed_pool needs plain SGD (FedKSeed "
+                "rebuilds θ from the per-seed accumulated scalars); allowed: name sgd, "
+                "weight_decay 0, clip_norm null")
+    if discriminative:
+        return ("numerics.discriminative.enabled: a pool seed's perturbation must depend on "
+                "the seed alone under protocol.seed_pool; allowed: false")
+    return None

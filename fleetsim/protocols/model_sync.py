@@ -6,6 +6,11 @@ work for step ``s`` it needs θ_s: the dense trainable vector (4 bytes a paramet
 applied, 12 bytes a pair (a 64-bit seed and an fp32 scalar), replayed on the phone as
 DeComFL's ``client_last_updates`` and FedKSeed's scalar history do.  θ_0 is built on
 every phone from the run's seed, so a seed replay starts there.
+
+With a seed pool of K seeds (FedKSeed, Qin et al., ICML 2024, arXiv 2312.06353) a pair is
+a 4-byte seed index and an fp32 scalar (8 bytes), and the server also holds one
+accumulated scalar per seed: a lagging phone fetches those K scalars (4 K bytes) or the
+pairs committed since its last sync, whichever is smaller (:meth:`ModelSync.pool_download`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from fleetsim.fleet.work import WorkReceipt
 SEED_RECORD_BYTES = 12
 #: Bytes of one fp32 parameter.
 FP32 = 4
+#: Bytes on the wire for one (seed index, scalar) pair of a seed pool: a 4-byte index into
+#: the K ≤ 2³² shared candidate seeds and an fp32 scalar (FedKSeed's upload).
+POOL_PAIR_BYTES = 8
+#: Bytes of one accumulated scalar of the pool (fp32; FedKSeed's download is K of them).
+POOL_SCALAR_BYTES = 4
 
 
 class ModelSync:
@@ -38,10 +48,22 @@ class ModelSync:
     def seed_download(self, device_ids: np.ndarray, step: int) -> np.ndarray:
         """12 bytes per pair of every committed step before ``step`` each device has not
         applied; int64."""
+        return (SEED_RECORD_BYTES * self.pairs_behind(device_ids, step)).astype(np.int64)
+
+    def pairs_behind(self, device_ids: np.ndarray, step: int) -> np.ndarray:
+        """(seed, scalar) pairs committed before ``step`` that each device has not applied;
+        int64."""
         before = np.asarray(self._pairs_before, dtype=np.int64)
         held = np.maximum(self.held[np.asarray(device_ids, dtype=np.int64)], 0)
-        pairs = before[min(int(step), len(before) - 1)] - before[held]
-        return (SEED_RECORD_BYTES * pairs).astype(np.int64)
+        return before[min(int(step), len(before) - 1)] - before[held]
+
+    def pool_download(self, device_ids: np.ndarray, step: int, pool_size: int) -> np.ndarray:
+        """FedKSeed's catch-up: min(4 × K bytes for the K accumulated scalars, 8 bytes per
+        (seed index, scalar) pair since the device's last sync); 0 for a device that holds
+        θ_step; int64."""
+        pairs = self.pairs_behind(device_ids, step)
+        return np.minimum(POOL_PAIR_BYTES * pairs,
+                          POOL_SCALAR_BYTES * int(pool_size)).astype(np.int64)
 
     def note_commit(self, step: int, pairs: int) -> None:
         """Step ``step`` committed an update of ``pairs`` (seed, scalar) pairs."""

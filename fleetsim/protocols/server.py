@@ -499,6 +499,8 @@ class StepServer:
                     perturbations=tuple(ks),
                     step=int(r.step),
                     weight=weight,
+                    pool_seeds=self.protocol.pool_seeds(self, int(r.step), int(r.device_id),
+                                                        tuple(ks)),
                 )
             )
         return work

@@ -20,7 +20,7 @@ from fleetsim.numerics.config import (
 )
 from fleetsim.policies.config import PolicyConfig
 from fleetsim.policies.registry import known_policy_class
-from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.protocols.config import ProtocolConfig, seed_pool_problem
 from fleetsim.protocols.registry import known_protocol_class
 from fleetsim.traces.config import TracesConfig
 from fleetsim.workload import TaskKind
@@ -131,6 +131,11 @@ class Scenario(BaseModel):
                                       self.numerics.estimator, p.phone_estimator)
             if problem is not None:
                 raise ValueError(problem)
+        opt = self.numerics.server_optimizer
+        problem = seed_pool_problem(p, opt.name, opt.weight_decay, opt.clip_norm,
+                                    self.numerics.discriminative.enabled)
+        if problem is not None:
+            raise ValueError(problem)
         if protocol is not None and protocol.task_kind is TaskKind.BACKPROP and (
                 self.fleet.backend == "npu"):
             raise ValueError(

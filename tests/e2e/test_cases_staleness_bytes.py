@@ -51,10 +51,19 @@ def test_carried_late_work_is_evaluated_at_its_own_step(tmp_path, monkeypatch):
     assert steps["stale_units"].sum() == stale["units"].sum()
 
 
-def test_seed_only_download_replays_missed_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pool,record,total", [
+    # seed_pool null: fleetsim's per-step seeds, 12-byte (64-bit seed, fp32) records; the
+    # README's hand count for this scenario: 3,744 bytes
+    ("null", SEED_RECORD_BYTES, 3744),
+    # kseed's default, FedKSeed's pool of 4,096: 8-byte (index, fp32) pairs, capped at the
+    # 4 × 4,096 bytes of the accumulated scalars (never reached here): 3,744 × 8 / 12
+    ("4096", 8, 2496),
+])
+def test_seed_only_download_replays_missed_steps(tmp_path, monkeypatch, pool, record, total):
     case = _case("seed_download_missed_steps", tmp_path)
     monkeypatch.chdir(case)
-    out = run_scenario(case / "scenario.yaml", run_dir=tmp_path / "out")
+    out = run_scenario(case / "scenario.yaml", [f"protocol.seed_pool={pool}"],
+                       run_dir=tmp_path / "out")
     events = pd.read_parquet(out / "events.parquet")
     steps = pd.read_parquet(out / "steps.parquet")
     pairs = steps[steps.committed].set_index("step")["perturbations"].to_dict()
@@ -62,10 +71,11 @@ def test_seed_only_download_replays_missed_steps(tmp_path, monkeypatch):
     charged_total = needed_total = 0
     for r in events[events.kind == "download"].sort_values("seq").itertuples():
         since = held.get(r.device_id, 0)
-        needed = SEED_RECORD_BYTES * sum(pairs.get(k, 0) for k in range(since, r.step))
+        needed = record * sum(pairs.get(k, 0) for k in range(since, r.step))
+        if pool != "null":
+            needed = min(needed, 4 * int(pool))
         assert r.payload_bytes == needed, (r.device_id, r.step)
         held[r.device_id] = r.step
         charged_total += r.payload_bytes
         needed_total += needed
-    # The README's hand count for this scenario: 3,744 bytes needed.
-    assert needed_total == charged_total == 3744
+    assert needed_total == charged_total == total

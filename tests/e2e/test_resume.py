@@ -49,9 +49,16 @@ output:
 """
 
 
-def test_sigkill_then_resume_is_byte_identical(tmp_path):
+#: FedKSeed-Pro: the seed draws depend on the scalars of every committed step, which a
+#: resumed run gets back from the journal, not from recomputing.
+KSEED = SCENARIO.replace("name: adam", "name: sgd").replace(
+    "protocol:\n", "protocol:\n  name: kseed\n  seed_pool: 64\n  seed_sampling: importance\n")
+
+
+@pytest.mark.parametrize("text", [SCENARIO, KSEED], ids=["fwdllm", "kseed-importance"])
+def test_sigkill_then_resume_is_byte_identical(tmp_path, text):
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(SCENARIO)
+    scenario.write_text(text)
     full = tmp_path / "full"
     assert main(["run", str(scenario), "--out", str(full), "--no-progress"]) == 0
 

@@ -139,7 +139,11 @@ def test_fedsgd_and_fedavg_and_kseed_run():
     h = build(n=4, protocol={"name": "kseed", "devices_per_step": 4, "rounds": 1,
                              "perturbations_per_device": 4}, engine=FakeEngine(batches=1)).run()
     s = steps(h)
-    assert s["bytes_up"].iloc[0] == 4 * 4 * SEED_RECORD_BYTES
+    assert s["bytes_up"].iloc[0] == 4 * 4 * 8  # FedKSeed's pool: (4-byte index, fp32) pairs
+    h = build(n=4, protocol={"name": "kseed", "seed_pool": None, "devices_per_step": 4,
+                             "rounds": 1, "perturbations_per_device": 4},
+              engine=FakeEngine(batches=1)).run()
+    assert steps(h)["bytes_up"].iloc[0] == 4 * 4 * SEED_RECORD_BYTES
 
 
 def test_memory_refusal_logged_for_backprop():

@@ -19,22 +19,24 @@ def _frames(h) -> tuple[pd.DataFrame, pd.DataFrame]:
     return h.recorder.events.to_frame(), h.recorder.steps_frame()
 
 
-def _seed_replay_needed(events: pd.DataFrame, steps: pd.DataFrame) -> list[tuple[int, int, int]]:
-    """(device, charged, needed) per download: 12 B × the pairs of every committed step since
-    the step whose θ the device last downloaded (θ_0 needs nothing)."""
+def _seed_replay_needed(
+    events: pd.DataFrame, steps: pd.DataFrame, record: int = SEED_RECORD_BYTES
+) -> list[tuple[int, int, int]]:
+    """(device, charged, needed) per download: ``record`` B × the pairs of every committed
+    step since the step whose θ the device last downloaded (θ_0 needs nothing)."""
     pairs = steps[steps.committed].set_index("step")["perturbations"].to_dict()
     held: dict[int, int] = {}
     out = []
     for r in events[events.kind == "download"].sort_values("seq").itertuples():
         since = held.get(r.device_id, 0)
-        needed = SEED_RECORD_BYTES * sum(pairs.get(k, 0) for k in range(since, r.step))
+        needed = record * sum(pairs.get(k, 0) for k in range(since, r.step))
         out.append((r.device_id, int(r.payload_bytes), needed))
         held[r.device_id] = r.step
     return out
 
 
 @pytest.mark.parametrize("protocol", [
-    {"name": "kseed"},
+    {"name": "kseed", "seed_pool": None},
     {"name": "fwdllm", "download": "seeds", "upload": "seeds"},
 ])
 def test_seed_download_replays_every_missed_step(protocol):
@@ -54,8 +56,28 @@ def test_seed_download_replays_every_missed_step(protocol):
     assert (ups["payload_bytes"] == SEED_RECORD_BYTES * ups["units"]).all()
 
 
+@pytest.mark.parametrize("pool", [4096, 20])
+def test_seed_pool_download_is_pairs_or_k_scalars(pool):
+    # shared/cases/seed_download_missed_steps under FedKSeed's pool: a device k steps behind
+    # downloads the 8-byte (index, scalar) pairs of those k steps, or the K accumulated fp32
+    # scalars when fewer bytes (K = 20: 80 B, fewer than two steps' 16 pairs = 128 B).
+    h = build(n=8, protocol={"name": "kseed", "seed_pool": pool, "devices_per_step": 2,
+                             "perturbations_per_device": 4, "rounds": 12,
+                             "batches_per_round": 1},
+              engine=FakeEngine(batches=1)).run()
+    events, steps = _frames(h)
+    rows = _seed_replay_needed(events, steps, record=8)
+    assert rows
+    assert all(charged == min(needed, 4 * pool) for _, charged, needed in rows), rows
+    assert max(needed for *_, needed in rows) >= 3 * 8 * 8  # someone was 3+ steps behind
+    if pool == 20:
+        assert any(needed > 4 * pool for *_, needed in rows)  # the K-scalar cap was used
+    ups = events[events.kind == "upload"]
+    assert (ups["payload_bytes"] == 8 * ups["units"]).all()
+
+
 def test_dense_if_smaller_caps_the_catch_up():
-    h = build(n=8, protocol={"name": "kseed", "devices_per_step": 2,
+    h = build(n=8, protocol={"name": "kseed", "seed_pool": None, "devices_per_step": 2,
                              "perturbations_per_device": 40, "rounds": 12, "batches_per_round": 1,
                              "seed_catch_up": "dense_if_smaller"},
               engine=FakeEngine(batches=1)).run()
@@ -102,4 +124,6 @@ def test_feasibility_assumes_a_typical_device_download():
     assert dense.protocol.download_bytes() == DENSE
     # A seed replay starts from θ_0, which every phone builds from the seed: nothing yet.
     seeds = build(n=4, protocol={"name": "kseed", "devices_per_step": 2})
+    assert seeds.protocol.download_bytes() == 0
+    seeds = build(n=4, protocol={"name": "kseed", "seed_pool": None, "devices_per_step": 2})
     assert seeds.protocol.download_bytes() == 0

@@ -84,6 +84,17 @@ CASES = [
     ("negative_seed", MINIMAL + "run:\n  seed: -1\n", [], ["run.seed", "greater than or equal"]),
     ("bad_quorum", MINIMAL.replace("rounds: 1", "rounds: 1\n  commit:\n    quorum_fraction: 2"),
      [], ["protocol.commit.quorum_fraction", "less than or equal to 1"]),
+    ("seed_pool_not_kseed", MINIMAL.replace("rounds: 1", "rounds: 1\n  seed_pool: 64"), [],
+     ["protocol.seed_pool", "kseed", "null"]),
+    ("importance_without_pool", MINIMAL.replace(
+        "rounds: 1", "rounds: 1\n  name: kseed\n  seed_pool: null\n  seed_sampling: importance"),
+     [], ["protocol.seed_sampling", "seed_pool", "uniform"]),
+    ("seed_pool_with_adam", MINIMAL.replace("rounds: 1", "rounds: 1\n  name: kseed").replace(
+        "engine: none", "engine: none\n  server_optimizer:\n    name: adam"),
+     [], ["numerics.server_optimizer", "seed_pool", "sgd"]),
+    ("seed_pool_with_discriminative", MINIMAL.replace("rounds: 1", "rounds: 1\n  name: kseed")
+     .replace("engine: none", "engine: none\n  discriminative:\n    enabled: true"),
+     [], ["numerics.discriminative.enabled", "false"]),
 ]
 
 

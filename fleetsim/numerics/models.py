@@ -463,6 +463,9 @@ def apply_peft(model: TextClassifier, peft: PeftConfig, seed: int) -> list[str]:
             _apply_lora(model, peft, layers)
         elif peft.method == "adapter":
             _apply_adapters(model, peft, layers)
+    if peft.method == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
     if peft.method == "bitfit":
         for name, param in model.named_parameters():
             if name.endswith(".bias") and name.startswith("backbone.") and (

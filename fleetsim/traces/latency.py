@@ -24,8 +24,8 @@ the top layers only).
 The FwdLLM paper profile phone returns the paper's per-perturbation constants
 exactly for DistilBERT and BERT-base (linear in batch size), and its backprop constants
 (Adapter-BP and BitFit-BP 4.1634 s, Full-BP 6.939 s per batch of 8 on DistilBERT) times
-the trained depth share: the paper's FedAdapter constant, 1.3878 s for adapters in the
-top 2 of DistilBERT's 6 layers, is exactly 4.1634 × 2/6.
+the trained depth share (at least one layer's): the paper's FedAdapter constant,
+1.3878 s for adapters in the top 2 of DistilBERT's 6 layers, is exactly 4.1634 × 2/6.
 
 This module imports neither torch nor simpy.
 """
@@ -293,8 +293,9 @@ def unit_seconds(
                 mask = on_paper & (be == b)
                 seconds[mask] = const * facts.batch_size / PAPER_BATCH
                 if kind == "backprop" and depth != 1.0:
-                    # the paper's FedAdapter constant: Adapter-BP's × the trained depth
-                    seconds[mask] *= depth
+                    # the paper's FedAdapter constant: Adapter-BP's × the trained depth,
+                    # at least one layer's share (a head-only step is not free)
+                    seconds[mask] *= max(depth, 1.0 / max(int(facts.n_layers), 1))
     if np.any(np.isnan(seconds)):
         bad = int(ids[np.isnan(seconds)][0])
         raise FleetsimInputError(

@@ -165,6 +165,8 @@ PAPER_CONSTANTS: dict[tuple[str, str, str], float] = {
     ("distilbert", "cpu", "forward_gradient"): 3.35942,
     ("bert-base", "npu", "forward_gradient"): 0.669904,
     ("bert-base", "cpu", "forward_gradient"): 6.91072,
+    # Adapter-BP and BitFit-BP; FedAdapter's 1.3878 s (top 2 of 6 layers) is this × 2/6,
+    # the trained depth share unit_seconds applies to every backprop constant
     ("distilbert", "cpu", "backprop_peft"): 4.1634,
     ("distilbert", "cpu", "backprop_full"): 6.939,
 }

@@ -116,9 +116,9 @@ class ProtocolConfig(BaseModel):
         None, gt=0,
         description="FedAvg family only: η, the server step size applied to the average "
         "client delta Δ = θ − θ_local through numerics.server_optimizer (Flower FedOpt "
-        f"eta).  Default {DEFAULT_SERVER_LR}: with sgd, McMahan et al.'s (2017) weight "
-        "averaging; with adam, FedAdam (Reddi et al. 2021).  Refused for the other "
-        "protocols (their server step is protocol.lr).",
+        f"eta).  Default {DEFAULT_SERVER_LR} with sgd: McMahan et al.'s (2017) weight "
+        "averaging; required with adam (FedAdam, Reddi et al. 2021) or momentum (FedAvgM). "
+        "Refused for the other protocols (their server step is protocol.lr).",
     )
     lr_schedule: Literal["constant", "linear"] = Field(
         "constant", description="constant, or linear decay to 0 over the planned steps "

@@ -9,7 +9,8 @@ clients' average (McMahan's FedAvg), Adam gives FedAdam, heavy-ball momentum Fed
 Devices whose RAM cannot hold backprop are refused by the fleet.
 
 ``protocol.lr`` is the server step size of the FedSGD-type protocols; FedAvg refuses any
-value other than its default (a FedAvg configuration names its two rates).
+value other than its default (a FedAvg configuration names its two rates).  The server
+rate defaults to 1.0 with SGD only: FedAdam and FedAvgM need ``protocol.server_lr``.
 ``protocol.lr_schedule`` scales the client rate; the steps table's ``lr`` column records
 the client rate of each round.
 
@@ -62,6 +63,15 @@ class FedAvgProtocol(Protocol):
                 f"{DEFAULT_CLIENT_LR:g}) and protocol.server_lr for the server step on the "
                 f"averaged delta (default {DEFAULT_SERVER_LR:g} = weight averaging); "
                 "allowed: leave protocol.lr unset and set those"
+            )
+        if server_optimizer != "sgd" and cfg.server_lr is None:
+            # 1.0 is SGD's weight averaging; an adaptive server step has no such default
+            return (
+                f"protocol.server_lr: {cls.method_label(cfg, server_optimizer)} "
+                f"({cls.name} with numerics.server_optimizer {server_optimizer}) has no "
+                f"default server step size ({DEFAULT_SERVER_LR:g} is SGD's weight "
+                "averaging; Reddi et al. 2021 tune η per task, e.g. 0.01 for FedAdam); "
+                "allowed: a positive number"
             )
         return None
 
@@ -161,9 +171,6 @@ class FedAdapterProtocol(FedAvgProtocol):
 
     @classmethod
     def config_problem(cls, cfg: ProtocolConfig, server_optimizer: str) -> Optional[str]:
-        problem = super().config_problem(cfg, server_optimizer)
-        if problem is not None:
-            return problem
         if server_optimizer != "sgd":
             return (
                 f"numerics.server_optimizer.name: fedadapter averages the devices' weights "
@@ -176,7 +183,7 @@ class FedAdapterProtocol(FedAvgProtocol):
                 f"at {DEFAULT_SERVER_LR:g}); allowed: {DEFAULT_SERVER_LR:g} (or protocol "
                 "fedavg for other server rates)"
             )
-        return None
+        return super().config_problem(cfg, server_optimizer)
 
     @classmethod
     def peft_preset(

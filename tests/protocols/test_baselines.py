@@ -106,3 +106,14 @@ def test_fwdllm_defaults_are_the_paper_s():
     assert cfg.name == "fwdllm" and cfg.upload == "dense" and cfg.download == "dense"
     assert cfg.perturbations_per_device == 1
     assert method_label(cfg, "sgd") == "FwdLLM"
+
+
+def test_fedadam_needs_its_server_rate(tmp_path):
+    """1.0 is SGD's weight averaging; Adam at 1.0 would move every coordinate by 1."""
+    adam = "numerics: {engine: none, server_optimizer: {name: adam}}\n"
+    with pytest.raises(FleetsimInputError, match=r"protocol.server_lr: FedAdam \(fedavg"):
+        load(tmp_path, "protocol: {name: fedavg}\n" + adam)
+    sc = load(tmp_path, "protocol: {name: fedavg, server_lr: 0.01}\n" + adam)
+    assert (sc.protocol.client_lr, sc.protocol.server_lr) == (0.01, 0.01)
+    sc = load(tmp_path, "protocol: {name: fedavg}\n")
+    assert sc.protocol.server_lr == 1.0

@@ -80,3 +80,18 @@ def test_paper_numbers_in_the_test_are_the_issue_s():
     assert 6 * ADAPTER + HEAD == 450_340 and 2 * ADAPTER + HEAD == 152_164
     assert 4.1634 * 2 / 6 == pytest.approx(1.3878, abs=1e-12)
     assert upload_s(450_340) == pytest.approx(1.37433, abs=5e-6)
+
+
+@pytest.mark.skipif(not AG_NEWS.exists(), reason="needs ../shared/datasets/ag_news/test.csv")
+def test_compare_names_each_method_as_its_paper(tmp_path):
+    from fleetsim.analysis.report import compare_runs
+
+    runs = [run_scenario(SCENARIO, overrides=[f"protocol.name={name}", "protocol.rounds=1",
+                                              *extra], run_dir=tmp_path / name)
+            for name, extra in (("fwdllm", ["protocol.upload=seeds"]), ("adapter_bp", []),
+                                ("fedadapter", ["fleet.size=40",
+                                                "protocol.devices_per_step=40"]))]
+    per_run = pd.read_csv(compare_runs(runs, None, tmp_path / "cmp")["csv"])
+    assert sorted(per_run["method"]) == ["Adapter-BP", "FedAdapter", "FwdLLM (seed-only upload)"]
+    by_method = pd.read_csv(compare_runs(runs, "method", tmp_path / "by")["csv"])
+    assert sorted(by_method["method"]) == sorted(per_run["method"])

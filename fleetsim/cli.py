@@ -207,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="comparison table and overlaid curves of runs")
     cmp_.add_argument("run_dirs", nargs="+")
-    cmp_.add_argument("--by", help="scenario key to group runs by, e.g. policy.name")
+    cmp_.add_argument("--by", help="scenario or summary key to group runs by, e.g. "
+                      "policy.name, or method (each method as its paper names it)")
     cmp_.add_argument("--out", default="comparison", help="output folder (default: comparison)")
     cmp_.add_argument("--targets", help="comma-separated target accuracies, e.g. 0.5,0.7")
     cmp_.set_defaults(func=_cmd_compare)

@@ -35,7 +35,7 @@ from fleetsim.fleet.work import TaskKind
 from fleetsim.numerics.errors import NumericalFault
 from fleetsim.numerics.journal import JournalEngine
 from fleetsim.policies.registry import make_cohort_selector, make_policy, policy_class
-from fleetsim.protocols.registry import make_server, protocol_class
+from fleetsim.protocols.registry import make_server, method_label, protocol_class
 from fleetsim.protocols.server import ServerContext, StepServer
 from fleetsim.record import status as run_status
 from fleetsim.record.checkpoint import Checkpoint, read_checkpoint
@@ -74,7 +74,8 @@ def build_engine_for(loaded: LoadedScenario):
 
 def run_title(summary: dict) -> str:
     """The heading of a run's figures: run, protocol/policy, seed and the model(s)."""
-    title = (f"{summary['scenario_name']} ({summary['protocol']}/{summary['policy']}, "
+    method = summary.get("method") or summary["protocol"]
+    title = (f"{summary['scenario_name']} ({method}/{summary['policy']}, "
              f"seed {summary['seed']})")
     label = summary.get("model_label") or summary.get("model")
     return f"{title}\n{label}" if label else title
@@ -339,6 +340,8 @@ def run_loaded(
     steps = recorder.steps_frame()
     facts = built.facts
     labels = {
+        # the method as its paper names it (FedAdam, Adapter-BP, FwdLLM (seed-only upload))
+        "method": method_label(sc.protocol, sc.numerics.server_optimizer.name),
         "systems_only": bool(engine.systems_only),
         "mode": "systems-only (no gradients computed)" if engine.systems_only else "full numerics",
         "availability_label": getattr(built.availability, "label", ""),

@@ -46,3 +46,7 @@ class ModelFacts:
     dtype_bytes: float = 4  # bytes per stored weight (0.5 = INT4)
     vocab_size: int = 0
     intermediate_size: int = 0
+    #: 0-based index of the lowest transformer layer with a trainable parameter (0 when
+    #: the embeddings train too; ``n_layers`` when only the head trains): backprop's
+    #: backward pass stops there (FedAdapter's top-layer adapters)
+    lowest_trainable_layer: int = 0

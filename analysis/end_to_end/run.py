@@ -55,8 +55,10 @@ TARGET_SETTINGS = ("paper", "fleet")
 #: FwdLLM Fig. 10, DistilBERT on AG News: minutes to 0.88 (closed formula).
 PAPER_MINUTES = {"FwdLLM": 25.2, "FedAdapter": 30.6, "Adapter-BP": 92.8, "BitFit-BP": 103.9,
                  "Full-BP": 418.9}
-#: The paper's baseline each fleetsim protocol stands for (None: not in the paper).
-PAPER_NAME = {"fwdllm": "FwdLLM", "fedavg": "FedAdapter", "fedsgd": "Adapter-BP",
+#: The paper's method each fleetsim protocol is (None: not in the paper's Fig. 10; fedsgd
+#: with another PEFT is not Adapter-BP, nor FedAvg/FedAdam FedAdapter: README, Protocols).
+PAPER_NAME = {"fwdllm": "FwdLLM", "fedadapter": "FedAdapter", "adapter_bp": "Adapter-BP",
+              "bitfit_bp": "BitFit-BP", "full_bp": "Full-BP", "fedavg": None, "fedsgd": None,
               "kseed": None}
 
 

@@ -121,6 +121,7 @@ def _page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
 def _facts(summary: pd.Series) -> pd.DataFrame:
     keys = [
         ("scenario", "scenario_name"),
+        ("method", "method"),  # as its paper names it (summary.json method)
         ("protocol", "protocol"),
         ("policy", "policy"),
         ("model", "model_label"),  # "phones charged for X; learning signal from Y"
@@ -327,6 +328,9 @@ def comparison_table(
         members = summary[summary["_group"] == group]
         runs = list(members["run"])
         row: dict[str, object] = {key: group, "runs": len(runs)}
+        if key != "method" and "method" in members.columns:
+            # the methods as their papers name them (FedAdam, Adapter-BP, ...)
+            row["method"] = " / ".join(sorted(set(members["method"].dropna().astype(str))))
         if accuracy:
             mean, low, high, n = mean_confidence_interval(members["final_accuracy"])
             row.update(final_accuracy=mean, final_accuracy_ci_low=low, final_accuracy_ci_high=high)

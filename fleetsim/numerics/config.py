@@ -98,10 +98,11 @@ class PeftConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["lora", "bitfit", "adapter", "head_only"] = Field(
+    method: Literal["lora", "bitfit", "adapter", "head_only", "full"] = Field(
         "lora",
         description="'lora' (peft LoRA), 'bitfit' (bias terms), 'adapter' (bottleneck adapters "
-        "after each selected layer's feed-forward output), 'head_only' (classification head).",
+        "after each selected layer's feed-forward output), 'head_only' (classification head), "
+        "'full' (every parameter, embeddings included: full fine-tuning).",
     )
     rank: int = Field(
         8, ge=1, le=4096, description="LoRA rank, or the adapter bottleneck width."
@@ -135,8 +136,11 @@ class PeftConfig(BaseModel):
     def _layers_xor_top(self) -> PeftConfig:
         if self.layers is not None and self.top_layers is not None:
             raise ValueError("give either peft.layers or peft.top_layers, not both")
-        if self.method == "head_only" and not self.train_head:
-            raise ValueError("peft.method 'head_only' needs peft.train_head: true")
+        if self.method in ("head_only", "full") and not self.train_head:
+            raise ValueError(f"peft.method '{self.method}' needs peft.train_head: true")
+        if self.method == "full" and (self.layers is not None or self.top_layers is not None):
+            raise ValueError("peft.method 'full' trains every layer; remove peft.layers and "
+                             "peft.top_layers")
         if self.target_modules is not None and self.method != "lora":
             raise ValueError(
                 f"peft.target_modules applies to peft.method 'lora' only (method is "

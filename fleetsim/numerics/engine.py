@@ -213,7 +213,7 @@ class TorchEngine(NumericsEngine):
         return facts_from_config(
             self.resolved.name, config, self.total_params, self.trainable_params,
             self.model_cfg.max_seq_len, self.data_cfg.batch_size,
-            DTYPE_BYTES[self.cfg.dtype],
+            DTYPE_BYTES[self.cfg.dtype], min(self.model.layer_of(n) for n in self.names),
         )
 
     def num_clients(self) -> int:

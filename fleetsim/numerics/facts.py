@@ -35,7 +35,7 @@ def _cfg_get(config: Any, key: str, default: Any = 0) -> Any:
 
 def facts_from_config(
     name: str, config: Any, n_params: int, trainable: int, seq_len: int, batch_size: int,
-    dtype_bytes: int,
+    dtype_bytes: int, lowest_trainable_layer: int = 0,
 ) -> ModelFacts:
     hidden = int(_cfg_get(config, "hidden_size"))
     layers = int(_cfg_get(config, "num_hidden_layers"))
@@ -56,6 +56,7 @@ def facts_from_config(
         name=name, n_params=n_params, trainable_params=trainable, n_layers=layers,
         hidden_size=hidden, flops_per_token=flops, seq_len=seq_len, batch_size=batch_size,
         dtype_bytes=dtype_bytes, vocab_size=vocab, intermediate_size=intermediate,
+        lowest_trainable_layer=max(0, min(int(lowest_trainable_layer), layers)),
     )
 
 
@@ -104,5 +105,5 @@ def model_facts(
     total = int(sum(p.numel() for p in classifier.parameters()))
     return facts_from_config(
         name, config, total, trainable, model.max_seq_len, data.batch_size,
-        DTYPE_BYTES[numerics.dtype],
+        DTYPE_BYTES[numerics.dtype], min(classifier.layer_of(n) for n in names),
     )

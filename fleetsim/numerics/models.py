@@ -463,6 +463,11 @@ def apply_peft(model: TextClassifier, peft: PeftConfig, seed: int) -> list[str]:
             _apply_lora(model, peft, layers)
         elif peft.method == "adapter":
             _apply_adapters(model, peft, layers)
+    if peft.method == "full":
+        # every parameter the classifier's forward uses: BERT's pooler is not (the head
+        # pools the hidden states itself), so it gets no gradient and is not sent
+        for name, param in model.named_parameters():
+            param.requires_grad_(not name.startswith("backbone.pooler."))
     if peft.method == "bitfit":
         for name, param in model.named_parameters():
             if name.endswith(".bias") and name.startswith("backbone.") and (

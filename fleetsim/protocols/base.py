@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -32,9 +32,86 @@ class Protocol(ABC):
     name: str = ""
     #: what devices run: forward-gradient perturbations or backprop steps
     task_kind: TaskKind = TaskKind.FORWARD_GRADIENT
+    #: the method's name in its paper, used in every output (summary.json ``method``,
+    #: ``fleetsim report``/``compare``); read from the class itself, never inherited, so
+    #: a subclass that sets none is named by its registered ``name``
+    paper_name: str = ""
+    #: FedOpt's two learning rates (protocol.client_lr, protocol.server_lr) instead of
+    #: the one server step size protocol.lr
+    two_learning_rates: bool = False
+    #: scenario ``peft`` settings that define the method (key → value): a scenario that
+    #: sets one otherwise is refused, one that leaves it unset gets it
+    peft_required: dict[str, Any] = {}
+    #: ``peft`` settings of the method's paper, filled in when the scenario leaves them
+    #: unset (an explicit value is kept)
+    peft_defaults: dict[str, Any] = {}
+    #: what the PEFT of a preset is, for error messages
+    peft_reason: str = ""
 
     def __init__(self, config: ProtocolConfig) -> None:
         self.cfg = config
+
+    @classmethod
+    def method_label(cls, cfg: ProtocolConfig, server_optimizer: str) -> str:
+        """The method's name as its paper gives it (``paper_name``), with what this
+        configuration changes about it: a server optimiser other than SGD
+        (``"FedSGD (server adam)"``) and seed-only transfers where the protocol's upload
+        or download follows ``protocol.upload``/``download`` (``"FwdLLM (seed-only
+        upload)"``).  ``server_optimizer``: ``numerics.server_optimizer.name``."""
+        label = cls.__dict__.get("paper_name") or cls.name
+        if server_optimizer != "sgd":
+            label += f" (server {server_optimizer})"
+        seeds = []
+        if cls.upload_fn is Protocol.upload_fn and cfg.upload == "seeds":
+            seeds.append("upload")
+        if cls.download_payload is Protocol.download_payload and cfg.download == "seeds":
+            seeds.append("download")
+        if seeds:
+            label += f" (seed-only {' and '.join(seeds)})"
+        return label
+
+    @classmethod
+    def config_problem(cls, cfg: ProtocolConfig, server_optimizer: str) -> Optional[str]:
+        """A one-line refusal (starting with the key) of settings that mean something
+        else for this protocol, or None.  One knob per learning rate: protocols with
+        one server step size (this default) refuse ``client_lr``/``server_lr``."""
+        if cls.two_learning_rates:
+            return None
+        for key in ("client_lr", "server_lr"):
+            if getattr(cfg, key) is not None:
+                return (
+                    f"protocol.{key}: {cls.name} takes one server step per batch with "
+                    "step size protocol.lr; client_lr and server_lr belong to the FedAvg "
+                    "family (fedavg, fedadapter); allowed: leave protocol."
+                    f"{key} unset (null)"
+                )
+        return None
+
+    @classmethod
+    def peft_preset(
+        cls, peft: dict[str, Any], explicitly_set: set[str]
+    ) -> tuple[dict[str, Any], Optional[str]]:
+        """What the method fixes of the scenario's ``peft`` section.
+
+        ``peft``: the section's values; ``explicitly_set``: the keys the scenario gave.
+        Returns (values to fill in, None), or ({}, a one-line refusal naming the key)
+        when an explicit setting contradicts :attr:`peft_required`."""
+        label = cls.__dict__.get("paper_name") or cls.name
+        fills: dict[str, Any] = {}
+        for key, value in cls.peft_required.items():
+            if key in explicitly_set and peft.get(key) != value:
+                allowed = (f"leave peft.{key} unset" if value is None
+                           else f"{value!r} (or leave peft.{key} unset)")
+                return {}, (
+                    f"peft.{key}: protocol {cls.name} ({label}) {cls.peft_reason}; "
+                    f"allowed: {allowed}"
+                )
+            if peft.get(key) != value:
+                fills[key] = value
+        for key, value in cls.peft_defaults.items():
+            if key not in explicitly_set and peft.get(key) != value:
+                fills[key] = value
+        return fills, None
 
     @abstractmethod
     def run(self, server: StepServer) -> Generator:

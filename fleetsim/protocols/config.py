@@ -6,6 +6,12 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: Defaults of the learning rates (see ProtocolConfig.lr, client_lr, server_lr).
+DEFAULT_LR = 0.01
+DEFAULT_CLIENT_LR = 0.01
+#: Server SGD at 1.0 moves θ to the clients' average: McMahan et al. (2017) FedAvg.
+DEFAULT_SERVER_LR = 1.0
+
 
 class VarianceControl(BaseModel):
     """FwdLLM's variance-controlled pacing (paper §3.2)."""
@@ -84,13 +90,39 @@ class ProtocolConfig(BaseModel):
 
     name: str = Field(
         "fwdllm",
-        description="Server strategy: fwdllm | fedsgd (backprop FedSGD) | fedavg (backprop, local "
-        "epochs) | kseed (FedKSeed: zeroth-order over a pool of seed_pool seeds), or a name "
-        "registered in the `fleetsim.protocols` entry-point group.",
+        description="Server strategy: fwdllm (FwdLLM) | fedsgd (backprop FedSGD) | fedavg "
+        "(FedAvg; FedAdam/FedAvgM with numerics.server_optimizer adam/momentum) | kseed "
+        "(FedKSeed: zeroth-order over a pool of seed_pool seeds) | FwdLLM's Fig. 10 "
+        "baselines, each fixing its PEFT: adapter_bp (Adapter-BP), bitfit_bp (BitFit-BP), full_bp (Full-BP), "
+        "fedadapter (FedAdapter); or a name registered in the `fleetsim.protocols` "
+        "entry-point group.  README 'Protocols' lists each with its source.",
     )
-    lr: float = Field(0.01, gt=0, description="Server learning rate.")
+    lr: float = Field(
+        DEFAULT_LR, gt=0,
+        description="Server step size of the protocols whose devices send gradient "
+        "estimates (fwdllm, fedsgd, kseed, adapter_bp, bitfit_bp, full_bp): θ ← θ − lr · "
+        "update(ĝ), update by numerics.server_optimizer.  The FedAvg family (fedavg, "
+        "fedadapter) has two rates instead (client_lr, server_lr) and refuses any other "
+        "value here.",
+    )
+    client_lr: Optional[float] = Field(
+        None, gt=0,
+        description="FedAvg family only (fedavg, fedadapter): η_l, the learning rate of each "
+        "device's local SGD steps (FedOpt's client optimiser, Reddi et al. 2021; Flower "
+        f"FedOpt eta_l).  Default {DEFAULT_CLIENT_LR}; protocol.lr_schedule scales it.  "
+        "Refused for the other protocols.",
+    )
+    server_lr: Optional[float] = Field(
+        None, gt=0,
+        description="FedAvg family only: η, the server step size applied to the average "
+        "client delta Δ = θ − θ_local through numerics.server_optimizer (Flower FedOpt "
+        f"eta).  Default {DEFAULT_SERVER_LR} with sgd: McMahan et al.'s (2017) weight "
+        "averaging; required with adam (FedAdam, Reddi et al. 2021) or momentum (FedAvgM). "
+        "Refused for the other protocols (their server step is protocol.lr).",
+    )
     lr_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="constant, or linear decay to 0 over the planned steps."
+        "constant", description="constant, or linear decay to 0 over the planned steps "
+        "(of protocol.lr; for the FedAvg family, of client_lr)."
     )
     rounds: int = Field(10, ge=1, description="Rounds to run (a round: a cohort uses its batches).")
     batches_per_round: Optional[int] = Field(
@@ -116,8 +148,9 @@ class ProtocolConfig(BaseModel):
     )
     upload: Literal["dense", "seeds"] = Field(
         "dense",
-        description="dense: fp32 trainable-size vector per step (the paper); seeds: seed + scalar "
-        "per perturbation (8 + 4 bytes).",
+        description="dense: fp32 trainable-size vector per step (the FwdLLM paper, and the "
+        "default of fwdllm); seeds: seed + scalar per perturbation (8 + 4 bytes), a "
+        "variant labelled 'FwdLLM (seed-only upload)' in every output.",
     )
     download: Literal["dense", "seeds"] = Field(
         "dense",

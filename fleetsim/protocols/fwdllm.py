@@ -9,6 +9,11 @@ compute fresh perturbations on the same batch, and the pooled estimate is
 checked again (at most ``max_repeats`` times; every hit is logged).  The round
 ends when the cohort has used its local batches; then the model is evaluated
 and a new cohort drawn.
+
+As the paper: each device uploads its estimate densely (one fp32 trainable vector per
+step, ``protocol.upload: dense``) and computes one perturbation per batch
+(``protocol.perturbations_per_device: 1``).  ``protocol.upload: seeds`` (seed + scalar
+per perturbation) is a variant, named "FwdLLM (seed-only upload)" in every output.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 class FwdLLMProtocol(Protocol):
     name = "fwdllm"
     task_kind = TaskKind.FORWARD_GRADIENT
+    paper_name = "FwdLLM"
 
     def cohort_size(self, server: StepServer) -> int:
         """Devices asked per round: the policy's choice (over-commit asks more)."""

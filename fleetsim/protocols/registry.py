@@ -6,14 +6,24 @@ from importlib.metadata import entry_points
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.protocols.base import Protocol
-from fleetsim.protocols.fedavg import FedAvgProtocol
-from fleetsim.protocols.fedsgd import FedSGDProtocol
+from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.protocols.fedavg import FedAdapterProtocol, FedAvgProtocol
+from fleetsim.protocols.fedsgd import (
+    AdapterBPProtocol,
+    BitFitBPProtocol,
+    FedSGDProtocol,
+    FullBPProtocol,
+)
 from fleetsim.protocols.fwdllm import FwdLLMProtocol
 from fleetsim.protocols.kseed import KSeedProtocol
 from fleetsim.protocols.server import ServerContext, StepServer
 
 BUILTIN_PROTOCOLS: dict[str, type[Protocol]] = {
-    cls.name: cls for cls in (FwdLLMProtocol, FedSGDProtocol, FedAvgProtocol, KSeedProtocol)
+    cls.name: cls for cls in (
+        FwdLLMProtocol, FedSGDProtocol, FedAvgProtocol, KSeedProtocol,
+        # FwdLLM's Fig. 10 baselines: a protocol with its PEFT fixed
+        AdapterBPProtocol, BitFitBPProtocol, FullBPProtocol, FedAdapterProtocol,
+    )
 }
 
 
@@ -41,6 +51,15 @@ def known_protocol_class(name: str) -> type[Protocol] | None:
         return protocol_class(name)
     except FleetsimInputError:
         return None
+
+
+def method_label(config: ProtocolConfig, server_optimizer: str) -> str:
+    """The name of the method a run's ``protocol`` section configures, as its paper gives
+    it (``"FwdLLM"``, ``"FedAdam"``, ``"FwdLLM (seed-only upload)"``, ``"Adapter-BP"``;
+    :meth:`Protocol.method_label`); the registered name for an unknown protocol.
+    ``server_optimizer``: ``numerics.server_optimizer.name``."""
+    cls = known_protocol_class(config.name)
+    return config.name if cls is None else cls.method_label(config, server_optimizer)
 
 
 def make_server(ctx: ServerContext) -> StepServer:

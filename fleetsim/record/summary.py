@@ -68,6 +68,8 @@ def build_summary(
         "scenario_name": sc.run.name,
         "description": sc.description,
         "protocol": sc.protocol.name,
+        # the method as its paper names it (labels["method"], from the protocol's registry)
+        "method": labels.get("method", sc.protocol.name),
         "policy": sc.policy.name,
         "cohort": sc.policy.cohort,
         "seed": sc.run.seed,
@@ -96,7 +98,7 @@ def build_summary(
         "energy_j": float(devices["energy_j"].sum()) if len(devices) else 0.0,
         "fleet_size": sc.fleet.size,
         "devices_with_work": int(len(devices)),
-        **{k: v for k, v in labels.items() if k not in ("systems_only", "mode")},
+        **{k: v for k, v in labels.items() if k not in ("systems_only", "mode", "method")},
         "status": status,
         "stopped_by": stopped_by,
         "status_detail": status_detail,

@@ -20,7 +20,12 @@ from fleetsim.numerics.config import (
 )
 from fleetsim.policies.config import PolicyConfig
 from fleetsim.policies.registry import known_policy_class
-from fleetsim.protocols.config import ProtocolConfig, seed_pool_problem
+from fleetsim.protocols.config import (
+    DEFAULT_CLIENT_LR,
+    DEFAULT_SERVER_LR,
+    ProtocolConfig,
+    seed_pool_problem,
+)
 from fleetsim.protocols.registry import known_protocol_class
 from fleetsim.traces.config import TracesConfig
 from fleetsim.workload import TaskKind
@@ -126,6 +131,8 @@ class Scenario(BaseModel):
                 "remove the targets"
             )
         protocol = known_protocol_class(p.name)
+        if protocol is not None:
+            self._apply_protocol_preset(protocol)
         if protocol is None or protocol.uses_finite_differences():
             problem = fd_step_problem(self.numerics.h, self.numerics.dtype,
                                       self.numerics.estimator, p.phone_estimator)
@@ -142,6 +149,27 @@ class Scenario(BaseModel):
                 "fleet.backend: backprop baselines cannot run on the NPU; allowed: auto, cpu, gpu"
             )
         return self
+
+    def _apply_protocol_preset(self, protocol: type) -> None:
+        """The protocol's learning-rate rules and the PEFT it fixes (a preset such as
+        ``adapter_bp``): refuse contradicting settings, fill in the unset ones, so that
+        the resolved scenario.yaml shows what ran.  The FedAvg family gets its client
+        and server rates' defaults written out."""
+        problem = protocol.config_problem(self.protocol, self.numerics.server_optimizer.name)
+        if problem is not None:
+            raise ValueError(problem)
+        fills, problem = protocol.peft_preset(self.peft.model_dump(), self.peft.model_fields_set)
+        if problem is not None:
+            raise ValueError(problem)
+        if fills:
+            self.peft = PeftConfig.model_validate(
+                {**self.peft.model_dump(exclude_unset=True), **fills})
+        if protocol.two_learning_rates:
+            p = self.protocol
+            self.protocol = p.model_copy(update={
+                "client_lr": p.client_lr if p.client_lr is not None else DEFAULT_CLIENT_LR,
+                "server_lr": p.server_lr if p.server_lr is not None else DEFAULT_SERVER_LR,
+            })
 
 
 SECTIONS: tuple[str, ...] = tuple(

@@ -5,7 +5,9 @@ Formula (documented in ``device_traces/catalogue/PROVENANCE.md``)::
     F(model)      = batch * seq_len * flops_per_token(model, seq_len)
     flops_per_token = 2 * N_body + 4 * n_layers * seq_len * attn_width
     forward_s     = ref_forward_s[device, backend] * F(model) / F(reference)
-    backward_s    = backward_factor * forward_s   (2 for full fine-tuning, 1 for PEFT)
+    backward_s    = backward_factor * forward_s * trained_depth_share
+                    (backward_factor 2 for full fine-tuning, 1 for PEFT)
+    trained_depth_share = (n_layers - lowest_trainable_layer) / n_layers
 
 ``N_body`` is the parameter count outside the embedding tables (matmul weights:
 each costs one multiply-add per token), ``attn_width`` the width of the query/key
@@ -15,8 +17,15 @@ phone and backend comes from the catalogue: measured throughput where the SoC wa
 measured, else a per-backend constant times the SoC's AI-Benchmark score
 (:func:`fit_backend_constants`).
 
+The backward pass stops at the lowest trainable layer: nothing below it needs an
+activation gradient (top-layer PEFT such as FedAdapter's adapters backpropagates through
+the top layers only).
+
 The FwdLLM paper profile phone returns the paper's per-perturbation constants
-exactly for DistilBERT and BERT-base (linear in batch size).
+exactly for DistilBERT and BERT-base (linear in batch size), and its backprop constants
+(Adapter-BP and BitFit-BP 4.1634 s, Full-BP 6.939 s per batch of 8 on DistilBERT) times
+the trained depth share (at least one layer's): the paper's FedAdapter constant,
+1.3878 s for adapters in the top 2 of DistilBERT's 6 layers, is exactly 4.1634 × 2/6.
 
 This module imports neither torch nor simpy.
 """
@@ -156,6 +165,8 @@ PAPER_CONSTANTS: dict[tuple[str, str, str], float] = {
     ("distilbert", "cpu", "forward_gradient"): 3.35942,
     ("bert-base", "npu", "forward_gradient"): 0.669904,
     ("bert-base", "cpu", "forward_gradient"): 6.91072,
+    # Adapter-BP and BitFit-BP; FedAdapter's 1.3878 s (top 2 of 6 layers) is this × 2/6,
+    # the trained depth share unit_seconds applies to every backprop constant
     ("distilbert", "cpu", "backprop_peft"): 4.1634,
     ("distilbert", "cpu", "backprop_full"): 6.939,
 }
@@ -224,6 +235,15 @@ def _backward_factor(facts: ModelFacts) -> float:
     return BACKWARD_FACTOR_FULL if share >= FULL_FINETUNE_SHARE else BACKWARD_FACTOR_PEFT
 
 
+def trained_depth_share(facts: ModelFacts) -> float:
+    """Share of the transformer layers a backward pass runs through: from the lowest
+    trainable layer to the top, ``(n_layers − lowest_trainable_layer) / n_layers`` (1
+    when every layer trains, 0 when only the head does)."""
+    layers = max(int(facts.n_layers), 1)
+    lowest = min(max(int(facts.lowest_trainable_layer), 0), layers)
+    return (layers - lowest) / layers
+
+
 def unit_seconds(
     table: DeviceTable,
     device_ids: np.ndarray,
@@ -236,9 +256,10 @@ def unit_seconds(
 
     One forward-gradient unit (a perturbation) = ``inferences_per_unit`` forwards;
     one inference unit = ``inferences_per_unit`` forwards; one backprop unit = one
-    forward + backward.  Paper-profile phones return the paper constants for
-    DistilBERT / BERT-base (per perturbation, independent of
-    ``inferences_per_unit``) scaled linearly with batch size.
+    forward + a backward through the trained depth (:func:`trained_depth_share`).
+    Paper-profile phones return the paper constants for DistilBERT / BERT-base (per
+    perturbation, independent of ``inferences_per_unit``) scaled linearly with batch
+    size, backprop's times the trained depth share (FedAdapter: 4.1634 × 2/6 = 1.3878 s).
     """
     if kind not in KINDS:
         raise FleetsimInputError(f"latency kind: {kind!r} is not one of {', '.join(KINDS)}")
@@ -252,8 +273,9 @@ def unit_seconds(
         mask = be == b
         if mask.any() and b in table.ref_forward_s:
             ref[mask] = table.ref_forward_s[b][ids[mask]]
+    depth = trained_depth_share(facts)
     if kind == "backprop":
-        seconds = ref * scale * (1.0 + _backward_factor(facts))
+        seconds = ref * scale * (1.0 + _backward_factor(facts) * depth)
     else:
         seconds = ref * scale * float(inferences_per_unit)
     family = paper_model_family(facts.name)
@@ -272,6 +294,10 @@ def unit_seconds(
                     continue
                 mask = on_paper & (be == b)
                 seconds[mask] = const * facts.batch_size / PAPER_BATCH
+                if kind == "backprop" and depth != 1.0:
+                    # the paper's FedAdapter constant: Adapter-BP's × the trained depth,
+                    # at least one layer's share (a head-only step is not free)
+                    seconds[mask] *= max(depth, 1.0 / max(int(facts.n_layers), 1))
     if np.any(np.isnan(seconds)):
         bad = int(ids[np.isnan(seconds)][0])
         raise FleetsimInputError(

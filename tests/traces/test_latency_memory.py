@@ -129,6 +129,33 @@ def test_paper_backprop_constants(paper_fleet):
     assert np.all(unit_seconds(table, ids, cpu, full, "backprop", 1) == 6.939)
 
 
+def test_backprop_runs_backward_through_the_trained_depth_only(paper_fleet):
+    """Top-layer PEFT backpropagates from the top down to its lowest trainable layer.
+    Paper profile: FedAdapter's 1.3878 s (adapters in DistilBERT's top 2 of 6 layers) is
+    Adapter-BP's 4.1634 s × 2/6; a generic phone pays the full forward plus the backward
+    through the trained share of the layers."""
+    table, _ = paper_fleet
+    ids = np.arange(2)
+    cpu = np.full(2, "cpu", dtype=object)
+    top2 = facts_from_hf_config(DISTILBERT, "distilbert-base-uncased", 8, 128, 152_164)
+    top2.lowest_trainable_layer = 4
+    assert np.all(unit_seconds(table, ids, cpu, top2, "backprop", 1) == 1.3878)
+    head = facts_from_hf_config(DISTILBERT, "distilbert-base-uncased", 8, 128, 3_076)
+    head.lowest_trainable_layer = 6
+    # the head alone is charged as the top layer: the paper's rule never gives a free step
+    np.testing.assert_allclose(unit_seconds(table, ids, cpu, head, "backprop", 1), 4.1634 / 6,
+                               rtol=1e-12)
+    generic, _ = build_devices(TracesConfig(population="uniform"), 20, 3, 3600.0, Path("."))
+    gids = generic.device_ids
+    be = choose_backend(generic, gids, "backprop")
+    facts = facts_from_hf_config(BERT_BASE, "my-encoder", 8, 128, 1000)  # BERT-base: 1 ref
+    ref = generic.ref_forward_s["cpu"][gids]
+    np.testing.assert_allclose(unit_seconds(generic, gids, be, facts, "backprop", 1), 2 * ref)
+    facts.lowest_trainable_layer = 9  # top 3 of 12 layers
+    np.testing.assert_allclose(unit_seconds(generic, gids, be, facts, "backprop", 1),
+                               ref * (1 + 3 / 12))
+
+
 def test_paper_round_time(paper_fleet):
     """DistilBERT, 450,340 fp32 params uploaded at 10 Mibit/s + NPU compute, 15 steps."""
     table, _ = paper_fleet

@@ -93,9 +93,9 @@ class ProtocolConfig(BaseModel):
         description="Server strategy: fwdllm (FwdLLM) | fedsgd (backprop FedSGD) | fedavg "
         "(FedAvg; FedAdam/FedAvgM with numerics.server_optimizer adam/momentum) | kseed "
         "(FedKSeed: zeroth-order over a pool of seed_pool seeds) | FwdLLM's Fig. 10 "
-        "baselines, each fixing its PEFT: adapter_bp (Adapter-BP), bitfit_bp (BitFit-BP), full_bp (Full-BP), "
-        "fedadapter (FedAdapter); or a name registered in the `fleetsim.protocols` "
-        "entry-point group.  README 'Protocols' lists each with its source.",
+        "baselines, each fixing its PEFT: adapter_bp (Adapter-BP), bitfit_bp (BitFit-BP), "
+        "full_bp (Full-BP), fedadapter (FedAdapter); or a name registered in the "
+        "`fleetsim.protocols` entry-point group.  README 'Protocols' lists each with its source.",
     )
     lr: float = Field(
         DEFAULT_LR, gt=0,

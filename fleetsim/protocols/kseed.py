@@ -93,13 +93,14 @@ class KSeedProtocol(FwdLLMProtocol):
         self._cdf: dict[int, np.ndarray] = {}  # step -> cumulative seed probabilities
         self._last: Optional[StepEstimate] = None
 
-    @property
-    def label(self) -> str:
+    @classmethod
+    def method_label(cls, cfg: ProtocolConfig, server_optimizer: str) -> str:
         """The method's name in its paper: FedKSeed, FedKSeed-Pro (importance sampling), or
-        seed-only FwdLLM when the pool is off."""
-        if self.pool_size is None:
-            return "FwdLLM (seed-only up and down)"
-        return "FedKSeed-Pro" if self.cfg.seed_sampling == "importance" else "FedKSeed"
+        seed-only FwdLLM when the pool is off (``seed_pool: null``)."""
+        if cfg.seed_pool is None:
+            return "FwdLLM (seed-only upload and download)"
+        label = "FedKSeed-Pro" if cfg.seed_sampling == "importance" else "FedKSeed"
+        return label if server_optimizer == "sgd" else f"{label} (server {server_optimizer})"
 
     # ------------------------------------------------------------------ payloads
     def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:

@@ -129,7 +129,7 @@ def _commit(proto: KSeedProtocol, step: int, lr: float, scalars: list) -> None:
 def test_server_accumulates_per_seed_scalars_and_history():
     cfg = ProtocolConfig(name="kseed", seed_pool=3, seed_sampling="importance")
     proto = KSeedProtocol(cfg)
-    assert proto.label == "FedKSeed-Pro"
+    assert proto.method_label(cfg, "sgd") == "FedKSeed-Pro"
     assert proto.seed_probabilities(0) == pytest.approx([1 / 3] * 3)
     # step 0: seed 1 gets d = 2 (weight 1) and d = −4 (weight 0.5), seed 2 gets d = 5000
     # (clipped to 1000 in the history only); mass 2.5
@@ -169,6 +169,7 @@ def test_importance_draws_follow_the_probabilities():
 
 
 def test_labels():
-    assert KSeedProtocol(ProtocolConfig(name="kseed")).label == "FedKSeed"
-    assert KSeedProtocol(ProtocolConfig(name="kseed", seed_pool=None)).label == \
-        "FwdLLM (seed-only up and down)"
+    label = KSeedProtocol.method_label
+    assert label(ProtocolConfig(name="kseed"), "sgd") == "FedKSeed"
+    assert label(ProtocolConfig(name="kseed", seed_pool=None), "sgd") == \
+        "FwdLLM (seed-only upload and download)"

@@ -24,6 +24,7 @@ import pyarrow as pa
 import yaml
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.record.rundir import require_complete
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
 from fleetsim.record.status import finite_accuracy
 
@@ -275,6 +276,9 @@ def load_runs(run_dirs: Sequence[Path]) -> RunSet:
             raise FleetsimInputError(
                 f"{path}: not a run directory (expected a folder with {', '.join(RUN_FILES)})"
             )
+        # A run killed or out of disk while writing leaves a folder marked incomplete (or,
+        # before the markers existed, files of two runs): never read it as a finished run.
+        require_complete(path)
         for name in RUN_FILES:
             if not (path / name).is_file():
                 raise FleetsimInputError(

@@ -392,7 +392,19 @@ def run_loaded(
                    scenario_hash=digest)
     callbacks = run_callbacks(sc, progress)
 
+    replay_checked = [resume is None or bool(resume.extra)]
+
     def after_step(row: dict) -> None:
+        if not replay_checked[0] and row["committed"] and not engine.replaying:
+            # The journal of a step-boundary checkpoint ends with the step it was written
+            # at: ending anywhere else, it does not fit the stored engine state.
+            replay_checked[0] = True
+            if int(row["step"]) + 1 != resume.committed_steps:
+                raise FleetsimInputError(
+                    f"--resume {out}: the checkpoint's journal ends at step "
+                    f"{int(row['step']) + 1}, its engine state is of step "
+                    f"{resume.committed_steps}; refusing to resume from it"
+                )
         for callback in callbacks:
             callback.after_central_iteration(run, row)
 

@@ -17,6 +17,7 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.config import EnergyConfig
+from fleetsim.traces.files import refuse_special_file
 from fleetsim.workload import BACKENDS
 
 RADIO_FIELDS = ("up_mw_per_mbps", "down_mw_per_mbps", "base_mw")
@@ -55,6 +56,7 @@ class PowerTable:
         )
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
+        refuse_special_file(path, "fleet.energy.power_file")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as exc:

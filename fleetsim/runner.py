@@ -168,7 +168,7 @@ def run_title(summary: dict) -> str:
     """The heading of a run's figures: run, protocol/policy, seed and the model(s)."""
     title = (f"{summary['scenario_name']} ({summary['protocol']}/{summary['policy']}, "
              f"seed {summary['seed']})")
-    label = summary.get("model_label") or summary.get("model")
+    label = summary.get("model_label") or summary.get("charged_model")
     return f"{title}\n{label}" if label else title
 
 
@@ -458,9 +458,12 @@ def run_loaded(
         "mode": "systems-only (no gradients computed)" if engine.systems_only else "full numerics",
         "availability_label": getattr(built.availability, "label", ""),
         "device_source": getattr(built.table, "source", ""),
-        "trainable_params": int(facts.trainable_params),
-        "model": facts.name,
-        **model_labels(facts, engine.facts()),  # charged (fleet.cost_model) vs learning model
+        # The two models of a run, each with its trainable count: the one the phones are
+        # charged for (fleet.cost_model, else the learning model: payloads, latency, memory)
+        # and the one whose forward gradients are computed (numerics).
+        "charged_trainable_params": int(facts.trainable_params),
+        "learned_trainable_params": int(engine.facts().trainable_params),
+        **model_labels(facts, engine.facts()),  # charged_model, learning_model, model_label
         "numerics": engine.describe(),
         **code_provenance(),  # fleetsim_version, git_commit, git_dirty
         "scenario_hash": digest,

@@ -27,6 +27,7 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.record.rundir import require_complete
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
 from fleetsim.record.status import finite_accuracy
+from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 SCENARIO_FILE = "scenario.yaml"
 SUMMARY_FILE = "summary.json"
@@ -159,7 +160,8 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        # bounded: a run directory from elsewhere may hold a hostile scenario.yaml
+        data = load_bounded(read_yaml_text(path, "the scenario YAML"), path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise FleetsimInputError(f"{path}: cannot read the scenario YAML ({exc})") from exc
     if not isinstance(data, dict):

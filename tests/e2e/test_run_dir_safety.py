@@ -650,3 +650,21 @@ def test_checkpoint_dataclass_fields_are_all_stored(tmp_path):
     assert read_checkpoint(tmp_path) == ckpt
     write_checkpoint(tmp_path, ckpt)
     assert (tmp_path / CHECKPOINT_NAME).read_bytes() == first  # deterministic bytes
+
+
+def test_alias_bombs_elsewhere_are_refused_too(tmp_path, capsys):
+    """Every YAML fleetsim reads is bounded: a run directory's scenario.yaml (report,
+    compare, load_runs) and the power table a scenario names."""
+    bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10 if i else ['lol'] * 10)}]\n"
+                   for i in range(9))
+    path = scenario(tmp_path)
+    assert run_cli("run", str(path), "--out", str(tmp_path / "r")) == 0
+    capsys.readouterr()
+    scenario_yaml = tmp_path / "r" / "scenario.yaml"
+    scenario_yaml.write_text(scenario_yaml.read_text() + bomb)
+    assert run_cli("report", str(tmp_path / "r")) == 2
+    assert "YAML refused" in one_error_line(capsys)
+    power = tmp_path / "power.yaml"
+    power.write_text(bomb)
+    assert run_cli("validate", str(path), "--set", f"fleet.energy.power_file={power}") == 2
+    assert "YAML refused" in one_error_line(capsys)

@@ -668,3 +668,29 @@ def test_alias_bombs_elsewhere_are_refused_too(tmp_path, capsys):
     power.write_text(bomb)
     assert run_cli("validate", str(path), "--set", f"fleet.energy.power_file={power}") == 2
     assert "YAML refused" in one_error_line(capsys)
+
+
+def test_checkpoint_write_failure_mid_run_is_one_line_and_keeps_the_previous(
+        tmp_path, capsys, monkeypatch):
+    import errno
+
+    import fleetsim.callbacks as callbacks
+
+    real = callbacks.write_checkpoint
+    calls = []
+
+    def full_on_second(run_dir, ckpt):
+        calls.append(ckpt.committed_steps)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(run_dir, ckpt)
+
+    monkeypatch.setattr(callbacks, "write_checkpoint", full_on_second)
+    run_dir = tmp_path / "r"
+    assert run_cli("run", str(scenario(tmp_path, rounds=8, every=2)), "--out", str(run_dir)) == 2
+    line = one_error_line(capsys)
+    assert "output.dir: writing the run directory" in line and "No space left" in line
+    assert calls == [2, 4]  # the run stopped at the failed write, not after the simulation
+    assert read_checkpoint(run_dir).committed_steps == 2
+    assert not (run_dir / "summary.json").exists()
+    assert rundir.run_dir_state(run_dir).complete is False

@@ -540,6 +540,12 @@ def resume_run(
             f"--resume {run_dir}: the directory holds the finished run (status "
             f"{state.status}); nothing to resume"
         )
+    if state.scenario_hash is not None and state.scenario_hash != ckpt.scenario_hash:
+        raise FleetsimInputError(
+            f"--resume {run_dir}: the run being written there is scenario "
+            f"{state.scenario_hash[:12]}, the checkpoint "
+            f"holds scenario {ckpt.scenario_hash[:12]}; refusing to resume from it"
+        )
     check_inputs(ckpt, run_dir)
     return run_loaded(loaded, run_dir, progress, resume=ckpt, stop_requested=stop_requested)
 

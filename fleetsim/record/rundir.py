@@ -21,8 +21,7 @@ and :func:`fleetsim.analysis.load_runs` refuse it, and a sweep runs it again.
 :func:`run_dir_state` is the one place that says whether a folder holds a finished run
 and how it ended (``RunDirState.complete``, ``.status``: summary.json's ``status``).
 Folders written before these markers existed are judged by their files: complete when
-``summary.json``, ``scenario.yaml`` and ``steps.parquet`` agree on the run name and the
-number of step rows.
+``summary.json`` and ``steps.parquet`` agree on the number of step rows.
 
 :func:`scenario_hash` names a resolved scenario: runs whose scenarios have different
 hashes never share a folder unless the user asks (``fleetsim run --replace``).
@@ -122,9 +121,9 @@ def run_dir_state(run_dir: Path | str) -> RunDirState:
 
 def _legacy_state(run_dir: Path) -> RunDirState:
     """A folder without markers (written before they existed): incomplete without a
-    summary.json, or when its summary, scenario and step table are of two different runs
-    (another run name, another number of step rows).  Files that cannot be read are left
-    to the readers, which name them."""
+    summary.json, or when its summary and step table are of two different runs (the
+    summary's ``step_attempts`` is not the number of rows of steps.parquet).  Files that
+    cannot be read are left to the readers, which name them."""
     summary = _read_json(run_dir / "summary.json")
     if summary is None:
         return RunDirState(False, None, "no readable summary.json (the run did not finish)",
@@ -139,12 +138,6 @@ def _legacy_state(run_dir: Path) -> RunDirState:
         scenario = None
     if isinstance(scenario, dict):
         digest = scenario_hash(scenario)
-        run = scenario.get("run")
-        name = run.get("name") if isinstance(run, dict) else None
-        if "scenario_name" in summary and name is not None and summary["scenario_name"] != name:
-            return RunDirState(False, None, f"files of two runs: summary.json is run "
-                               f"{summary['scenario_name']!r}, scenario.yaml is run {name!r}",
-                               digest)
     if isinstance(summary.get("step_attempts"), int):
         import pyarrow.parquet as pq
 

@@ -232,7 +232,7 @@ def _rewrite_checkpoint(run_dir: Path, edit) -> None:
 
 
 @pytest.mark.parametrize("how", ["byte", "cut_short", "journal_cut", "scenario_edit",
-                                 "run_dir"])
+                                 "scenario_forged", "run_dir"])
 def test_tampered_checkpoint_is_refused(tmp_path, capsys, how):
     _, run_dir, _ = _killed_run(tmp_path, rounds=8, every=4)
     path = run_dir / CHECKPOINT_NAME
@@ -258,6 +258,15 @@ def test_tampered_checkpoint_is_refused(tmp_path, capsys, how):
     elif how == "scenario_edit":
         _rewrite_checkpoint(run_dir, lambda c: c.scenario_raw["protocol"].update(lr=0.5))
         expected = "records scenario"
+    elif how == "scenario_forged":  # scenario edited and its hash recomputed to match
+        from fleetsim.scenario.loader import validate_raw
+
+        def forge(c):
+            c.scenario_raw["protocol"]["lr"] = 0.5
+            loaded = validate_raw(c.scenario_raw, Path(c.scenario_path), Path(c.base_dir))
+            c.scenario_hash = rundir.scenario_hash(loaded.scenario.model_dump(mode="json"))
+        _rewrite_checkpoint(run_dir, forge)
+        expected = "the run being written there is scenario"
     else:
         _rewrite_checkpoint(run_dir, lambda c: setattr(c, "run_dir", str(tmp_path / "other")))
         expected = "belongs to the run directory"

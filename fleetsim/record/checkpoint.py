@@ -225,6 +225,10 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
             names = zf.namelist()
             if _META not in names or _CHECKSUM not in names or len(set(names)) != len(names):
                 raise FleetsimInputError(bad)
+            # Stored members only (what write_checkpoint writes): a member never expands
+            # beyond its bytes in the file, so a zip bomb cannot exhaust memory.
+            if any(info.compress_type != zipfile.ZIP_STORED for info in zf.infolist()):
+                raise FleetsimInputError(bad)
             members = [(name, zf.read(name)) for name in names if name != _CHECKSUM]
             stored = zf.read(_CHECKSUM).decode("ascii", "replace").strip()
     except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError):
@@ -250,7 +254,7 @@ def read_checkpoint(run_dir: Path) -> Checkpoint:
         if values.get("version") != FORMAT_VERSION:
             raise ValueError("version")
         ckpt = Checkpoint(**values)
-    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError):
         raise FleetsimInputError(bad) from None
     if not isinstance(ckpt.scenario_raw, dict) or not isinstance(ckpt.journal, list):
         raise FleetsimInputError(bad)

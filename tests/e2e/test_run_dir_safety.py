@@ -703,3 +703,22 @@ def test_checkpoint_write_failure_mid_run_is_one_line_and_keeps_the_previous(
     assert read_checkpoint(run_dir).committed_steps == 2
     assert not (run_dir / "summary.json").exists()
     assert rundir.run_dir_state(run_dir).complete is False
+
+
+@pytest.mark.parametrize("member", ["deflated", "deep_json"])
+def test_hostile_checkpoint_archives_are_refused(tmp_path, capsys, member):
+    """A compressed member (a zip bomb would expand without bound) and JSON nested beyond
+    the parser's depth are refused as 'not a fleetsim checkpoint', with a valid checksum."""
+    from fleetsim.record import checkpoint as ck
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    meta = (b"[" * 100_000 + b"]" * 100_000) if member == "deep_json" else b"{}"
+    members = [("checkpoint.json", meta)]
+    kind = zipfile.ZIP_DEFLATED if member == "deflated" else zipfile.ZIP_STORED
+    with zipfile.ZipFile(run_dir / CHECKPOINT_NAME, "w", compression=kind) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+        zf.writestr("checksum.sha256", ck._checksum(members))
+    assert run_cli("run", "--resume", str(run_dir)) == 2
+    assert "is not a fleetsim checkpoint" in one_error_line(capsys)

@@ -13,11 +13,14 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from fleetsim.record.checkpoint import Checkpoint, write_checkpoint
+
+#: Host clock of time-based checkpoints (a name of its own so a test can replace it).
+_host_clock = time.monotonic
 
 
 @dataclass
@@ -33,6 +36,10 @@ class RunState:
     #: set by the runner before on_train_end
     fault: Optional[BaseException] = None
     clock_stopped_by_horizon: bool = False
+    #: fleetsim.record.rundir.scenario_hash of the scenario (stored in checkpoints)
+    scenario_hash: str = ""
+    #: SHA-256 of each input file the scenario names (stored in checkpoints)
+    inputs: dict = field(default_factory=dict)
 
 
 class RunCallback:
@@ -75,23 +82,37 @@ class ProgressBar(RunCallback):
 
 
 class Checkpointer(RunCallback):
-    """A checkpoint every ``every`` committed steps, and one of the last good state when
-    a numerical fault stopped the run (see :mod:`fleetsim.record.checkpoint`)."""
+    """A checkpoint every ``every`` committed steps (0: none by count), at the first
+    committed step after each ``every_minutes`` of host time since the last one (0: none
+    by time; the default scenario writes one every 10 minutes), and one of the last good
+    state when a numerical fault stopped the run (see :mod:`fleetsim.record.checkpoint`).
+    Never while the resume replays the journal (that state is already on disk)."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, every_minutes: float = 0.0) -> None:
         self.every = int(every)
+        self.every_s = float(every_minutes) * 60.0
+        self._last = _host_clock()
 
     def _write(self, run: RunState, committed: int, sim_time_s: float, extra: dict) -> None:
         loaded = run.loaded
         write_checkpoint(run.run_dir, Checkpoint(
             scenario_raw=loaded.raw, scenario_path=str(loaded.path),
-            base_dir=str(loaded.base_dir), run_dir=str(run.run_dir),
+            base_dir=str(loaded.base_dir), run_dir=str(Path(run.run_dir).resolve()),
             committed_steps=committed, journal=list(run.engine.journal),
-            engine_state=run.engine.state_dict(), sim_time_s=sim_time_s, extra=extra,
+            engine_state=run.engine.portable_state_dict(), sim_time_s=sim_time_s,
+            scenario_hash=run.scenario_hash, inputs=dict(run.inputs), extra=extra,
         ))
+        self._last = _host_clock()
+
+    def on_train_begin(self, run: RunState) -> None:
+        self._last = _host_clock()
 
     def after_central_iteration(self, run: RunState, row: dict) -> None:
-        if row["committed"] and (row["step"] + 1) % self.every == 0 and not run.engine.replaying:
+        if not row["committed"] or run.engine.replaying:
+            return
+        by_count = self.every > 0 and (row["step"] + 1) % self.every == 0
+        by_time = self.every_s > 0 and _host_clock() - self._last >= self.every_s
+        if by_count or by_time:
             self._write(run, int(row["step"]) + 1, float(row["sim_time_s"]), {})
 
     def on_train_end(self, run: RunState) -> None:

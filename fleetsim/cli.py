@@ -23,7 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     progress = False if args.no_progress else None
     if args.resume:
-        if args.scenario or args.set:
+        if args.scenario or args.set or args.replace:
             raise FleetsimInputError("--resume RUN_DIR takes no scenario or --set: the run "
                                      "continues with the scenario stored in its checkpoint")
         with stop_on_signals() as requested:
@@ -35,7 +35,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             with stop_on_signals() as requested:
                 out = run_loaded(loaded, Path(args.out) if args.out else None, progress,
-                                 stop_requested=requested)
+                                 stop_requested=requested, replace=args.replace)
         except FleetsimInputError as exc:
             raise FleetsimInputError(locate_error(loaded, str(exc))) from None
     import json
@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario key, e.g. --set protocol.lr=0.02 (repeatable)")
     run.add_argument("--out", help="run directory (default: output.dir of the scenario)")
+    run.add_argument("--replace", action="store_true",
+                     help="let this run replace a run of a different resolved scenario in its "
+                     "run directory (every output of that run is removed first); without it "
+                     "such a directory is refused")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.set_defaults(func=_cmd_run)
 

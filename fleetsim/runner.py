@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -37,8 +38,16 @@ from fleetsim.numerics.journal import JournalEngine
 from fleetsim.policies.registry import make_cohort_selector, make_policy, policy_class
 from fleetsim.protocols.registry import make_server, method_label, protocol_class
 from fleetsim.protocols.server import ServerContext, StepServer
+from fleetsim.record import rundir
 from fleetsim.record import status as run_status
-from fleetsim.record.checkpoint import Checkpoint, read_checkpoint
+from fleetsim.record.checkpoint import (
+    Checkpoint,
+    check_belongs,
+    check_inputs,
+    input_digests,
+    read_checkpoint,
+)
+from fleetsim.record.provenance import code_provenance
 from fleetsim.record.recorder import Recorder, devices_frame
 from fleetsim.record.summary import build_summary
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
@@ -49,15 +58,98 @@ from fleetsim.traces.shift import shift_start
 
 
 def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
+    """The run directory: ``run_dir`` (``--out``) when given, else ``output.dir`` with
+    ``{name}`` and ``{seed}`` filled in.  A filled-in placeholder never leaves the folder
+    ``output.dir`` names: ``run.name`` is one folder name (the schema refuses '/', '..')
+    and this is checked again here for names that bypass the schema."""
     if run_dir is not None:
         return Path(run_dir)
     sc = loaded.scenario
+    name = sc.run.name
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise FleetsimInputError(
+            f"{loaded.path}: run.name: {name!r} would write outside output.dir; use one "
+            "folder name (no '/', no '..')"
+        )
     try:
-        return Path(sc.output.dir.format(name=sc.run.name, seed=sc.run.seed))
-    except (KeyError, IndexError, ValueError) as exc:
+        return Path(sc.output.dir.format(name=name, seed=sc.run.seed))
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise FleetsimInputError(
             f"{loaded.path}: output.dir: bad placeholder in {sc.output.dir!r} ({exc}); "
             "allowed placeholders: {name}, {seed}"
+        ) from None
+
+
+def input_files(loaded: LoadedScenario) -> list[Path]:
+    """Every input *file* the resolved scenario names (trace, catalogue, population, power
+    table, local data files, ...): each string value that, resolved against the scenario's
+    folder, is a regular file.  Their SHA-256 go into checkpoints (a resume refuses when
+    one changed).  Folders (model weights, datasets) are not hashed."""
+    data = loaded.scenario.model_dump(mode="json")
+    data.pop("description", None)
+    data.pop("output", None)
+    found: set[Path] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value and len(value) < 4096 and "\n" not in value:
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else Path(loaded.base_dir) / p
+            try:
+                if p.is_file():
+                    found.add(p.resolve())
+            except OSError:
+                return
+
+    walk(data)
+    return sorted(found)
+
+
+def prepare_output(
+    loaded: LoadedScenario, out: Path, digest: str, replace: bool = False
+) -> None:
+    """Before anything is built: refuse a run directory that cannot hold this run.
+
+    * ``out`` is a file, or lies below one, or cannot be created or written: exit 2
+      naming ``output.dir`` (found in seconds, not after the simulation);
+    * ``out`` holds outputs of a run and ``output.overwrite`` is false: refused;
+    * ``out`` holds a run of a *different* resolved scenario (``scenario_hash``; e.g. the
+      same scenario with ``--set protocol.lr=0.02``): refused unless ``replace``
+      (``fleetsim run --replace``) — runs never share or silently replace a directory.
+    Nothing is removed here; :func:`fleetsim.record.rundir.begin_run` does that once the
+    run is built."""
+    sc = loaded.scenario
+    if out.exists() and not out.is_dir():
+        raise FleetsimInputError(f"output.dir: {out} exists and is not a directory")
+    present = rundir.owned_outputs_present(out)
+    if present and not sc.output.overwrite:
+        raise FleetsimInputError(
+            f"output.dir: {out} already holds a run and output.overwrite is false; "
+            "choose another directory or set output.overwrite: true"
+        )
+    if present and not replace:
+        previous = rundir.run_dir_state(out).scenario_hash
+        if previous != digest:
+            what = (f"scenario {previous[:12]}" if previous else "an unidentified run")
+            raise FleetsimInputError(
+                f"output.dir: {out} holds {what}, not this resolved scenario ({digest[:12]}); "
+                "give the run another directory (--out, output.dir, run.name) or pass --replace "
+                "to remove that run and write this one"
+            )
+    # Writable? Create the folder and a probe file now, not after the simulation.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".fleetsim-write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FleetsimInputError(
+            f"output.dir: cannot write the run directory {out}: {exc.strerror or exc}"
         ) from None
 
 
@@ -77,22 +169,24 @@ def run_title(summary: dict) -> str:
     method = summary.get("method") or summary["protocol"]
     title = (f"{summary['scenario_name']} ({method}/{summary['policy']}, "
              f"seed {summary['seed']})")
-    label = summary.get("model_label") or summary.get("model")
+    label = summary.get("model_label") or summary.get("charged_model")
     return f"{title}\n{label}" if label else title
 
 
 def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     """The callbacks of a run, in the order they are called: progress bar (when shown),
     the test step delay (when its environment variable is set), checkpoints (when
-    ``output.checkpoint_every_steps``), the final evaluation."""
+    ``output.checkpoint_every_steps`` or ``output.checkpoint_every_minutes``), the final
+    evaluation."""
     callbacks: list[RunCallback] = []
     if sc.run.progress if progress is None else progress:
         callbacks.append(ProgressBar(sc.protocol.max_steps, sc.run.name))
     delay = StepDelay.from_environment()
     if delay is not None:
         callbacks.append(delay)
-    if sc.output.checkpoint_every_steps:
-        callbacks.append(Checkpointer(sc.output.checkpoint_every_steps))
+    if sc.output.checkpoint_every_steps or sc.output.checkpoint_every_minutes:
+        callbacks.append(Checkpointer(sc.output.checkpoint_every_steps,
+                                      sc.output.checkpoint_every_minutes))
     callbacks.append(FinalEvaluation())
     return callbacks
 
@@ -267,23 +361,24 @@ def run_loaded(
     progress: Optional[bool] = None,
     resume: Optional[Checkpoint] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
+    replace: bool = False,
 ) -> Path:
-    """Simulate ``loaded`` into a run directory (returned).  The run ends at the first stop
-    rule that fires (protocol.rounds, protocol.max_steps, run.max_sim_hours — even in the
-    middle of a step —, ``stop_requested()`` turning true, nobody left to come online, a
-    numerical fault); summary.json says which (``stopped_by``) and how the run ended
-    (``status``, see fleetsim.record.status).  Raises RunStopped after writing the outputs
-    when a numerical fault stopped the run, FleetsimInputError for bad input."""
+    """Simulate ``loaded`` into a run directory (returned).  The directory is checked
+    before anything is built (:func:`prepare_output`; ``replace`` lets a run of another
+    scenario replace the one there), reads as incomplete while the run writes it and
+    complete once every output is written (:mod:`fleetsim.record.rundir`).  The run ends
+    at the first stop rule that fires (protocol.rounds, protocol.max_steps,
+    run.max_sim_hours — even in the middle of a step —, ``stop_requested()`` turning true,
+    nobody left to come online, a numerical fault); summary.json says which
+    (``stopped_by``) and how the run ended (``status``, see fleetsim.record.status).
+    Raises RunStopped after writing the outputs when a numerical fault stopped the run,
+    FleetsimInputError for bad input."""
     sc = loaded.scenario
     host_start = time.perf_counter()
     out = run_dir_for(loaded, run_dir)
-    if out.exists() and not out.is_dir():
-        raise FleetsimInputError(f"output.dir: {out} exists and is not a directory")
-    if resume is None and out.exists() and any(out.iterdir()) and not sc.output.overwrite:
-        raise FleetsimInputError(
-            f"output.dir: {out} already holds a run and output.overwrite is false; "
-            "choose another directory or set output.overwrite: true"
-        )
+    digest = rundir.scenario_hash(sc.model_dump(mode="json"))
+    if resume is None:
+        prepare_output(loaded, out, digest, replace)
     protocol_class(sc.protocol.name)  # fail fast on an unknown protocol name
     make_policy(sc.policy)
 
@@ -294,16 +389,34 @@ def run_loaded(
         state_at_end=resume.engine_state if resume else None,
     )
     recorder = Recorder(record_events=sc.output.events)
-    run = RunState(loaded=loaded, run_dir=out, engine=engine, recorder=recorder)
+    run = RunState(loaded=loaded, run_dir=out, engine=engine, recorder=recorder,
+                   scenario_hash=digest)
     callbacks = run_callbacks(sc, progress)
 
+    replay_checked = [resume is None or bool(resume.extra)]
+
     def after_step(row: dict) -> None:
+        if not replay_checked[0] and row["committed"] and not engine.replaying:
+            # The journal of a step-boundary checkpoint ends with the step it was written
+            # at: ending anywhere else, it does not fit the stored engine state.
+            replay_checked[0] = True
+            if int(row["step"]) + 1 != resume.committed_steps:
+                raise FleetsimInputError(
+                    f"--resume {out}: the checkpoint's journal ends at step "
+                    f"{int(row['step']) + 1}, its engine state is of step "
+                    f"{resume.committed_steps}; refusing to resume from it"
+                )
         for callback in callbacks:
             callback.after_central_iteration(run, row)
 
     built = build_run(loaded, engine, recorder, after_step, stop_requested)
     env, fleet, server, horizon_s = built.env, built.fleet, built.protocol, built.horizon_s
     run.server, run.env = server, env
+    run.inputs = resume.inputs if resume is not None else input_digests(input_files(loaded))
+    # Everything is checked: mark the directory as being written and remove the outputs
+    # of the run it held before (a resume keeps its checkpoint).  From here until
+    # finish_run the directory reads as incomplete.
+    rundir.begin_run(out, digest, keep_checkpoint=resume is not None)
     for callback in callbacks:
         callback.on_train_begin(run)
     process = env.process(server.run())
@@ -316,6 +429,8 @@ def run_loaded(
         # Stop cleanly: log it; the checkpointer keeps the last good state; outputs follow.
         run.fault = exc
         recorder.events.add(env.now, -1, "numerical_fault", step=server.step, detail=str(exc))
+    except OSError as exc:  # a checkpoint could not be written (disk full, folder gone)
+        raise _write_failed(out, exc) from None
     end = float(env.now)
     run.clock_stopped_by_horizon = run.fault is None and not process.triggered
     if run.fault is not None:
@@ -346,10 +461,15 @@ def run_loaded(
         "mode": "systems-only (no gradients computed)" if engine.systems_only else "full numerics",
         "availability_label": getattr(built.availability, "label", ""),
         "device_source": getattr(built.table, "source", ""),
-        "trainable_params": int(facts.trainable_params),
-        "model": facts.name,
-        **model_labels(facts, engine.facts()),  # charged (fleet.cost_model) vs learning model
+        # The two models of a run, each with its trainable count: the one the phones are
+        # charged for (fleet.cost_model, else the learning model: payloads, latency, memory)
+        # and the one whose forward gradients are computed (numerics).
+        "charged_trainable_params": int(facts.trainable_params),
+        "learned_trainable_params": int(engine.facts().trainable_params),
+        **model_labels(facts, engine.facts()),  # charged_model, learning_model, model_label
         "numerics": engine.describe(),
+        **code_provenance(),  # fleetsim_version, git_commit, git_dirty
+        "scenario_hash": digest,
     }
     summary = build_summary(
         sc, steps, devices, end_s=end, rounds=server.round, committed_steps=server.step,
@@ -360,16 +480,23 @@ def run_loaded(
             int(getattr(fault, "step", server.step)) if fault is not None else None),
         unfinished=unfinished, labels=labels,
     )
-    recorder.write(
-        out,
-        devices,
-        summary,
-        loaded.resolved_yaml(),
-    )
-    if sc.output.convergence_png:
+    try:
+        recorder.write(
+            out,
+            devices,
+            summary,
+            loaded.resolved_yaml(),
+        )
+        rundir.finish_run(out, digest, summary)  # last: the directory now reads complete
+    except OSError as exc:
+        raise _write_failed(out, exc) from None
+    if sc.output.convergence_png:  # a figure of the finished run, drawn from its files
         from fleetsim.analysis.plots import write_run_convergence
 
-        write_run_convergence(out, run_title(summary))
+        try:
+            write_run_convergence(out, run_title(summary))
+        except OSError as exc:
+            raise _write_failed(out, exc) from None
     if fault is not None:
         raise RunStopped(
             f"run stopped at step {server.step} by a numerical fault: {fault}; outputs and "
@@ -379,17 +506,51 @@ def run_loaded(
     return out
 
 
+def _write_failed(out: Path, exc: OSError) -> FleetsimInputError:
+    """One line for an output write that failed during or after the run (disk full, the
+    folder removed or made read-only): the directory stays marked incomplete and the last
+    checkpoint, if any, is kept for ``--resume``."""
+    from fleetsim.record.checkpoint import checkpoint_path
+
+    kept = checkpoint_path(out)
+    tail = (f"the last checkpoint is kept: free space and `fleetsim run --resume {out}`"
+            if kept.is_file() else "no checkpoint had been written yet")
+    return FleetsimInputError(
+        f"output.dir: writing the run directory {out} failed: {exc.strerror or exc}"
+        f"{f' ({exc.filename})' if getattr(exc, 'filename', None) else ''}; the directory is "
+        f"marked incomplete; {tail}"
+    )
+
+
 def resume_run(
     run_dir: Path,
     progress: Optional[bool] = None,
     stop_requested: Optional[Callable[[], bool]] = None,
 ) -> Path:
-    """Continue a run from its last checkpoint (see fleetsim.record.checkpoint)."""
+    """Continue a run from its last checkpoint (see fleetsim.record.checkpoint).  Refuses
+    (FleetsimInputError) a checkpoint that does not match its checksum, one written for
+    another run directory or scenario, a run whose input files changed since, and a
+    directory that already holds the finished run."""
     from fleetsim.scenario.loader import validate_raw
 
-    ckpt = read_checkpoint(Path(run_dir))
+    run_dir = Path(run_dir)
+    ckpt = read_checkpoint(run_dir)
     loaded = validate_raw(ckpt.scenario_raw, Path(ckpt.scenario_path), Path(ckpt.base_dir))
-    return run_loaded(loaded, Path(run_dir), progress, resume=ckpt, stop_requested=stop_requested)
+    check_belongs(ckpt, run_dir, rundir.scenario_hash(loaded.scenario.model_dump(mode="json")))
+    state = rundir.run_dir_state(run_dir)
+    if state.complete:
+        raise FleetsimInputError(
+            f"--resume {run_dir}: the directory holds the finished run (status "
+            f"{state.status}); nothing to resume"
+        )
+    if state.scenario_hash is not None and state.scenario_hash != ckpt.scenario_hash:
+        raise FleetsimInputError(
+            f"--resume {run_dir}: the run being written there is scenario "
+            f"{state.scenario_hash[:12]}, the checkpoint "
+            f"holds scenario {ckpt.scenario_hash[:12]}; refusing to resume from it"
+        )
+    check_inputs(ckpt, run_dir)
+    return run_loaded(loaded, run_dir, progress, resume=ckpt, stop_requested=stop_requested)
 
 
 def run_scenario(
@@ -397,6 +558,9 @@ def run_scenario(
     overrides: Sequence[str] = (),
     run_dir: Optional[Path] = None,
     progress: Optional[bool] = False,
+    replace: bool = False,
 ) -> Path:
-    """Run one scenario file; returns the run directory."""
-    return run_loaded(load_scenario(scenario_path, list(overrides)), run_dir, progress)
+    """Run one scenario file; returns the run directory (``replace``: see
+    :func:`prepare_output`)."""
+    return run_loaded(load_scenario(scenario_path, list(overrides)), run_dir, progress,
+                      replace=replace)

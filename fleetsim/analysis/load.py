@@ -24,8 +24,10 @@ import pyarrow as pa
 import yaml
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.record.rundir import require_complete
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
 from fleetsim.record.status import finite_accuracy
+from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 SCENARIO_FILE = "scenario.yaml"
 SUMMARY_FILE = "summary.json"
@@ -158,7 +160,8 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        # bounded: a run directory from elsewhere may hold a hostile scenario.yaml
+        data = load_bounded(read_yaml_text(path, "the scenario YAML"), path)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise FleetsimInputError(f"{path}: cannot read the scenario YAML ({exc})") from exc
     if not isinstance(data, dict):
@@ -275,6 +278,9 @@ def load_runs(run_dirs: Sequence[Path]) -> RunSet:
             raise FleetsimInputError(
                 f"{path}: not a run directory (expected a folder with {', '.join(RUN_FILES)})"
             )
+        # A run killed or out of disk while writing leaves a folder marked incomplete (or,
+        # before the markers existed, files of two runs): never read it as a finished run.
+        require_complete(path)
         for name in RUN_FILES:
             if not (path / name).is_file():
                 raise FleetsimInputError(

@@ -17,6 +17,8 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.config import EnergyConfig
+from fleetsim.scenario.safe_yaml import MAX_FILE_BYTES, load_bounded
+from fleetsim.traces.files import refuse_special_file
 from fleetsim.workload import BACKENDS
 
 RADIO_FIELDS = ("up_mw_per_mbps", "down_mw_per_mbps", "base_mw")
@@ -55,8 +57,16 @@ class PowerTable:
         )
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
+        refuse_special_file(path, "fleet.energy.power_file")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(MAX_FILE_BYTES + 1)
+            if len(text) > MAX_FILE_BYTES:
+                raise FleetsimInputError(
+                    f"fleet.energy.power_file: {path} is larger than 1 MiB; a power table "
+                    "is a few kB"
+                )
+            raw = load_bounded(text, path)  # alias bombs refused (scenario.safe_yaml)
         except OSError as exc:
             raise FleetsimInputError(
                 f"fleet.energy.power_file: cannot read power figures from {path} "

@@ -14,6 +14,50 @@ from typing import Any, Optional
 
 from fleetsim.numerics.base import EvalResult, ModelFacts, NumericsEngine, StepEstimate
 
+_TORCH_DTYPE = "__torch_dtype__"
+_TORCH_DATA = "__torch_data__"
+
+
+def portable_state(state: Any) -> Any:
+    """An engine state with every torch tensor replaced by ``{"__torch_dtype__": name,
+    "__torch_data__": numpy array}`` (bfloat16 as its int16 bit pattern, which numpy
+    lacks): what a checkpoint stores (:mod:`fleetsim.record.checkpoint` holds data only,
+    no torch objects).  Exact: :func:`restore_state` gives back equal tensors, bit for bit."""
+    if isinstance(state, dict):
+        return {k: portable_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [portable_state(v) for v in state]
+    if isinstance(state, tuple):
+        return tuple(portable_state(v) for v in state)
+    if type(state).__module__.startswith("torch") and hasattr(state, "detach"):
+        import torch
+
+        t = state.detach().cpu().contiguous()
+        name = str(t.dtype).removeprefix("torch.")
+        data = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+        return {_TORCH_DTYPE: name, _TORCH_DATA: data.copy()}
+    return state
+
+
+def restore_state(state: Any) -> Any:
+    """Inverse of :func:`portable_state`."""
+    if isinstance(state, dict):
+        if set(state) == {_TORCH_DTYPE, _TORCH_DATA}:
+            import numpy as np
+            import torch
+
+            dtype = getattr(torch, str(state[_TORCH_DTYPE]), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"unknown tensor dtype {state[_TORCH_DTYPE]!r}")
+            data = torch.from_numpy(np.array(state[_TORCH_DATA], copy=True))
+            return data.view(torch.bfloat16) if dtype == torch.bfloat16 else data.to(dtype)
+        return {k: restore_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [restore_state(v) for v in state]
+    if isinstance(state, tuple):
+        return tuple(restore_state(v) for v in state)
+    return state
+
 
 def _scalars(est: StepEstimate) -> StepEstimate:
     """A copy without the engine-owned tensor (what the protocol may look at)."""
@@ -40,6 +84,8 @@ class JournalEngine(NumericsEngine):
         self.journal: list[tuple[str, Any]] = []
         self._replay = list(replay or [])
         self._cursor = 0
+        # A checkpoint stores tensors as arrays (portable_state): turn them back.
+        state_at_end = restore_state(state_at_end) if state_at_end is not None else None
         self._state_at_end = state_at_end
         if not self._replay and state_at_end is not None:
             inner.load_state_dict(state_at_end)
@@ -113,6 +159,10 @@ class JournalEngine(NumericsEngine):
 
     def state_dict(self) -> dict:
         return self.inner.state_dict()
+
+    def portable_state_dict(self) -> dict:
+        """:meth:`state_dict` with tensors as numpy arrays (:func:`portable_state`)."""
+        return portable_state(self.inner.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
         self.inner.load_state_dict(state)

@@ -1,7 +1,9 @@
 """Atomic file writes: a crash never leaves a half-written file under a final name.
 
 Each writer writes to a temporary file in the same folder, flushes and fsyncs
-it, then ``os.replace``s it over the final name (atomic on POSIX)."""
+it, then ``os.replace``s it over the final name (atomic on POSIX).  The final file
+gets the mode an ordinary ``open`` would give it (0666 less the process umask), not
+``mkstemp``'s private 0600: run directories on a shared filesystem stay readable."""
 
 from __future__ import annotations
 
@@ -18,9 +20,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back; no other way in POSIX)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and removals in ``folder`` durable (no-op where folders cannot be
+    opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``."""
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` (mode
+    0666 & ~umask, see the module note) and fsync the folder so the rename is durable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -30,7 +55,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()

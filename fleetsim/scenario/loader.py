@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.scenario.safe_yaml import compose_bounded, load_bounded, read_yaml_text
 from fleetsim.scenario.schema import Scenario
 
 KeyPath = tuple[str, ...]
@@ -36,19 +37,19 @@ class LoadedScenario:
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that remembers the line of each mapping key."""
-
-
 def _compose_lines(text: str, path: Path) -> tuple[Any, dict[KeyPath, int]]:
+    """The scenario mapping and the line of every key, within the bounds of
+    :mod:`fleetsim.scenario.safe_yaml` (a file that expands beyond them is refused)."""
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
+        node, data = compose_bounded(text, path)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise FleetsimInputError(
             f"{path}{line}: not valid YAML: {exc.problem or exc}"
         ) from None
+    except yaml.YAMLError as exc:
+        raise FleetsimInputError(f"{path}: not valid YAML: {exc}") from None
     lines: dict[KeyPath, int] = {}
 
     def walk(n: Any, prefix: KeyPath) -> None:
@@ -64,8 +65,7 @@ def _compose_lines(text: str, path: Path) -> tuple[Any, dict[KeyPath, int]]:
 
     if node is not None:
         walk(node, ())
-    data = yaml.load(text, Loader=yaml.SafeLoader) if node is not None else {}
-    return data, lines
+    return (data if node is not None else {}), lines
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -88,10 +88,7 @@ def _read_with_extends(
     if not path.is_file():
         where = f"{stack[-1]}: extends: " if stack else ""
         raise FleetsimInputError(f"{where}scenario file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")  # never the host locale's encoding
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FleetsimInputError(f"{path}: cannot read scenario: {exc}") from None
+    text = read_yaml_text(path, "scenario")  # UTF-8, at most 1 MiB, a regular file
     data, lines = _compose_lines(text, path)
     if data is None:
         data = {}
@@ -132,7 +129,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if not key or any(not part for part in key.split(".")):
         raise FleetsimInputError(f"--set {text}: empty key path")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_bounded(value, Path(f"--set {key}")) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     return tuple(key.split(".")), parsed

@@ -8,7 +8,7 @@ Each area owns its section's model next to its code (``fleet/config.py``,
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetsim.fleet.config import FleetConfig
 from fleetsim.numerics.config import (
@@ -36,7 +36,11 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field("run", min_length=1, description="Run name (used in the run directory).")
+    name: str = Field(
+        "run", min_length=1, max_length=200,
+        description="Run name (used in the run directory): one folder name, so no '/' or "
+        "backslash, not '.' or '..', no control characters.",
+    )
     seed: int = Field(0, ge=0, description="Seed of every named random stream of the run.")
     max_sim_hours: float = Field(
         24.0 * 30, gt=0, le=24.0 * 366,
@@ -59,6 +63,19 @@ class RunConfig(BaseModel):
         description="Hour of the availability trace's day at which the run starts (simulated "
         "time 0 = trace time start_hour x 3600 s; the diurnal models' time 0 is local midnight).",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder_name(cls, name: str) -> str:
+        # {name} fills output.dir: a name with a separator or '..' would write outside
+        # the folder output.dir names (runs/ by default).
+        if name in (".", "..") or any(c in "/\\" or ord(c) < 32 or ord(c) == 127
+                                      for c in name):
+            raise ValueError(
+                f"run.name: {name!r} is not a folder name: no '/' or '\\', not '.' or '..', "
+                "no control characters (it names the run directory inside output.dir)"
+            )
+        return name
 
     @model_validator(mode="after")
     def _targets_in_range(self) -> RunConfig:
@@ -84,10 +101,19 @@ class OutputConfig(BaseModel):
     events: bool = Field(True, description="Write events.parquet (one row per simulated event).")
     convergence_png: bool = Field(True, description="Write convergence.png.")
     overwrite: bool = Field(
-        True, description="Replace the files of an existing run directory (each atomically)."
+        True, description="Let a run replace an earlier run of the same resolved scenario in "
+        "its run directory (every output of the earlier run is removed first); a run of a "
+        "different scenario is refused unless `fleetsim run --replace`.  false: refuse any "
+        "directory that already holds run outputs.",
     )
     checkpoint_every_steps: int = Field(
         0, ge=0, description="Write a checkpoint every N committed steps (0 = never)."
+    )
+    checkpoint_every_minutes: float = Field(
+        10.0, ge=0,
+        description="Also write a checkpoint at the first committed step after each N minutes "
+        "of host time (0 = never): any long run can be resumed with `fleetsim run --resume "
+        "RUN_DIR` without having opted in.",
     )
 
 

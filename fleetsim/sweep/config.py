@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 KeyPath = tuple[str, ...]
 
@@ -167,12 +168,10 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
     path = Path(path)
     if not path.is_file():
         raise FleetsimInputError(f"sweep file not found: {path}")
+    # At most 1 MiB and 200,000 nodes once aliases are expanded (fleetsim.scenario.safe_yaml).
+    text = read_yaml_text(path, "sweep file")
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FleetsimInputError(f"{path}: cannot read sweep file: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
+        data = load_bounded(text, path)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark is not None else ""

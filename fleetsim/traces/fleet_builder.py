@@ -11,6 +11,7 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.rng import stream
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.config import TracesConfig
+from fleetsim.traces.files import refuse_special_file
 from fleetsim.traces.network import radio_technology, sample_network
 from fleetsim.traces.registry import (
     MODEL_FORMATS,
@@ -67,6 +68,8 @@ def build_availability(
     every kind (models and files alike; ``auto`` detects a file's format by content)."""
     a = cfg.availability
     path = cfg.resolve(a.path, base_dir)
+    if path is not None:
+        refuse_special_file(path, "traces.availability.path")
     if path is not None and a.kind not in MODEL_FORMATS and not path.exists():
         raise FleetsimInputError(
             f"traces.availability.path: {a.path!r} resolves to {path}, which does not exist"

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.files import refuse_special_file
 from fleetsim.traces.report import TraceReport
 from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population, read_table
 
@@ -65,7 +66,7 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
     )
     from fleetsim.traces.tables import TABLE_SUFFIXES, sniff_table
 
-    path = Path(path)
+    path = refuse_special_file(Path(path))
     if not path.exists():
         raise FleetsimInputError(f"{path}: file not found")
     if path.is_dir():

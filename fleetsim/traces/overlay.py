@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.files import refuse_special_file
 from fleetsim.traces.formats.common import DAY_S, merge_windows
 from fleetsim.traces.formats.flash_windows import hourly_online_share
 
@@ -40,7 +41,7 @@ def windows_profile(path: Path, fmt: str | None = None, timezone: str = "UTC") -
     from fleetsim.traces.formats.intervals import load_interval_table
     from fleetsim.traces.registry import detect_format, get_format
 
-    path = Path(path)
+    path = refuse_special_file(Path(path))
     if not path.exists():
         raise FleetsimInputError(f"{path}: file not found")
     kind = fmt or detect_format(path)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.traces.files import refuse_special_file
 from fleetsim.workload import BACKENDS
 
 #: repository folder holding the shipped tables
@@ -71,7 +72,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
     The format comes from the suffix (``.csv``/``.txt``, ``.tsv``, ``.parquet``/``.pq``),
     or, for any other suffix or none, from the content (:func:`sniff_table`)."""
-    path = Path(path)
+    path = refuse_special_file(Path(path))
     if not path.exists():
         raise FleetsimInputError(f"{path}: file not found")
     if path.stat().st_size == 0:

@@ -73,6 +73,18 @@ def test_summary_and_report_name_both_models(tmp_path: Path) -> None:
     assert summary["learning_model"] == "distilbert-base-uncased"
     label = "phones charged for tinyllama-1.1b; learning signal from distilbert-base-uncased"
     assert summary["model_label"] == label
+    # each model with its own trainable count, labelled (issue 24.1): the charged count is
+    # the charged model's facts, the learned one the learning engine's
+    loaded = load_scenario(SCENARIO, SMALL + TINYLLAMA)
+    assert summary["charged_trainable_params"] == charged_facts(
+        loaded.scenario, loaded.base_dir).trainable_params
+    from fleetsim.runner import validate_loaded
+
+    learning = validate_loaded(load_scenario(SCENARIO, SMALL)).facts  # no cost model
+    assert learning.name == "distilbert-base-uncased"
+    assert summary["learned_trainable_params"] == learning.trainable_params
+    assert summary["charged_trainable_params"] > summary["learned_trainable_params"]
+    assert "model" not in summary and "trainable_params" not in summary
     assert label in write_report(run_dir).read_text()
 
 

@@ -122,8 +122,10 @@ def run_ray(
                         finished_at=_now(),
                     )
                 except ray.exceptions.RayError as exc:
-                    why = _timeout_note(run.run_dir) or f"worker died: {_first_line(exc)}"
-                    outcome = _killed(run, why)
+                    note = _timeout_note(run.run_dir)
+                    outcome = _killed(run, note or f"worker died: {_first_line(exc)}")
+                    if note:
+                        outcome.status = RunStatus.TIMED_OUT.value
                 on_done(run, outcome)
     except KeyboardInterrupt:
         for ref, run in in_flight.items():

@@ -221,9 +221,13 @@ def test_ray_run_timeout_kills_only_the_hung_run(tmp_path, base_scenario, local_
     assert time.monotonic() - start < 60
     rows = by_id(read_index(tmp_path / "out"))
     assert rows["description=ok"]["status"] == "done"
-    assert rows["description=hang"]["status"] == "killed"
+    assert rows["description=hang"]["status"] == "timed_out"
     assert rows["description=hang"]["error"] == "killed after the run timeout of 3 s"
-    assert result.counts["killed"] == 1
+    assert result.counts["timed_out"] == 1 and result.counts["killed"] == 0
+    assert result.advice() == [
+        "re-run the same command to retry the 1 timed_out run(s) (--retry failed, the "
+        "default) (timed-out runs need a larger --run-timeout)"
+    ]
 
 
 def test_real_runs_same_results_sequential_and_ray(tmp_path, base_scenario, local_ray):

@@ -90,7 +90,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="torch threads per run (default: CPU count // max parallel)")
     sweep.add_argument("--run-timeout", type=float, metavar="SECONDS",
                        help="ray backend: kill a run still going after SECONDS (recorded as "
-                       "killed, retried by the next invocation)")
+                       "timed_out, retried by the next invocation's default --retry failed)")
     sweep.add_argument("--out", help="sweep folder (default: the sweep file's out)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a scenario key in every run (repeatable)")

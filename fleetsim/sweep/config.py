@@ -91,7 +91,7 @@ class SweepConfig(BaseModel):
     run_timeout_s: Optional[float] = Field(
         None, gt=0,
         description="Ray backend: a run still going this many seconds after it started on its "
-        "worker is killed (the worker process ends) and recorded as killed; None = no limit.",
+        "worker is killed (the worker process ends) and recorded as timed_out; None = no limit.",
     )
     torch_threads_per_task: Optional[int] = Field(
         None, ge=1,

@@ -39,6 +39,22 @@ class RunStatus(str, Enum):
     KILLED = "killed"  # the worker process died (signal, out of memory) or the sweep ended
 
 
+#: What each status means, for the README's sweep reference (generated) and ``--help``.
+STATUS_MEANING: dict[RunStatus, str] = {
+    RunStatus.PENDING: "planned, never started",
+    RunStatus.RUNNING: "handed to a worker (a row left so by a sweep process that died reads "
+                       "as killed)",
+    RunStatus.DONE: "the run ended `completed` or `horizon_reached` (its exit code 0)",
+    RunStatus.DIVERGED: "the run ended `diverged`: its model became non-finite (exit code 3)",
+    RunStatus.NO_PROGRESS: "the run ended `no_progress`: no step committed (exit code 4)",
+    RunStatus.STOPPED: "the run ended `stop_requested` (Ctrl-C / SIGTERM reached it)",
+    RunStatus.FAILED: "the run raised instead of ending: it failed to start (e.g. an input "
+                      "the runner refused) or crashed; traceback in RUN_DIR/sweep_error.txt",
+    RunStatus.TIMED_OUT: "the Ray backend killed it after `run_timeout_s` / --run-timeout",
+    RunStatus.KILLED: "its worker process died (a signal, out of memory) or the sweep was "
+                      "interrupted or died while it ran",
+}
+
 #: ``summary.json`` status -> sweep status.  Summaries written before runs had a status
 #: (no ``status`` key) read as ``done``.
 OUTCOME_OF_RUN_STATUS: dict[str, RunStatus] = {

@@ -76,9 +76,11 @@ def run_study(
         run_fn=run_fn,
     )
     if result.failures:
-        listed = "; ".join(f"{run_id}: {error}" for run_id, error in result.failures[:3])
+        listed = "; ".join(f"{run_id} ({result.statuses.get(run_id, 'failed')}): {error}"
+                           for run_id, error in result.failures[:3])
         raise FleetsimInputError(
-            f"{sweep_path}: {len(result.failures)} run(s) failed ({listed}); rerun to retry"
+            f"{sweep_path}: {len(result.failures)} run(s) did not end done ({listed}); "
+            + "; ".join(result.advice())
         )
     plan = plan_sweep(loaded, tuple(overrides), validate=False)
     index = read_index(result.index_path).set_index("run_id")

@@ -69,8 +69,17 @@ def test_run_study_goes_through_the_sweep_and_resumes(
     # finished runs are reused: nothing runs again, no host time spent
     again = run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
     assert len(calls) == 4 and again.host_seconds == 0.0
-    # --set applies to every run (and reruns them: a different resolved scenario)
-    run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+    # --set applies to every run: a different resolved scenario, which never replaces the
+    # finished runs in place (the sweep refuses their folder, running nothing) ...
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    with pytest.raises(FleetsimInputError, match=r"holds a run of a different scenario "
+                       r"\(protocol.eval_every_steps: .* there, 7 in this sweep\)"):
+        run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+                  run_fn=_fake_runner(calls, write_synthetic_run))
+    assert len(calls) == 4
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    # ... but runs them all from scratch with fresh (the study's --fresh)
+    run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"], fresh=True,
               run_fn=_fake_runner(calls, write_synthetic_run))
     assert len(calls) == 8 and all("protocol.eval_every_steps=7" in c[1] for c in calls[4:])
     # seeds can be replaced (a first look with one seed reuses the finished runs)
@@ -80,7 +89,8 @@ def test_run_study_goes_through_the_sweep_and_resumes(
     # a failing run is named, and the study stops before analysing half a grid
     sweep.write_text(sweep.read_text().replace("[1, 5]", "[1, 7]"))
     with pytest.raises(FleetsimInputError, match="perturbations_per_device=7.*seven"):
-        run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
+        run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+                  run_fn=_fake_runner(calls, write_synthetic_run))
 
 
 def test_time_to_accuracy_figure_series(make_run) -> None:

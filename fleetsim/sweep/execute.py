@@ -321,9 +321,23 @@ def ended_outcome(run: PlannedRun) -> Optional[dict[str, Any]]:
     run, failed, killed) or holds another scenario's."""
     if not (run.run_dir / "summary.json").is_file():
         return None
+    if not _run_dir_complete(run.run_dir):
+        return None
     if not _same_scenario(run):
         return None
     return summary_outcome(run.run_dir) or None
+
+
+def _run_dir_complete(run_dir: Path) -> bool:
+    """Whether the run directory's writer finished it.  Where fleetsim.record.rundir
+    (the run-directory completion marker) is present it decides: a run killed while
+    writing its directory is incomplete even with a summary.json, and its retry runs it
+    again.  Without it, a summary.json (written after the tables) is the sign."""
+    try:
+        from fleetsim.record.rundir import run_dir_state  # type: ignore[import-not-found]
+    except ImportError:
+        return True
+    return bool(run_dir_state(run_dir).complete)
 
 
 def _same_scenario(run: PlannedRun) -> bool:

@@ -302,3 +302,24 @@ def test_statuses_cover_the_runners_statuses():
     assert set(STATUSES) <= set(OUTCOME_OF_RUN_STATUS)
     assert {s.value for s in OUTCOME_OF_RUN_STATUS.values()} <= {s.value for s in RunStatus}
     assert RunStatus.DONE not in set().union(*RETRY_CHOICES.values())
+
+
+def test_run_killed_while_writing_its_directory_is_not_ended(tmp_path, base_scenario):
+    """With the run-directory completion marker (fleetsim.record.rundir), a directory a run
+    was still writing (run_in_progress.json) is not an ended run, even with a summary.json:
+    the default retry runs it again."""
+    rundir = pytest.importorskip("fleetsim.record.rundir")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: base.yaml\nout: {tmp_path / 'out'}\nseeds: [0]\n")
+    # The real runner writes the markers (the fake would not).
+    assert run_sweep(path, backend="sequential", progress=False).ok
+    run_dir = tmp_path / "out" / "run.seed=0"
+    assert rundir.run_dir_state(run_dir).complete
+    (run_dir / rundir.IN_PROGRESS_FILE).write_text("{}")
+    index_path = tmp_path / "out" / INDEX_FILE
+    frame = pd.read_parquet(index_path)
+    frame.loc[0, "status"] = "running"  # as a sweep process killed mid-write leaves it
+    frame.to_parquet(index_path)
+    again = run_sweep(path, backend="sequential", progress=False)
+    assert again.executed == 1 and again.ok
+    assert read_index(tmp_path / "out")["attempts"][0] == 2

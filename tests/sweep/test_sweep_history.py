@@ -315,7 +315,12 @@ def test_run_killed_while_writing_its_directory_is_not_ended(tmp_path, base_scen
     assert run_sweep(path, backend="sequential", progress=False).ok
     run_dir = tmp_path / "out" / "run.seed=0"
     assert rundir.run_dir_state(run_dir).complete
-    (run_dir / rundir.IN_PROGRESS_FILE).write_text("{}")
+    # As a retry killed while writing leaves it: its start marker, no completion marker.
+    marker = json.loads((run_dir / rundir.COMPLETE_FILE).read_text())
+    (run_dir / rundir.COMPLETE_FILE).unlink()
+    (run_dir / rundir.IN_PROGRESS_FILE).write_text(
+        json.dumps({"scenario_hash": marker["scenario_hash"]}))
+    assert not rundir.run_dir_state(run_dir).complete
     index_path = tmp_path / "out" / INDEX_FILE
     frame = pd.read_parquet(index_path)
     frame.loc[0, "status"] = "running"  # as a sweep process killed mid-write leaves it

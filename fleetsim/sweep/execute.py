@@ -540,8 +540,11 @@ def _run_locked(
 
     def on_start(run: PlannedRun) -> None:
         row = index.rows[run.run_id]
+        # A new attempt: nothing of the previous one's outcome stays in its row.
         index.update(run.run_id, status=RunStatus.RUNNING.value, error="", run_status="",
-                     attempts=int(row["attempts"]) + 1, started_at=_now(), finished_at="")
+                     attempts=int(row["attempts"]) + 1, started_at=_now(), finished_at="",
+                     host_seconds=math.nan, final_accuracy=math.nan,
+                     simulated_seconds=math.nan, worker="")
         index.write()
 
     def on_done(run: PlannedRun, outcome: RunOutcome) -> None:
@@ -612,6 +615,10 @@ def _reconcile(
                     if k not in ("run_id", "params", "run_dir")})
     ended = ended_outcome(run)
     if ended is not None:
+        if prior and math.isfinite(float(prior.get("host_seconds", math.nan))):
+            # The attempt's wall time as its worker measured it (the summary's own
+            # host_seconds leaves out the run's start-up and its last writes).
+            ended.pop("host_seconds")
         index.update(run.run_id, **ended)
         # A run with a summary was started at least once (an index lost or made by an older
         # fleetsim may not say so).

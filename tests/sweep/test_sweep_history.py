@@ -39,7 +39,7 @@ run: {name: nan, progress: false}
 """
 CASE_SWEEP = "base: scenario.yaml\nseeds: [0, 1]\nout: sweep_out\n"
 KEPT = ["run_id", "status", "run_status", "attempts", "error", "final_accuracy",
-        "simulated_seconds", "worker", "started_at", "finished_at"]
+        "simulated_seconds", "host_seconds", "worker", "started_at", "finished_at"]
 
 
 def test_case_sweep_rerun_turns_diverged_into_done(tmp_path, sweep_main, capsys, monkeypatch):

@@ -93,7 +93,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
                        "timed_out, retried by the next invocation's default --retry failed)")
     sweep.add_argument("--out", help="sweep folder (default: the sweep file's out)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a scenario key in every run (repeatable)")
+                       help="override a scenario key in every run (repeatable); not a key "
+                       "the sweep file sweeps or an arm sets")
     sweep.add_argument(
         "--retry", choices=tuple(RETRY_CHOICES), default=DEFAULT_RETRY,
         help="which runs that already ended to run again: failed (default: runs that failed "

@@ -615,7 +615,7 @@ def _reconcile(
                     if k not in ("run_id", "params", "run_dir")})
     ended = ended_outcome(run)
     if ended is not None:
-        if prior and math.isfinite(float(prior.get("host_seconds", math.nan))):
+        if prior and math.isfinite(_number(prior.get("host_seconds"))):
             # The attempt's wall time as its worker measured it (the summary's own
             # host_seconds leaves out the run's start-up and its last writes).
             ended.pop("host_seconds")
@@ -627,7 +627,8 @@ def _reconcile(
     try:
         status = RunStatus(prior["status"]) if prior else RunStatus.PENDING
     except ValueError:  # a status this fleetsim does not know: start from scratch
-        status = RunStatus.PENDING
+        index.update(run.run_id, status=RunStatus.PENDING.value)
+        return RunStatus.PENDING
     if status is RunStatus.RUNNING:
         # The sweep that started it ended without hearing back: the run was killed.
         index.update(run.run_id, status=RunStatus.KILLED.value,

@@ -328,3 +328,21 @@ def test_run_killed_while_writing_its_directory_is_not_ended(tmp_path, base_scen
     again = run_sweep(path, backend="sequential", progress=False)
     assert again.executed == 1 and again.ok
     assert read_index(tmp_path / "out")["attempts"][0] == 2
+
+
+def test_index_of_unknown_statuses_starts_those_runs_afresh(tmp_path, base_scenario):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: base.yaml\nout: {tmp_path / 'out'}\n"
+                    "grid:\n  description: [a, fail]\n")
+    run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    index_path = tmp_path / "out" / INDEX_FILE
+    frame = pd.read_parquet(index_path).drop(columns=["run_status"])  # an older index
+    frame.loc[frame["run_id"] == "description=fail", "status"] = "exploded"
+    frame.to_parquet(index_path)
+    again = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    assert again.executed == 1 and again.skipped == 1
+    rows = by_id(read_index(tmp_path / "out"))
+    assert (rows["description=a"]["status"], rows["description=a"]["run_status"]) == (
+        "done", "completed")
+    assert rows["description=fail"]["status"] == "failed"
+    assert rows["description=fail"]["attempts"] == 2

@@ -69,9 +69,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run every scenario × seed of SWEEP.yaml, each in its own run directory "
         "named from its parameters, and keep a sweep index (sweep_index.parquet) of their "
         "status.  Re-running keeps every run's status and retries only what --retry names "
-        "(default: failed, killed, timed-out and stopped runs).  Exit code 1 when a run did "
-        "not end done, 2 for a bad sweep file or scenario or a sweep folder holding runs of "
-        "other settings.",
+        "(default: runs that failed to start, failed, were killed, timed out or stopped).  "
+        "Exit code 1 when a run did not end done, 2 for a bad sweep file or scenario or a "
+        "sweep folder holding runs of other settings.",
     )
     sweep.add_argument("sweep", help="sweep YAML file (base, grid, zip, seeds, set, out, ...)")
     sweep.add_argument(
@@ -98,7 +98,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     sweep.add_argument(
         "--retry", choices=tuple(RETRY_CHOICES), default=DEFAULT_RETRY,
         help="which runs that already ended to run again: failed (default: runs that failed "
-        "or failed to start, were killed, timed out or stopped), diverged (runs whose model "
+        "to start or failed, were killed, timed out or stopped), diverged (runs whose model "
         "became non-finite: the same settings diverge again), all (every run not done, "
         "no-progress runs included), none (only runs never started); done runs are never "
         "re-run",

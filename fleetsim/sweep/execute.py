@@ -1,7 +1,8 @@
 """Run a planned sweep: on Ray (a local instance by default, a cluster with ``address``;
 :mod:`fleetsim.sweep.ray_backend`) or sequentially in this process.
 
-Each run is isolated: its exceptions are caught on the worker and recorded as ``failed``;
+Each run is isolated: its exceptions are caught on the worker and recorded as ``failed``
+(``failed_to_start`` when the runner refused its input: FleetsimInputError);
 a worker that dies (signal, out-of-memory kill) is recorded as ``killed`` by the driver
 (``timed_out`` when the sweep's run timeout ended it).  Neither affects the other runs.
 A run that ends with a ``summary.json`` is recorded with its own status: ``done``
@@ -13,10 +14,10 @@ Re-running a sweep never rewrites that history: a run whose directory holds its
 ``summary.json`` (for the same resolved scenario) keeps the status read from it, whether the
 sweep ran once or many times; runs never started always run; runs that ended otherwise are
 run again only when ``retry`` names their status
-(:data:`fleetsim.sweep.index.RETRY_CHOICES`; default ``failed``: failed, killed, timed out,
-stopped).  Attempts and the last error are kept across invocations.  A run directory that
-holds a run of a different resolved scenario is never reused: the sweep refuses before it
-starts (:func:`fleetsim.sweep.plan.check_run_dirs`).
+(:data:`fleetsim.sweep.index.RETRY_CHOICES`; default ``failed``: failed to start, failed,
+killed, timed out, stopped).  Attempts and the last error are kept across invocations.  A
+run directory that holds a run of a different resolved scenario is never reused: the sweep
+refuses before it starts (:func:`fleetsim.sweep.plan.check_run_dirs`).
 """
 
 from __future__ import annotations
@@ -249,7 +250,8 @@ def execute_run(
                 run_id=run_id, host_seconds=time.perf_counter() - start, worker=worker,
                 started_at=started_at, finished_at=_now(), **fields,
             )
-        if isinstance(exc, FleetsimInputError):
+        refused = isinstance(exc, FleetsimInputError)
+        if refused:
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
@@ -258,7 +260,7 @@ def execute_run(
             write_text(Path(run_dir) / ERROR_FILE, traceback.format_exc())
         return RunOutcome(
             run_id=run_id,
-            status=RunStatus.FAILED.value,
+            status=(RunStatus.FAILED_TO_START if refused else RunStatus.FAILED).value,
             error=one_line or type(exc).__name__,
             host_seconds=time.perf_counter() - start,
             worker=worker,

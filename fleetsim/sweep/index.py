@@ -34,7 +34,8 @@ class RunStatus(str, Enum):
     DIVERGED = "diverged"  # the run ended diverged: its model became non-finite (exit 3)
     NO_PROGRESS = "no_progress"  # the run ended without committing a step (exit 4)
     STOPPED = "stopped"  # the run ended on a stop request (Ctrl-C / SIGTERM; exit 130)
-    FAILED = "failed"  # the run raised instead of ending: it failed to start or crashed
+    FAILED_TO_START = "failed_to_start"  # the runner refused the run's input (its exit 2)
+    FAILED = "failed"  # the run raised instead of ending (it crashed)
     TIMED_OUT = "timed_out"  # killed by the sweep's run timeout (run_timeout_s)
     KILLED = "killed"  # the worker process died (signal, out of memory) or the sweep ended
 
@@ -48,8 +49,12 @@ STATUS_MEANING: dict[RunStatus, str] = {
     RunStatus.DIVERGED: "the run ended `diverged`: its model became non-finite (exit code 3)",
     RunStatus.NO_PROGRESS: "the run ended `no_progress`: no step committed (exit code 4)",
     RunStatus.STOPPED: "the run ended `stop_requested` (Ctrl-C / SIGTERM reached it)",
-    RunStatus.FAILED: "the run raised instead of ending: it failed to start (e.g. an input "
-                      "the runner refused) or crashed; traceback in RUN_DIR/sweep_error.txt",
+    RunStatus.FAILED_TO_START: "the runner refused the run's input before its clock started "
+                               "(what `fleetsim run` exits 2 for: e.g. a data or trace file "
+                               "missing on the worker, an output folder it cannot write); "
+                               "`error` names the file or key",
+    RunStatus.FAILED: "the run raised instead of ending (it crashed); traceback in "
+                      "RUN_DIR/sweep_error.txt",
     RunStatus.TIMED_OUT: "the Ray backend killed it after `run_timeout_s` / --run-timeout",
     RunStatus.KILLED: "its worker process died (a signal, out of memory) or the sweep was "
                       "interrupted or died while it ran",
@@ -70,19 +75,20 @@ OUTCOME_OF_RUN_STATUS: dict[str, RunStatus] = {
 #: ``done`` runs are never run again (delete a run's directory to redo it).
 RETRY_CHOICES: dict[str, frozenset[RunStatus]] = {
     "failed": frozenset(
-        {RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT, RunStatus.STOPPED}
+        {RunStatus.FAILED_TO_START, RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT,
+         RunStatus.STOPPED}
     ),
     "diverged": frozenset({RunStatus.DIVERGED}),
     "all": frozenset(
-        {RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT, RunStatus.STOPPED,
-         RunStatus.DIVERGED, RunStatus.NO_PROGRESS}
+        {RunStatus.FAILED_TO_START, RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT,
+         RunStatus.STOPPED, RunStatus.DIVERGED, RunStatus.NO_PROGRESS}
     ),
     "none": frozenset(),
 }
 #: ``fleetsim sweep``'s ``--retry`` default: the runs that ended without an outcome of their
-#: own (an error, a killed worker, a timeout, a stop request).  A diverged or no-progress run
-#: is an outcome of its scenario and seed (the same run ends the same way again), so it is
-#: kept unless asked for.
+#: own (a refused input, an error, a killed worker, a timeout, a stop request).  A diverged
+#: or no-progress run is an outcome of its scenario and seed (the same run ends the same way
+#: again), so it is kept unless asked for.
 DEFAULT_RETRY = "failed"
 
 

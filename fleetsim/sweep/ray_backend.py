@@ -114,10 +114,11 @@ def run_ray(
                     outcome = ray.get(ref)
                 except RayTaskError as exc:
                     # execute_run catches every error of the run itself: this one is of the
-                    # task machinery (e.g. the run function could not be unpickled).
+                    # task machinery (e.g. the run function could not be unpickled): the run
+                    # never started.
                     outcome = RunOutcome(
                         run_id=run.run_id,
-                        status=RunStatus.FAILED.value,
+                        status=RunStatus.FAILED_TO_START.value,
                         error=_first_line(exc),
                         finished_at=_now(),
                     )

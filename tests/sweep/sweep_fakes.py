@@ -46,6 +46,10 @@ def _fault(description: str, run_dir: Path) -> None:
         description = "kill" if description == "flaky_kill" else "fail"
     if description == "fail":
         raise RuntimeError("injected failure\nsecond line of the message")
+    if description == "refuse":  # what the runner raises for an input it refuses (exit 2)
+        from fleetsim.errors import FleetsimInputError
+
+        raise FleetsimInputError("data.path: data/missing.csv not found on this worker")
     if description == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if description == "interrupt":

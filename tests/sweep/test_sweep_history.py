@@ -86,11 +86,11 @@ def test_case_sweep_rerun_turns_diverged_into_done(tmp_path, sweep_main, capsys,
 
 # ------------------------------------------------------------------ every status, every retry
 
-ENDS = ["ok", "horizon", "diverge", "noprog", "stop", "fail"]
+ENDS = ["ok", "horizon", "diverge", "noprog", "stop", "refuse", "fail"]
 STATUS_OF = {"ok": "done", "horizon": "done", "diverge": "diverged", "noprog": "no_progress",
-             "stop": "stopped", "fail": "failed"}
+             "stop": "stopped", "refuse": "failed_to_start", "fail": "failed"}
 RUN_STATUS_OF = {"ok": "completed", "horizon": "horizon_reached", "diverge": "diverged",
-                 "noprog": "no_progress", "stop": "stop_requested", "fail": ""}
+                 "noprog": "no_progress", "stop": "stop_requested", "refuse": "", "fail": ""}
 
 
 def _sweep(tmp_path: Path) -> Path:
@@ -111,17 +111,20 @@ def test_index_records_each_runs_own_final_status(tmp_path, base_scenario):
             assert row["error"] == ENDINGS[end][1]
         elif end == "fail":
             assert row["error"] == "RuntimeError: injected failure | second line of the message"
+        elif end == "refuse":  # the runner's own one line, as `fleetsim run` would print it
+            assert row["error"] == "data.path: data/missing.csv not found on this worker"
         else:
             assert row["error"] == ""
     assert result.counts == {"pending": 0, "running": 0, "done": 2, "diverged": 1,
-                             "no_progress": 1, "stopped": 1, "failed": 1, "timed_out": 0,
-                             "killed": 0}
+                             "no_progress": 1, "stopped": 1, "failed_to_start": 1, "failed": 1,
+                             "timed_out": 0, "killed": 0}
     assert not result.ok
     assert [r for r, _ in result.failures] == [
-        "description=diverge", "description=noprog", "description=stop", "description=fail"]
+        "description=diverge", "description=noprog", "description=stop", "description=refuse",
+        "description=fail"]
     assert result.advice() == [
-        "re-run the same command to retry the 2 stopped/failed run(s) (--retry failed, the "
-        "default)",
+        "re-run the same command to retry the 3 stopped/failed_to_start/failed run(s) "
+        "(--retry failed, the default)",
         "1 diverged run(s) are kept as they ended: a re-run of the same command does not retry "
         "them (the same scenario and seed diverge again; fix the scenario (e.g. protocol.lr) "
         "and sweep into another --out, or run them again with --retry diverged)",
@@ -133,9 +136,9 @@ def test_index_records_each_runs_own_final_status(tmp_path, base_scenario):
 
 # which runs each --retry choice runs again (by hand from its documented meaning)
 RERUN = {
-    "failed": {"stop", "fail"},
+    "failed": {"stop", "refuse", "fail"},
     "diverged": {"diverge"},
-    "all": {"diverge", "noprog", "stop", "fail"},
+    "all": {"diverge", "noprog", "stop", "refuse", "fail"},
     "none": set(),
 }
 
@@ -206,13 +209,13 @@ def test_lost_index_is_rebuilt_with_the_same_statuses(tmp_path, base_scenario):
     rows = by_id(read_index(tmp_path / "out"))
     for end in ENDS:
         run_id = f"description={end}"
-        if end == "fail":
+        if end in ("fail", "refuse"):
             # No summary, no index: nothing says it ever ran, so it runs (and fails again).
-            assert rows[run_id]["status"] == "failed" and rows[run_id]["attempts"] == 1
+            assert rows[run_id]["status"] == STATUS_OF[end] and rows[run_id]["attempts"] == 1
             continue
         for key in ("status", "run_status", "error", "attempts"):
             assert rows[run_id][key] == first[run_id][key], (end, key)
-    assert again.executed == 1
+    assert again.executed == 2
 
 
 def test_deleted_run_directory_is_run_again(tmp_path, base_scenario):

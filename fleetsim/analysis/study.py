@@ -5,8 +5,10 @@ Each study folder under ``analysis/`` holds ``scenario.yaml`` (the base scenario
 ``sweep.yaml`` (the full grid × seeds) and ``sweep_quick.yaml`` (a small grid for a smoke
 test, the one CI runs).  The study script runs one of them with :func:`run_study` — the
 same machinery as ``fleetsim sweep analysis/<study>/sweep.yaml``: run directories named
-from their parameters, a ``sweep_index.parquet`` of statuses, and resumption (a finished
-run with the same resolved scenario is skipped, a failed or killed one is retried).
+from their parameters, a ``sweep_index.parquet`` of statuses, and resumption (a run that
+ended with the same resolved scenario is kept, a failed or killed one is retried).  Runs that
+ended diverged or without progress are results (they never reach a target) and are analysed
+with the rest; the study names them on stderr.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +27,11 @@ import pandas as pd
 from fleetsim.errors import FleetsimInputError
 from fleetsim.sweep import load_sweep, plan_sweep, run_sweep
 from fleetsim.sweep.execute import RunFn
-from fleetsim.sweep.index import read_index
+from fleetsim.sweep.index import RunStatus, read_index
+
+#: Statuses of runs that ended with an outcome of their own besides done: analysed (their
+#: accuracy never counts: see fleetsim.record.status), never retried by a study.
+OUTCOMES = (RunStatus.DIVERGED.value, RunStatus.NO_PROGRESS.value)
 
 
 @dataclass
@@ -37,6 +44,7 @@ class StudyRuns:
     host_seconds: float  # host time of this invocation (0 when everything was reused)
     run_host_seconds: float  # summed host seconds of all finished runs (their summaries)
     seeds: list[int]
+    not_done: dict[str, str] = field(default_factory=dict)  # run id -> diverged/no_progress
 
 
 def sweep_file(study_dir: Path, quick: bool) -> Path:
@@ -58,8 +66,9 @@ def run_study(
     """Run (or resume) the sweep ``sweep_path`` into ``out_dir``; ``overrides`` apply to
     every run (``--set``); ``seeds`` replaces the sweep file's seeds; ``fresh`` deletes
     ``out_dir`` first.  Returns the finished run
-    directories in sweep order; raises :class:`FleetsimInputError` naming the failed runs
-    when any run failed (rerunning retries them)."""
+    directories in sweep order (runs that ended diverged or without progress included, named
+    in ``not_done``); raises :class:`FleetsimInputError` naming the runs that ended without
+    an outcome (failed, killed, ...; rerunning retries them)."""
     out_dir = Path(out_dir)
     if fresh and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -75,11 +84,20 @@ def run_study(
         progress=progress,
         run_fn=run_fn,
     )
-    if result.failures:
-        listed = "; ".join(f"{run_id}: {error}" for run_id, error in result.failures[:3])
+    missing = [(run_id, error) for run_id, error in result.failures
+               if result.statuses.get(run_id) not in OUTCOMES]
+    if missing:
+        listed = "; ".join(f"{run_id} ({result.statuses.get(run_id, 'failed')}): {error}"
+                           for run_id, error in missing[:3])
         raise FleetsimInputError(
-            f"{sweep_path}: {len(result.failures)} run(s) failed ({listed}); rerun to retry"
+            f"{sweep_path}: {len(missing)} run(s) ended without a result ({listed}); "
+            + "; ".join(result.advice())
         )
+    not_done = {run_id: result.statuses[run_id] for run_id, _ in result.failures}
+    if not_done:
+        print(f"{sweep_path}: {len(not_done)} run(s) ended "
+              f"{'/'.join(sorted(set(not_done.values())))} and count as never reaching a "
+              f"target: {', '.join(not_done)}", file=sys.stderr)
     plan = plan_sweep(loaded, tuple(overrides), validate=False)
     index = read_index(result.index_path).set_index("run_id")
     run_dirs = [run.run_dir for run in plan]
@@ -91,6 +109,7 @@ def run_study(
         run_dirs=run_dirs,
         host_seconds=time.perf_counter() - started if result.executed else 0.0,
         run_host_seconds=float(host.sum()),
+        not_done=not_done,
         seeds=seeds,
     )
 

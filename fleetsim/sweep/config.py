@@ -3,6 +3,9 @@
 Example::
 
     base: ../paper_closed_form.yaml      # relative to this file
+    arms:                                # each arm's own settings (crossed with the rest)
+      fwdllm: {protocol.name: fwdllm, protocol.devices_per_step: 100}
+      fedsgd: {protocol.name: fedsgd, protocol.devices_per_step: 10}
     grid:                                # every combination of these values
       policy.name: [uniform, capability]
     zip:                                 # these lists advance together (equal lengths)
@@ -14,13 +17,17 @@ Example::
     out: runs/sweeps/policies            # relative to the working directory
     max_parallel: 2
 
-Runs = grid combinations × zip rows × seeds, in that nesting order.
+Runs = arms × grid combinations × zip rows × seeds, in that nesting order.  A run's
+overrides are applied as ``--set`` would be, in this order: ``set``, the command line's
+``--set``, the run's arm, its grid and zip values, its seed; so an arm's value replaces
+``set``'s for that arm only.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -59,6 +66,14 @@ class SweepConfig(BaseModel):
         description="run.seed values; each combination runs once per seed (default: the base "
         "scenario's own seed, once).",
     )
+    arms: dict[str, Optional[dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="Arm name -> that arm's own overrides (dotted scenario key -> value), "
+        "applied after `set` to its runs only; every arm is crossed with grid, zip and seeds, "
+        "and its name is the run's `arm` parameter (first in the run id and an index column). "
+        "A key an arm sets cannot be swept by grid or zip. Use it for methods compared at "
+        "their own settings, e.g. FwdLLM at 1,000 devices per step and Adapter-BP at 10.",
+    )
     fixed: dict[str, Any] = Field(
         default_factory=dict,
         alias="set",
@@ -77,7 +92,7 @@ class SweepConfig(BaseModel):
     run_timeout_s: Optional[float] = Field(
         None, gt=0,
         description="Ray backend: a run still going this many seconds after it started on its "
-        "worker is killed (the worker process ends) and recorded as killed; None = no limit.",
+        "worker is killed (the worker process ends) and recorded as timed_out; None = no limit.",
     )
     torch_threads_per_task: Optional[int] = Field(
         None, ge=1,
@@ -124,6 +139,11 @@ class LoadedSweep:
     base_path: Path  # the base scenario, resolved against the sweep file's folder
     name: str
     out_dir: Path
+    lines: dict[KeyPath, int] = field(default_factory=dict)  # sweep file key -> line
+
+    def where(self, loc: KeyPath) -> str:
+        """``file:line`` of a key of the sweep file (the nearest enclosing key's line)."""
+        return _where(self.path, self.lines, loc)
 
 
 def _key_lines(text: str) -> dict[KeyPath, int]:
@@ -157,8 +177,13 @@ def _where(path: Path, lines: dict[KeyPath, int], loc: KeyPath) -> str:
 
 
 ALLOWED_KEYS = (
-    "base, name, grid, zip, seeds, set, out, max_parallel, run_timeout_s, torch_threads_per_task"
+    "base, name, arms, grid, zip, seeds, set, out, max_parallel, run_timeout_s, "
+    "torch_threads_per_task"
 )
+#: An arm's name is used as is in run directory names.
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+#: The run parameter (index column, run id part) that names a run's arm.
+ARM_PARAM = "arm"
 
 
 def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
@@ -214,6 +239,22 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
         for section in ("grid", "zip", "set"):
             if "run.seed" in getattr(config, "fixed" if section == "set" else section):
                 raise fail((section, "run.seed"), "run.seed is set by seeds; remove one of them")
+    for arm, settings in config.arms.items():
+        if not isinstance(arm, str) or ARM_NAME.fullmatch(arm) is None:
+            raise fail(("arms", str(arm)), "an arm name is letters, digits and _ . + - "
+                       "(starting with a letter or digit), e.g. fwdllm or adapter_bp")
+        if settings is None:
+            config.arms[arm] = settings = {}
+        for key in settings:
+            loc = ("arms", arm, str(key))
+            if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+                raise fail(loc, "expected a dotted scenario key such as protocol.lr")
+            for section in ("grid", "zip"):
+                if key in getattr(config, section):
+                    raise fail(loc, f"key is also swept by {section}; an arm cannot set it "
+                               f"(move the values into the arms, or drop the key here)")
+            if key == "run.seed" and config.seeds is not None:
+                raise fail(loc, "run.seed is set by seeds; remove one of them")
     lengths = {k: len(v) for k, v in config.zip.items()}
     if len(set(lengths.values())) > 1:
         described = ", ".join(f"{k}: {n}" for k, n in lengths.items())
@@ -228,5 +269,5 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
     out_text = out if out is not None else config.out
     out_dir = Path(out_text) if out_text else Path("runs") / "sweeps" / name
     return LoadedSweep(
-        config=config, path=path, base_path=base_path, name=name, out_dir=out_dir
+        config=config, path=path, base_path=base_path, name=name, out_dir=out_dir, lines=lines
     )

@@ -1,10 +1,23 @@
 """Run a planned sweep: on Ray (a local instance by default, a cluster with ``address``;
 :mod:`fleetsim.sweep.ray_backend`) or sequentially in this process.
 
-Each run is isolated: its exceptions are caught on the worker and recorded as ``failed``;
-a worker that dies (signal, out-of-memory kill) is recorded as ``killed`` by the driver.
-Neither affects the other runs.  Re-running a sweep skips runs whose ``summary.json``
-exists for the same resolved scenario and retries every other run.
+Each run is isolated: its exceptions are caught on the worker and recorded as ``failed``
+(``failed_to_start`` when the runner refused its input: FleetsimInputError);
+a worker that dies (signal, out-of-memory kill) is recorded as ``killed`` by the driver
+(``timed_out`` when the sweep's run timeout ended it).  Neither affects the other runs.
+A run that ends with a ``summary.json`` is recorded with its own status: ``done``
+(completed, horizon reached), ``diverged``, ``no_progress`` or ``stopped``
+(:data:`fleetsim.sweep.index.OUTCOME_OF_RUN_STATUS`), with the run's ``status_detail`` as
+the error.
+
+Re-running a sweep never rewrites that history: a run whose directory holds its
+``summary.json`` (for the same resolved scenario) keeps the status read from it, whether the
+sweep ran once or many times; runs never started always run; runs that ended otherwise are
+run again only when ``retry`` names their status
+(:data:`fleetsim.sweep.index.RETRY_CHOICES`; default ``failed``: failed to start, failed,
+killed, timed out, stopped).  Attempts and the last error are kept across invocations.  A
+run directory that holds a run of a different resolved scenario is never reused: the sweep
+refuses before it starts (:func:`fleetsim.sweep.plan.check_run_dirs`).
 """
 
 from __future__ import annotations
@@ -27,11 +40,18 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, RunStopped
 from fleetsim.record.atomic import write_text
 from fleetsim.sweep.config import LoadedSweep, load_sweep
-from fleetsim.sweep.index import INDEX_FILE, RunStatus, SweepIndex
-from fleetsim.sweep.plan import PlannedRun, plan_sweep
+from fleetsim.sweep.index import (
+    DEFAULT_RETRY,
+    INDEX_FILE,
+    OUTCOME_OF_RUN_STATUS,
+    RETRY_CHOICES,
+    RunStatus,
+    SweepIndex,
+)
+from fleetsim.sweep.plan import PlannedRun, check_run_dirs, plan_sweep
 
 Backend = Literal["ray", "sequential"]
 #: ``(scenario_path, overrides, run_dir) -> run directory``; default: fleetsim.runner's
@@ -49,6 +69,7 @@ class RunOutcome:
     run_id: str
     status: str
     error: str = ""
+    run_status: str = ""  # summary.json's status, "" when the run wrote none
     host_seconds: float = math.nan
     final_accuracy: float = math.nan
     simulated_seconds: float = math.nan
@@ -59,6 +80,7 @@ class RunOutcome:
     def index_fields(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "run_status": self.run_status,
             "error": self.error,
             "host_seconds": self.host_seconds,
             "final_accuracy": self.final_accuracy,
@@ -81,28 +103,90 @@ class SweepResult:
     skipped: int  # runs already finished before it
     backend: str
     host_seconds: float
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (run id, error)
+    #: (run id, error) of every run of the sweep that is not ``done``, in plan order
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)  # run id -> status, runs not done
+    retry: str = DEFAULT_RETRY  # the --retry choice of this invocation
 
     @property
     def ok(self) -> bool:
         return self.counts.get(RunStatus.DONE.value, 0) == sum(self.counts.values())
+
+    def advice(self) -> list[str]:
+        """What a re-run would do for the runs that are not done, one line per kind: the
+        sweep's last lines.  Empty when every run is done."""
+        by_status: dict[str, int] = {}
+        for status in self.statuses.values():
+            by_status[status] = by_status.get(status, 0) + 1
+        default = RETRY_CHOICES[DEFAULT_RETRY]
+        lines = []
+        retried = sum(n for s, n in by_status.items() if RunStatus(s) in default)
+        if retried:
+            kinds = "/".join(s for s in by_status if RunStatus(s) in default)
+            timeout = (" (timed-out runs need a larger --run-timeout)"
+                       if RunStatus.TIMED_OUT.value in by_status else "")
+            lines.append(
+                f"re-run the same command to retry the {retried} {kinds} run(s) "
+                f"(--retry {DEFAULT_RETRY}, the default){timeout}"
+            )
+        for status, choice, why in (
+            (RunStatus.DIVERGED.value, "diverged",
+             "the same scenario and seed diverge again; fix the scenario (e.g. protocol.lr) "
+             "and sweep into another --out"),
+            (RunStatus.NO_PROGRESS.value, "all",
+             "no step committed (see each run's error); change the scenario and sweep into "
+             "another --out"),
+        ):
+            n = by_status.get(status, 0)
+            if n:
+                lines.append(
+                    f"{n} {status} run(s) are kept as they ended: a re-run of the same command "
+                    f"does not retry them ({why}, or run them again with --retry {choice})"
+                )
+        return lines
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _summary_fields(run_dir: Path) -> dict[str, float]:
-    """final accuracy and simulated seconds from a finished run's summary.json."""
+def _number(value: Any) -> float:
+    try:
+        return math.nan if value is None else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def summary_outcome(run_dir: Path) -> dict[str, Any]:
+    """Index fields of a run from its ``summary.json``: ``status`` (the sweep status of the
+    run's own status, :data:`~fleetsim.sweep.index.OUTCOME_OF_RUN_STATUS`), ``run_status``,
+    ``error`` (the run's ``status_detail`` when it did not end done), final accuracy and
+    simulated and host seconds.  ``{}`` when there is no readable summary."""
     try:
         summary = json.loads((Path(run_dir) / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    acc = summary.get("final_accuracy")
+    if not isinstance(summary, dict):
+        return {}
+    run_status = str(summary.get("status") or "")
+    status = OUTCOME_OF_RUN_STATUS.get(run_status)
+    detail = " | ".join(
+        line.strip() for line in str(summary.get("status_detail") or "").splitlines()
+        if line.strip()
+    )
+    if status is None:
+        status, error = RunStatus.FAILED, f"summary.json has an unknown status {run_status!r}"
+    elif status is RunStatus.DONE:
+        error = ""
+    else:
+        error = detail or f"the run ended {run_status}"
     return {
-        "final_accuracy": math.nan if acc is None else float(acc),
-        "simulated_seconds": float(summary.get("simulated_seconds", math.nan)),
-        "host_seconds": float(summary.get("host_seconds", math.nan)),
+        "status": status.value,
+        "run_status": run_status,
+        "error": error,
+        "final_accuracy": _number(summary.get("final_accuracy")),
+        "simulated_seconds": _number(summary.get("simulated_seconds")),
+        "host_seconds": _number(summary.get("host_seconds")),
     }
 
 
@@ -157,7 +241,17 @@ def execute_run(
     try:
         fn(Path(scenario_path), list(overrides), Path(run_dir))
     except Exception as exc:  # noqa: BLE001 - any failure of one run is recorded, not raised
-        if isinstance(exc, FleetsimInputError):
+        fields = summary_outcome(Path(run_dir)) if isinstance(exc, RunStopped) else {}
+        if fields and fields["status"] != RunStatus.DONE.value:
+            # The run stopped itself (a numerical fault) after writing its outputs: it ended
+            # with its own status, recorded as a later invocation reads it back from disk.
+            fields.pop("host_seconds")
+            return RunOutcome(
+                run_id=run_id, host_seconds=time.perf_counter() - start, worker=worker,
+                started_at=started_at, finished_at=_now(), **fields,
+            )
+        refused = isinstance(exc, FleetsimInputError)
+        if refused:
             message = str(exc)
         else:
             message = f"{type(exc).__name__}: {exc}"
@@ -166,7 +260,7 @@ def execute_run(
             write_text(Path(run_dir) / ERROR_FILE, traceback.format_exc())
         return RunOutcome(
             run_id=run_id,
-            status=RunStatus.FAILED.value,
+            status=(RunStatus.FAILED_TO_START if refused else RunStatus.FAILED).value,
             error=one_line or type(exc).__name__,
             host_seconds=time.perf_counter() - start,
             worker=worker,
@@ -176,7 +270,7 @@ def execute_run(
     finally:
         if watchdog is not None:
             watchdog.cancel()
-    fields = _summary_fields(Path(run_dir))
+    fields = summary_outcome(Path(run_dir))
     if not fields:
         return RunOutcome(
             run_id=run_id,
@@ -187,15 +281,14 @@ def execute_run(
             started_at=started_at,
             finished_at=_now(),
         )
+    fields.pop("host_seconds")
     return RunOutcome(
         run_id=run_id,
-        status=RunStatus.DONE.value,
         host_seconds=time.perf_counter() - start,
-        final_accuracy=fields["final_accuracy"],
-        simulated_seconds=fields["simulated_seconds"],
         worker=worker,
         started_at=started_at,
         finished_at=_now(),
+        **fields,
     )
 
 
@@ -219,10 +312,37 @@ def _timeout_note(run_dir: Path) -> str:
 
 
 def is_finished(run: PlannedRun) -> bool:
-    """A run is finished when its summary.json exists and it ran the same scenario (a run
-    directory left by a different base scenario or override is run again)."""
+    """A run has ended (with any status of its own: see :func:`ended_outcome`) when its
+    summary.json exists and it ran the same scenario."""
+    return ended_outcome(run) is not None
+
+
+def ended_outcome(run: PlannedRun) -> Optional[dict[str, Any]]:
+    """Index fields (:func:`summary_outcome`) of a run whose directory holds its
+    ``summary.json`` for the planned resolved scenario; None when it holds none (never
+    run, failed, killed) or holds another scenario's."""
     if not (run.run_dir / "summary.json").is_file():
-        return False
+        return None
+    if not _run_dir_complete(run.run_dir):
+        return None
+    if not _same_scenario(run):
+        return None
+    return summary_outcome(run.run_dir) or None
+
+
+def _run_dir_complete(run_dir: Path) -> bool:
+    """Whether the run directory's writer finished it.  Where fleetsim.record.rundir
+    (the run-directory completion marker) is present it decides: a run killed while
+    writing its directory is incomplete even with a summary.json, and its retry runs it
+    again.  Without it, a summary.json (written after the tables) is the sign."""
+    try:
+        from fleetsim.record.rundir import run_dir_state  # type: ignore[import-not-found]
+    except ImportError:
+        return True
+    return bool(run_dir_state(run_dir).complete)
+
+
+def _same_scenario(run: PlannedRun) -> bool:
     if not run.resolved_yaml:
         return True
     try:
@@ -301,25 +421,37 @@ def run_sweep(
     progress: bool = True,
     run_fn: Optional[RunFn] = None,
     run_timeout_s: Optional[float] = None,
+    retry: str = DEFAULT_RETRY,
 ) -> SweepResult:
     """Plan, validate and run a sweep; returns the counts by status and the index path.
 
     Arguments override the sweep file's ``max_parallel`` / ``torch_threads_per_task`` /
     ``run_timeout_s`` (a limit the Ray backend enforces; sequential runs cannot be stopped);
-    ``overrides`` (``--set``) apply to every run.  ``run_fn`` replaces the runner (tests).
+    ``overrides`` (``--set``) apply to every run.  ``retry`` (a key of
+    :data:`~fleetsim.sweep.index.RETRY_CHOICES`) says which runs that already ended are run
+    again.  ``run_fn`` replaces the runner (tests).
+
+    Raises FleetsimInputError (nothing run, nothing written) for a bad sweep, a bad run
+    scenario, or a run directory in ``out`` that holds a run of a different resolved
+    scenario (:func:`~fleetsim.sweep.plan.check_run_dirs`).
     """
     host_start = time.perf_counter()
     loaded = sweep if isinstance(sweep, LoadedSweep) else load_sweep(sweep)
     if backend not in ("ray", "sequential"):
         raise FleetsimInputError(f"--backend {backend}: allowed: ray, sequential")
+    if retry not in RETRY_CHOICES:
+        raise FleetsimInputError(f"--retry {retry}: allowed: {', '.join(RETRY_CHOICES)}")
     plan = plan_sweep(loaded, tuple(overrides))
+    check_run_dirs(loaded, plan)
     out_dir = loaded.out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise FleetsimInputError(f"{loaded.path}: out: {out_dir} exists and is not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(out_dir, loaded.path):
+        # Under the lock: another invocation may have written run directories meanwhile.
+        check_run_dirs(loaded, plan)
         return _run_locked(loaded, plan, out_dir, backend, address, max_parallel, torch_threads,
-                           progress, run_fn, run_timeout_s, host_start)
+                           progress, run_fn, run_timeout_s, host_start, retry)
 
 
 @contextlib.contextmanager
@@ -354,6 +486,7 @@ def _run_locked(
     run_fn: Optional[RunFn],
     run_timeout_s: Optional[float],
     host_start: float,
+    retry: str = DEFAULT_RETRY,
 ) -> SweepResult:
     base_path = loaded.base_path.resolve()
     # Workers may run in another folder (a cluster node): hand them absolute paths.
@@ -376,27 +509,11 @@ def _run_locked(
     index = SweepIndex(out_dir / INDEX_FILE)
     previous = SweepIndex.read_previous(index.path)
     to_run: list[PlannedRun] = []
+    retried = RETRY_CHOICES[retry]
     for run in plan:
-        index.add(run.run_id, run.params, run.run_dir, previous.get(run.run_id))
-        if is_finished(run):
-            fields = _summary_fields(run.run_dir)
-            kept = {
-                k: previous.get(run.run_id, {}).get(k, "")
-                for k in ("worker", "started_at", "finished_at")
-            }
-            index.update(run.run_id, status=RunStatus.DONE.value, **fields, **kept)
-            continue
-        prior = previous.get(run.run_id)
-        if prior and prior["status"] == RunStatus.RUNNING.value:
-            # The sweep that started it ended without hearing back: the run was killed.
-            index.update(
-                run.run_id,
-                status=RunStatus.KILLED.value,
-                error="the sweep process ended while this run was going",
-            )
-        elif prior and prior["status"] in (RunStatus.FAILED.value, RunStatus.KILLED.value):
-            index.update(run.run_id, status=prior["status"], error=prior["error"])
-        to_run.append(run)
+        status = _reconcile(index, run, previous.get(run.run_id))
+        if status is RunStatus.PENDING or status in retried:
+            to_run.append(run)
     skipped = len(plan) - len(to_run)
     index.write()
     # Copy of the sweep file beside the index: the folder documents how it was made.
@@ -423,12 +540,13 @@ def _run_locked(
             bar.write(f"sweep {loaded.name}: {skipped} of {len(plan)} runs already finished",
                       file=sys.stderr)
 
-    failures: list[tuple[str, str]] = []
-
     def on_start(run: PlannedRun) -> None:
         row = index.rows[run.run_id]
-        index.update(run.run_id, status=RunStatus.RUNNING.value, error="",
-                     attempts=int(row["attempts"]) + 1, started_at=_now(), finished_at="")
+        # A new attempt: nothing of the previous one's outcome stays in its row.
+        index.update(run.run_id, status=RunStatus.RUNNING.value, error="", run_status="",
+                     attempts=int(row["attempts"]) + 1, started_at=_now(), finished_at="",
+                     host_seconds=math.nan, final_accuracy=math.nan,
+                     simulated_seconds=math.nan, worker="")
         index.write()
 
     def on_done(run: PlannedRun, outcome: RunOutcome) -> None:
@@ -437,12 +555,11 @@ def _run_locked(
             fields["started_at"] = index.rows[run.run_id]["started_at"]
         index.update(run.run_id, **fields)
         index.write()
-        if outcome.status != RunStatus.DONE.value:
-            failures.append((run.run_id, outcome.error))
         if bar is not None:
             counts = index.counts()
             bar.set_postfix_str(
-                f"done {counts['done']} | failed {counts['failed']} | killed {counts['killed']}",
+                " | ".join(f"{s} {n}" for s, n in counts.items()
+                           if n and s not in (RunStatus.PENDING.value, RunStatus.RUNNING.value)),
                 refresh=False,
             )
             bar.update(1)
@@ -473,5 +590,55 @@ def _run_locked(
         skipped=skipped,
         backend=backend,
         host_seconds=time.perf_counter() - host_start,
-        failures=failures,
+        failures=[(run_id, str(row["error"])) for run_id, row in index.rows.items()
+                  if row["status"] != RunStatus.DONE.value],
+        statuses={run_id: str(row["status"]) for run_id, row in index.rows.items()
+                  if row["status"] != RunStatus.DONE.value},
+        retry=retry,
     )
+
+
+#: Statuses a run can only have when its directory holds its summary.json.
+_ENDED_WITH_SUMMARY = frozenset(OUTCOME_OF_RUN_STATUS.values())
+
+
+def _reconcile(
+    index: SweepIndex, run: PlannedRun, prior: Optional[dict[str, Any]]
+) -> RunStatus:
+    """Put ``run``'s row in the index as this invocation finds it, and return its status.
+
+    The run directory is the record of how a run ended (a ``summary.json`` of the planned
+    scenario), so a run's status is the same however often the sweep ran; the previous
+    index keeps what the directory cannot say (attempts, worker, times, the error of a run
+    that wrote no summary)."""
+    row = index.add(run.run_id, run.params, run.run_dir, prior)
+    if prior:
+        row.update({k: v for k, v in prior.items()
+                    if k not in ("run_id", "params", "run_dir")})
+    ended = ended_outcome(run)
+    if ended is not None:
+        if prior and math.isfinite(_number(prior.get("host_seconds"))):
+            # The attempt's wall time as its worker measured it (the summary's own
+            # host_seconds leaves out the run's start-up and its last writes).
+            ended.pop("host_seconds")
+        index.update(run.run_id, **ended)
+        # A run with a summary was started at least once (an index lost or made by an older
+        # fleetsim may not say so).
+        index.update(run.run_id, attempts=max(1, int(row["attempts"])))
+        return RunStatus(ended["status"])
+    try:
+        status = RunStatus(prior["status"]) if prior else RunStatus.PENDING
+    except ValueError:  # a status this fleetsim does not know: start from scratch
+        index.update(run.run_id, status=RunStatus.PENDING.value)
+        return RunStatus.PENDING
+    if status is RunStatus.RUNNING:
+        # The sweep that started it ended without hearing back: the run was killed.
+        index.update(run.run_id, status=RunStatus.KILLED.value,
+                     error="the sweep process ended while this run was going")
+        return RunStatus.KILLED
+    if status in _ENDED_WITH_SUMMARY:
+        # Its results are gone (the directory was deleted to redo the run): run it again.
+        index.update(run.run_id, status=RunStatus.PENDING.value, run_status="", error="",
+                     final_accuracy=math.nan, simulated_seconds=math.nan)
+        return RunStatus.PENDING
+    return status

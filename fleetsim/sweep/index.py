@@ -21,21 +21,86 @@ INDEX_FILE = "sweep_index.parquet"
 
 
 class RunStatus(str, Enum):
-    PENDING = "pending"  # planned, not started (yet)
+    """Status of a run in the sweep index.
+
+    The first two are the sweep's bookkeeping; every other one is how the run's last attempt
+    ended.  A run that wrote a ``summary.json`` takes its status from the run's own status
+    (:data:`fleetsim.record.status.STATUSES`, kept in the index's ``run_status`` column);
+    see :data:`OUTCOME_OF_RUN_STATUS`."""
+
+    PENDING = "pending"  # planned, never started
     RUNNING = "running"  # handed to a worker
-    DONE = "done"  # summary.json written
-    FAILED = "failed"  # the run raised; ``error`` says why
+    DONE = "done"  # the run ended completed or horizon_reached (exit code 0)
+    DIVERGED = "diverged"  # the run ended diverged: its model became non-finite (exit 3)
+    NO_PROGRESS = "no_progress"  # the run ended without committing a step (exit 4)
+    STOPPED = "stopped"  # the run ended on a stop request (Ctrl-C / SIGTERM; exit 130)
+    FAILED_TO_START = "failed_to_start"  # the runner refused the run's input (its exit 2)
+    FAILED = "failed"  # the run raised instead of ending (it crashed)
+    TIMED_OUT = "timed_out"  # killed by the sweep's run timeout (run_timeout_s)
     KILLED = "killed"  # the worker process died (signal, out of memory) or the sweep ended
+
+
+#: What each status means, for the README's sweep reference (generated) and ``--help``.
+STATUS_MEANING: dict[RunStatus, str] = {
+    RunStatus.PENDING: "planned, never started",
+    RunStatus.RUNNING: "handed to a worker (a row left so by a sweep process that died reads "
+                       "as killed)",
+    RunStatus.DONE: "the run ended `completed` or `horizon_reached` (its exit code 0)",
+    RunStatus.DIVERGED: "the run ended `diverged`: its model became non-finite (exit code 3)",
+    RunStatus.NO_PROGRESS: "the run ended `no_progress`: no step committed (exit code 4)",
+    RunStatus.STOPPED: "the run ended `stop_requested` (Ctrl-C / SIGTERM reached it)",
+    RunStatus.FAILED_TO_START: "the runner refused the run's input before its clock started "
+                               "(what `fleetsim run` exits 2 for: e.g. a data or trace file "
+                               "missing on the worker, an output folder it cannot write); "
+                               "`error` names the file or key",
+    RunStatus.FAILED: "the run raised instead of ending (it crashed); traceback in "
+                      "RUN_DIR/sweep_error.txt",
+    RunStatus.TIMED_OUT: "the Ray backend killed it after `run_timeout_s` / --run-timeout",
+    RunStatus.KILLED: "its worker process died (a signal, out of memory) or the sweep was "
+                      "interrupted or died while it ran",
+}
+
+#: ``summary.json`` status -> sweep status.  Summaries written before runs had a status
+#: (no ``status`` key) read as ``done``.
+OUTCOME_OF_RUN_STATUS: dict[str, RunStatus] = {
+    "completed": RunStatus.DONE,
+    "horizon_reached": RunStatus.DONE,
+    "": RunStatus.DONE,
+    "diverged": RunStatus.DIVERGED,
+    "no_progress": RunStatus.NO_PROGRESS,
+    "stop_requested": RunStatus.STOPPED,
+}
+
+#: What each ``--retry`` choice runs again, besides the runs never started (always run).
+#: ``done`` runs are never run again (delete a run's directory to redo it).
+RETRY_CHOICES: dict[str, frozenset[RunStatus]] = {
+    "failed": frozenset(
+        {RunStatus.FAILED_TO_START, RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT,
+         RunStatus.STOPPED}
+    ),
+    "diverged": frozenset({RunStatus.DIVERGED}),
+    "all": frozenset(
+        {RunStatus.FAILED_TO_START, RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT,
+         RunStatus.STOPPED, RunStatus.DIVERGED, RunStatus.NO_PROGRESS}
+    ),
+    "none": frozenset(),
+}
+#: ``fleetsim sweep``'s ``--retry`` default: the runs that ended without an outcome of their
+#: own (a refused input, an error, a killed worker, a timeout, a stop request).  A diverged
+#: or no-progress run is an outcome of its scenario and seed (the same run ends the same way
+#: again), so it is kept unless asked for.
+DEFAULT_RETRY = "failed"
 
 
 # Fixed columns of the index, in order, with their dtypes.  Each swept key also gets a
 # column of its own (named by the key, e.g. ``policy.name``) after ``params``.
 INDEX_COLUMNS: dict[str, str] = {
     "run_id": "string",
-    "status": "string",
+    "status": "string",  # a RunStatus value
+    "run_status": "string",  # summary.json's status (completed, diverged, ...); "" if none
     "params": "string",  # JSON object: swept key -> value
     "run_dir": "string",
-    "error": "string",  # "" unless failed/killed
+    "error": "string",  # "" for done runs: why the run did not end done (kept across re-runs)
     "host_seconds": "float64",  # wall-clock seconds of the run on its worker
     "final_accuracy": "float64",  # NaN for systems-only runs or unfinished runs
     "simulated_seconds": "float64",
@@ -50,6 +115,7 @@ def _empty_row(run_id: str, params: dict[str, Any], run_dir: Path) -> dict[str, 
     return {
         "run_id": run_id,
         "status": RunStatus.PENDING.value,
+        "run_status": "",
         "params": json.dumps(params, default=str),
         "run_dir": str(run_dir),
         "error": "",

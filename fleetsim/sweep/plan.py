@@ -1,5 +1,11 @@
 """Expand a sweep into runs, name each run from its parameters, and validate every
-expanded scenario before anything runs."""
+expanded scenario before anything runs.
+
+A run's scenario error is reported at the sweep file's line that set the offending value
+(``sweep.yaml:7: arms.fwdllm.protocol.devices_per_step: run arm=fwdllm__run.seed=0: ...``).
+A run directory that already holds a run of a different resolved scenario is never reused:
+:func:`check_run_dirs` refuses the sweep before anything runs (one run directory holds one
+run; see the README's "Sweeps" section)."""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.scenario.loader import load_scenario, parse_override
-from fleetsim.sweep.config import LoadedSweep
+from fleetsim.sweep.config import ARM_PARAM, KeyPath, LoadedSweep
 
 #: Longest run directory name; longer names are cut and given a hash suffix.
 MAX_RUN_ID_CHARS = 150
@@ -90,23 +96,42 @@ def _params_hash(params: dict[str, Any]) -> str:
 
 
 def expand_params(sweep: LoadedSweep) -> list[dict[str, Any]]:
-    """Parameter dicts of all runs: grid combinations × zip rows × seeds."""
+    """Parameter dicts of all runs: arms × grid combinations × zip rows × seeds (an arm is
+    the parameter ``arm``, first)."""
+    return [params for params, _ in _expand(sweep)]
+
+
+def _expand(sweep: LoadedSweep) -> list[tuple[dict[str, Any], dict[str, KeyPath]]]:
+    """Each run's parameters with, per parameter, the sweep file key that gave its value."""
     cfg = sweep.config
     grid_keys = list(cfg.grid)
     grid_rows = list(itertools.product(*(cfg.grid[k] for k in grid_keys)))
     zip_keys = list(cfg.zip)
     n_zip = len(next(iter(cfg.zip.values()))) if zip_keys else 1
     zip_rows = [tuple(cfg.zip[k][i] for k in zip_keys) for i in range(n_zip)]
+    grid_index = list(itertools.product(*(range(len(cfg.grid[k])) for k in grid_keys)))
     seeds: list[int | None] = list(cfg.seeds) if cfg.seeds is not None else [None]
-    out: list[dict[str, Any]] = []
-    for grid_row in grid_rows:
-        for zip_row in zip_rows:
-            for seed in seeds:
-                params = dict(zip(grid_keys, grid_row))
-                params.update(zip(zip_keys, zip_row))
-                if seed is not None:
-                    params["run.seed"] = int(seed)
-                out.append(params)
+    arms: list[str | None] = list(cfg.arms) if cfg.arms else [None]
+    out: list[tuple[dict[str, Any], dict[str, KeyPath]]] = []
+    for arm in arms:
+        for grid_row, grid_pos in zip(grid_rows, grid_index):
+            for z, zip_row in enumerate(zip_rows):
+                for s, seed in enumerate(seeds):
+                    params: dict[str, Any] = {}
+                    where: dict[str, KeyPath] = {}
+                    if arm is not None:
+                        params[ARM_PARAM] = arm
+                        where[ARM_PARAM] = ("arms", arm)
+                    for key, value, i in zip(grid_keys, grid_row, grid_pos):
+                        params[key] = value
+                        where[key] = ("grid", key, str(i))
+                    for key, value in zip(zip_keys, zip_row):
+                        params[key] = value
+                        where[key] = ("zip", key, str(z))
+                    if seed is not None:
+                        params["run.seed"] = int(seed)
+                        where["run.seed"] = ("seeds", str(s))
+                    out.append((params, where))
     return out
 
 
@@ -115,8 +140,13 @@ def plan_sweep(
 ) -> list[PlannedRun]:
     """All runs of the sweep, each validated by the scenario loader (unless
     ``validate`` is false): a bad combination fails here, before anything runs."""
-    fixed = [f"{k}={format_value(v)}" for k, v in sweep.config.fixed.items()]
-    all_params = expand_params(sweep)
+    cfg = sweep.config
+    # (override text, the sweep file key it came from; None for the command line's --set)
+    fixed: list[tuple[str, KeyPath | None]] = [
+        (f"{k}={format_value(v)}", ("set", k)) for k, v in cfg.fixed.items()
+    ]
+    expanded = _expand(sweep)
+    all_params = [params for params, _ in expanded]
     swept = set(all_params[0]) if all_params else set()
     for text in extra_overrides:
         key = ".".join(parse_override(text)[0])
@@ -124,7 +154,13 @@ def plan_sweep(
             raise FleetsimInputError(
                 f"--set {text}: {key} is swept by {sweep.path}; change its values there"
             )
-        fixed.append(text)
+        arm = next((a for a, settings in cfg.arms.items() if key in (settings or {})), None)
+        if arm is not None:
+            raise FleetsimInputError(
+                f"--set {text}: {key} is set by arm {arm} in {sweep.path} "
+                f"({sweep.where(('arms', arm, key))}); change it there"
+            )
+        fixed.append((text, None))
     ids = [run_id_for(p) for p in all_params]
     # Two parameter sets can sanitise to the same name ("a/b" and "a-b"): keep the names
     # distinct (and stable) with the parameters' hash.
@@ -143,15 +179,21 @@ def plan_sweep(
         )
     runs: list[PlannedRun] = []
     errors: list[str] = []
-    for run_id, params in zip(ids, all_params):
-        values = [f"{k}={format_value(v)}" for k, v in params.items()]
-        overrides = tuple(fixed + values + list(SWEEP_RUN_OVERRIDES))
+    for run_id, (params, where) in zip(ids, expanded):
+        sources = list(fixed)
+        arm = params.get(ARM_PARAM)
+        if arm is not None:
+            sources += [(f"{k}={format_value(v)}", ("arms", arm, k))
+                        for k, v in (cfg.arms[arm] or {}).items()]
+        sources += [(f"{k}={format_value(v)}", where[k])
+                    for k, v in params.items() if k != ARM_PARAM]
+        overrides = tuple([text for text, _ in sources] + list(SWEEP_RUN_OVERRIDES))
         resolved = ""
         if validate:
             try:
                 resolved = load_scenario(sweep.base_path, list(overrides)).resolved_yaml()
             except FleetsimInputError as exc:
-                errors.append(f"run {run_id}: {str(exc).splitlines()[0]}")
+                errors.append(_locate(sweep, run_id, str(exc).splitlines()[0], sources))
                 continue
         runs.append(
             PlannedRun(
@@ -164,5 +206,103 @@ def plan_sweep(
         )
     if errors:
         more = f" (and {len(errors) - 1} more bad runs)" if len(errors) > 1 else ""
-        raise FleetsimInputError(f"{sweep.path}: {errors[0]}{more}")
+        raise FleetsimInputError(f"{errors[0]}{more}")
     return runs
+
+
+_SCENARIO_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
+
+
+def _error_key(message: str) -> tuple[str, str] | None:
+    """The scenario key a loader error names and the rest of the message:
+    ``--set KEY: msg`` or ``FILE[:LINE]: KEY: msg``."""
+    if message.startswith("--set "):
+        key, sep, rest = message[len("--set "):].partition(": ")
+        return (key, rest) if sep and _SCENARIO_KEY.fullmatch(key) else None
+    parts = message.split(": ")
+    for i in range(1, len(parts) - 1):
+        if _SCENARIO_KEY.fullmatch(parts[i]) and "." in parts[i]:
+            return parts[i], ": ".join(parts[i + 1:])
+    return None
+
+
+def _locate(
+    sweep: LoadedSweep, run_id: str, message: str, sources: list[tuple[str, KeyPath | None]]
+) -> str:
+    """A run's scenario error at the sweep file line that set the key it names (the last
+    override of that key or of a section holding it), else at the sweep file."""
+    def at(loc: KeyPath, text: str) -> str:
+        shown = loc[:-1] if loc[0] in ("grid", "zip", "seeds") else loc
+        return f"{sweep.where(loc)}: {'.'.join(shown)}: run {run_id}: {text}"
+
+    found = _error_key(message)
+    if found is not None:
+        key, rest = found
+        path = tuple(key.split("."))
+        for text, loc in reversed(sources):
+            over = parse_override(text)[0]
+            if path[: len(over)] != over:
+                continue
+            if loc is None:  # the command line's --set: the loader's own words say so
+                return f"{sweep.path}: run {run_id}: {message}"
+            return at(loc, f"{key}: {rest}" if path != over else rest)
+    # A check across keys ("protocol.devices_per_step (50) exceeds fleet.size (8)"): blame
+    # the last override of a key it names.
+    rest = message.rpartition("(top level): ")[2]
+    named = {tuple(k.split(".")) for k in _SCENARIO_KEY.findall(rest) if "." in k}
+    for text, loc in reversed(sources):
+        over = parse_override(text)[0]
+        if loc is not None and any(k[: len(over)] == over for k in named):
+            return at(loc, rest)
+    return f"{sweep.path}: run {run_id}: {message}"
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def scenario_difference(written: Any, planned: Any) -> str:
+    """The first key (in sorted order) where two resolved scenarios differ, as
+    ``key: A there, B here``; "" when they are equal."""
+    a, b = _flat(written), _flat(planned)
+    missing = object()
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key, missing), b.get(key, missing)
+        if x != y:
+            def show(v: Any) -> str:
+                return "(absent)" if v is missing else json.dumps(v, default=str)
+            return f"{key or '(top level)'}: {show(x)} there, {show(y)} in this sweep"
+    return ""
+
+
+def check_run_dirs(sweep: LoadedSweep, runs: list[PlannedRun]) -> None:
+    """Refuse (FleetsimInputError, before anything runs or is written) when a planned run's
+    directory already holds a run of a different resolved scenario: the sweep would replace
+    it or mix its files with another run's.  This happens when a sweep's base scenario,
+    ``set``, an arm or ``--set`` changed, or another sweep used the same folder; the message
+    names the first differing key.  Sweep into another folder (``--out``), or delete the
+    run directory to redo it.  A directory with no ``scenario.yaml`` (a run that failed
+    before writing its outputs) is reused by its retry."""
+    for run in runs:
+        if not run.resolved_yaml:
+            continue
+        path = run.run_dir / "scenario.yaml"
+        if not path.is_file():
+            continue
+        try:
+            written = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            diff = f"its scenario.yaml cannot be read ({type(exc).__name__})"
+        else:
+            diff = scenario_difference(written, yaml.safe_load(run.resolved_yaml))
+        if diff:
+            raise FleetsimInputError(
+                f"{sweep.where(('out',))}: out: {run.run_dir} holds a run of a different "
+                f"scenario ({diff}); nothing was run: sweep into another folder (--out) or "
+                "delete that run directory to redo it"
+            )

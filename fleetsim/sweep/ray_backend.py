@@ -114,16 +114,19 @@ def run_ray(
                     outcome = ray.get(ref)
                 except RayTaskError as exc:
                     # execute_run catches every error of the run itself: this one is of the
-                    # task machinery (e.g. the run function could not be unpickled).
+                    # task machinery (e.g. the run function could not be unpickled): the run
+                    # never started.
                     outcome = RunOutcome(
                         run_id=run.run_id,
-                        status=RunStatus.FAILED.value,
+                        status=RunStatus.FAILED_TO_START.value,
                         error=_first_line(exc),
                         finished_at=_now(),
                     )
                 except ray.exceptions.RayError as exc:
-                    why = _timeout_note(run.run_dir) or f"worker died: {_first_line(exc)}"
-                    outcome = _killed(run, why)
+                    note = _timeout_note(run.run_dir)
+                    outcome = _killed(run, note or f"worker died: {_first_line(exc)}")
+                    if note:
+                        outcome.status = RunStatus.TIMED_OUT.value
                 on_done(run, outcome)
     except KeyboardInterrupt:
         for ref, run in in_flight.items():

@@ -1,4 +1,5 @@
 import importlib.util
+import json
 import math
 import shutil
 from pathlib import Path
@@ -69,8 +70,17 @@ def test_run_study_goes_through_the_sweep_and_resumes(
     # finished runs are reused: nothing runs again, no host time spent
     again = run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
     assert len(calls) == 4 and again.host_seconds == 0.0
-    # --set applies to every run (and reruns them: a different resolved scenario)
-    run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+    # --set applies to every run: a different resolved scenario, which never replaces the
+    # finished runs in place (the sweep refuses their folder, running nothing) ...
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    with pytest.raises(FleetsimInputError, match=r"holds a run of a different scenario "
+                       r"\(protocol.eval_every_steps: .* there, 7 in this sweep\)"):
+        run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+                  run_fn=_fake_runner(calls, write_synthetic_run))
+    assert len(calls) == 4
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+    # ... but runs them all from scratch with fresh (the study's --fresh)
+    run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"], fresh=True,
               run_fn=_fake_runner(calls, write_synthetic_run))
     assert len(calls) == 8 and all("protocol.eval_every_steps=7" in c[1] for c in calls[4:])
     # seeds can be replaced (a first look with one seed reuses the finished runs)
@@ -80,7 +90,8 @@ def test_run_study_goes_through_the_sweep_and_resumes(
     # a failing run is named, and the study stops before analysing half a grid
     sweep.write_text(sweep.read_text().replace("[1, 5]", "[1, 7]"))
     with pytest.raises(FleetsimInputError, match="perturbations_per_device=7.*seven"):
-        run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
+        run_study(sweep, tmp_path / "out", ["protocol.eval_every_steps=7"],
+                  run_fn=_fake_runner(calls, write_synthetic_run))
 
 
 def test_time_to_accuracy_figure_series(make_run) -> None:
@@ -163,3 +174,36 @@ def test_best_v_per_level(make_run) -> None:
     best = study.best_v(table, fractions)
     assert best["best_v"].tolist()[:3] == [1, 5, 5]
     assert best["best_v"].isna().tolist() == [False, False, False, True]
+
+
+def test_run_study_analyses_runs_that_ended_diverged_or_without_progress(
+    tmp_path: Path, write_synthetic_run, capsys
+) -> None:
+    """A diverged or no-progress run is a result (it never reaches a target), not a failure:
+    the study keeps it, names it, and a re-run neither retries it nor turns it into done."""
+    sweep = tmp_path / "sweep.yaml"
+    base = REPO / "analysis" / "perturbations_per_batch" / "scenario.yaml"
+    sweep.write_text(f"base: {base}\ngrid:\n  protocol.perturbations_per_device: [1, 3, 5]\n"
+                     "seeds: [0]\n")
+    calls: list = []
+    fake = _fake_runner(calls, write_synthetic_run)
+    ending = {"3": "diverged", "5": "no_progress"}
+
+    def run(scenario_path: Path, overrides, run_dir: Path) -> Path:
+        fake(scenario_path, overrides, run_dir)
+        v = dict(o.split("=", 1) for o in overrides)["protocol.perturbations_per_device"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        summary["status"] = ending.get(v, "completed")
+        summary["status_detail"] = f"ended {summary['status']}"
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return run_dir
+
+    runs = run_study(sweep, tmp_path / "out", run_fn=run)
+    assert [d.name for d in runs.run_dirs] == [
+        f"protocol.perturbations_per_device={v}__run.seed=0" for v in (1, 3, 5)]
+    assert runs.not_done == {"protocol.perturbations_per_device=3__run.seed=0": "diverged",
+                             "protocol.perturbations_per_device=5__run.seed=0": "no_progress"}
+    assert "2 run(s) ended diverged/no_progress and count as never reaching a target" in (
+        capsys.readouterr().err)
+    again = run_study(sweep, tmp_path / "out", run_fn=run)
+    assert len(calls) == 3 and again.not_done == runs.not_done

@@ -57,7 +57,9 @@ def test_failure_is_isolated_and_rerun_retries_only_unfinished(tmp_path, base_sc
     path = write_sweep(tmp_path, "grid:\n  description: [ok, fail, also_ok]\n")
     first = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
     assert not first.ok
-    assert first.counts == {"pending": 0, "running": 0, "done": 2, "failed": 1, "killed": 0}
+    assert first.counts == {"pending": 0, "running": 0, "done": 2, "diverged": 0,
+                            "no_progress": 0, "stopped": 0, "failed_to_start": 0, "failed": 1,
+                            "timed_out": 0, "killed": 0}
     rows = by_id(read_index(tmp_path / "out"))
     failed = rows["description=fail"]
     assert failed["status"] == "failed"
@@ -88,15 +90,31 @@ def test_failure_is_isolated_and_rerun_retries_only_unfinished(tmp_path, base_sc
     assert attempts(out / "description=ok") == 1
 
 
-def test_finished_run_with_other_scenario_is_redone(tmp_path, base_scenario):
+def test_finished_run_of_other_scenario_is_never_replaced(tmp_path, base_scenario):
+    """A sweep whose base scenario changed refuses the folder that holds the old runs (they
+    stay as they were) and runs into another one."""
+    from fleetsim.errors import FleetsimInputError
+
     path = write_sweep(tmp_path, "seeds: [1]\n")
     run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
     again = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
     assert again.executed == 0 and again.skipped == 1 and again.ok
+    run_dir = tmp_path / "out" / "run.seed=1"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    index_before = (tmp_path / "out" / INDEX_FILE).read_bytes()
     base_scenario.write_text(base_scenario.read_text().replace("size: 8", "size: 10"))
-    changed = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
-    assert changed.executed == 1
-    assert read_index(tmp_path / "out")["simulated_seconds"][0] == 10001.0
+    with pytest.raises(FleetsimInputError, match=r"out/run.seed=1 holds a run of a different "
+                       r"scenario \(fleet.size: 8 there, 10 in this sweep\)"):
+        run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert (tmp_path / "out" / INDEX_FILE).read_bytes() == index_before
+    # The changed configuration runs in a folder of its own.
+    from fleetsim.sweep import load_sweep
+
+    other = load_sweep(path, out=str(tmp_path / "other"))
+    changed = run_sweep(other, backend="sequential", progress=False, run_fn=fake_run)
+    assert changed.executed == 1 and changed.ok
+    assert read_index(tmp_path / "other")["simulated_seconds"][0] == 10001.0
 
 
 def test_interrupted_sweep_marks_run_killed_and_resumes(tmp_path, base_scenario):
@@ -139,10 +157,14 @@ def test_cli_exit_codes_and_summary(tmp_path, base_scenario, sweep_main, capsys,
     code = sweep_main(["sweep", str(path), "--backend", "sequential", "--no-progress"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "1 done, 1 failed, 0 killed" in out and "description=fail: RuntimeError" in out
+    assert "1 done, 1 failed (2 run now, 0 already ended, --retry failed)" in out
+    assert "description=fail (failed): RuntimeError" in out
+    assert out.splitlines()[-1] == (
+        "re-run the same command to retry the 1 failed run(s) (--retry failed, the default)"
+    )
     path = write_sweep(tmp_path, "grid:\n  description: [ok, fine]\n")
     assert sweep_main(["sweep", str(path), "--backend", "sequential", "--no-progress"]) == 0
-    assert "1 already finished" in capsys.readouterr().out
+    assert "1 already ended" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -199,9 +221,13 @@ def test_ray_run_timeout_kills_only_the_hung_run(tmp_path, base_scenario, local_
     assert time.monotonic() - start < 60
     rows = by_id(read_index(tmp_path / "out"))
     assert rows["description=ok"]["status"] == "done"
-    assert rows["description=hang"]["status"] == "killed"
+    assert rows["description=hang"]["status"] == "timed_out"
     assert rows["description=hang"]["error"] == "killed after the run timeout of 3 s"
-    assert result.counts["killed"] == 1
+    assert result.counts["timed_out"] == 1 and result.counts["killed"] == 0
+    assert result.advice() == [
+        "re-run the same command to retry the 1 timed_out run(s) (--retry failed, the "
+        "default) (timed-out runs need a larger --run-timeout)"
+    ]
 
 
 def test_real_runs_same_results_sequential_and_ray(tmp_path, base_scenario, local_ray):

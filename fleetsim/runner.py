@@ -19,6 +19,7 @@ from typing import Optional
 
 import simpy
 
+from fleetsim.callback_registry import scenario_callbacks
 from fleetsim.callbacks import (
     Checkpointer,
     FinalEvaluation,
@@ -83,7 +84,8 @@ def run_title(summary: dict) -> str:
 def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     """The callbacks of a run, in the order they are called: progress bar (when shown),
     the test step delay (when its environment variable is set), checkpoints (when
-    ``output.checkpoint_every_steps``), the final evaluation."""
+    ``output.checkpoint_every_steps``), the final evaluation, then the scenario's trackers
+    and user callbacks (:func:`fleetsim.callback_registry.scenario_callbacks`)."""
     callbacks: list[RunCallback] = []
     if sc.run.progress if progress is None else progress:
         callbacks.append(ProgressBar(sc.protocol.max_steps, sc.run.name))
@@ -93,6 +95,7 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     if sc.output.checkpoint_every_steps:
         callbacks.append(Checkpointer(sc.output.checkpoint_every_steps))
     callbacks.append(FinalEvaluation())
+    callbacks.extend(scenario_callbacks(sc.output))  # output.trackers, output.callbacks
     return callbacks
 
 
@@ -367,6 +370,8 @@ def run_loaded(
         from fleetsim.analysis.plots import write_run_convergence
 
         write_run_convergence(out, run_title(summary))
+    for callback in callbacks:
+        callback.on_outputs_written(run, summary)
     if fault is not None:
         raise RunStopped(
             f"run stopped at step {server.step} by a numerical fault: {fault}; outputs and "

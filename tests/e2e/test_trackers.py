@@ -276,3 +276,22 @@ def test_no_plugin_installed_says_so(tmp_path, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err.strip()
     assert "unknown callback 'mine'; allowed: (none: no package registers one in the " \
            "fleetsim.callbacks entry-point group)" in err
+
+
+def test_a_resumed_run_logs_every_step_once(tmp_path: Path) -> None:
+    from fleetsim.runner import resume_run
+
+    scenario = systems(tmp_path, "{trackers: [tensorboard, mlflow], checkpoint_every_steps: 4, "
+                                 "convergence_png: false}")
+    out = run_scenario(scenario, run_dir=tmp_path / "run")
+    # The checkpoint of step 4: the resumed run replays steps 0-3 and computes 4-5.
+    resume_run(out)
+    steps = pd.read_parquet(out / "steps.parquet")
+    series, _ = tensorboard_series(out / "tensorboard")
+    assert [(s, v) for s, v, _ in series["by_step/sim_time_s"]] == list(
+        zip(steps["step"], steps["sim_time_s"]))
+    with open_mlflow_store(out) as client:
+        [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        history = client.get_metric_history(run.info.run_id, "sim_time_s")
+        assert sorted((m.step, m.value) for m in history) == list(
+            zip(steps["step"], steps["sim_time_s"]))

@@ -86,6 +86,8 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     the test step delay (when its environment variable is set), checkpoints (when
     ``output.checkpoint_every_steps``), the final evaluation, then the scenario's trackers
     and user callbacks (:func:`fleetsim.callback_registry.scenario_callbacks`)."""
+    # Built first: a plug-in that fails to load is refused before a progress bar is drawn.
+    requested = scenario_callbacks(sc.output)  # output.trackers, output.callbacks
     callbacks: list[RunCallback] = []
     if sc.run.progress if progress is None else progress:
         callbacks.append(ProgressBar(sc.protocol.max_steps, sc.run.name))
@@ -95,7 +97,7 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     if sc.output.checkpoint_every_steps:
         callbacks.append(Checkpointer(sc.output.checkpoint_every_steps))
     callbacks.append(FinalEvaluation())
-    callbacks.extend(scenario_callbacks(sc.output))  # output.trackers, output.callbacks
+    callbacks.extend(requested)
     return callbacks
 
 

@@ -263,7 +263,9 @@ def test_an_unknown_callback_lists_the_registered_ones(tmp_path, capsys, registe
 ])
 def test_a_faulty_plugin_is_one_line(tmp_path, capsys, registered, name, says) -> None:
     scenario = systems(tmp_path, f"{{callbacks: [{name}]}}")
-    assert main(["run", str(scenario), "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    # with the progress bar on: refused before any bar is drawn
+    assert main(["run", str(scenario), "--set", "run.progress=true", "--out",
+                 str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output.callbacks" in err[0] and says in err[0], err
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Union
 
 from fleetsim.errors import FleetsimInputError
 
-#: what ``load_runs`` accepts
-RunSource = Union[str, "os.PathLike[str]", Sequence[Union[str, "os.PathLike[str]"]]]
+#: what ``load_runs`` accepts: a path, or paths (list, tuple, generator, pandas Series)
+RunSource = Union[str, "os.PathLike[str]", Iterable[Union[str, "os.PathLike[str]"]]]
 
 SWEEP_INDEX_FILE = "sweep_index.parquet"  # fleetsim.sweep.index.INDEX_FILE
 _GLOB_CHARS = frozenset("*?[")
@@ -95,8 +95,13 @@ def run_directories(source: RunSource, skip_unfinished: bool = False) -> list[Pa
     directory really is a run directory is checked by the loader."""
     if isinstance(source, (str, os.PathLike)):
         items = [source]
-    elif isinstance(source, Sequence):
-        items = list(source)
+    elif isinstance(source, Mapping):
+        raise FleetsimInputError(
+            "load_runs: got a mapping; pass its paths (e.g. run_dirs.values()), a run "
+            "directory, a sweep folder, a glob pattern, or a list of these"
+        )
+    elif isinstance(source, Iterable) and not isinstance(source, bytes):
+        items = list(source)  # a list, tuple, generator, pandas Series of paths
     else:
         raise FleetsimInputError(
             f"load_runs: got a {type(source).__name__}; give a run directory, a sweep folder, "

@@ -31,7 +31,7 @@ def make_sweep(root: Path, write_synthetic_run, statuses: dict[str, str]) -> Pat
 
 def test_a_string_path_is_one_run_not_its_characters(make_run) -> None:
     run = make_run(name="a")
-    for source in (str(run), run, [str(run)], (run,)):
+    for source in (str(run), run, [str(run)], (run,), (p for p in [run]), pd.Series([run])):
         runs = load_runs(source)
         assert runs.runs == ["a"]
         assert set(runs.steps["run"]) == {"a"} and set(runs.events["run"]) == {"a"}
@@ -90,6 +90,8 @@ def test_other_arguments_are_refused(make_run) -> None:
         load_runs(3)
     with pytest.raises(FleetsimInputError, match="each entry must be a path"):
         load_runs([make_run(name="a"), 3])
+    with pytest.raises(FleetsimInputError, match=r"got a mapping; pass its paths"):
+        load_runs({"a": make_run(name="b")})
     with pytest.raises(FleetsimInputError, match="no run directories given"):
         load_runs([])
 

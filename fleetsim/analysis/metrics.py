@@ -106,7 +106,14 @@ def time_to_accuracy_table(
     at ``confidence`` (``inf`` = unbounded; never below zero), ``median_h`` the median
     in hours.  Never the mean of only the runs that reached.
     """
-    per_run = time_to_accuracy_runs(runset, targets)
+    return _median_times(time_to_accuracy_runs(runset, targets), runset, by, confidence)
+
+
+def _median_times(
+    per_run: pd.DataFrame, runset: RunSet, by: str | None, confidence: float
+) -> pd.DataFrame:
+    """Per-run times to targets (``run``, ``target``, ``seconds``, ``end_s``) → one row per
+    (group, target) with the censored median (see :func:`time_to_accuracy_table`)."""
     labels = group_labels(runset, by)
     group_of_run = dict(zip(runset.summary["run"], labels))
     per_run["group"] = per_run["run"].map(group_of_run)
@@ -130,6 +137,54 @@ def time_to_accuracy_table(
             }
         )
     return pd.DataFrame(rows, columns=[key, "target", *TTA_COLUMNS])
+
+
+def check_step_targets(targets: Sequence[int]) -> list[int]:
+    """Step targets as positive whole numbers of committed steps, else
+    :class:`FleetsimInputError`."""
+    checked = []
+    for target in targets:
+        value = target
+        if isinstance(target, float) and float(target).is_integer():
+            value = int(target)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise FleetsimInputError(
+                f"step targets: {target!r} is not a whole number of committed steps of at "
+                "least 1"
+            )
+        checked.append(int(value))
+    return checked
+
+
+def time_to_steps_runs(runset: RunSet, targets: Sequence[int]) -> pd.DataFrame:
+    """One row per run and target: ``run``, ``target`` (committed steps), ``seconds``
+    (simulated seconds at which the run committed its ``target``-th step, NaN when it
+    committed fewer) and ``end_s`` (the run's simulated end, where it is censored)."""
+    targets = check_step_targets(targets)
+    ends = dict(zip(runset.summary["run"], runset.summary.get("simulated_seconds", [])))
+    committed = runset.steps[runset.steps["committed"]]
+    rows = []
+    for run in runset.runs:
+        times = committed.loc[committed["run"] == run].sort_values("step")["sim_time_s"]
+        end = pd.to_numeric(pd.Series([ends.get(run)]), errors="coerce").iloc[0]
+        end = float(end) if pd.notna(end) else math.inf
+        for target in targets:
+            seconds = float(times.iloc[target - 1]) if len(times) >= target else math.nan
+            rows.append({"run": run, "target": target, "seconds": seconds, "end_s": end})
+    return pd.DataFrame(rows, columns=["run", "target", "seconds", "end_s"])
+
+
+def time_to_steps_table(
+    runset: RunSet,
+    targets: Sequence[int],
+    by: str | None = "protocol",
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Simulated time to a number of committed steps per group of runs: the systems
+    counterpart of :func:`time_to_accuracy_table` (it works for systems-only runs, which
+    have no accuracy), with the same columns and the same censored (Kaplan–Meier) median
+    over the runs of a group; ``target`` is the number of committed steps."""
+    return _median_times(time_to_steps_runs(runset, targets), runset, by, confidence)
 
 
 UTILISATION_SHARES = ("used", "wasted", "idle", "offline")

@@ -48,7 +48,8 @@ RUN_TABLES = ("scenario.yaml", "steps.parquet", "events.parquet", "devices.parqu
 #: Everything a run (or ``fleetsim report`` into its default folder) writes in its run
 #: directory: removed before a new run is written there.  Anything else is left alone.
 OWNED_OUTPUTS = (*RUN_TABLES, "convergence.png", "convergence.pdf", "convergence.svg",
-                 "report", "checkpoint.npz", "checkpoint.pkl", COMPLETE_FILE)
+                 "report", "tensorboard", "mlflow", "checkpoint.npz", "checkpoint.pkl",
+                 COMPLETE_FILE)
 CHECKPOINT_FILES = ("checkpoint.npz",)
 #: Keys left out of :func:`scenario_hash`: how a run is shown or where it is written,
 #: never what it computes.

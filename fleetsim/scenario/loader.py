@@ -279,7 +279,8 @@ def _where(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> st
 
 
 def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) -> None:
-    """Protocol and policy names are open sets (entry points), checked after the schema."""
+    """Protocol, policy and callback names are open sets (entry points), checked after the
+    schema, as is the package each of ``output.trackers`` needs."""
     from fleetsim.policies.registry import available_policies
     from fleetsim.protocols.registry import available_protocols
 
@@ -293,3 +294,9 @@ def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) ->
                 f"{_where(loaded, key, overridden)}: {'.'.join(key)}: unknown name {name!r}; "
                 f"allowed: {', '.join(sorted(found))}"
             )
+    from fleetsim.callback_registry import scenario_callback_problems
+
+    for key, problem in scenario_callback_problems(sc.output):
+        listed = key[:-1]  # the list (output.trackers / output.callbacks), key = its item
+        at = key if key in loaded.origins and listed not in overridden else listed
+        raise FleetsimInputError(f"{_where(loaded, at, overridden)}: {'.'.join(listed)}: {problem}")

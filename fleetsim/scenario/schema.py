@@ -8,6 +8,8 @@ Each area owns its section's model next to its code (``fleet/config.py``,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleetsim.fleet.config import FleetConfig
@@ -115,6 +117,28 @@ class OutputConfig(BaseModel):
         "of host time (0 = never): any long run can be resumed with `fleetsim run --resume "
         "RUN_DIR` without having opted in.",
     )
+    trackers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers to log to, under the run directory: tensorboard "
+        "(event files in tensorboard/) | mlflow (a local MLflow file store in mlflow/); each "
+        "committed step against the step and the simulated time, the summary figures at the "
+        "end, the resolved scenario as parameters, the run's PNGs as artefacts. Needs the "
+        "trackers extra (pip install -e '.[trackers]').",
+    )
+    callbacks: list[str] = Field(
+        default_factory=list,
+        description="Names of run callbacks registered in the `fleetsim.callbacks` "
+        "entry-point group (a fleetsim.callbacks.RunCallback subclass, or a function of no "
+        "arguments returning one), called after the built-in ones.",
+    )
+
+    @field_validator("trackers", "callbacks")
+    @classmethod
+    def _no_repeats(cls, names: list[str]) -> list[str]:
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once; list each name once")
+        return names
 
 
 class Scenario(BaseModel):

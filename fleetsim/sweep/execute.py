@@ -42,6 +42,8 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError, RunStopped
 from fleetsim.record.atomic import write_text
+from fleetsim.record.rundir import run_dir_state
+from fleetsim.scenario.safe_yaml import load_bounded
 from fleetsim.sweep.config import LoadedSweep, load_sweep
 from fleetsim.sweep.index import (
     DEFAULT_RETRY,
@@ -331,30 +333,26 @@ def ended_outcome(run: PlannedRun) -> Optional[dict[str, Any]]:
 
 
 def _run_dir_complete(run_dir: Path) -> bool:
-    """Whether the run directory's writer finished it.  Where fleetsim.record.rundir
-    (the run-directory completion marker) is present it decides: a run killed while
-    writing its directory is incomplete even with a summary.json, and its retry runs it
-    again.  Without it, a summary.json (written after the tables) is the sign."""
-    try:
-        from fleetsim.record.rundir import run_dir_state  # type: ignore[import-not-found]
-    except ImportError:
-        return True
+    """Whether the run directory's writer finished it (its completion marker,
+    :func:`fleetsim.record.rundir.run_dir_state`): a run killed while writing its
+    directory is incomplete even with a summary.json, and its retry runs it again."""
     return bool(run_dir_state(run_dir).complete)
 
 
 def _same_scenario(run: PlannedRun) -> bool:
     if not run.resolved_yaml:
         return True
+    path = run.run_dir / "scenario.yaml"
     try:
-        written = (run.run_dir / "scenario.yaml").read_text()
+        written = path.read_text()
     except OSError:
         return False
     if written == run.resolved_yaml:
         return True
     # The recorder may write the YAML in its own style: compare the data, not the text.
     try:
-        return yaml.safe_load(written) == yaml.safe_load(run.resolved_yaml)
-    except yaml.YAMLError:
+        return load_bounded(written, path) == yaml.safe_load(run.resolved_yaml)
+    except (yaml.YAMLError, FleetsimInputError):
         return False
 
 

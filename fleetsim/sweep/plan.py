@@ -22,6 +22,7 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.scenario.loader import load_scenario, parse_override
+from fleetsim.scenario.safe_yaml import load_bounded
 from fleetsim.sweep.config import ARM_PARAM, KeyPath, LoadedSweep
 
 #: Longest run directory name; longer names are cut and given a hash suffix.
@@ -295,8 +296,8 @@ def check_run_dirs(sweep: LoadedSweep, runs: list[PlannedRun]) -> None:
         if not path.is_file():
             continue
         try:
-            written = yaml.safe_load(path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            written = load_bounded(path.read_text(), path)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, FleetsimInputError) as exc:
             diff = f"its scenario.yaml cannot be read ({type(exc).__name__})"
         else:
             diff = scenario_difference(written, yaml.safe_load(run.resolved_yaml))

@@ -108,7 +108,3 @@ def stack_perturbations(
     per_k = [make_perturbation(seed, step, device_id, k, shapes, **kwargs) for k in ks]
     return [torch.stack([v[i] for v in per_k]) for i in range(len(shapes))]
 
-
-def variance_half(seed: int, step: int, device_id: int, k: int) -> int:
-    """Which half (0/1) of the split-half variance statistic perturbation k falls in."""
-    return stream_seed(seed, "variance-split", step, device_id, k) & 1

@@ -97,6 +97,8 @@ class StepServer:
         self.sync = ModelSync(ctx.fleet.num_devices)  # which θ each device holds
         # (units, staleness) of the receipts turned into work since the last step row.
         self._used_staleness: list[tuple[int, int]] = []
+        # (step, when its first attempt was dispatched): the start of the step's wall time
+        self._step_start: tuple[int, float] = (-1, 0.0)
         if self.cfg.commit.late_work == "carry":
             ctx.engine.retain_steps(self.cfg.commit.max_staleness)
         protocol.check(self)
@@ -345,6 +347,8 @@ class StepServer:
         env = self.env
         commit = self.cfg.commit
         started = float(env.now)
+        if self._step_start[0] != self.step:
+            self._step_start = (self.step, started)
         events: dict[int, Any] = {}
         upload = self.upload_fn()
         downloads = self.download_payload(allocation.device_ids)
@@ -511,7 +515,10 @@ class StepServer:
         committed: bool,
         lr: float,
         evaluation: Optional[EvalResult] = None,
+        variance_gate: str = "off",
     ) -> dict:
+        """Add the step row of one attempt (``variance_gate``: one of
+        :data:`fleetsim.record.schema.VARIANCE_GATE_OUTCOMES`)."""
         used = [r for r in outcome.receipts + outcome.late if r.units_delivered > 0]
         row = {
             "sim_time_s": float(self.env.now),
@@ -525,10 +532,13 @@ class StepServer:
             "accuracy": evaluation.accuracy if evaluation else math.nan,
             "eval_loss": evaluation.loss if evaluation else math.nan,
             "variance": float(estimate.variance) if estimate else math.nan,
+            "variance_gate": variance_gate,
             "lr": lr,
             "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
             "bytes_down": int(sum(r.bytes_down for r in outcome.receipts + outcome.late)),
             "step_seconds": outcome.committed - outcome.started,
+            "step_start_s": (self._step_start[1] if self._step_start[0] == self.step
+                             else outcome.started),
             **self._staleness_columns(),
         }
         self.ctx.recorder.add_step(row)

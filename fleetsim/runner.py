@@ -347,6 +347,7 @@ def run_loaded(
         "model": facts.name,
         **model_labels(facts, engine.facts()),  # charged (fleet.cost_model) vs learning model
         "numerics": engine.describe(),
+        **server.schedule_labels(),  # what protocol.lr_schedule planned with
     }
     summary = build_summary(
         sc, steps, devices, end_s=end, rounds=server.round, committed_steps=server.step,

@@ -90,7 +90,10 @@ class ProtocolConfig(BaseModel):
     )
     lr: float = Field(0.01, gt=0, description="Server learning rate.")
     lr_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="constant, or linear decay to 0 over the planned steps."
+        "constant",
+        description="constant, or linear: lr × (1 − step/N) over the N steps the run takes "
+        "(rounds × steps per round, capped by max_steps; summary.json lr_planned_steps); "
+        "refused when N depends on the cohort drawn.",
     )
     rounds: int = Field(10, ge=1, description="Rounds to run (a round: a cohort uses its batches).")
     batches_per_round: Optional[int] = Field(

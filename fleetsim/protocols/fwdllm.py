@@ -43,6 +43,20 @@ class FwdLLMProtocol(Protocol):
         counts = [server.engine.batches_per_client(server.client_of(d)) for d in cohort.tolist()]
         return max(min(counts), 1) if counts else 1
 
+    def steps_per_round(self, server: StepServer) -> tuple[int, int]:
+        """A round takes one step per batch index (:meth:`batches_in_round`):
+        ``protocol.batches_per_round`` when set, else the fewest local batches among the
+        cohort's clients, which lies between the fewest and the most local batches of
+        the clients an eligible device can serve (the data plan's ``batches_per_client``)."""
+        if self.cfg.batches_per_round is not None:
+            return (self.cfg.batches_per_round, self.cfg.batches_per_round)
+        engine = server.engine
+        clients = np.unique(server.eligible_ids() % max(engine.num_clients(), 1))
+        counts = [max(engine.batches_per_client(int(c)), 1) for c in clients.tolist()]
+        if not counts:
+            return (1, 1)
+        return (min(counts), max(counts))
+
     def expected_round_seconds(self, server: StepServer, n_batches: int) -> float:
         # What a cohort selector may plan with: a median device's step time × steps.
         ids = server.candidates()

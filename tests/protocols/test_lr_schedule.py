@@ -75,3 +75,17 @@ def test_plan_that_depends_on_the_cohort_is_refused_or_fixed_by_max_steps():
     with pytest.raises(FleetsimInputError, match="max_steps at most 6"):
         build(n=6, engine=UnevenEngine(clients=6), protocol={
             "devices_per_step": 2, "rounds": 3, "max_steps": 7, "lr_schedule": "linear"})
+
+
+def test_progress_bar_counts_the_steps_the_run_takes():
+    from types import SimpleNamespace
+
+    from fleetsim.callbacks import ProgressBar
+
+    # max_steps 50, but 3 rounds × 3 batches end the run at 9
+    h = build(n=4, engine=FakeEngine(batches=3), protocol={
+        "devices_per_step": 4, "rounds": 3, "max_steps": 50})
+    bar = ProgressBar(50, "test")
+    bar.on_train_begin(SimpleNamespace(server=h.protocol))
+    assert bar.bar.total == 9
+    bar.on_train_end(None)

@@ -89,3 +89,13 @@ def test_progress_bar_counts_the_steps_the_run_takes():
     bar.on_train_begin(SimpleNamespace(server=h.protocol))
     assert bar.bar.total == 9
     bar.on_train_end(None)
+
+
+def test_constant_schedule_last_step_is_lr():
+    h = build(n=4, engine=FakeEngine(batches=3), protocol={
+        "devices_per_step": 4, "rounds": 2, "lr": 0.03}).run()
+    got = lrs(h)
+    assert len(got) == 6 and got[-1] == 0.03 and set(got) == {0.03}
+    assert h.protocol.schedule_labels() == {
+        "lr_schedule": "constant", "lr_planned_steps": 6,
+        "lr_planned_from": "protocol.rounds × steps per round (2 × 3)"}

@@ -74,6 +74,15 @@ class ProgressBar(RunCallback):
                         dynamic_ncols=True, leave=True)
         self.acc = math.nan
 
+    def on_train_begin(self, run: RunState) -> None:
+        # The steps the run takes when nothing ends it early (StepServer.step_plan), not
+        # protocol.max_steps alone, which the rounds may never reach.
+        plan = getattr(run.server, "step_plan", None)
+        planned = plan()[0] if plan is not None else None
+        if planned is not None:
+            self.bar.total = planned
+            self.bar.refresh()
+
     def after_central_iteration(self, run: RunState, row: dict) -> None:
         if row["committed"]:
             self.bar.update(1)

@@ -475,6 +475,7 @@ def run_loaded(
         "numerics": engine.describe(),
         **code_provenance(),  # fleetsim_version, git_commit, git_dirty
         "scenario_hash": digest,
+        **server.schedule_labels(),  # what protocol.lr_schedule planned with
     }
     summary = build_summary(
         sc, steps, devices, end_s=end, rounds=server.round, committed_steps=server.step,

@@ -190,11 +190,29 @@ def _read_summary(path: Path) -> dict[str, Any]:
     return data
 
 
+def _upgrade_steps(frame: pd.DataFrame) -> pd.DataFrame:
+    """Steps tables written before ``step_start_s`` and ``variance_gate`` existed: the
+    step's start is its earliest attempt start among its rows, the gate outcome unknown
+    ("")."""
+    if "step_start_s" not in frame.columns and {"sim_time_s", "step_seconds", "step"} <= set(
+        frame.columns
+    ):
+        attempt_start = frame["sim_time_s"] - frame["step_seconds"]
+        frame = frame.assign(
+            step_start_s=attempt_start.groupby(frame["step"]).transform("min")
+        )
+    if "variance_gate" not in frame.columns:
+        frame = frame.assign(variance_gate="")
+    return frame
+
+
 def _read_table(path: Path, columns: Mapping[str, str]) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise FleetsimInputError(f"{path}: cannot read the Parquet table ({exc})") from exc
+    if columns is STEP_COLUMNS:
+        frame = _upgrade_steps(frame)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise FleetsimInputError(

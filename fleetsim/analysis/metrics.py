@@ -335,17 +335,20 @@ def step_breakdown(
 ) -> pd.DataFrame:
     """Where the simulated time of each committed step went.
 
-    A step runs from its start (commit time − ``step_seconds``) to its commit.
-    ``variance_repeats`` is the time until the last rolled-back attempt of the
-    step (the variance gate asked for more perturbations); the final attempt
-    follows.  In it, a *reference* device is picked among those whose upload
-    for the step arrived before the commit: the one with the median upload end
-    (``reference="median"``: a typical device) or the last one
-    (``reference="last"``: the critical path proper).  Its download, compute and
-    upload spans inside the attempt are ``download``, ``compute``, ``upload``;
-    the time from its upload to the commit is ``straggler_wait`` (waiting for
-    slower devices or a deadline); what is left (waiting for assignment,
-    interruptions, availability) is ``other``.  The parts sum to ``total_s``.
+    A step runs from the dispatch of its *first* attempt (``step_start_s`` of the
+    steps table) to its commit, so ``total_s`` is the step's whole wall time.
+    ``variance_repeats`` is the time from that start to the last rolled-back attempt
+    of the step (the variance gate asked for more perturbations: their downloads,
+    compute, uploads and waits); the final attempt follows.  ``bytes_down`` and
+    ``bytes_up`` are the bytes of every attempt of the step.  In the final attempt,
+    a *reference* device is picked among those whose upload for the step arrived
+    before the commit: the one with the median upload end (``reference="median"``:
+    a typical device) or the last one (``reference="last"``: the critical path
+    proper).  Its download, compute and upload spans inside the attempt are
+    ``download``, ``compute``, ``upload``; the time from its upload to the commit
+    is ``straggler_wait`` (waiting for slower devices or a deadline); what is left
+    (waiting for assignment, interruptions, availability) is ``other``.  The parts
+    sum to ``total_s``.
     Works per run when the tables carry a ``run`` column.
     """
     if reference not in ("median", "last"):
@@ -363,9 +366,12 @@ def step_breakdown(
         "attempts",
         "reference_device",
         *BREAKDOWN_PARTS,
+        "bytes_down",
+        "bytes_up",
     ]
+    steps = steps.assign(_start=_first_attempt_start(steps))
     committed = steps.loc[
-        steps["committed"], ["run", "step", "attempt", "sim_time_s", "step_seconds"]
+        steps["committed"], ["run", "step", "attempt", "sim_time_s", "_start"]
     ]
     if committed.empty:
         return pd.DataFrame(columns=columns)
@@ -377,8 +383,19 @@ def step_breakdown(
             "commit_s": committed["sim_time_s"].to_numpy(dtype=float),
         }
     )
-    windows["start_s"] = windows["commit_s"] - committed["step_seconds"].to_numpy(dtype=float)
+    windows["start_s"] = committed["_start"].to_numpy(dtype=float)
     windows["window"] = np.arange(len(windows))
+    # Bytes of every attempt of the step (its rows up to the commit).
+    attempts = steps[["run", "step", "sim_time_s", "bytes_down", "bytes_up"]].merge(
+        windows[["run", "step", "window", "start_s", "commit_s"]], on=["run", "step"]
+    )
+    attempts = attempts[
+        (attempts["sim_time_s"] >= attempts["start_s"])
+        & (attempts["sim_time_s"] <= attempts["commit_s"])
+    ]
+    moved = attempts.groupby("window")[["bytes_down", "bytes_up"]].sum()
+    for column in ("bytes_down", "bytes_up"):
+        windows[column] = windows["window"].map(moved[column]).fillna(0).astype(np.int64)
 
     # Last rolled-back attempt of each committed step (inside its window).
     repeats = steps.loc[~steps["committed"], ["run", "step", "sim_time_s"]].merge(
@@ -443,6 +460,16 @@ def step_breakdown(
     windows["reference_device"] = windows["reference_device"].astype(np.int64)
     out = windows.sort_values(["run", "commit_s", "step"], kind="stable")[columns]
     return out.reset_index(drop=True)
+
+
+def _first_attempt_start(steps: pd.DataFrame) -> pd.Series:
+    """Per row: when its step's first attempt was dispatched.  ``step_start_s`` when the
+    table has it; for tables written before it existed, the earliest attempt start
+    (``sim_time_s − step_seconds``) among the step's rows."""
+    if "step_start_s" in steps.columns:
+        return steps["step_start_s"].astype(float)
+    attempt_start = steps["sim_time_s"] - steps["step_seconds"]
+    return attempt_start.groupby([steps["run"], steps["step"]]).transform("min")
 
 
 def breakdown_shares(breakdown: pd.DataFrame) -> pd.DataFrame:

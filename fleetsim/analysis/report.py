@@ -263,8 +263,10 @@ def write_report(
         figure_section(
             "Where the time of a step went",
             "step_breakdown.png",
-            "Reference device: median upload among devices delivering to the committed "
-            "attempt; straggler wait runs from its upload to the commit.",
+            "A step runs from its first attempt's dispatch to its commit; variance repeats "
+            "are its rolled-back attempts (their transfers included). Reference device: "
+            "median upload among devices delivering to the committed attempt; straggler "
+            "wait runs from its upload to the commit.",
         )
         shares = breakdown_shares(breakdown)
         means = breakdown[list(BREAKDOWN_PARTS)].mean()
@@ -309,7 +311,8 @@ def comparison_table(
     each target (Kaplan–Meier median with non-reaching runs censored, its interval, and
     how many runs reached it; ``inf`` = not reached / unbounded), and means of simulated hours,
     committed steps, perturbations, energy, bytes, useful and wasted device-time
-    shares and the straggler-wait share of step time."""
+    shares and the straggler-wait and variance-repeat shares of step time (every attempt
+    of a step counted: :func:`~fleetsim.analysis.metrics.step_breakdown`)."""
     if by is not None:
         check_key(runset, by)
     key = by if by is not None else "run"
@@ -352,9 +355,8 @@ def comparison_table(
             row["used_share"] = float(mine["used"].mean()) if len(mine) else math.nan
             row["wasted_share"] = float(mine["wasted"].mean()) if len(mine) else math.nan
         mine = shares[shares["run"].isin(runs)]
-        row["straggler_wait_share"] = (
-            float(mine["straggler_wait"].mean()) if len(mine) else math.nan
-        )
+        for part in ("straggler_wait", "variance_repeats"):
+            row[f"{part}_share"] = float(mine[part].mean()) if len(mine) else math.nan
         if tta is not None:
             for target in targets:
                 match = tta[(tta[key].astype(str) == str(group)) & (tta["target"] == target)]

@@ -111,7 +111,8 @@ class FleetConfig(BaseModel):
         "both",
         description="Which transfers take simulated time: 'both' directions, 'uplink_only' "
         "(downloads take no time, the paper's closed-form profile) or 'none'.  Bytes are "
-        "counted either way.",
+        "counted and their per-byte radio energy charged either way (summary.json "
+        "transfer_energy).",
     )
     energy: EnergyConfig = Field(
         default_factory=EnergyConfig, description="Power figures used for energy accounting."

@@ -110,6 +110,10 @@ class Fleet:
         # i.e. J per byte × bytes per second + base watts, per device and direction.
         self.up_radio_watts = up_j[net] * (table.uplink_bps / 8.0) + base_w[net]
         self.down_radio_watts = down_j[net] * (table.downlink_bps / 8.0) + base_w[net]
+        # The per-byte term alone, for bytes moved in no simulated time (fleet.transfers
+        # uplink_only / none, an infinite link): the energy follows the bytes, not the clock.
+        self.up_radio_j_per_byte = up_j[net]
+        self.down_radio_j_per_byte = down_j[net]
         self.compute_watts = {b: self.power.compute_watts(b) for b in BACKENDS}
         for name in ("uplink_bps", "downlink_bps"):
             rates = np.asarray(getattr(table, name), dtype=np.float64)

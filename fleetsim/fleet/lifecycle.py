@@ -120,6 +120,8 @@ def run_job(fleet: Fleet, job: Job):
                 end_without_delivery(fleet, job, outcome)
                 return
             job.bytes_down = int(task.download_bytes)
+            if seconds <= 0:
+                charge_untimed_transfer(fleet, job, "download", job.bytes_down)
             fleet.log.add(env.now, d, "download", task.step, job.bytes_down, seconds)
         # Compute.
         outcome = yield from compute(fleet, job)
@@ -195,6 +197,23 @@ def spend(fleet: Fleet, job: Job, phase: str, seconds: float) -> None:
         joules = float(watts) * seconds
         job.network_s += seconds
         job.radio_j += joules
+    job.energy_j += joules
+
+
+def charge_untimed_transfer(fleet: Fleet, job: Job, direction: str, payload: int) -> None:
+    """Radio energy of ``payload`` bytes moved in no simulated time (``fleet.transfers:
+    uplink_only`` downloads, every transfer under ``none``, an infinite link): the
+    per-byte term of the Huang et al. (MobiSys 2012) model, α_dir × bytes, which a timed
+    transfer charges through its power × seconds (α·throughput·t = α·bytes); the base
+    power β is charged for a transfer's duration, here none.  The clock may ignore a
+    transfer; the energy ledger never ignores its bytes."""
+    if payload <= 0:
+        return
+    d = job.task.device_id
+    per_byte = (fleet.up_radio_j_per_byte if direction == "upload"
+                else fleet.down_radio_j_per_byte)[d]
+    joules = float(per_byte) * int(payload)
+    job.radio_j += joules
     job.energy_j += joules
 
 
@@ -433,6 +452,8 @@ def upload(fleet: Fleet, job: Job, resume_first: bool):
             return
         resume_first = True
     job.bytes_up = payload
+    if seconds <= 0:
+        charge_untimed_transfer(fleet, job, "upload", payload)
     job.units_delivered = job.units_done
     fleet.log.add(env.now, d, "upload", task.step, payload, seconds, units=job.units_done)
     status = (

@@ -22,18 +22,19 @@ Host-cost levers (they change host time only, never what a phone is charged):
 * the ``backprop`` host estimator obtains the exact ∇L·v_k of every perturbation
   from one reverse pass.
 
-Variance statistic (FwdLLM's variance-controlled pacing): the pooled
-perturbations of a step are split into two halves by a seeded coin per
-(step, device, k) (:func:`fleetsim.numerics.perturbation.variance_half`); each
-half's mean estimate g₁, g₂ is taken on the check tensor(s) and the statistic is
-the per-coordinate variance of the two half-means averaged over coordinates,
-``mean_i var(g₁ᵢ, g₂ᵢ) = mean_i (g₁ᵢ − g₂ᵢ)² / 2`` (unbiased two-sample
-variance), the quantity the reference implementation's ``calculate_var``
-thresholds (paper: 0.1 DistilBERT / 0.2 BERT; like theirs it scales with the
-gradient's magnitude).  The scale-free ``‖g₁−g₂‖² / (‖g₁‖²+‖g₂‖²)`` is reported
-in ``StepEstimate.extra['variance_normalised']`` (≈ 1 for pure noise, → 0 as the
-halves agree).  The check tensor ('paper') is one tensor, by default the first
-trainable tensor of the lowest adapted layer; 'all' uses every trainable tensor.
+Variance statistic (FwdLLM's variance-controlled pacing): FwdLLM's ``calculate_var``
+(``forward_training/utils/fwdgrad_utils.py`` lines 79–90 of UbiquitousLearning/FwdLLM):
+the step's forward gradients w·d_k v_k on the check tensor(s), in the order the engine
+receives them (attempts one after another), are split into the first ⌊n/2⌋ and the rest;
+each half's mean g₁, g₂ is taken and the statistic is the per-coordinate unbiased
+two-sample variance of the two means averaged over coordinates,
+``mean_i var(g₁ᵢ, g₂ᵢ) = mean_i (g₁ᵢ − g₂ᵢ)² / 2`` (:class:`~fleetsim.numerics.pool.SplitHalves`;
+paper thresholds 0.1 DistilBERT / 0.2 BERT; like theirs it scales with the gradient's
+magnitude).  With fewer than two perturbations it is NaN (undefined).  The scale-free
+``‖g₁−g₂‖² / (‖g₁‖²+‖g₂‖²)`` is reported in ``StepEstimate.extra['variance_normalised']``
+(≈ 1 for pure noise, → 0 as the halves agree).  The check tensor ('paper') is one tensor,
+by default the first trainable tensor of the lowest adapted layer; 'all' uses every
+trainable tensor (then about n/2 copies of the trainable vector are held per step).
 """
 
 from __future__ import annotations
@@ -398,9 +399,8 @@ class TorchEngine(NumericsEngine):
     def _empty_pool(self) -> EstimatePool:
         import torch
 
-        zeros = [[torch.zeros(s, dtype=torch.float32, device=self.device) for s in self.shapes]
-                 for _ in range(2)]
-        return EstimatePool(zeros, [0, 0])
+        zeros = [torch.zeros(s, dtype=torch.float32, device=self.device) for s in self.shapes]
+        return EstimatePool(zeros)
 
     def _fault(self, step: int, device_id: int, detail: str, skipped: list) -> None:
         from fleetsim.numerics.errors import NumericalFault
@@ -470,8 +470,6 @@ class TorchEngine(NumericsEngine):
     ) -> StepEstimate:
         import torch
 
-        from fleetsim.numerics.perturbation import variance_half
-
         started = time.perf_counter()
         pool = previous.handle.copy() if previous is not None else self._empty_pool()
         skipped: list = list(previous.extra.get("skipped", [])) if previous is not None else []
@@ -497,22 +495,18 @@ class TorchEngine(NumericsEngine):
                 if not bool(torch.isfinite(derivs).all()):
                     self._fault(step, item.device_id, "directional derivative", skipped)
                     continue
-                halves = torch.tensor(
-                    [variance_half(self.seed, source, item.device_id, k)
-                     for k in item.perturbations],
-                    device=self.device,
-                )
-                for half in (0, 1):
-                    weights = derivs * (halves == half).to(derivs.dtype) * float(item.weight)
-                    count = int((halves == half).sum())
-                    if count == 0:
-                        continue
-                    for index, tangent in enumerate(tangents_list):
-                        pool.sums[half][index] += torch.einsum(
-                            "k,k...->...", weights, tangent.float()
-                        )
-                    pool.counts[half] += count
-                    pool.mass[half] += count * float(item.weight)
+                weight = float(item.weight)
+                weights = derivs * weight
+                for index, tangent in enumerate(tangents_list):
+                    pool.sums[index] += torch.einsum("k,k...->...", weights, tangent.float())
+                # FwdLLM's calculate_var list: one entry per perturbation, in order
+                for k in range(len(item.perturbations)):
+                    pool.halves.append(
+                        [weights[k] * tangents_list[i][k].float() for i in self.check_indices],
+                        weight,
+                    )
+                pool.count += len(item.perturbations)
+                pool.mass += len(item.perturbations) * weight
                 pool.loss_sum += base_loss
                 pool.loss_n += 1
                 pool.devices.add(item.device_id)
@@ -527,12 +521,12 @@ class TorchEngine(NumericsEngine):
         return estimate
 
     def _estimate_from_pool(self, step: int, pool: EstimatePool, skipped: list) -> StepEstimate:
-        n = pool.counts[0] + pool.counts[1]
+        n = pool.count
         variance = math.nan
         normalised = math.nan
-        if pool.mass[0] > 0 and pool.mass[1] > 0:
-            g1 = [pool.sums[0][i] / pool.mass[0] for i in self.check_indices]
-            g2 = [pool.sums[1][i] / pool.mass[1] for i in self.check_indices]
+        means = pool.halves.half_means()
+        if means is not None:
+            g1, g2 = means
             squared_diff = sum(float((a - b).pow(2).sum()) for a, b in zip(g1, g2))
             numel = sum(a.numel() for a in g1)
             variance = squared_diff / 2 / numel
@@ -546,7 +540,7 @@ class TorchEngine(NumericsEngine):
             variance=variance,
             handle=pool,
             extra={"skipped": skipped, "variance_normalised": normalised,
-                   "halves": list(pool.counts)},
+                   "halves": pool.halves.sizes()},
         )
 
     @staticmethod
@@ -554,11 +548,10 @@ class TorchEngine(NumericsEngine):
         """The estimate as a list of tensors (engine order): the mean over perturbations,
         or over devices for backprop / local-train estimates."""
         pool: EstimatePool = estimate.handle
-        n = pool.mass[0] + pool.mass[1]
-        denominator = n if n > 0 else pool.weight
+        denominator = pool.mass if pool.mass > 0 else pool.weight
         if denominator <= 0:
-            return [t * 0 for t in pool.sums[0]]
-        return [t / denominator for t in pool.total()]
+            return [t * 0 for t in pool.sums]
+        return [t / denominator for t in pool.sums]
 
     # -------------------------------------------------------------- backprop etc.
     def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:
@@ -579,7 +572,7 @@ class TorchEngine(NumericsEngine):
                 self._fault(step, item.device_id, "loss", skipped)
                 continue
             for index, name in enumerate(self.names):
-                pool.sums[0][index] += grad[name].float() * float(item.weight)
+                pool.sums[index] += grad[name].float() * float(item.weight)
             pool.weight += float(item.weight)
             pool.loss_sum += loss
             pool.loss_n += 1
@@ -620,7 +613,7 @@ class TorchEngine(NumericsEngine):
         if not skipped:
             for index, name in enumerate(self.names):
                 # −(θ_local − θ_start): the device's own update, applied to today's θ
-                pool.sums[0][index] += start[name].detach().float() - local[name]
+                pool.sums[index] += start[name].detach().float() - local[name]
             pool.weight = 1
             pool.devices.add(device_id)
             pool.loss_sum = float(np.mean(losses)) if losses else math.nan
@@ -639,16 +632,16 @@ class TorchEngine(NumericsEngine):
             pool: EstimatePool = estimate.handle
             skipped.extend(estimate.extra.get("skipped", []))
             if by_perturbation:  # pooled sums are already perturbation-weighted
-                for half in (0, 1):
-                    for index, tensor in enumerate(pool.sums[half]):
-                        out.sums[half][index] += tensor
-                    out.counts[half] += pool.counts[half]
-                    out.mass[half] += pool.mass[half]
+                for index, tensor in enumerate(pool.sums):
+                    out.sums[index] += tensor
+                out.count += pool.count
+                out.mass += pool.mass
+                out.halves.extend(pool.halves)  # the lists one after another
             else:
                 weight = max(estimate.n_devices, 1)
                 mean = self.gradient_of(estimate)
                 for index, tensor in enumerate(mean):
-                    out.sums[0][index] += tensor * weight
+                    out.sums[index] += tensor * weight
                 out.weight += weight
             out.loss_sum += pool.loss_sum
             out.loss_n += pool.loss_n

@@ -148,7 +148,3 @@ def stack_pool_perturbations(
     per_j = [pool_perturbation(seed, j, shapes, device=device, dtype=dtype) for j in indices]
     return [torch.stack([v[i] for v in per_j]) for i in range(len(shapes))]
 
-
-def variance_half(seed: int, step: int, device_id: int, k: int) -> int:
-    """Which half (0/1) of the split-half variance statistic perturbation k falls in."""
-    return stream_seed(seed, "variance-split", step, device_id, k) & 1

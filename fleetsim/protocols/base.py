@@ -122,6 +122,12 @@ class Protocol(ABC):
         key); called once when the server is built."""
         return None
 
+    def steps_per_round(self, server: StepServer) -> tuple[int, int]:
+        """(fewest, most) committed steps one round takes when nothing cuts it short
+        (what ``protocol.lr_schedule`` plans with, :meth:`StepServer.step_plan`).  This
+        default: one committed step per round (FedAvg: a round is one aggregation)."""
+        return (1, 1)
+
     @classmethod
     def uses_finite_differences(cls) -> bool:
         """Whether devices difference perturbed forwards (so ``numerics.h`` matters)."""

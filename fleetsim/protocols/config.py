@@ -121,8 +121,11 @@ class ProtocolConfig(BaseModel):
         "Refused for the other protocols (their server step is protocol.lr).",
     )
     lr_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="constant, or linear decay to 0 over the planned steps "
-        "(of protocol.lr; for the FedAvg family, of client_lr)."
+        "constant",
+        description="constant, or linear: rate × (1 − step/N) over the N steps the run takes "
+        "(rounds × steps per round, capped by max_steps; summary.json lr_planned_steps); "
+        "refused when N depends on the cohort drawn.  The rate is protocol.lr; for the "
+        "FedAvg family, client_lr.",
     )
     rounds: int = Field(10, ge=1, description="Rounds to run (a round: a cohort uses its batches).")
     batches_per_round: Optional[int] = Field(

@@ -49,6 +49,20 @@ class FwdLLMProtocol(Protocol):
         counts = [server.engine.batches_per_client(server.client_of(d)) for d in cohort.tolist()]
         return max(min(counts), 1) if counts else 1
 
+    def steps_per_round(self, server: StepServer) -> tuple[int, int]:
+        """A round takes one step per batch index (:meth:`batches_in_round`):
+        ``protocol.batches_per_round`` when set, else the fewest local batches among the
+        cohort's clients, which lies between the fewest and the most local batches of
+        the clients an eligible device can serve (the data plan's ``batches_per_client``)."""
+        if self.cfg.batches_per_round is not None:
+            return (self.cfg.batches_per_round, self.cfg.batches_per_round)
+        engine = server.engine
+        clients = np.unique(server.eligible_ids() % max(engine.num_clients(), 1))
+        counts = [max(engine.batches_per_client(int(c)), 1) for c in clients.tolist()]
+        if not counts:
+            return (1, 1)
+        return (min(counts), max(counts))
+
     def expected_round_seconds(self, server: StepServer, n_batches: int) -> float:
         # What a cohort selector may plan with: a median device's step time × steps.
         ids = server.candidates()
@@ -108,6 +122,7 @@ class FwdLLMProtocol(Protocol):
     def one_step(self, server: StepServer, cohort: np.ndarray, batch_index: int) -> Generator:
         """Run one server step to its commit; False when it had to be given up."""
         rec = server.ctx.recorder
+        gate = self.cfg.variance
         lr = server.lr_at(server.step)
         estimate: Optional[StepEstimate] = None
         attempt = 0
@@ -146,21 +161,22 @@ class FwdLLMProtocol(Protocol):
                 reason = item.get("reason", "") if isinstance(item, dict) else ""
                 rec.events.add(server.env.now, int(dev), "numerical_fault", step=server.step,
                                detail=f"non-finite {reason} skipped (numerics.on_nonfinite: skip)")
-            gate = self.cfg.variance
-            failed = (
-                gate.enabled
-                and math.isfinite(estimate.variance)
-                and estimate.variance > gate.threshold
-                and attempt < gate.max_repeats
-            )
-            if failed:
-                server.record_step(outcome, estimate, attempt, committed=False, lr=lr)
+            outcome_of_gate = self.gate(server, estimate, attempt)
+            if outcome_of_gate in ("rolled_back", "too_few") and attempt < gate.max_repeats:
+                server.record_step(outcome, estimate, attempt, committed=False, lr=lr,
+                                   variance_gate=outcome_of_gate)
                 rec.events.add(server.env.now, -1, "step_rollback", step=server.step,
                                units=estimate.n_perturbations,
                                detail=f"variance={estimate.variance:.6g} "
-                               f"threshold={gate.threshold:.6g} attempt={attempt}")
+                               f"threshold={gate.threshold:.6g} attempt={attempt} "
+                               f"gate={outcome_of_gate}")
                 attempt += 1
                 continue
+            if outcome_of_gate in ("too_few", "not_computed"):
+                rec.events.add(server.env.now, -1, "variance_unchecked", step=server.step,
+                               units=estimate.n_perturbations,
+                               detail=f"gate={outcome_of_gate} perturbations="
+                               f"{estimate.n_perturbations} attempt={attempt}")
             break
         server.engine.apply(estimate, lr)
         server.note_commit(estimate.n_perturbations)
@@ -171,9 +187,32 @@ class FwdLLMProtocol(Protocol):
         evaluation = None
         if self.cfg.eval_every_steps and (server.step + 1) % self.cfg.eval_every_steps == 0:
             evaluation = server.evaluate()
-        server.record_step(outcome, estimate, attempt, committed=True, lr=lr, evaluation=evaluation)
+        server.record_step(outcome, estimate, attempt, committed=True, lr=lr, evaluation=evaluation,
+                           variance_gate=outcome_of_gate)
         server.step += 1
         return True
+
+    def gate(self, server: StepServer, estimate: StepEstimate, attempt: int) -> str:
+        """What the variance gate makes of the pooled estimate of this attempt (one of
+        :data:`fleetsim.record.schema.VARIANCE_GATE_OUTCOMES`).
+
+        FwdLLM's server asks for more perturbations while the statistic exceeds the
+        threshold (``FedSgdServerManager.py`` line 68 of UbiquitousLearning/FwdLLM); its
+        statistic needs two forward gradients (one per half).  With fewer the gate cannot
+        be evaluated: ``too_few``, which asks for more perturbations like a failed check
+        (at most ``max_repeats`` times) and otherwise commits, logged as a
+        ``variance_unchecked`` event.  A statistic that is NaN although two were pooled
+        (systems-only numerics compute none) is ``not_computed``: committed, logged."""
+        gate = self.cfg.variance
+        if not gate.enabled:
+            return "off"
+        if estimate.n_perturbations < 2:
+            return "too_few"
+        if not math.isfinite(estimate.variance):
+            return "not_computed"
+        if estimate.variance <= gate.threshold:
+            return "passed"
+        return "rolled_back" if attempt < gate.max_repeats else "over_threshold"
 
     def _wait_for_cohort(
         self, server: StepServer, cohort: np.ndarray, waiting_since: float

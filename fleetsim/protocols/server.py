@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.numerics_api import EvalResult, GradientWork, NumericsEngine, StepEstimate
 from fleetsim.policies.base import (
@@ -97,9 +98,14 @@ class StepServer:
         self.sync = ModelSync(ctx.fleet.num_devices)  # which θ each device holds
         # (units, staleness) of the receipts turned into work since the last step row.
         self._used_staleness: list[tuple[int, int]] = []
+        # (step, when its first attempt was dispatched): the start of the step's wall time
+        self._step_start: tuple[int, float] = (-1, 0.0)
         if self.cfg.commit.late_work == "carry":
             ctx.engine.retain_steps(self.cfg.commit.max_staleness)
         protocol.check(self)
+        self._plan: Optional[tuple[Optional[int], str]] = None
+        if self.cfg.lr_schedule == "linear":
+            self.planned_steps()  # refuse an unknowable schedule before the clock starts
 
     # ------------------------------------------------------------------ the process
     def run(self) -> Generator:
@@ -184,16 +190,67 @@ class StepServer:
             return "max_sim_hours"
         return "rounds"
 
+    def step_plan(self) -> tuple[Optional[int], str]:
+        """(committed steps the run takes when no other stop rule ends it first, how that
+        was worked out); None when it cannot be known before the run.
+
+        ``protocol.rounds`` × the protocol's steps per round
+        (:meth:`~fleetsim.protocols.base.Protocol.steps_per_round`: FwdLLM one per local
+        batch, FedAvg one), capped by ``protocol.max_steps``.  When a round's steps
+        depend on the cohort drawn (clients with different numbers of local batches)
+        only ``max_steps`` can fix the count, and only when every round is sure to
+        reach it.  A round cut short (its cohort went away), no device left online, or
+        ``run.max_sim_hours`` end the run earlier: summary.json then shows fewer
+        ``steps`` than ``lr_planned_steps``."""
+        if self._plan is None:
+            rounds, cap = self.cfg.rounds, self.cfg.max_steps
+            fewest, most = self.protocol.steps_per_round(self)
+            if fewest == most:
+                by_rounds = rounds * fewest
+                if cap is not None and cap < by_rounds:
+                    self._plan = (cap, f"protocol.max_steps ({cap}) < protocol.rounds × "
+                                       f"steps per round ({rounds} × {fewest})")
+                else:
+                    self._plan = (by_rounds, f"protocol.rounds × steps per round "
+                                             f"({rounds} × {fewest})")
+            elif cap is not None and cap <= rounds * fewest:
+                self._plan = (cap, f"protocol.max_steps ({cap}); every round takes at least "
+                                   f"{fewest} steps")
+            else:
+                self._plan = (None, f"protocol.rounds ({rounds}) × {fewest} to {most} steps "
+                                    "per round, as the cohort drawn decides")
+        return self._plan
+
     def planned_steps(self) -> int:
-        if self.cfg.max_steps is not None:
-            return self.cfg.max_steps
-        return self.cfg.rounds * (self.cfg.batches_per_round or 1)
+        """The steps ``protocol.lr_schedule`` spans (:meth:`step_plan`); raises
+        FleetsimInputError (exit 2) when they cannot be known before the run."""
+        planned, why = self.step_plan()
+        if planned is None:
+            raise FleetsimInputError(
+                f"protocol.lr_schedule: 'linear' needs the number of steps the run takes, "
+                f"but it is {why} (clients hold different numbers of local batches); set "
+                f"protocol.batches_per_round, or protocol.max_steps at most "
+                f"{self.cfg.rounds * self.protocol.steps_per_round(self)[0]}, or "
+                "lr_schedule: constant (allowed: constant, linear)"
+            )
+        return planned
 
     def lr_at(self, step: int) -> float:
+        """The learning rate of committed step ``step`` (0-based): ``protocol.lr``, or under
+        ``lr_schedule: linear`` ``lr × (1 − step / N)`` over the N planned steps
+        (:meth:`planned_steps`): the last step N − 1 runs at lr / N, never at 0 (the
+        linear decay of HF transformers' ``get_linear_schedule_with_warmup`` without
+        warmup)."""
         if self.cfg.lr_schedule == "linear":
             total = max(self.planned_steps(), 1)
             return self.cfg.lr * max(1.0 - step / total, 0.0)
         return self.cfg.lr
+
+    def schedule_labels(self) -> dict:
+        """summary.json's account of what the schedule planned with."""
+        planned, why = self.step_plan()
+        return {"lr_schedule": self.cfg.lr_schedule, "lr_planned_steps": planned,
+                "lr_planned_from": why}
 
     def client_of(self, device_id: int) -> int:
         return int(device_id) % self.engine.num_clients()
@@ -345,6 +402,8 @@ class StepServer:
         env = self.env
         commit = self.cfg.commit
         started = float(env.now)
+        if self._step_start[0] != self.step:
+            self._step_start = (self.step, started)
         events: dict[int, Any] = {}
         upload = self.upload_fn()
         downloads = self.download_payload(allocation.device_ids)
@@ -513,7 +572,10 @@ class StepServer:
         committed: bool,
         lr: float,
         evaluation: Optional[EvalResult] = None,
+        variance_gate: str = "off",
     ) -> dict:
+        """Add the step row of one attempt (``variance_gate``: one of
+        :data:`fleetsim.record.schema.VARIANCE_GATE_OUTCOMES`)."""
         used = [r for r in outcome.receipts + outcome.late if r.units_delivered > 0]
         row = {
             "sim_time_s": float(self.env.now),
@@ -527,10 +589,13 @@ class StepServer:
             "accuracy": evaluation.accuracy if evaluation else math.nan,
             "eval_loss": evaluation.loss if evaluation else math.nan,
             "variance": float(estimate.variance) if estimate else math.nan,
+            "variance_gate": variance_gate,
             "lr": lr,
             "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
             "bytes_down": int(sum(r.bytes_down for r in outcome.receipts + outcome.late)),
             "step_seconds": outcome.committed - outcome.started,
+            "step_start_s": (self._step_start[1] if self._step_start[0] == self.step
+                             else outcome.started),
             **self._staleness_columns(),
         }
         self.ctx.recorder.add_step(row)

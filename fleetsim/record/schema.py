@@ -21,10 +21,15 @@ STEP_COLUMNS: dict[str, str] = {
     "accuracy": "float64",  # held-out accuracy when evaluated, else NaN
     "eval_loss": "float64",
     "variance": "float64",  # split-half variance statistic (NaN when not computed)
+    # What the variance gate made of this row (see VARIANCE_GATE_OUTCOMES)
+    "variance_gate": "string",
     "lr": "float64",
     "bytes_up": "int64",
     "bytes_down": "int64",
-    "step_seconds": "float64",  # simulated seconds from step start to commit
+    "step_seconds": "float64",  # this attempt's simulated seconds: dispatch to commit/rollback
+    # when the step's first attempt was dispatched: [step_start_s, sim_time_s of the committed
+    # row] is the step's whole wall time, every attempt and rollback included
+    "step_start_s": "float64",
     # Staleness of the work this row used (see protocol.commit.late_work: carry): units
     # computed for an earlier step, the largest staleness (steps), and the units-weighted
     # mean staleness over all units used (0 when all work was fresh).
@@ -32,6 +37,15 @@ STEP_COLUMNS: dict[str, str] = {
     "staleness_max": "int64",
     "staleness_mean": "float64",
 }
+
+# ``variance_gate`` values (protocol.variance): off (gate disabled, or a protocol without
+# one); passed (statistic <= threshold); rolled_back (statistic > threshold, repeat asked);
+# over_threshold (> threshold at max_repeats: committed anyway); too_few (fewer than two
+# perturbations, statistic undefined: rolled back while repeats are left, else committed);
+# not_computed (no statistic although >= 2 perturbations: systems-only numerics).
+VARIANCE_GATE_OUTCOMES = (
+    "off", "passed", "rolled_back", "over_threshold", "too_few", "not_computed",
+)
 
 # One row per simulated event.  ``seq`` breaks ties at equal time.
 EVENT_COLUMNS: dict[str, str] = {
@@ -69,6 +83,7 @@ EVENT_KINDS = (
     "step_start",
     "step_commit",
     "step_rollback",  # variance gate rejected the step
+    "variance_unchecked",  # the gate could not be evaluated; the step committed ungated
     "round_start",
     "round_end",
     "evaluate",  # detail: accuracy=… loss=… (nan for a non-finite model: no accuracy)

@@ -15,6 +15,16 @@ import pandas as pd
 
 from fleetsim.record.status import finite_accuracy
 
+#: summary.json ``transfer_energy``: what ``fleet.transfers`` does to time and to energy.
+TRANSFER_ENERGY = {
+    "both": "every transfer takes simulated time; radio energy = per-byte term x bytes + "
+            "base power x transfer seconds (Huang et al. 2012)",
+    "uplink_only": "downloads take no simulated time but still cost their per-byte radio "
+                   "energy (no base power); uploads are timed and charged in full",
+    "none": "transfers take no simulated time but still cost their per-byte radio energy "
+            "(no base power)",
+}
+
 
 def first_times_reaching(steps: pd.DataFrame, targets: list[float]) -> list[Optional[float]]:
     """For each target, the simulated seconds at which the running max of evaluated accuracy
@@ -96,6 +106,8 @@ def build_summary(
         "bytes_up_used": int(steps["bytes_up"].sum()),
         "bytes_down_used": int(steps["bytes_down"].sum()),
         "energy_j": float(devices["energy_j"].sum()) if len(devices) else 0.0,
+        "transfers": sc.fleet.transfers,
+        "transfer_energy": TRANSFER_ENERGY[sc.fleet.transfers],
         "fleet_size": sc.fleet.size,
         "devices_with_work": int(len(devices)),
         **{k: v for k, v in labels.items() if k not in ("systems_only", "mode", "method")},

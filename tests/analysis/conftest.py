@@ -162,6 +162,8 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
                     "bytes_up": 200 * len(spec.devices),
                     "bytes_down": 1000 * len(spec.devices) if attempt == 0 else 0,
                     "step_seconds": t_end - t,
+                    "step_start_s": t,
+                    "variance_gate": "passed" if last else "rolled_back",
                     "stale_units": 0,  # all work fresh
                     "staleness_max": 0,
                     "staleness_mean": 0.0,

@@ -165,3 +165,39 @@ def test_same_seed_same_events_whatever_policy_order():
     pd.testing.assert_frame_equal(events(a), events(b))
     c = build(n=8, protocol={"devices_per_step": 5, "rounds": 2}, seed=4).run()
     assert not events(a).equals(events(c))
+
+
+def test_variance_gate_with_one_perturbation_asks_for_more_then_logs():
+    # One device, one perturbation: FwdLLM's statistic needs one forward gradient per half.
+    # The first attempt cannot be checked (too_few): it is rolled back for more; the second
+    # (two pooled) is checked against the threshold like any other.
+    eng = FakeEngine(batches=1, variance_script=[float("nan"), 0.05])
+    h = build(n=1, engine=eng, protocol={"devices_per_step": 1, "rounds": 1, "variance": {
+        "enabled": True, "threshold": 0.1, "max_repeats": 3}}).run()
+    s = steps(h)
+    assert s["variance_gate"].tolist() == ["too_few", "passed"]
+    assert s["committed"].tolist() == [False, True]
+    assert s["perturbations"].tolist() == [1, 2]
+    # no repeat left: committed, flagged in steps.parquet and logged
+    eng = FakeEngine(batches=1, variance_script=[float("nan")])
+    h = build(n=1, engine=eng, protocol={"devices_per_step": 1, "rounds": 1, "variance": {
+        "enabled": True, "threshold": 0.1, "max_repeats": 0}}).run()
+    s = steps(h)
+    assert s["variance_gate"].tolist() == ["too_few"] and s["committed"].tolist() == [True]
+    ev = events(h)
+    unchecked = ev[ev["kind"] == "variance_unchecked"]
+    assert len(unchecked) == 1 and "gate=too_few perturbations=1" in unchecked["detail"].iloc[0]
+
+
+def test_variance_gate_outcomes_in_steps_table():
+    eng = FakeEngine(batches=1, variance_script=[0.9, 0.5, float("nan")])
+    h = build(n=2, engine=eng, protocol={"devices_per_step": 2, "rounds": 1, "variance": {
+        "enabled": True, "threshold": 0.1, "max_repeats": 1}}).run()
+    assert steps(h)["variance_gate"].tolist() == ["rolled_back", "over_threshold"]
+    # a NaN statistic over two or more perturbations (systems-only numerics): not computed
+    h = build(n=2, engine=FakeEngine(batches=1, variance_script=[float("nan")]), protocol={
+        "devices_per_step": 2, "rounds": 1, "variance": {"enabled": True}}).run()
+    assert steps(h)["variance_gate"].tolist() == ["not_computed"]
+    assert (events(h)["kind"] == "variance_unchecked").sum() == 1
+    h = build(n=2, engine=FakeEngine(batches=1), protocol={"devices_per_step": 2, "rounds": 1})
+    assert steps(h.run())["variance_gate"].tolist() == ["off"]

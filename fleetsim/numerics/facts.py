@@ -4,6 +4,7 @@ device."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,9 @@ def peft_facts(model: Any, trainable_names: list[str], peft: PeftConfig) -> Peft
         per_layer[layer + 1] += int(named[name].numel())
         if 0 <= layer < n_layers:
             layers.add(layer)
-        if ".lora_A." in name:
-            targets.add(name.split(".lora_A.")[0].rsplit(".", 1)[-1])
+        found = re.match(r".*?\.layers?\.\d+\.(.+)\.lora_A\.", name)
+        if found:  # the projection's path inside its layer
+            targets.add(found.group(1))
     everything = len(trainable_names) == len(named)
     method = "full" if everything else str(peft.method)
     return PeftFacts(

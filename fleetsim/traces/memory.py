@@ -163,12 +163,15 @@ class _Layer:
     lora: frozenset[str]  # adapted projections
     adapter: bool
     rank: int
-    rg: dict[str, bool] = field(default_factory=dict)
-    saved: dict[str, float] = field(default_factory=dict)
+    rg: dict[str, bool] = field(default_factory=dict)  # tensor -> needs a gradient
+    saved: dict[str, float] = field(default_factory=dict)  # tensor -> elements per token
+    width: dict[str, float] = field(default_factory=dict)  # tensor -> elements per token
+    projections: set[str] = field(default_factory=set)  # the layer's linear modules
 
     def linear(self, module: str, x: str, out: str, has_bias: bool) -> None:
         trains = self.full or (self.bitfit and has_bias)
         lora = module in self.lora
+        self.projections.add(module)
         if self.full:
             self.saved[x] = self.width[x]  # the weight gradient needs the input
         if lora:
@@ -225,19 +228,15 @@ class _Layer:
         else:
             self.set(out, self.rg[y])
 
-    @property
-    def width(self) -> dict[str, float]:
-        return self.__dict__.setdefault("_width", {})
-
 
 def _bert_layer(layer: _Layer, h: int, inter: int, heads: int, s: int) -> None:
     """Hugging Face BERT layer, eager attention, eval mode (no dropout)."""
     w = layer.width
     w.update(q=h, k=h, v=h, scores=heads * s, probs=heads * s, ctx=h, ao=h, r1=h, h1=h,
              i=inter, g=inter, o=h, oa=h, r2=h, out=h)
-    layer.linear("query", "x", "q", True)
-    layer.linear("key", "x", "k", True)
-    layer.linear("value", "x", "v", True)
+    layer.linear("attention.self.query", "x", "q", True)
+    layer.linear("attention.self.key", "x", "k", True)
+    layer.linear("attention.self.value", "x", "v", True)
     layer.matmul("q", "k", "scores")
     layer.keep_if_grad("scores", "probs", "probs")
     layer.matmul("probs", "v", "ctx")
@@ -262,9 +261,9 @@ def _llama_layer(layer: _Layer, h: int, inter: int, heads: int, kv: int, s: int)
              probs=heads * s, ctx=h, ao=h, r1=h, n2=h, gate=inter, up=inter, sg=inter,
              p=inter, d=h, da=h, out=h)
     layer.rmsnorm("x", "n1")
-    layer.linear("q_proj", "n1", "q", False)
-    layer.linear("k_proj", "n1", "k", False)
-    layer.linear("v_proj", "n1", "v", False)
+    layer.linear("self_attn.q_proj", "n1", "q", False)
+    layer.linear("self_attn.k_proj", "n1", "k", False)
+    layer.linear("self_attn.v_proj", "n1", "v", False)
     # rotary: q·cos + rotate(q)·sin is a new tensor (cos/sin kept: counted once per model)
     layer.set("qr", layer.rg["q"])
     layer.set("kr", layer.rg["k"])
@@ -277,16 +276,16 @@ def _llama_layer(layer: _Layer, h: int, inter: int, heads: int, kv: int, s: int)
     layer.matmul("qr", "krep", "scores")
     layer.keep_if_grad("scores", "probs", "probs")
     layer.matmul("probs", "vrep", "ctx")
-    layer.linear("o_proj", "ctx", "ao", False)
+    layer.linear("self_attn.o_proj", "ctx", "ao", False)
     layer.add("x", "ao", "r1")
     layer.rmsnorm("r1", "n2")
-    layer.linear("gate_proj", "n2", "gate", False)
-    layer.linear("up_proj", "n2", "up", False)
+    layer.linear("mlp.gate_proj", "n2", "gate", False)
+    layer.linear("mlp.up_proj", "n2", "up", False)
     layer.set("sg", layer.rg["gate"])
     if layer.rg["gate"]:
         layer.saved["gate"] = inter  # SiLU keeps its input
     layer.mul("sg", "up", "p")
-    layer.linear("down_proj", "p", "d", False)
+    layer.linear("mlp.down_proj", "p", "d", False)
     layer.bottleneck("d", "da")
     layer.add("r1", "da", "out")
 
@@ -324,6 +323,11 @@ def saved_elements_per_token(facts: ModelFacts) -> list[float]:
             rotary = rotary or layer.rg["q"] or layer.rg["k"]
         else:
             _bert_layer(layer, h, inter, heads, s)
+        unknown = sorted(layer.lora - layer.projections)
+        if unknown:
+            raise FleetsimInputError(
+                f"peft facts: LoRA on {unknown}, which the memory model's {facts.family} "
+                f"layer does not have (it knows: {', '.join(sorted(layer.projections))})")
         out[index + 1] = float(sum(layer.saved.values()))
         rg = layer.rg["out"]
     top = (h + float(facts.num_labels)) / s  # pooled vector and log-softmax, per example

@@ -205,7 +205,8 @@ def test_measured_facts_are_the_engine_facts():
     """The facts measured here come from the same function the engine uses."""
     model, config, names = _classifier("all-minilm-l6-v2", "lora-top-1")
     facts = _facts(model, config, names, "lora-top-1", 2, 16)
-    assert facts.peft.layers == (5,) and facts.peft.lora_targets == ("query", "value")
+    assert facts.peft.layers == (5,) and facts.peft.lora_targets == ("attention.self.query",
+                                                                  "attention.self.value")
     assert facts.peft.trainable_per_layer[6] == 2 * 4 * (384 + 384)
     assert facts.peft.trainable_per_layer[7] == 384 * NUM_LABELS + NUM_LABELS
     assert dataclasses.asdict(facts)["family"] == "bert"

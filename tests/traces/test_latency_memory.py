@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +192,7 @@ def _lora_qv(layers: list[int], n_layers: int, hidden: int, kv: int, rank: int,
 
 
 def _llama7b(batch: int, seq: int, layers: list[int], rank: int, dtype_bytes: float):
-    peft = _lora_qv(layers, 32, 4096, 4096, rank, 4, ("q_proj", "v_proj"))
+    peft = _lora_qv(layers, 32, 4096, 4096, rank, 4, ("self_attn.q_proj", "self_attn.v_proj"))
     facts = facts_from_hf_config(LLAMA_7B, "llama-7b", batch, seq,
                                  sum(peft.trainable_per_layer), peft=peft, num_labels=4)
     facts.dtype_bytes = dtype_bytes
@@ -286,3 +287,27 @@ def test_memory_ordering_and_ram_limit():
     distil = facts_from_hf_config(DISTILBERT, "distilbert-base-uncased", 8, 128, 450_340,
                                   peft=adapters, num_labels=4)
     assert job_memory_bytes(distil, "forward_gradient") < table.usable_ram_bytes[0]
+
+
+def test_lora_on_a_projection_the_layer_lacks_is_refused():
+    facts = _llama7b(8, 32, [31], 4, 0.5)
+    facts.peft = dataclasses.replace(facts.peft, lora_targets=("self_attn.query",))
+    with pytest.raises(FleetsimInputError, match=r"LoRA on \['self_attn.query'\]"):
+        job_memory_bytes(facts, "backprop")
+
+
+def test_lora_on_the_feed_forward_keeps_its_inputs():
+    """LoRA on up/down of the top layer: up's LoRA keeps the second norm's output (h) and
+    down's keeps the SiLU·up product (I), one rank-4 mid each, on top of what a q/v LoRA
+    on the same layer keeps (its q/v inputs gone, k then needs no gradient either)."""
+    qv = _llama7b(8, 32, [31], 4, 0.5)
+    ffn = dataclasses.replace(qv.peft, lora_targets=("mlp.up_proj", "mlp.down_proj"))
+    facts = dataclasses.replace(qv, peft=ffn)
+    from fleetsim.traces.memory import saved_elements_per_token
+
+    # attention has no gradient at all: only the feed-forward half is kept
+    h, inter = 4096, 11008
+    # up's LoRA: n2 (h) + mid 4; down's LoRA: p (I) + mid 4; gate has no gradient, so
+    # SiLU keeps nothing and the product keeps only silu(gate) (up's grad needs it)
+    expected = (h + 4) + (inter + 4) + inter
+    assert saved_elements_per_token(facts)[32] == expected

@@ -68,8 +68,10 @@ the saved bytes agree to a fraction of a percent).
 Constants and their sources:
 
 * ``RUNTIME_OVERHEAD`` = 0.09: the median ratio of measured llama.cpp INT4 peak memory
-  to INT4 weight bytes over the 27 TinyLLMLeaderBoard LLMs
-  (``device_traces/catalogue/PROVENANCE.md``).  The FwdLLM paper's LLaMA-7B figures
+  to INT4 weight bytes over the 27 TinyLLMLeaderBoard LLMs (the ``memory`` field, GB, of
+  UbiquitousLearning/TinyLLMLeaderBoard@087631aa ``data.json``, in
+  ``shared/device_data/tinyllm_leaderboard_llamacpp_phones``; e.g. LLaMA 7B: 4.135 GB
+  measured over 6.738e9 × 18/32 B = 3.790 GB of weights = 1.091).  The FwdLLM paper's LLaMA-7B figures
   (FP16 15.6 GB, INT8 7.9 GB, INT4 4.0 GB) check the result; they are not an input.
 * ``BYTES_PER_WEIGHT``: GGUF q8_0 / q4_0 store one fp16 scale per 32 weights
   (34/32 and 18/32 bytes per weight); fp16/fp32 are 2 and 4 bytes.

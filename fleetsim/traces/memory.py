@@ -51,7 +51,8 @@ up projection)::
                            + rank per adapted projection
     adapter layer       += h + 2 * width                (base output, bottleneck in/out)
     BitFit layer        += 0                            (bias gradients need no input)
-    full layer          += the input of every linear (bert 3 h + I; llama 2 h + h + I)
+    full layer          += the input of every linear (3 h + I: the attention input, its
+                           output, the feed-forward input and intermediate)
                            + llama's normalised hidden of each RMSNorm (2 h)
 
 The lowest trainable layer saves less (what only feeds frozen weights there has no
@@ -71,8 +72,9 @@ Constants and their sources:
   to INT4 weight bytes over the 27 TinyLLMLeaderBoard LLMs (the ``memory`` field, GB, of
   UbiquitousLearning/TinyLLMLeaderBoard@087631aa ``data.json``, in
   ``shared/device_data/tinyllm_leaderboard_llamacpp_phones``; e.g. LLaMA 7B: 4.135 GB
-  measured over 6.738e9 × 18/32 B = 3.790 GB of weights = 1.091).  The FwdLLM paper's LLaMA-7B figures
-  (FP16 15.6 GB, INT8 7.9 GB, INT4 4.0 GB) check the result; they are not an input.
+  measured over 6.738e9 × 18/32 B = 3.790 GB of weights = 1.091).  The FwdLLM paper's
+  LLaMA-7B figures (FP16 15.6 GB, INT8 7.9 GB, INT4 4.0 GB) check the result; they are
+  not an input.
 * ``BYTES_PER_WEIGHT``: GGUF q8_0 / q4_0 store one fp16 scale per 32 weights
   (34/32 and 18/32 bytes per weight); fp16/fp32 are 2 and 4 bytes.
 * ``t_inf`` (:data:`INFERENCE_TRANSIENT`): the live tensors at the peak of one layer's
@@ -80,7 +82,9 @@ Constants and their sources:
   the attention output and its LayerNorm, the feed-forward intermediate and its GELU, and
   one attention-score row), llama ``2 h + 4 I + heads * s`` (the gate, up, SiLU and
   product tensors of the gated feed-forward); read off PyTorch's allocator peak of
-  Hugging Face's eager BERT and LLaMA layers at several ``b``, ``s`` (same test file).
+  Hugging Face's eager layers (same test file): all-MiniLM-L6-v2 exactly at (b, s) =
+  (2, 16), (4, 32), (4, 64); SmolLM2-135M within +4 % at (2, 32), (1, 64) (its measured
+  peak is 12 h + 12 s per token there; the formula is an upper envelope).
 * the backward transient ``2 I + h`` per token: the gradients of the feed-forward
   intermediate and of its activation plus the gradient of the hidden state, the largest
   set alive while one layer's backward runs (same measurements; within one ``h`` of the
@@ -149,10 +153,12 @@ def backward_transient_per_token(facts: ModelFacts) -> float:
 
 
 def _shape(facts: ModelFacts) -> tuple[int, int, int, int]:
-    h = facts.hidden_size
-    inter = facts.intermediate_size or 4 * h
-    heads = facts.n_heads or max(h // 64, 1)
-    return h, inter, heads, facts.seq_len
+    if min(facts.hidden_size, facts.intermediate_size, facts.n_heads) <= 0:
+        raise FleetsimInputError(
+            f"model {facts.name!r}: the memory model needs hidden_size, intermediate_size "
+            f"and n_heads (got {facts.hidden_size}, {facts.intermediate_size}, "
+            f"{facts.n_heads})")
+    return facts.hidden_size, facts.intermediate_size, facts.n_heads, facts.seq_len
 
 
 # -- saved activations ---------------------------------------------------------------------

@@ -14,11 +14,13 @@ trainable parameters, ``C`` classifier outputs::
     master      = T * 4           when weights are not fp32 (fp32 trainable copy), else 0
 
     inference                 = weights + transient + b * C * 4
-    forward_gradient central  = weights + transient + prefix + 2 * T * 4 + master
+    forward_gradient central  = weights + transient + prefix + b * C * 4 + 2 * T * 4
+                                + master
       (perturbed inference, central or one-sided differences: two / one forwards at
       θ ± h·v run one after the other; the perturbation v and the estimate
       accumulator are fp32 vectors of the trainable size)
-    forward_gradient jvp      = weights + 2 * transient + prefix + 2 * T * 4 + master
+    forward_gradient jvp      = weights + 2 * transient + prefix + b * C * 4 + 2 * T * 4
+                                + master
       (forward-mode AD: a tangent next to each live activation of the layers at and
       above the lowest trainable one; below it tangents are zero and not kept; with
       only the head trainable the tangent lives in the head alone: 1 * transient)
@@ -26,8 +28,9 @@ trainable parameters, ``C`` classifier outputs::
       backward_peak = max(forward walk, backward walk, all gradients):
         forward walk : saved(layers below the top) + transient       (the top layer's
                        forward on top of everything saved below it)
-        backward walk: max over layers k from the top down to the lowest trainable
-                       one of saved(layers <= k) + grads(layers >= k, head)
+        backward walk: saved(all) + grads(head) + b * s * a * (2 I + h) at the head,
+                       then for each layer k from the top down to the lowest trainable
+                       one saved(embeddings, layers <= k) + grads(layers >= k, head)
                        + b * s * a * (2 I + h)
         all gradients: T * 4 (fp32), reached when the walk ends
 

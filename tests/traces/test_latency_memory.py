@@ -311,3 +311,26 @@ def test_lora_on_the_feed_forward_keeps_its_inputs():
     # SiLU keeps nothing and the product keeps only silu(gate) (up's grad needs it)
     expected = (h + 4) + (inter + 4) + inter
     assert saved_elements_per_token(facts)[32] == expected
+
+
+@pytest.mark.parametrize("config,kv", [(BERT_BASE, 768), (LLAMA_7B, 4096)])
+def test_backprop_memory_grows_with_depth_below_the_top(config, kv):
+    """Moving the lowest trainable layer down by one adds exactly one pass-through (or
+    LoRA) layer of saved activations; layers below it add nothing but the transient."""
+    from fleetsim.traces.memory import saved_elements_per_token
+
+    n, h = config["num_hidden_layers"], config["hidden_size"]
+    targets = (("attention.self.query", "attention.self.value") if config is BERT_BASE
+               else ("self_attn.q_proj", "self_attn.v_proj"))
+    previous = None
+    for depth in range(1, n + 1):
+        layers = list(range(n - depth, n))
+        facts = facts_from_hf_config(config, "m", 4, 64, 0, num_labels=4,
+                                     peft=_lora_qv(layers, n, h, kv, 8, 4, targets))
+        saved = saved_elements_per_token(facts)
+        assert all(e == 0 for e in saved[1:n - depth + 1])  # frozen prefix keeps nothing
+        assert len(set(saved[n - depth + 2:n + 1])) <= 1  # every LoRA layer above alike
+        memory = job_memory_bytes(facts, "backprop")
+        if previous is not None:
+            assert memory > previous
+        previous = memory

@@ -317,9 +317,12 @@ def build_run(
     env = simpy.Environment()
     fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts,
                   power=PowerTable.load(sc.fleet.energy, loaded.base_dir))
+    # the PEFT's layout travels in facts.peft (activations from its lowest trainable layer
+    # up); how a phone computes a forward-gradient unit is the protocol's phone_estimator
     memory = {
-        TaskKind.FORWARD_GRADIENT: job_memory_bytes(facts, "forward_gradient", sc.peft.method),
-        TaskKind.BACKPROP: job_memory_bytes(facts, "backprop", sc.peft.method),
+        TaskKind.FORWARD_GRADIENT: job_memory_bytes(
+            facts, "forward_gradient", sc.protocol.phone_estimator),
+        TaskKind.BACKPROP: job_memory_bytes(facts, "backprop"),
     }
     ctx = ServerContext(
         env=env,

@@ -65,7 +65,7 @@ from fleetsim.numerics.config import (
 )
 from fleetsim.numerics.data import batch_of, plan_data
 from fleetsim.numerics.datasets import load_text_dataset
-from fleetsim.numerics.facts import facts_from_config, model_facts
+from fleetsim.numerics.facts import facts_from_config, model_facts, peft_facts
 from fleetsim.numerics.partition import partition, split_for_run
 from fleetsim.numerics.pool import EstimatePool
 from fleetsim.numerics.systems_only import SystemsOnlyEngine
@@ -214,7 +214,8 @@ class TorchEngine(NumericsEngine):
         return facts_from_config(
             self.resolved.name, config, self.total_params, self.trainable_params,
             self.model_cfg.max_seq_len, self.data_cfg.batch_size,
-            DTYPE_BYTES[self.cfg.dtype], min(self.model.layer_of(n) for n in self.names),
+            DTYPE_BYTES[self.cfg.dtype], int(self.model.head.out_features),
+            peft_facts(self.model, self.names, self.peft_cfg),
         )
 
     def num_clients(self) -> int:

@@ -4,6 +4,7 @@ device."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fleetsim.numerics.config import (
     PeftConfig,
 )
 from fleetsim.numerics.datasets import load_text_dataset
+from fleetsim.workload import PeftFacts
 
 BUILTIN_NUM_LABELS = {"bbc_news": 5, "rotten_tomatoes": 2, "ag_news_csv": 4}
 
@@ -33,9 +35,39 @@ def _cfg_get(config: Any, key: str, default: Any = 0) -> Any:
     return getattr(config, key, default)
 
 
+def peft_facts(model: Any, trainable_names: list[str], peft: PeftConfig) -> PeftFacts:
+    """Where the trainable parameters of ``model`` (a ``numerics.models.TextClassifier``,
+    on any device, the meta device included) sit, read from their names: the layers
+    holding them, whether the embeddings train, trainable parameters per embeddings /
+    layer / top, LoRA's adapted projections.  ``method`` is ``peft.method``, or ``full``
+    when every parameter trains."""
+    n_layers = model.n_layers
+    named = dict(model.named_parameters())
+    per_layer = [0] * (n_layers + 2)
+    layers: set[int] = set()
+    targets: set[str] = set()
+    for name in trainable_names:
+        layer = model.layer_of(name)
+        per_layer[layer + 1] += int(named[name].numel())
+        if 0 <= layer < n_layers:
+            layers.add(layer)
+        found = re.match(r".*?\.layers?\.\d+\.(.+)\.lora_A\.", name)
+        if found:  # the projection's path inside its layer
+            targets.add(found.group(1))
+    everything = len(trainable_names) == len(named)
+    method = "full" if everything else str(peft.method)
+    return PeftFacts(
+        method=method, layers=tuple(sorted(layers)), trainable_per_layer=tuple(per_layer),
+        embeddings_trainable=per_layer[0] > 0,
+        rank=int(peft.rank) if method in ("lora", "adapter") else 0,
+        lora_targets=tuple(sorted(targets)) if method == "lora" else (),
+    )
+
+
 def facts_from_config(
     name: str, config: Any, n_params: int, trainable: int, seq_len: int, batch_size: int,
-    dtype_bytes: int, lowest_trainable_layer: int = 0,
+    dtype_bytes: int, num_labels: int = 0, peft: PeftFacts | None = None,
+    lowest_trainable_layer: int = 0,
 ) -> ModelFacts:
     hidden = int(_cfg_get(config, "hidden_size"))
     layers = int(_cfg_get(config, "num_hidden_layers"))
@@ -56,8 +88,20 @@ def facts_from_config(
         name=name, n_params=n_params, trainable_params=trainable, n_layers=layers,
         hidden_size=hidden, flops_per_token=flops, seq_len=seq_len, batch_size=batch_size,
         dtype_bytes=dtype_bytes, vocab_size=vocab, intermediate_size=intermediate,
-        lowest_trainable_layer=max(0, min(int(lowest_trainable_layer), layers)),
+        family=_family(config), n_heads=heads, n_kv_heads=kv_heads, num_labels=num_labels,
+        peft=peft,
+        # one source of truth: the PEFT layout when known (its -1, embeddings train, is 0)
+        lowest_trainable_layer=max(0, min(int(
+            peft.lowest_trainable_layer(layers) if peft is not None
+            else lowest_trainable_layer
+        ), layers)),
     )
+
+
+def _family(config: Any) -> str:
+    from fleetsim.numerics import models as model_lib
+
+    return model_lib.model_family(config)
 
 
 def _num_labels(data: DataConfig, base_dir: Path) -> int:
@@ -105,5 +149,5 @@ def model_facts(
     total = int(sum(p.numel() for p in classifier.parameters()))
     return facts_from_config(
         name, config, total, trainable, model.max_seq_len, data.batch_size,
-        DTYPE_BYTES[numerics.dtype], min(classifier.layer_of(n) for n in names),
+        DTYPE_BYTES[numerics.dtype], num_labels, peft_facts(classifier, names, peft),
     )

@@ -198,7 +198,11 @@ class TracesConfig(BaseModel):
         gt=0,
         le=1,
         description="Share of a phone's RAM one app may use (Android keeps the OS and "
-        "background apps resident); a job larger than this cannot run.",
+        "background apps resident); a job larger than this cannot run. The default 0.5 is "
+        "an assumption, not a measurement: Android sets no per-app share of native memory "
+        "(its low-memory killer, lmkd, kills by priority under pressure: "
+        "source.android.com/docs/core/perf/lmkd), and on-device LLM apps budget about 0.6 "
+        "(README, Job memory). Vary it when RAM admission decides a result.",
     )
 
     def resolve(self, value: Optional[str], base_dir: Path) -> Optional[Path]:

@@ -35,12 +35,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.base import DeviceTable
-from fleetsim.workload import BACKEND_PREFERENCES, BACKENDS, JOB_KINDS, ModelFacts
+from fleetsim.workload import BACKEND_PREFERENCES, BACKENDS, JOB_KINDS, ModelFacts, PeftFacts
 
 KINDS = JOB_KINDS
 PREFERENCES = BACKEND_PREFERENCES
@@ -83,11 +84,14 @@ def _cfg_get(config: dict, *keys: str, default=None):
 
 
 def facts_from_hf_config(
-    config: dict, name: str, batch_size: int, seq_len: int, trainable_params: int
+    config: dict, name: str, batch_size: int, seq_len: int, trainable_params: int,
+    peft: Optional[PeftFacts] = None, num_labels: int = 0,
 ) -> ModelFacts:
     """ModelFacts from a Hugging Face ``config.json`` dict (BERT-like or LLaMA-like).
 
-    Pure dict arithmetic.  Parameter counts ignore biases and norms (<0.5%).
+    Pure dict arithmetic.  ``peft`` (where the trainable parameters sit) and
+    ``num_labels`` pass through to the facts; the memory model needs ``peft``.
+    Parameter counts ignore biases and norms (<0.5%).
     LLaMA-like configs (``model_type`` llama/qwen2/mistral/..., or a
     ``num_key_value_heads`` key) use a gated MLP (3 matrices) and grouped KV heads;
     an untied ``lm_head`` counts as body (it is a matmul per token).
@@ -146,6 +150,14 @@ def facts_from_hf_config(
         dtype_bytes=dtype_bytes,
         vocab_size=vocab,
         intermediate_size=inter,
+        family="llama" if llama_like else "bert",
+        n_heads=heads,
+        n_kv_heads=int(_cfg_get(config, "num_key_value_heads", default=heads)),
+        num_labels=int(num_labels),
+        peft=peft,
+        lowest_trainable_layer=(
+            0 if peft is None else max(0, min(peft.lowest_trainable_layer(layers), layers))
+        ),
     )
 
 

@@ -61,7 +61,7 @@ def test_paper_profile_minutes_per_round(tmp_path, name, extra, trainable, paper
                                             *extra], run_dir=tmp_path / name)
     s = json.loads((out / "summary.json").read_text())
     assert s["method"] == paper_name and s["protocol"] == name
-    assert s["trainable_params"] == trainable
+    assert s["charged_trainable_params"] == s["learned_trainable_params"] == trainable
     minutes = s["simulated_seconds"] / s["rounds"] / 60
     assert minutes == pytest.approx(round_s / 60, rel=1e-9)
     if name == "fwdllm":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from fleetsim.traces.latency import (
 )
 from fleetsim.traces.memory import job_memory_bytes
 from fleetsim.traces.tables import DATA_DIR
+from fleetsim.workload import PeftFacts
 
 BERT_BASE = {
     "model_type": "bert",
@@ -205,25 +207,157 @@ def test_choose_backend_rule():
         unit_seconds(table, ids[:1], np.array(["npu"], dtype=object), f, "backprop", 1)
 
 
+def _lora_qv(layers: list[int], n_layers: int, hidden: int, kv: int, rank: int,
+             labels: int, targets: tuple[str, str]) -> PeftFacts:
+    """LoRA on the query/value projections of ``layers`` plus a trainable head."""
+    per = [0] * (n_layers + 2)
+    for layer in layers:
+        per[layer + 1] = rank * (hidden + hidden) + rank * (hidden + kv)
+    per[-1] = hidden * labels + labels
+    return PeftFacts(method="lora", layers=tuple(layers), trainable_per_layer=tuple(per),
+                     rank=rank, lora_targets=targets)
+
+
+def _llama7b(batch: int, seq: int, layers: list[int], rank: int, dtype_bytes: float):
+    peft = _lora_qv(layers, 32, 4096, 4096, rank, 4, ("self_attn.q_proj", "self_attn.v_proj"))
+    facts = facts_from_hf_config(LLAMA_7B, "llama-7b", batch, seq,
+                                 sum(peft.trainable_per_layer), peft=peft, num_labels=4)
+    facts.dtype_bytes = dtype_bytes
+    return facts
+
+
 @pytest.mark.parametrize("dtype_bytes,paper_gb", [(2, 15.6), (1, 7.9), (0.5, 4.0)])
 def test_llama7b_forward_gradient_memory_matches_paper(dtype_bytes, paper_gb):
-    facts = facts_from_hf_config(LLAMA_7B, "llama-7b", 1, 128, 4_194_304)
-    facts.dtype_bytes = dtype_bytes
+    facts = _llama7b(1, 128, list(range(32)), 8, dtype_bytes)
     got = job_memory_bytes(facts, "forward_gradient") / 1e9
     assert got == pytest.approx(paper_gb, rel=0.10)
 
 
+def test_top_layer_lora_backprop_on_llama2_7b_int4_by_hand():
+    """Study (b)(iii)'s setting: LLaMA-2-7B INT4, batch 8, 32 tokens, LoRA rank 4 on q/v
+    of the top layer + a 4-way head.  Backprop keeps the top layer's activations only,
+    so it fits the 4.00 GiB an 8-GB phone may use; LoRA in every layer does not."""
+    facts = _llama7b(8, 32, [31], 4, 0.5)
+    tokens, act, h, inter = 8 * 32, 2, 4096, 11008
+    # top layer, frozen input: the norm's output feeds LoRA A (kept once) and two
+    # rank-4 mids; k has no gradient, so q·kᵀ keeps k but not q; softmax output; v;
+    # the second norm's input and rstd; SiLU input and output, up projection
+    layer = (h + 4 + 4) + h + 32 * 32 + h + (h + 1) + 3 * inter
+    assert layer == 50_441
+    top = (h + 4) / 32 + (h + 1) + 2 * 128  # pooled + log-softmax, final norm, cos/sin
+    saved = (layer + top) * tokens * act
+    lora_grads, head_grads = 2 * 4 * (h + h) * 4, (h * 4 + 4) * 4  # fp32
+    backward_transient = (2 * inter + h) * tokens * act
+    # backward walk: at the head everything saved is alive; one layer down the head's
+    # saved tensors are gone and the LoRA gradients exist (smaller here)
+    at_head = saved + head_grads + backward_transient
+    at_top_layer = layer * tokens * act + lora_grads + head_grads + backward_transient
+    forward = (2 * h + 4 * inter + 32 * 32) * tokens * act  # nothing saved below
+    peak = max(at_head, at_top_layer, forward, lora_grads + head_grads)
+    assert peak == at_head
+    weights = 6_738_149_376 * 18 / 32 * 1.09
+    master = lora_grads + head_grads  # fp32 copy of the trainable parameters (INT4 weights)
+    expected = int(weights + peak + master)
+    got = job_memory_bytes(facts, "backprop")
+    assert got == expected
+    assert 3.88 * 2**30 < got < 3.90 * 2**30 < 4.0 * 2**30
+    every = job_memory_bytes(_llama7b(8, 32, list(range(32)), 4, 0.5), "backprop")
+    assert every > 4.7 * 2**30  # 32 layers of activations: an 8-GB phone refuses
+
+
+def test_memory_by_job_kind_and_estimator():
+    """Perturbed inference holds one forward's transient; jvp a tangent beside it; the
+    frozen prefix's output is kept when the lowest trainable layer is above layer 0."""
+    facts = _llama7b(8, 32, [31], 4, 0.5)
+    tokens, act, h, inter = 8 * 32, 2, 4096, 11008
+    transient = (2 * h + 4 * inter + 32 * 32) * tokens * act
+    trainable = sum(facts.peft.trainable_per_layer)
+    weights = 6_738_149_376 * 18 / 32 * 1.09
+    logits = 8 * 4 * 4
+    central = weights + transient + tokens * h * act + logits + 3 * trainable * 4
+    assert job_memory_bytes(facts, "forward_gradient", "central") == int(central)
+    assert job_memory_bytes(facts, "forward_gradient", "onesided") == int(central)
+    assert job_memory_bytes(facts, "forward_gradient", "jvp") == int(central + transient)
+    assert job_memory_bytes(facts, "inference") == int(weights + transient + logits)
+    with pytest.raises(FleetsimInputError, match="phone_estimator"):
+        job_memory_bytes(facts, "forward_gradient", "backprop")
+
+
+def test_memory_refuses_facts_without_peft():
+    facts = facts_from_hf_config(LLAMA_7B, "llama-7b", 1, 128, 10)
+    with pytest.raises(FleetsimInputError, match="no PEFT facts"):
+        job_memory_bytes(facts, "backprop")
+
+
 def test_memory_ordering_and_ram_limit():
-    facts = facts_from_hf_config(LLAMA_7B, "llama-7b", 1, 128, 4_194_304)
-    facts.dtype_bytes = 2
+    facts = _llama7b(1, 128, list(range(32)), 8, 2)
     inf = job_memory_bytes(facts, "inference")
     fg = job_memory_bytes(facts, "forward_gradient")
     bp = job_memory_bytes(facts, "backprop")
-    bp_full = job_memory_bytes(facts, "backprop", peft="full")
+    full = PeftFacts(method="full", layers=tuple(range(32)), embeddings_trainable=True,
+                     trainable_per_layer=(32000 * 4096,) + (202_383_360,) * 32
+                     + (32000 * 4096 + 4096 * 4 + 4,))
+    full_facts = facts_from_hf_config(LLAMA_7B, "llama-7b", 1, 128,
+                                      sum(full.trainable_per_layer), peft=full, num_labels=4)
+    full_facts.dtype_bytes = 2
+    bp_full = job_memory_bytes(full_facts, "backprop")
     assert inf < fg < bp < bp_full
     # A 12 GB phone with half its RAM usable cannot hold LLaMA-7B FP16 training,
     # but holds DistilBERT forward-gradient training easily.
     table, _ = build_devices(paper_profile_config(), 1, 0, 10.0, Path("."))
     assert fg > table.usable_ram_bytes[0]
-    distil = facts_from_hf_config(DISTILBERT, "distilbert-base-uncased", 8, 128, 450_340)
+    # width-48 adapters in every layer + a 4-way head: the paper's 450,340 trainable
+    per_layer = (768 * 48 + 48) + (48 * 768 + 768)
+    adapters = PeftFacts(method="adapter", layers=tuple(range(6)), rank=48,
+                         trainable_per_layer=(0,) + (per_layer,) * 6 + (768 * 4 + 4,))
+    assert sum(adapters.trainable_per_layer) == 450_340
+    distil = facts_from_hf_config(DISTILBERT, "distilbert-base-uncased", 8, 128, 450_340,
+                                  peft=adapters, num_labels=4)
     assert job_memory_bytes(distil, "forward_gradient") < table.usable_ram_bytes[0]
+
+
+def test_lora_on_a_projection_the_layer_lacks_is_refused():
+    facts = _llama7b(8, 32, [31], 4, 0.5)
+    facts.peft = dataclasses.replace(facts.peft, lora_targets=("self_attn.query",))
+    with pytest.raises(FleetsimInputError, match=r"LoRA on \['self_attn.query'\]"):
+        job_memory_bytes(facts, "backprop")
+
+
+def test_lora_on_the_feed_forward_keeps_its_inputs():
+    """LoRA on up/down of the top layer: up's LoRA keeps the second norm's output (h) and
+    down's keeps the SiLU·up product (I), one rank-4 mid each, on top of what a q/v LoRA
+    on the same layer keeps (its q/v inputs gone, k then needs no gradient either)."""
+    qv = _llama7b(8, 32, [31], 4, 0.5)
+    ffn = dataclasses.replace(qv.peft, lora_targets=("mlp.up_proj", "mlp.down_proj"))
+    facts = dataclasses.replace(qv, peft=ffn)
+    from fleetsim.traces.memory import saved_elements_per_token
+
+    # attention has no gradient at all: only the feed-forward half is kept
+    h, inter = 4096, 11008
+    # up's LoRA: n2 (h) + mid 4; down's LoRA: p (I) + mid 4; gate has no gradient, so
+    # SiLU keeps nothing and the product keeps only silu(gate) (up's grad needs it)
+    expected = (h + 4) + (inter + 4) + inter
+    assert saved_elements_per_token(facts)[32] == expected
+
+
+@pytest.mark.parametrize("config,kv", [(BERT_BASE, 768), (LLAMA_7B, 4096)])
+def test_backprop_memory_grows_with_depth_below_the_top(config, kv):
+    """Moving the lowest trainable layer down by one adds exactly one pass-through (or
+    LoRA) layer of saved activations; layers below it add nothing but the transient."""
+    from fleetsim.traces.memory import saved_elements_per_token
+
+    n, h = config["num_hidden_layers"], config["hidden_size"]
+    targets = (("attention.self.query", "attention.self.value") if config is BERT_BASE
+               else ("self_attn.q_proj", "self_attn.v_proj"))
+    previous = None
+    for depth in range(1, n + 1):
+        layers = list(range(n - depth, n))
+        facts = facts_from_hf_config(config, "m", 4, 64, 0, num_labels=4,
+                                     peft=_lora_qv(layers, n, h, kv, 8, 4, targets))
+        saved = saved_elements_per_token(facts)
+        assert all(e == 0 for e in saved[1:n - depth + 1])  # frozen prefix keeps nothing
+        assert len(set(saved[n - depth + 2:n + 1])) <= 1  # every LoRA layer above alike
+        memory = job_memory_bytes(facts, "backprop")
+        if previous is not None:
+            assert memory > previous
+        previous = memory

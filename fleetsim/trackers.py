@@ -56,7 +56,8 @@ MLFLOW_DIR = "mlflow"
 
 #: steps.parquet columns logged per committed step (the step index is the x-axis)
 STEP_METRICS: tuple[str, ...] = tuple(
-    c for c in STEP_COLUMNS if c not in ("step", "attempt", "committed")
+    c for c, kind in STEP_COLUMNS.items()
+    if c not in ("step", "attempt", "committed") and kind != "string"
 )
 #: MLflow's limits: entities per log_batch (params), characters of a parameter value
 _MLFLOW_PARAMS_PER_BATCH = 100

@@ -13,6 +13,7 @@ import pytest
 
 from fleetsim.callbacks import RunCallback
 from fleetsim.cli import main
+from fleetsim.record import rundir
 from fleetsim.runner import run_scenario
 from fleetsim.trackers import open_mlflow_store
 
@@ -153,7 +154,7 @@ def test_a_second_run_in_the_directory_replaces_the_tracker_folders(tmp_path: Pa
     scenario = systems(tmp_path, "{trackers: [tensorboard, mlflow], convergence_png: false}")
     out = tmp_path / "run"
     run_scenario(scenario, run_dir=out)
-    run_scenario(scenario, ["protocol.rounds=1"], run_dir=out)
+    run_scenario(scenario, ["protocol.rounds=1"], run_dir=out, replace=True)
     steps = pd.read_parquet(out / "steps.parquet")
     assert list(steps["step"]) == [0, 1, 2]
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
@@ -286,7 +287,12 @@ def test_a_resumed_run_logs_every_step_once(tmp_path: Path) -> None:
     scenario = systems(tmp_path, "{trackers: [tensorboard, mlflow], checkpoint_every_steps: 4, "
                                  "convergence_png: false}")
     out = run_scenario(scenario, run_dir=tmp_path / "run")
-    # The checkpoint of step 4: the resumed run replays steps 0-3 and computes 4-5.
+    # What a kill after the checkpoint of step 4 leaves (the in-progress marker, the
+    # checkpoint, the tracker folders): the resumed run replays steps 0-3 and computes 4-5.
+    digest = json.loads((out / rundir.COMPLETE_FILE).read_text())["scenario_hash"]
+    for name in (*rundir.RUN_TABLES, rundir.COMPLETE_FILE):
+        (out / name).unlink()
+    (out / rundir.IN_PROGRESS_FILE).write_text(json.dumps({"scenario_hash": digest}))
     resume_run(out)
     steps = pd.read_parquet(out / "steps.parquet")
     series, _ = tensorboard_series(out / "tensorboard")

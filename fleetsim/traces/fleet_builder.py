@@ -13,6 +13,7 @@ from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.config import TracesConfig
 from fleetsim.traces.files import refuse_special_file
 from fleetsim.traces.network import radio_technology, sample_network
+from fleetsim.traces.plausibility import check_median_window
 from fleetsim.traces.registry import (
     MODEL_FORMATS,
     detect_format,
@@ -23,6 +24,9 @@ from fleetsim.traces.registry import (
 from fleetsim.traces.tables import catalogue_for, population_weights
 
 GIB = 2**30
+#: the time fields of each file format, named in the median-window warning
+WINDOW_COLUMNS = {"intervals": "'start_s', 'end_s'", "fedscale": "'active', 'inactive'",
+                  "flash_windows": "[start_s, end_s]", "empirical": "[start_s, end_s]"}
 
 
 def synthesise_devices(cfg: TracesConfig, n_devices: int, seed: int, base_dir: Path) -> DeviceTable:
@@ -83,6 +87,9 @@ def build_availability(
                 f"content (allowed kinds: {', '.join(file_formats())})"
             )
     trace = get_format(kind).load_with(path, n_devices, seed, horizon_s, a)
+    if path is not None and hasattr(trace, "starts"):
+        check_median_window(path, WINDOW_COLUMNS.get(kind, "start/end times"), trace.starts,
+                            trace.ends)
     if trace.num_devices != n_devices:
         raise FleetsimInputError(
             f"traces.availability.kind {kind!r}: the format returned {trace.num_devices} "

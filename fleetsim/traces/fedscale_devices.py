@@ -89,12 +89,13 @@ def load_device_capacity(path: Path) -> tuple[list, np.ndarray, np.ndarray]:
 
 
 def capacity_columns(
-    path: Path, n_devices: int, flops_per_sample: float | None, anchor_ref_s: float
+    path: Path, n_devices: int, flops_per_sample: float | None, anchor_ref_s: float,
+    trace_source: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(ref_forward_s [n], link bit/s [n], label) for ``n_devices`` fleet devices
-    (device ``i`` = client ``i mod m``) by the module's mapping.  ``anchor_ref_s``: the
-    catalogue-and-population median CPU seconds per reference forward, used without
-    ``flops_per_sample``."""
+    """(CPU ref_forward_s [n], link bit/s [n], label) for ``n_devices`` fleet devices
+    (device ``i`` = client ``i mod m``, or ``trace_source[i] mod m`` when given) by the
+    module's mapping.  ``anchor_ref_s``: the population-weighted median CPU seconds per
+    reference forward of the catalogue, used without ``flops_per_sample``."""
     from fleetsim.traces.latency import REFERENCE_FLOPS
 
     ids, comp, comm = load_device_capacity(path)
@@ -106,7 +107,8 @@ def capacity_columns(
         k = float(anchor_ref_s) / (REFERENCE_SAMPLES * float(np.median(per_sample_s)))
         how = f"speed ratios anchored on the catalogue's median CPU ({anchor_ref_s:.3g} s)"
     ref = per_sample_s * REFERENCE_SAMPLES * k
-    which = np.arange(int(n_devices)) % len(ids)
+    src = np.arange(int(n_devices)) if trace_source is None else np.asarray(trace_source)
+    which = src % len(ids)
     label = (f"FedScale client_device_capacity {Path(path).name} ({len(ids)} clients; "
              f"computation ms/sample, communication kbit/s; {how})")
     return ref[which], comm[which] * 1000.0, label

@@ -24,7 +24,8 @@ POPULATIONS = {
     "flash_1000": DATA_DIR / "population" / "flash_1000.csv",
     "market_share_2024": DATA_DIR / "population" / "market_share_2024.csv",
 }
-BUILTIN_POPULATIONS = ("flash_1000", "market_share_2024", "uniform", "paper_fwdllm")
+BUILTIN_POPULATIONS = ("flash_1000", "market_share_2024", "uniform", "paper_fwdllm",
+                       "trace_models")
 NETWORK_TABLES = {
     "hsdpa_3g": DATA_DIR / "network" / "hsdpa_3g.csv",
     "5g_mmwave": DATA_DIR / "network" / "5g_mmwave.csv",

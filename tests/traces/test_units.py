@@ -165,7 +165,7 @@ def test_median_window_under_a_minute_warns(tmp_path, capsys):
     from fleetsim.traces.fleet_builder import build_availability
 
     cfg = TracesConfig(availability=AvailabilityConfig(kind="intervals", path=str(path)))
-    build_availability(cfg, 4, 0, 100.0, tmp_path)
+    build_availability(cfg, 2, 0, 100.0, tmp_path)  # 2 trace devices: no replay note
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "median availability window is 2 s" in err[0]
 

@@ -214,3 +214,24 @@ def test_written_row_matches_the_shipped_columns(tmp_path, capsys):
     cols = list(pd.read_csv(out).columns)
     assert cols[:5] == ["phone_model", "ram_gb", "cpu_ref_forward_s", "gpu_ref_forward_s",
                         "npu_ref_forward_s"]
+
+
+def test_converter_reads_a_config_json(tmp_path, capsys):
+    import json
+
+    folder = tmp_path / "my-llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+        "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 100, "tie_word_embeddings": False}))
+    # by hand: per layer 2*64*64 (q, o) + 2*64*(2*16) (k, v) + 3*64*128 (gated MLP) = 36,864;
+    # body = 2 layers + untied lm_head 100*64 = 80,128; per token at 32 tokens:
+    # 2*80,128 + 4*2*32*64 = 176,640
+    assert main(["traces", "catalogue", "--from-latency", "0.002", "--phone", "P",
+                 "--ram-gb", "4", "--batch", "2", "--seq-len", "32", "--model",
+                 str(folder)]) == 0
+    out = tmp_path / "row.csv"
+    out.write_text(capsys.readouterr().out)
+    got = pd.read_csv(out)["cpu_ref_forward_s"][0]
+    assert got == pytest.approx(0.002 * REFERENCE_FLOPS / (2 * 32 * 176_640), rel=1e-12)

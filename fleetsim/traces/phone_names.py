@@ -4,7 +4,10 @@
 Matching: a population's name matches a catalogue phone when equal after stripping
 surrounding spaces (as runs read it, :func:`fleetsim.traces.tables.load_population`); a
 trace's device model string (FedScale's ``model``) also when equal after :func:`name_key`
-(case, spaces, hyphens and underscores ignored: ``"galaxy-s24"`` is ``"Galaxy S24"``).  Every
+(case, spaces, hyphens and underscores ignored: ``"galaxy-s24"`` is ``"Galaxy S24"``), or
+when it is an Android ``Build.MODEL`` code that ``device_traces/catalogue/model_aliases.csv``
+(FLASH's ``real2benchmark.json``: ``CPH1823`` -> ``Oppo F9``) names a catalogue phone for.
+Every
 unknown name is listed in ONE error line, each with up to two close catalogue names
 (:func:`difflib.get_close_matches`, cutoff 0.6) as "did you mean".
 """
@@ -26,13 +29,32 @@ def name_key(name: str) -> str:
     return re.sub(r"[\s\-_]+", "", str(name)).lower()
 
 
+#: Build.MODEL code -> catalogue phone name (FLASH real2benchmark.json, see module doc)
+MODEL_ALIASES = Path(__file__).resolve().parents[2] / "device_traces" / "catalogue" / \
+    "model_aliases.csv"
+
+
+def build_model_aliases() -> dict[str, str]:
+    """:func:`name_key` of each Build.MODEL code -> catalogue phone name."""
+    if not MODEL_ALIASES.exists():
+        return {}
+    df = pd.read_csv(MODEL_ALIASES, dtype=str)
+    return {name_key(code): str(name) for code, name in zip(df["build_model"], df["phone_model"])}
+
+
 def match_names(
     names: Iterable[str], catalogue: pd.DataFrame, loose: bool = False
 ) -> dict[str, str | None]:
     """Each distinct name -> the catalogue's ``phone_model`` it matches, or None
-    (``loose``: compared by :func:`name_key`, else stripped names exactly)."""
+    (``loose``: compared by :func:`name_key`, then through the Build.MODEL aliases;
+    else stripped names exactly)."""
     key = name_key if loose else (lambda n: str(n).strip())
     index = {key(n): str(n) for n in catalogue["phone_model"]}
+    if loose:
+        present = set(index.values())
+        for code, phone in build_model_aliases().items():
+            if phone in present:
+                index.setdefault(code, phone)
     return {str(n): index.get(key(n)) for n in dict.fromkeys(map(str, names))}
 
 

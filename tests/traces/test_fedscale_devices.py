@@ -137,3 +137,19 @@ def test_validate_behave_trace_against_a_catalogue(files, capsys):
     assert "catalogue=cat.csv, clients_with_model=3, clients_mapped_to_catalogue=2, " \
            "unknown_phone_models=1" in io.out
     assert "'SM-X999' (no close catalogue name)" in io.err
+
+
+def test_build_model_codes_map_through_flash_aliases(tmp_path):
+    from fleetsim.traces.phone_names import match_names
+    from fleetsim.traces.tables import CATALOGUES, load_catalogue
+
+    cat = load_catalogue(CATALOGUES["default"])
+    # FLASH real2benchmark.json: CPH1823 -> Oppo F9, RMX1941 -> Realme C2; CPH1801 unknown
+    got = match_names(["CPH1823", "rmx1941", "CPH1801", "Realme C2"], cat, loose=True)
+    assert got == {"CPH1823": "Oppo F9", "rmx1941": "Realme C2", "CPH1801": None,
+                   "Realme C2": "Realme C2"}
+    # an alias whose phone is not in the given catalogue maps to nothing
+    small = cat[cat["phone_model"] != "Oppo F9"].reset_index(drop=True)
+    assert match_names(["CPH1823"], small, loose=True) == {"CPH1823": None}
+    # populations are matched exactly, as runs read them
+    assert match_names(["CPH1823"], cat) == {"CPH1823": None}

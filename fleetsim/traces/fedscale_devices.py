@@ -11,16 +11,17 @@ bandwidth and windows stay one device's.
 ``{"computation": C, "communication": B}``.  FedScale's client computes a round's
 time as ``computation = 3 * batch_size * local_steps * C / 1000`` seconds ("compute_speed is
 the inference latency of models (ms/sample)", backward ~2x forward: the factor 3) and
-``communication = (upload_kbit + download_kbit) / B`` with model sizes in kbit
-(``sys.getsizeof(pickle.dumps(model)) / 1024 * 8``), so:
+``communication = (upload_kbit + download_kbit) / B`` with model sizes in "kbits"
+(``sys.getsizeof(pickle.dumps(model)) / 1024.0 * 8``: bytes / 1024 x 8, so one of FedScale's
+kbit is 1,024 bits), so:
 
 * ``C`` is milliseconds per sample for one forward (inference) of FedScale's benchmark
   model;
-* ``B`` is kbit/s, one rate for both directions.
+* ``B`` is FedScale-kbit/s (1,024 bit/s each), one rate for both directions.
 
 The mapping onto fleetsim's device table (:func:`capacity_columns`):
 
-* uplink = downlink = ``B * 1000`` bit/s;
+* uplink = downlink = ``B * 1024`` bit/s (:data:`FEDSCALE_KBIT`);
 * the CPU's ``ref_forward_s`` (seconds per BERT-base forward at batch 8 x seq 128)
   becomes ``C / 1000 * 8 * k``.  With ``traces.device_capacity_flops_per_sample`` (the
   forward FLOPs of one sample of the model C was measured on) ``k = F_ref / (8 * that)``,
@@ -48,6 +49,8 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.formats.common import trace_id_order
 from fleetsim.traces.formats.fedscale import safe_unpickle
 
+#: bits in one of FedScale's "kbits" (model sizes are bytes / 1024 x 8)
+FEDSCALE_KBIT = 1024.0
 #: samples in one reference forward (BERT-base, batch 8 x seq 128)
 REFERENCE_SAMPLES = 8
 
@@ -84,7 +87,8 @@ def load_device_capacity(path: Path) -> tuple[list, np.ndarray, np.ndarray]:
             out[i] = float(value)
     from fleetsim.traces.plausibility import check_link_mbps
 
-    check_link_mbps(path, "communication (kbit/s)", comm / 1000.0)
+    check_link_mbps(path, "communication", comm * FEDSCALE_KBIT / 1e6,
+                    slip="bit/s written as kbit/s (the field is kbit/s)")
     return ids, comp, comm
 
 
@@ -111,7 +115,7 @@ def capacity_columns(
     which = src % len(ids)
     label = (f"FedScale client_device_capacity {Path(path).name} ({len(ids)} clients; "
              f"computation ms/sample, communication kbit/s; {how})")
-    return ref[which], comm[which] * 1000.0, label
+    return ref[which], comm[which] * FEDSCALE_KBIT, label
 
 
 def behave_models(path: Path) -> list[str | None]:

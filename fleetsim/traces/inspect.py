@@ -97,8 +97,10 @@ def analyse(
                 f"--catalogue: {path} is a FedScale client_device_capacity file, which names "
                 "no phone models (allowed: drop --catalogue)")
         summary = capacity_report(path)
+        from fleetsim.traces.fedscale_devices import FEDSCALE_KBIT
+
         _, _, comm = load_device_capacity(path)
-        return TraceReport(kind, summary, bandwidth={"link": comm / 1000.0})
+        return TraceReport(kind, summary, bandwidth={"link": comm * FEDSCALE_KBIT / 1e6})
     if catalogue is not None and kind == "fedscale":
         from fleetsim.traces.fedscale_devices import fedscale_model_report
 

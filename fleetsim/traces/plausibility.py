@@ -65,22 +65,23 @@ def check_forward_seconds(path: Path | str, column: str, values: np.ndarray) -> 
 
 
 def check_link_mbps(
-    path: Path | str, column: str, values, scenario_key: bool = False
+    path: Path | str, column: str, values, scenario_key: bool = False,
+    slip: str | None = None,
 ) -> list[str]:
-    """Warn when a Mbit/s column holds a rate over :data:`MAX_LINK_MBPS` (10 Gbit/s).
-    ``scenario_key``: ``column`` is a scenario key (``traces.network.uplink_mbps``) and
-    ``path`` the scenario, so no row is named."""
+    """Warn when a link rate (``values`` in Mbit/s) is over :data:`MAX_LINK_MBPS`
+    (10 Gbit/s).  ``scenario_key``: ``column`` is a scenario key
+    (``traces.network.uplink_mbps``) and ``path`` the scenario, so no row is named.
+    ``slip``: the likely slip when the column is not in Mbit/s (default: kbit/s or bit/s
+    written as Mbit/s)."""
     v = np.asarray(values, dtype=float)
     rows = np.nonzero(np.isfinite(v) & (v > MAX_LINK_MBPS))[0]
     if not len(rows):
         return []
     x = float(v[rows[0]])
     where = f"{column}" if scenario_key else f"column {column!r} {_rows_text(rows)}"
-    line = (
-        f"{path}: {where}: {x:g} Mbit/s is over 10 Gbit/s; "
-        f"likely unit slip: kbit/s written as Mbit/s ({x:g} kbit/s = {x / 1000:g} Mbit/s) "
-        "or bit/s"
-    )
+    slip = slip or (f"kbit/s written as Mbit/s ({x:g} kbit/s = {x / 1000:g} Mbit/s) "
+                    "or bit/s")
+    line = f"{path}: {where}: {x:g} Mbit/s is over 10 Gbit/s; likely unit slip: {slip}"
     warn(line)
     return [line]
 

@@ -53,9 +53,10 @@ def test_capacity_with_model_flops_converts_by_the_latency_model(files):
     np.testing.assert_allclose(table.ref_forward_s["cpu"], ms / 1000 * REFERENCE_FLOPS / fps,
                                rtol=1e-12)
     assert np.isnan(table.ref_forward_s["npu"]).all() and np.isnan(table.ref_forward_s["gpu"]).all()
+    # FedScale's kbit is bytes / 1024 x 8 = 1,024 bits
     kbps = np.array([1000.0, 2000.0, 3000.0, 1000.0])
-    np.testing.assert_array_equal(table.uplink_bps, kbps * 1000)
-    np.testing.assert_array_equal(table.downlink_bps, kbps * 1000)
+    np.testing.assert_array_equal(table.uplink_bps, kbps * 1024)
+    np.testing.assert_array_equal(table.downlink_bps, kbps * 1024)
     assert "client_device_capacity" in table.source and "kbit/s" in table.source
 
 
@@ -70,7 +71,7 @@ def test_capacity_uplink_only_keeps_downloads_free(files):
     cfg = _cfg(files, network=NetworkConfig(type="flash_wifi", uplink_only=True))
     table = synthesise_devices(cfg, 3, 0, files)
     assert np.isinf(table.downlink_bps).all()
-    np.testing.assert_array_equal(table.uplink_bps, [1e6, 2e6, 3e6])
+    np.testing.assert_array_equal(table.uplink_bps, [1_024_000, 2_048_000, 3_072_000])
 
 
 def test_capacity_file_validates_by_content(files, capsys):
@@ -102,12 +103,14 @@ def test_capacity_over_10_gbit_warns(tmp_path, capsys):
     from fleetsim.traces.fedscale_devices import load_device_capacity
 
     path = tmp_path / "cap.pkl"
-    path.write_bytes(pickle.dumps({1: {"computation": 3.0, "communication": 2.0e7},
+    path.write_bytes(pickle.dumps({1: {"computation": 3.0, "communication": 2.0e7 / 1.024},
                                    2: {"computation": 3.0, "communication": 800.0}}))
     load_device_capacity(path)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "column 'communication (kbit/s)' row 1: 20000 Mbit/s is over 10 Gbit/s" in err[0]
+    assert err[0] == (f"fleetsim: warning: {path}: column 'communication' row 1: 20000 Mbit/s "
+                      "is over 10 Gbit/s; likely unit slip: bit/s written as kbit/s (the "
+                      "field is kbit/s)")
 
 
 def test_behave_trace_models_map_onto_catalogue_phones(files, capsys):

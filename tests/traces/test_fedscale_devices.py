@@ -156,3 +156,23 @@ def test_build_model_codes_map_through_flash_aliases(tmp_path):
     assert match_names(["CPH1823"], small, loose=True) == {"CPH1823": None}
     # populations are matched exactly, as runs read them
     assert match_names(["CPH1823"], cat) == {"CPH1823": None}
+
+
+def test_capacity_reproduces_fedscales_own_completion_time(files):
+    """FedScale charges 3 x batch x C / 1000 s for one local step (forward + backward ~2x);
+    fleetsim's backprop unit for full fine-tuning of a model whose per-sample forward is
+    the given FLOPs is forward x (1 + 2): the same seconds."""
+    from fleetsim.traces.latency import unit_seconds
+    from fleetsim.workload import ModelFacts
+
+    seq, per_token = 32, 5.0e7
+    fps = seq * per_token
+    table = synthesise_devices(_cfg(files, device_capacity_flops_per_sample=fps), 3, 0, files)
+    batch = 20
+    facts = ModelFacts(name="fedscale-model", n_params=10_000_000,
+                       trainable_params=10_000_000, n_layers=4, hidden_size=256,
+                       flops_per_token=per_token, seq_len=seq, batch_size=batch)
+    got = unit_seconds(table, np.arange(3), np.array(["cpu"] * 3, dtype=object), facts,
+                       "backprop", 1.0)
+    np.testing.assert_allclose(got, 3 * batch * np.array([40.0, 80.0, 120.0]) / 1000,
+                               rtol=1e-12)

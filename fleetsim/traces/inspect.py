@@ -90,15 +90,17 @@ def analyse(
         if is_capacity_dict(safe_unpickle(path)):
             kind = "fedscale_capacity"
     if kind == "fedscale_capacity":
-        from fleetsim.traces.fedscale_devices import capacity_report, load_device_capacity
+        from fleetsim.traces.fedscale_devices import (
+            FEDSCALE_KBIT,
+            capacity_report,
+            load_device_capacity,
+        )
 
         if catalogue is not None:
             raise FleetsimInputError(
                 f"--catalogue: {path} is a FedScale client_device_capacity file, which names "
                 "no phone models (allowed: drop --catalogue)")
         summary = capacity_report(path)
-        from fleetsim.traces.fedscale_devices import FEDSCALE_KBIT
-
         _, _, comm = load_device_capacity(path)
         return TraceReport(kind, summary, bandwidth={"link": comm * FEDSCALE_KBIT / 1e6})
     if catalogue is not None and kind == "fedscale":
@@ -108,9 +110,7 @@ def analyse(
         rep.summary.update(fedscale_model_report(path, Path(catalogue)))
         return rep
     if catalogue is not None and kind is not None and kind != "population":
-        raise FleetsimInputError(
-            f"--catalogue: checks the phone models of a population or a FedScale "
-            f"client_behave_trace; {path} is a {kind} file (allowed: drop --catalogue)")
+        raise _catalogue_not_applicable(path, kind)
     if kind is not None and kind not in TABLE_KINDS:
         # Every availability format reports itself, through the same registry as runs.
         return _availability_report(kind, path, timezone)
@@ -122,6 +122,8 @@ def analyse(
         )
     df = read_table(path)
     kind = kind or _detect_table_kind(path, df)
+    if catalogue is not None and kind != "population":
+        raise _catalogue_not_applicable(path, kind)
     if kind not in TABLE_KINDS:  # an interval table found by its columns
         return _availability_report(kind, path, timezone)
     if kind == "catalogue":
@@ -170,6 +172,12 @@ def analyse(
         "median_uplink_mbps": float(np.median(up)),
     }
     return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
+
+
+def _catalogue_not_applicable(path: Path, kind: str) -> FleetsimInputError:
+    return FleetsimInputError(
+        f"--catalogue: checks the phone models of a population or a FedScale "
+        f"client_behave_trace; {path} is a {kind} file (allowed: drop --catalogue)")
 
 
 def _availability_report(kind: str, path: Path, timezone: str) -> TraceReport:

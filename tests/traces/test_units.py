@@ -235,3 +235,11 @@ def test_converter_reads_a_config_json(tmp_path, capsys):
     out.write_text(capsys.readouterr().out)
     got = pd.read_csv(out)["cpu_ref_forward_s"][0]
     assert got == pytest.approx(0.002 * REFERENCE_FLOPS / (2 * 32 * 176_640), rel=1e-12)
+
+
+def test_catalogue_flag_refused_for_a_catalogue_found_by_columns(tmp_path, capsys):
+    cat = tmp_path / "phones"  # no suffix: told by content, then by columns
+    cat.write_text("phone_model,ram_gb,cpu_ref_forward_s\nA,8,3\n")
+    assert main(["traces", "validate", str(cat), "--catalogue", str(cat)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{cat} is a catalogue file (allowed: drop --catalogue)" in err

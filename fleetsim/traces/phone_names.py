@@ -73,9 +73,10 @@ def unknown_names_error(
 ) -> FleetsimInputError:
     """One line: every unknown name, each with its did-you-mean."""
     listed = ", ".join(did_you_mean(n, catalogue) for n in unknown)
+    plural = "s" if len(unknown) > 1 else ""
     return FleetsimInputError(
-        f"{path}: {column}: {len(unknown)} phone model(s) not in the catalogue "
-        f"{Path(catalogue_path).name}: {listed} (allowed: the catalogue's {len(catalogue)} "
+        f"{path}: {column}: {len(unknown)} unknown phone model{plural} {listed}, not in the "
+        f"catalogue {Path(catalogue_path).name} (allowed: the catalogue's {len(catalogue)} "
         "phone models)"
     )
 

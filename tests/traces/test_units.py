@@ -195,9 +195,9 @@ def test_validate_population_against_catalogue(tmp_path, capsys):
     assert main(["traces", "validate", str(bad), "--catalogue", str(cat)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        f"fleetsim: error: {bad}: column 'phone_model': 2 phone model(s) not in the catalogue "
-        "cat.csv: 'Pixle 7' (did you mean 'Pixel 7'?), 'Nokia 3310' (no close catalogue "
-        "name) (allowed: the catalogue's 3 phone models)"
+        f"fleetsim: error: {bad}: column 'phone_model': 2 unknown phone models 'Pixle 7' "
+        "(did you mean 'Pixel 7'?), 'Nokia 3310' (no close catalogue name), not in the "
+        "catalogue cat.csv (allowed: the catalogue's 3 phone models)"
     ]
 
 

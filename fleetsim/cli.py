@@ -91,13 +91,26 @@ def _cmd_traces(args: argparse.Namespace) -> int:
 
     path = Path(args.path)
     if args.traces_command == "validate":
-        print(validate_trace_file(path, args.format, args.timezone))
+        catalogue = Path(args.catalogue) if args.catalogue else None
+        print(validate_trace_file(path, args.format, args.timezone, catalogue))
         return 0
     out_dir = Path(args.out) if args.out else Path(".")
     overlay = Path(args.overlay) if args.overlay else None
     table, png = inspect_trace_file(path, out_dir, args.format, args.timezone, overlay)
     print(table.to_string(index=False))
     print(f"figure: {png}")
+    return 0
+
+
+def _cmd_traces_catalogue(args: argparse.Namespace) -> int:
+    from fleetsim.traces.catalogue_row import append_row, catalogue_row, parse_latency
+
+    row = catalogue_row(args.phone, args.ram_gb, [parse_latency(t) for t in args.from_latency],
+                        args.batch, args.seq_len, args.model, args.flops_per_token, Path("."))
+    print(row.to_csv(index=False), end="")
+    if args.out:
+        append_row(Path(args.out), row)
+        print(f"written: {args.out}")
     return 0
 
 
@@ -188,12 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
                        "network_profiles (default: detected by suffix, else by content)")
         p.add_argument("--timezone", default="UTC", metavar="ZONE",
                        help="IANA zone for timestamps without one (default: UTC)")
+    tv.add_argument("--catalogue", metavar="FILE",
+                    help="check a population (phone_model,weight) or a FedScale "
+                    "client_behave_trace's phone models against this catalogue "
+                    "(default: the shipped one)")
     tv.set_defaults(func=_cmd_traces)
     ti.add_argument("--out", help="folder for the PNG (default: current folder)")
     ti.add_argument("--overlay", metavar="FILE",
                     help="another availability file (e.g. from `traces sample`): one PNG "
                     "overlaying window-length CDFs and online share by hour of day")
     ti.set_defaults(func=_cmd_traces)
+    tc = trs.add_parser(
+        "catalogue", help="a catalogue row (seconds per BERT-base forward at batch 8 x seq "
+        "128) from a forward latency measured on your own model")
+    tc.add_argument("--from-latency", action="append", required=True, metavar="[BACKEND=]S",
+                    help="seconds for one forward of --model at --batch x --seq-len on the "
+                    "phone; BACKEND cpu (default), gpu or npu; repeatable, cpu required")
+    tc.add_argument("--phone", required=True, help="the phone model's name (catalogue key)")
+    tc.add_argument("--ram-gb", type=float, required=True, help="the phone's RAM in GB")
+    tc.add_argument("--model", help="the measured model: bert-base, distilbert, "
+                    "all-minilm-l6-v2, smollm2-135m, or a config.json (or its folder)")
+    tc.add_argument("--flops-per-token", type=float,
+                    help="instead of --model: its forward FLOPs per token at --seq-len")
+    tc.add_argument("--batch", type=int, required=True, help="batch size of the measurement")
+    tc.add_argument("--seq-len", type=int, required=True,
+                    help="sequence length (tokens) of the measurement")
+    tc.add_argument("--out", metavar="FILE", help="catalogue CSV to write, or to append the "
+                    "row to when it exists")
+    tc.set_defaults(func=_cmd_traces_catalogue)
     ts = trs.add_parser("sample", help="write the windows a scenario's availability gives N "
                         "devices over H hours (CSV device_id,start_s,end_s)")
     ts.add_argument("scenario")

@@ -43,6 +43,14 @@ class AvailabilityConfig(BaseModel):
         "offline after its last window); a window ending after the period wraps around "
         "(0,82800,90000 with 86400 is online 23:00-01:00 every day).",
     )
+    replay: Literal["repeat", "resample_days"] = Field(
+        "repeat",
+        description="intervals, fedscale, flash, flash_windows: a fleet larger than the "
+        "trace's m devices replays them; repeat: fleet device i = trace device i mod m "
+        "(copies churn together: correlated churn); resample_days: devices 0..m-1 are the "
+        "trace devices, each further device replays a random trace device shifted by a "
+        "random whole number of days (streams availability/replay/*).",
+    )
     timezone: str = Field(
         "UTC",
         description="IANA time zone in which trace timestamps without a zone (FLASH "
@@ -186,8 +194,24 @@ class TracesConfig(BaseModel):
     )
     population: str = Field(
         "flash_1000",
-        description="flash_1000 | market_share_2024 | uniform | paper_fwdllm, or a path to a "
-        "CSV phone_model,weight.",
+        description="flash_1000 | market_share_2024 | uniform | paper_fwdllm | trace_models "
+        "(kind fedscale: each device is the catalogue phone its client_behave_trace client's "
+        "'model' names; unknown models drawn uniformly from the catalogue), or a path to a CSV "
+        "phone_model,weight.",
+    )
+    device_capacity: Optional[str] = Field(
+        None,
+        description="FedScale client_device_capacity pickle (client -> {computation: ms per "
+        "sample, communication: kbit/s}): replaces each device's CPU latency (GPU/NPU "
+        "absent) and its uplink and downlink; device i = client i mod m.",
+    )
+    device_capacity_flops_per_sample: Optional[float] = Field(
+        None,
+        gt=0,
+        description="device_capacity: forward FLOPs of one sample of the model FedScale's "
+        "computation was measured on (converts ms/sample by the latency model's scaling); "
+        "None: keep the clients' speed ratios, the median client as fast as the "
+        "population's median CPU.",
     )
     availability: AvailabilityConfig = Field(
         default_factory=AvailabilityConfig, description="When devices may work."

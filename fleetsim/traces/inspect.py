@@ -21,6 +21,7 @@ import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.files import refuse_special_file
+from fleetsim.traces.plausibility import check_link_mbps, check_median_window
 from fleetsim.traces.report import TraceReport
 from fleetsim.traces.tables import CATALOGUES, load_catalogue, load_population, read_table
 
@@ -45,7 +46,8 @@ def _detect_table_kind(path: Path, df: pd.DataFrame) -> str:
 
 
 #: device-table kinds ``traces validate|inspect --format`` accepts besides the registry's
-TABLE_KINDS = ("catalogue", "population", "network_distribution", "network_profiles")
+TABLE_KINDS = ("catalogue", "population", "network_distribution", "network_profiles",
+               "fedscale_capacity")
 
 
 def trace_file_kinds() -> list[str]:
@@ -55,14 +57,17 @@ def trace_file_kinds() -> list[str]:
     return [*file_formats(), *TABLE_KINDS]
 
 
-def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceReport:
+def analyse(
+    path: Path, fmt: str | None = None, timezone: str = "UTC", catalogue: Path | None = None
+) -> TraceReport:
     """Detect (or take ``fmt``), load and validate ``path``; raise FleetsimInputError if
-    malformed.  Zone-less timestamps are read in ``timezone`` (IANA name)."""
+    malformed.  Zone-less timestamps are read in ``timezone`` (IANA name).  A population
+    is checked against ``catalogue`` (default: the shipped one): every unknown phone model
+    in one error line (:mod:`fleetsim.traces.phone_names`)."""
     from fleetsim.traces.registry import (
         detect_format,
         file_formats,
         format_for_suffix,
-        get_format,
     )
     from fleetsim.traces.tables import TABLE_SUFFIXES, sniff_table
 
@@ -78,9 +83,37 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
     kind = fmt if fmt is not None else detect_format(path)
     if kind is None and not TABLE_SUFFIXES.get(path.suffix.lower()):
         kind = format_for_suffix(path)  # its loader then says what is wrong
+    if kind == "fedscale" and fmt is None:
+        from fleetsim.traces.fedscale_devices import is_capacity_dict
+        from fleetsim.traces.formats.fedscale import safe_unpickle
+
+        if is_capacity_dict(safe_unpickle(path)):
+            kind = "fedscale_capacity"
+    if kind == "fedscale_capacity":
+        from fleetsim.traces.fedscale_devices import (
+            FEDSCALE_KBIT,
+            capacity_report,
+            load_device_capacity,
+        )
+
+        if catalogue is not None:
+            raise FleetsimInputError(
+                f"--catalogue: {path} is a FedScale client_device_capacity file, which names "
+                "no phone models (allowed: drop --catalogue)")
+        summary = capacity_report(path)
+        _, _, comm = load_device_capacity(path)
+        return TraceReport(kind, summary, bandwidth={"link": comm * FEDSCALE_KBIT / 1e6})
+    if catalogue is not None and kind == "fedscale":
+        from fleetsim.traces.fedscale_devices import fedscale_model_report
+
+        rep = _availability_report(kind, path, timezone)
+        rep.summary.update(fedscale_model_report(path, Path(catalogue)))
+        return rep
+    if catalogue is not None and kind is not None and kind != "population":
+        raise _catalogue_not_applicable(path, kind)
     if kind is not None and kind not in TABLE_KINDS:
         # Every availability format reports itself, through the same registry as runs.
-        return get_format(kind).report(path, timezone)
+        return _availability_report(kind, path, timezone)
     if kind is None and not (TABLE_SUFFIXES.get(path.suffix.lower()) or sniff_table(path)):
         raise FleetsimInputError(
             f"{path}: cannot tell the trace format from the suffix {path.suffix!r} or the "
@@ -89,17 +122,24 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
         )
     df = read_table(path)
     kind = kind or _detect_table_kind(path, df)
+    if catalogue is not None and kind != "population":
+        raise _catalogue_not_applicable(path, kind)
     if kind not in TABLE_KINDS:  # an interval table found by its columns
-        return get_format(kind).report(path, timezone)
+        return _availability_report(kind, path, timezone)
     if kind == "catalogue":
         cat = load_catalogue(path)
         return _catalogue_report(cat)
     if kind == "population":
-        cat = load_catalogue(CATALOGUES["default"])
+        from fleetsim.traces.phone_names import check_population
+
+        cat_path = Path(catalogue) if catalogue is not None else CATALOGUES["default"]
+        cat = load_catalogue(refuse_special_file(cat_path, "--catalogue"))
+        counts = check_population(path, cat, cat_path)
         w = load_population(path, cat)
         top = np.argsort(w, kind="stable")[::-1][:5]
         summary = {
             "format": "population",
+            **counts,
             "phone_models": int((w > 0).sum()),
             "top": "; ".join(f"{cat['phone_model'][i]} {w[i]:.1%}" for i in top),
             "mean_ram_gb": float((w * cat["ram_gb"]).sum()),
@@ -120,8 +160,11 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
     from fleetsim.traces.tables import numeric_column, require_columns
 
     require_columns(df, path, ("downlink_mbps", "uplink_mbps"))
-    down = np.sort(numeric_column(df, path, "downlink_mbps", positive=True))
-    up = np.sort(numeric_column(df, path, "uplink_mbps", positive=True))
+    down = numeric_column(df, path, "downlink_mbps", positive=True)
+    up = numeric_column(df, path, "uplink_mbps", positive=True)
+    check_link_mbps(path, "downlink_mbps", down)
+    check_link_mbps(path, "uplink_mbps", up)
+    down, up = np.sort(down), np.sort(up)
     summary = {
         "format": "network_profiles",
         "users": int(len(df)),
@@ -129,6 +172,24 @@ def analyse(path: Path, fmt: str | None = None, timezone: str = "UTC") -> TraceR
         "median_uplink_mbps": float(np.median(up)),
     }
     return TraceReport(kind, summary, bandwidth={"downlink": down, "uplink": up})
+
+
+def _catalogue_not_applicable(path: Path, kind: str) -> FleetsimInputError:
+    return FleetsimInputError(
+        f"--catalogue: checks the phone models of a population or a FedScale "
+        f"client_behave_trace; {path} is a {kind} file (allowed: drop --catalogue)")
+
+
+def _availability_report(kind: str, path: Path, timezone: str) -> TraceReport:
+    """The format's own report, plus the median-window plausibility warning."""
+    from fleetsim.traces.fleet_builder import WINDOW_COLUMNS
+    from fleetsim.traces.registry import get_format
+
+    rep = get_format(kind).report(path, timezone)
+    med = rep.summary.get("median_window_s")
+    if med is not None and rep.summary.get("windows"):
+        check_median_window(path, WINDOW_COLUMNS.get(kind, "start/end times"), [0.0], [med])
+    return rep
 
 
 def _catalogue_report(cat: pd.DataFrame) -> TraceReport:
@@ -150,9 +211,12 @@ def _catalogue_report(cat: pd.DataFrame) -> TraceReport:
     return TraceReport("catalogue", summary, latency=lat)
 
 
-def validate_trace_file(path: Path, fmt: str | None = None, timezone: str = "UTC") -> str:
-    """One summary line; raises FleetsimInputError when the file is malformed."""
-    rep = analyse(Path(path), fmt, timezone)
+def validate_trace_file(
+    path: Path, fmt: str | None = None, timezone: str = "UTC", catalogue: Path | None = None
+) -> str:
+    """One summary line; raises FleetsimInputError when the file is malformed (a
+    population: also when a phone model is not in ``catalogue``)."""
+    rep = analyse(Path(path), fmt, timezone, catalogue)
     def show(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.0f}" if abs(v) >= 1000 and float(v).is_integer() else f"{v:.4g}"

@@ -24,6 +24,7 @@ import numpy as np
 from fleetsim.errors import FleetsimInputError
 from fleetsim.rng import stream
 from fleetsim.traces.config import NetworkConfig
+from fleetsim.traces.plausibility import check_link_mbps
 from fleetsim.traces.tables import NETWORK_TABLES, numeric_column, read_table, require_columns
 
 MBIT = 1e6
@@ -42,6 +43,8 @@ def load_quantile_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         raise FleetsimInputError(
             f"{path}: column 'quantile' must rise strictly within [0, 1] (allowed: 0..1)"
         )
+    check_link_mbps(path, "downlink_mbps", down)
+    check_link_mbps(path, "uplink_mbps", up)
     return q, down, up
 
 
@@ -52,6 +55,10 @@ def sample_network(
     n = int(n_devices)
     if cfg.type == "fixed":
         unit = MIBIT if cfg.mebibit else MBIT
+        check_link_mbps("scenario", "traces.network.uplink_mbps", [cfg.uplink_mbps], True)
+        if cfg.downlink_mbps is not None:
+            check_link_mbps(
+                "scenario", "traces.network.downlink_mbps", [cfg.downlink_mbps], True)
         up = np.full(n, float(cfg.uplink_mbps) * unit)
         down_rate = cfg.downlink_mbps if cfg.downlink_mbps is not None else cfg.uplink_mbps
         down = np.full(n, float(down_rate) * unit)

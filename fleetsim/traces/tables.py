@@ -24,7 +24,8 @@ POPULATIONS = {
     "flash_1000": DATA_DIR / "population" / "flash_1000.csv",
     "market_share_2024": DATA_DIR / "population" / "market_share_2024.csv",
 }
-BUILTIN_POPULATIONS = ("flash_1000", "market_share_2024", "uniform", "paper_fwdllm")
+BUILTIN_POPULATIONS = ("flash_1000", "market_share_2024", "uniform", "paper_fwdllm",
+                       "trace_models")
 NETWORK_TABLES = {
     "hsdpa_3g": DATA_DIR / "network" / "hsdpa_3g.csv",
     "5g_mmwave": DATA_DIR / "network" / "5g_mmwave.csv",
@@ -177,7 +178,14 @@ CATALOGUE_BACKENDS = BACKENDS
 
 def load_catalogue(path: Path) -> pd.DataFrame:
     """Validated catalogue: one row per phone model, latency columns per backend
-    (seconds per reference forward, NaN = backend absent), ``ram_gb``."""
+    (seconds per reference forward, NaN = backend absent), ``ram_gb``.
+
+    The unit of ``<backend>_ref_forward_s``: seconds for ONE forward pass of BERT-base
+    (110M parameters, 12 layers, width 768) at batch 8 x sequence length 128 on that
+    phone and backend (:data:`fleetsim.traces.latency.REFERENCE_FLOPS`); a latency
+    measured on another model converts with :mod:`fleetsim.traces.catalogue_row`.  A
+    value over 60 s gets a warning naming the likely unit slip
+    (:mod:`fleetsim.traces.plausibility`)."""
     path = Path(path)
     df = read_table(path)
     require_columns(df, path, CATALOGUE_REQUIRED)
@@ -200,6 +208,10 @@ def load_catalogue(path: Path) -> pd.DataFrame:
             if col in df.columns
             else np.nan
         )
+    from fleetsim.traces.plausibility import check_forward_seconds
+
+    for b in ("cpu", "gpu", "npu"):
+        check_forward_seconds(path, f"{b}_ref_forward_s", out[f"{b}_ref_forward_s"])
     for extra in ("vendor", "soc", "year", "latency_method", "source"):
         out[extra] = df[extra].to_numpy() if extra in df.columns else ""
     return out.reset_index(drop=True)

@@ -172,7 +172,9 @@ def intervals_to_trace(
     total = int(offsets[-1])
     # ragged arange: the j-th window of fleet device i is window first[td[i]] + j
     pos = np.repeat(first[td] - offsets[:-1], lens) + np.arange(total)
-    return IntervalAvailability(offsets, start[pos], end[pos], period_s=period_s, label=label)
+    trace = IntervalAvailability(offsets, start[pos], end[pos], period_s=period_s, label=label)
+    trace.trace_devices = m  # fleet device i replays trace device i mod m (traces/replay.py)
+    return trace
 
 
 def merge_windows(

@@ -81,7 +81,10 @@ def measured_model(
         f"({how}; period {m.span_days} d; gaps <= {m.merge_gap_s:g} s merged; "
         f"Wi-Fi share {wifi_share:g})"
     )
-    return periodic_windows(owner, start, end, n, m.period_s, label)
+    trace = periodic_windows(owner, start, end, n, m.period_s, label)
+    if not resample:  # device i replays user i mod m (traces/replay.py)
+        trace.trace_devices = m.num_users
+    return trace
 
 
 def load_measured(

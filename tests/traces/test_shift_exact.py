@@ -6,7 +6,7 @@ next to them included, for random windows, periods and start offsets."""
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from fleetsim.fleet.window_cursor import AvailabilityCursor
@@ -97,6 +97,8 @@ def _boundary_instants(trace: IntervalAvailability, off: float, draw_extra) -> l
                                              max_size=8))
 def test_cursor_and_is_available_agree_at_random_instants(data, extra) -> None:
     inner, off = data
+    note(f"offsets={inner.offsets.tolist()} starts={inner.starts.tolist()} "
+         f"ends={inner.ends.tolist()} period={inner.period_s!r} offset={off!r}")
     trace = StartShifted(inner, off) if off else inner
     ids = np.arange(trace.num_devices)
     times = _boundary_instants(inner, off, extra)
@@ -123,3 +125,22 @@ def test_cursor_and_is_available_agree_at_random_instants(data, extra) -> None:
                 assert trace.is_available(ids[d:d + 1], float(start[d]))[0]
                 assert not trace.is_available(
                     ids[d:d + 1], float(np.nextafter(start[d], -np.inf)))[0]
+
+
+def test_window_ending_at_the_period_end_never_overruns_the_next_period() -> None:
+    # ends[j] + 12 * P rounds one ulp above 13 * P (P = 3333.3): the window must end at
+    # 13 * P as computed where the next period starts, else the double before the reported
+    # end reads as offline while the cursor holds the device online (found by hypothesis)
+    p = 3333.3
+    trace = IntervalAvailability(np.array([0, 2]), np.array([1.0, 7.0]),
+                                 np.array([2.0, p]), period_s=p)
+    ids = np.array([0])
+    assert 3333.3 + 12 * p > 13.0 * p  # the rounding this guards against
+    end = trace.window_end(ids, 40007.0)[0]
+    assert end == 13.0 * p
+    assert trace.is_available(ids, float(np.nextafter(end, -np.inf)))[0]
+    assert not trace.is_available(ids, end)[0]
+    shifted = StartShifted(trace, 32400.0)
+    end = shifted.window_end(ids, 7607.0)[0]
+    assert shifted.is_available(ids, float(np.nextafter(end, -np.inf)))[0]
+    assert not shifted.is_available(ids, end)[0]

@@ -106,7 +106,7 @@ class IntervalsFormat(TraceFormat):
         rep = availability_report("intervals", trace, float(end.max()))
         rep.summary.update(
             trace_devices=len(ids), non_integer_ids=sum(not isinstance(i, int) for i in ids),
-            id_order="integer ids numerically, then other ids in string order",
+            id_order="integer ids numerically then other ids in string order",
         )
         return rep
 

@@ -332,7 +332,9 @@ class StepServer:
         self, device_id: int, units: int, step: Optional[int] = None
     ) -> tuple[int, ...]:
         """The next ``units`` perturbation indices of ``device_id`` for ``step`` (default:
-        the current step); variance repeats of a step get fresh indices."""
+        the current step); variance repeats of a step get fresh indices.  Counters of steps
+        more than ``protocol.commit.max_staleness`` behind the current step are released;
+        asking for such a step raises ValueError (its work is dropped as stale first)."""
         s = self.step if step is None else int(step)
         # Work of a step more than max_staleness steps old is dropped before it gets here
         # (to_work), so that step's counters can never be asked again: forget them, so

@@ -135,3 +135,11 @@ def test_fedscale_quirks_load_as_fedscale_reads_them(tmp_path, capsys):
     for key, n in counts.items():
         assert f"{key}={n}" in out, (key, out)
     assert "clients=5" in out
+
+
+def test_negative_and_fractional_ids_are_ids(tmp_path):
+    # once refused; real ids may be signed hashes: -1 and 3 numerically, then "0.5"
+    p = tmp_path / "ids.csv"
+    p.write_text("device_id,start_s,end_s\n0.5,0,10\n3,0,20\n-1,0,30\n")
+    trace = load_intervals(p, 3)
+    assert trace.window_end(np.arange(3), 0.0).tolist() == [30.0, 20.0, 10.0]

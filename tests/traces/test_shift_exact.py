@@ -100,8 +100,13 @@ def test_cursor_and_is_available_agree_at_random_instants(data, extra) -> None:
     note(f"offsets={inner.offsets.tolist()} starts={inner.starts.tolist()} "
          f"ends={inner.ends.tolist()} period={inner.period_s!r} offset={off!r}")
     trace = StartShifted(inner, off) if off else inner
+    _check_agreement(trace, _boundary_instants(inner, off, extra))
+
+
+def _check_agreement(trace, times: list[float]) -> None:
+    """The walking cursor, fresh cursors, window_end and next_start all agree with
+    is_available at every instant of ``times`` (sorted)."""
     ids = np.arange(trace.num_devices)
-    times = _boundary_instants(inner, off, extra)
     walking = AvailabilityCursor(trace)  # one cursor on the monotone clock, as a run uses
     for t in times:
         truth = trace.is_available(ids, t)
@@ -125,6 +130,26 @@ def test_cursor_and_is_available_agree_at_random_instants(data, extra) -> None:
                 assert trace.is_available(ids[d:d + 1], float(start[d]))[0]
                 assert not trace.is_available(
                     ids[d:d + 1], float(np.nextafter(start[d], -np.inf)))[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(offsets=st.lists(st.floats(0.0, 86400.0), min_size=1, max_size=4),
+       durations=st.lists(st.floats(0.001, 86000.0), min_size=4, max_size=4),
+       period=st.sampled_from([86400.0, 3333.3 * 26, 7 * 86400.0]),
+       off=st.sampled_from([3 * HOUR, 9 * HOUR, 15 * HOUR, 21 * HOUR, 12345.678]),
+       extra=st.lists(st.floats(0.0, 2e6, allow_nan=False), max_size=6))
+def test_diurnal_model_agrees_under_shifts(offsets, durations, period, off, extra) -> None:
+    from fleetsim.traces.formats.diurnal_model import DiurnalAvailability
+
+    inner = DiurnalAvailability(np.array(offsets), np.array(durations[:len(offsets)]), period)
+    trace = StartShifted(inner, off)
+    times = list(extra)
+    for a, dur in zip(inner.offset_s, inner.duration_s):
+        for k in range(3):
+            for edge in (a + k * period, a + k * period + dur):
+                x = float(first_instant_reaching(np.array([edge]), off)[0])
+                times += [x, float(np.nextafter(x, -np.inf)), float(edge - off)]
+    _check_agreement(trace, sorted(v for v in set(times) if v >= 0))
 
 
 def test_window_ending_at_the_period_end_never_overruns_the_next_period() -> None:

@@ -447,6 +447,12 @@ def run_loaded(
         stopped_by = "max_sim_hours"
     else:
         stopped_by = server.stop_reason()
+        if stopped_by == "no_devices_online" and env.now < horizon_s:
+            # The server proved nobody eligible comes online before the horizon: the run
+            # covered the time up to it, as one stopped by the horizon does (issue 22 kind 7).
+            env.run(until=horizon_s)
+            _finish_instant(env, process, horizon_s)
+            end = float(env.now)
     # Work still out when a stop rule fired is recorded as unfinished (never committed) and
     # charged up to now, so the device totals cover exactly [0, end].
     unfinished = fleet.stop_in_flight()

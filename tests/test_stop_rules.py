@@ -222,6 +222,28 @@ def test_nobody_online_before_the_horizon_says_so(tmp_path, capsys):
     assert summary["stopped_by"] == "no_devices_online"
     assert summary["steps"] == 0 and len(steps) == 0
     assert not (events["kind"] == "assign").any()
+    # It covered the simulated time up to the horizon, as a run the horizon stops does.
+    assert summary["simulated_seconds"] == 24 * 3600.0
+    assert events["time_s"].max() == 24 * 3600.0
+
+
+def test_nobody_online_after_some_steps_covers_the_horizon(tmp_path):
+    windows = tmp_path / "early.csv"
+    # Every device is online for the first 40 minutes only (no period): steps commit, then
+    # the server finds nobody will come online again before the 24 h horizon.
+    windows.write_text("device_id,start_s,end_s\n" + "".join(
+        f"{d},0,2400\n" for d in range(4)))
+    scenario = slow_uplink(tmp_path, hours=24.0,
+                           availability=f"{{kind: intervals, path: {windows}}}")
+    out = tmp_path / "out"
+    assert main(["run", str(scenario), "--out", str(out), "--no-progress"]) == 0
+    summary, steps, events, devices = read_run(out)
+    assert summary["stopped_by"] == "no_devices_online" and summary["steps"] > 0
+    assert summary["simulated_seconds"] == 24 * 3600.0
+    assert summary["simulated_hours"] == 24.0
+    assert_devices_cover(devices, 24 * 3600.0)
+    # online the first 40 minutes of the 24 hours each
+    assert np.allclose(devices["offline_s"], 24 * 3600.0 - 2400.0)
 
 
 # ------------------------------------------------------------------ non-finite models (kind 3)

@@ -91,7 +91,8 @@ class StepServer:
         self.stopped_at_target = False  # finished() returned True for run.stop_at_target
         # (device, step, pending dispatch event) carried past a commit
         self._carried: list[tuple[int, int, Any]] = []
-        self._next_k: dict[tuple[int, int], int] = {}  # (step, device) -> next perturbation index
+        # step -> device -> next perturbation index (steps that can still receive work)
+        self._next_k: dict[int, dict[int, int]] = {}
         self.history: list[tuple[float, int]] = []
         self._refused: set[int] = set()  # devices whose memory refusal was logged
         self._eligible: Optional[np.ndarray] = None
@@ -388,10 +389,23 @@ class StepServer:
         self, device_id: int, units: int, step: Optional[int] = None
     ) -> tuple[int, ...]:
         """The next ``units`` perturbation indices of ``device_id`` for ``step`` (default:
-        the current step); variance repeats of a step get fresh indices."""
-        key = (self.step if step is None else int(step), int(device_id))
-        k0 = self._next_k.get(key, 0)
-        self._next_k[key] = k0 + int(units)
+        the current step); variance repeats of a step get fresh indices.  Counters of steps
+        more than ``protocol.commit.max_staleness`` behind the current step are released;
+        asking for such a step raises ValueError (its work is dropped as stale first)."""
+        s = self.step if step is None else int(step)
+        # Work of a step more than max_staleness steps old is dropped before it gets here
+        # (to_work), so that step's counters can never be asked again: forget them, so
+        # this state stays bounded by max_staleness + 1 steps' devices over a long run.
+        floor = self.step - int(self.cfg.commit.max_staleness)
+        if s < floor:
+            raise ValueError(f"perturbation indices of step {s} asked at step {self.step}: "
+                             "older than protocol.commit.max_staleness, its work is dropped")
+        if self._next_k and min(self._next_k) < floor:
+            for old in [k for k in self._next_k if k < floor]:
+                del self._next_k[old]
+        per_device = self._next_k.setdefault(s, {})
+        k0 = per_device.get(int(device_id), 0)
+        per_device[int(device_id)] = k0 + int(units)
         return tuple(range(k0, k0 + int(units)))
 
     # ------------------------------------------------------------------ one step

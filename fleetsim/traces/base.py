@@ -204,6 +204,9 @@ class IntervalAvailability(AvailabilityTrace):
             whole = starts_at_zero & (self.ends[first] >= p)
             cont = online & starts_at_zero & (self.ends[safe] >= p)
             k_next = np.round(shift / p) + 1.0
+            # ends[j] + k*P may round one ulp past (k+1)*P, where _period_index already
+            # reads the next period: the window ends at the period's end as computed there.
+            end = np.minimum(end, k_next * p)
             end = np.where(cont, self.ends[first] + k_next * p, end)
             end = np.where(online & whole, np.inf, end)
         return np.where(online, end, float(t))

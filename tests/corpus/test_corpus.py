@@ -47,11 +47,13 @@ TRACE_EXPECTATIONS: dict[str, str] = {
     "flash_not_an_object.json": "expected a non-empty JSON object",
     "flash_truncated.json": "not valid JSON",
     "intervals_end_before_start.csv": "end_s 5 <= start_s 10",
-    "intervals_fractional_device.csv": "column 'device_id' row 1: 0.5 is not an integer",
+    # any device id is accepted (issue 22 kind 6: hashes, user names, 0.5, -1); a missing or
+    # blank one is not
+    "intervals_missing_device.csv": "column 'device_id' row 2: value is missing",
+    "intervals_blank_device.csv": "column 'device_id' row 2: the id is blank",
     "intervals_header_only.csv": "header but no rows",
     "intervals_infinite_end.csv": "column 'end_s' row 1: value is infinite",
     "intervals_missing_value.csv": "column 'start_s' row 1: value is missing",
-    "intervals_negative_device.csv": "column 'device_id' row 1: -1 is not allowed",
     "intervals_negative_start.csv": "column 'start_s' row 1: -5 is not allowed",
     "intervals_overlapping.csv": "overlapping intervals [0, 10) and [5, 15)",
     "intervals_text_in_number.csv": "column 'start_s' row 1: 'soon' is not a number",

@@ -73,11 +73,19 @@ def test_intervals_non_numeric(tmp_path):
     assert _message(load_intervals, p, 4) == f"{p}: column 'start_s' row 1: 'abc' is not a number"
 
 
-def test_intervals_non_integer_device(tmp_path):
-    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0.5,1,9\n")
+def test_intervals_non_integer_device_is_an_id(tmp_path):
+    # issue 22 kind 6: any device id is accepted (0.5 is the id "0.5", after integer ids)
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n0.5,1,9\n3,2,4\n")
+    trace = load_intervals(p, 2)
+    assert trace.window_end(np.arange(2), 2.5).tolist() == [4.0, 9.0]
+
+
+def test_intervals_blank_or_missing_device(tmp_path):
+    p = _write(tmp_path, "a.csv", "device_id,start_s,end_s\n3,1,9\n,2,4\n")
+    assert _message(load_intervals, p, 4) == f"{p}: column 'device_id' row 2: value is missing"
+    p = _write(tmp_path, "b.csv", "device_id,start_s,end_s\ndev0,1,9\n  ,2,4\n")
     assert _message(load_intervals, p, 4) == (
-        f"{p}: column 'device_id' row 1: 0.5 is not an integer (allowed: integers >= 0)"
-    )
+        f"{p}: column 'device_id' row 2: the id is blank (allowed: any non-empty id)")
 
 
 def test_empty_file(tmp_path):

@@ -3,8 +3,9 @@ merge, time zones, intervals to a CSR trace.
 
 Trace ids are put in ONE order in every format (:func:`trace_id_order`): ids that are
 integers (``7``, ``"10"``) in numeric order, so ``"9"`` comes before ``"10"``, then any
-other ids in string order.  Trace devices are assigned to fleet devices cyclically: fleet
-device ``i`` uses the ``(i mod m)``-th trace device.
+other ids (hashes, user names: ``"dev0"``) in string order — sorted, never the order of
+first appearance, so a file's row order changes nothing.  Trace devices are assigned to
+fleet devices cyclically: fleet device ``i`` uses the ``(i mod m)``-th trace device.
 
 Windows of a repeating trace that cross the period boundary wrap around
 (:func:`wrap_windows`, :func:`periodic_windows`): ``[82800, 90000)`` with a period of
@@ -104,6 +105,7 @@ def wrap_windows(
     period_s: np.ndarray | float,
     key: str,
     what: str = "window",
+    names: list[object] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows of a repeating trace folded into one period ``[0, P)``.
 
@@ -116,16 +118,20 @@ def wrap_windows(
     A wrapped piece that overlaps or touches another window of the device joins it
     (the union: the README's ``0,0,3600`` plus ``0,82800,90000`` is online 23:00-01:00).
 
-    Raises FleetsimInputError, naming ``path`` and ``key``, for a window starting at
-    or after its period or longer than one period.  Returns (device, start, end)
-    sorted by device then start, overlapping or touching windows merged.
+    Raises FleetsimInputError, naming ``path``, ``key`` and the device (``names[device]``
+    when given), for a window starting at or after its period or longer than one period.
+    Returns (device, start, end) sorted by device then start, overlapping or touching
+    windows merged.
     """
     period = np.broadcast_to(np.asarray(period_s, dtype=np.float64), start.shape)
+
+    def name(d) -> object:
+        return names[int(d)] if names is not None else d
     late = start >= period
     if late.any():
         i = int(np.nonzero(late)[0][0])
         raise FleetsimInputError(
-            f"{path}: {what} {i + 1} (device {device[i]}): start {start[i]:g} is not inside "
+            f"{path}: {what} {i + 1} (device {name(device[i])}): start {start[i]:g} is not inside "
             f"the period {key} = {period[i]:g} (allowed: 0 <= start < period; a window may "
             "end after the period and then wraps around to the period's start)"
         )
@@ -133,7 +139,7 @@ def wrap_windows(
     if long.any():
         i = int(np.nonzero(long)[0][0])
         raise FleetsimInputError(
-            f"{path}: {what} {i + 1} (device {device[i]}): [{start[i]:g}, {end[i]:g}) is "
+            f"{path}: {what} {i + 1} (device {name(device[i])}): [{start[i]:g}, {end[i]:g}) is "
             f"longer than the period {key} = {period[i]:g} (allowed: at most one period)"
         )
     cross = end > period
@@ -221,15 +227,46 @@ def periodic_windows(
     return IntervalAvailability(offsets, ss, ee, period_s=p, label=label)
 
 
+def trace_ids(path: Path, values: pd.Series, column: str) -> tuple[list[object], np.ndarray]:
+    """A column of trace-device ids (any ids: integers, hashes, user names) as
+    ``(ids, index)``: ``ids`` the distinct ids in :func:`trace_id_order`, ``index[r]`` the
+    position of row r's id in it.  An id that is an integer or a string of one is that
+    integer (``7``, ``"7"``, ``" 07 "`` and ``7.0`` name one device); any other id is its
+    text, stripped.  Raises FleetsimInputError for a missing or blank id, naming the row."""
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    if (codes < 0).any():
+        i = int(np.nonzero(codes < 0)[0][0])
+        raise FleetsimInputError(f"{path}: column {column!r} row {i + 1}: value is missing")
+    keys: list[object] = []
+    for value in uniques.tolist():
+        n = _numeric_id(value)
+        keys.append(n if n is not None else str(value).strip())
+    blank = [j for j, k in enumerate(keys) if k == ""]
+    if blank:
+        i = int(np.nonzero(codes == blank[0])[0][0])
+        raise FleetsimInputError(
+            f"{path}: column {column!r} row {i + 1}: the id is blank (allowed: any non-empty id)")
+    ordered = trace_id_order(set(keys))
+    rank = {k: r for r, k in enumerate(ordered)}
+    to_rank = np.array([rank[k] for k in keys], dtype=np.int64)
+    return ordered, to_rank[codes]
+
+
 def validate_intervals(
-    path: Path, device: np.ndarray, start: np.ndarray, end: np.ndarray, what: str = "row"
+    path: Path, device: np.ndarray, start: np.ndarray, end: np.ndarray, what: str = "row",
+    names: list[object] | None = None,
 ) -> None:
-    """Reversed/empty and overlapping intervals raise with the device and times named."""
+    """Reversed/empty and overlapping intervals raise with the device and times named
+    (``names[device]`` when given: the trace's own ids)."""
+
+    def name(d) -> object:
+        return names[int(d)] if names is not None else int(d)
+
     bad = end <= start
     if bad.any():
         i = int(np.nonzero(bad)[0][0])
         raise FleetsimInputError(
-            f"{path}: {what} {i + 1}: interval of device {int(device[i])} has end_s "
+            f"{path}: {what} {i + 1}: interval of device {name(device[i])} has end_s "
             f"{end[i]:g} <= start_s {start[i]:g} (allowed: end_s > start_s)"
         )
     order = np.lexsort((start, device))
@@ -239,6 +276,6 @@ def validate_intervals(
     if overlap.any():
         j = int(np.nonzero(overlap)[0][0])
         raise FleetsimInputError(
-            f"{path}: device {int(d[j])} has overlapping intervals [{s[j]:g}, {e[j]:g}) and "
+            f"{path}: device {name(d[j])} has overlapping intervals [{s[j]:g}, {e[j]:g}) and "
             f"[{s[j + 1]:g}, {e[j + 1]:g}) (allowed: sorted, non-overlapping per device)"
         )

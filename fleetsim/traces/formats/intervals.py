@@ -1,6 +1,9 @@
 """Plain interval tables (``kind: intervals``): CSV/TSV/Parquet ``device_id,start_s,end_s``,
 half-open ``[start, end)`` seconds, non-overlapping per device (touching windows merge);
-an optional ``period_s`` repeats them (windows crossing the period wrap around)."""
+an optional ``period_s`` repeats them (windows crossing the period wrap around).
+``device_id`` may be any id (integers, hashes, user names); trace devices are numbered in
+:func:`~fleetsim.traces.formats.common.trace_id_order` (integer ids numerically, then the
+other ids in string order)."""
 
 from __future__ import annotations
 
@@ -8,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.formats.base import TraceFormat, read_head
 from fleetsim.traces.formats.common import (
     intervals_to_trace,
     merge_touching,
+    trace_ids,
     validate_intervals,
     wrap_windows,
 )
@@ -25,22 +28,27 @@ from fleetsim.traces.tables import (
 )
 
 
-def load_interval_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validated (device, start, end) arrays from a CSV/Parquet interval file."""
+def read_interval_table(
+    path: Path,
+) -> tuple[list[object], np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, device, start, end)`` of a CSV/TSV/Parquet interval file, validated: ``ids``
+    the distinct trace-device ids in :func:`~fleetsim.traces.formats.common.trace_id_order`
+    (any ids: integers, hashes, user names), ``device`` each row's index into ``ids``."""
     path = Path(path)
     df = read_table(path)
     require_columns(df, path, ("device_id", "start_s", "end_s"))
-    dev = numeric_column(df, path, "device_id", non_negative=True)
-    if np.any(dev != np.floor(dev)):
-        i = int(np.nonzero(dev != np.floor(dev))[0][0])
-        raise FleetsimInputError(
-            f"{path}: column 'device_id' row {i + 1}: {dev[i]:g} is not an integer "
-            "(allowed: integers >= 0)"
-        )
+    ids, dev = trace_ids(path, df["device_id"], "device_id")
     start = numeric_column(df, path, "start_s", non_negative=True)
     end = numeric_column(df, path, "end_s", non_negative=True)
-    validate_intervals(path, dev, start, end)
-    return dev.astype(np.int64), start, end
+    validate_intervals(path, dev, start, end, names=ids)
+    return ids, dev, start, end
+
+
+def load_interval_table(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated (device, start, end) arrays from a CSV/Parquet interval file; ``device``
+    numbers the trace devices 0..m-1 in trace-id order (:func:`read_interval_table`)."""
+    _, dev, start, end = read_interval_table(path)
+    return dev, start, end
 
 
 def load_intervals(
@@ -51,16 +59,16 @@ def load_intervals(
     period boundary wraps around (:func:`wrap_windows`).  Trace device ids are numbered
     in numeric order (:func:`trace_id_order`), devices mapped cyclically."""
     path = Path(path)
-    dev, start, end = load_interval_table(path)
+    ids, dev, start, end = read_interval_table(path)
     if period_s is not None:
         dev, start, end = wrap_windows(
-            path, dev, start, end, float(period_s), "traces.availability.period_s", "row"
+            path, dev, start, end, float(period_s), "traces.availability.period_s", "row",
+            names=ids,
         )
     else:
         dev, start, end = merge_touching(dev, start, end)
-    uniq, dense = np.unique(dev, return_inverse=True)
-    label = f"trace: intervals {path.name} ({len(uniq)} trace devices)"
-    return intervals_to_trace(dense, start, end, n_devices, period_s, label, len(uniq))
+    label = f"trace: intervals {path.name} ({len(ids)} trace devices)"
+    return intervals_to_trace(dev, start, end, n_devices, period_s, label, len(ids))
 
 
 class IntervalsFormat(TraceFormat):
@@ -93,11 +101,14 @@ class IntervalsFormat(TraceFormat):
 
     def report(self, path, timezone="UTC"):
         """Every device of the file, over the file's own span."""
-        dev, start, end = load_interval_table(path)
-        uniq, dense = np.unique(dev, return_inverse=True)
-        trace = intervals_to_trace(dense, start, end, len(uniq), None, Path(path).name,
-                                   len(uniq))
-        return availability_report("intervals", trace, float(end.max()))
+        ids, dev, start, end = read_interval_table(path)
+        trace = intervals_to_trace(dev, start, end, len(ids), None, Path(path).name, len(ids))
+        rep = availability_report("intervals", trace, float(end.max()))
+        rep.summary.update(
+            trace_devices=len(ids), non_integer_ids=sum(not isinstance(i, int) for i in ids),
+            id_order="integer ids numerically then other ids in string order",
+        )
+        return rep
 
     def load(self, path, n_devices, seed, horizon_s):
         return load_intervals(Path(path), n_devices)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
+
 from fleetsim.numerics.base import (
     EvalResult,
     GradientWork,
@@ -48,9 +50,13 @@ class SystemsOnlyEngine(NumericsEngine):
         devices = {w.device_id for w in work if w.perturbations}
         if previous is not None:
             n += previous.n_perturbations
-            devices |= set(previous.extra.get("devices", []))
+            devices |= set(previous.extra.get("devices", np.empty(0, np.int64)).tolist())
         estimate = self._nan(step, n, len(devices))
-        estimate.extra["devices"] = sorted(devices)
+        # An array, not a list: the resume journal keeps only plain scalars and lists of an
+        # estimate, so a long run's journal does not grow by a device list per step (the
+        # list is needed only across the variance repeats of one step, never past a commit,
+        # where checkpoints are taken).
+        estimate.extra["devices"] = np.fromiter(sorted(devices), dtype=np.int64)
         return estimate
 
     def backprop_gradient(self, step: int, work: list[GradientWork]) -> StepEstimate:

@@ -34,7 +34,7 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, did_you_mean
 from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 KeyPath = tuple[str, ...]
@@ -215,7 +215,8 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; allowed keys: {ALLOWED_KEYS}"
+            hint = did_you_mean(loc[-1], ALLOWED_KEYS.split(", ")) if len(loc) == 1 else ""
+            msg = f"unknown key{hint}; allowed keys: {ALLOWED_KEYS}"
         elif err["type"] == "missing":
             msg = "required key is missing"
         else:

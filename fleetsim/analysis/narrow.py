@@ -25,8 +25,8 @@ _TTA_MEDIAN = re.compile(r"^tta_(.+)_median_h$")
 
 
 def read_comparison(path: Path) -> pd.DataFrame:
-    """``comparison.csv`` as written (floats read back exactly: ``round_trip``)."""
-    return pd.read_csv(path, float_precision="round_trip")
+    """``comparison.csv`` as written (pandas reads floats back exactly)."""
+    return pd.read_csv(path)
 
 
 def targets_of(table: pd.DataFrame) -> list[str]:

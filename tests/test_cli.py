@@ -209,6 +209,17 @@ def test_range_error_in_a_file_names_file_line_key_and_unit(tmp_path) -> None:
                                  "most 8,784 h (one year) (got 10000)")
 
 
+@pytest.mark.parametrize("line, message", [
+    ("run_timeout_s: 0", "run_timeout_s: must be more than 0 s (got 0)"),
+    ("max_parallel: 0", "max_parallel: must be at least 1 run (got 0)"),
+])
+def test_sweep_file_range_errors_have_units(tmp_path, capsys, line, message) -> None:
+    _write(tmp_path, MINIMAL, "base.yaml")
+    sweep = _write(tmp_path, f"base: base.yaml\n{line}\n", "sweep.yaml")
+    assert main(["sweep", str(sweep), "--dry-run"]) == 2
+    assert _error_line(capsys) == f"fleetsim: error: {sweep}:2: {message}"
+
+
 def test_units_of_bounded_keys() -> None:
     assert unit_of(("run", "max_sim_hours")) == "h"
     assert unit_of(("traces", "availability", "merge_gap_s")) == "s"

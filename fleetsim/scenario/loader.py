@@ -182,7 +182,7 @@ def _unwrap_model(ann: Any) -> Optional[type[BaseModel]]:
 
 
 #: pydantic's error types of a numeric bound (``Field(ge=..., le=...)``)
-_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 #: The unit of each bounded scenario key: by the key's name ending (``_s`` seconds, ...),
 #: else by the key itself; ``None``: a plain number (a factor, a share, a rank).
@@ -220,6 +220,9 @@ _UNIT_BY_KEY: dict[KeyPath, str] = {
     ("policy", "budget", "initial"): "perturbations",
     ("policy", "budget", "maximum"): "perturbations",
     ("output", "checkpoint_every_steps"): "steps",
+    # sweep file keys (fleetsim.sweep.config: top-level, so no scenario key is one)
+    ("max_parallel",): "runs",
+    ("torch_threads_per_task",): "threads",
 }
 #: What a bound stands for, where it is a unit of its own: (key, bound) -> words.
 _BOUND_NOTES: dict[tuple[KeyPath, float], str] = {
@@ -303,7 +306,7 @@ def format_validation_error(
             msg = f"unknown key{hint}; allowed keys here: {allowed}"
         elif kind == "missing":
             msg = "required key is missing"
-        elif kind in _RANGE_ERRORS and _field_at(loc) is not None:
+        elif kind in RANGE_ERRORS and _field_at(loc) is not None:
             msg = range_message(loc, _field_at(loc))
             value = err.get("input")
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -35,6 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetsim.errors import FleetsimInputError, did_you_mean
+from fleetsim.scenario.loader import RANGE_ERRORS, range_message
 from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 KeyPath = tuple[str, ...]
@@ -219,6 +220,11 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
             msg = f"unknown key{hint}; allowed keys: {ALLOWED_KEYS}"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] in RANGE_ERRORS and len(loc) == 1 and loc[0] in SweepConfig.model_fields:
+            # the bound with its unit, as a scenario key's (run_timeout_s: seconds)
+            msg = range_message(loc, SweepConfig.model_fields[loc[0]])
+            if isinstance(err.get("input"), (int, float)):
+                msg += f" (got {err['input']!r})"
         else:
             msg = err["msg"]
             if "input" in err and err["type"] not in ("model_type", "dict_type"):

@@ -163,6 +163,24 @@ def test_unknown_section_and_name_get_did_you_mean(tmp_path, capsys) -> None:
             "allowed: ") in _error_line(capsys)
 
 
+def test_misspelt_choice_and_name_given_with_set(tmp_path, capsys) -> None:
+    path = _write(tmp_path, MINIMAL)
+    assert main(["validate", str(path), "--set", "policy.cohort=fastest"]) == 2
+    assert _error_line(capsys) == (
+        "fleetsim: error: --set policy.cohort: Input should be 'random', 'availability_aware' "
+        "or 'fastest_first' (got 'fastest') (did you mean 'fastest_first'?)")
+    # "--set KEY" names the key once
+    assert main(["validate", str(path), "--set", "protocol.name=fwdlm"]) == 2
+    assert _error_line(capsys).startswith(
+        "fleetsim: error: --set protocol.name: unknown name 'fwdlm' (did you mean 'fwdllm'?); "
+        "allowed: ")
+    # a list given whole with --set: the error is located at that --set, not in the file
+    assert main(["validate", str(path), "--set", "output.trackers=[tensorbord]"]) == 2
+    assert _error_line(capsys) == (
+        "fleetsim: error: --set output.trackers: output.trackers.0: Input should be "
+        "'tensorboard' or 'mlflow' (got 'tensorbord') (did you mean 'tensorboard'?)")
+
+
 def test_unknown_sweep_key_gets_did_you_mean(tmp_path, capsys) -> None:
     _write(tmp_path, MINIMAL, "base.yaml")
     sweep = _write(tmp_path, "base: base.yaml\nseed: [0, 1]\n", "sweep.yaml")

@@ -290,8 +290,10 @@ def format_validation_error(
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "(top level)"
         where = f"{path}"
-        if loc in overridden:
-            where = f"--set {key}"
+        # the innermost key given with --set (a list or section set whole names its item)
+        given = next((loc[:n] for n in range(len(loc), 0, -1) if loc[:n] in overridden), None)
+        if given is not None:
+            where = f"--set {'.'.join(given)}"
         else:
             for n in range(len(loc), 0, -1):
                 if loc[:n] in origins:
@@ -327,6 +329,9 @@ def format_validation_error(
             value = err.get("input")
             if isinstance(value, (str, int, float, bool)) and kind not in _NO_INPUT:
                 msg += f" (got {value!r})"
+            if kind == "literal_error" and isinstance(value, str):  # a misspelt choice
+                msg += did_you_mean(value, re.findall(r"'([^']*)'",
+                                                      str(err.get("ctx", {}).get("expected"))))
         # "--set KEY" already names the key
         msgs.append(f"{where}: {msg}" if where == f"--set {key}" else f"{where}: {key}: {msg}")
     return msgs[0] if len(msgs) == 1 else msgs[0] + "".join(f"\n  also {m}" for m in msgs[1:])
@@ -384,6 +389,12 @@ def _where(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> st
     return str(loaded.path)
 
 
+def _at(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> str:
+    """``"file:line: key: "``, or ``"--set key: "`` (which names the key already)."""
+    where = _where(loaded, key, overridden)
+    return f"{where}: " if where.startswith("--set ") else f"{where}: {'.'.join(key)}: "
+
+
 def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) -> None:
     """Protocol, policy and callback names are open sets (entry points), checked after the
     schema, as is the package each of ``output.trackers`` needs."""
@@ -397,7 +408,7 @@ def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) ->
     ):
         if name not in found:
             raise FleetsimInputError(
-                f"{_where(loaded, key, overridden)}: {'.'.join(key)}: unknown name {name!r}"
+                f"{_at(loaded, key, overridden)}unknown name {name!r}"
                 f"{did_you_mean(name, found)}; allowed: {', '.join(sorted(found))}"
             )
     from fleetsim.callback_registry import scenario_callback_problems
@@ -405,4 +416,6 @@ def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) ->
     for key, problem in scenario_callback_problems(sc.output):
         listed = key[:-1]  # the list (output.trackers / output.callbacks), key = its item
         at = key if key in loaded.origins and listed not in overridden else listed
-        raise FleetsimInputError(f"{_where(loaded, at, overridden)}: {'.'.join(listed)}: {problem}")
+        where = _where(loaded, at, overridden)
+        named = "" if where.startswith("--set ") else f" {'.'.join(listed)}:"
+        raise FleetsimInputError(f"{where}:{named} {problem}")

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="comparison table and overlaid curves of runs",
         description="Compare runs: prints a narrow table (one row per group and target "
         "accuracy: runs, final accuracy and the median simulated hours to the target with "
-        "95 %% intervals) and writes comparison.csv/.md and the curves to --out.")
+        "95 % intervals) and writes comparison.csv/.md and the curves to --out.")
     cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                       help="run directories, or sweep folders (every run in them)")
     cmp_.add_argument("--by", help="scenario or summary key to group runs by, e.g. "

@@ -101,6 +101,7 @@ def test_help_pages_render(capsys) -> None:
         assert stop.value.code == 0
     out = capsys.readouterr().out
     assert "--print-resolved" in out and "--json" in out and "--version" in out
+    assert "%%" not in out  # descriptions are not %-formatted
 
 
 # --- --set KEY VALUE -----------------------------------------------------------------

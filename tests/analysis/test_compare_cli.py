@@ -84,3 +84,12 @@ def test_narrow_table_of_systems_only_runs_has_no_target_rows() -> None:
         "a    1     1.5          4",
         "b    1     2.25         6",
     ]
+
+
+def test_unknown_by_key_gets_did_you_mean(make_run, tmp_path, capsys) -> None:
+    dirs = _runs(make_run)
+    code = main(["compare", *map(str, dirs), "--by", "policy.nme", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("fleetsim: error: --by 'policy.nme': no such scenario or summary key "
+                          "in the loaded runs (did you mean 'policy.name'?); keys that differ")

@@ -248,6 +248,21 @@ def test_units_of_bounded_keys() -> None:
     assert unit_of(("peft", "alpha")) is None  # a plain number
 
 
+def test_range_message_singular_and_rates() -> None:
+    from pydantic import Field
+    from pydantic.fields import FieldInfo
+
+    from fleetsim.scenario.loader import range_message
+
+    one = FieldInfo.merge_field_infos(Field(None, ge=1, le=1))
+    assert range_message(("traces", "network", "uplink_mbps"), one) == (
+        "must be at least 1 Mbit/s and at most 1 Mbit/s")
+    assert range_message(("protocol", "max_steps"), one) == (
+        "must be at least 1 step and at most 1 step")
+    assert range_message(("fleet", "thermal", "cooldown_s"), one) == (
+        "must be at least 1 s and at most 1 s")
+
+
 # --- validate --print-resolved -------------------------------------------------------
 
 def test_validate_print_resolved_prints_the_resolved_scenario(tmp_path, capsys) -> None:

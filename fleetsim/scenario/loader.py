@@ -270,7 +270,8 @@ def range_message(loc: KeyPath, info: FieldInfo) -> str:
         value = float(getattr(bound, kind.__name__.lower()))  # Gt(gt=0).gt
         text = f"{words[kind]} {_number(value)}"
         if unit is not None:
-            noun = unit[:-1] if value == 1 and unit.endswith("s") and len(unit) > 2 else unit
+            plural = unit.endswith("s") and len(unit) > 2 and "/" not in unit  # not Mbit/s
+            noun = unit[:-1] if value == 1 and plural else unit
             text += f" {noun}"
         note = _BOUND_NOTES.get((tuple(loc), value))
         if note:

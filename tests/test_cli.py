@@ -192,6 +192,16 @@ def test_unknown_sweep_key_gets_did_you_mean(tmp_path, capsys) -> None:
         "torch_threads_per_task")
 
 
+def test_unknown_scenario_key_swept_by_a_sweep_gets_did_you_mean(tmp_path, capsys) -> None:
+    _write(tmp_path, MINIMAL, "base.yaml")
+    sweep = _write(tmp_path, "base: base.yaml\ngrid:\n  protocol.lrr: [0.1, 0.2]\n",
+                   "sweep.yaml")
+    assert main(["sweep", str(sweep), "--dry-run"]) == 2
+    assert _error_line(capsys).startswith(
+        f"fleetsim: error: {sweep}:3: grid.protocol.lrr: run protocol.lrr=0.1: unknown key "
+        "(did you mean 'lr'?); allowed keys here: name, lr, ")
+
+
 # --- range errors with units ---------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [

@@ -75,6 +75,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         built = validate_loaded(loaded)
     except FleetsimInputError as exc:
         raise FleetsimInputError(locate_error(loaded, str(exc))) from None
+    if args.print_resolved:  # the scenario every default filled in, as run would use it
+        print(loaded.resolved_yaml(), end="")
+        return 0
     model = sc.model.name_or_path
     if sc.fleet.cost_model is not None:  # name both: fleet.cost_model is what phones pay for
         model = f"{model} (phones charged for {built.facts.name}, {sc.fleet.cost_model.dtype})"
@@ -147,8 +150,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if not all(0 < t <= 1 for t in targets):
             raise FleetsimInputError(f"--targets {args.targets}: each target must be in (0, 1]")
     paths = compare_runs([Path(p) for p in args.run_dirs], args.by, Path(args.out), targets)
-    for name, p in paths.items():
-        print(f"{name}: {p}")
+    from fleetsim.analysis.narrow import comparison_json, narrow_comparison, read_comparison
+
+    table = read_comparison(paths["csv"])
+    if args.json:
+        print(comparison_json(table, args.by, paths))
+        return 0
+    print(narrow_comparison(table, args.by))
+    print("files: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -159,19 +168,76 @@ def _cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """``fleetsim 0.1.0 (git 77656f7a…, modified)``: the installed package's version
+    (package metadata, else ``fleetsim.__version__``) and, when fleetsim runs from a git
+    checkout, its commit and whether tracked files differ from it
+    (:func:`fleetsim.record.provenance.code_provenance`, as summary.json records it)."""
+    from importlib import metadata
+
+    from fleetsim.record.provenance import code_provenance
+
+    prov = code_provenance()
+    try:
+        version = metadata.version("fleetsim")
+    except metadata.PackageNotFoundError:
+        version = str(prov["fleetsim_version"])
+    if prov["git_commit"] is None:
+        return f"fleetsim {version}"
+    dirty = ", modified" if prov["git_dirty"] else ""
+    return f"fleetsim {version} (git {prov['git_commit']}{dirty})"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`version_text` and exit 0 (git is asked only then)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: Optional[str] = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        print(version_text())
+        parser.exit()
+
+
+_SET_HELP = "override a scenario key, e.g. --set protocol.lr=0.02 (repeatable)"
+
+
+def set_without_equals(argv: Sequence[str]) -> Optional[str]:
+    """The one-line hint for ``--set KEY VALUE`` written without ``=`` (argparse would
+    take VALUE for the scenario file), or None: ``"--set protocol.lr 0.02: write
+    KEY=VALUE (--set protocol.lr=0.02)"``.  A VALUE that names a YAML file is the
+    scenario, not the value."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    for i in range(end - 1):
+        key = argv[i + 1]
+        if argv[i] != "--set" or "=" in key or key.startswith("-"):
+            continue
+        value = argv[i + 2] if i + 2 < end else None
+        if value is None or value.startswith("-") or value.endswith((".yaml", ".yml")):
+            return f"--set {key}: write KEY=VALUE (--set {key}=VALUE)"
+        return f"--set {key} {value}: write KEY=VALUE (--set {key}={value})"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetsim",
         description="Simulate phone fleets fine-tuning language models with forward gradients.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the fleetsim version (and git commit) and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="run, validate, traces, report, compare, sweep or "
+                                "scenario-reference (fleetsim COMMAND --help for its options)")
 
     run = sub.add_parser("run", help="run a scenario and write a run directory")
     run.add_argument("scenario", nargs="?", help="scenario YAML file")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue an interrupted run from its last checkpoint")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key, e.g. --set protocol.lr=0.02 (repeatable)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     run.add_argument("--out", help="run directory (default: output.dir of the scenario)")
     run.add_argument("--replace", action="store_true",
                      help="let this run replace a run of a different resolved scenario in its "
@@ -185,16 +251,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a scenario without running it: loads its trace, catalogue, population, "
         "power and data files and refuses what run would refuse",
     )
-    val.add_argument("scenario")
-    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("scenario", help="scenario YAML file")
+    val.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
+    val.add_argument("--print-resolved", action="store_true",
+                     help="print the fully resolved scenario (extends merged, --set applied, "
+                     "every default filled in) as YAML instead of the one-line check")
     val.set_defaults(func=_cmd_validate)
 
     tr = sub.add_parser("traces", help="check or summarise a device trace file")
-    trs = tr.add_subparsers(dest="traces_command", required=True)
+    trs = tr.add_subparsers(dest="traces_command", required=True, metavar="TRACES_COMMAND",
+                            help="validate, inspect or sample")
     tv = trs.add_parser("validate", help="check a trace file")
     ti = trs.add_parser("inspect", help="summary table and a PNG of a trace file")
     for p in (tv, ti):
-        p.add_argument("path")
+        p.add_argument("path", help="trace, catalogue, population or network file")
         p.add_argument("--format", metavar="NAME",
                        help="skip detection: a registered trace format (intervals, fedscale, "
                        "flash, ...) or catalogue, population, network_distribution, "
@@ -231,25 +301,33 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(func=_cmd_traces_catalogue)
     ts = trs.add_parser("sample", help="write the windows a scenario's availability gives N "
                         "devices over H hours (CSV device_id,start_s,end_s)")
-    ts.add_argument("scenario")
+    ts.add_argument("scenario", help="scenario YAML file whose traces.availability is sampled")
     ts.add_argument("--devices", type=int, required=True, help="number of devices")
     ts.add_argument("--hours", type=float, required=True, help="simulated hours from t = 0 "
                     "(local midnight)")
     ts.add_argument("--out", required=True, help="CSV file to write")
-    ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ts.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP)
     ts.set_defaults(func=_cmd_traces_sample)
 
     rep = sub.add_parser("report", help="PNGs and one self-contained HTML page for a run")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", help="run directory (holds summary.json and steps.parquet)")
     rep.add_argument("--out", help="output folder (default: RUN_DIR/report)")
     rep.set_defaults(func=_cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="comparison table and overlaid curves of runs")
-    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_ = sub.add_parser(
+        "compare", help="comparison table and overlaid curves of runs",
+        description="Compare runs: prints a narrow table (one row per group and target "
+        "accuracy: runs, final accuracy and the median simulated hours to the target with "
+        "95 % intervals) and writes comparison.csv/.md and the curves to --out.")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                      help="run directories, or sweep folders (every run in them)")
     cmp_.add_argument("--by", help="scenario or summary key to group runs by, e.g. "
                       "policy.name, or method (each method as its paper names it)")
     cmp_.add_argument("--out", default="comparison", help="output folder (default: comparison)")
     cmp_.add_argument("--targets", help="comma-separated target accuracies, e.g. 0.5,0.7")
+    cmp_.add_argument("--json", action="store_true",
+                      help="print the comparison as JSON instead (the numbers of "
+                      "comparison.csv: one object per group; NaN as null, infinity as \"inf\")")
     cmp_.set_defaults(func=_cmd_compare)
 
     from fleetsim.sweep.cli import add_sweep_parser
@@ -263,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    hint = set_without_equals(sys.argv[1:] if argv is None else argv)
+    if hint is not None:  # before argparse, which would read VALUE as the scenario file
+        print(f"fleetsim: error: {hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -35,6 +35,33 @@ COST_DTYPE_BYTES: dict[str, float] = {
 }
 
 
+#: The charged-model folders fleetsim ships (a Hugging Face config.json each, no weights;
+#: see each folder's README for its source): ``fleet.cost_model.name_or_path`` accepts
+#: their names (``llama-2-7b``) as well as a path to them or to a folder of one's own.
+CHARGED_MODELS_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "models"
+
+
+def charged_model_folders(root: Path = CHARGED_MODELS_DIR) -> dict[str, Path]:
+    """Name -> folder of every charged-model folder under ``root`` (a folder holding a
+    config.json), sorted by name; empty when ``root`` is missing (an installed wheel)."""
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+
+
+def charged_model_path(name: str, base_dir: Path, folders: dict[str, Path]) -> str:
+    """``fleet.cost_model.name_or_path`` as the model resolver reads it: a known model
+    name or a folder relative to the scenario (``base_dir``) stays as written; else the
+    name of a charged-model folder (:func:`charged_model_folders`) becomes its path."""
+    from fleetsim.numerics.config import KNOWN_MODELS
+
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else base_dir / local
+    if name.lower() in KNOWN_MODELS or local.is_dir():
+        return name
+    return str(folders[name]) if name in folders else name
+
+
 def charged_facts(scenario: Any, base_dir: Path) -> ModelFacts:
     """Facts of ``scenario.fleet.cost_model`` (a :class:`fleetsim.scenario.schema.Scenario`):
     its architecture from the config alone (meta device), the scenario's ``peft:`` and
@@ -43,13 +70,16 @@ def charged_facts(scenario: Any, base_dir: Path) -> ModelFacts:
     from fleetsim.numerics.facts import model_facts
 
     cost = scenario.fleet.cost_model
+    folders = charged_model_folders()
     model = scenario.model.model_copy(
         update={
-            "name_or_path": cost.name_or_path,
+            "name_or_path": charged_model_path(cost.name_or_path, base_dir, folders),
             "max_seq_len": cost.max_seq_len or scenario.model.max_seq_len,
         }
     )
-    facts = model_facts(model, scenario.peft, scenario.data, scenario.numerics, base_dir)
+    facts = model_facts(model, scenario.peft, scenario.data, scenario.numerics, base_dir,
+                        key="fleet.cost_model.name_or_path",
+                        also_allowed=list(folders))
     return dataclasses.replace(facts, dtype_bytes=COST_DTYPE_BYTES[cost.dtype])
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import yaml
 
 from fleetsim.analysis.sources import RunSource, run_directories
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, did_you_mean
 from fleetsim.record.rundir import require_complete
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
 from fleetsim.record.status import finite_accuracy
@@ -135,7 +135,8 @@ def check_key(runset: RunSet, key: str) -> None:
             c for c in runset.summary.columns if c not in params and "." not in c and c != "run"
         )
         raise FleetsimInputError(
-            f"--by {key!r}: no such scenario or summary key in the loaded runs; keys that "
+            f"--by {key!r}: no such scenario or summary key in the loaded runs"
+            f"{did_you_mean(key, runset.summary.columns)}; keys that "
             f"differ between runs: {hint}; any other resolved scenario key in dotted form "
             f"({len(params)} keys, e.g. policy.name, protocol.devices_per_step, run.seed) or a "
             f"summary key ({', '.join(summary_keys)}) is allowed too"

@@ -64,9 +64,10 @@ class CostModelConfig(BaseModel):
 
     name_or_path: str = Field(
         ..., min_length=1,
-        description="A model config: a known model name or a folder holding a Hugging Face "
-        "config.json (e.g. scenarios/models/llama-2-7b), relative to the scenario file; "
-        "no weights are read.",
+        description="A model config: a known model name, the name of a folder in "
+        "scenarios/models (distilbert-base-uncased, llama-2-7b, tinyllama-1.1b) or a folder "
+        "holding a Hugging Face config.json, relative to the scenario file; no weights are "
+        "read.",
     )
     dtype: Literal["float32", "float16", "bfloat16", "int8", "int4"] = Field(
         "int8",

@@ -5,6 +5,7 @@ device."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,10 @@ def _num_labels(data: DataConfig, base_dir: Path) -> int:
     return load_text_dataset(data, base_dir).num_classes
 
 
-def _known_config(model: ModelConfig, base_dir: Path) -> tuple[str, Any]:
+def _known_config(
+    model: ModelConfig, base_dir: Path, error_key: str = "model.name_or_path",
+    also_allowed: Sequence[str] = (),
+) -> tuple[str, Any]:
     """(name, config) without loading weights or converting a GGUF."""
     from fleetsim.numerics import models as model_lib
 
@@ -122,23 +126,27 @@ def _known_config(model: ModelConfig, base_dir: Path) -> tuple[str, Any]:
     if key in ("tiny-bert", "tiny-llama", "all-minilm-l6-v2"):
         resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
         return resolved.name, resolved.config
-    resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"))
+    resolved = model_lib.resolve_model(model, base_dir, Path("/nonexistent"), error_key,
+                                       also_allowed)
     return resolved.name, resolved.config
 
 
 def model_facts(
     model: ModelConfig, peft: PeftConfig, data: DataConfig, numerics: NumericsConfig,
-    base_dir: Path = Path("."),
+    base_dir: Path = Path("."), key: str = "model.name_or_path",
+    also_allowed: Sequence[str] = (),
 ) -> ModelFacts:
     """Cheap facts: the architecture is instantiated on the meta device (no weights, no
-    memory) and the PEFT method applied to count parameters exactly."""
+    memory) and the PEFT method applied to count parameters exactly.  ``key`` and
+    ``also_allowed``: the scenario key an unknown model is reported at and further names
+    its allowed list offers (:func:`fleetsim.numerics.models.resolve_model`)."""
     import torch
     from transformers import AutoModel
 
     from fleetsim.numerics import models as model_lib
 
-    name, config = _known_config(model, base_dir)
-    family = model_lib.model_family(config)
+    name, config = _known_config(model, base_dir, key, also_allowed)
+    family = model_lib.model_family(config, key)
     num_labels = _num_labels(data, base_dir)
     with torch.device("meta"):
         backbone = AutoModel.from_config(config, attn_implementation="eager")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, did_you_mean
 from fleetsim.numerics.config import KNOWN_MODELS, ModelConfig, PeftConfig
 
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "electra")
@@ -97,8 +97,16 @@ class ResolvedModel:
     config: Any  # a transformers PretrainedConfig
 
 
-def resolve_model(cfg: ModelConfig, base_dir: Path, cache_dir: Path) -> ResolvedModel:
-    """Map ``model.name_or_path`` to directories; converts the SmolLM2 GGUF once (cached)."""
+def resolve_model(
+    cfg: ModelConfig, base_dir: Path, cache_dir: Path,
+    error_key: str = "model.name_or_path",
+    also_allowed: Sequence[str] = (),
+) -> ResolvedModel:
+    """Map ``model.name_or_path`` to directories; converts the SmolLM2 GGUF once (cached).
+
+    ``error_key``: the scenario key its errors name (``fleet.cost_model.name_or_path`` when it
+    resolves the charged model); ``also_allowed``: further names its 'allowed' list
+    offers (the names of the charged-model folders).  Raises FleetsimInputError (exit 2)."""
     from transformers import AutoConfig
 
     name = cfg.name_or_path
@@ -121,7 +129,7 @@ def resolve_model(cfg: ModelConfig, base_dir: Path, cache_dir: Path) -> Resolved
     if local.is_dir():
         if not (local / "config.json").exists():
             raise FleetsimInputError(
-                f"model.name_or_path: directory '{local}' has no config.json (expected a "
+                f"{error_key}: directory '{local}' has no config.json (expected a "
                 f"Hugging Face model directory; known names: {', '.join(KNOWN_MODELS)})"
             )
         return ResolvedModel(local.name, local, local, AutoConfig.from_pretrained(local))
@@ -129,23 +137,24 @@ def resolve_model(cfg: ModelConfig, base_dir: Path, cache_dir: Path) -> Resolved
         config = AutoConfig.from_pretrained(name, local_files_only=True)
     except Exception as exc:
         # the library's own text spans lines and suggests a connection fleetsim never uses
+        folders = f", the charged-model folders {', '.join(also_allowed)}" if also_allowed else ""
         raise FleetsimInputError(
-            f"model.name_or_path: '{name}' is neither a known model, a directory with a "
+            f"{error_key}: '{name}' is neither a known model, a directory with a "
             "config.json, nor a hub id already in the local Hugging Face cache (fleetsim "
-            f"never downloads); allowed: {', '.join(KNOWN_MODELS)}, a local directory or a "
-            "cached hub id"
+            f"never downloads){did_you_mean(name, (*KNOWN_MODELS, *also_allowed))}; allowed: "
+            f"{', '.join(KNOWN_MODELS)}{folders}, a local directory or a cached hub id"
         ) from exc
     return ResolvedModel(name, Path(name), Path(name), config)
 
 
-def model_family(config: Any) -> str:
+def model_family(config: Any, key: str = "model.name_or_path") -> str:
     model_type = getattr(config, "model_type", "")
     if model_type in BERT_FAMILY:
         return "bert"
     if model_type in LLAMA_FAMILY:
         return "llama"
     raise FleetsimInputError(
-        f"model.name_or_path: model_type '{model_type}' is not supported; allowed families: "
+        f"{key}: model_type '{model_type}' is not supported; allowed families: "
         f"{', '.join(BERT_FAMILY + LLAMA_FAMILY)}"
     )
 

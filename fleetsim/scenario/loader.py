@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, did_you_mean
 from fleetsim.scenario.safe_yaml import compose_bounded, load_bounded, read_yaml_text
 from fleetsim.scenario.schema import Scenario
 
@@ -122,7 +124,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     """``"protocol.lr=0.02"`` → (("protocol", "lr"), 0.02); the value is YAML."""
     if "=" not in text:
         raise FleetsimInputError(
-            f"--set {text}: expected KEY=VALUE with a dotted key, e.g. protocol.lr=0.02"
+            f"--set {text}: write KEY=VALUE (--set {text or 'protocol.lr'}=VALUE)"
         )
     key, _, value = text.partition("=")
     key = key.strip()
@@ -179,6 +181,105 @@ def _unwrap_model(ann: Any) -> Optional[type[BaseModel]]:
     return None
 
 
+#: pydantic's error types of a numeric bound (``Field(ge=..., le=...)``)
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+#: The unit of each bounded scenario key: by the key's name ending (``_s`` seconds, ...),
+#: else by the key itself; ``None``: a plain number (a factor, a share, a rank).
+_UNIT_BY_SUFFIX = (
+    ("_hours", "h"), ("_hour", "h"), ("_days", "days"), ("_minutes", "min"), ("_s", "s"),
+    ("_mbps", "Mbit/s"), ("_bytes", "bytes"), ("_seq_len", "tokens"),
+)
+_UNIT_BY_KEY: dict[KeyPath, str] = {
+    ("fleet", "size"): "devices",
+    ("data", "batch_size"): "examples",
+    ("data", "examples_per_client"): "examples",
+    ("data", "max_examples"): "examples",
+    ("data", "max_eval_examples"): "examples",
+    ("numerics", "eval_max_examples"): "examples",
+    ("numerics", "eval_batch_size"): "examples",
+    ("numerics", "threads"): "threads",
+    ("numerics", "discriminative", "candidates"): "candidates",
+    ("numerics", "discriminative", "every"): "steps",
+    ("numerics", "discriminative", "chunk_elements"): "elements",
+    ("peft", "top_layers"): "layers",
+    ("protocol", "rounds"): "rounds",
+    ("protocol", "batches_per_round"): "steps",
+    ("protocol", "max_steps"): "steps",
+    ("protocol", "devices_per_step"): "devices",
+    ("protocol", "perturbations_per_device"): "perturbations",
+    ("protocol", "jvp_cost_factor"): "inferences",
+    ("protocol", "seed_pool"): "seeds",
+    ("protocol", "local_epochs"): "epochs",
+    ("protocol", "eval_every_steps"): "steps",
+    ("protocol", "variance", "max_repeats"): "repeats",
+    ("protocol", "commit", "max_staleness"): "steps",
+    ("protocol", "commit", "staleness_cutoff"): "steps",
+    ("policy", "total_perturbations"): "perturbations",
+    ("policy", "max_quota"): "perturbations",
+    ("policy", "budget", "initial"): "perturbations",
+    ("policy", "budget", "maximum"): "perturbations",
+    ("output", "checkpoint_every_steps"): "steps",
+    # sweep file keys (fleetsim.sweep.config: top-level, so no scenario key is one)
+    ("max_parallel",): "runs",
+    ("torch_threads_per_task",): "threads",
+}
+#: What a bound stands for, where it is a unit of its own: (key, bound) -> words.
+_BOUND_NOTES: dict[tuple[KeyPath, float], str] = {
+    (("run", "max_sim_hours"), 8784.0): "one year",
+    (("run", "start_hour"), 24.0): "one day",
+    (("traces", "availability", "night_start_hour"), 24.0): "one day",
+}
+
+
+def _field_at(loc: KeyPath) -> Optional[FieldInfo]:
+    """The pydantic field of the scenario key ``loc`` (None when not a plain field)."""
+    owner = _model_at(loc)
+    return owner.model_fields.get(loc[-1]) if owner is not None and loc else None
+
+
+def unit_of(loc: KeyPath) -> Optional[str]:
+    """The unit of the scenario key ``loc`` in range errors ("h", "s", "devices", ...);
+    None for a plain number (a share, a factor, a rank)."""
+    if tuple(loc) in _UNIT_BY_KEY:
+        return _UNIT_BY_KEY[tuple(loc)]
+    for suffix, unit in _UNIT_BY_SUFFIX:
+        if loc and loc[-1].endswith(suffix):
+            return unit
+    return None
+
+
+def _number(value: float) -> str:
+    """8784.0 -> '8,784'; 0.5 -> '0.5'."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:g}"
+
+
+def range_message(loc: KeyPath, info: FieldInfo) -> str:
+    """``"must be more than 0 h and at most 8,784 h (one year)"``: every bound of the
+    bounded scenario key ``loc`` with its unit (:func:`unit_of`), for the one-line error
+    of a value out of range."""
+    unit = unit_of(loc)
+    words = {Gt: "more than", Ge: "at least", Lt: "less than", Le: "at most"}
+    parts = []
+    for bound in info.metadata:
+        kind = type(bound)
+        if kind not in words:
+            continue
+        value = float(getattr(bound, kind.__name__.lower()))  # Gt(gt=0).gt
+        text = f"{words[kind]} {_number(value)}"
+        if unit is not None:
+            plural = unit.endswith("s") and len(unit) > 2 and "/" not in unit  # not Mbit/s
+            noun = unit[:-1] if value == 1 and plural else unit
+            text += f" {noun}"
+        note = _BOUND_NOTES.get((tuple(loc), value))
+        if note:
+            text += f" ({note})"
+        parts.append(text)
+    return "must be " + " and ".join(parts)
+
+
 def format_validation_error(
     exc: ValidationError,
     path: Path,
@@ -190,8 +291,10 @@ def format_validation_error(
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "(top level)"
         where = f"{path}"
-        if loc in overridden:
-            where = f"--set {key}"
+        # the innermost key given with --set (a list or section set whole names its item)
+        given = next((loc[:n] for n in range(len(loc), 0, -1) if loc[:n] in overridden), None)
+        if given is not None:
+            where = f"--set {'.'.join(given)}"
         else:
             for n in range(len(loc), 0, -1):
                 if loc[:n] in origins:
@@ -202,9 +305,15 @@ def format_validation_error(
         if kind == "extra_forbidden":
             owner = _model_at(loc)
             allowed = ", ".join(owner.model_fields) if owner else "see the scenario reference"
-            msg = f"unknown key; allowed keys here: {allowed}"
+            hint = did_you_mean(loc[-1], owner.model_fields) if owner else ""
+            msg = f"unknown key{hint}; allowed keys here: {allowed}"
         elif kind == "missing":
             msg = "required key is missing"
+        elif kind in RANGE_ERRORS and _field_at(loc) is not None:
+            msg = range_message(loc, _field_at(loc))
+            value = err.get("input")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                msg += f" (got {value!r})"
         else:
             msg = err["msg"]
             if msg.startswith("Value error, "):
@@ -221,6 +330,9 @@ def format_validation_error(
             value = err.get("input")
             if isinstance(value, (str, int, float, bool)) and kind not in _NO_INPUT:
                 msg += f" (got {value!r})"
+            if kind == "literal_error" and isinstance(value, str):  # a misspelt choice
+                msg += did_you_mean(value, re.findall(r"'([^']*)'",
+                                                      str(err.get("ctx", {}).get("expected"))))
         # "--set KEY" already names the key
         msgs.append(f"{where}: {msg}" if where == f"--set {key}" else f"{where}: {key}: {msg}")
     return msgs[0] if len(msgs) == 1 else msgs[0] + "".join(f"\n  also {m}" for m in msgs[1:])
@@ -278,6 +390,12 @@ def _where(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> st
     return str(loaded.path)
 
 
+def _at(loaded: LoadedScenario, key: KeyPath, overridden: set[KeyPath]) -> str:
+    """``"file:line: key: "``, or ``"--set key: "`` (which names the key already)."""
+    where = _where(loaded, key, overridden)
+    return f"{where}: " if where.startswith("--set ") else f"{where}: {'.'.join(key)}: "
+
+
 def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) -> None:
     """Protocol, policy and callback names are open sets (entry points), checked after the
     schema, as is the package each of ``output.trackers`` needs."""
@@ -291,12 +409,14 @@ def _check_registered_names(loaded: LoadedScenario, overridden: set[KeyPath]) ->
     ):
         if name not in found:
             raise FleetsimInputError(
-                f"{_where(loaded, key, overridden)}: {'.'.join(key)}: unknown name {name!r}; "
-                f"allowed: {', '.join(sorted(found))}"
+                f"{_at(loaded, key, overridden)}unknown name {name!r}"
+                f"{did_you_mean(name, found)}; allowed: {', '.join(sorted(found))}"
             )
     from fleetsim.callback_registry import scenario_callback_problems
 
     for key, problem in scenario_callback_problems(sc.output):
         listed = key[:-1]  # the list (output.trackers / output.callbacks), key = its item
         at = key if key in loaded.origins and listed not in overridden else listed
-        raise FleetsimInputError(f"{_where(loaded, at, overridden)}: {'.'.join(listed)}: {problem}")
+        where = _where(loaded, at, overridden)
+        named = "" if where.startswith("--set ") else f" {'.'.join(listed)}:"
+        raise FleetsimInputError(f"{where}:{named} {problem}")

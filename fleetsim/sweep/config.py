@@ -34,7 +34,8 @@ from typing import Any, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, did_you_mean
+from fleetsim.scenario.loader import RANGE_ERRORS, range_message
 from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 KeyPath = tuple[str, ...]
@@ -215,9 +216,15 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
-            msg = f"unknown key; allowed keys: {ALLOWED_KEYS}"
+            hint = did_you_mean(loc[-1], ALLOWED_KEYS.split(", ")) if len(loc) == 1 else ""
+            msg = f"unknown key{hint}; allowed keys: {ALLOWED_KEYS}"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif err["type"] in RANGE_ERRORS and len(loc) == 1 and loc[0] in SweepConfig.model_fields:
+            # the bound with its unit, as a scenario key's (run_timeout_s: seconds)
+            msg = range_message(loc, SweepConfig.model_fields[loc[0]])
+            if isinstance(err.get("input"), (int, float)):
+                msg += f" (got {err['input']!r})"
         else:
             msg = err["msg"]
             if "input" in err and err["type"] not in ("model_type", "dict_type"):

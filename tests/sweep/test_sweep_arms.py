@@ -121,8 +121,8 @@ BAD_ARMS = [
     ("unknown_key", "base: base.yaml\narms:\n  a: {}\n  b:\n    protocol.speed: 1\n",
      ":5: arms.b.protocol.speed: run arm=b: unknown key; allowed keys here: name, lr"),
     ("bad_value", "base: base.yaml\narms:\n  a:\n    protocol.devices_per_step: 0\n",
-     ":4: arms.a.protocol.devices_per_step: run arm=a: Input should be greater than or equal "
-     "to 1 (got 0)"),
+     ":4: arms.a.protocol.devices_per_step: run arm=a: must be at least 1 device "
+     "(got 0)"),
     ("bad_section_value", "base: base.yaml\narms:\n  a:\n    peft: {method: lorra}\n",
      ":4: arms.a.peft: run arm=a: peft.method: Input should be 'lora', 'bitfit', 'adapter', "
      "'head_only' or 'full' (got 'lorra')"),

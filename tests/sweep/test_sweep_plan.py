@@ -114,7 +114,8 @@ BAD_SWEEPS = [
     ("bad_key_path", "base: base.yaml\ngrid:\n  'protocol..lr': [1]\n", ["dotted scenario key"]),
     ("not_mapping", "- base.yaml\n", ["must be a mapping", "base, name, arms, grid"]),
     ("yaml_syntax", "base: base.yaml\ngrid: [1, 2\n", ["not valid YAML"]),
-    ("zero_parallel", "base: base.yaml\nmax_parallel: 0\n", ["max_parallel", "greater than"]),
+    ("zero_parallel", "base: base.yaml\nmax_parallel: 0\n",
+     ["sweep.yaml:2", "max_parallel: must be at least 1 run (got 0)"]),
     # A combination the scenario rejects fails before anything runs, naming the run.
     ("bad_combination", "base: base.yaml\ngrid:\n  protocol.devices_per_step: [2, 50]\n",
      ["sweep.yaml:3: grid.protocol.devices_per_step: run protocol.devices_per_step=50",

@@ -133,7 +133,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             ) from None
         if not all(0 < t <= 1 for t in targets):
             raise FleetsimInputError(f"--targets {args.targets}: each target must be in (0, 1]")
-    paths = compare_runs([Path(p) for p in args.run_dirs], args.by, Path(args.out), targets)
+    paths = compare_runs(
+        [Path(p) for p in args.run_dirs], args.by, Path(args.out), targets,
+        unequal_horizons=args.unequal_horizons,
+    )
     for name, p in paths.items():
         print(f"{name}: {p}")
     return 0
@@ -210,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--by", help="scenario key to group runs by, e.g. policy.name")
     cmp_.add_argument("--out", default="comparison", help="output folder (default: comparison)")
     cmp_.add_argument("--targets", help="comma-separated target accuracies, e.g. 0.5,0.7")
+    cmp_.add_argument(
+        "--unequal-horizons", choices=("refuse", "mark"), default="refuse",
+        help="runs that ended short of the common simulated-time budget without reaching "
+        "every target: refuse (default, exit 2) or mark each run's end in every figure",
+    )
     cmp_.set_defaults(func=_cmd_compare)
 
     from fleetsim.sweep.cli import add_sweep_parser

@@ -3,7 +3,7 @@ and a run directory's own convergence.png."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +111,14 @@ def convergence_figure(
     metrics: Sequence[str] | None = None,
     targets: Sequence[float] = (),
     path: Path | str | None = None,
+    ends: Mapping[str, float] | None = None,
 ) -> Figure:
     """Accuracy / loss (or committed steps for systems-only runs) against ``x``.
+
+    ``ends`` (run id → simulated seconds at its end) marks where each run stopped, for a
+    comparison whose runs end at different simulated times (issue 23, equal horizons): a
+    dashed vertical line in the run's colour on the hours axis, an ✕ at the run's last
+    point on the others (artist gid ``end:<run>``).
 
     One line per run, one colour per value of ``by`` (a summary or scenario
     key; each run is its own group when None); the legend has one entry per
@@ -165,6 +171,13 @@ def convergence_figure(
             )[0]
             line.set_gid(run)
             labelled.add(group)
+            if ends is not None and run in ends:
+                if x == "hours":
+                    ax.axvline(float(ends[run]) / 3600.0, color=colours[group], linestyle="--",
+                               linewidth=0.8, alpha=0.7, gid=f"end:{run}")
+                else:
+                    ax.plot([points[x].iloc[-1]], [y.iloc[-1]], marker="X", markersize=8,
+                            color=colours[group], linestyle="none", gid=f"end:{run}")
         if metric == "accuracy":
             for target in targets:
                 ax.axhline(target, color="0.5", linestyle=":", linewidth=0.8, gid="target")

@@ -529,6 +529,8 @@ class StepServer:
             "loss": float(estimate.loss) if estimate else math.nan,
             "accuracy": evaluation.accuracy if evaluation else math.nan,
             "eval_loss": evaluation.loss if evaluation else math.nan,
+            "val_accuracy": evaluation.val_accuracy if evaluation else math.nan,
+            "val_loss": evaluation.val_loss if evaluation else math.nan,
             "variance": float(estimate.variance) if estimate else math.nan,
             "lr": lr,
             "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
@@ -577,7 +579,8 @@ class StepServer:
                 "sim_time_s": float(self.env.now), "round": self.round, "step": self.step,
                 "attempt": -1, "committed": False, "devices": 0, "perturbations": 0,
                 "loss": math.nan, "accuracy": evaluation.accuracy,
-                "eval_loss": evaluation.loss, "variance": math.nan, "lr": math.nan,
+                "eval_loss": evaluation.loss, "val_accuracy": evaluation.val_accuracy,
+                "val_loss": evaluation.val_loss, "variance": math.nan, "lr": math.nan,
                 "bytes_up": 0, "bytes_down": 0, "step_seconds": 0.0, "stale_units": 0,
                 "staleness_max": 0, "staleness_mean": 0.0,
             })

@@ -33,6 +33,13 @@ STEP_COLUMNS: dict[str, str] = {
     "staleness_mean": "float64",
 }
 
+# Optional step columns: written only when some row has a value (a run evaluated on a
+# validation split, data.validation_fraction > 0); readers treat a missing one as all NaN.
+OPTIONAL_STEP_COLUMNS: dict[str, str] = {
+    "val_accuracy": "float64",  # validation-split accuracy when evaluated (for tuning)
+    "val_loss": "float64",
+}
+
 # One row per simulated event.  ``seq`` breaks ties at equal time.
 EVENT_COLUMNS: dict[str, str] = {
     "seq": "int64",

@@ -75,3 +75,31 @@ def test_time_grid_refuses_a_second_grid_or_negative_interval(tmp_path, capsys, 
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval_every_s" in err[0] and "bad.yaml" in err[0]
+
+
+def test_grid_evaluations_record_validation_and_test_accuracy(tmp_path: Path) -> None:
+    from fleetsim.numerics.config import DataConfig
+    from fleetsim.numerics.datasets import load_text_dataset
+    from fleetsim.numerics.partition import split_with_validation
+
+    plain, _ = _run(tmp_path, "plain", "eval_every_s: 0.03")
+    assert "val_accuracy" not in plain.columns  # no validation split: no column
+    path = tmp_path / "val.yaml"
+    path.write_text(SCENARIO.format(evaluation="eval_every_s: 0.03").replace(
+        "batch_size: 4}", "batch_size: 4, validation_fraction: 0.25}"))
+    out = run_scenario(path, run_dir=tmp_path / "val")
+    steps = pd.read_parquet(out / "steps.parquet")
+    evals = steps[steps["attempt"] == -1]
+    assert np.isfinite(evals[["val_accuracy", "val_loss", "accuracy"]].to_numpy()).all()
+    assert steps[steps["attempt"] >= 0]["val_accuracy"].isna().all()
+    # the splits the engine evaluated: accuracy × size is a whole number of examples for
+    # the validation split (0.25 of the 80 % training part of bbc_news, 445 examples) and
+    # the 40-example test cap
+    cfg = DataConfig(name="bbc_news", max_examples=96, max_eval_examples=40, batch_size=4,
+                     validation_fraction=0.25)
+    train, validation, test = split_with_validation(
+        cfg, load_text_dataset(cfg, tmp_path).labels, seed=0)
+    assert (len(train), len(validation), len(test)) == (96, 445, 40)
+    for column, n in (("val_accuracy", len(validation)), ("accuracy", len(test))):
+        counts = evals[column].to_numpy() * n
+        np.testing.assert_allclose(counts, np.round(counts), atol=1e-9)

@@ -172,3 +172,69 @@ def host_note(runs: StudyRuns) -> str:
         f"`{runs.sweep_file.name}`; host time {runs.run_host_seconds / 60:.1f} min summed over "
         "runs"
     )
+
+
+# ---------------------------------------------------------------- the study discipline
+# Issue 23: rules 1 and 2 checked on every study's runs, rule 5's per-run table written
+# beside its figures (see fleetsim.analysis.discipline and fleetsim.analysis.pages).
+
+
+def check_discipline(
+    run_dirs: Sequence[Path], targets: Sequence[float], quick: bool
+) -> dict[str, float] | None:
+    """Rules 1 and 2 of issue 23 on a study's finished runs.
+
+    Different evaluation grids are always refused; unequal horizons
+    (:func:`fleetsim.analysis.discipline.check_horizons`) are refused in a full study and,
+    in a ``--quick`` smoke test (a few steps per arm by design), returned as each run's
+    simulated end (run id → seconds) for the figures to mark.  Returns None when the
+    horizons are equal.  Raises :class:`FleetsimInputError` (one line)."""
+    from fleetsim.analysis.discipline import check_eval_grids, check_horizons
+    from fleetsim.analysis.load import load_runs
+
+    runset = load_runs(run_dirs)
+    check_eval_grids(runset)
+    horizon = check_horizons(runset, targets)
+    if horizon.ok:
+        return None
+    if not quick:
+        raise FleetsimInputError(horizon.message())
+    return dict(zip(horizon.ends["run"], horizon.ends["end_s"]))
+
+
+def per_run_table(
+    run_dirs: Sequence[Path], keys: Sequence[str], targets: Sequence[float] = ()
+) -> pd.DataFrame:
+    """The per-run table of a study (issue 23, rule 5): one row per run with ``run``,
+    ``commit``, ``scenario_hash``, the scenario ``keys`` (e.g. the arm and ``run.seed``),
+    ``end_s`` (simulated end), ``stopped_by``, ``steps``, ``final_accuracy`` and, per
+    target t, ``tta_<t>_s`` (simulated seconds to the running maximum's first reach;
+    ``inf`` when not reached — censored at ``end_s``), plus ``best_val_accuracy`` when the
+    runs evaluated a validation split.  ``commit`` is the fleetsim tree's
+    ``git rev-parse HEAD`` when the table is written (``+dirty`` when tracked files differ
+    from it): run directories do not record their commit yet, so write the table right
+    after the sweep that produced the runs."""
+    from fleetsim.analysis.load import load_runs
+    from fleetsim.analysis.metrics import time_to_accuracy_runs
+    from fleetsim.analysis.pages import runs_table
+
+    runset = load_runs(run_dirs)
+    summary = runset.summary
+    missing = [k for k in keys if k not in summary.columns]
+    if missing:
+        raise FleetsimInputError(
+            f"per-run table: {', '.join(missing)} not scenario keys of the runs"
+        )
+    rows = summary[["run", *keys]].copy()
+    rows["end_s"] = pd.to_numeric(summary["simulated_seconds"], errors="coerce")
+    for column in ("stopped_by", "steps", "final_accuracy"):
+        rows[column] = summary[column] if column in summary.columns else math.nan
+    if targets:
+        reached = time_to_accuracy_runs(runset, targets)
+        for target in targets:
+            part = reached[reached["target"] == target].set_index("run")["seconds"]
+            rows[f"tta_{target:g}_s"] = rows["run"].map(part).fillna(math.inf).to_numpy()
+    if "val_accuracy" in runset.steps.columns:
+        best = runset.steps.groupby("run")["val_accuracy"].max()
+        rows["best_val_accuracy"] = rows["run"].map(best).to_numpy()
+    return runs_table(rows.reset_index(drop=True), run_dirs)

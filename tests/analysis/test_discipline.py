@@ -232,3 +232,36 @@ def test_runs_table_needs_provenance(tmp_path, make_run) -> None:
         runs_table(pd.DataFrame({"run": ["x"]}), [make_run(name="y")])
     with pytest.raises(FleetsimInputError, match="lacks commit, scenario_hash"):
         write_runs_table(pd.DataFrame({"run": ["x"]}), tmp_path / "r.csv")
+
+
+def test_study_discipline_refuses_full_and_marks_quick(make_run) -> None:
+    from fleetsim.analysis.study import check_discipline
+
+    long = make_run(name="long", accuracies=(0.3, 0.5, 0.45, 0.7))
+    short = make_run(name="short", accuracies=(0.3, 0.4))
+    with pytest.raises(FleetsimInputError, match="unequal horizons"):
+        check_discipline([long, short], [0.8], quick=False)
+    assert check_discipline([long, short], [0.8], quick=True) == {"long": 62.0, "short": 36.0}
+    assert check_discipline([long, short], [0.6], quick=False) is None  # long reached it
+    other_grid = make_run(name="grid", extra_params={"protocol.eval_every_s": 30.0})
+    with pytest.raises(FleetsimInputError, match="unequal evaluation"):
+        check_discipline([long, other_grid], [0.6], quick=True)
+
+
+def test_per_run_table_has_every_run_with_provenance(make_run) -> None:
+    from fleetsim.analysis.study import per_run_table
+
+    a = make_run(name="a", seed=0, accuracies=(0.3, 0.5, 0.45, 0.7))
+    b = _with_validation(make_run(name="b", seed=1, accuracies=(0.3, 0.4)), (0.2, 0.35))
+    table = per_run_table([a, b], ["run.seed"], targets=[0.5, 0.7])
+    assert table["run"].tolist() == ["a", "b"]
+    assert table.columns[:4].tolist() == ["run", "commit", "scenario_hash", "run.seed"]
+    assert table["run.seed"].tolist() == [0, 1]
+    assert table["end_s"].tolist() == [62.0, 36.0]
+    # a reaches 0.5 at its second commit (26 s) and 0.7 at its fourth (52 s); b neither
+    assert table["tta_0.5_s"].tolist() == [26.0, math.inf]
+    assert table["tta_0.7_s"].tolist() == [52.0, math.inf]
+    assert table["final_accuracy"].tolist() == [0.7, 0.4]
+    assert table.loc[1, "best_val_accuracy"] == 0.35 and math.isnan(
+        table.loc[0, "best_val_accuracy"])
+    assert len(set(table["commit"])) == 1

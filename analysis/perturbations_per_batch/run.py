@@ -31,10 +31,13 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.analysis import compare_runs, load_runs, time_to_accuracy_table
+from fleetsim.analysis.pages import write_runs_table
 from fleetsim.analysis.plots import time_to_accuracy_figure
 from fleetsim.analysis.study import (
     StudyRuns,
+    check_discipline,
     host_note,
+    per_run_table,
     run_study,
     study_arguments,
     study_folders,
@@ -135,12 +138,20 @@ def paper_vs_here(table: pd.DataFrame, fractions: dict[float, float]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def analyse(runs: StudyRuns, figures: Path, target_accuracy: float | None = None) -> dict:
+def analyse(
+    runs: StudyRuns, figures: Path, target_accuracy: float | None = None, mark: bool = False
+) -> dict:
     """Tables and figures of the study from its finished runs; returns the facts
-    ``study.json`` records."""
+    ``study.json`` records.  Issue 23's discipline: runs on different evaluation grids are
+    refused, and so are runs that ended short of the common simulated-time budget without
+    reaching the highest fraction unless ``mark`` (then each run's end is marked in the
+    curves); ``runs.csv`` is the per-run table."""
     runset = load_runs(runs.run_dirs)
     reference = target_accuracy or float(runset.steps["accuracy"].max())
     fractions = {round(f * reference, 6): f for f in FRACTIONS}
+    ends = check_discipline(runs.run_dirs, list(fractions), mark)
+    write_runs_table(per_run_table(runs.run_dirs, [BY, "run.seed"], list(fractions)),
+                     figures / "runs.csv")
     table = time_to_accuracy_table(runset, list(fractions), by=BY)
     table.insert(1, "fraction_of_target", table["target"].map(fractions))
     label = str(runset.summary["model_label"].iloc[0]) if "model_label" in runset.summary else ""
@@ -160,8 +171,9 @@ def analyse(runs: StudyRuns, figures: Path, target_accuracy: float | None = None
         target_labels={t: f"{f:.0%}" for t, f in fractions.items()},
         path=figures / "time_to_fraction.png",
     )
-    compare_runs(runs.run_dirs, BY, figures, targets=list(fractions))
+    compare_runs(runs.run_dirs, BY, figures, targets=list(fractions), unequal_horizons="mark")
     facts = {
+        "unequal_horizons_s": ends,
         "target_accuracy": reference,
         "model_label": label,
         "seeds": runs.seeds,
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep, out_dir, figures = study_folders(args, HERE)
     runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
                      seeds=args.seeds)
-    analyse(runs, figures, args.target_accuracy)
+    analyse(runs, figures, args.target_accuracy, args.quick or args.allow_unequal_horizons)
     print(f"figures and tables in {figures}")
 
 

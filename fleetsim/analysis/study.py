@@ -109,6 +109,12 @@ def study_arguments(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
+        "--allow-unequal-horizons", action="store_true",
+        help="mark each run's end in the figures instead of refusing runs that ended short "
+        "of the common simulated-time budget without reaching the target (a first look; "
+        "--quick always marks)",
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=None,
         help="run.seed values instead of the sweep file's (e.g. a first look with one seed)",
     )
@@ -180,15 +186,16 @@ def host_note(runs: StudyRuns) -> str:
 
 
 def check_discipline(
-    run_dirs: Sequence[Path], targets: Sequence[float], quick: bool
+    run_dirs: Sequence[Path], targets: Sequence[float], mark: bool
 ) -> dict[str, float] | None:
     """Rules 1 and 2 of issue 23 on a study's finished runs.
 
     Different evaluation grids are always refused; unequal horizons
-    (:func:`fleetsim.analysis.discipline.check_horizons`) are refused in a full study and,
-    in a ``--quick`` smoke test (a few steps per arm by design), returned as each run's
-    simulated end (run id → seconds) for the figures to mark.  Returns None when the
-    horizons are equal.  Raises :class:`FleetsimInputError` (one line)."""
+    (:func:`fleetsim.analysis.discipline.check_horizons`) are refused unless ``mark``
+    (a ``--quick`` smoke test, a few steps per arm by design, or
+    ``--allow-unequal-horizons`` for a first look), which returns each run's simulated end
+    (run id → seconds) for the figures to mark.  Returns None when the horizons are
+    equal.  Raises :class:`FleetsimInputError` (one line)."""
     from fleetsim.analysis.discipline import check_eval_grids, check_horizons
     from fleetsim.analysis.load import load_runs
 
@@ -197,7 +204,7 @@ def check_discipline(
     horizon = check_horizons(runset, targets)
     if horizon.ok:
         return None
-    if not quick:
+    if not mark:
         raise FleetsimInputError(horizon.message())
     return dict(zip(horizon.ends["run"], horizon.ends["end_s"]))
 

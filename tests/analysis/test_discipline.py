@@ -38,13 +38,13 @@ def test_horizons_reached_or_common_budget(make_run) -> None:
     short = make_run(name="short", accuracies=(0.3, 0.4))  # ends 2 × 13 + 10 = 36 s
     near = make_run(name="near", accuracies=(0.3, 0.5, 0.45, 0.5), trailing_idle_s=9.5)  # 61.5
     runset = load_runs([long, short, near])
-    # target 0.6: "long" reached it; the open runs' budget is max(36, 61.5) = 61.5 s and
-    # "short" (36 s < 0.99 × 61.5) ended without reaching it: refused.
+    # target 0.6: "long" reached it (its end, 62 s, is the budget: the longest run);
+    # "short" (36 s < 0.99 × 62) ended without reaching it: refused.
     check = check_horizons(runset, [0.6])
     ends = check.ends.set_index("run")
     assert ends["end_s"].to_dict() == {"long": 62.0, "short": 36.0, "near": 61.5}
     assert ends["reached"].to_dict() == {"long": True, "short": False, "near": False}
-    assert check.budget_s == 61.5
+    assert check.budget_s == 62.0
     assert ends["ok"].to_dict() == {"long": True, "short": False, "near": True}
     with pytest.raises(FleetsimInputError, match=r"short \(0\.01 h\)") as info:
         require_equal_horizons(runset, [0.6])
@@ -61,9 +61,13 @@ def test_horizons_reached_or_common_budget(make_run) -> None:
     ]
     # without "short" the comparison is equal-horizon
     assert require_equal_horizons(load_runs([long, near]), [0.8]).ok
-    # every run reached the target: no budget needed
+    # every run reached the target: fine whenever each ended (b at 13 + 10 = 23 s)
     both = check_horizons(load_runs([long, make_run(name="b", accuracies=(0.9,))]), [0.6])
-    assert both.ok and math.isnan(both.budget_s)
+    assert both.ok and both.budget_s == 62.0
+    # a run that reached the target does not excuse one that did not run as long: "short"
+    # ran 36 s, "long" needed 52 s to reach 0.7
+    check = check_horizons(load_runs([long, short]), [0.7])
+    assert check.ends.set_index("run")["ok"].to_dict() == {"long": True, "short": False}
 
 
 def test_horizons_without_targets_need_one_end(make_run) -> None:
@@ -240,12 +244,13 @@ def test_study_discipline_refuses_full_and_marks_quick(make_run) -> None:
     long = make_run(name="long", accuracies=(0.3, 0.5, 0.45, 0.7))
     short = make_run(name="short", accuracies=(0.3, 0.4))
     with pytest.raises(FleetsimInputError, match="unequal horizons"):
-        check_discipline([long, short], [0.8], quick=False)
-    assert check_discipline([long, short], [0.8], quick=True) == {"long": 62.0, "short": 36.0}
-    assert check_discipline([long, short], [0.6], quick=False) is None  # long reached it
+        check_discipline([long, short], [0.8], mark=False)
+    assert check_discipline([long, short], [0.8], mark=True) == {"long": 62.0, "short": 36.0}
+    near = make_run(name="near", accuracies=(0.3, 0.5, 0.45, 0.5), trailing_idle_s=9.5)
+    assert check_discipline([long, near], [0.6], mark=False) is None  # 61.5 s of 62 s
     other_grid = make_run(name="grid", extra_params={"protocol.eval_every_s": 30.0})
     with pytest.raises(FleetsimInputError, match="unequal evaluation"):
-        check_discipline([long, other_grid], [0.6], quick=True)
+        check_discipline([long, other_grid], [0.6], mark=True)
 
 
 def test_per_run_table_has_every_run_with_provenance(make_run) -> None:

@@ -134,11 +134,33 @@ def eval_grids(runset: RunSet) -> pd.DataFrame:
     return frame
 
 
+def evaluated_points(runset: RunSet, run: str) -> tuple[str, list[float]]:
+    """Where one run was evaluated, as recorded in its steps table: ``("time", [simulated
+    seconds])`` for the rows of a ``protocol.eval_every_s`` grid (attempt −1), else
+    ``("step", [committed-step indices])`` of the committed rows that carry an
+    evaluation, without the run's last committed row (the final model's evaluation every
+    run gets at its end)."""
+    steps = runset.steps[runset.steps["run"] == run]
+    evaluated = steps[steps["accuracy"].notna() | steps["eval_loss"].notna()]
+    grid = evaluated[evaluated["attempt"] < 0]
+    if len(grid):
+        return "time", sorted(grid["sim_time_s"].astype(float))
+    committed = steps[steps["committed"]].sort_values(["sim_time_s", "step"], kind="stable")
+    if committed.empty:
+        return "step", []
+    last = int(committed["step"].iloc[-1])
+    points = evaluated[evaluated["committed"] & (evaluated["step"] != last)]["step"]
+    return "step", sorted(int(s) for s in points)
+
+
 def check_eval_grids(runset: RunSet) -> pd.DataFrame:
     """Refuse (:class:`FleetsimInputError`, one line) a comparison whose runs are evaluated
     on different grids: different ``protocol.eval_every_s`` or, without a time grid,
     different ``protocol.eval_every_steps`` (0, evaluation at each round end, counts as
-    its own grid).  Returns :func:`eval_grids`."""
+    its own grid) — and, from the steps tables, runs whose recorded evaluation points
+    (:func:`evaluated_points`) differ over the range every run covers (a protocol that
+    evaluates every round whatever ``eval_every_steps`` says is caught here).  Returns
+    :func:`eval_grids`."""
     grids = eval_grids(runset)
     distinct = grids.drop_duplicates(subset=list(EVAL_GRID_KEYS))
     if len(distinct) > 1:
@@ -150,7 +172,30 @@ def check_eval_grids(runset: RunSet) -> pd.DataFrame:
             f"unequal evaluation: runs are evaluated on different grids ({listed}); set one "
             "protocol.eval_every_s for every arm"
         )
+    points = {run: evaluated_points(runset, run) for run in grids["run"]}
+    kinds = {kind for kind, _ in points.values()}
+    if len(kinds) > 1:
+        raise FleetsimInputError(
+            "unequal evaluation: some runs were evaluated on a time grid, others at steps ("
+            + ", ".join(f"{run}: {kind}" for run, (kind, _) in points.items()) + ")"
+        )
+    covered = min((max(p) for _, p in points.values() if p), default=None)
+    if covered is not None:
+        shared = {run: [x for x in p if x <= covered] for run, (_, p) in points.items()}
+        first_run, first = next(iter(shared.items()))
+        for run, pts in shared.items():
+            if pts != first:
+                raise FleetsimInputError(
+                    f"unequal evaluation: {run} was evaluated at {_points_text(pts)}, "
+                    f"{first_run} at {_points_text(first)} (up to {covered:g}, the range every "
+                    f"run covers); set one protocol.eval_every_s for every arm"
+                )
     return grids
+
+
+def _points_text(points: Sequence[float], shown: int = 6) -> str:
+    text = ", ".join(f"{p:g}" for p in points[:shown])
+    return f"[{text}{', …' if len(points) > shown else ''}]"
 
 
 @dataclass
@@ -165,6 +210,16 @@ class Selection:
     grid: pd.DataFrame
     chosen_runs: list[str]
     criterion: str
+
+    def markdown(self) -> str:
+        """The grid and the choice for a results page: the criterion, then one row per
+        candidate (arm keys, tuned keys, runs, validation score to 4 digits, "chosen")."""
+        from fleetsim.analysis.report import markdown_table
+
+        shown = self.grid.copy()
+        shown["validation"] = [f"{v:.4f}" for v in shown["validation"]]
+        shown["chosen"] = ["chosen" if c else "" for c in shown["chosen"]]
+        return f"Chosen by {self.criterion}.\n\n" + markdown_table(shown)
 
 
 def _validation_at_budget(runset: RunSet, column: str, budget_s: float) -> pd.Series:

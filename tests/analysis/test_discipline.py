@@ -164,6 +164,10 @@ def test_select_by_validation_picks_each_arms_lr(make_run) -> None:
     assert grid.loc[("fedsgd", 0.1), "validation"] == pytest.approx(0.475)
     assert grid["runs"].tolist() == [2] * 5
     assert "ties to the smaller protocol.lr" in chosen.criterion
+    page = chosen.markdown()
+    assert page.startswith("Chosen by best val_accuracy over the run, mean over seeds")
+    assert "| fwdllm | 0.01 | 2 | 0.6500 | chosen |" in page
+    assert "| fwdllm | 0.1 | 2 | 0.6500 |  |" in page
     # a budget of 13 s (the first evaluation only) changes fwdllm's choice to lr 0.1
     # (0.8, 0.5 → 0.65 vs lr 0.01's 0.1, 0.2 → 0.15) and fedsgd's to lr 0.01 (0.4 vs 0.275)
     early = select_by_validation(runset, ["protocol.name"], ["protocol.lr"], budget_s=13.0)
@@ -270,3 +274,16 @@ def test_per_run_table_has_every_run_with_provenance(make_run) -> None:
     assert table.loc[1, "best_val_accuracy"] == 0.35 and math.isnan(
         table.loc[0, "best_val_accuracy"])
     assert len(set(table["commit"])) == 1
+
+
+def test_recorded_evaluation_points_must_match(make_run) -> None:
+    nan = math.nan
+    # the same scenario keys, but one run was evaluated every step, the other every second
+    # step (as a protocol that ignores eval_every_steps would): refused
+    every = make_run(name="every", accuracies=(0.3, 0.4, 0.5, 0.55, 0.6))
+    second = make_run(name="second", accuracies=(nan, 0.4, nan, 0.55, 0.6))
+    with pytest.raises(FleetsimInputError, match=r"second was evaluated at \[1, 3\]"):
+        check_eval_grids(load_runs([every, second]))
+    # the same points over the range both cover (a shorter run ends earlier): accepted
+    longer = make_run(name="longer", accuracies=(nan, 0.4, nan, 0.55, nan, 0.6, 0.61))
+    check_eval_grids(load_runs([second, longer]))

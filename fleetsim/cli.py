@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument(
         "--unequal-horizons", choices=("refuse", "mark"), default="refuse",
         help="runs that ended short of the common simulated-time budget without reaching "
-        "every target: refuse (default, exit 2) or mark each run's end in every figure",
+        "every target, or runs evaluated on different grids: refuse (default, exit 2) or mark "
+        "(each run's end in every figure, the problem named in comparison.md)",
     )
     cmp_.set_defaults(func=_cmd_compare)
 

@@ -380,8 +380,10 @@ def compare_runs(
     common simulated-time budget without reaching every target, ``unequal_horizons``
     ``"refuse"`` raises :class:`FleetsimInputError`; ``"mark"`` writes the comparison with
     a line naming those runs in ``comparison.md`` and each run's end marked in every
-    figure."""
-    from fleetsim.analysis.discipline import check_horizons
+    figure.  Runs evaluated on different grids
+    (:func:`fleetsim.analysis.discipline.check_eval_grids`) are refused or, with
+    ``"mark"``, flagged in ``comparison.md`` the same way."""
+    from fleetsim.analysis.discipline import check_eval_grids, check_horizons
     from fleetsim.errors import FleetsimInputError
 
     if unequal_horizons not in ("refuse", "mark"):
@@ -393,6 +395,13 @@ def compare_runs(
     horizon = check_horizons(runset, check_targets(targets) if targets else ())
     if not horizon.ok and unequal_horizons == "refuse":
         raise FleetsimInputError(horizon.message())
+    grid_problem = ""
+    try:
+        check_eval_grids(runset)
+    except FleetsimInputError as exc:
+        if unequal_horizons == "refuse":
+            raise
+        grid_problem = str(exc)
     ends = None if horizon.ok else dict(zip(horizon.ends["run"], horizon.ends["end_s"]))
     table = comparison_table(runset, by, targets)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -410,6 +419,8 @@ def compare_runs(
     )
     if not horizon.ok:
         note += f"**{horizon.message()}** (each run's end is marked in the figures).\n\n"
+    if grid_problem:
+        note += f"**{grid_problem}**.\n\n"
     written["markdown"].write_text(note + markdown_table(table))
     accuracy = has_accuracy(runset)
     plot_targets = (

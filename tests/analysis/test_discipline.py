@@ -287,3 +287,18 @@ def test_recorded_evaluation_points_must_match(make_run) -> None:
     # the same points over the range both cover (a shorter run ends earlier): accepted
     longer = make_run(name="longer", accuracies=(nan, 0.4, nan, 0.55, nan, 0.6, 0.61))
     check_eval_grids(load_runs([second, longer]))
+
+
+def test_compare_refuses_or_flags_different_grids(make_run, tmp_path, capsys) -> None:
+    from fleetsim.cli import main
+
+    a = make_run(name="a", extra_params={"protocol.eval_every_s": 60.0})
+    b = make_run(name="b", extra_params={"protocol.eval_every_s": 120.0})
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unequal evaluation" in err
+    assert "eval_every_s=120, protocol.eval_every_steps=0 (b)" in err
+    assert main(["compare", str(a), str(b), "--out", str(out),
+                 "--unequal-horizons", "mark"]) == 0
+    assert "**unequal evaluation" in (out / "comparison.md").read_text()

@@ -46,6 +46,7 @@ from fleetsim.analysis.study import (
     per_run_table,
     run_study,
     study_arguments,
+    study_entry,
     write_table,
 )
 
@@ -196,4 +197,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(study_entry(main))

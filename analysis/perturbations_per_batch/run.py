@@ -40,6 +40,7 @@ from fleetsim.analysis.study import (
     per_run_table,
     run_study,
     study_arguments,
+    study_entry,
     study_folders,
     write_table,
 )
@@ -200,4 +201,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(study_entry(main))

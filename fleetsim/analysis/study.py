@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -245,3 +246,15 @@ def per_run_table(
         best = runset.steps.groupby("run")["val_accuracy"].max()
         rows["best_val_accuracy"] = rows["run"].map(best).to_numpy()
     return runs_table(rows.reset_index(drop=True), run_dirs)
+
+
+def study_entry(main: Callable[[], object]) -> int:
+    """Run a study script's ``main`` as a command: bad input (a refused comparison, a
+    failed run, an unknown key) is one line on stderr and exit code 2, as ``fleetsim``'s
+    own commands; otherwise 0.  Use as ``raise SystemExit(study_entry(main))``."""
+    try:
+        main()
+    except FleetsimInputError as exc:
+        print(f"{Path(sys.argv[0]).parent.name}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -302,3 +302,15 @@ def test_compare_refuses_or_flags_different_grids(make_run, tmp_path, capsys) ->
     assert main(["compare", str(a), str(b), "--out", str(out),
                  "--unequal-horizons", "mark"]) == 0
     assert "**unequal evaluation" in (out / "comparison.md").read_text()
+
+
+@pytest.mark.parametrize("study", ["perturbations_per_batch", "end_to_end",
+                                   "policies_under_churn"])
+def test_study_scripts_report_bad_input_in_one_line(study, tmp_path) -> None:
+    script = Path(__file__).resolve().parents[2] / "analysis" / study / "run.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path), "--set",
+         "protocol.nope=1"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"{study}: error: ") and "protocol.nope" in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr

@@ -166,11 +166,18 @@ def analyse(
     write_table(minutes_table(table, fractions), figures, "minutes_to_fraction", note)
     write_table(best_v(table, fractions), figures, "best_v", note)
     write_table(paper_vs_here(table, fractions), figures, "paper_vs_here", note)
+    group_ends = None
+    if ends is not None:  # unequal horizons (marked, not refused): each v's earliest end
+        arm = dict(zip(runset.summary["run"], runset.summary[BY]))
+        group_ends = {}
+        for run, end in ends.items():
+            group_ends[arm[run]] = min(end, group_ends.get(arm[run], math.inf))
     time_to_accuracy_figure(
         table,
         BY,
         target_labels={t: f"{f:.0%}" for t, f in fractions.items()},
         path=figures / "time_to_fraction.png",
+        ends=group_ends,
     )
     compare_runs(runs.run_dirs, BY, figures, targets=list(fractions), unequal_horizons="mark")
     facts = {

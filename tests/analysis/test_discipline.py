@@ -109,6 +109,19 @@ def test_convergence_figures_mark_each_run_end(make_run) -> None:
             assert set(marks) == {"end:long", "end:short"}
             if x == "hours":  # a vertical line at the end, in hours
                 assert marks["end:short"].get_xdata()[0] == pytest.approx(36.0 / 3600)
+    # the time-to-target figure marks each group's earliest end (seconds at this scale)
+    from fleetsim.analysis.figures.convergence import time_to_accuracy_figure
+    from fleetsim.analysis.metrics import time_to_accuracy_table
+
+    table = time_to_accuracy_table(runset, [0.4, 0.7], by="scenario_name")
+    ax = time_to_accuracy_figure(table, "scenario_name", ends=ends).axes[0]
+    marks = {a.get_gid(): a.get_ydata()[0] for a in ax.get_lines()
+             if str(a.get_gid()).startswith("end:")}
+    assert set(marks) == {"end:long", "end:short"}
+    unit = ax.get_ylabel().split("(")[-1].rstrip(")")
+    scale = {"s": 1.0, "min": 60.0, "h": 3600.0}[unit]
+    assert marks["end:long"] * scale == pytest.approx(62.0)
+    assert marks["end:short"] * scale == pytest.approx(36.0)
 
 
 def test_eval_grids_must_match(make_run) -> None:

@@ -196,6 +196,7 @@ def time_to_accuracy_figure(
     by: str,
     target_labels: dict[float, str] | None = None,
     path: Path | str | None = None,
+    ends: Mapping[object, float] | None = None,
 ) -> Figure:
     """Median time to each target (s, min or h by scale) from
     :func:`~fleetsim.analysis.metrics.time_to_accuracy_table` (non-reaching runs
@@ -203,7 +204,10 @@ def time_to_accuracy_figure(
     whose median is not reached (fewer than half of the group's runs got there)
     leaves a gap; an interval unbounded above (typical with a few seeds: the log-log
     band never falls below one half) has no upper bar, an open triangle above the point
-    instead.  ``target_labels`` renames the x ticks."""
+    instead.  ``target_labels`` renames the x ticks.  ``ends`` (group → the earliest
+    simulated end of its runs, seconds) marks where each group's runs stopped, a dashed
+    horizontal line in its colour (artist gid ``end:<group>``): no time beyond it can be
+    reached by that group (issue 23, unequal horizons)."""
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = figure.subplots()
     targets = sorted(table["target"].unique())
@@ -213,6 +217,8 @@ def time_to_accuracy_figure(
     finite_median = table["median_s"].replace(np.inf, np.nan).max()
     top_s = finite_median if pd.notna(finite_median) else longest
     top = (float(top_s) / scale * 1.15) if pd.notna(top_s) and top_s > 0 else 1.0
+    if ends:
+        top = max(top, max(float(e) for e in ends.values()) / scale * 1.05)
     positions = {t: i for i, t in enumerate(targets)}
     for index, group in enumerate(list(dict.fromkeys(table[by]))):
         part = table[table[by] == group].sort_values("target")
@@ -232,6 +238,9 @@ def time_to_accuracy_figure(
         if unbounded.any():
             ax.plot(x[unbounded], median[unbounded] + 0.03 * top, "^", color=colour,
                     mfc="none", ms=5)
+        if ends is not None and group in ends:
+            ax.axhline(float(ends[group]) / scale, color=colour, linestyle="--", linewidth=0.8,
+                       alpha=0.7, gid=f"end:{group}", label=f"{by}={group}: runs end")
     ax.set_ylim(bottom=0.0, top=top)
     ax.set_xticks(range(len(targets)))
     ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])

@@ -248,7 +248,10 @@ def select_by_validation(
     Criterion: for each run, the best validation accuracy (``column`` of
     ``steps.parquet``) evaluated at or before ``budget_s`` simulated seconds; per
     candidate, the mean of that over its runs (seeds); the candidate with the highest mean
-    wins, ties (within 1e-12) go to the smallest tuned values (the smaller learning rate).
+    wins, ties (within 1e-12) go to the smallest tuned values, compared in the order of
+    ``tuned_keys`` (``("protocol.lr",)``: the smaller learning rate; with an optimiser key
+    as well, e.g. ``("protocol.lr", "numerics.server_optimizer.name")``, the smaller
+    learning rate first).
     A run that never evaluated validation accuracy scores −inf.  The test split never
     enters the choice.
 

@@ -327,3 +327,19 @@ def test_study_scripts_report_bad_input_in_one_line(study, tmp_path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith(f"{study}: error: ") and "protocol.nope" in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+
+
+def test_select_by_validation_over_lr_and_optimiser(make_run) -> None:
+    # one arm, lr × optimiser grid, one seed each: best validation 0.5, 0.6, 0.7 (sgd, 0.1)
+    # and 0.7 (adam, 0.1) — a tie between the two optimisers at lr 0.1 goes to the first in
+    # sort order of (lr, optimiser): adam
+    best = {(0.01, "adam"): 0.5, (0.01, "sgd"): 0.6, (0.1, "adam"): 0.7, (0.1, "sgd"): 0.7}
+    dirs = []
+    for (lr, optimiser), value in best.items():
+        run = make_run(name=f"{optimiser}-{lr}", extra_params={
+            "protocol.lr": lr, "numerics.server_optimizer.name": optimiser})
+        dirs.append(_with_validation(run, (0.1, value, 0.2, 0.3)))
+    keys = ("protocol.lr", "numerics.server_optimizer.name")
+    chosen = select_by_validation(load_runs(dirs), ["protocol.name"], keys)
+    assert chosen.chosen_runs == ["adam-0.1"]
+    assert chosen.grid["chosen"].tolist() == [False, False, True, False]

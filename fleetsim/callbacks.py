@@ -145,6 +145,7 @@ class FinalEvaluation(RunCallback):
     def on_train_end(self, run: RunState) -> None:
         rows = run.recorder.step_rows
         if (run.fault is None and run.clock_stopped_by_horizon and rows
+                and not run.server.cfg.eval_every_s  # a time grid evaluates at its own times
                 and not run.engine.systems_only and math.isnan(rows[-1]["accuracy"])
                 and math.isnan(rows[-1]["eval_loss"])):
             run.recorder.attach_evaluation(run.server.evaluate())

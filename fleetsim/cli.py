@@ -149,7 +149,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             ) from None
         if not all(0 < t <= 1 for t in targets):
             raise FleetsimInputError(f"--targets {args.targets}: each target must be in (0, 1]")
-    paths = compare_runs([Path(p) for p in args.run_dirs], args.by, Path(args.out), targets)
+    paths = compare_runs(
+        [Path(p) for p in args.run_dirs], args.by, Path(args.out), targets,
+        unequal_horizons=args.unequal_horizons,
+    )
     from fleetsim.analysis.narrow import comparison_json, narrow_comparison, read_comparison
 
     table = read_comparison(paths["csv"])
@@ -328,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--json", action="store_true",
                       help="print the comparison as JSON instead (the numbers of "
                       "comparison.csv: one object per group; NaN as null, infinity as \"inf\")")
+    cmp_.add_argument(
+        "--unequal-horizons", choices=("refuse", "mark"), default="refuse",
+        help="runs that ended short of the common simulated-time budget without reaching "
+        "every target, or runs evaluated on different grids: refuse (default, exit 2) or mark "
+        "(each run's end in every figure, the problem named in comparison.md)",
+    )
     cmp_.set_defaults(func=_cmd_compare)
 
     from fleetsim.sweep.cli import add_sweep_parser

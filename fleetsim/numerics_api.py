@@ -78,9 +78,14 @@ class StepEstimate:
 
 @dataclass
 class EvalResult:
+    """Accuracy (fraction) and mean cross-entropy (nats) on the held-out test split; the
+    same on the validation split (``data.validation_fraction``; NaN without one)."""
+
     accuracy: float
     loss: float
     n_examples: int
+    val_accuracy: float = math.nan
+    val_loss: float = math.nan
 
 
 class NumericsEngine(ABC):

@@ -37,12 +37,16 @@ import pandas as pd
 from fleetsim.analysis import convergence_figure, load_runs, step_breakdown, timeline_figure
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import time_to_accuracy_table
+from fleetsim.analysis.pages import write_runs_table
 from fleetsim.analysis.plots import grouped_breakdown_figure
 from fleetsim.analysis.study import (
     StudyRuns,
+    check_discipline,
     host_note,
+    per_run_table,
     run_study,
     study_arguments,
+    study_entry,
     write_table,
 )
 
@@ -128,9 +132,19 @@ def admission_table(runsets: dict[str, RunSet]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(runs: dict[str, StudyRuns], figures: Path, target: float | None) -> dict:
+def analyse(
+    runs: dict[str, StudyRuns], figures: Path, target: float | None, mark: bool = False
+) -> dict:
+    """Tables and figures of the three settings.  Issue 23's discipline per setting: runs
+    on different evaluation grids are refused, and so are runs that ended short of the
+    common simulated-time budget without reaching the target unless ``mark`` (then each
+    run's end is marked in the curves); ``runs_<setting>.csv`` are the per-run tables."""
     runsets = {setting: load_runs(r.run_dirs) for setting, r in runs.items()}
     target = target or default_target(runsets)
+    ends = {s: check_discipline(r.run_dirs, [target], mark) for s, r in runs.items()}
+    for setting, r in runs.items():
+        write_runs_table(per_run_table(r.run_dirs, [BY, "run.seed"], [target]),
+                         figures / f"runs_{setting}.csv")
     tta = {s: time_to_accuracy_table(rs, [target], by=BY) for s, rs in runsets.items()}
     label = str(next(iter(runsets.values())).summary["model_label"].iloc[0])
     notes = "; ".join(f"{s}: {host_note(r)}" for s, r in runs.items())
@@ -149,13 +163,14 @@ def analyse(runs: dict[str, StudyRuns], figures: Path, target: float | None) -> 
         group = dict(zip(runset.summary["run"], runset.summary[BY]))
         grouped_breakdown_figure(breakdown, group, BY, path=figures / f"step_time_{setting}.png")
         convergence_figure(runset, x="hours", by=BY, metrics=("accuracy",), targets=[target],
-                           path=figures / f"curves_{setting}.png")
+                           path=figures / f"curves_{setting}.png", ends=ends[setting])
     fleet = runsets.get("fleet")
     if fleet is not None:
         first = fleet.summary[fleet.summary["run.seed"] == fleet.summary["run.seed"].min()]
         for run, protocol in zip(first["run"], first[BY]):
             timeline_figure(fleet, run=run, path=figures / f"timeline_fleet_{protocol}.png")
     facts = {
+        "unequal_horizons_s": ends,
         "target_accuracy": target,
         "model_label": label,
         "seeds": sorted({s for r in runs.values() for s in r.seeds}),
@@ -179,9 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         folder = out / "runs" / (f"{setting}_quick" if args.quick else setting)
         runs[setting] = run_study(HERE / name, folder, args.set, args.fresh, args.backend,
                                   args.max_parallel, seeds=args.seeds)
-    analyse(runs, figures, args.target_accuracy)
+    analyse(runs, figures, args.target_accuracy, args.quick or args.allow_unequal_horizons)
     print(f"figures and tables in {figures}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(study_entry(main))

@@ -31,12 +31,16 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.analysis import compare_runs, load_runs, time_to_accuracy_table
+from fleetsim.analysis.pages import write_runs_table
 from fleetsim.analysis.plots import time_to_accuracy_figure
 from fleetsim.analysis.study import (
     StudyRuns,
+    check_discipline,
     host_note,
+    per_run_table,
     run_study,
     study_arguments,
+    study_entry,
     study_folders,
     write_table,
 )
@@ -135,12 +139,20 @@ def paper_vs_here(table: pd.DataFrame, fractions: dict[float, float]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def analyse(runs: StudyRuns, figures: Path, target_accuracy: float | None = None) -> dict:
+def analyse(
+    runs: StudyRuns, figures: Path, target_accuracy: float | None = None, mark: bool = False
+) -> dict:
     """Tables and figures of the study from its finished runs; returns the facts
-    ``study.json`` records."""
+    ``study.json`` records.  Issue 23's discipline: runs on different evaluation grids are
+    refused, and so are runs that ended short of the common simulated-time budget without
+    reaching the highest fraction unless ``mark`` (then each run's end is marked in the
+    curves); ``runs.csv`` is the per-run table."""
     runset = load_runs(runs.run_dirs)
     reference = target_accuracy or float(runset.steps["accuracy"].max())
     fractions = {round(f * reference, 6): f for f in FRACTIONS}
+    ends = check_discipline(runs.run_dirs, list(fractions), mark)
+    write_runs_table(per_run_table(runs.run_dirs, [BY, "run.seed"], list(fractions)),
+                     figures / "runs.csv")
     table = time_to_accuracy_table(runset, list(fractions), by=BY)
     table.insert(1, "fraction_of_target", table["target"].map(fractions))
     label = str(runset.summary["model_label"].iloc[0]) if "model_label" in runset.summary else ""
@@ -154,14 +166,22 @@ def analyse(runs: StudyRuns, figures: Path, target_accuracy: float | None = None
     write_table(minutes_table(table, fractions), figures, "minutes_to_fraction", note)
     write_table(best_v(table, fractions), figures, "best_v", note)
     write_table(paper_vs_here(table, fractions), figures, "paper_vs_here", note)
+    group_ends = None
+    if ends is not None:  # unequal horizons (marked, not refused): each v's earliest end
+        arm = dict(zip(runset.summary["run"], runset.summary[BY]))
+        group_ends = {}
+        for run, end in ends.items():
+            group_ends[arm[run]] = min(end, group_ends.get(arm[run], math.inf))
     time_to_accuracy_figure(
         table,
         BY,
         target_labels={t: f"{f:.0%}" for t, f in fractions.items()},
         path=figures / "time_to_fraction.png",
+        ends=group_ends,
     )
-    compare_runs(runs.run_dirs, BY, figures, targets=list(fractions))
+    compare_runs(runs.run_dirs, BY, figures, targets=list(fractions), unequal_horizons="mark")
     facts = {
+        "unequal_horizons_s": ends,
         "target_accuracy": reference,
         "model_label": label,
         "seeds": runs.seeds,
@@ -183,9 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     sweep, out_dir, figures = study_folders(args, HERE)
     runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
                      seeds=args.seeds)
-    analyse(runs, figures, args.target_accuracy)
+    analyse(runs, figures, args.target_accuracy, args.quick or args.allow_unequal_horizons)
     print(f"figures and tables in {figures}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(study_entry(main))

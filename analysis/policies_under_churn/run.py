@@ -50,14 +50,18 @@ from matplotlib.figure import Figure
 from fleetsim.analysis import load_runs, step_breakdown, timeline_figure
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import breakdown_shares
+from fleetsim.analysis.pages import write_runs_table
 from fleetsim.analysis.plots import grouped_breakdown_figure, save_figure
 from fleetsim.analysis.stats import censored_median, mean_confidence_interval
 from fleetsim.analysis.study import (
     StudyRuns,
+    check_discipline,
     host_note,
     interval_cells,
+    per_run_table,
     run_study,
     study_arguments,
+    study_entry,
     write_table,
 )
 
@@ -270,9 +274,11 @@ def time_to_accuracy_table(summary: pd.DataFrame, per_run: pd.DataFrame,
     return pd.DataFrame(rows).sort_values("start_hour", kind="stable").reset_index(drop=True)
 
 
-def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Path) -> Figure:
+def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Path,
+                    ends: dict[str, float] | None = None) -> Figure:
     """Held-out accuracy against simulated minutes (log scale: the fast policies finish in
-    minutes, uniform runs the whole day), one line per run, coloured by variant."""
+    minutes, uniform runs the whole day), one line per run, coloured by variant; ``ends``
+    (run → simulated seconds) marks each run's end with a dashed line (unequal horizons)."""
     figure = Figure(figsize=(8.0, 4.6), layout="constrained")
     ax = figure.subplots()
     colours = {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(per_run["variant"]))}
@@ -287,6 +293,9 @@ def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Pa
         ax.plot(steps["sim_time_s"] / 60.0, steps["accuracy"], color=colours[name],
                 alpha=0.7, lw=1, label=None if name in seen else name)
         seen.add(name)
+        if ends is not None and run_dir.name in ends:
+            ax.axvline(ends[run_dir.name] / 60.0, color=colours[name], linestyle="--", lw=0.8,
+                       alpha=0.7, gid=f"end:{run_dir.name}")
     ax.set_xscale("log")
     ax.set_xlabel("simulated minutes (log scale)")
     ax.set_ylabel("held-out accuracy")
@@ -296,12 +305,22 @@ def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Pa
     return save_figure(figure, path)
 
 
-def analyse(runs: StudyRuns, figures: Path) -> dict:
-    """Tables and figures from the finished runs; returns the facts of ``study.json``."""
+def analyse(runs: StudyRuns, figures: Path, mark: bool = False) -> dict:
+    """Tables and figures from the finished runs; returns the facts of ``study.json``.
+    Issue 23's discipline: runs on different evaluation grids are refused, and so are runs
+    that ended short of the common simulated-time budget without reaching every target
+    unless ``mark`` (then each run's end is marked in the accuracy figure); ``runs.csv`` is
+    the per-run table."""
     tables = gather(runs.run_dirs)
     per_run, summary = tables.per_run, tables.summary
     label = str(summary["model_label"].iloc[0])
     figures.mkdir(parents=True, exist_ok=True)
+    run_targets = ([float(t) for t in json.loads(summary["run.targets"].iloc[0])]
+                   if "run.targets" in summary else [])
+    ends = check_discipline(runs.run_dirs, run_targets, mark)
+    keys = [k for k in ("policy.name", "protocol.commit.late_work", "run.start_hour", "run.seed")
+            if k in summary.columns]
+    write_runs_table(per_run_table(runs.run_dirs, keys, run_targets), figures / "runs.csv")
     per_run.to_csv(figures / "per_run.csv", index=False)
     table = churn_table(per_run)
     fleet = int(summary["fleet_size"].iloc[0])
@@ -335,7 +354,7 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
                     f"{title}. Kaplan-Meier median simulated hours to each held-out accuracy "
                     "over seeds; a run that never reached it is censored at its end (∞: more "
                     f"than half never did). {host_note(runs)}.")
-        accuracy_figure(runs, per_run, title, figures / "accuracy.png")
+        accuracy_figure(runs, per_run, title, figures / "accuracy.png", ends)
         accuracy_facts = {"targets": targets}
     first = per_run[(per_run["seed"] == per_run["seed"].min())
                     & (per_run["start_hour"] == per_run["start_hour"].min())]
@@ -346,7 +365,8 @@ def analyse(runs: StudyRuns, figures: Path) -> dict:
     facts = {"model_label": label, "fleet_size": fleet, "simulated_hours": hours,
              "seeds": runs.seeds, "runs": len(runs.run_dirs),
              "host_minutes_summed": runs.run_host_seconds / 60.0,
-             "sweep": os.path.relpath(runs.sweep_file, HERE.parents[1]), **accuracy_facts}
+             "sweep": os.path.relpath(runs.sweep_file, HERE.parents[1]),
+             "unequal_horizons_s": ends, **accuracy_facts}
     (figures / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
     return facts
 
@@ -364,9 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     figures = out / ("figures" if kind == "full" else f"figures-{kind}")
     runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
                      seeds=args.seeds)
-    analyse(runs, figures)
+    analyse(runs, figures, args.quick or args.allow_unequal_horizons)
     print(f"figures and tables in {figures}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(study_entry(main))

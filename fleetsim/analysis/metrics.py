@@ -398,7 +398,9 @@ def step_breakdown(
         windows[column] = windows["window"].map(moved[column]).fillna(0).astype(np.int64)
 
     # Last rolled-back attempt of each committed step (inside its window).
-    repeats = steps.loc[~steps["committed"], ["run", "step", "sim_time_s"]].merge(
+    # (attempt -1 rows are evaluations on protocol.eval_every_s's grid, not attempts)
+    rolled_back = ~steps["committed"] & (steps["attempt"] >= 0)
+    repeats = steps.loc[rolled_back, ["run", "step", "sim_time_s"]].merge(
         windows[["run", "step", "window", "start_s", "commit_s"]], on=["run", "step"]
     )
     repeats = repeats[

@@ -375,13 +375,40 @@ def compare_runs(
     by: str | None,
     out_dir: Path,
     targets: Sequence[float] | None = None,
+    unequal_horizons: str = "mark",
 ) -> dict[str, Path]:
     """Write ``comparison.csv``, ``comparison.md`` and overlaid curves
     (``curves.png`` over simulated time; ``curves_perturbations.png`` too when
     the runs have accuracy) into ``out_dir``.  Returns the paths by kind
-    (``csv``, ``markdown``, ``curves``, ``curves_perturbations``)."""
+    (``csv``, ``markdown``, ``curves``, ``curves_perturbations``).
+
+    Equal horizons (:mod:`fleetsim.analysis.discipline`): when a run ended short of the
+    common simulated-time budget without reaching every target, ``unequal_horizons``
+    ``"refuse"`` raises :class:`FleetsimInputError`; ``"mark"`` writes the comparison with
+    a line naming those runs in ``comparison.md`` and each run's end marked in every
+    figure.  Runs evaluated on different grids
+    (:func:`fleetsim.analysis.discipline.check_eval_grids`) are refused or, with
+    ``"mark"``, flagged in ``comparison.md`` the same way."""
+    from fleetsim.analysis.discipline import check_eval_grids, check_horizons
+    from fleetsim.errors import FleetsimInputError
+
+    if unequal_horizons not in ("refuse", "mark"):
+        raise FleetsimInputError(
+            f"unequal_horizons {unequal_horizons!r}: allowed values refuse, mark"
+        )
     out_dir = Path(out_dir)
     runset = load_runs(run_dirs)
+    horizon = check_horizons(runset, check_targets(targets) if targets else ())
+    if not horizon.ok and unequal_horizons == "refuse":
+        raise FleetsimInputError(horizon.message())
+    grid_problem = ""
+    try:
+        check_eval_grids(runset)
+    except FleetsimInputError as exc:
+        if unequal_horizons == "refuse":
+            raise
+        grid_problem = str(exc)
+    ends = None if horizon.ok else dict(zip(horizon.ends["run"], horizon.ends["end_s"]))
     table = comparison_table(runset, by, targets)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -396,6 +423,10 @@ def compare_runs(
         "not reached by at least half, or an unbounded interval end; see the reached "
         "column); — = missing.\n\n"
     )
+    if not horizon.ok:
+        note += f"**{horizon.message()}** (each run's end is marked in the figures).\n\n"
+    if grid_problem:
+        note += f"**{grid_problem}**.\n\n"
     written["markdown"].write_text(note + markdown_table(table))
     accuracy = has_accuracy(runset)
     plot_targets = (
@@ -404,7 +435,9 @@ def compare_runs(
         else (default_targets(runset) if accuracy else [])
     )
     written["curves"] = out_dir / "curves.png"
-    convergence_figure(runset, x="hours", by=by, targets=plot_targets, path=written["curves"])
+    convergence_figure(
+        runset, x="hours", by=by, targets=plot_targets, path=written["curves"], ends=ends
+    )
     if accuracy:
         written["curves_perturbations"] = out_dir / "curves_perturbations.png"
         convergence_figure(
@@ -414,5 +447,6 @@ def compare_runs(
             metrics=("accuracy",),
             targets=plot_targets,
             path=written["curves_perturbations"],
+            ends=ends,
         )
     return written

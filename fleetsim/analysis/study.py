@@ -18,7 +18,7 @@ import math
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,6 +128,12 @@ def study_arguments(description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--fresh", action="store_true", help="delete earlier runs first")
     parser.add_argument(
+        "--allow-unequal-horizons", action="store_true",
+        help="mark each run's end in the figures instead of refusing runs that ended short "
+        "of the common simulated-time budget without reaching the target (a first look; "
+        "--quick always marks)",
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", default=None,
         help="run.seed values instead of the sweep file's (e.g. a first look with one seed)",
     )
@@ -191,3 +197,82 @@ def host_note(runs: StudyRuns) -> str:
         f"`{runs.sweep_file.name}`; host time {runs.run_host_seconds / 60:.1f} min summed over "
         "runs"
     )
+
+
+# ---------------------------------------------------------------- the study discipline
+# Issue 23: rules 1 and 2 checked on every study's runs, rule 5's per-run table written
+# beside its figures (see fleetsim.analysis.discipline and fleetsim.analysis.pages).
+
+
+def check_discipline(
+    run_dirs: Sequence[Path], targets: Sequence[float], mark: bool
+) -> dict[str, float] | None:
+    """Rules 1 and 2 of issue 23 on a study's finished runs.
+
+    Different evaluation grids are always refused; unequal horizons
+    (:func:`fleetsim.analysis.discipline.check_horizons`) are refused unless ``mark``
+    (a ``--quick`` smoke test, a few steps per arm by design, or
+    ``--allow-unequal-horizons`` for a first look), which returns each run's simulated end
+    (run id → seconds) for the figures to mark.  Returns None when the horizons are
+    equal.  Raises :class:`FleetsimInputError` (one line)."""
+    from fleetsim.analysis.discipline import check_eval_grids, check_horizons
+    from fleetsim.analysis.load import load_runs
+
+    runset = load_runs(run_dirs)
+    check_eval_grids(runset)
+    horizon = check_horizons(runset, targets)
+    if horizon.ok:
+        return None
+    if not mark:
+        raise FleetsimInputError(horizon.message())
+    return dict(zip(horizon.ends["run"], horizon.ends["end_s"]))
+
+
+def per_run_table(
+    run_dirs: Sequence[Path], keys: Sequence[str], targets: Sequence[float] = ()
+) -> pd.DataFrame:
+    """The per-run table of a study (issue 23, rule 5): one row per run with ``run``,
+    ``commit``, ``scenario_hash``, the scenario ``keys`` (e.g. the arm and ``run.seed``),
+    ``end_s`` (simulated end), ``stopped_by``, ``steps``, ``final_accuracy`` and, per
+    target t, ``tta_<t>_s`` (simulated seconds to the running maximum's first reach;
+    ``inf`` when not reached — censored at ``end_s``), plus ``best_val_accuracy`` when the
+    runs evaluated a validation split.  ``commit`` is the fleetsim tree's
+    ``git rev-parse HEAD`` when the table is written (``+dirty`` when tracked files differ
+    from it): run directories do not record their commit yet, so write the table right
+    after the sweep that produced the runs."""
+    from fleetsim.analysis.load import load_runs
+    from fleetsim.analysis.metrics import time_to_accuracy_runs
+    from fleetsim.analysis.pages import runs_table
+
+    runset = load_runs(run_dirs)
+    summary = runset.summary
+    missing = [k for k in keys if k not in summary.columns]
+    if missing:
+        raise FleetsimInputError(
+            f"per-run table: {', '.join(missing)} not scenario keys of the runs"
+        )
+    rows = summary[["run", *keys]].copy()
+    rows["end_s"] = pd.to_numeric(summary["simulated_seconds"], errors="coerce")
+    for column in ("stopped_by", "steps", "final_accuracy"):
+        rows[column] = summary[column] if column in summary.columns else math.nan
+    if targets:
+        reached = time_to_accuracy_runs(runset, targets)
+        for target in targets:
+            part = reached[reached["target"] == target].set_index("run")["seconds"]
+            rows[f"tta_{target:g}_s"] = rows["run"].map(part).fillna(math.inf).to_numpy()
+    if "val_accuracy" in runset.steps.columns:
+        best = runset.steps.groupby("run")["val_accuracy"].max()
+        rows["best_val_accuracy"] = rows["run"].map(best).to_numpy()
+    return runs_table(rows.reset_index(drop=True), run_dirs)
+
+
+def study_entry(main: Callable[[], object]) -> int:
+    """Run a study script's ``main`` as a command: bad input (a refused comparison, a
+    failed run, an unknown key) is one line on stderr and exit code 2, as ``fleetsim``'s
+    own commands; otherwise 0.  Use as ``raise SystemExit(study_entry(main))``."""
+    try:
+        main()
+    except FleetsimInputError as exc:
+        print(f"{Path(sys.argv[0]).parent.name}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -353,6 +353,17 @@ class DataConfig(BaseModel):
         lt=1.0,
         description="Fraction of examples held out for evaluation (stratified by label).",
     )
+    validation_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Fraction of the training examples (after the held-out test split, before "
+            "data.max_examples) carved off as a validation split for tuning (stratified by "
+            "label, seeded stream data/validation); evaluated beside the test split, as "
+            "val_accuracy / val_loss in steps.parquet.  0 = no validation split."
+        ),
+    )
     partition: Literal["iid", "dirichlet", "sampled"] = Field(
         default="iid",
         description=(
@@ -390,6 +401,11 @@ class DataConfig(BaseModel):
         default=None,
         gt=0,
         description="Cap on held-out evaluation examples (stratified, seeded). None = all.",
+    )
+    max_validation_examples: Optional[int] = Field(
+        default=None,
+        gt=0,
+        description="Cap on validation examples (stratified, seeded). None = all.",
     )
 
     @field_validator("name")

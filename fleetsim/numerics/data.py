@@ -4,6 +4,7 @@ Pipeline used by the numerics engine::
 
     dataset = load_text_dataset(cfg, base_dir)                 # all examples, fixed order
     train_idx, eval_idx = split_for_run(cfg, dataset.labels, seed)   # stratified + caps
+    # (split_with_validation also carves data.validation_fraction off train_idx)
     parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed,
                       per_client=cfg.examples_per_client or cfg.batch_size)
     client_idx = [train_idx[p] for p in parts]                 # back to dataset indices
@@ -39,6 +40,7 @@ from fleetsim.numerics.partition import (
     empty_clients_message,
     partition,
     split_for_run,
+    split_with_validation,
     stratified_subsample,
     train_eval_split,
 )
@@ -55,11 +57,13 @@ class DataPlan:
     batches: list[list[np.ndarray]]  # [client][batch] -> dataset indices
     label_names: list[str]
     texts: list[str] = field(default_factory=list)
+    # data.validation_fraction: a split of the training data for tuning (empty when 0)
+    validation_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> DataPlan:
     dataset = load_text_dataset(data, base_dir)
-    train_idx, eval_idx = split_for_run(data, dataset.labels, seed)
+    train_idx, validation_idx, eval_idx = split_with_validation(data, dataset.labels, seed)
     parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed,
                       per_client=data.examples_per_client or data.batch_size)
     batches = [
@@ -68,7 +72,7 @@ def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> Da
     ]
     return DataPlan(
         dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
-        list(dataset.texts),
+        list(dataset.texts), validation_idx,
     )
 
 
@@ -98,6 +102,7 @@ __all__ = [
     "load_text_dataset",
     "partition",
     "split_for_run",
+    "split_with_validation",
     "stratified_subsample",
     "tokenize_cached",
     "train_eval_split",

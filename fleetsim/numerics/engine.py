@@ -115,7 +115,9 @@ class TorchEngine(NumericsEngine):
         self.tokenizer = model_lib.load_tokenizer(self.resolved)
         # only the examples this run uses are tokenised (and cached): rows of the token
         # tensors are positions in ``self.rows`` (sorted dataset indices)
-        self.rows = np.union1d(self.plan.train_idx, self.plan.eval_idx).astype(np.int64)
+        self.rows = np.union1d(
+            np.union1d(self.plan.train_idx, self.plan.eval_idx), self.plan.validation_idx
+        ).astype(np.int64)
         self._row_of = np.full(len(self.plan.labels), -1, dtype=np.int64)
         self._row_of[self.rows] = np.arange(len(self.rows))
         ids, mask = tokenize_cached(
@@ -669,27 +671,36 @@ class TorchEngine(NumericsEngine):
     # ----------------------------------------------------------------- evaluation
     def evaluate(self) -> EvalResult:
         """Accuracy (fraction in [0, 1]) and mean cross-entropy (nats) of θ on the held-out
-        examples.
+        test examples, and on the validation split as ``val_accuracy``/``val_loss`` when
+        ``data.validation_fraction`` made one (NaN otherwise).
 
         A non-finite model is never credited with an accuracy: when a trainable tensor,
         a logit or the loss is not finite, the result is ``EvalResult(nan, nan, n)``
         with ``n > 0`` (the argmax of NaN logits is an arbitrary class, so a count of
         "correct" answers would be noise).  ``n_examples == 0`` means there was nothing
         to evaluate.  Callers tell the two apart by ``n_examples``."""
+        test = self._evaluate_on(self.eval_idx)
+        if len(self.plan.validation_idx):
+            validation = self._evaluate_on(self.plan.validation_idx)
+            test.val_accuracy, test.val_loss = validation.accuracy, validation.loss
+        return test
+
+    def _evaluate_on(self, eval_idx: np.ndarray) -> EvalResult:
+        """:meth:`evaluate` on the dataset indices ``eval_idx``."""
         import torch
 
         total_loss = 0.0
         correct = 0
         size = self.cfg.eval_batch_size
         params = self.current_params()
-        n = len(self.eval_idx)
+        n = len(eval_idx)
         if n == 0:
             return EvalResult(math.nan, math.nan, 0)
         if not all(bool(torch.isfinite(p).all()) for p in params.values()):
             return EvalResult(math.nan, math.nan, n)
         with torch.inference_mode():
             for start in range(0, n, size):
-                inputs, mask, labels = self.batch_inputs(self.eval_idx[start : start + size])
+                inputs, mask, labels = self.batch_inputs(eval_idx[start : start + size])
                 logits = torch.func.functional_call(
                     self.model, params, (inputs, mask, self.start_layer), strict=False
                 )

@@ -99,13 +99,43 @@ def split_for_run(cfg: DataConfig, labels: np.ndarray, seed: int) -> tuple[np.nd
     """The run's (train, eval) indices into ``labels``: the stratified held-out split,
     then ``cfg.max_examples`` / ``cfg.max_eval_examples`` caps (stratified, seeded).
 
-    Capping after splitting keeps the eval set disjoint from training whatever the caps."""
+    Capping after splitting keeps the eval set disjoint from training whatever the caps.
+    The validation split (``cfg.validation_fraction``) is not in either: see
+    :func:`split_with_validation`."""
+    train_idx, _validation, eval_idx = split_with_validation(cfg, labels, seed)
+    return train_idx, eval_idx
+
+
+def split_with_validation(
+    cfg: DataConfig, labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The run's (train, validation, test) indices into ``labels``, pairwise disjoint,
+    each sorted.
+
+    Test: the stratified held-out split (``cfg.eval_fraction``, stream data/split), never
+    used to tune.  Validation: ``round(cfg.validation_fraction × n_train)`` of the
+    remaining training examples, allocated to labels in proportion to their counts
+    (largest remainder), drawn from the stream data/validation — its own stream, so a run
+    without a validation split trains on exactly the examples it did before the split
+    existed.  Then the caps (``max_examples``, ``max_validation_examples``,
+    ``max_eval_examples``; stratified, seeded)."""
     train_idx, eval_idx = train_eval_split(labels, cfg.eval_fraction, seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    validation_idx = np.zeros(0, dtype=np.int64)
+    if cfg.validation_fraction > 0:
+        n_validation = int(round(cfg.validation_fraction * len(train_idx)))
+        validation_idx, train_idx = _stratified_take(
+            labels, train_idx, n_validation, stream(seed, "data", "validation")
+        )
+        if cfg.max_validation_examples is not None:
+            validation_idx = stratified_subsample(
+                labels, validation_idx, cfg.max_validation_examples, seed, "validation"
+            )
     if cfg.max_examples is not None:
         train_idx = stratified_subsample(labels, train_idx, cfg.max_examples, seed, "train")
     if cfg.max_eval_examples is not None:
         eval_idx = stratified_subsample(labels, eval_idx, cfg.max_eval_examples, seed, "eval")
-    return train_idx, eval_idx
+    return train_idx, validation_idx, eval_idx
 
 
 # ----------------------------------------------------------------------- partitions

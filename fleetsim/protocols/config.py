@@ -185,8 +185,24 @@ class ProtocolConfig(BaseModel):
     eval_every_steps: int = Field(
         0, ge=0, description="Evaluate every N committed steps; 0 = at each round end only."
     )
+    eval_every_s: float = Field(
+        0.0, ge=0.0, allow_inf_nan=False,
+        description="Evaluate on a simulated-time grid instead: the model current at t = 0, "
+        "Δ, 2Δ, … seconds (t = 0 before the first step), one steps.parquet row per grid time "
+        "(attempt -1); 0 = off.  Arms of one comparison need the same grid (issue 23); needs "
+        "eval_every_steps: 0 (no per-step or round-end evaluation then).",
+    )
     variance: VarianceControl = Field(default_factory=VarianceControl)
     commit: CommitRule = Field(default_factory=CommitRule)
+
+    @model_validator(mode="after")
+    def _one_evaluation_grid(self) -> ProtocolConfig:
+        if self.eval_every_s and self.eval_every_steps:
+            raise ValueError(
+                "protocol.eval_every_s: a simulated-time grid replaces eval_every_steps; set "
+                "one of them (eval_every_steps: 0 with eval_every_s > 0)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _seed_pool(self) -> ProtocolConfig:

@@ -143,7 +143,7 @@ class FedAvgProtocol(Protocol):
                 rec.events.add(server.env.now, -1, "step_commit", step=server.step,
                                units=sum(d.n_perturbations for d in deltas))
             rec.events.add(server.env.now, -1, "round_end", detail=f"round={server.round}")
-            evaluation = server.evaluate()
+            evaluation = None if self.cfg.eval_every_s else server.evaluate()
             server.record_step(outcome, estimate, 0, committed=estimate is not None, lr=lr,
                                evaluation=evaluation)
             if estimate is not None:

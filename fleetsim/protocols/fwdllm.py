@@ -114,7 +114,7 @@ class FwdLLMProtocol(Protocol):
                 if not ok:
                     break  # the cohort went away: end the round early, draw a new one
             rec.events.add(server.env.now, -1, "round_end", detail=f"round={server.round}")
-            if not self.cfg.eval_every_steps:
+            if not self.cfg.eval_every_steps and not self.cfg.eval_every_s:
                 evaluation = server.evaluate()
                 rec.attach_evaluation(evaluation)
             server.round += 1

@@ -113,10 +113,13 @@ class StepServer:
         """The server's SimPy process: the protocol's loop, then what every run does at
         its end (withdraw carried work; evaluate the final model when the run stopped
         between evaluations)."""
+        if self.cfg.eval_every_s and not self.engine.systems_only:
+            self.env.process(self._evaluation_grid(float(self.cfg.eval_every_s)))
         yield from self.protocol.run(self)
         self.drop_carried()
         rows = self.ctx.recorder.step_rows
-        if rows and not self.engine.systems_only and math.isnan(rows[-1]["accuracy"]):
+        if (rows and not self.engine.systems_only and not self.cfg.eval_every_s
+                and math.isnan(rows[-1]["accuracy"])):
             self.ctx.recorder.attach_evaluation(self.evaluate())
 
     # ------------------------------------------------------------------ the protocol's hooks
@@ -602,6 +605,8 @@ class StepServer:
             "loss": float(estimate.loss) if estimate else math.nan,
             "accuracy": evaluation.accuracy if evaluation else math.nan,
             "eval_loss": evaluation.loss if evaluation else math.nan,
+            "val_accuracy": evaluation.val_accuracy if evaluation else math.nan,
+            "val_loss": evaluation.val_loss if evaluation else math.nan,
             "variance": float(estimate.variance) if estimate else math.nan,
             "variance_gate": variance_gate,
             "lr": lr,
@@ -634,6 +639,31 @@ class StepServer:
         last = self.last_eval
         return bool(last is not None and math.isfinite(last.accuracy)
                     and math.isfinite(last.loss) and last.accuracy >= self.ctx.stop_accuracy)
+
+    def _evaluation_grid(self, every_s: float) -> Generator:
+        """protocol.eval_every_s: evaluate the model current at t = k × ``every_s``
+        (k = 0, 1, …; computed as a product, so grid times are exact multiples) until the
+        run ends, each as its own steps.parquet row: ``attempt`` −1, not committed, no
+        work, ``step`` = steps committed so far.  A SimPy process started before the
+        protocol's loop, so t = 0 is evaluated before the first step; a grid time equal to a
+        commit time sees the model of whichever SimPy schedules first (deterministic).
+        Issue 23: arms evaluated on one time grid, not at step counts whose times differ."""
+        k = 0
+        while True:
+            due = k * every_s
+            if due > self.env.now:
+                yield self.env.timeout(due - self.env.now)
+            evaluation = self.evaluate()
+            self.ctx.recorder.add_step({
+                "sim_time_s": float(self.env.now), "round": self.round, "step": self.step,
+                "attempt": -1, "committed": False, "devices": 0, "perturbations": 0,
+                "loss": math.nan, "accuracy": evaluation.accuracy,
+                "eval_loss": evaluation.loss, "val_accuracy": evaluation.val_accuracy,
+                "val_loss": evaluation.val_loss, "variance": math.nan, "lr": math.nan,
+                "bytes_up": 0, "bytes_down": 0, "step_seconds": 0.0, "stale_units": 0,
+                "staleness_max": 0, "staleness_mean": 0.0,
+            })
+            k += 1
 
     def evaluate(self) -> EvalResult:
         result = self.engine.evaluate()

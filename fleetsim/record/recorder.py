@@ -10,7 +10,7 @@ import pandas as pd
 
 from fleetsim.record.atomic import write_json, write_parquet, write_text
 from fleetsim.record.events import EventLog
-from fleetsim.record.schema import DEVICE_COLUMNS, STEP_COLUMNS
+from fleetsim.record.schema import DEVICE_COLUMNS, OPTIONAL_STEP_COLUMNS, STEP_COLUMNS
 
 
 class Recorder:
@@ -23,22 +23,32 @@ class Recorder:
         missing = set(STEP_COLUMNS) - set(row)
         if missing:
             raise ValueError(f"step row lacks {sorted(missing)}")
-        self._steps.append({k: row[k] for k in STEP_COLUMNS})
+        kept = {k: row[k] for k in STEP_COLUMNS}
+        kept.update({k: float(row[k]) for k in OPTIONAL_STEP_COLUMNS if k in row})
+        self._steps.append(kept)
 
     def attach_evaluation(self, evaluation: Any) -> None:
         """Put an evaluation taken after the last step row onto that row."""
         if self._steps:
             self._steps[-1]["accuracy"] = float(evaluation.accuracy)
             self._steps[-1]["eval_loss"] = float(evaluation.loss)
+            for key in OPTIONAL_STEP_COLUMNS:
+                if hasattr(evaluation, key):
+                    self._steps[-1][key] = float(getattr(evaluation, key))
 
     @property
     def step_rows(self) -> list[dict]:
         return self._steps
 
     def steps_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {k: pd.Series([r[k] for r in self._steps], dtype=t) for k, t in STEP_COLUMNS.items()}
         )
+        for key, dtype in OPTIONAL_STEP_COLUMNS.items():
+            values = [r.get(key, math.nan) for r in self._steps]
+            if any(not math.isnan(v) for v in values):
+                frame[key] = pd.Series(values, dtype=dtype)
+        return frame
 
     def state(self) -> dict:
         return {"steps": [dict(r) for r in self._steps], "events": self.events.state()}

@@ -13,7 +13,7 @@ STEP_COLUMNS: dict[str, str] = {
     "sim_time_s": "float64",  # simulated time at commit
     "round": "int64",
     "step": "int64",  # server step index (batch index within the run)
-    "attempt": "int64",  # 0 for the first try of a step, 1.. for variance repeats
+    "attempt": "int64",  # 0 first try, 1.. variance repeats, -1 eval on eval_every_s grid
     "committed": "bool",  # whether θ was updated by this row
     "devices": "int64",  # devices that delivered work
     "perturbations": "int64",  # units used by this row's estimate (cumulative over repeats)
@@ -46,6 +46,13 @@ STEP_COLUMNS: dict[str, str] = {
 VARIANCE_GATE_OUTCOMES = (
     "off", "passed", "rolled_back", "over_threshold", "too_few", "not_computed",
 )
+
+# Optional step columns: written only when some row has a value (a run evaluated on a
+# validation split, data.validation_fraction > 0); readers treat a missing one as all NaN.
+OPTIONAL_STEP_COLUMNS: dict[str, str] = {
+    "val_accuracy": "float64",  # validation-split accuracy when evaluated (for tuning)
+    "val_loss": "float64",
+}
 
 # One row per simulated event.  ``seq`` breaks ties at equal time.
 EVENT_COLUMNS: dict[str, str] = {

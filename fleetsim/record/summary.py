@@ -93,8 +93,9 @@ def build_summary(
         "simulated_hours": end_s / 3600.0,
         "rounds": int(rounds),
         "steps": int(committed_steps),
-        "step_attempts": int(len(steps)),
-        "variance_repeats": int((~steps["committed"]).sum()),
+        # rows with attempt -1 are evaluations on protocol.eval_every_s's grid, not attempts
+        "step_attempts": int((steps["attempt"] >= 0).sum()),
+        "variance_repeats": int((~steps["committed"] & (steps["attempt"] >= 0)).sum()),
         "host_seconds": host_seconds,
         "time_to_target": time_to_targets(steps, sc.run.targets),
         "total_perturbations": int(committed["perturbations"].sum()),

@@ -42,6 +42,23 @@ def test_perturbations_per_batch_quick(tmp_path: Path) -> None:
         assert row["median_s"] == pytest.approx(_first_reach_s(run_dir, row["target"]))
     facts = json.loads((figures / "study.json").read_text())
     assert "learning signal from all-minilm-l6-v2" in facts["model_label"]
+    # issue 23: the per-run table (one row per run, provenance, every first reach) ...
+    per_run = pd.read_csv(figures / "runs.csv")
+    assert len(per_run) == 2 and per_run["scenario_hash"].str.len().eq(16).all()
+    for _, row in per_run.iterrows():
+        for target in table["target"].unique():
+            assert row[f"tta_{target:g}_s"] == pytest.approx(
+                _first_reach_s(runs / row["run"], target))
+    # ... and 4 steps per v end at different simulated times: marked in --quick (each run's
+    # end in study.json and the curves), refused in a full study
+    ends = facts["unequal_horizons_s"]
+    assert ends == {r: pytest.approx(json.loads((runs / r / "summary.json").read_text())[
+        "simulated_seconds"]) for r in per_run["run"]}
+    from fleetsim.analysis.study import StudyRuns
+    from fleetsim.errors import FleetsimInputError
+    study = StudyRuns(Path("sweep.yaml"), runs, sorted(runs.glob("protocol.*")), 0.0, 0.0, [0])
+    with pytest.raises(FleetsimInputError, match="unequal horizons"):
+        _script("perturbations_per_batch").analyse(study, tmp_path / "full", mark=False)
 
 
 def test_end_to_end_quick(tmp_path: Path) -> None:

@@ -55,7 +55,15 @@ KSEED = SCENARIO.replace("name: adam", "name: sgd").replace(
     "protocol:\n", "protocol:\n  name: kseed\n  seed_pool: 64\n  seed_sampling: importance\n")
 
 
-@pytest.mark.parametrize("text", [SCENARIO, KSEED], ids=["fwdllm", "kseed-importance"])
+#: Issue 23: evaluations on a simulated-time grid (a SimPy process of its own) and on a
+#: validation split beside the test split resume byte-identically too.
+GRID = SCENARIO.replace("eval_every_steps: 3", "eval_every_s: 1").replace(
+    "max_eval_examples: 60", "max_eval_examples: 60\n  validation_fraction: 0.1\n"
+    "  max_validation_examples: 40")
+
+
+@pytest.mark.parametrize("text", [SCENARIO, KSEED, GRID],
+                         ids=["fwdllm", "kseed-importance", "time-grid-validation"])
 def test_sigkill_then_resume_is_byte_identical(tmp_path, text):
     scenario = tmp_path / "s.yaml"
     scenario.write_text(text)
@@ -84,6 +92,13 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, text):
     assert main(["run", "--resume", str(killed), "--no-progress"]) == 0
     for name in ("steps.parquet", "events.parquet"):
         assert (killed / name).read_bytes() == (full / name).read_bytes(), name
+    if text is GRID:  # the grid and the validation split were really exercised
+        import pandas as pd
+
+        steps = pd.read_parquet(full / "steps.parquet")
+        grid = steps[steps["attempt"] == -1]
+        assert len(grid) >= 2 and (grid["sim_time_s"] % 1 == 0).all()
+        assert grid["val_accuracy"].notna().all()
 
 
 def test_resume_without_checkpoint_is_bad_input(tmp_path, capsys):

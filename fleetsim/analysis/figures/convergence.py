@@ -3,7 +3,7 @@ and a run directory's own convergence.png."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +111,14 @@ def convergence_figure(
     metrics: Sequence[str] | None = None,
     targets: Sequence[float] = (),
     path: Path | str | None = None,
+    ends: Mapping[str, float] | None = None,
 ) -> Figure:
     """Accuracy / loss (or committed steps for systems-only runs) against ``x``.
+
+    ``ends`` (run id → simulated seconds at its end) marks where each run stopped, for a
+    comparison whose runs end at different simulated times (issue 23, equal horizons): a
+    dashed vertical line in the run's colour on the hours axis, an ✕ at the run's last
+    point on the others (artist gid ``end:<run>``).
 
     One line per run, one colour per value of ``by`` (a summary or scenario
     key; each run is its own group when None); the legend has one entry per
@@ -165,6 +171,13 @@ def convergence_figure(
             )[0]
             line.set_gid(run)
             labelled.add(group)
+            if ends is not None and run in ends:
+                if x == "hours":
+                    ax.axvline(float(ends[run]) / 3600.0, color=colours[group], linestyle="--",
+                               linewidth=0.8, alpha=0.7, gid=f"end:{run}")
+                else:
+                    ax.plot([points[x].iloc[-1]], [y.iloc[-1]], marker="X", markersize=8,
+                            color=colours[group], linestyle="none", gid=f"end:{run}")
         if metric == "accuracy":
             for target in targets:
                 ax.axhline(target, color="0.5", linestyle=":", linewidth=0.8, gid="target")
@@ -183,6 +196,7 @@ def time_to_accuracy_figure(
     by: str,
     target_labels: dict[float, str] | None = None,
     path: Path | str | None = None,
+    ends: Mapping[object, float] | None = None,
 ) -> Figure:
     """Median time to each target (s, min or h by scale) from
     :func:`~fleetsim.analysis.metrics.time_to_accuracy_table` (non-reaching runs
@@ -190,7 +204,10 @@ def time_to_accuracy_figure(
     whose median is not reached (fewer than half of the group's runs got there)
     leaves a gap; an interval unbounded above (typical with a few seeds: the log-log
     band never falls below one half) has no upper bar, an open triangle above the point
-    instead.  ``target_labels`` renames the x ticks."""
+    instead.  ``target_labels`` renames the x ticks.  ``ends`` (group → the earliest
+    simulated end of its runs, seconds) marks where each group's runs stopped, a dashed
+    horizontal line in its colour (artist gid ``end:<group>``): no time beyond it can be
+    reached by that group (issue 23, unequal horizons)."""
     figure = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = figure.subplots()
     targets = sorted(table["target"].unique())
@@ -200,6 +217,8 @@ def time_to_accuracy_figure(
     finite_median = table["median_s"].replace(np.inf, np.nan).max()
     top_s = finite_median if pd.notna(finite_median) else longest
     top = (float(top_s) / scale * 1.15) if pd.notna(top_s) and top_s > 0 else 1.0
+    if ends:
+        top = max(top, max(float(e) for e in ends.values()) / scale * 1.05)
     positions = {t: i for i, t in enumerate(targets)}
     for index, group in enumerate(list(dict.fromkeys(table[by]))):
         part = table[table[by] == group].sort_values("target")
@@ -219,6 +238,9 @@ def time_to_accuracy_figure(
         if unbounded.any():
             ax.plot(x[unbounded], median[unbounded] + 0.03 * top, "^", color=colour,
                     mfc="none", ms=5)
+        if ends is not None and group in ends:
+            ax.axhline(float(ends[group]) / scale, color=colour, linestyle="--", linewidth=0.8,
+                       alpha=0.7, gid=f"end:{group}", label=f"{by}={group}: runs end")
     ax.set_ylim(bottom=0.0, top=top)
     ax.set_xticks(range(len(targets)))
     ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])

@@ -56,11 +56,28 @@ def git_commit(repo: Path | None = None) -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _recorded_commit(run_dir: Path) -> str | None:
+    """The commit the run's own ``summary.json`` records (``git_commit``, ``+dirty`` when
+    ``git_dirty``); None for a run directory written before fleetsim recorded it."""
+    import json
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    head = summary.get("git_commit")
+    if not head:
+        return None
+    return str(head) + ("+dirty" if summary.get("git_dirty") else "")
+
+
 def runs_table(
     rows: pd.DataFrame, run_dirs: Sequence[Path], commit: str | None = None
 ) -> pd.DataFrame:
     """``rows`` (one row per run, a ``run`` column matching the directory names of
-    ``run_dirs``) with the provenance columns ``commit`` and ``scenario_hash`` first."""
+    ``run_dirs``) with the provenance columns ``commit`` and ``scenario_hash`` first.
+    ``commit``: the given one, else the commit each run's ``summary.json`` records, else
+    the source tree's HEAD now (runs written before fleetsim recorded it)."""
     if "run" not in rows.columns:
         raise FleetsimInputError("per-run table: needs a 'run' column")
     hashes = {Path(d).name: scenario_hash(Path(d)) for d in run_dirs}
@@ -68,7 +85,11 @@ def runs_table(
     if missing:
         raise FleetsimInputError(f"per-run table: no run directory for {', '.join(missing)}")
     out = rows.copy()
-    out.insert(1, "commit", commit if commit is not None else git_commit())
+    recorded = {Path(d).name: _recorded_commit(Path(d)) for d in run_dirs}
+    out.insert(1, "commit", [
+        commit if commit is not None else (recorded[r] or git_commit())
+        for r in out["run"]
+    ])
     out.insert(2, "scenario_hash", [hashes[r] for r in out["run"]])
     return out
 

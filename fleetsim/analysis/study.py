@@ -236,10 +236,9 @@ def per_run_table(
     ``end_s`` (simulated end), ``stopped_by``, ``steps``, ``final_accuracy`` and, per
     target t, ``tta_<t>_s`` (simulated seconds to the running maximum's first reach;
     ``inf`` when not reached — censored at ``end_s``), plus ``best_val_accuracy`` when the
-    runs evaluated a validation split.  ``commit`` is the fleetsim tree's
-    ``git rev-parse HEAD`` when the table is written (``+dirty`` when tracked files differ
-    from it): run directories do not record their commit yet, so write the table right
-    after the sweep that produced the runs."""
+    runs evaluated a validation split.  ``commit`` is the commit each run's
+    ``summary.json`` records (``+dirty`` when tracked files differed), else the tree's
+    ``git rev-parse HEAD`` when the table is written."""
     from fleetsim.analysis.load import load_runs
     from fleetsim.analysis.metrics import time_to_accuracy_runs
     from fleetsim.analysis.pages import runs_table

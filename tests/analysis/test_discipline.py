@@ -289,6 +289,21 @@ def test_per_run_table_has_every_run_with_provenance(make_run) -> None:
     assert len(set(table["commit"])) == 1
 
 
+def test_per_run_table_takes_the_commit_each_run_recorded(make_run) -> None:
+    import json
+
+    from fleetsim.analysis.pages import git_commit
+    from fleetsim.analysis.study import per_run_table
+
+    a, b = make_run(name="a", seed=0), make_run(name="b", seed=1)
+    summary = json.loads((a / "summary.json").read_text())
+    summary.update(git_commit="abc123", git_dirty=True)
+    (a / "summary.json").write_text(json.dumps(summary))
+    table = per_run_table([a, b], ["run.seed"])
+    # a's own record; b (written before runs recorded it) falls back to the tree's HEAD
+    assert table["commit"].tolist() == ["abc123+dirty", git_commit()]
+
+
 def test_recorded_evaluation_points_must_match(make_run) -> None:
     nan = math.nan
     # the same scenario keys, but one run was evaluated every step, the other every second

@@ -662,6 +662,8 @@ class StepServer:
                 "val_loss": evaluation.val_loss, "variance": math.nan, "lr": math.nan,
                 "bytes_up": 0, "bytes_down": 0, "step_seconds": 0.0, "stale_units": 0,
                 "staleness_max": 0, "staleness_mean": 0.0,
+                # an evaluation, not an attempt: no gate, no step start
+                "variance_gate": "off", "step_start_s": math.nan,
             })
             k += 1
 

@@ -148,7 +148,10 @@ def test_checkpoint_round_trip_is_exact_and_holds_only_data():
     assert back["journal"][0][1].loss == 0.1 + 0.2
     assert back["journal"][0][1].extra == {"k": [1, 2.5, "x"]}
     assert np.isnan(back["journal"][0][1].variance)
-    assert back["journal"][1][1] == EvalResult(0.75, 1e-300, 60)
+    evaluation = back["journal"][1][1]
+    assert isinstance(evaluation, EvalResult)
+    assert (evaluation.accuracy, evaluation.loss, evaluation.n_examples) == (0.75, 1e-300, 60)
+    assert np.isnan(evaluation.val_accuracy) and np.isnan(evaluation.val_loss)  # no split
     f32, i64, flag, ninf = back[0]
     assert type(f32) is np.float32 and f32 == np.float32(0.1)
     assert type(i64) is np.int64 and i64 == -7 and flag is True and ninf == float("-inf")

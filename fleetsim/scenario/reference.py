@@ -76,15 +76,21 @@ def scenario_reference() -> str:
     return "\n".join(lines)
 
 
+def replace_between(text: str, begin: str, end: str, block: str) -> str:
+    """``text`` with what stands between the markers ``begin`` and ``end`` replaced by
+    ``block``; ValueError naming a missing marker."""
+    head, sep, rest = text.partition(begin)
+    if not sep:
+        raise ValueError(f"README lacks the marker {begin}")
+    _, sep2, tail = rest.partition(end)
+    if not sep2:
+        raise ValueError(f"README lacks the marker {end}")
+    return f"{head}{begin}\n{block}\n{end}{tail}"
+
+
 def render_readme(readme_text: str) -> str:
     """README text with the block between the markers replaced by the reference."""
-    head, sep, rest = readme_text.partition(BEGIN)
-    if not sep:
-        raise ValueError(f"README lacks the marker {BEGIN}")
-    _, sep2, tail = rest.partition(END)
-    if not sep2:
-        raise ValueError(f"README lacks the marker {END}")
-    return f"{head}{BEGIN}\n{scenario_reference()}\n{END}{tail}"
+    return replace_between(readme_text, BEGIN, END, scenario_reference())
 
 
 if __name__ == "__main__":  # python -m fleetsim.scenario.reference README.md

@@ -45,13 +45,9 @@ def sweep_reference() -> str:
 
 def render_readme(readme_text: str) -> str:
     """README text with the block between the markers replaced by the reference."""
-    head, sep, rest = readme_text.partition(BEGIN)
-    if not sep:
-        raise ValueError(f"README lacks the marker {BEGIN}")
-    _, sep2, tail = rest.partition(END)
-    if not sep2:
-        raise ValueError(f"README lacks the marker {END}")
-    return f"{head}{BEGIN}\n{sweep_reference()}\n{END}{tail}"
+    from fleetsim.scenario.reference import replace_between
+
+    return replace_between(readme_text, BEGIN, END, sweep_reference())
 
 
 if __name__ == "__main__":  # python -m fleetsim.sweep.reference README.md

@@ -214,7 +214,7 @@ class Selection:
     def markdown(self) -> str:
         """The grid and the choice for a results page: the criterion, then one row per
         candidate (arm keys, tuned keys, runs, validation score to 4 digits, "chosen")."""
-        from fleetsim.analysis.report import markdown_table
+        from fleetsim.analysis.tables import markdown_table
 
         shown = self.grid.copy()
         shown["validation"] = [f"{v:.4f}" for v in shown["validation"]]

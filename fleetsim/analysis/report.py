@@ -14,7 +14,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fleetsim.analysis.load import RunSet, check_key, load_runs
@@ -38,6 +37,7 @@ from fleetsim.analysis.plots import (
     utilisation_figure,
 )
 from fleetsim.analysis.stats import mean_confidence_interval
+from fleetsim.analysis.tables import format_value, markdown_table
 
 REPORT_DIR_NAME = "report"
 REPORT_HTML = "report.html"
@@ -56,37 +56,10 @@ def default_targets(runset: RunSet) -> list[float]:
     return sorted(named) if named else list(DEFAULT_TARGETS)
 
 
-def _format_value(value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        if math.isnan(value):
-            return "—"
-        if math.isinf(value):
-            return "∞" if value > 0 else "-∞"
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table; missing values are shown as an em dash."""
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    lines = [header, rule]
-    for row in frame.itertuples(index=False):
-        cells = [_format_value(v).replace("|", "\\|") for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _html_table(frame: pd.DataFrame) -> str:
     formatted = frame.copy()
     for column in formatted.columns:
-        formatted[column] = [_format_value(v) for v in formatted[column]]
+        formatted[column] = [format_value(v) for v in formatted[column]]
     return formatted.to_html(index=False, escape=True, border=0, classes="table")
 
 

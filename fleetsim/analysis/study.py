@@ -160,7 +160,7 @@ def study_folders(args: argparse.Namespace, here: Path) -> tuple[Path, Path, Pat
 def write_table(frame: pd.DataFrame, folder: Path, name: str, note: str = "") -> tuple[Path, Path]:
     """``frame`` as ``name.csv`` and ``name.md`` (Markdown, missing values as —, infinite
     as ∞) in ``folder``."""
-    from fleetsim.analysis.report import markdown_table
+    from fleetsim.analysis.tables import markdown_table
 
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = folder / f"{name}.csv", folder / f"{name}.md"

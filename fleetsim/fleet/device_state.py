@@ -21,10 +21,10 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.config import FleetConfig
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.ledger import DeviceLedger
-from fleetsim.fleet.window_cursor import AvailabilityCursor
 from fleetsim.fleet.work import Task, TaskKind
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
+from fleetsim.traces.window_cursor import AvailabilityCursor
 from fleetsim.workload import BACKENDS, ModelFacts
 
 #: ``(table, device_ids, backends, facts, kind, inferences_per_unit) -> seconds per unit``

@@ -2,7 +2,7 @@ r"""The fleet: owner of every device's state on the SimPy clock.
 
 The server talks to devices only through :class:`Fleet`: it asks who is online,
 until when, who can hold a job and what a unit would cost (vectorised numpy over the
-whole fleet, :class:`~fleetsim.fleet.window_cursor.AvailabilityCursor`), and it
+whole fleet, :class:`~fleetsim.traces.window_cursor.AvailabilityCursor`), and it
 ``dispatch``\ es and ``cancel``\ s tasks.  Only devices with work are SimPy
 processes; each runs its queue of tasks through the lifecycle in
 :mod:`fleetsim.fleet.lifecycle` (download → compute → upload, with interruption,
@@ -42,10 +42,10 @@ from fleetsim.fleet.device_state import (
     UnitSecondsFn,
 )
 from fleetsim.fleet.energy import PowerTable
-from fleetsim.fleet.window_cursor import online_seconds
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
+from fleetsim.traces.window_cursor import online_seconds
 from fleetsim.workload import BACKENDS, ModelFacts
 
 

@@ -37,7 +37,7 @@ import yaml
 from fleetsim.errors import FleetsimInputError
 from fleetsim.record.atomic import write_text
 from fleetsim.record.rundir import run_dir_state
-from fleetsim.scenario.safe_yaml import load_bounded
+from fleetsim.safe_yaml import load_bounded
 from fleetsim.sweep.backend import (  # noqa: F401 - ERROR_FILE, RunFn, execute_run: public here too
     ERROR_FILE,
     RunFn,

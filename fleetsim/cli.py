@@ -118,10 +118,14 @@ def _cmd_traces_catalogue(args: argparse.Namespace) -> int:
 
 
 def _cmd_traces_sample(args: argparse.Namespace) -> int:
-    from fleetsim.traces.sample import sample_scenario
+    from fleetsim.scenario.loader import load_scenario
+    from fleetsim.traces.sample import check_sample_size, sample_availability
 
-    out, df, label = sample_scenario(args.scenario, args.set, args.devices, args.hours,
-                                     Path(args.out))
+    check_sample_size(args.devices, args.hours)  # before the scenario is read
+    loaded = load_scenario(args.scenario, args.set)
+    sc = loaded.scenario
+    out, df, label = sample_availability(sc.traces, sc.run.seed, loaded.base_dir, args.devices,
+                                         args.hours, Path(args.out))
     print(f"{out}: {len(df)} windows of {args.devices} devices over {args.hours:g} h "
           f"(t = 0 is local midnight); availability: {label}")
     return 0

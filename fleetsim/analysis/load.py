@@ -29,7 +29,7 @@ from fleetsim.errors import FleetsimInputError, did_you_mean
 from fleetsim.record.rundir import require_complete
 from fleetsim.record.schema import DEVICE_COLUMNS, EVENT_COLUMNS, STEP_COLUMNS
 from fleetsim.record.status import finite_accuracy
-from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
+from fleetsim.safe_yaml import load_bounded, read_yaml_text
 
 SCENARIO_FILE = "scenario.yaml"
 SUMMARY_FILE = "summary.json"

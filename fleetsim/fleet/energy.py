@@ -17,7 +17,7 @@ import yaml
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.config import EnergyConfig
-from fleetsim.scenario.safe_yaml import MAX_FILE_BYTES, load_bounded
+from fleetsim.safe_yaml import MAX_FILE_BYTES, load_bounded
 from fleetsim.traces.files import refuse_special_file
 from fleetsim.workload import BACKENDS
 
@@ -66,7 +66,7 @@ class PowerTable:
                     f"fleet.energy.power_file: {path} is larger than 1 MiB; a power table "
                     "is a few kB"
                 )
-            raw = load_bounded(text, path)  # alias bombs refused (scenario.safe_yaml)
+            raw = load_bounded(text, path)  # alias bombs refused (fleetsim.safe_yaml)
         except OSError as exc:
             raise FleetsimInputError(
                 f"fleet.energy.power_file: cannot read power figures from {path} "

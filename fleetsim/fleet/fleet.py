@@ -2,7 +2,7 @@ r"""The fleet: owner of every device's state on the SimPy clock.
 
 The server talks to devices only through :class:`Fleet`: it asks who is online,
 until when, who can hold a job and what a unit would cost (vectorised numpy over the
-whole fleet, :class:`~fleetsim.fleet.window_cursor.AvailabilityCursor`), and it
+whole fleet, :class:`~fleetsim.traces.window_cursor.AvailabilityCursor`), and it
 ``dispatch``\ es and ``cancel``\ s tasks.  Only devices with work are SimPy
 processes; each runs its queue of tasks through the lifecycle in
 :mod:`fleetsim.fleet.lifecycle` (download → compute → upload, with interruption,
@@ -28,42 +28,28 @@ step, so no draw depends on any other device.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from typing import Optional
 
 import numpy as np
 import simpy
 
-from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet import lifecycle
 from fleetsim.fleet.config import FleetConfig
+from fleetsim.fleet.device_state import (
+    ChooseBackendFn,
+    DeviceState,
+    Job,
+    UnitSecondsFn,
+)
 from fleetsim.fleet.energy import PowerTable
-from fleetsim.fleet.ledger import DeviceLedger
-from fleetsim.fleet.lifecycle import Job
-from fleetsim.fleet.window_cursor import AvailabilityCursor, online_seconds
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
+from fleetsim.traces.window_cursor import online_seconds
 from fleetsim.workload import BACKENDS, ModelFacts
 
-#: ``(table, device_ids, backends, facts, kind, inferences_per_unit) -> seconds per unit``
-UnitSecondsFn = Callable[..., np.ndarray]
-#: ``(table, device_ids, kind, preference) -> backend name per device``
-ChooseBackendFn = Callable[..., np.ndarray]
 
-def _default_unit_seconds(*args, **kwargs) -> np.ndarray:
-    from fleetsim.traces import latency  # lazily: the traces package is optional for tests
-
-    return latency.unit_seconds(*args, **kwargs)
-
-
-def _default_choose_backend(*args, **kwargs) -> np.ndarray:
-    from fleetsim.traces import latency
-
-    return latency.choose_backend(*args, **kwargs)
-
-
-class Fleet:
+class Fleet(DeviceState):
     """All devices of a run, on one SimPy environment.
 
     ``unit_seconds_fn`` / ``choose_backend_fn`` default to
@@ -84,53 +70,8 @@ class Fleet:
         choose_backend_fn: Optional[ChooseBackendFn] = None,
         power: Optional[PowerTable] = None,
     ) -> None:
-        n = len(table)
-        if availability.num_devices != n:
-            raise ValueError(
-                f"availability trace covers {availability.num_devices} devices, "
-                f"device table has {n}"
-            )
-        if config.size != n:
-            raise ValueError(f"fleet.size is {config.size} but the device table has {n} devices")
-        self.env = env
-        self.table = table
-        self.availability = availability
-        self.config = config
-        self.seed = int(seed)
-        self.log = log
-        self.facts = facts
-        self._unit_seconds_fn = unit_seconds_fn or _default_unit_seconds
-        self._choose_backend_fn = choose_backend_fn or _default_choose_backend
-        self.power = power or PowerTable.load(config.energy)
-        self.cursor = AvailabilityCursor(availability)
-
-        up_j, down_j, base_w = self.power.radio_arrays(list(table.network_types))
-        net = np.asarray(table.network_type_index, dtype=np.int64)
-        # Huang et al. model: radio power while transferring = alpha × throughput + beta,
-        # i.e. J per byte × bytes per second + base watts, per device and direction.
-        self.up_radio_watts = up_j[net] * (table.uplink_bps / 8.0) + base_w[net]
-        self.down_radio_watts = down_j[net] * (table.downlink_bps / 8.0) + base_w[net]
-        # The per-byte term alone, for bytes moved in no simulated time (fleet.transfers
-        # uplink_only / none, an infinite link): the energy follows the bytes, not the clock.
-        self.up_radio_j_per_byte = up_j[net]
-        self.down_radio_j_per_byte = down_j[net]
-        self.compute_watts = {b: self.power.compute_watts(b) for b in BACKENDS}
-        for name in ("uplink_bps", "downlink_bps"):
-            rates = np.asarray(getattr(table, name), dtype=np.float64)
-            # +inf is allowed: an uplink-only profile makes downloads free (the paper's model).
-            ok = ~np.isnan(rates) & (rates > 0)
-            if not np.all(ok):
-                bad = int(np.flatnonzero(~ok)[0])
-                raise FleetsimInputError(
-                    f"device table ({table.source or 'synthesised'}): {name} must be > 0 bit/s "
-                    f"(or inf for free transfers) for every device; device {bad} has "
-                    f"{rates[bad]!r}"
-                )
-
-        self.ledger = DeviceLedger(n)
-        # Tasks held per device (queued, running or about to start); a task withdrawn by
-        # the server stops counting at once (see cancel).
-        self._busy_count = np.zeros(n, dtype=np.int32)
+        super().__init__(env, table, availability, config, seed, log, facts,
+                         unit_seconds_fn, choose_backend_fn, power)
         self._queues: dict[int, deque[Job]] = {}  # devices with a process: tasks not started
         self._current: dict[int, Job] = {}
         self._procs: dict[int, simpy.Process] = {}
@@ -138,19 +79,8 @@ class Fleet:
         self._pending_cancels: list[tuple[int, int]] = []
         self._flush_scheduled = False
         self._dispatch_seq = 0
-        self.tasks_per_step: dict[tuple[int, int], int] = {}
-        # Thermal state, only for devices that computed: start of the current sustained load
-        # and end of the last compute span.
-        self.load_start: dict[int, float] = {}
-        self.load_end: dict[int, float] = {}
-        self._backend_cache: dict[str, np.ndarray] = {}
-        self._unit_cache: dict[tuple[str, float], np.ndarray] = {}
 
     # ------------------------------------------------------------------ queries (vectorised)
-
-    @property
-    def num_devices(self) -> int:
-        return len(self.table)
 
     def available_ids(self) -> np.ndarray:
         """Devices online now (busy or not)."""
@@ -191,12 +121,6 @@ class Fleet:
         if setup_inferences <= 0:
             return np.zeros(len(ids))
         return self.unit_array(kind, setup_inferences)[ids]
-
-    def setup_seconds(self, task: Task) -> float:
-        """Nominal seconds of ``task``'s setup forwards on its device (0 when none)."""
-        if task.setup_inferences <= 0:
-            return 0.0
-        return float(self.unit_array(task.kind, task.setup_inferences)[task.device_id])
 
     def predict_transfer_seconds(
         self, ids: np.ndarray, download_bytes: int | np.ndarray, upload_bytes: int | np.ndarray
@@ -255,11 +179,6 @@ class Fleet:
             self.release(current)
         self._pending_cancels.append((d, s))
         self._schedule_flush()
-
-    def release(self, job: Job) -> None:
-        if not job.released:
-            job.released = True
-            self._busy_count[job.task.device_id] -= 1
 
     def mark_unused(self, receipt: WorkReceipt) -> None:
         """The server dropped this delivered work (late, rejected): count its busy time as
@@ -347,61 +266,6 @@ class Fleet:
     def run_totals(self) -> dict[str, float]:
         """Run totals of the per-device accounting (sums over all devices)."""
         return self.ledger.run_totals()
-
-    # ------------------------------------------------------------------ lookups (cached)
-
-    def backend_array(self, kind: TaskKind) -> np.ndarray:
-        key = kind.value if isinstance(kind, TaskKind) else TaskKind(kind).value
-        cached = self._backend_cache.get(key)
-        if cached is None:
-            cached = np.asarray(
-                self._choose_backend_fn(
-                    self.table, self.table.device_ids, key, self.config.backend
-                ),
-                dtype=object,
-            )
-            self._backend_cache[key] = cached
-        return cached
-
-    def unit_array(self, kind: TaskKind, inferences_per_unit: float) -> np.ndarray:
-        kind_name = kind.value if isinstance(kind, TaskKind) else TaskKind(kind).value
-        key = (kind_name, float(inferences_per_unit))
-        cached = self._unit_cache.get(key)
-        if cached is None:
-            backends = self.backend_array(kind)
-            cached = np.asarray(
-                self._unit_seconds_fn(
-                    self.table,
-                    self.table.device_ids,
-                    backends,
-                    self.facts,
-                    key[0],
-                    key[1],
-                ),
-                dtype=np.float64,
-            )
-            self._unit_cache[key] = cached
-        return cached
-
-    def _transfer_seconds(
-        self, ids: np.ndarray, payload: int | np.ndarray, direction: str
-    ) -> np.ndarray:
-        mode = self.config.transfers
-        if mode == "none" or (mode == "uplink_only" and direction == "download"):
-            return np.zeros(len(ids))
-        payload = np.broadcast_to(np.asarray(payload, dtype=np.float64), (len(ids),))
-        bps = self.table.uplink_bps if direction == "upload" else self.table.downlink_bps
-        rate = bps[ids]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            seconds = np.where(rate > 0, payload * 8.0 / rate, np.inf)
-        return np.where(payload > 0, seconds, 0.0)
-
-    def transfer_seconds_one(self, d: int, payload: int, direction: str) -> float:
-        mode = self.config.transfers
-        if payload <= 0 or mode == "none" or (mode == "uplink_only" and direction == "download"):
-            return 0.0
-        bps = self.table.uplink_bps if direction == "upload" else self.table.downlink_bps
-        return payload * 8.0 / float(bps[d])
 
     # ------------------------------------------------------------------ internals: batching
 

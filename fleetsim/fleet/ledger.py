@@ -46,7 +46,7 @@ class DeviceLedger:
 
     # ------------------------------------------------------------------ writing
     def record(self, job: Any) -> None:
-        """Add one finished task's figures (a :class:`~fleetsim.fleet.lifecycle.Job`)."""
+        """Add one finished task's figures (a :class:`~fleetsim.fleet.device_state.Job`)."""
         self._rows.append(
             (job.task.device_id,)
             + tuple(getattr(job, name) for name in _FLOAT_COLUMNS)

@@ -8,7 +8,7 @@
 
 :func:`run_job` is the process: download → compute → upload, each phase spending
 simulated time against the device's availability window.  The functions here own no
-state: the device's state lives on the :class:`~fleetsim.fleet.fleet.Fleet` (its
+state: the device's state lives on the :class:`~fleetsim.fleet.device_state.DeviceState` (its
 window cursor, thermal history, queue) and the task's on its :class:`Job`; finished
 tasks go to the fleet's :class:`~fleetsim.fleet.ledger.DeviceLedger`.  Nothing here
 computes gradients.
@@ -51,18 +51,15 @@ until the queue is empty, or the clock will stop at the last stale timer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 import simpy
 
+from fleetsim.fleet.device_state import DeviceState, Job
 from fleetsim.fleet.ledger import BACKEND_INDEX
-from fleetsim.fleet.work import ReceiptStatus, Task, WorkReceipt
+from fleetsim.fleet.work import ReceiptStatus, WorkReceipt
 from fleetsim.rng import stream
-
-if TYPE_CHECKING:
-    from fleetsim.fleet.fleet import Fleet
 
 # Outcomes of one phase (transfer or compute span).
 _DONE = "done"
@@ -71,42 +68,7 @@ _GONE = "gone"  # the device never comes online again
 _EXPIRED = "expired"  # the deadline cut compute
 
 
-@dataclass
-class Job:
-    """One task on its way through a device: its phase, progress and accounting so far."""
-
-    task: Task
-    event: simpy.Event
-    seq: int  # dispatch call index: only breaks ties between tasks of one (device, step)
-    t_assigned: float
-    cancelled: bool = False
-    released: bool = False  # no longer counted busy (finished, or cancelled by the server)
-    backend: str = ""
-    window_end: float = 0.0  # end of the device's current availability window
-    online_hint: Optional[bool] = None  # availability looked up in the dispatch batch...
-    hint_time: float = -np.inf  # ...at this time (used only if the task starts then)
-    phase: str = ""  # phase in progress: "download" | "compute" | "upload" | "paused"
-    phase_start: float = 0.0
-    units_done: int = 0
-    units_delivered: int = 0
-    units_lost: int = 0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    busy_s: float = 0.0
-    compute_s: float = 0.0
-    network_s: float = 0.0
-    interrupted_s: float = 0.0
-    wasted_s: float = 0.0  # wasted busy time in a task that still delivered something
-    energy_j: float = 0.0
-    compute_j: float = 0.0
-    radio_j: float = 0.0
-    # The compute span in progress: end offsets of its units (or the equal unit time).
-    span_cum: Optional[np.ndarray] = field(default=None, repr=False)
-    span_unit_s: float = 0.0
-    noise: Optional[np.ndarray] = field(default=None, repr=False)
-
-
-def run_job(fleet: Fleet, job: Job):
+def run_job(fleet: DeviceState, job: Job):
     env, task, d = fleet.env, job.task, job.task.device_id
     try:
         if not admit(fleet, job):
@@ -144,7 +106,7 @@ def run_job(fleet: Fleet, job: Job):
         finish(fleet, job, ReceiptStatus.CANCELLED)
 
 
-def admit(fleet: Fleet, job: Job) -> bool:
+def admit(fleet: DeviceState, job: Job) -> bool:
     task, d, now = job.task, job.task.device_id, fleet.env.now
     if job.online_hint is None or job.hint_time != now:
         online, end = fleet.cursor.state(np.array([d], dtype=np.int64), now)
@@ -163,7 +125,7 @@ def admit(fleet: Fleet, job: Job) -> bool:
     return True
 
 
-def abandon_unit_in_progress(fleet: Fleet, job: Job, elapsed_s: float, why: str) -> None:
+def abandon_unit_in_progress(fleet: DeviceState, job: Job, elapsed_s: float, why: str) -> None:
     """The unit being computed is given up after ``elapsed_s`` seconds (a deadline, or an
     interruption under 'lose'): its time is wasted and, if it had started, it is lost work."""
     job.wasted_s += elapsed_s
@@ -173,7 +135,7 @@ def abandon_unit_in_progress(fleet: Fleet, job: Job, elapsed_s: float, why: str)
                       duration_s=elapsed_s, units=1, detail=why)
 
 
-def refuse(fleet: Fleet, job: Job, kind: str, detail: str = "") -> bool:
+def refuse(fleet: DeviceState, job: Job, kind: str, detail: str = "") -> bool:
     """The device cannot take the task (offline, too little RAM, no usable backend): log
     ``kind`` and end the task REFUSED.  Returns False (for :func:`admit`)."""
     fleet.log.add(fleet.env.now, job.task.device_id, kind, job.task.step, detail=detail)
@@ -181,7 +143,7 @@ def refuse(fleet: Fleet, job: Job, kind: str, detail: str = "") -> bool:
     return False
 
 
-def spend(fleet: Fleet, job: Job, phase: str, seconds: float) -> None:
+def spend(fleet: DeviceState, job: Job, phase: str, seconds: float) -> None:
     """Account ``seconds`` of active ``phase`` time to the job (the device's columns are
     updated once, when the task ends)."""
     if seconds <= 0:
@@ -200,7 +162,7 @@ def spend(fleet: Fleet, job: Job, phase: str, seconds: float) -> None:
     job.energy_j += joules
 
 
-def charge_untimed_transfer(fleet: Fleet, job: Job, direction: str, payload: int) -> None:
+def charge_untimed_transfer(fleet: DeviceState, job: Job, direction: str, payload: int) -> None:
     """Radio energy of ``payload`` bytes moved in no simulated time (``fleet.transfers:
     uplink_only`` downloads, every transfer under ``none``, an infinite link): the
     per-byte term of the Huang et al. (MobiSys 2012) model, α_dir × bytes, which a timed
@@ -217,7 +179,7 @@ def charge_untimed_transfer(fleet: Fleet, job: Job, direction: str, payload: int
     job.energy_j += joules
 
 
-def charge_partial_phase(fleet: Fleet, job: Job) -> None:
+def charge_partial_phase(fleet: DeviceState, job: Job) -> None:
     """On cancellation: account the part of the phase in progress that elapsed."""
     elapsed = fleet.env.now - job.phase_start
     if job.phase == "paused":
@@ -249,7 +211,7 @@ def charge_partial_phase(fleet: Fleet, job: Job) -> None:
     job.phase = ""
 
 
-def timeout_until(fleet: Fleet, t: float) -> simpy.Timeout:
+def timeout_until(fleet: DeviceState, t: float) -> simpy.Timeout:
     """A timeout firing at exactly ``t`` (a window boundary or deadline): ``now + (t -
     now)`` can miss ``t`` by an ulp, which would put the event on the wrong side of a
     half-open boundary or of a server timer set for the same instant."""
@@ -262,7 +224,7 @@ def timeout_until(fleet: Fleet, t: float) -> simpy.Timeout:
     return fleet.env.timeout(max(delay, 0.0))
 
 
-def wait_online(fleet: Fleet, job: Job):
+def wait_online(fleet: DeviceState, job: Job):
     """Suspend until the device's next window; False if it never comes back."""
     d, now = job.task.device_id, fleet.env.now
     back = fleet.cursor.next_start(d, now)
@@ -278,7 +240,7 @@ def wait_online(fleet: Fleet, job: Job):
     return True
 
 
-def active(fleet: Fleet, job: Job, phase: str, seconds: float):
+def active(fleet: DeviceState, job: Job, phase: str, seconds: float):
     """Spend ``seconds`` of transfer time, honouring the availability window."""
     env, d = fleet.env, job.task.device_id
     remaining = seconds
@@ -307,7 +269,7 @@ def active(fleet: Fleet, job: Job, phase: str, seconds: float):
     return _DONE
 
 
-def unit_times(fleet: Fleet, job: Job) -> np.ndarray:
+def unit_times(fleet: DeviceState, job: Job) -> np.ndarray:
     """Nominal × noise seconds of every unit of the task (drawn once per task); the first
     unit also carries the task's setup forwards (:attr:`Task.setup_inferences`)."""
     task, d = job.task, job.task.device_id
@@ -327,7 +289,7 @@ def unit_times(fleet: Fleet, job: Job) -> np.ndarray:
     return times
 
 
-def thermal_adjust(fleet: Fleet, d: int, now: float, times: np.ndarray, first_started: bool):
+def thermal_adjust(fleet: DeviceState, d: int, now: float, times: np.ndarray, first_started: bool):
     """Slow the units that start after the device has been hot for ``onset_s``."""
     cfg = fleet.config.thermal
     if not cfg.enabled:
@@ -346,7 +308,7 @@ def thermal_adjust(fleet: Fleet, d: int, now: float, times: np.ndarray, first_st
     return times
 
 
-def compute(fleet: Fleet, job: Job):
+def compute(fleet: DeviceState, job: Job):
     env, task, d = fleet.env, job.task, job.task.device_id
     base_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
     exact = fleet.config.compute_noise_sigma <= 0 and not fleet.config.thermal.enabled
@@ -423,7 +385,7 @@ def compute(fleet: Fleet, job: Job):
     return _DONE
 
 
-def upload(fleet: Fleet, job: Job, resume_first: bool):
+def upload(fleet: DeviceState, job: Job, resume_first: bool):
     env, task, d = fleet.env, job.task, job.task.device_id
     payload = int(task.upload_bytes(job.units_done))
     seconds = fleet.transfer_seconds_one(d, payload, "upload")
@@ -462,7 +424,7 @@ def upload(fleet: Fleet, job: Job, resume_first: bool):
     finish(fleet, job, status)
 
 
-def end_without_delivery(fleet: Fleet, job: Job, outcome: str) -> None:
+def end_without_delivery(fleet: DeviceState, job: Job, outcome: str) -> None:
     d, task = job.task.device_id, job.task
     undelivered = job.units_done - job.units_delivered
     if undelivered > 0:
@@ -472,7 +434,7 @@ def end_without_delivery(fleet: Fleet, job: Job, outcome: str) -> None:
     finish(fleet, job, status)
 
 
-def finish(fleet: Fleet, job: Job, status: ReceiptStatus) -> None:
+def finish(fleet: DeviceState, job: Job, status: ReceiptStatus) -> None:
     d, task = job.task.device_id, job.task
     if job.units_delivered == 0:
         job.wasted_s = job.busy_s

@@ -8,6 +8,9 @@ what goes down and up the wire (:meth:`Protocol.download_payload`,
 aggregated).  Everything every protocol needs done the same way (eligible devices,
 cohorts, dispatch, commit rules, carried work, step rows) is the
 :class:`~fleetsim.protocols.server.StepServer`'s, handed to each hook as ``server``.
+The hooks here are typed with :class:`~fleetsim.protocols.payload.ServerView`, the
+part of the server their defaults read (this module never imports the server);
+strategies that drive the server further annotate it as ``StepServer``.
 New protocols register through the ``fleetsim.protocols`` entry-point group.
 """
 
@@ -15,15 +18,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from fleetsim.protocols import payload
 from fleetsim.protocols.config import ProtocolConfig
+from fleetsim.protocols.payload import ServerView
 from fleetsim.workload import TaskKind
-
-if TYPE_CHECKING:
-    from fleetsim.protocols.server import StepServer
 
 
 class Protocol(ABC):
@@ -114,15 +116,15 @@ class Protocol(ABC):
         return fills, None
 
     @abstractmethod
-    def run(self, server: StepServer) -> Generator:
+    def run(self, server: ServerView) -> Generator:
         """The protocol's round loop, a SimPy generator driving ``server``."""
 
-    def check(self, server: StepServer) -> None:
+    def check(self, server: ServerView) -> None:
         """Refuse settings this protocol cannot honour (raise FleetsimInputError naming the
         key); called once when the server is built."""
         return None
 
-    def steps_per_round(self, server: StepServer) -> tuple[int, int]:
+    def steps_per_round(self, server: ServerView) -> tuple[int, int]:
         """(fewest, most) committed steps one round takes when nothing cuts it short
         (what ``protocol.lr_schedule`` plans with, :meth:`StepServer.step_plan`).  This
         default: one committed step per round (FedAvg: a round is one aggregation)."""
@@ -152,14 +154,14 @@ class Protocol(ABC):
         return 0.0
 
     def pool_seeds(
-        self, server: StepServer, step: int, device_id: int, ks: tuple[int, ...]
+        self, server: ServerView, step: int, device_id: int, ks: tuple[int, ...]
     ) -> Optional[tuple[int, ...]]:
         """Seed-pool protocols (FedKSeed): the pool index of each perturbation ``ks`` that
         ``device_id`` computed for ``step``, chosen server-side; None (this default): every
         perturbation has its own per-(step, device, k) seed."""
         return None
 
-    def download_payload(self, server: StepServer, device_ids: np.ndarray) -> np.ndarray:
+    def download_payload(self, server: ServerView, device_ids: np.ndarray) -> np.ndarray:
         """Bytes each device downloads before computing for the current step, shape
         ``(len(device_ids),)``.
 
@@ -168,15 +170,15 @@ class Protocol(ABC):
         step (a variance repeat); ``seeds`` — 12 bytes per (seed, scalar) pair of every
         committed step the device has not applied (``StepServer.seed_download``)."""
         if self.cfg.download == "seeds":
-            return server.seed_download(device_ids)
-        return server.dense_download(device_ids)
+            return payload.seed_download(server, device_ids)
+        return payload.dense_download(server, device_ids)
 
-    def upload_fn(self, server: StepServer) -> Callable[[int], int]:
+    def upload_fn(self, server: ServerView) -> Callable[[int], int]:
         """Bytes a device uploads for ``units`` delivered units.
 
         FwdLLM (this default): ``protocol.upload: dense`` — its averaged estimate as one
         fp32 trainable vector whatever the number of units, nothing for 0; ``seeds`` — a
         64-bit seed and an fp32 scalar (12 bytes) per perturbation."""
         if self.cfg.upload == "seeds":
-            return server.seed_upload()
-        return server.dense_upload()
+            return payload.seed_upload()
+        return payload.dense_upload(server)

@@ -36,6 +36,7 @@ from fleetsim.policies.base import (
     CohortSelector,
     FleetView,
 )
+from fleetsim.protocols import payload
 from fleetsim.protocols.base import Protocol
 from fleetsim.protocols.config import ProtocolConfig
 from fleetsim.protocols.model_sync import FP32, SEED_RECORD_BYTES, ModelSync
@@ -140,14 +141,13 @@ class StepServer:
         return self.protocol.upload_fn(self)
 
     def dense_upload(self) -> Callable[[int], int]:
-        """One fp32 trainable vector (4 × trainable parameters) for any units > 0."""
-        dense = self.trainable_bytes()
-        return lambda units: dense if units > 0 else 0
+        """:func:`fleetsim.protocols.payload.dense_upload`."""
+        return payload.dense_upload(self)
 
     @staticmethod
     def seed_upload() -> Callable[[int], int]:
-        """12 bytes (64-bit seed + fp32 scalar) per delivered perturbation."""
-        return lambda units: SEED_RECORD_BYTES * int(units)
+        """:func:`fleetsim.protocols.payload.seed_upload`."""
+        return payload.seed_upload()
 
     def state(self) -> dict:
         """Protocol state for checkpoints (SimPy processes themselves are not stored)."""
@@ -266,17 +266,12 @@ class StepServer:
     # Written once; each protocol's download_payload / upload_fn picks among them.
 
     def dense_download(self, device_ids: np.ndarray) -> np.ndarray:
-        """4 × trainable parameters, or 0 for a device that already holds θ of this step."""
-        return self.sync.dense_download(device_ids, self.step, self.trainable_bytes())
+        """:func:`fleetsim.protocols.payload.dense_download`."""
+        return payload.dense_download(self, device_ids)
 
     def seed_download(self, device_ids: np.ndarray) -> np.ndarray:
-        """12 bytes per (seed, scalar) pair of every committed step the device has not
-        applied (:class:`~fleetsim.protocols.model_sync.ModelSync`); under
-        ``protocol.seed_catch_up: dense_if_smaller`` the dense vector when that is smaller."""
-        seeds = self.sync.seed_download(device_ids, self.step)
-        if self.cfg.seed_catch_up == "dense_if_smaller":
-            seeds = np.minimum(seeds, self.dense_download(device_ids))
-        return seeds
+        """:func:`fleetsim.protocols.payload.seed_download`."""
+        return payload.seed_download(self, device_ids)
 
     def download_bytes(self) -> int:
         """The download of a device that holds θ of the previous step (none before the first

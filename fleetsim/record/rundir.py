@@ -129,7 +129,7 @@ def _legacy_state(run_dir: Path) -> RunDirState:
     if summary is None:
         return RunDirState(False, None, "no readable summary.json (the run did not finish)",
                            None)
-    from fleetsim.scenario.safe_yaml import load_bounded  # yaml reading stays bounded
+    from fleetsim.safe_yaml import load_bounded  # yaml reading stays bounded
 
     digest = None
     try:

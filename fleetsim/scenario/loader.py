@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from fleetsim.errors import FleetsimInputError, did_you_mean
-from fleetsim.scenario.safe_yaml import compose_bounded, load_bounded, read_yaml_text
+from fleetsim.safe_yaml import compose_bounded, load_bounded, read_yaml_text
 from fleetsim.scenario.schema import Scenario
 
 KeyPath = tuple[str, ...]
@@ -41,7 +41,7 @@ class LoadedScenario:
 
 def _compose_lines(text: str, path: Path) -> tuple[Any, dict[KeyPath, int]]:
     """The scenario mapping and the line of every key, within the bounds of
-    :mod:`fleetsim.scenario.safe_yaml` (a file that expands beyond them is refused)."""
+    :mod:`fleetsim.safe_yaml` (a file that expands beyond them is refused)."""
     try:
         node, data = compose_bounded(text, path)
     except yaml.MarkedYAMLError as exc:

@@ -35,8 +35,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fleetsim.errors import FleetsimInputError, did_you_mean
+from fleetsim.safe_yaml import load_bounded, read_yaml_text
 from fleetsim.scenario.loader import RANGE_ERRORS, range_message
-from fleetsim.scenario.safe_yaml import load_bounded, read_yaml_text
 
 KeyPath = tuple[str, ...]
 
@@ -194,7 +194,7 @@ def load_sweep(path: Path | str, out: Optional[str] = None) -> LoadedSweep:
     path = Path(path)
     if not path.is_file():
         raise FleetsimInputError(f"sweep file not found: {path}")
-    # At most 1 MiB and 200,000 nodes once aliases are expanded (fleetsim.scenario.safe_yaml).
+    # At most 1 MiB and 200,000 nodes once aliases are expanded (fleetsim.safe_yaml).
     text = read_yaml_text(path, "sweep file")
     try:
         data = load_bounded(text, path)

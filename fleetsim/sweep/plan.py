@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.safe_yaml import load_bounded
 from fleetsim.scenario.loader import load_scenario, parse_override
-from fleetsim.scenario.safe_yaml import load_bounded
 from fleetsim.sweep.config import ARM_PARAM, KeyPath, LoadedSweep
 
 #: Longest run directory name; longer names are cut and given a hash suffix.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fleetsim.errors import FleetsimInputError
-from fleetsim.sweep.execute import (
+from fleetsim.sweep.backend import (
     RunFn,
     RunOutcome,
     _Callback,

@@ -26,7 +26,7 @@ from scipy import stats
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.files import refuse_special_file
 from fleetsim.traces.formats.common import DAY_S, merge_windows
-from fleetsim.traces.formats.flash_windows import hourly_online_share
+from fleetsim.traces.formats.measured import hourly_online_share
 
 
 @dataclass
@@ -46,8 +46,7 @@ def windows_profile(path: Path, fmt: str | None = None, timezone: str = "UTC") -
         raise FleetsimInputError(f"{path}: file not found")
     kind = fmt or detect_format(path)
     if kind == "flash_windows":
-        from fleetsim.traces.formats.diurnal_windows import measured_hourly_share
-        from fleetsim.traces.formats.flash_windows import read_flash_windows
+        from fleetsim.traces.formats.measured import measured_hourly_share, read_flash_windows
 
         m = read_flash_windows(path)
         return WindowsProfile(

@@ -33,8 +33,8 @@ def hourly_share(trace: AvailabilityTrace, days: int) -> np.ndarray:
     fleets and traces that answer ``online_seconds`` in closed form; other models are
     sampled every 15 minutes.  Sampling missed short windows: a trace online 96 s a day
     could read as always online, or two 13-minute windows as never (a new-user trial)."""
-    from fleetsim.fleet.window_cursor import online_seconds
     from fleetsim.traces.base import AlwaysOnline, IntervalAvailability
+    from fleetsim.traces.window_cursor import online_seconds
 
     ids = np.arange(trace.num_devices)
     if isinstance(trace, (IntervalAvailability, AlwaysOnline)) or callable(

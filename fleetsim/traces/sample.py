@@ -21,6 +21,7 @@ import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.traces.base import AvailabilityTrace
+from fleetsim.traces.config import TracesConfig
 
 #: the longest sample: a year, as ``run.max_sim_hours`` (windows are expanded to it)
 MAX_SAMPLE_HOURS = 24.0 * 366
@@ -59,22 +60,28 @@ def trace_windows(trace: AvailabilityTrace, horizon_s: float) -> pd.DataFrame:
     return df.sort_values(["device_id", "start_s"], kind="stable").reset_index(drop=True)
 
 
-def sample_scenario(
-    scenario: str, overrides: list[str], devices: int, hours: float, out: Path
-) -> tuple[Path, pd.DataFrame, str]:
-    """Write the CSV; return (path, windows, availability label)."""
-    from fleetsim.scenario.loader import load_scenario
-    from fleetsim.traces.fleet_builder import build_availability
-
+def check_sample_size(devices: int, hours: float) -> None:
+    """Refuse a ``traces sample`` size before anything is read: ``devices`` ≥ 1 and
+    0 < ``hours`` ≤ :data:`MAX_SAMPLE_HOURS` (FleetsimInputError naming the option)."""
     if devices < 1:
         raise FleetsimInputError(f"--devices: {devices} (allowed: integer >= 1)")
     if not 0 < hours <= MAX_SAMPLE_HOURS:
         raise FleetsimInputError(
             f"--hours: {hours:g} (allowed: number > 0 and <= {MAX_SAMPLE_HOURS:g}, a year)")
-    loaded = load_scenario(scenario, overrides)
-    sc = loaded.scenario
+
+
+def sample_availability(
+    traces: TracesConfig, seed: int, base_dir: Path, devices: int, hours: float, out: Path
+) -> tuple[Path, pd.DataFrame, str]:
+    """Write the windows of ``devices`` devices over ``hours`` hours of a scenario's
+    ``traces`` section (run seed ``seed``, relative paths from ``base_dir``) as CSV to
+    ``out``; return (path, windows, availability label).  The scenario is loaded by the
+    caller (``fleetsim traces sample``), so this floor never imports the scenario's."""
+    from fleetsim.traces.fleet_builder import build_availability
+
+    check_sample_size(devices, hours)
     horizon = float(hours) * 3600.0
-    trace = build_availability(sc.traces, int(devices), sc.run.seed, horizon, loaded.base_dir)
+    trace = build_availability(traces, int(devices), seed, horizon, base_dir)
     df = trace_windows(trace, horizon)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

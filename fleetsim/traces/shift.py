@@ -132,7 +132,7 @@ class StartShifted(AvailabilityTrace):
     def online_seconds(self, device_ids: np.ndarray, end_time: float) -> np.ndarray:
         """Online seconds in simulated ``[0, end_time]`` = the inner trace's in
         ``[offset, offset + end_time]``."""
-        from fleetsim.fleet.window_cursor import online_seconds
+        from fleetsim.traces.window_cursor import online_seconds
 
         ids = np.asarray(device_ids, dtype=np.int64)
         upto_end = online_seconds(self.inner, ids, self.offset_s + float(end_time))

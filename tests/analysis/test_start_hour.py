@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetsim.fleet.window_cursor import online_seconds
 from fleetsim.scenario.loader import load_scenario
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.shift import StartShifted, shift_start
+from fleetsim.traces.window_cursor import online_seconds
 
 HOUR = 3600.0
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-import fleetsim.fleet.fleet as fleet_module
+import fleetsim.fleet.device_state as fleet_module  # where the ledger is built
 import fleetsim.fleet.ledger as ledger_module
 import fleetsim.runner as runner_module
 from fleetsim.callbacks import RunCallback

@@ -13,13 +13,13 @@ from fleetsim.errors import FleetsimInputError
 from fleetsim.fleet.config import EnergyConfig, FleetConfig
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
-from fleetsim.fleet.window_cursor import AvailabilityCursor, online_seconds
 from fleetsim.fleet.work import ReceiptStatus, Task
 from fleetsim.record.events import EventLog
 from fleetsim.record.recorder import devices_frame
 from fleetsim.record.schema import DEVICE_COLUMNS
 from fleetsim.rng import stream
 from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace
+from fleetsim.traces.window_cursor import AvailabilityCursor, online_seconds
 
 # --------------------------------------------------------------------------- closed form
 

@@ -150,9 +150,9 @@ def test_second_sweep_on_the_same_folder_is_refused(tmp_path, base_scenario):
 
 
 def test_cli_exit_codes_and_summary(tmp_path, base_scenario, sweep_main, capsys, monkeypatch):
-    import fleetsim.sweep.execute as execute
+    import fleetsim.sweep.backend as backend
 
-    monkeypatch.setattr(execute, "_default_run_fn", fake_run)
+    monkeypatch.setattr(backend, "_default_run_fn", fake_run)
     path = write_sweep(tmp_path, "grid:\n  description: [ok, fail]\n")
     code = sweep_main(["sweep", str(path), "--backend", "sequential", "--no-progress"])
     out = capsys.readouterr().out

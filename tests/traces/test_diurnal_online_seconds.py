@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from fleetsim.fleet.window_cursor import _walk_online_seconds
 from fleetsim.traces.formats.common import DAY_S
 from fleetsim.traces.formats.diurnal_model import DiurnalAvailability
+from fleetsim.traces.window_cursor import _walk_online_seconds
 
 
 def test_closed_form_matches_window_walk():

@@ -9,9 +9,9 @@ import numpy as np
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from fleetsim.fleet.window_cursor import AvailabilityCursor
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.shift import StartShifted, first_instant_reaching
+from fleetsim.traces.window_cursor import AvailabilityCursor
 
 HOUR = 3600.0
 

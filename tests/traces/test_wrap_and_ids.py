@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from fleetsim.cli import main
-from fleetsim.fleet.window_cursor import _walk_online_seconds, online_seconds
 from fleetsim.traces.config import TracesConfig
 from fleetsim.traces.fleet_builder import build_availability
 from fleetsim.traces.formats.common import trace_id_order
@@ -21,6 +20,7 @@ from fleetsim.traces.formats.fedscale import load_fedscale
 from fleetsim.traces.formats.flash import load_flash
 from fleetsim.traces.formats.intervals import load_intervals
 from fleetsim.traces.registry import detect_format
+from fleetsim.traces.window_cursor import _walk_online_seconds, online_seconds
 
 CASES = Path(__file__).resolve().parents[2] / ".." / "shared" / "cases"
 DAY = 86400.0

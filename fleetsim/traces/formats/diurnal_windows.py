@@ -33,7 +33,11 @@ from fleetsim.rng import stream
 from fleetsim.traces.base import IntervalAvailability
 from fleetsim.traces.formats.base import TraceFormat
 from fleetsim.traces.formats.common import DAY_S, merge_windows, periodic_windows
-from fleetsim.traces.formats.flash_windows import MeasuredWindows, hourly_online_share
+from fleetsim.traces.formats.measured import (  # noqa: F401 - measured_hourly_share: public here too
+    MeasuredWindows,
+    hourly_online_share,
+    measured_hourly_share,
+)
 from fleetsim.traces.tables import DATA_DIR
 
 FIT_FILE = DATA_DIR / "availability" / "flash_windows_fit.json"
@@ -180,16 +184,6 @@ def load_model(path: Path | None, n_devices: int, seed: int, config=None) -> Int
     fit = Path(path) if path is not None else FIT_FILE
     wifi = float(getattr(config, "wifi_share", 1.0))
     return diurnal_windows_model(n_devices, seed, load_params(fit), wifi, source=fit.name)
-
-
-def measured_hourly_share(m: MeasuredWindows) -> np.ndarray:
-    """[24] online share by local hour of the measured users over their observed span
-    (windows folded into the span, as the empirical model replays them)."""
-    from fleetsim.traces.formats.empirical import measured_model
-
-    tr = measured_model(m, m.num_users, 0, resample=False)
-    dev = np.repeat(np.arange(tr.num_devices), np.diff(tr.offsets))
-    return hourly_online_share(dev, tr.starts, tr.ends, tr.num_devices, 0.0, m.period_s)
 
 
 def model_windows(params: dict, n_devices: int, seed: int):

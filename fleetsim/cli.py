@@ -99,9 +99,11 @@ def _cmd_traces(args: argparse.Namespace) -> int:
         return 0
     out_dir = Path(args.out) if args.out else Path(".")
     overlay = Path(args.overlay) if args.overlay else None
-    table, png = inspect_trace_file(path, out_dir, args.format, args.timezone, overlay)
+    table, png = inspect_trace_file(path, out_dir, args.format, args.timezone, overlay,
+                                    formats=args.figure_format)
     print(table.to_string(index=False))
-    print(f"figure: {png}")
+    print(f"figure: {png}" if png is not None else "figure: none (no latency, availability or "
+          "bandwidth data in this file)")
     return 0
 
 
@@ -134,7 +136,8 @@ def _cmd_traces_sample(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from fleetsim.analysis.report import write_report
 
-    html = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    html = write_report(Path(args.run_dir), Path(args.out) if args.out else None,
+                        formats=args.format, log_time=args.log_time)
     print(f"report: {html}")
     return 0
 
@@ -155,7 +158,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise FleetsimInputError(f"--targets {args.targets}: each target must be in (0, 1]")
     paths = compare_runs(
         [Path(p) for p in args.run_dirs], args.by, Path(args.out), targets,
-        unequal_horizons=args.unequal_horizons,
+        unequal_horizons=args.unequal_horizons, formats=args.format, log_time=args.log_time,
     )
     from fleetsim.analysis.narrow import comparison_json, narrow_comparison, read_comparison
 
@@ -166,6 +169,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(narrow_comparison(table, args.by))
     print("files: " + ", ".join(str(p) for p in paths.values()))
     return 0
+
+
+def _figure_arguments(parser: argparse.ArgumentParser, note: str) -> None:
+    """``--format`` and ``--log-time`` of ``report`` and ``compare``."""
+    parser.add_argument("--format", default="png", metavar="FORMATS",
+                        help="figure files to write, comma-separated: png, pdf, svg (e.g. "
+                        f"png,pdf; {note})")
+    parser.add_argument("--log-time", action="store_true",
+                        help="convergence curves on a symmetric-log time axis (linear below "
+                        "the first evaluation, so t = 0 stays on it)")
 
 
 def _cmd_reference(args: argparse.Namespace) -> int:
@@ -283,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "client_behave_trace's phone models against this catalogue "
                     "(default: the shipped one)")
     tv.set_defaults(func=_cmd_traces)
-    ti.add_argument("--out", help="folder for the PNG (default: current folder)")
+    ti.add_argument("--out", help="folder for the figure (default: current folder)")
+    ti.add_argument("--figure-format", default="png", metavar="FORMATS",
+                    help="figure files to write, comma-separated: png, pdf, svg (default: png; "
+                    "--format names the trace's format)")
     ti.add_argument("--overlay", metavar="FILE",
                     help="another availability file (e.g. from `traces sample`): one PNG "
                     "overlaying window-length CDFs and online share by hour of day")
@@ -319,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="PNGs and one self-contained HTML page for a run")
     rep.add_argument("run_dir", help="run directory (holds summary.json and steps.parquet)")
     rep.add_argument("--out", help="output folder (default: RUN_DIR/report)")
+    _figure_arguments(rep, "the PNGs the HTML page embeds are always written")
     rep.set_defaults(func=_cmd_report)
 
     cmp_ = sub.add_parser(
@@ -341,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every target, or runs evaluated on different grids: refuse (default, exit 2) or mark "
         "(each run's end in every figure, the problem named in comparison.md)",
     )
+    _figure_arguments(cmp_, "default: png")
     cmp_.set_defaults(func=_cmd_compare)
 
     from fleetsim.sweep.cli import add_sweep_parser

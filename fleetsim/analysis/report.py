@@ -129,11 +129,22 @@ def _facts(summary: pd.Series) -> pd.DataFrame:
 
 
 def write_report(
-    run_dir: Path, out_dir: Path | None = None, targets: Sequence[float] | None = None
+    run_dir: Path,
+    out_dir: Path | None = None,
+    targets: Sequence[float] | None = None,
+    formats: Sequence[str] | str = ("png",),
+    log_time: bool = False,
 ) -> Path:
     """Write the figures of one run as PNGs and one self-contained HTML page
     (figures embedded as base64) into ``out_dir`` (default ``RUN_DIR/report``);
-    also the tables as CSV.  Returns the HTML path."""
+    also the tables as CSV.  ``formats``: figure files besides the PNG the page embeds
+    (``"pdf"``, ``"svg"``; :data:`~fleetsim.analysis.figures.common.FIGURE_FORMATS`).
+    ``log_time``: convergence curves on a symmetric-log time axis.  Returns the HTML
+    path."""
+    from fleetsim.analysis.figures.common import parse_formats
+
+    formats = ("png", *parse_formats(formats))
+    formats = tuple(dict.fromkeys(formats))
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR_NAME
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,18 +162,21 @@ def write_report(
 
     if accuracy:
         convergence_figure(
-            runset, x="hours", targets=targets, path=out_dir / "convergence_time.png"
+            runset, x="hours", targets=targets, path=out_dir / "convergence_time.png",
+            formats=formats, log_time=log_time,
         )
         figure_section(
             "Convergence over simulated time",
             "convergence_time.png",
-            "Dotted lines: accuracy targets.",
+            "Grey lines: accuracy targets (named in the legend). The first point is the "
+            "initial model's evaluation at t = 0.",
         )
         convergence_figure(
             runset,
             x="perturbations",
             targets=targets,
             path=out_dir / "convergence_perturbations.png",
+            formats=formats,
         )
         figure_section("Convergence over perturbations", "convergence_perturbations.png")
         per_run = time_to_accuracy_runs(runset, targets)
@@ -183,7 +197,8 @@ def write_report(
             )
         )
     else:
-        convergence_figure(runset, x="hours", metrics=("steps",), path=out_dir / "progress.png")
+        convergence_figure(runset, x="hours", metrics=("steps",), path=out_dir / "progress.png",
+                           formats=formats, log_time=log_time)
         figure_section(
             "Progress over simulated time",
             "progress.png",
@@ -193,7 +208,7 @@ def write_report(
         )
 
     if len(runset.events):
-        timeline_figure(runset, run=run, path=out_dir / "timeline.png")
+        timeline_figure(runset, run=run, path=out_dir / "timeline.png", formats=formats)
         figure_section(
             "Device timelines",
             "timeline.png",
@@ -203,7 +218,8 @@ def write_report(
     if len(runset.devices):
         util = utilisation(runset)
         util.to_csv(out_dir / "utilisation.csv", index=False)
-        utilisation_figure(util, path=out_dir / "utilisation.png")
+        utilisation_figure(util, path=out_dir / "utilisation.png", formats=formats,
+                           summary=runset.summary)
         figure_section(
             "Fleet utilisation",
             "utilisation.png",
@@ -232,7 +248,8 @@ def write_report(
     breakdown = step_breakdown(runset.events, runset.steps)
     if len(breakdown):
         breakdown.to_csv(out_dir / "step_breakdown.csv", index=False)
-        breakdown_figure(breakdown, path=out_dir / "step_breakdown.png")
+        breakdown_figure(breakdown, path=out_dir / "step_breakdown.png", formats=formats,
+                         summary=runset.summary)
         figure_section(
             "Where the time of a step went",
             "step_breakdown.png",
@@ -349,11 +366,18 @@ def compare_runs(
     out_dir: Path,
     targets: Sequence[float] | None = None,
     unequal_horizons: str = "mark",
+    formats: Sequence[str] | str = ("png",),
+    log_time: bool = False,
 ) -> dict[str, Path]:
     """Write ``comparison.csv``, ``comparison.md`` and overlaid curves
     (``curves.png`` over simulated time; ``curves_perturbations.png`` too when
     the runs have accuracy) into ``out_dir``.  Returns the paths by kind
-    (``csv``, ``markdown``, ``curves``, ``curves_perturbations``).
+    (``csv``, ``markdown``, ``curves``, ``curves_perturbations``; the curves in the first
+    of ``formats``, each further format as ``curves.pdf``, ``curves_perturbations.svg``,
+    ...).  The curves are the median over each group's runs with the interquartile range
+    as a band (:func:`~fleetsim.analysis.figures.convergence.convergence_figure`);
+    ``formats``: figure files to write (:data:`~fleetsim.analysis.figures.common.
+    FIGURE_FORMATS`, default PNG); ``log_time``: a symmetric-log time axis.
 
     Equal horizons (:mod:`fleetsim.analysis.discipline`): when a run ended short of the
     common simulated-time budget without reaching every target, ``unequal_horizons``
@@ -363,7 +387,10 @@ def compare_runs(
     (:func:`fleetsim.analysis.discipline.check_eval_grids`) are refused or, with
     ``"mark"``, flagged in ``comparison.md`` the same way."""
     from fleetsim.analysis.discipline import check_eval_grids, check_horizons
+    from fleetsim.analysis.figures.common import figure_paths, parse_formats
     from fleetsim.errors import FleetsimInputError
+
+    formats = parse_formats(formats)
 
     if unequal_horizons not in ("refuse", "mark"):
         raise FleetsimInputError(
@@ -407,19 +434,28 @@ def compare_runs(
         if targets is not None
         else (default_targets(runset) if accuracy else [])
     )
-    written["curves"] = out_dir / "curves.png"
+    curves = out_dir / "curves.png"
     convergence_figure(
-        runset, x="hours", by=by, targets=plot_targets, path=written["curves"], ends=ends
+        runset, x="hours", by=by, targets=plot_targets, path=curves, ends=ends,
+        formats=formats, log_time=log_time,
     )
+    kinds = [("curves", curves)]
     if accuracy:
-        written["curves_perturbations"] = out_dir / "curves_perturbations.png"
+        curves_perturbations = out_dir / "curves_perturbations.png"
         convergence_figure(
             runset,
             x="perturbations",
             by=by,
             metrics=("accuracy",),
             targets=plot_targets,
-            path=written["curves_perturbations"],
+            path=curves_perturbations,
             ends=ends,
+            formats=formats,
         )
+        kinds.append(("curves_perturbations", curves_perturbations))
+    for kind, path in kinds:
+        first, *more = figure_paths(path, formats)
+        written[kind] = first
+        for extra in more:
+            written[extra.name] = extra
     return written

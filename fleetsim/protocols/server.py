@@ -116,6 +116,13 @@ class StepServer:
         between evaluations)."""
         if self.cfg.eval_every_s and not self.engine.systems_only:
             self.env.process(self._evaluation_grid(float(self.cfg.eval_every_s)))
+        elif not self.engine.systems_only:
+            # The initial model, before the first step (t = 0): it starts the accuracy
+            # curves; it stops no run (run.stop_at_target counts evaluations of trained
+            # models, as before the row existed) and counts toward no summary accuracy
+            # (fleetsim.record.summary.without_initial_evaluation).
+            self._record_evaluation_row()
+            self.last_eval = None
         yield from self.protocol.run(self)
         self.drop_carried()
         rows = self.ctx.recorder.step_rows
@@ -648,19 +655,28 @@ class StepServer:
             due = k * every_s
             if due > self.env.now:
                 yield self.env.timeout(due - self.env.now)
-            evaluation = self.evaluate()
-            self.ctx.recorder.add_step({
-                "sim_time_s": float(self.env.now), "round": self.round, "step": self.step,
-                "attempt": -1, "committed": False, "devices": 0, "perturbations": 0,
-                "loss": math.nan, "accuracy": evaluation.accuracy,
-                "eval_loss": evaluation.loss, "val_accuracy": evaluation.val_accuracy,
-                "val_loss": evaluation.val_loss, "variance": math.nan, "lr": math.nan,
-                "bytes_up": 0, "bytes_down": 0, "step_seconds": 0.0, "stale_units": 0,
-                "staleness_max": 0, "staleness_mean": 0.0,
-                # an evaluation, not an attempt: no gate, no step start
-                "variance_gate": "off", "step_start_s": math.nan,
-            })
+            self._record_evaluation_row()
             k += 1
+
+    def _record_evaluation_row(self) -> None:
+        """Evaluate the current model and record it as its own steps.parquet row:
+        ``attempt`` −1, not committed, no work, ``step`` = steps committed so far.  Rows of
+        the ``protocol.eval_every_s`` grid, and, without a grid, the evaluation of the
+        initial model at t = 0 every run with numerics takes before its first step (issue 24:
+        accuracy curves start at t = 0).  Evaluation draws no random numbers and moves no
+        simulated time, so the steps that follow are those of a run without it."""
+        evaluation = self.evaluate()
+        self.ctx.recorder.add_step({
+            "sim_time_s": float(self.env.now), "round": self.round, "step": self.step,
+            "attempt": -1, "committed": False, "devices": 0, "perturbations": 0,
+            "loss": math.nan, "accuracy": evaluation.accuracy,
+            "eval_loss": evaluation.loss, "val_accuracy": evaluation.val_accuracy,
+            "val_loss": evaluation.val_loss, "variance": math.nan, "lr": math.nan,
+            "bytes_up": 0, "bytes_down": 0, "step_seconds": 0.0, "stale_units": 0,
+            "staleness_max": 0, "staleness_mean": 0.0,
+            # an evaluation, not an attempt: no gate, no step start
+            "variance_gate": "off", "step_start_s": math.nan,
+        })
 
     def evaluate(self) -> EvalResult:
         result = self.engine.evaluate()

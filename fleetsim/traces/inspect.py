@@ -14,12 +14,16 @@ distribution; ``downlink_mbps,uplink_mbps`` → per-user network profiles.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from fleetsim.errors import FleetsimInputError
+from fleetsim.record.figure_files import figure_paths, parse_formats, save_figure
 from fleetsim.traces.files import refuse_special_file
 from fleetsim.traces.plausibility import check_link_mbps, check_median_window
 from fleetsim.traces.report import TraceReport
@@ -230,9 +234,80 @@ def validate_trace_file(
     return f"{Path(path).name}: valid {rep.kind} trace; " + ", ".join(parts)
 
 
-def _no_data(ax, what: str) -> None:
-    ax.text(0.5, 0.5, f"no {what} data in this file", ha="center", va="center")
-    ax.set_axis_off()
+#: at most this many phone names on the latency panel's axis (every k-th beyond it)
+MAX_PHONE_LABELS = 60
+
+
+def _latency_panel(ax, latency: pd.DataFrame) -> None:
+    """Seconds per reference forward of each phone model and backend, phones sorted by CPU
+    latency and named on the x axis (every k-th when more than :data:`MAX_PHONE_LABELS`)."""
+    piv = latency.pivot_table(index="phone_model", columns="backend", values="ref_forward_s")
+    piv = piv.sort_values("cpu" if "cpu" in piv else piv.columns[0], kind="stable")
+    positions = np.arange(len(piv))
+    for backend in piv.columns:
+        line = ax.plot(positions, piv[backend].to_numpy(), "o", ms=3,
+                       label=f"{str(backend).upper()}")[0]
+        line.set_gid(f"latency:{backend}")
+    every = max(1, int(np.ceil(len(piv) / MAX_PHONE_LABELS)))
+    ax.set_xticks(positions[::every])
+    ax.set_xticklabels([str(n) for n in piv.index[::every]], rotation=90, fontsize=6)
+    ax.set_yscale("log")
+    named = "" if every == 1 else f", every {every}th named"
+    ax.set_xlabel(f"phone model (sorted by CPU latency{named})")
+    ax.set_ylabel("s per reference forward (BERT-base, batch 8 x seq 128)")
+    ax.legend(fontsize=8)
+    ax.set_title("latency by phone model", fontsize=10)
+
+
+def _hourly_panel(ax, hourly_share: np.ndarray) -> None:
+    bars = ax.bar(np.arange(24), np.asarray(hourly_share, dtype=float) * 100.0)
+    for bar in bars:
+        bar.set_gid("hourly_share")
+    ax.set_xlim(-0.5, 23.5)
+    ax.set_xticks(range(0, 24, 3))
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter(100))
+    ax.set_xlabel("hour of day")
+    ax.set_ylabel("devices online (%)")
+    ax.set_title("availability by hour of day", fontsize=10)
+
+
+def _bandwidth_panel(ax, bandwidth: dict) -> None:
+    for label, values in bandwidth.items():
+        v = np.sort(np.asarray(values, dtype=float))
+        line = ax.plot(v, np.linspace(0, 100, len(v)), label=str(label))[0]
+        line.set_gid(f"bandwidth:{label}")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter(100))
+    ax.set_xlabel("Mbit/s")
+    ax.set_ylabel("share of devices at or below (%)")
+    ax.legend(fontsize=8)
+    ax.set_title("bandwidth CDF", fontsize=10)
+
+
+def inspect_figure(name: str, rep: TraceReport) -> Figure | None:
+    """The figure of ``traces inspect``: one panel per kind of data the file has (latency
+    by phone model, availability by hour of day, bandwidth CDF), none for data it lacks;
+    None when it has none of them.  Shares in percent."""
+    panels = []
+    if rep.latency is not None and len(rep.latency):
+        panels.append(lambda ax: _latency_panel(ax, rep.latency))
+    if rep.hourly_share is not None:
+        panels.append(lambda ax: _hourly_panel(ax, rep.hourly_share))
+    if rep.bandwidth:
+        panels.append(lambda ax: _bandwidth_panel(ax, rep.bandwidth))
+    if not panels:
+        return None
+    latency_phones = (rep.latency["phone_model"].nunique()
+                      if rep.latency is not None and len(rep.latency) else 0)
+    height = 4.6 + (min(latency_phones, MAX_PHONE_LABELS) * 0.02)
+    figure = Figure(figsize=(5.5 * len(panels), height), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, draw in zip(axes, panels):
+        draw(ax)
+    figure.suptitle(f"{name} ({rep.kind})")
+    return figure
 
 
 def inspect_trace_file(
@@ -241,24 +316,25 @@ def inspect_trace_file(
     fmt: str | None = None,
     timezone: str = "UTC",
     overlay: Path | None = None,
-) -> tuple[pd.DataFrame, Path]:
-    """Summary table and a PNG (latency by device, availability share by hour of
-    day, bandwidth CDF; panels the file has no data for say so).  With ``overlay``
-    (another availability file, e.g. from ``fleetsim traces sample``): one PNG
-    overlaying the two window-length CDFs and hourly online shares, and a table of
-    their KS distance and largest hourly difference (:mod:`fleetsim.traces.overlay`)."""
+    formats: Sequence[str] | str = ("png",),
+) -> tuple[pd.DataFrame, Path | None]:
+    """Summary table and a figure of the panels the file has data for
+    (:func:`inspect_figure`), written to ``out_dir`` as ``<stem>_inspect.<format>`` for
+    each of ``formats`` (png, pdf, svg; :mod:`fleetsim.record.figure_files`); the path of the
+    first, or None when the file has nothing to draw.  With ``overlay`` (another
+    availability file, e.g. from ``fleetsim traces sample``): one figure overlaying the two
+    window-length CDFs and hourly online shares, and a table of their KS distance and
+    largest hourly difference (:mod:`fleetsim.traces.overlay`)."""
+    formats = parse_formats(formats, "--figure-format")
     if overlay is not None:
         from fleetsim.traces.overlay import overlay_figure, windows_profile
 
         a = windows_profile(Path(path), fmt, timezone)
         b = windows_profile(Path(overlay), None, timezone)
         png = Path(out_dir) / f"{Path(path).stem}_vs_{Path(overlay).stem}.png"
-        return overlay_figure(a, b, png, f"{Path(path).name} vs {Path(overlay).name}"), png
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+        table = overlay_figure(a, b, png, f"{Path(path).name} vs {Path(overlay).name}",
+                               formats=formats)
+        return table, figure_paths(png, formats)[0]
     path = Path(path)
     rep = analyse(path, fmt, timezone)
     out_dir = Path(out_dir)
@@ -266,45 +342,9 @@ def inspect_trace_file(
     table = pd.DataFrame(
         {"field": list(rep.summary), "value": [str(v) for v in rep.summary.values()]}
     )
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    ax = axes[0]
-    if rep.latency is not None and len(rep.latency):
-        piv = rep.latency.pivot_table(
-            index="phone_model", columns="backend", values="ref_forward_s"
-        )
-        piv = piv.sort_values("cpu" if "cpu" in piv else piv.columns[0])
-        for b in piv.columns:
-            ax.plot(np.arange(len(piv)), piv[b].to_numpy(), "o", ms=3, label=b)
-        ax.set_yscale("log")
-        ax.set_xlabel("phone model (sorted by CPU latency)")
-        ax.set_ylabel("s per reference forward (BERT-base 8x128)")
-        ax.legend()
-    else:
-        _no_data(ax, "latency")
-    ax.set_title("latency by device")
-    ax = axes[1]
-    if rep.hourly_share is not None:
-        ax.bar(np.arange(24), rep.hourly_share)
-        ax.set_xlabel("hour of day")
-        ax.set_ylabel("share of devices online")
-    else:
-        _no_data(ax, "availability")
-    ax.set_title("availability share by hour of day")
-    ax = axes[2]
-    if rep.bandwidth:
-        for label, values in rep.bandwidth.items():
-            v = np.sort(values)
-            ax.plot(v, np.linspace(0, 1, len(v)), label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("Mbit/s")
-        ax.set_ylabel("CDF")
-        ax.legend()
-    else:
-        _no_data(ax, "bandwidth")
-    ax.set_title("bandwidth CDF")
-    fig.suptitle(f"{path.name} ({rep.kind})")
-    fig.tight_layout()
-    png = out_dir / f"{path.stem}_inspect.png"
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
-    return table, png
+    figure = inspect_figure(path.name, rep)
+    if figure is None:
+        return table, None
+    target = out_dir / f"{path.stem}_inspect.png"
+    save_figure(figure, target, dpi=90, formats=formats)
+    return table, figure_paths(target, formats)[0]

@@ -16,6 +16,7 @@ and the largest hourly difference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,35 +80,44 @@ def windows_profile(path: Path, fmt: str | None = None, timezone: str = "UTC") -
 
 
 def overlay_figure(
-    a: WindowsProfile, b: WindowsProfile, png: Path, title: str = ""
+    a: WindowsProfile,
+    b: WindowsProfile,
+    png: Path,
+    title: str = "",
+    formats: Sequence[str] = ("png",),
 ) -> pd.DataFrame:
-    """Write the two-panel overlay PNG; return the comparison table (field, value)."""
-    import matplotlib
+    """Write the two-panel overlay figure (``png`` with its suffix replaced by each of
+    ``formats``: png, pdf, svg); return the comparison table (field, value).  Shares in
+    percent."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from fleetsim.record.figure_files import save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2)
     for prof, style in ((a, "-"), (b, "--")):
         v = np.sort(prof.lengths_s) / 60.0
-        axes[0].plot(v, np.arange(1, len(v) + 1) / max(len(v), 1), style, label=prof.label)
-        axes[1].plot(np.arange(24) + 0.5, prof.hourly, style, marker="o", ms=3, label=prof.label)
+        axes[0].plot(v, 100.0 * np.arange(1, len(v) + 1) / max(len(v), 1), style,
+                     label=prof.label)
+        axes[1].plot(np.arange(24) + 0.5, 100.0 * np.asarray(prof.hourly), style, marker="o",
+                     ms=3, label=prof.label)
     axes[0].set_xscale("log")
     axes[0].set_xlabel("window length (minutes)")
-    axes[0].set_ylabel("CDF")
+    axes[0].set_ylabel("windows at most this long (%)")
     axes[0].set_title("window-length CDF")
     axes[0].legend(fontsize=8)
     axes[1].set_xlabel("local hour of day")
-    axes[1].set_ylabel("share of devices online")
+    axes[1].set_ylabel("devices online (%)")
     axes[1].set_xlim(0, 24)
     axes[1].set_title("online share by hour of day")
     axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.set_ylim(0, 100)
+        ax.yaxis.set_major_formatter(PercentFormatter(100))
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    Path(png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=90)
-    plt.close(fig)
+    save_figure(fig, png, dpi=90, formats=formats)
     ks = stats.ks_2samp(a.lengths_s, b.lengths_s).statistic if len(a.lengths_s) and len(
         b.lengths_s
     ) else float("nan")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fleetsim.analysis.figures.convergence import median_band
 from fleetsim.analysis.load import load_runs
 from fleetsim.analysis.metrics import BREAKDOWN_PARTS, step_breakdown, utilisation
 from fleetsim.analysis.plots import (
@@ -21,10 +22,13 @@ def _lines(ax):
     return [line for line in ax.get_lines() if line.get_gid() not in (None, "target")]
 
 
-def test_convergence_overlays_runs_grouped_by_key(make_run, tmp_path) -> None:
+def test_convergence_draws_group_medians_not_seeds(make_run, tmp_path) -> None:
+    """Issue 24: a group of seeds is one median line with a quartile band; a group of one
+    run is that run's line; legends in words with the run count; the target is named."""
     dirs = [
-        make_run(name="v2-s0", seed=0, units_per_device=2),
-        make_run(name="v2-s1", seed=1, units_per_device=2),
+        make_run(name="v2-s0", seed=0, units_per_device=2, accuracies=(0.3, 0.5, 0.45, 0.7)),
+        make_run(name="v2-s1", seed=1, units_per_device=2, accuracies=(0.1, 0.7, 0.5, 0.9)),
+        make_run(name="v2-s2", seed=2, units_per_device=2, accuracies=(0.2, 0.6, 0.4, 0.8)),
         make_run(name="v5-s0", seed=0, units_per_device=5, accuracies=(0.2, 0.4, 0.8)),
     ]
     runs = load_runs(dirs)
@@ -36,19 +40,44 @@ def test_convergence_overlays_runs_grouped_by_key(make_run, tmp_path) -> None:
     accuracy_ax, loss_ax = figure.axes
     assert accuracy_ax.get_ylabel() == "held-out accuracy"
     assert loss_ax.get_ylabel() == "training loss"
-    assert sorted(line.get_gid() for line in _lines(accuracy_ax)) == ["v2-s0", "v2-s1", "v5-s0"]
+    assert sorted(line.get_gid() for line in _lines(accuracy_ax)) == ["median:2", "v5-s0"]
     _handles, labels = accuracy_ax.get_legend_handles_labels()
     assert labels == [
-        "protocol.perturbations_per_device=2 (2 runs)",
-        "protocol.perturbations_per_device=5",
+        "v = 2 perturbations per device: median of 3 runs, band: quartiles",
+        "v = 5 perturbations per device",
+        "target 0.6",
     ]
+    # the three seeds share one schedule (commits at 13, 26, 39, 52 s): the median by hand
+    median = next(line for line in _lines(accuracy_ax) if line.get_gid() == "median:2")
+    np.testing.assert_allclose(median.get_xdata(), np.array([13.0, 26.0, 39.0, 52.0]) / 3600)
+    np.testing.assert_allclose(median.get_ydata(), [0.2, 0.6, 0.45, 0.8])
+    assert [c.get_gid() for c in accuracy_ax.collections] == ["band:2"]
     # one colour per group
-    colours = {line.get_gid(): line.get_color() for line in _lines(accuracy_ax)}
-    assert colours["v2-s0"] == colours["v2-s1"] != colours["v5-s0"]
     v5 = next(line for line in _lines(accuracy_ax) if line.get_gid() == "v5-s0")
+    assert median.get_color() != v5.get_color()
     np.testing.assert_allclose(v5.get_ydata(), [0.2, 0.4, 0.8])
     np.testing.assert_allclose(v5.get_xdata(), np.array([13.0, 26.0, 39.0]) / 3600)
-    assert [line.get_gid() for line in accuracy_ax.get_lines()].count("target") == 1
+    targets = [line for line in accuracy_ax.get_lines() if line.get_gid() == "target"]
+    assert [line.get_label() for line in targets] == ["target 0.6"]
+    assert targets[0].get_ydata()[0] == 0.6
+    # panels share the x range, which starts at t = 0
+    assert accuracy_ax.get_xlim() == loss_ax.get_xlim() and accuracy_ax.get_xlim()[0] == 0.0
+
+
+def test_median_band_by_hand() -> None:
+    """Runs end at different x: each counts up to its own end (last value carried, never
+    extended), points covered by fewer than half of the runs are left out."""
+    curves = [
+        (np.array([0.0, 10.0, 20.0]), np.array([0.1, 0.5, 0.9])),
+        (np.array([0.0, 15.0]), np.array([0.2, 0.6])),
+        (np.array([0.0, 5.0, 30.0]), np.array([0.3, 0.4, 0.7])),
+    ]
+    grid, median, low, high = median_band(curves)
+    np.testing.assert_allclose(grid, [0, 5, 10, 15, 20])  # 30: only one run of three
+    np.testing.assert_allclose(median, [0.2, 0.2, 0.4, 0.5, 0.65])
+    # quartiles (linear): at 0 of (.1, .2, .3) → .15, .25; at 20 of (.9, .4) → .525, .775
+    np.testing.assert_allclose(low, [0.15, 0.15, 0.3, 0.45, 0.525])
+    np.testing.assert_allclose(high, [0.25, 0.3, 0.45, 0.55, 0.775])
 
 
 def test_convergence_x_axes(make_run) -> None:
@@ -76,7 +105,9 @@ def test_systems_only_curves_show_progress(make_run) -> None:
     figure = convergence_figure(runs)
     (ax,) = figure.axes
     assert ax.get_ylabel() == "committed steps"
-    np.testing.assert_allclose(_lines(ax)[0].get_ydata(), [1, 2, 3, 4])
+    # issue 24: the progress curve starts at t = 0 with no step committed
+    np.testing.assert_allclose(_lines(ax)[0].get_ydata(), [0, 1, 2, 3, 4])
+    assert _lines(ax)[0].get_xdata()[0] == 0.0
 
 
 def test_timeline_has_states_and_step_boundaries(make_run) -> None:
@@ -98,7 +129,9 @@ def test_timeline_has_states_and_step_boundaries(make_run) -> None:
     assert len(commits.get_segments()) == 4
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[: len(TIMELINE_STATES)] == list(TIMELINE_STATES)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["device 0", "device 1", "device 2"]
+    # issue 24: the phone model beside each device
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "device 0 (pixel7)", "device 1 (pixel7)", "device 2 (galaxy_a14)"]
 
 
 def test_device_spans_by_hand(make_run) -> None:
@@ -124,7 +157,7 @@ def test_device_sample_is_seeded_and_bounded(make_run) -> None:
     assert first != sample_devices(runs.events, 6, seed=4)
     figure = timeline_figure(runs, sample=6, seed=3)
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
-    assert labels == [f"device {d}" for d in first]
+    assert labels == [f"device {d} (pixel7)" for d in first]
 
 
 def test_utilisation_and_breakdown_bars(make_run) -> None:
@@ -140,9 +173,12 @@ def test_utilisation_and_breakdown_bars(make_run) -> None:
     widths: dict[float, float] = {}
     for patch in backend_ax.patches:
         widths[patch.get_y()] = widths.get(patch.get_y(), 0.0) + patch.get_width()
-    np.testing.assert_allclose(list(widths.values()), 1.0)
+    # issue 24: shares in percent (these were 1.0 and 5/67 as fractions)
+    np.testing.assert_allclose(list(widths.values()), 100.0)
     offline = [p for p in backend_ax.patches if p.get_gid() == "offline"]
-    assert max(p.get_width() for p in offline) == pytest.approx(5.0 / 67.0)
+    assert max(p.get_width() for p in offline) == pytest.approx(500.0 / 67.0)
+    assert backend_ax.get_xlim() == (0.0, 100.0)
+    assert all(ax.get_xlim() == (0.0, 100.0) for ax in figure.axes)  # shared range
 
     breakdown = step_breakdown(runs.events, runs.steps)
     figure = breakdown_figure(breakdown)
@@ -151,7 +187,8 @@ def test_utilisation_and_breakdown_bars(make_run) -> None:
     assert parts == set(BREAKDOWN_PARTS)
     compute = [p.get_height() for p in step_ax.patches if p.get_gid() == "compute"]
     assert compute == [6.0, 6.0, 6.0, 6.0]
-    assert sum(p.get_width() for p in share_ax.patches) == pytest.approx(1.0)
+    assert sum(p.get_width() for p in share_ax.patches) == pytest.approx(100.0)
+    assert share_ax.get_xlabel() == "share of step time (%)"
 
 
 def test_long_runs_draw_stacked_areas(make_run) -> None:

@@ -197,7 +197,8 @@ def test_report_for_each_real_run(real_runs, protocol: str, tmp_path: Path) -> N
     figure = convergence_figure(load_runs([real_runs[protocol]]))
     (line,) = [x for x in figure.axes[0].get_lines() if x.get_gid() == protocol]
     steps = pd.read_parquet(real_runs[protocol] / "steps.parquet")
-    np.testing.assert_allclose(line.get_ydata(), np.arange(1, steps["committed"].sum() + 1))
+    # issue 24: the progress curve starts at t = 0 with no step committed
+    np.testing.assert_allclose(line.get_ydata(), np.arange(0, steps["committed"].sum() + 1))
 
 
 @pytest.mark.slow

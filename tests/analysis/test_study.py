@@ -112,11 +112,16 @@ def test_time_to_accuracy_figure_series(make_run) -> None:
         table, "protocol.perturbations_per_device", target_labels={0.5: "half", 0.7: "most"}
     )
     (ax,) = figure.axes
-    lines = {line.get_gid(): line for line in ax.get_lines() if line.get_gid()}
+    lines = {line.get_gid(): line for line in ax.get_lines()
+             if line.get_gid() and ":" not in line.get_gid()}
     assert set(lines) == {"1", "5"}
     np.testing.assert_allclose(lines["1"].get_ydata(), [26.0, 39.0])  # seconds at this scale
     assert ax.get_ylabel() == "median simulated time to reach (s)"
     assert math.isnan(lines["5"].get_ydata()[1])  # v=5 never reached 0.7: a gap, not a number
+    # ... marked on the top edge and named (issue 24)
+    marker = next(ln for ln in ax.get_lines() if ln.get_gid() == "not_reached:5")
+    assert marker.get_xdata().tolist() == [1.0] and marker.get_ydata()[0] == ax.get_ylim()[1]
+    assert [t.get_text() for t in ax.texts] == ["not reached (0 of 2)"]
     assert ax.get_ylim()[0] == 0.0  # times: the axis (and every interval) starts at zero
     assert [t.get_text() for t in ax.get_xticklabels()] == ["half", "most"]
 
@@ -129,7 +134,8 @@ def test_grouped_breakdown_bars(make_run) -> None:
         step_breakdown(runs.events, runs.steps), group_of_run, "protocol.perturbations_per_device"
     )
     (ax,) = figure.axes
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "3"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [  # in words (issue 24)
+        "v = 1 perturbations per device", "v = 3 perturbations per device"]
     heights = {}
     for patch in ax.patches:
         heights[patch.get_x()] = heights.get(patch.get_x(), 0.0) + patch.get_height()

@@ -2,30 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fleetsim.analysis.figures.common import _PART_COLOURS, _stacked_bars, _time_unit, save_figure
+from fleetsim.analysis.figures.common import (
+    _PART_COLOURS,
+    PART_WORDS,
+    _stacked_bars,
+    _time_unit,
+    group_words,
+    save_figure,
+    titled,
+)
 from fleetsim.analysis.metrics import (
     BREAKDOWN_PARTS,
     UTILISATION_SHARES,
 )
 
 
-def utilisation_figure(table: pd.DataFrame, path: Path | str | None = None) -> Figure:
-    """Stacked share bars of :func:`~fleetsim.analysis.metrics.utilisation` output:
-    one panel per level (fleet, phone model, backend), one bar per group (per
-    run and group when the table holds several runs)."""
+def utilisation_figure(
+    table: pd.DataFrame,
+    path: Path | str | None = None,
+    formats: Sequence[str] = ("png",),
+    summary: pd.DataFrame | None = None,
+) -> Figure:
+    """Stacked share bars of :func:`~fleetsim.analysis.metrics.utilisation` output, in
+    percent of device-time: one panel per level (fleet, phone model, backend; shared
+    0–100 % x range), one bar per group (per run and group when the table holds several
+    runs).  ``summary`` (the runs' summary rows) names the model(s) in the title."""
     levels = list(dict.fromkeys(table["level"]))
     several_runs = table["run"].nunique() > 1
     heights = [max(1, int((table["level"] == lv).sum())) for lv in levels]
     figure = Figure(
         figsize=(9.0, 1.0 + 0.32 * sum(heights) + 0.6 * len(levels)), layout="constrained"
     )
-    axes = figure.subplots(len(levels), 1, squeeze=False, height_ratios=heights)[:, 0]
+    axes = figure.subplots(len(levels), 1, squeeze=False, height_ratios=heights,
+                           sharex=True)[:, 0]
     for ax, level in zip(axes, levels):
         part = table[table["level"] == level]
         labels = [
@@ -33,7 +49,7 @@ def utilisation_figure(table: pd.DataFrame, path: Path | str | None = None) -> F
         ]
         _stacked_bars(ax, labels, part, UTILISATION_SHARES)
         ax.set_title(f"share of device-time, per {level.replace('_', ' ')}", fontsize=10)
-    axes[-1].set_xlabel("share of device-time")
+    axes[-1].set_xlabel("share of device-time (%)")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(
         handles,
@@ -43,15 +59,23 @@ def utilisation_figure(table: pd.DataFrame, path: Path | str | None = None) -> F
         loc="outside upper center",
         frameon=False,
     )
-    return save_figure(figure, path)
+    if summary is not None:
+        titled(figure, "where device-time went", summary)
+    return save_figure(figure, path, formats=formats)
 
 
 MAX_STEP_BARS = 80
 
 
-def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) -> Figure:
+def breakdown_figure(
+    breakdown: pd.DataFrame,
+    path: Path | str | None = None,
+    formats: Sequence[str] = ("png",),
+    summary: pd.DataFrame | None = None,
+) -> Figure:
     """Where step time went: stacked seconds per committed step (one run) and the
-    share of all step time per part (one bar per run)."""
+    share of all step time per part in percent (one bar per run).  ``summary`` (the runs'
+    summary rows) names the model(s) in the title."""
     several_runs = breakdown["run"].nunique() > 1
     figure = Figure(figsize=(12.0, 4.2), layout="constrained")
     if several_runs:
@@ -72,7 +96,7 @@ def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) ->
                     bottom=bottom,
                     width=1.0,
                     color=_PART_COLOURS[part],
-                    label=part,
+                    label=PART_WORDS[part],
                     linewidth=0,
                 )
                 for bar in bars:
@@ -83,7 +107,7 @@ def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) ->
             areas = step_ax.stackplot(
                 steps,
                 *[breakdown[part].to_numpy(dtype=float) / scale for part in BREAKDOWN_PARTS],
-                labels=list(BREAKDOWN_PARTS),
+                labels=[PART_WORDS[part] for part in BREAKDOWN_PARTS],
                 colors=[_PART_COLOURS[part] for part in BREAKDOWN_PARTS],
                 step="mid",
                 linewidth=0,
@@ -103,9 +127,12 @@ def breakdown_figure(breakdown: pd.DataFrame, path: Path | str | None = None) ->
     )
     _stacked_bars(share_ax, [str(r) for r in shares.index], shares.reset_index(), BREAKDOWN_PARTS)
     share_ax.set_title("share of all step time", fontsize=10)
+    share_ax.set_xlabel("share of step time (%)")
     if step_ax is None:
         share_ax.legend(fontsize=8, ncol=len(BREAKDOWN_PARTS))
-    return save_figure(figure, path)
+    if summary is not None:
+        titled(figure, "where the time of a step went", summary)
+    return save_figure(figure, path, formats=formats)
 
 
 def grouped_breakdown_figure(
@@ -113,23 +140,36 @@ def grouped_breakdown_figure(
     group_of_run: dict[str, object],
     by: str,
     path: Path | str | None = None,
+    formats: Sequence[str] = ("png",),
+    summary: pd.DataFrame | None = None,
 ) -> Figure:
-    """Mean seconds per committed step, stacked by part, one bar per group of runs."""
+    """Mean seconds per committed step, stacked by part, one bar per group of runs (named
+    in words: :func:`~fleetsim.analysis.figures.common.group_words`).  ``summary`` (the
+    runs' summary rows) names the model(s) in the title and the methods of protocol
+    groups."""
     frame = breakdown.assign(_group=breakdown["run"].map(group_of_run))
     means = frame.groupby("_group", sort=True)[list(BREAKDOWN_PARTS)].mean()
     figure = Figure(figsize=(8.0, 4.5), layout="constrained")
     ax = figure.subplots()
-    labels = [str(g) for g in means.index]
+    def methods(group: object) -> list[str]:
+        if summary is None or "method" not in summary.columns:
+            return []
+        runs = [r for r, g in group_of_run.items() if g == group]
+        return list(summary.loc[summary["run"].isin(runs), "method"])
+
+    labels = [group_words(by, g, methods(g)) for g in means.index]
     bottom = np.zeros(len(labels))
     for part in BREAKDOWN_PARTS:
         values = means[part].to_numpy(dtype=float)
-        bars = ax.bar(labels, values, bottom=bottom, color=_PART_COLOURS[part], label=part)
+        bars = ax.bar(labels, values, bottom=bottom, color=_PART_COLOURS[part],
+                      label=PART_WORDS[part])
         for bar in bars:
             bar.set_gid(part)
         bottom += values
-    ax.set_xlabel(by)
     ax.set_ylabel("mean simulated seconds per committed step")
     handles, labels = ax.get_legend_handles_labels()
     figure.legend(handles, labels, fontsize=8, ncol=3, loc="outside upper center", frameon=False)
     ax.grid(alpha=0.3, axis="y")
-    return save_figure(figure, path)
+    if summary is not None:
+        titled(figure, "mean time per committed step", summary)
+    return save_figure(figure, path, formats=formats)

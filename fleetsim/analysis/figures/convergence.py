@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from fleetsim.analysis.figures.common import _time_unit, save_figure
+from fleetsim.analysis.figures.common import _time_unit, group_words, save_figure, titled
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import (
     group_labels,
@@ -104,6 +104,82 @@ def has_accuracy(runset: RunSet) -> bool:
     return bool(runset.steps["accuracy"].notna().any())
 
 
+#: how the band around a group's median is drawn (quantiles over the group's runs)
+BAND_QUANTILES = (0.25, 0.75)
+_TARGET_STYLES = (":", "--", "-.", (0, (1, 4)), (0, (6, 2, 1, 2)))
+
+
+def _metric_points(frame: pd.DataFrame, metric: str, x: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of one run's ``metric``: committed steps for ``steps``, the committed rows'
+    training loss for ``loss``, every evaluated row (the t = 0 evaluation included) else."""
+    if metric == "steps":
+        points = frame[frame["committed"]]
+        if not len(points):
+            return np.array([], dtype=float), np.array([], dtype=float)
+        # no step is committed at t = 0: the progress curve starts there like accuracy's
+        return (np.concatenate([[0.0], points[x].to_numpy(dtype=float)]),
+                np.concatenate([[0.0], points["steps"].to_numpy(dtype=float)]))
+    if metric == "loss":
+        points = frame[frame["committed"] & frame["loss"].notna()]
+    else:
+        points = frame[frame[metric].notna()]
+    return points[x].to_numpy(dtype=float), points[metric].to_numpy(dtype=float)
+
+
+def median_band(
+    curves: Sequence[tuple[np.ndarray, np.ndarray]],
+    quantiles: tuple[float, float] = BAND_QUANTILES,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The median and a quantile band over several runs' curves on one grid.
+
+    ``curves``: per run (x, y), x non-decreasing.  The grid is the union of every run's x.
+    At a grid point each run's value is its last observation at or before it (a run's
+    accuracy at time t is that of its last evaluation; nothing is interpolated between
+    evaluations) and a run counts only up to its own last x (no run is extended past its
+    end).  Points where fewer than half of the runs count are left out, so the median is
+    over at least half of the group.  Returns ``(grid, median, low, high)`` with ``low``/
+    ``high`` the ``quantiles`` (default the interquartile range; ``numpy.nanquantile``,
+    linear).  Units: those of the curves."""
+    kept = [(np.asarray(cx, float), np.asarray(cy, float)) for cx, cy in curves if len(cx)]
+    if not kept:
+        empty = np.array([], dtype=float)
+        return empty, empty, empty, empty
+    grid = np.unique(np.concatenate([cx for cx, _ in kept]))
+    values = np.full((len(kept), len(grid)), np.nan)
+    for row, (cx, cy) in enumerate(kept):
+        index = np.searchsorted(cx, grid, side="right") - 1
+        inside = (index >= 0) & (grid <= cx[-1])
+        values[row, inside] = cy[index[inside]]
+    counted = np.isfinite(values).sum(axis=0)
+    keep = counted * 2 >= len(kept)
+    grid, values = grid[keep], values[:, keep]
+    if not len(grid):
+        empty = np.array([], dtype=float)
+        return empty, empty, empty, empty
+    median = np.nanmedian(values, axis=0)
+    low = np.nanquantile(values, quantiles[0], axis=0)
+    high = np.nanquantile(values, quantiles[1], axis=0)
+    return grid, median, low, high
+
+
+def _group_methods(runset: RunSet, members: Sequence[str]) -> list[str]:
+    if "method" not in runset.summary.columns:
+        return []
+    rows = runset.summary[runset.summary["run"].isin(members)]
+    return [m for m in rows["method"] if isinstance(m, str)]
+
+
+def set_log_time(ax, xs: Sequence[float], axis: str = "x") -> None:
+    """A symmetric-log time axis (``symlog``): logarithmic from the smallest positive time
+    drawn, linear below it, so that t = 0 (the initial evaluation) stays on the axis."""
+    positive = [float(v) for v in xs if np.isfinite(v) and v > 0]
+    threshold = min(positive) if positive else 1.0
+    if axis == "x":
+        ax.set_xscale("symlog", linthresh=threshold)
+    else:
+        ax.set_yscale("symlog", linthresh=threshold)
+
+
 def convergence_figure(
     runset: RunSet,
     x: str = "hours",
@@ -112,19 +188,34 @@ def convergence_figure(
     targets: Sequence[float] = (),
     path: Path | str | None = None,
     ends: Mapping[str, float] | None = None,
+    log_time: bool = False,
+    formats: Sequence[str] = ("png",),
+    title: str | None = None,
 ) -> Figure:
     """Accuracy / loss (or committed steps for systems-only runs) against ``x``.
+
+    One curve per group of runs (the values of ``by``, a summary or scenario key; each run
+    is its own group when None).  A group of one run draws that run (line gid: the run
+    id; drawn as steps: a value holds until the next evaluation); a group of several runs
+    (seeds of one configuration) draws their median on the
+    union of their x values with the interquartile range as a band (:func:`median_band`;
+    line gid ``median:<group>``, band gid ``band:<group>``), never one line per seed.
+    Legend entries are in words (:func:`~fleetsim.analysis.figures.common.group_words`)
+    with the number of runs.  Curves start at t = 0 (the initial model's evaluation every
+    run with numerics takes before its first step; committed steps start at 0).
+    ``targets`` draws horizontal accuracy lines labelled "target 0.7" in the legend
+    (gid ``target``).  Panels share their x range.  ``log_time``: a symmetric-log x axis
+    (:func:`set_log_time`).  The title names the metrics and the model(s)
+    (:func:`~fleetsim.analysis.figures.common.models_line`); ``title`` replaces its first
+    line.
 
     ``ends`` (run id → simulated seconds at its end) marks where each run stopped, for a
     comparison whose runs end at different simulated times (issue 23, equal horizons): a
     dashed vertical line in the run's colour on the hours axis, an ✕ at the run's last
     point on the others (artist gid ``end:<run>``).
 
-    One line per run, one colour per value of ``by`` (a summary or scenario
-    key; each run is its own group when None); the legend has one entry per
-    group.  ``metrics`` defaults to accuracy and loss when any run evaluated
-    accuracy, else committed steps.  ``targets`` draws horizontal accuracy lines.
-    """
+    ``metrics`` defaults to accuracy and loss when any run evaluated accuracy, else
+    committed steps.  Saved to ``path`` in each of ``formats``."""
     if x not in X_AXES:
         raise FleetsimInputError(f"x axis {x!r} unknown; allowed: {', '.join(X_AXES)}")
     if metrics is None:
@@ -136,59 +227,74 @@ def convergence_figure(
     groups = list(dict.fromkeys(labels.astype(str)))
     colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
     run_group = dict(zip(runset.summary["run"], labels.astype(str)))
-    counts = labels.astype(str).value_counts()
+    raw_group = dict(zip(labels.astype(str), labels))
+    members = {g: [r for r in runset.runs if run_group[r] == g] for g in groups}
 
-    figure = Figure(figsize=(6.0 * len(metrics), 4.2), layout="constrained")
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    figure = Figure(figsize=(6.0 * len(metrics), 4.6), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False, sharex=True)[0]
     frames = {run: progress_frame(runset, run) for run in runset.runs}
+    drawn_x: list[float] = []
     for ax, metric in zip(axes, metrics):
-        labelled: set[str] = set()
-        for run, frame in frames.items():
-            group = run_group[run]
-            if metric == "steps":
-                points = frame[frame["committed"]]
-                y = points["steps"]
-            elif metric == "loss":
-                points = frame[frame["committed"] & frame["loss"].notna()]
-                y = points["loss"]
+        any_curve = False
+        for group in groups:
+            runs = members[group]
+            n = len(runs)
+            words = group_words(by, raw_group[group], _group_methods(runset, runs))
+            curves = {run: _metric_points(frames[run], metric, x) for run in runs}
+            marker = "o" if metric == "accuracy" else None
+            if n == 1:
+                cx, cy = curves[runs[0]]
+                if not len(cx):
+                    continue
+                # held until the next evaluation, like a group's median
+                line = ax.plot(cx, cy, color=colours[group], drawstyle="steps-post",
+                               marker=marker if len(cx) < 60 else None, markersize=3,
+                               linewidth=1.2, label=words)[0]
+                line.set_gid(runs[0])
             else:
-                points = frame[frame[metric].notna()]
-                y = points[metric]
-            if points.empty:
-                continue
-            n = int(counts[group])
-            key = f"{by}={group}" if by is not None else group
-            label = f"{key} ({n} runs)" if n > 1 else key
-            line = ax.plot(
-                points[x],
-                y,
-                color=colours[group],
-                marker="o" if metric == "accuracy" and len(points) < 60 else None,
-                markersize=3,
-                linewidth=1.2,
-                alpha=0.9 if n == 1 else 0.6,
-                label=label if group not in labelled else f"_{label}",
-            )[0]
-            line.set_gid(run)
-            labelled.add(group)
-            if ends is not None and run in ends:
+                grid, median, low, high = median_band(list(curves.values()))
+                if not len(grid):
+                    continue
+                band = ax.fill_between(grid, low, high, step="post", color=colours[group],
+                                       alpha=0.2, linewidth=0)
+                band.set_gid(f"band:{group}")
+                band.set_label(f"_band:{group}")
+                line = ax.step(grid, median, where="post", color=colours[group],
+                               linewidth=1.4,
+                               label=f"{words}: median of {n} runs, band: quartiles")[0]
+                line.set_gid(f"median:{group}")
+                cx = grid
+            any_curve = True
+            drawn_x.extend(float(v) for v in cx)
+            for run in runs:
+                if ends is None or run not in ends:
+                    continue
                 if x == "hours":
                     ax.axvline(float(ends[run]) / 3600.0, color=colours[group], linestyle="--",
                                linewidth=0.8, alpha=0.7, gid=f"end:{run}")
                 else:
-                    ax.plot([points[x].iloc[-1]], [y.iloc[-1]], marker="X", markersize=8,
-                            color=colours[group], linestyle="none", gid=f"end:{run}")
+                    rx, ry = curves[run]
+                    if len(rx):
+                        ax.plot([rx[-1]], [ry[-1]], marker="X", markersize=8,
+                                color=colours[group], linestyle="none", gid=f"end:{run}")
         if metric == "accuracy":
-            for target in targets:
-                ax.axhline(target, color="0.5", linestyle=":", linewidth=0.8, gid="target")
-        ax.set_xlabel(X_AXES[x])
+            for index, target in enumerate(sorted(targets)):
+                ax.axhline(target, color="0.4", linewidth=0.9, gid="target",
+                           linestyle=_TARGET_STYLES[index % len(_TARGET_STYLES)],
+                           label=f"target {target:g}")
+        ax.set_xlabel(X_AXES[x] + (" (symmetric log scale)" if log_time else ""))
         ax.set_ylabel(METRICS[metric])
         ax.grid(alpha=0.3)
-        if labelled:
+        if any_curve or (metric == "accuracy" and targets):
             ax.legend(fontsize=8)
-    title_by = f" by {by}" if by is not None else ""
-    figure.suptitle(f"{' and '.join(METRICS[m] for m in metrics)} vs {X_AXES[x]}{title_by}")
-    return save_figure(figure, path)
+    if log_time:
+        set_log_time(axes[0], drawn_x)
+    if drawn_x:
+        axes[0].set_xlim(left=0.0)
+    heading = title if title is not None else (
+        f"{' and '.join(METRICS[m] for m in metrics)} vs {X_AXES[x]}")
+    titled(figure, heading, runset.summary)
+    return save_figure(figure, path, formats=formats)
 
 
 def time_to_accuracy_figure(
@@ -197,58 +303,92 @@ def time_to_accuracy_figure(
     target_labels: dict[float, str] | None = None,
     path: Path | str | None = None,
     ends: Mapping[object, float] | None = None,
+    log_time: bool = False,
+    formats: Sequence[str] = ("png",),
+    summary: pd.DataFrame | None = None,
 ) -> Figure:
     """Median time to each target (s, min or h by scale) from
     :func:`~fleetsim.analysis.metrics.time_to_accuracy_table` (non-reaching runs
-    censored), one line per group of ``by``, its interval as error bars.  A target
-    whose median is not reached (fewer than half of the group's runs got there)
-    leaves a gap; an interval unbounded above (typical with a few seeds: the log-log
-    band never falls below one half) has no upper bar, an open triangle above the point
-    instead.  ``target_labels`` renames the x ticks.  ``ends`` (group → the earliest
-    simulated end of its runs, seconds) marks where each group's runs stopped, a dashed
-    horizontal line in its colour (artist gid ``end:<group>``): no time beyond it can be
-    reached by that group (issue 23, unequal horizons)."""
-    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    censored), one line per group of ``by`` (legend in words), its interval as error bars.
+
+    Nothing is clipped: the time axis reaches above every finite median and interval end.
+    A target whose median is not reached (fewer than half of the group's runs got there)
+    is an open marker on the axis's top edge annotated "not reached (k of n)" (gid
+    ``not_reached:<group>``); an interval unbounded above (typical with a few seeds: the
+    log-log band never falls below one half) is an open triangle on the top edge instead
+    of an upper bar (gid ``unbounded:<group>``).  ``target_labels`` renames the x ticks.
+    ``ends`` (group → the earliest simulated end of its runs, seconds) marks where each
+    group's runs stopped, a dashed horizontal line in its colour (gid ``end:<group>``): no
+    time beyond it can be reached by that group (issue 23, unequal horizons).
+    ``log_time``: a symmetric-log time axis.  ``summary`` (the runs' summary rows): the
+    models line of the title and the methods of protocol groups."""
+    figure = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = figure.subplots()
     targets = sorted(table["target"].unique())
-    finite = pd.concat([table["ci_high_s"], table["median_s"]]).replace(np.inf, np.nan)
-    longest = finite.max()
-    unit, scale = _time_unit(float(longest) if pd.notna(longest) else 0.0)
-    finite_median = table["median_s"].replace(np.inf, np.nan).max()
-    top_s = finite_median if pd.notna(finite_median) else longest
-    top = (float(top_s) / scale * 1.15) if pd.notna(top_s) and top_s > 0 else 1.0
+    finite = pd.concat([table["ci_high_s"], table["ci_low_s"], table["median_s"]])
+    finite = finite.replace([np.inf, -np.inf], np.nan).dropna()
+    highest = float(finite.max()) if len(finite) else 0.0
     if ends:
-        top = max(top, max(float(e) for e in ends.values()) / scale * 1.05)
+        highest = max(highest, max(float(e) for e in ends.values()))
+    unit, scale = _time_unit(highest)
+    top = highest / scale * 1.12 if highest > 0 else 1.0
     positions = {t: i for i, t in enumerate(targets)}
+    plotted: list[float] = []
     for index, group in enumerate(list(dict.fromkeys(table[by]))):
         part = table[table[by] == group].sort_values("target")
+        methods: list[str] = []
+        if summary is not None and "method" in summary.columns and by in summary.columns:
+            methods = list(summary.loc[summary[by].astype(str) == str(group), "method"])
+        words = group_words(by, group, methods)
         x = np.array([positions[t] for t in part["target"]], dtype=float)
         median = part["median_s"].to_numpy(dtype=float) / scale
-        median[np.isinf(median)] = np.nan
+        not_reached = np.isinf(median)
+        median[not_reached] = np.nan
         low = part["ci_low_s"].to_numpy(dtype=float) / scale
         high = part["ci_high_s"].to_numpy(dtype=float) / scale
         unbounded = np.isinf(high) & np.isfinite(median)
-        high = np.where(np.isinf(high), median, np.minimum(high, top))
+        high = np.where(np.isinf(high), median, high)
         errors = np.vstack([np.nan_to_num(median - low), np.nan_to_num(high - median)])
         colour = f"C{index % 10}"
-        container = ax.errorbar(
-            x, median, yerr=errors, marker="o", capsize=3, color=colour, label=f"{by}={group}"
-        )
+        container = ax.errorbar(x, median, yerr=errors, marker="o", capsize=3, color=colour,
+                                label=words)
         container.lines[0].set_gid(str(group))
+        plotted.extend(float(v) for v in np.concatenate([median, low, high]) if np.isfinite(v))
         if unbounded.any():
-            ax.plot(x[unbounded], median[unbounded] + 0.03 * top, "^", color=colour,
-                    mfc="none", ms=5)
+            ax.plot(x[unbounded], np.full(unbounded.sum(), top), "^", color=colour, mfc="none",
+                    ms=6, clip_on=False, gid=f"unbounded:{group}",
+                    label=f"{words}: interval unbounded above")
+        if not_reached.any():
+            reached = part["reached"].to_numpy()[not_reached]
+            runs = part["runs"].to_numpy()[not_reached]
+            ax.plot(x[not_reached], np.full(not_reached.sum(), top), "o", color=colour,
+                    mfc="none", ms=7, clip_on=False, gid=f"not_reached:{group}",
+                    label=f"{words}: median not reached")
+            for xi, k, n in zip(x[not_reached], reached, runs):
+                ax.annotate(f"not reached ({int(k)} of {int(n)})", (xi, top),
+                            textcoords="offset points", xytext=(0, -12), ha="center",
+                            fontsize=7, color=colour, gid=f"not_reached_text:{group}")
         if ends is not None and group in ends:
             ax.axhline(float(ends[group]) / scale, color=colour, linestyle="--", linewidth=0.8,
-                       alpha=0.7, gid=f"end:{group}", label=f"{by}={group}: runs end")
-    ax.set_ylim(bottom=0.0, top=top)
+                       alpha=0.7, gid=f"end:{group}", label=f"{words}: runs end")
+    if log_time:
+        set_log_time(ax, plotted, axis="y")
+        ax.set_ylim(bottom=0.0, top=top * 1.5)
+    else:
+        ax.set_ylim(bottom=0.0, top=top)
     ax.set_xticks(range(len(targets)))
     ax.set_xticklabels([(target_labels or {}).get(t, f"{t:.0%}") for t in targets])
     ax.set_xlabel("accuracy target")
-    ax.set_ylabel(f"median simulated time to reach ({unit})")
+    scale_words = " (symmetric log scale)" if log_time else ""
+    ax.set_ylabel(f"median simulated time to reach ({unit}){scale_words}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(figure, path)
+    heading = "median simulated time to each accuracy target"
+    if summary is not None:
+        titled(figure, heading, summary)
+    else:
+        figure.suptitle(heading, fontsize=11)
+    return save_figure(figure, path, formats=formats)
 
 
 def write_run_convergence(run_dir: Path | str, title: str = "") -> Path:

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from fleetsim.analysis.figures.common import _one_run, _time_unit, save_figure
+from fleetsim.analysis.figures.common import _one_run, _time_unit, save_figure, titled
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import (
     work_spans,
@@ -167,10 +167,12 @@ def timeline_figure(
     seed: int = 0,
     time_range_s: tuple[float, float] | None = None,
     path: Path | str | None = None,
+    formats: Sequence[str] = ("png",),
 ) -> Figure:
     """Gantt chart of a sample of devices of one run: offline / available /
     interrupted / download / compute / upload spans over simulated time, with
-    step commits as vertical lines (rollbacks dashed)."""
+    step commits as vertical lines (rollbacks dashed).  Devices are named with their
+    phone model on the y axis ("device 3 (Pixel 7)"); the title names the model(s)."""
     run = _one_run(runset, run)
     events = runset.events[runset.events["run"] == run]
     summary = runset.summary[runset.summary["run"] == run].iloc[0]
@@ -248,7 +250,12 @@ def timeline_figure(
             gid="step_rollback",
         )
     ax.set_yticks(range(len(device_ids)))
-    ax.set_yticklabels([f"device {d}" for d in device_ids], fontsize=8)
+    phones = runset.devices[runset.devices["run"] == run].set_index("device_id")
+    phone_of = phones["phone_model"].to_dict() if "phone_model" in phones else {}
+    ax.set_yticklabels(
+        [f"device {d} ({phone_of[d]})" if d in phone_of else f"device {d}" for d in device_ids],
+        fontsize=8,
+    )
     ax.set_ylim(-0.6, top + 0.1)
     if time_range_s is not None:
         ax.set_xlim(time_range_s[0] / scale, time_range_s[1] / scale)
@@ -269,5 +276,6 @@ def timeline_figure(
         frameon=False,
     )
     note = "" if availability_known else "; availability not recorded, only pauses shown"
-    ax.set_title(f"device timelines, {len(device_ids)} sampled devices ({run}){note}")
-    return save_figure(figure, path)
+    ax.set_title(f"{len(device_ids)} sampled devices{note}", fontsize=9)
+    titled(figure, f"device timelines of {run}", runset.summary[runset.summary["run"] == run])
+    return save_figure(figure, path, formats=formats)

@@ -485,6 +485,7 @@ def run_loaded(
         **code_provenance(),  # fleetsim_version, git_commit, git_dirty
         "scenario_hash": digest,
         **server.schedule_labels(),  # what protocol.lr_schedule planned with
+        **server.initial_evaluation_fields(),  # initial_accuracy, initial_eval_loss (t = 0)
     }
     summary = build_summary(
         sc, steps, devices, end_s=end, rounds=server.round, committed_steps=server.step,

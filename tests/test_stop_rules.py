@@ -25,7 +25,6 @@ import pandas as pd
 import pytest
 
 from fleetsim.analysis.load import load_run
-from fleetsim.analysis.metrics import time_to_accuracy_runs
 from fleetsim.cli import main
 from fleetsim.record.status import STATUSES, STOP_RULES, exit_code, finite_accuracy
 from fleetsim.record.summary import time_to_targets
@@ -265,18 +264,13 @@ def test_case_nan_model_reaches_target(tmp_path, capsys):
     assert "after step 0" in summary["status_detail"]
     assert summary["final_accuracy"] is None and summary["best_accuracy"] is None
     assert summary["time_to_target"] == {"0.2": None}
-    # issue 24: row 0 is the initial (finite) model's evaluation at t = 0, which starts
-    # the curves and counts toward no summary accuracy; every trained model's is NaN
-    trained = steps[steps["attempt"] >= 0]
-    assert steps["attempt"].iloc[0] == -1 and math.isfinite(steps["accuracy"].iloc[0])
-    assert trained["accuracy"].isna().all() and trained["eval_loss"].isna().all()
-    evals = events[(events["kind"] == "evaluate") & (events["time_s"] > 0)]  # after t = 0
+    assert steps["accuracy"].isna().all() and steps["eval_loss"].isna().all()
+    evals = events[events["kind"] == "evaluate"]
     assert len(evals) >= 1 and evals["detail"].str.contains("accuracy=nan").all()
     # report/compare/analysis pick nothing up either.
     runset = load_run(out)
-    assert runset.steps.loc[runset.steps["attempt"] >= 0, "accuracy"].isna().all()
+    assert runset.steps["accuracy"].isna().all()
     assert math.isnan(runset.summary["final_accuracy"].iloc[0])
-    assert time_to_accuracy_runs(runset, [0.2])["seconds"].isna().all()
 
 
 def test_nonfinite_evaluation_without_a_fault_is_diverged(tmp_path, capsys):
@@ -296,7 +290,7 @@ def test_nonfinite_evaluation_without_a_fault_is_diverged(tmp_path, capsys):
     assert summary["status"] == "diverged" and summary["stopped_by"] == "rounds"
     assert summary["diverged_at_step"] == 0 and summary["steps"] == 2
     assert summary["final_accuracy"] is None and summary["best_accuracy"] is None
-    assert steps.loc[steps["attempt"] >= 0, "accuracy"].isna().all()  # row 0: t = 0
+    assert steps["accuracy"].isna().all()
 
 
 def _steps(acc: list[float], loss: list[float]) -> pd.DataFrame:

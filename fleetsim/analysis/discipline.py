@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 
 from fleetsim.analysis.load import RunSet
-from fleetsim.analysis.metrics import trained_steps
 from fleetsim.errors import FleetsimInputError
 
 #: Relative tolerance on a run's simulated end against the common budget: the step that
@@ -83,8 +82,7 @@ class HorizonCheck:
 
 
 def _highest_accuracy(runset: RunSet) -> pd.Series:
-    steps = (pd.concat([trained_steps(runset, run) for run in runset.runs])
-             if runset.runs else runset.steps)
+    steps = runset.steps
     finite = steps[np.isfinite(steps["accuracy"].to_numpy(dtype=float))]
     best = finite.groupby("run")["accuracy"].max()
     return best.reindex(runset.summary["run"]).fillna(-math.inf)
@@ -141,15 +139,11 @@ def evaluated_points(runset: RunSet, run: str) -> tuple[str, list[float]]:
     seconds])`` for the rows of a ``protocol.eval_every_s`` grid (attempt −1), else
     ``("step", [committed-step indices])`` of the committed rows that carry an
     evaluation, without the run's last committed row (the final model's evaluation every
-    run gets at its end).  Without a time grid, the evaluation of the initial model at
-    t = 0 (an attempt −1 row every run takes before its first step) is common to every run
-    and left out."""
+    run gets at its end)."""
     steps = runset.steps[runset.steps["run"] == run]
     evaluated = steps[steps["accuracy"].notna() | steps["eval_loss"].notna()]
-    grids = eval_grids(runset)
-    every_s = grids.loc[grids["run"] == run, "protocol.eval_every_s"]
     grid = evaluated[evaluated["attempt"] < 0]
-    if len(every_s) and float(every_s.iloc[0]) > 0:
+    if len(grid):
         return "time", sorted(grid["sim_time_s"].astype(float))
     committed = steps[steps["committed"]].sort_values(["sim_time_s", "step"], kind="stable")
     if committed.empty:

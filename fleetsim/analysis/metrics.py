@@ -17,7 +17,7 @@ import pandas as pd
 from fleetsim.analysis.load import RunSet, check_key
 from fleetsim.analysis.stats import censored_median
 from fleetsim.errors import FleetsimInputError
-from fleetsim.record.summary import first_times_reaching, without_initial_evaluation
+from fleetsim.record.summary import first_times_reaching
 
 DEFAULT_TARGETS = (0.4, 0.6, 0.8, 0.9)
 
@@ -53,19 +53,6 @@ def time_to_accuracy(steps: pd.DataFrame, targets: Sequence[float]) -> dict[floa
     return dict(zip(targets, first_times_reaching(steps, targets)))
 
 
-def trained_steps(runset: RunSet, run: str) -> pd.DataFrame:
-    """One run's steps without the initial model's t = 0 evaluation of a run evaluated at
-    steps (:func:`fleetsim.record.summary.without_initial_evaluation`: time to target and
-    best accuracy count what summary.json counts)."""
-    steps = runset.steps[runset.steps["run"] == run]
-    every = 0.0
-    if "protocol.eval_every_s" in runset.summary.columns:
-        value = runset.summary.loc[runset.summary["run"] == run, "protocol.eval_every_s"]
-        numbers = pd.to_numeric(value, errors="coerce").fillna(0)
-        every = float(numbers.iloc[0]) if len(numbers) else 0.0
-    return without_initial_evaluation(steps, every)
-
-
 def time_to_accuracy_runs(runset: RunSet, targets: Sequence[float]) -> pd.DataFrame:
     """One row per run and target: ``run``, ``target``, ``seconds`` (simulated seconds to
     the target, NaN when not reached) and ``end_s`` (the run's simulated end, where a run
@@ -74,7 +61,7 @@ def time_to_accuracy_runs(runset: RunSet, targets: Sequence[float]) -> pd.DataFr
     ends = dict(zip(runset.summary["run"], runset.summary.get("simulated_seconds", [])))
     rows = []
     for run in runset.runs:
-        reached = time_to_accuracy(trained_steps(runset, run), targets)
+        reached = time_to_accuracy(runset.steps[runset.steps["run"] == run], targets)
         end = pd.to_numeric(pd.Series([ends.get(run)]), errors="coerce").iloc[0]
         end = float(end) if pd.notna(end) else math.inf
         for target in targets:

@@ -103,6 +103,7 @@ def _facts(summary: pd.Series) -> pd.DataFrame:
         ("systems only", "systems_only"),
         ("status", "status"),
         ("stopped by", "stopped_by"),
+        ("initial accuracy (t = 0)", "initial_accuracy"),  # the model before step 1
         ("final accuracy", "final_accuracy"),
         ("simulated hours", None),
         ("rounds", "rounds"),

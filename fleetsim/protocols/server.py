@@ -89,6 +89,8 @@ class StepServer:
         self.step = 0  # committed steps so far
         self.round = 0
         self.last_eval: Optional[EvalResult] = None
+        # the evaluation of the model before the first step (t = 0); None: systems-only
+        self.initial_evaluation: Optional[EvalResult] = None
         self.stopped_at_target = False  # finished() returned True for run.stop_at_target
         # (device, step, pending dispatch event) carried past a commit
         self._carried: list[tuple[int, int, Any]] = []
@@ -117,12 +119,7 @@ class StepServer:
         if self.cfg.eval_every_s and not self.engine.systems_only:
             self.env.process(self._evaluation_grid(float(self.cfg.eval_every_s)))
         elif not self.engine.systems_only:
-            # The initial model, before the first step (t = 0): it starts the accuracy
-            # curves; it stops no run (run.stop_at_target counts evaluations of trained
-            # models, as before the row existed) and counts toward no summary accuracy
-            # (fleetsim.record.summary.without_initial_evaluation).
-            self._record_evaluation_row()
-            self.last_eval = None
+            self._evaluate_initial_model()
         yield from self.protocol.run(self)
         self.drop_carried()
         rows = self.ctx.recorder.step_rows
@@ -655,16 +652,15 @@ class StepServer:
             due = k * every_s
             if due > self.env.now:
                 yield self.env.timeout(due - self.env.now)
-            self._record_evaluation_row()
+            evaluation = self._record_evaluation_row()
+            if k == 0:
+                self.initial_evaluation = evaluation
             k += 1
 
-    def _record_evaluation_row(self) -> None:
-        """Evaluate the current model and record it as its own steps.parquet row:
-        ``attempt`` −1, not committed, no work, ``step`` = steps committed so far.  Rows of
-        the ``protocol.eval_every_s`` grid, and, without a grid, the evaluation of the
-        initial model at t = 0 every run with numerics takes before its first step (issue 24:
-        accuracy curves start at t = 0).  Evaluation draws no random numbers and moves no
-        simulated time, so the steps that follow are those of a run without it."""
+    def _record_evaluation_row(self) -> EvalResult:
+        """Evaluate the current model and record it as its own steps.parquet row of the
+        ``protocol.eval_every_s`` grid: ``attempt`` −1, not committed, no work, ``step`` =
+        steps committed so far.  Returns the evaluation."""
         evaluation = self.evaluate()
         self.ctx.recorder.add_step({
             "sim_time_s": float(self.env.now), "round": self.round, "step": self.step,
@@ -677,6 +673,29 @@ class StepServer:
             # an evaluation, not an attempt: no gate, no step start
             "variance_gate": "off", "step_start_s": math.nan,
         })
+        return evaluation
+
+    def _evaluate_initial_model(self) -> None:
+        """Evaluate the model before the first step (t = 0; issue 24: accuracy curves start
+        there), for a run without a ``protocol.eval_every_s`` grid (whose t = 0 row is this
+        evaluation).  Kept in summary.json (:meth:`initial_evaluation_fields`), not as a
+        steps row and not in the event log: the tables, the summary's accuracies and time to
+        target and the stop rules are those of a run without it (it stops no run:
+        run.stop_at_target counts evaluations of trained models).  It draws no random numbers
+        and moves no simulated time; a resumed run replays it from the engine's journal like
+        every other call."""
+        self.initial_evaluation = self.engine.evaluate()
+
+    def initial_evaluation_fields(self) -> dict:
+        """summary.json's ``initial_accuracy`` and ``initial_eval_loss``: the evaluation of
+        the model before the first step (t = 0), where accuracy curves start (issue 24);
+        None for systems-only runs and for a non-finite initial model's accuracy."""
+        evaluation = self.initial_evaluation
+        if evaluation is None or not evaluation.n_examples:
+            return {"initial_accuracy": None, "initial_eval_loss": None}
+        finite = math.isfinite(evaluation.loss) and math.isfinite(evaluation.accuracy)
+        return {"initial_accuracy": float(evaluation.accuracy) if finite else None,
+                "initial_eval_loss": float(evaluation.loss) if finite else None}
 
     def evaluate(self) -> EvalResult:
         result = self.engine.evaluate()

@@ -13,7 +13,7 @@ STEP_COLUMNS: dict[str, str] = {
     "sim_time_s": "float64",  # simulated time at commit
     "round": "int64",
     "step": "int64",  # server step index (batch index within the run)
-    "attempt": "int64",  # 0 first try, 1.. variance repeats, -1 an evaluation row
+    "attempt": "int64",  # 0 first try, 1.. variance repeats, -1 eval on eval_every_s grid
     "committed": "bool",  # whether θ was updated by this row
     "devices": "int64",  # devices that delivered work
     "perturbations": "int64",  # units used by this row's estimate (cumulative over repeats)

@@ -42,18 +42,6 @@ def first_times_reaching(steps: pd.DataFrame, targets: list[float]) -> list[Opti
     return out
 
 
-def without_initial_evaluation(steps: pd.DataFrame, eval_every_s: float) -> pd.DataFrame:
-    """``steps`` without the evaluation of the initial model at t = 0 that a run evaluated
-    at steps (no ``protocol.eval_every_s`` grid) records before its first step (issue 24):
-    that row starts the accuracy curves but is no result of training, so it counts toward
-    no ``final_accuracy``/``best_accuracy``/``time_to_target`` (these stay what they were
-    before the row existed).  A grid run's rows, t = 0 included, are its evaluations and
-    are kept.  In a run without a grid every attempt −1 row is that initial evaluation."""
-    if eval_every_s or "attempt" not in steps.columns:
-        return steps
-    return steps[~((steps["attempt"] < 0) & ~steps["committed"].astype(bool))]
-
-
 def time_to_targets(steps: pd.DataFrame, targets: list[float]) -> dict[str, Optional[float]]:
     """:func:`first_times_reaching` keyed by the targets formatted with ``:g`` (summary.json's
     ``time_to_target``)."""
@@ -84,8 +72,7 @@ def build_summary(
     device sources, numerics metadata) merged in as they are; ``unfinished``: receipts
     of the tasks a stop rule cut (``units_assigned``, ``units_delivered``)."""
     sc = scenario
-    trained = without_initial_evaluation(steps, sc.protocol.eval_every_s)
-    evaluated = finite_accuracy(trained).dropna()
+    evaluated = finite_accuracy(steps).dropna()
     committed = steps[steps["committed"]]
     return {
         "scenario_name": sc.run.name,
@@ -106,11 +93,11 @@ def build_summary(
         "simulated_hours": end_s / 3600.0,
         "rounds": int(rounds),
         "steps": int(committed_steps),
-        # rows with attempt -1 are evaluations (t = 0, protocol.eval_every_s's grid), not attempts
+        # rows with attempt -1 are evaluations on protocol.eval_every_s's grid, not attempts
         "step_attempts": int((steps["attempt"] >= 0).sum()),
         "variance_repeats": int((~steps["committed"] & (steps["attempt"] >= 0)).sum()),
         "host_seconds": host_seconds,
-        "time_to_target": time_to_targets(trained, sc.run.targets),
+        "time_to_target": time_to_targets(steps, sc.run.targets),
         "total_perturbations": int(committed["perturbations"].sum()),
         # Everything that crossed the network, as the devices' ledger counted it (work that
         # was dropped, arrived late or was cut by a stop rule included); steps.parquet's

@@ -235,7 +235,7 @@ def validate_trace_file(
 
 
 #: at most this many phone names on the latency panel's axis (every k-th beyond it)
-MAX_PHONE_LABELS = 60
+MAX_PHONE_LABELS = 160
 
 
 def _latency_panel(ax, latency: pd.DataFrame) -> None:
@@ -252,7 +252,7 @@ def _latency_panel(ax, latency: pd.DataFrame) -> None:
     ax.set_xticks(positions[::every])
     ax.set_xticklabels([str(n) for n in piv.index[::every]], rotation=90, fontsize=6)
     ax.set_yscale("log")
-    named = "" if every == 1 else f", every {every}th named"
+    named = "" if every == 1 else f", 1 in {every} named"
     ax.set_xlabel(f"phone model (sorted by CPU latency{named})")
     ax.set_ylabel("s per reference forward (BERT-base, batch 8 x seq 128)")
     ax.legend(fontsize=8)
@@ -301,9 +301,13 @@ def inspect_figure(name: str, rep: TraceReport) -> Figure | None:
         return None
     latency_phones = (rep.latency["phone_model"].nunique()
                       if rep.latency is not None and len(rep.latency) else 0)
-    height = 4.6 + (min(latency_phones, MAX_PHONE_LABELS) * 0.02)
-    figure = Figure(figsize=(5.5 * len(panels), height), layout="constrained")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    # the latency panel widens with its phones so that every name stays readable
+    widths = [5.5] * len(panels)
+    if latency_phones:
+        widths[0] = min(max(5.5, 0.11 * min(latency_phones, MAX_PHONE_LABELS)), 18.0)
+    figure = Figure(figsize=(sum(widths), 6.0 if latency_phones else 4.6),
+                    layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
     for ax, draw in zip(axes, panels):
         draw(ax)
     figure.suptitle(f"{name} ({rep.kind})")

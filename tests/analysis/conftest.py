@@ -50,8 +50,8 @@ class SyntheticRun:
     offline_phase: str = "compute"  # or "download": goes offline halfway through the download
     record_availability: bool = True  # log online/offline transitions
     trailing_idle_s: float = 10.0
-    # the initial model's evaluation at t = 0 (an attempt -1 row, as runs write since
-    # issue 24); None = no such row (runs written before)
+    # the initial model's evaluation at t = 0 (summary.json initial_accuracy, as runs
+    # write it since issue 24); None = none (runs written before)
     initial_accuracy: float | None = None
     summary_extra: dict = field(default_factory=dict)  # more summary.json keys
 
@@ -94,16 +94,6 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
         for i in range(len(spec.devices))
     }
     t = 0.0
-    if spec.initial_accuracy is not None:
-        log.add(0.0, -1, "evaluate", step=0, detail=f"{spec.initial_accuracy}")
-        step_rows.append({
-            "sim_time_s": 0.0, "round": 0, "step": 0, "attempt": -1, "committed": False,
-            "devices": 0, "perturbations": 0, "loss": math.nan,
-            "accuracy": spec.initial_accuracy, "eval_loss": 1.0 - spec.initial_accuracy,
-            "variance": math.nan, "lr": math.nan, "bytes_up": 0, "bytes_down": 0,
-            "step_seconds": 0.0, "step_start_s": math.nan, "variance_gate": "off",
-            "stale_units": 0, "staleness_max": 0, "staleness_mean": 0.0,
-        })
     for step in range(n_steps):
         log.add(t, -1, "step_start", step=step)
         attempts = 2 if step in spec.repeat_steps else 1
@@ -262,6 +252,9 @@ def write_run(root: Path, spec: SyntheticRun) -> Path:
         "bytes_up": int(sum(d["up"] for d in per_device.values())),
         "bytes_down": int(sum(d["down"] for d in per_device.values())),
         "energy_j": float(sum(r["energy_j"] for r in device_rows)),
+        **({} if spec.initial_accuracy is None else {
+            "initial_accuracy": spec.initial_accuracy,
+            "initial_eval_loss": 1.0 - spec.initial_accuracy}),
         **spec.summary_extra,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary))

@@ -108,18 +108,17 @@ def test_same_seed_identical_with_real_numerics(tmp_path):
     for name in ("steps.parquet", "events.parquet"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     steps = pd.read_parquet(a / "steps.parquet")
-    # issue 24: the first row is the initial model's evaluation at t = 0 (attempt -1, no
-    # training loss); every attempt row has a training loss
-    training = steps[steps["attempt"] >= 0]
-    assert training["loss"].notna().all() and steps["accuracy"].notna().any()
-    assert steps["attempt"].iloc[0] == -1 and steps["sim_time_s"].iloc[0] == 0.0
+    assert steps["loss"].notna().all() and steps["accuracy"].notna().any()
 
 
-def test_initial_evaluation_adds_one_row_and_changes_no_step(tmp_path, monkeypatch):
-    """Issue 24: every run with numerics evaluates the initial model at t = 0 before its
-    first step.  The steps that follow are those of the same run without it (row for row),
-    and its accuracy is the initial model's: that of the t = 0 row of a
-    ``protocol.eval_every_s`` grid, which evaluates the same model by another path."""
+def test_initial_evaluation_is_in_the_summary_and_changes_nothing_else(tmp_path, monkeypatch):
+    """Issue 24: every run with numerics evaluates the initial model before its first step
+    (summary.json ``initial_accuracy``/``initial_eval_loss``; accuracy curves start there).
+    Its value is the initial model's: that of the t = 0 row of a ``protocol.eval_every_s``
+    grid, which evaluates the same model by another path.  Steps, events and every other
+    summary number are those of the same run without it, byte for byte."""
+    from fleetsim.analysis.figures.convergence import progress_frame
+    from fleetsim.analysis.load import load_run
     from fleetsim.protocols.server import StepServer
 
     kw = dict(engine="torch", policy="uniform", variance="true")
@@ -129,33 +128,27 @@ def test_initial_evaluation_adds_one_row_and_changes_no_step(tmp_path, monkeypat
         "  rounds: 2\n", "  rounds: 2\n  eval_every_s: 1000000\n"))
     g = run_scenario(grid, run_dir=tmp_path / "g")
     with monkeypatch.context() as patch:
-        original = StepServer._record_evaluation_row
-
-        def skip_initial(self):
-            if not self.cfg.eval_every_s and self.env.now == 0 and self.step == 0:
-                return None
-            return original(self)
-
-        patch.setattr(StepServer, "_record_evaluation_row", skip_initial)
+        patch.setattr(StepServer, "_evaluate_initial_model", lambda self: None)
         b = run_scenario(churn(tmp_path, **kw), run_dir=tmp_path / "b")
-    with_initial = pd.read_parquet(a / "steps.parquet")
-    without = pd.read_parquet(b / "steps.parquet")
-    assert len(with_initial) == len(without) + 1
-    first = with_initial.iloc[0]
-    assert (first["attempt"], first["sim_time_s"], first["step"]) == (-1, 0.0, 0)
-    assert not first["committed"] and first["perturbations"] == 0
-    pd.testing.assert_frame_equal(with_initial.iloc[1:].reset_index(drop=True), without)
-    grid_first = pd.read_parquet(g / "steps.parquet").iloc[0]
-    assert grid_first["sim_time_s"] == 0.0
-    assert first["accuracy"] == grid_first["accuracy"]
-    assert first["eval_loss"] == grid_first["eval_loss"]
+    for name in ("steps.parquet", "events.parquet", "devices.parquet"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
     summary = json.loads((a / "summary.json").read_text())
-    assert summary["step_attempts"] == len(without)  # the evaluation is not an attempt
-    # no result of training: summary accuracies are those of the run without it
-    before = json.loads((b / "summary.json").read_text())
+    without = json.loads((b / "summary.json").read_text())
+    grid_first = pd.read_parquet(g / "steps.parquet").iloc[0]
+    assert grid_first["sim_time_s"] == 0.0 and grid_first["attempt"] == -1
+    assert summary["initial_accuracy"] == grid_first["accuracy"]
+    assert summary["initial_eval_loss"] == grid_first["eval_loss"]
+    assert json.loads((g / "summary.json").read_text())["initial_accuracy"] == \
+        grid_first["accuracy"]
+    assert without["initial_accuracy"] is None
     for key in ("final_accuracy", "best_accuracy", "time_to_target", "steps", "rounds",
-                "simulated_seconds", "stopped_by"):
-        assert summary[key] == before[key], key
+                "simulated_seconds", "stopped_by", "status", "step_attempts"):
+        assert summary[key] == without[key], key
+    # the curves start at t = 0 with it
+    frame = progress_frame(load_run(a), load_run(a).runs[0])
+    first = frame.iloc[0]
+    assert (first["sim_time_s"], first["accuracy"]) == (0.0, summary["initial_accuracy"])
+    assert first["steps"] == 0 and first["perturbations"] == 0
 
 
 def test_cli_set_overrides_and_validate(tmp_path, capsys):

@@ -34,7 +34,7 @@ def test_uniform_rounds_and_batches():
     s = steps(h)
     assert s["committed"].all() and s["step"].tolist() == list(range(6))
     assert s["accuracy"].notna().sum() == 2  # evaluated at each round end
-    assert h.engine.evals == 2
+    assert h.engine.evals == 3  # the initial model before step 0 (issue 24), each round end
 
 
 def test_step_time_is_slowest_device_plus_transfers():

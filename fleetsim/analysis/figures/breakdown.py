@@ -56,7 +56,7 @@ def utilisation_figure(
         labels,
         ncol=len(UTILISATION_SHARES),
         fontsize=8,
-        loc="outside upper center",
+        loc="outside lower center",
         frameon=False,
     )
     if summary is not None:
@@ -118,7 +118,8 @@ def breakdown_figure(
         step_ax.set_ylabel(f"simulated time ({unit})")
         handles, labels = step_ax.get_legend_handles_labels()
         figure.legend(
-            handles, labels, fontsize=8, ncol=len(labels), loc="outside upper center", frameon=False
+            handles, labels, fontsize=8, ncol=len(labels), loc="outside lower center",
+        frameon=False
         )
         step_ax.set_title("time per committed step", fontsize=10)
     totals = breakdown.groupby("run", sort=True)[["total_s", *BREAKDOWN_PARTS]].sum()
@@ -168,7 +169,7 @@ def grouped_breakdown_figure(
         bottom += values
     ax.set_ylabel("mean simulated seconds per committed step")
     handles, labels = ax.get_legend_handles_labels()
-    figure.legend(handles, labels, fontsize=8, ncol=3, loc="outside upper center", frameon=False)
+    figure.legend(handles, labels, fontsize=8, ncol=3, loc="outside lower center", frameon=False)
     ax.grid(alpha=0.3, axis="y")
     if summary is not None:
         titled(figure, "mean time per committed step", summary)

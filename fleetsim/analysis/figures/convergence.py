@@ -72,11 +72,37 @@ def _cumulative_busy_energy(
     return np.interp(times, breaks, integral, left=0.0)
 
 
+def _with_initial_evaluation(steps: pd.DataFrame, summary: pd.Series) -> pd.DataFrame:
+    """``steps`` with the initial model's evaluation (summary.json ``initial_accuracy`` /
+    ``initial_eval_loss``, taken before the first step) as a first row at t = 0 — an
+    evaluation row like a ``protocol.eval_every_s`` grid's (``attempt`` −1, not committed, no
+    work) — unless the table has an evaluated row at t = 0 already (a grid run's) or the
+    summary has none (systems-only runs, runs written before issue 24)."""
+    accuracy = pd.to_numeric(pd.Series([summary.get("initial_accuracy")]), errors="coerce")[0]
+    if not np.isfinite(accuracy):
+        return steps
+    if ((steps["sim_time_s"] <= 0) & steps["accuracy"].notna()).any():
+        return steps
+    loss = pd.to_numeric(pd.Series([summary.get("initial_eval_loss")]), errors="coerce")[0]
+    row = {column: np.nan for column in steps.columns}
+    row.update({
+        "run": summary["run"], "sim_time_s": 0.0, "round": 0, "step": 0, "attempt": -1,
+        "committed": False, "devices": 0, "perturbations": 0, "bytes_up": 0,
+        "bytes_down": 0, "step_seconds": 0.0, "accuracy": float(accuracy),
+        "eval_loss": float(loss),
+    })
+    first = pd.DataFrame([row]).astype({c: steps[c].dtype for c in ("committed", "attempt")
+                                        if c in steps.columns})
+    return pd.concat([first, steps], ignore_index=True) if len(steps) else first
+
+
 def progress_frame(runset: RunSet, run: str) -> pd.DataFrame:
-    """One run's step rows in time order with every x axis of :data:`X_AXES` as a column."""
-    steps = runset.steps[runset.steps["run"] == run].sort_values(
-        ["sim_time_s", "step", "attempt"], kind="stable"
-    )
+    """One run's step rows in time order with every x axis of :data:`X_AXES` as a column,
+    starting with the initial model's evaluation at t = 0 where the run recorded one
+    (:func:`_with_initial_evaluation`)."""
+    summary = runset.summary[runset.summary["run"] == run].iloc[0]
+    steps = _with_initial_evaluation(runset.steps[runset.steps["run"] == run], summary)
+    steps = steps.sort_values(["sim_time_s", "step", "attempt"], kind="stable")
     committed = steps["committed"].to_numpy(dtype=bool)
     frame = steps.assign(
         hours=steps["sim_time_s"] / 3600.0,
@@ -87,7 +113,6 @@ def progress_frame(runset: RunSet, run: str) -> pd.DataFrame:
     if "energy_j" in steps.columns:  # a recorder that logs per-row energy is used directly
         frame["energy"] = np.cumsum(steps["energy_j"].fillna(0.0)) / 1e3
     else:
-        summary = runset.summary[runset.summary["run"] == run].iloc[0]
         frame["energy"] = (
             _cumulative_busy_energy(
                 runset.events[runset.events["run"] == run],
@@ -366,7 +391,8 @@ def time_to_accuracy_figure(
                     label=f"{words}: median not reached")
             for xi, k, n in zip(x[not_reached], reached, runs):
                 ax.annotate(f"not reached ({int(k)} of {int(n)})", (xi, top),
-                            textcoords="offset points", xytext=(0, -12), ha="center",
+                            textcoords="offset points", xytext=(0, -12 - 9 * index),
+                            ha="center",
                             fontsize=7, color=colour, gid=f"not_reached_text:{group}")
         if ends is not None and group in ends:
             ax.axhline(float(ends[group]) / scale, color=colour, linestyle="--", linewidth=0.8,

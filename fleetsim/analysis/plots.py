@@ -4,8 +4,10 @@ Figures are built with :class:`matplotlib.figure.Figure` directly (Agg canvas,
 no pyplot state), so they are safe in scripts, tests and servers and never
 accumulate in a global figure list.  Every function returns the Figure (tests
 and notebooks can inspect lines, labels and legends) and saves a PNG when
-given ``path``.  Lines and bar collections carry a ``gid``: the run id for
-curve lines, the state or part name for timeline spans and breakdown bars.
+given ``path`` (PNG, or each of ``formats``: png, pdf, svg).  Lines and bar collections
+carry a ``gid``: the run id for a one-run curve, ``median:<group>``/``band:<group>`` for a
+group of runs, the state or part name for timeline spans and breakdown bars, ``target``
+for accuracy targets.
 
 The figures live in :mod:`fleetsim.analysis.figures`, one module per family
 (``convergence``, ``timeline``, ``breakdown``); this module gathers them under one name.
@@ -17,12 +19,13 @@ from fleetsim.analysis.figures.breakdown import (
     grouped_breakdown_figure,
     utilisation_figure,
 )
-from fleetsim.analysis.figures.common import save_figure
+from fleetsim.analysis.figures.common import FIGURE_FORMATS, save_figure
 from fleetsim.analysis.figures.convergence import (
     METRICS,
     X_AXES,
     convergence_figure,
     has_accuracy,
+    median_band,
     progress_frame,
     time_to_accuracy_figure,
     write_run_convergence,
@@ -36,6 +39,7 @@ from fleetsim.analysis.figures.timeline import (
 )
 
 __all__ = [
+    "FIGURE_FORMATS",
     "MAX_STEP_BARS",
     "METRICS",
     "TIMELINE_STATES",
@@ -45,6 +49,7 @@ __all__ = [
     "device_spans",
     "grouped_breakdown_figure",
     "has_accuracy",
+    "median_band",
     "progress_frame",
     "sample_devices",
     "save_figure",

@@ -91,9 +91,12 @@ def _with_initial_evaluation(steps: pd.DataFrame, summary: pd.Series) -> pd.Data
         "bytes_down": 0, "step_seconds": 0.0, "accuracy": float(accuracy),
         "eval_loss": float(loss),
     })
-    first = pd.DataFrame([row]).astype({c: steps[c].dtype for c in ("committed", "attempt")
-                                        if c in steps.columns})
-    return pd.concat([first, steps], ignore_index=True) if len(steps) else first
+    first = pd.DataFrame([row], columns=list(steps.columns)).astype(
+        {c: steps[c].dtype for c in ("committed", "attempt") if c in steps.columns})
+    if not len(steps):
+        return first
+    # one block per dtype again (a concat of many columns leaves a fragmented frame)
+    return pd.concat([first, steps], ignore_index=True).copy()
 
 
 def progress_frame(runset: RunSet, run: str) -> pd.DataFrame:

@@ -283,6 +283,7 @@ def convergence_figure(
                 grid, median, low, high = median_band(list(curves.values()))
                 if not len(grid):
                     continue
+                n = sum(1 for cx, _ in curves.values() if len(cx))  # runs with this metric
                 band = ax.fill_between(grid, low, high, step="post", color=colours[group],
                                        alpha=0.2, linewidth=0)
                 band.set_gid(f"band:{group}")

@@ -9,6 +9,7 @@ independently of the analysis code.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 from pathlib import Path
@@ -210,7 +211,10 @@ def test_report_for_a_real_run_with_accuracy(numerics_run, tmp_path: Path) -> No
     figure = convergence_figure(load_runs([numerics_run]))
     (line,) = [x for x in figure.axes[0].get_lines() if x.get_gid() == "numerics"]
     steps = pd.read_parquet(numerics_run / "steps.parquet")
-    np.testing.assert_allclose(line.get_ydata(), steps["accuracy"].dropna())
+    # issue 24: the curve starts with the initial model's evaluation at t = 0 (summary.json)
+    initial = json.loads((numerics_run / "summary.json").read_text())["initial_accuracy"]
+    np.testing.assert_allclose(line.get_ydata(), [initial, *steps["accuracy"].dropna()])
+    assert line.get_xdata()[0] == 0.0
 
 
 def test_compare_real_runs_by_protocol(real_runs, tmp_path: Path) -> None:

@@ -233,3 +233,15 @@ def test_traces_inspect_overlay_in_percent_and_pdf(tmp_path) -> None:
     assert path == tmp_path / "out" / "a_vs_b.pdf"
     assert path.read_bytes()[:5] == b"%PDF-" and not path.with_suffix(".png").exists()
     assert {"field", "value"} <= set(table.columns)
+
+
+def test_figure_files_are_byte_identical_for_the_same_figure(make_run, tmp_path) -> None:
+    """No date, producer or random id in the files: the same runs give the same bytes."""
+    runs = _two_model_runs(make_run)
+    for name in ("a", "b"):
+        convergence_figure(runs, path=tmp_path / name / "curves.png",
+                           formats=("png", "pdf", "svg"))
+    for suffix in ("png", "pdf", "svg"):
+        first = (tmp_path / "a" / f"curves.{suffix}").read_bytes()
+        assert first == (tmp_path / "b" / f"curves.{suffix}").read_bytes(), suffix
+    assert b"CreationDate" not in (tmp_path / "a" / "curves.pdf").read_bytes()

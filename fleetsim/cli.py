@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     trs = tr.add_subparsers(dest="traces_command", required=True, metavar="TRACES_COMMAND",
                             help="validate, inspect or sample")
     tv = trs.add_parser("validate", help="check a trace file")
-    ti = trs.add_parser("inspect", help="summary table and a figure (PNG, PDF or SVG) of a trace file")
+    ti = trs.add_parser("inspect",
+                        help="summary table and a figure (PNG, PDF or SVG) of a trace file")
     for p in (tv, ti):
         p.add_argument("path", help="trace, catalogue, population or network file")
         p.add_argument("--format", metavar="NAME",

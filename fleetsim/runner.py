@@ -154,14 +154,31 @@ def prepare_output(
         ) from None
 
 
-def build_engine_for(loaded: LoadedScenario):
-    """The numerics engine of a scenario (systems-only when numerics.engine is none)."""
+def data_plan_for(loaded: LoadedScenario, systems_only: Optional[bool] = None):
+    """The run's data plan in one pass (:func:`fleetsim.numerics.data.build_data_plan`):
+    the dataset loaded, split and partitioned once, after :func:`check_data`'s check
+    (runs that compute gradients refuse clients without examples).  ``systems_only``
+    (default: ``numerics.engine`` is none): only the batch counts are built."""
+    from fleetsim.numerics.data import build_data_plan
+
+    sc = loaded.scenario
+    if systems_only is None:
+        systems_only = sc.numerics.engine == "none"
+    return build_data_plan(
+        sc.data, sc.fleet.size, sc.run.seed, loaded.base_dir, with_batches=not systems_only,
+        check_clients=sc.numerics.engine != "none",
+    )
+
+
+def build_engine_for(loaded: LoadedScenario, plan=None):
+    """The numerics engine of a scenario (systems-only when numerics.engine is none);
+    ``plan``: the run's data plan (:func:`data_plan_for`), else the engine builds it."""
     from fleetsim.numerics.engine import build_engine
 
     sc = loaded.scenario
     return build_engine(
         sc.model, sc.peft, sc.data, sc.numerics, n_clients=sc.fleet.size, seed=sc.run.seed,
-        base_dir=loaded.base_dir,
+        base_dir=loaded.base_dir, plan=plan,
     )
 
 
@@ -355,10 +372,10 @@ def validate_loaded(loaded: LoadedScenario) -> BuiltRun:
     sc = loaded.scenario
     protocol_class(sc.protocol.name)
     make_policy(sc.policy)
-    check_data(loaded)
+    plan = data_plan_for(loaded, systems_only=True)  # with check_data's check
     engine = build_engine(
         sc.model, sc.peft, sc.data, sc.numerics.model_copy(update={"engine": "none"}),
-        n_clients=sc.fleet.size, seed=sc.run.seed, base_dir=loaded.base_dir,
+        n_clients=sc.fleet.size, seed=sc.run.seed, base_dir=loaded.base_dir, plan=plan,
     )
     return build_run(loaded, engine, Recorder(record_events=False))
 
@@ -390,9 +407,9 @@ def run_loaded(
     protocol_class(sc.protocol.name)  # fail fast on an unknown protocol name
     make_policy(sc.policy)
 
-    check_data(loaded)
+    plan = data_plan_for(loaded)  # with check_data's check, before any model is loaded
     engine = JournalEngine(
-        build_engine_for(loaded),
+        build_engine_for(loaded, plan),
         replay=resume.journal if resume else None,
         state_at_end=resume.engine_state if resume else None,
     )

@@ -53,12 +53,10 @@ from fleetsim.numerics.config import (
     PeftConfig,
     host_chunk,
 )
-from fleetsim.numerics.data import plan_data
-from fleetsim.numerics.datasets import load_text_dataset
+from fleetsim.numerics.data import DataPlan, build_data_plan, plan_data
 from fleetsim.numerics.dispatch import EstimateDispatch
 from fleetsim.numerics.facts import facts_from_config, model_facts, peft_facts
 from fleetsim.numerics.inputs import ModelInputs
-from fleetsim.numerics.partition import partition, split_for_run
 from fleetsim.numerics.systems_only import SystemsOnlyEngine
 from fleetsim.numerics.theta import ThetaState
 from fleetsim.numerics.tokens import tokenize_cached
@@ -79,6 +77,7 @@ class TorchEngine(ThetaState, EstimateDispatch, ModelInputs, NumericsEngine):
         n_clients: int,
         seed: int,
         base_dir: Path,
+        plan: Optional[DataPlan] = None,
     ) -> None:
         import torch
 
@@ -101,7 +100,9 @@ class TorchEngine(ThetaState, EstimateDispatch, ModelInputs, NumericsEngine):
         self.timings: dict[str, float] = {}
         started = time.perf_counter()
         self.cache_dir = model_lib.default_cache_dir(numerics.cache_dir, self.base_dir)
-        self.plan = plan_data(data, n_clients, self.seed, self.base_dir)
+        # the run's data plan (built once by the runner), else built here
+        self.plan = plan if plan is not None else plan_data(data, n_clients, self.seed,
+                                                            self.base_dir)
         self.resolved = model_lib.resolve_model(model, self.base_dir, self.cache_dir)
         self.tokenizer = model_lib.load_tokenizer(self.resolved)
         # only the examples this run uses are tokenised (and cached): rows of the token
@@ -292,23 +293,24 @@ def build_engine(
     n_clients: int,
     seed: int,
     base_dir: Path,
+    plan: Optional[DataPlan] = None,
 ) -> NumericsEngine:
-    """The run's engine: :class:`TorchEngine`, or :class:`SystemsOnlyEngine` for engine 'none'."""
+    """The run's engine: :class:`TorchEngine`, or :class:`SystemsOnlyEngine` for engine 'none'.
+
+    ``plan``: the run's data plan (:func:`fleetsim.numerics.data.build_data_plan`, built
+    once by the runner; a systems-only engine needs only its batch counts); without it the
+    engine builds its own."""
     base_dir = Path(base_dir)
     if n_clients <= 0:
         raise FleetsimInputError(f"fleet size: n_clients must be positive, got {n_clients}")
     if numerics.engine == "none":
-        facts = model_facts(model, peft, data, numerics, base_dir)
-        dataset = load_text_dataset(data, base_dir)
-        train_idx, _ = split_for_run(data, dataset.labels, seed)
-        per_client = data.examples_per_client or data.batch_size
-        if data.partition == "sampled":  # every client holds the same number: no draw needed
-            batches = [math.ceil(min(per_client, len(train_idx)) / data.batch_size)] * n_clients
+        if plan is None:
+            facts = model_facts(model, peft, data, numerics, base_dir)
+            plan = build_data_plan(data, n_clients, seed, base_dir, with_batches=False)
         else:
-            parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha,
-                              seed, per_client=per_client)
-            batches = [math.ceil(len(p) / data.batch_size) for p in parts]
+            facts = model_facts(model, peft, data, numerics, base_dir,
+                                num_labels=plan.num_labels)
         info = {"model": facts.name, "trainable_params": facts.trainable_params,
                 "peft": json.loads(peft.model_dump_json())}
-        return SystemsOnlyEngine(facts, batches, info)
-    return TorchEngine(model, peft, data, numerics, n_clients, seed, base_dir)
+        return SystemsOnlyEngine(facts, list(plan.batch_counts), info)
+    return TorchEngine(model, peft, data, numerics, n_clients, seed, base_dir, plan)

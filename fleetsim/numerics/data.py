@@ -23,6 +23,7 @@ section models in :mod:`fleetsim.numerics.config`; this module gathers them unde
 """
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +67,8 @@ class DataPlan:
     validation_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # [client] -> number of local batches (what a systems-only engine needs)
     batch_counts: list[int] = field(default_factory=list)
+    # host seconds the plan took to build (run metadata: numerics.host_timings_s.data_s)
+    build_s: float = 0.0
 
     @property
     def num_labels(self) -> int:
@@ -87,6 +90,7 @@ def build_data_plan(
     batch counts, and under ``data.partition: sampled`` no partition draw (every client
     holds the same number of examples).  Every draw is from a named stream keyed by the
     seed (and client), so the plan is the same whichever pieces are built."""
+    started = time.perf_counter()
     dataset = load_text_dataset(data, base_dir)
     train_idx, validation_idx, eval_idx = split_with_validation(data, dataset.labels, seed)
     if check_clients:
@@ -106,7 +110,7 @@ def build_data_plan(
             ]
     return DataPlan(
         dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
-        list(dataset.texts), validation_idx, counts,
+        list(dataset.texts), validation_idx, counts, time.perf_counter() - started,
     )
 
 

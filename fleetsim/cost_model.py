@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from fleetsim.workload import ModelFacts
 
@@ -62,11 +62,13 @@ def charged_model_path(name: str, base_dir: Path, folders: dict[str, Path]) -> s
     return str(folders[name]) if name in folders else name
 
 
-def charged_facts(scenario: Any, base_dir: Path) -> ModelFacts:
+def charged_facts(scenario: Any, base_dir: Path, num_labels: Optional[int] = None) -> ModelFacts:
     """Facts of ``scenario.fleet.cost_model`` (a :class:`fleetsim.scenario.schema.Scenario`):
     its architecture from the config alone (meta device), the scenario's ``peft:`` and
     batch size, ``cost_model.max_seq_len`` (default ``model.max_seq_len``) tokens, weights
-    at ``cost_model.dtype``.  Raises FleetsimInputError for an unknown model."""
+    at ``cost_model.dtype``; ``num_labels``: the dataset's class count when known (the
+    learning model's head), else read from the dataset.  Raises FleetsimInputError for an
+    unknown model."""
     from fleetsim.numerics.facts import model_facts
 
     cost = scenario.fleet.cost_model
@@ -79,7 +81,7 @@ def charged_facts(scenario: Any, base_dir: Path) -> ModelFacts:
     )
     facts = model_facts(model, scenario.peft, scenario.data, scenario.numerics, base_dir,
                         key="fleet.cost_model.name_or_path",
-                        also_allowed=list(folders))
+                        also_allowed=list(folders), num_labels=num_labels)
     return dataclasses.replace(facts, dtype_bytes=COST_DTYPE_BYTES[cost.dtype])
 
 
@@ -113,7 +115,9 @@ def charge_engine(scenario: Any, engine: Any, base_dir: Path) -> Any:
     """``engine`` itself without ``fleet.cost_model``, else a :class:`ChargedEngine`."""
     if scenario.fleet.cost_model is None:
         return engine
-    return ChargedEngine(engine, charged_facts(scenario, base_dir))
+    # the learning model's head has the dataset's classes: the dataset is not read again
+    num_labels = engine.facts().num_labels
+    return ChargedEngine(engine, charged_facts(scenario, base_dir, num_labels))
 
 
 def model_labels(charged: ModelFacts, learning: ModelFacts) -> dict[str, str]:

@@ -2,19 +2,20 @@
 
 scenario → (DeviceTable, AvailabilityTrace) from traces, NumericsEngine,
 Fleet, policy, protocol, Recorder → run → run directory.
+
+The set-up before the clock starts (data plan, engine, checks, fleet and protocol) is in
+:mod:`fleetsim.run_setup`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,16 +30,12 @@ from fleetsim.callbacks import (
     RunState,
     StepDelay,
 )
-from fleetsim.cost_model import charge_engine, model_labels
+from fleetsim.cost_model import model_labels
 from fleetsim.errors import FleetsimInputError, RunStopped
-from fleetsim.fleet.energy import PowerTable
-from fleetsim.fleet.fleet import Fleet
-from fleetsim.fleet.work import TaskKind
 from fleetsim.numerics.errors import NumericalFault
 from fleetsim.numerics.journal import JournalEngine
-from fleetsim.policies.registry import make_cohort_selector, make_policy, policy_class
-from fleetsim.protocols.registry import make_server, method_label, protocol_class
-from fleetsim.protocols.server import ServerContext, StepServer
+from fleetsim.policies.registry import make_policy
+from fleetsim.protocols.registry import method_label, protocol_class
 from fleetsim.record import rundir
 from fleetsim.record import status as run_status
 from fleetsim.record.checkpoint import (
@@ -51,11 +48,16 @@ from fleetsim.record.checkpoint import (
 from fleetsim.record.provenance import code_provenance
 from fleetsim.record.recorder import Recorder, devices_frame
 from fleetsim.record.summary import build_summary
+from fleetsim.run_setup import (
+    BuiltRun,
+    build_engine_for,
+    build_run,
+    check_data,
+    check_feasible,
+    data_plan_for,
+    validate_loaded,
+)
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
-from fleetsim.traces import build_devices
-from fleetsim.traces.base import AvailabilityTrace, DeviceTable
-from fleetsim.traces.memory import job_memory_bytes
-from fleetsim.traces.shift import shift_start
 
 
 def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
@@ -154,17 +156,6 @@ def prepare_output(
         ) from None
 
 
-def build_engine_for(loaded: LoadedScenario):
-    """The numerics engine of a scenario (systems-only when numerics.engine is none)."""
-    from fleetsim.numerics.engine import build_engine
-
-    sc = loaded.scenario
-    return build_engine(
-        sc.model, sc.peft, sc.data, sc.numerics, n_clients=sc.fleet.size, seed=sc.run.seed,
-        base_dir=loaded.base_dir,
-    )
-
-
 def run_title(summary: dict) -> str:
     """The heading of a run's figures: run, protocol/policy, seed and the model(s)."""
     method = summary.get("method") or summary["protocol"]
@@ -194,43 +185,6 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
     callbacks.append(FinalEvaluation())
     callbacks.extend(requested)
     return callbacks
-
-
-def check_feasible(
-    loaded: LoadedScenario, fleet: Fleet, protocol: StepServer, memory_bytes: int
-) -> None:
-    """Contradictions that show only once the fleet is built: exit 2 before simulating."""
-    import numpy as np
-
-    sc = loaded.scenario
-    ids = np.arange(fleet.num_devices, dtype=np.int64)
-    fits = fleet.can_hold(ids, memory_bytes)
-    if not fits.any():
-        best = int(np.max(fleet.table.usable_ram_bytes))
-        raise FleetsimInputError(
-            f"{loaded.path}: traces: no device can hold the job: {protocol.task_kind.value} of "
-            f"{sc.model.name_or_path} needs {memory_bytes / 2**20:.0f} MiB, the largest usable "
-            f"RAM in the fleet is {best / 2**20:.0f} MiB (traces.usable_ram_fraction="
-            f"{sc.traces.usable_ram_fraction}); use a smaller model/PEFT/batch or another "
-            "population"
-        )
-    policy = policy_class(sc.policy.name)
-    deadline = policy.planning_deadline(sc.policy, sc.protocol.commit.deadline_s)
-    if deadline is not None:
-        held = ids[fits]
-        one_unit = fleet.predict_unit_seconds(
-            held, protocol.task_kind, protocol.inferences_per_unit()
-        ) + fleet.predict_setup_seconds(
-            held, protocol.task_kind, protocol.setup_inferences_per_task()
-        ) + fleet.predict_transfer_seconds(held, protocol.download_bytes(), protocol.upload_fn()(1))
-        fastest = float(np.min(one_unit))
-        if fastest > deadline:
-            key = ("protocol.commit.deadline_s" if deadline == sc.protocol.commit.deadline_s
-                   else "policy.deadline_s")
-            raise FleetsimInputError(
-                f"{loaded.path}: {key}: no device can meet the deadline of {deadline:g} s: the "
-                f"fastest device needs {fastest:.3g} s for one unit with its transfers"
-            )
 
 
 def _finish_instant(env: simpy.Environment, server: simpy.Process, horizon_s: float) -> None:
@@ -269,100 +223,6 @@ def stop_on_signals() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, old)
 
 
-def check_data(loaded: LoadedScenario) -> None:
-    """Exit 2 before simulating when gradients are computed and the training set has
-    fewer examples than the fleet has clients (some would hold none).  Systems-only
-    runs (numerics.engine: none) compute nothing and accept empty clients."""
-    sc = loaded.scenario
-    if sc.numerics.engine == "none":
-        return
-    from fleetsim.numerics.partition import check_examples_per_client
-
-    check_examples_per_client(sc.data, sc.fleet.size, sc.run.seed, loaded.base_dir)
-
-
-@dataclass
-class BuiltRun:
-    """Everything :func:`build_run` assembles before the clock starts."""
-
-    env: simpy.Environment
-    table: DeviceTable
-    availability: AvailabilityTrace
-    fleet: Fleet
-    protocol: object
-    facts: object
-    memory: dict
-    horizon_s: float
-
-
-def build_run(
-    loaded: LoadedScenario,
-    engine,
-    recorder: Recorder,
-    on_step: Optional[Callable[[dict], None]] = None,
-    stop_requested: Optional[Callable[[], bool]] = None,
-) -> BuiltRun:
-    """Fleet (device table + availability from the scenario's trace files), protocol
-    and memory needs of a run, then :func:`check_feasible`: what ``run`` does before
-    the clock starts, shared with ``validate``.  Raises FleetsimInputError."""
-    sc = loaded.scenario
-    engine = charge_engine(sc, engine, loaded.base_dir)  # fleet.cost_model, if any
-    facts = engine.facts()
-    horizon_s = sc.run.max_sim_hours * 3600.0
-    start_s = sc.run.start_hour * 3600.0  # run.start_hour: time of day at simulated time 0
-    table, availability = build_devices(
-        sc.traces, sc.fleet.size, sc.run.seed, horizon_s + start_s, loaded.base_dir
-    )
-    availability = shift_start(availability, sc.run.start_hour)
-    env = simpy.Environment()
-    fleet = Fleet(env, table, availability, sc.fleet, sc.run.seed, recorder.events, facts,
-                  power=PowerTable.load(sc.fleet.energy, loaded.base_dir))
-    # the PEFT's layout travels in facts.peft (activations from its lowest trainable layer
-    # up); how a phone computes a forward-gradient unit is the protocol's phone_estimator
-    memory = {
-        TaskKind.FORWARD_GRADIENT: job_memory_bytes(
-            facts, "forward_gradient", sc.protocol.phone_estimator),
-        TaskKind.BACKPROP: job_memory_bytes(facts, "backprop"),
-    }
-    ctx = ServerContext(
-        env=env,
-        fleet=fleet,
-        engine=engine,
-        policy=make_policy(sc.policy),
-        cohort=make_cohort_selector(sc.policy),
-        config=sc.protocol,
-        recorder=recorder,
-        seed=sc.run.seed,
-        memory_bytes=memory,
-        max_sim_seconds=horizon_s,
-        on_step=on_step,
-        stop_requested=stop_requested or (lambda: False),
-        stop_accuracy=max(sc.run.targets) if sc.run.stop_at_target else math.inf,
-    )
-    protocol = make_server(ctx)
-    check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])
-    return BuiltRun(env, table, availability, fleet, protocol, facts, memory, horizon_s)
-
-
-def validate_loaded(loaded: LoadedScenario) -> BuiltRun:
-    """``fleetsim validate``: load every file the scenario names (traces, catalogue,
-    population, power table, dataset) with the loaders ``run`` uses and make the same
-    checks (:func:`check_data`, :func:`check_feasible`), without loading model weights:
-    the numerics side is the systems-only engine (model facts from the architecture on
-    the meta device).  Raises FleetsimInputError for what ``run`` would refuse."""
-    from fleetsim.numerics.engine import build_engine
-
-    sc = loaded.scenario
-    protocol_class(sc.protocol.name)
-    make_policy(sc.policy)
-    check_data(loaded)
-    engine = build_engine(
-        sc.model, sc.peft, sc.data, sc.numerics.model_copy(update={"engine": "none"}),
-        n_clients=sc.fleet.size, seed=sc.run.seed, base_dir=loaded.base_dir,
-    )
-    return build_run(loaded, engine, Recorder(record_events=False))
-
-
 def run_loaded(
     loaded: LoadedScenario,
     run_dir: Optional[Path] = None,
@@ -390,9 +250,9 @@ def run_loaded(
     protocol_class(sc.protocol.name)  # fail fast on an unknown protocol name
     make_policy(sc.policy)
 
-    check_data(loaded)
+    plan = data_plan_for(loaded)  # with check_data's check, before any model is loaded
     engine = JournalEngine(
-        build_engine_for(loaded),
+        build_engine_for(loaded, plan),
         replay=resume.journal if resume else None,
         state_at_end=resume.engine_state if resume else None,
     )
@@ -582,3 +442,10 @@ def run_scenario(
     :func:`prepare_output`)."""
     return run_loaded(load_scenario(scenario_path, list(overrides)), run_dir, progress,
                       replace=replace)
+
+
+__all__ = [
+    "BuiltRun", "build_engine_for", "build_run", "check_data", "check_feasible",
+    "data_plan_for", "prepare_output", "resume_run", "run_dir_for", "run_loaded",
+    "run_scenario", "run_title", "stop_on_signals", "validate_loaded",
+]

@@ -1,6 +1,7 @@
 """Datasets, held-out split, client partitions, client batches and cached tokenisation.
 
-Pipeline used by the numerics engine::
+:func:`build_data_plan` builds a run's :class:`DataPlan` in one pass (the runner builds it
+once and hands it to the engine); the pipeline it runs::
 
     dataset = load_text_dataset(cfg, base_dir)                 # all examples, fixed order
     train_idx, eval_idx = split_for_run(cfg, dataset.labels, seed)   # stratified + caps
@@ -21,6 +22,8 @@ tokenisation in :mod:`fleetsim.numerics.tokens`, and ``DataConfig`` beside the o
 section models in :mod:`fleetsim.numerics.config`; this module gathers them under one name.
 """
 
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +39,7 @@ from fleetsim.numerics.config import (
 from fleetsim.numerics.datasets import TextDataset, load_ag_news_csv, load_text_dataset
 from fleetsim.numerics.partition import (
     check_examples_per_client,
+    check_train_split,
     client_batches,
     empty_clients_message,
     partition,
@@ -49,7 +53,9 @@ from fleetsim.numerics.tokens import tokenize_cached
 
 @dataclass
 class DataPlan:
-    """Split, partitions and per-client batches (numpy only)."""
+    """The run's data, built once (:func:`build_data_plan`): the dataset's texts and labels,
+    the train / validation / held-out split (dataset indices), and per client its local
+    batches (dataset indices, in the seeded order) and their count (numpy only)."""
 
     labels: np.ndarray
     train_idx: np.ndarray
@@ -59,21 +65,58 @@ class DataPlan:
     texts: list[str] = field(default_factory=list)
     # data.validation_fraction: a split of the training data for tuning (empty when 0)
     validation_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # [client] -> number of local batches (what a systems-only engine needs)
+    batch_counts: list[int] = field(default_factory=list)
+    # host seconds the plan took to build (run metadata: numerics.host_timings_s.data_s)
+    build_s: float = 0.0
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of the dataset (the classifier head's outputs)."""
+        return len(self.label_names)
+
+
+def build_data_plan(
+    data: DataConfig, n_clients: int, seed: int, base_dir: Path, *,
+    with_batches: bool = True, check_clients: bool = False,
+) -> DataPlan:
+    """The run's data in one pass: the dataset is loaded once, split once (train,
+    validation, held out: :func:`split_with_validation`), partitioned over ``n_clients``
+    clients once, and each client's batches cut (:func:`client_batches`).
+
+    ``check_clients``: first refuse a training split that leaves some client without
+    examples (:func:`check_train_split`: FleetsimInputError, one line), as a run that
+    computes gradients must.  ``with_batches=False`` (a systems-only engine): only the
+    batch counts, and under ``data.partition: sampled`` no partition draw (every client
+    holds the same number of examples).  Every draw is from a named stream keyed by the
+    seed (and client), so the plan is the same whichever pieces are built."""
+    started = time.perf_counter()
+    dataset = load_text_dataset(data, base_dir)
+    train_idx, validation_idx, eval_idx = split_with_validation(data, dataset.labels, seed)
+    if check_clients:
+        check_train_split(data, dataset.labels[train_idx], n_clients, seed)
+    per_client = data.examples_per_client or data.batch_size
+    batches: list[list[np.ndarray]] = []
+    if not with_batches and data.partition == "sampled":
+        counts = [math.ceil(min(per_client, len(train_idx)) / data.batch_size)] * n_clients
+    else:
+        parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha,
+                          seed, per_client=per_client)
+        counts = [math.ceil(len(p) / data.batch_size) for p in parts]
+        if with_batches:
+            batches = [
+                client_batches(train_idx[part], data.batch_size, seed, client)
+                for client, part in enumerate(parts)
+            ]
+    return DataPlan(
+        dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
+        list(dataset.texts), validation_idx, counts, time.perf_counter() - started,
+    )
 
 
 def plan_data(data: DataConfig, n_clients: int, seed: int, base_dir: Path) -> DataPlan:
-    dataset = load_text_dataset(data, base_dir)
-    train_idx, validation_idx, eval_idx = split_with_validation(data, dataset.labels, seed)
-    parts = partition(dataset.labels[train_idx], n_clients, data.partition, data.alpha, seed,
-                      per_client=data.examples_per_client or data.batch_size)
-    batches = [
-        client_batches(train_idx[part], data.batch_size, seed, client)
-        for client, part in enumerate(parts)
-    ]
-    return DataPlan(
-        dataset.labels, train_idx, eval_idx, batches, list(dataset.label_names),
-        list(dataset.texts), validation_idx,
-    )
+    """:func:`build_data_plan` with every client's batches."""
+    return build_data_plan(data, n_clients, seed, base_dir)
 
 
 def batch_of(plan: DataPlan, client_id: int, batch_index: int) -> np.ndarray:
@@ -88,6 +131,8 @@ def batch_of(plan: DataPlan, client_id: int, batch_index: int) -> np.ndarray:
 __all__ = [
     "DataPlan",
     "batch_of",
+    "build_data_plan",
+    "check_train_split",
     "plan_data",
     "AG_NEWS_LABEL_NAMES",
     "ALLOWED_NAMES_TEXT",

@@ -105,9 +105,11 @@ def _family(config: Any) -> str:
     return model_lib.model_family(config)
 
 
-def _num_labels(data: DataConfig, base_dir: Path) -> int:
+def _num_labels(data: DataConfig, base_dir: Path, known: int | None = None) -> int:
     if data.name in BUILTIN_NUM_LABELS and data.name != "ag_news_csv":
         return BUILTIN_NUM_LABELS[data.name]
+    if known is not None:  # the run's data plan has loaded the dataset already
+        return known
     return load_text_dataset(data, base_dir).num_classes
 
 
@@ -135,11 +137,14 @@ def model_facts(
     model: ModelConfig, peft: PeftConfig, data: DataConfig, numerics: NumericsConfig,
     base_dir: Path = Path("."), key: str = "model.name_or_path",
     also_allowed: Sequence[str] = (),
+    num_labels: int | None = None,
 ) -> ModelFacts:
     """Cheap facts: the architecture is instantiated on the meta device (no weights, no
     memory) and the PEFT method applied to count parameters exactly.  ``key`` and
     ``also_allowed``: the scenario key an unknown model is reported at and further names
-    its allowed list offers (:func:`fleetsim.numerics.models.resolve_model`)."""
+    its allowed list offers (:func:`fleetsim.numerics.models.resolve_model`).  ``num_labels``:
+    the dataset's class count when already known (a run's data plan), else the dataset is
+    read for it (built-in datasets: from their table)."""
     import torch
     from transformers import AutoModel
 
@@ -147,7 +152,7 @@ def model_facts(
 
     name, config = _known_config(model, base_dir, key, also_allowed)
     family = model_lib.model_family(config, key)
-    num_labels = _num_labels(data, base_dir)
+    num_labels = _num_labels(data, base_dir, num_labels)
     with torch.device("meta"):
         backbone = AutoModel.from_config(config, attn_implementation="eager")
         classifier = model_lib.TextClassifier(backbone, family, num_labels, model.pooling)

@@ -328,10 +328,18 @@ def check_examples_per_client(
     counts and the empty clients) when some client would hold no examples."""
     dataset = load_text_dataset(cfg, base_dir)
     train_idx, _ = split_for_run(cfg, dataset.labels, seed)
-    n_train = int(len(train_idx))
+    return check_train_split(cfg, dataset.labels[train_idx], n_clients, seed)
+
+
+def check_train_split(cfg: DataConfig, train_labels: np.ndarray, n_clients: int,
+                      seed: int) -> int:
+    """:func:`check_examples_per_client` on a split already made (``train_labels``: the
+    labels of the training split, in ``train_idx`` order): the number of training
+    examples, or FleetsimInputError when some client would hold none."""
+    n_train = int(len(train_labels))
     if n_train >= n_clients or (cfg.partition == "sampled" and n_train > 0):
         return n_train
-    parts = partition(dataset.labels[train_idx], n_clients, cfg.partition, cfg.alpha, seed,
+    parts = partition(train_labels, n_clients, cfg.partition, cfg.alpha, seed,
                       per_client=cfg.examples_per_client or cfg.batch_size)
     empty = np.flatnonzero(np.array([len(p) == 0 for p in parts]))
     raise FleetsimInputError(empty_clients_message(cfg, n_train, n_clients, empty))

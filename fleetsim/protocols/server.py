@@ -27,9 +27,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fleetsim.errors import FleetsimInputError
-from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
-from fleetsim.numerics_api import EvalResult, GradientWork, NumericsEngine, StepEstimate
+from fleetsim.fleet.work import Task, TaskKind, WorkReceipt
+from fleetsim.numerics_api import EvalResult, NumericsEngine
 from fleetsim.policies.base import (
     Allocation,
     AllocationPolicy,
@@ -38,8 +37,11 @@ from fleetsim.policies.base import (
 )
 from fleetsim.protocols import payload
 from fleetsim.protocols.base import Protocol
+from fleetsim.protocols.carried import CarriedWork
 from fleetsim.protocols.config import ProtocolConfig
 from fleetsim.protocols.model_sync import FP32, SEED_RECORD_BYTES, ModelSync
+from fleetsim.protocols.schedule import RunSchedule
+from fleetsim.protocols.step_rows import StepOutcome, StepRecords
 from fleetsim.record.recorder import Recorder
 from fleetsim.rng import stream
 
@@ -67,16 +69,7 @@ class ServerContext:
     stop_accuracy: float = math.inf
 
 
-@dataclass
-class StepOutcome:
-    receipts: list[WorkReceipt]
-    late: list[WorkReceipt]
-    started: float
-    committed: float
-    assigned_units: int
-
-
-class StepServer:
+class StepServer(RunSchedule, CarriedWork, StepRecords):
     """The server of one run: its state and step machinery, driving one protocol."""
 
     #: set when the protocol's loop ended early on its own (e.g. "no_devices_online")
@@ -170,96 +163,6 @@ class StepServer:
     def engine(self) -> NumericsEngine:
         return self.ctx.engine
 
-    def finished(self) -> bool:
-        if self.target_reached:
-            # remembered: only a loop that stopped here was stopped by the target (the final
-            # evaluation after another stop rule may reach it too)
-            self.stopped_at_target = True
-            return True
-        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
-            return True
-        if self.env.now >= self.ctx.max_sim_seconds:
-            return True
-        return bool(self.ctx.stop_requested())
-
-    def stop_reason(self) -> str:
-        """Which stop rule ended :meth:`run` (asked once it has returned): ``gave_up``
-        when the protocol set it (e.g. ``no_devices_online``), else ``max_steps``,
-        ``stop_request``, ``max_sim_hours`` or ``rounds`` (see fleetsim.record.status)."""
-        if self.gave_up:
-            return self.gave_up
-        if self.stopped_at_target:
-            return "targets_reached"
-        if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
-            return "max_steps"
-        if self.ctx.stop_requested():
-            return "stop_request"
-        if self.env.now >= self.ctx.max_sim_seconds:
-            return "max_sim_hours"
-        return "rounds"
-
-    def step_plan(self) -> tuple[Optional[int], str]:
-        """(committed steps the run takes when no other stop rule ends it first, how that
-        was worked out); None when it cannot be known before the run.
-
-        ``protocol.rounds`` × the protocol's steps per round
-        (:meth:`~fleetsim.protocols.base.Protocol.steps_per_round`: FwdLLM one per local
-        batch, FedAvg one), capped by ``protocol.max_steps``.  When a round's steps
-        depend on the cohort drawn (clients with different numbers of local batches)
-        only ``max_steps`` can fix the count, and only when every round is sure to
-        reach it.  A round cut short (its cohort went away), no device left online, or
-        ``run.max_sim_hours`` end the run earlier: summary.json then shows fewer
-        ``steps`` than ``lr_planned_steps``."""
-        if self._plan is None:
-            rounds, cap = self.cfg.rounds, self.cfg.max_steps
-            fewest, most = self.protocol.steps_per_round(self)
-            if fewest == most:
-                by_rounds = rounds * fewest
-                if cap is not None and cap < by_rounds:
-                    self._plan = (cap, f"protocol.max_steps ({cap}) < protocol.rounds × "
-                                       f"steps per round ({rounds} × {fewest})")
-                else:
-                    self._plan = (by_rounds, f"protocol.rounds × steps per round "
-                                             f"({rounds} × {fewest})")
-            elif cap is not None and cap <= rounds * fewest:
-                self._plan = (cap, f"protocol.max_steps ({cap}); every round takes at least "
-                                   f"{fewest} steps")
-            else:
-                self._plan = (None, f"protocol.rounds ({rounds}) × {fewest} to {most} steps "
-                                    "per round, as the cohort drawn decides")
-        return self._plan
-
-    def planned_steps(self) -> int:
-        """The steps ``protocol.lr_schedule`` spans (:meth:`step_plan`); raises
-        FleetsimInputError (exit 2) when they cannot be known before the run."""
-        planned, why = self.step_plan()
-        if planned is None:
-            raise FleetsimInputError(
-                f"protocol.lr_schedule: 'linear' needs the number of steps the run takes, "
-                f"but it is {why} (clients hold different numbers of local batches); set "
-                f"protocol.batches_per_round, or protocol.max_steps at most "
-                f"{self.cfg.rounds * self.protocol.steps_per_round(self)[0]}, or "
-                "lr_schedule: constant (allowed: constant, linear)"
-            )
-        return planned
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of committed step ``step`` (0-based): ``protocol.lr``, or under
-        ``lr_schedule: linear`` ``lr × (1 − step / N)`` over the N planned steps
-        (:meth:`planned_steps`): the last step N − 1 runs at lr / N, never at 0 (the
-        linear decay of HF transformers' ``get_linear_schedule_with_warmup`` without
-        warmup)."""
-        if self.cfg.lr_schedule == "linear":
-            total = max(self.planned_steps(), 1)
-            return self.cfg.lr * max(1.0 - step / total, 0.0)
-        return self.cfg.lr
-
-    def schedule_labels(self) -> dict:
-        """summary.json's account of what the schedule planned with."""
-        planned, why = self.step_plan()
-        return {"lr_schedule": self.cfg.lr_schedule, "lr_planned_steps": planned,
-                "lr_planned_from": why}
-
     def client_of(self, device_id: int) -> int:
         return int(device_id) % self.engine.num_clients()
 
@@ -291,22 +194,6 @@ class StepServer:
         """The current step committed an update of ``pairs`` (seed, scalar) pairs (the
         estimate's perturbations): what a lagging device replays later."""
         self.sync.note_commit(self.step, pairs)
-
-    # ------------------------------------------------------------------ staleness
-    def _usable_staleness(self, staleness: int) -> bool:
-        """Whether work this many steps old would still be used (weight > 0, not too old)."""
-        return (staleness <= self.cfg.commit.max_staleness
-                and self.staleness_weight(staleness) > 0)
-
-    def staleness_weight(self, staleness: int) -> float:
-        """Weight of each perturbation of work ``staleness`` steps old
-        (``protocol.commit.staleness_weighting``)."""
-        commit = self.cfg.commit
-        if commit.staleness_weighting == "inverse_sqrt":
-            return 1.0 / math.sqrt(1.0 + staleness)
-        if commit.staleness_weighting == "cutoff":
-            return 1.0 if staleness <= commit.staleness_cutoff else 0.0
-        return 1.0
 
     def view(self, device_ids: np.ndarray, purpose: str) -> FleetView:
         """Predictions a policy may use, for ``device_ids`` at the current time."""
@@ -520,188 +407,3 @@ class StepServer:
                 self.ctx.recorder.events.add(env.now, dev, "dropped", step=self.step)
         self.sync.note_downloads(receipts + late)
         return StepOutcome(receipts, late, started, float(env.now), assigned)
-
-    def carried_events(self, device_ids: np.ndarray) -> list[Any]:
-        """The pending dispatch events of work carried past a commit by ``device_ids``."""
-        wanted = set(np.asarray(device_ids, dtype=np.int64).tolist())
-        return [ev for dev, _, ev in self._carried if dev in wanted and not ev.triggered]
-
-    def drop_carried(self) -> None:
-        """At the end of the run: withdraw work still carried (logged as dropped)."""
-        for dev, step, ev in self._carried:
-            if not ev.triggered:
-                self.fleet.cancel(dev, step)
-                self.ctx.recorder.events.add(self.env.now, dev, "dropped", step=step)
-        self._carried = []
-
-    def to_work(self, receipts: list[WorkReceipt]) -> list[GradientWork]:
-        """Delivered receipts as numerics work, each at the step it was computed for.
-
-        A receipt of step s used at step t has staleness t − s: it is evaluated at θ_s
-        along step s's perturbations and weighted by :meth:`staleness_weight`; one older
-        than ``protocol.commit.max_staleness`` is dropped.  Every receipt used or dropped
-        is logged as a ``receipt`` or ``dropped`` event with its staleness."""
-        work = []
-        log = self.ctx.recorder.events
-        for r in sorted(receipts, key=lambda r: (r.step, r.device_id)):
-            unusable = r.status in (ReceiptStatus.REFUSED, ReceiptStatus.CANCELLED)
-            if r.units_delivered <= 0 or unusable:
-                continue
-            staleness = self.step - int(r.step)
-            if staleness > self.cfg.commit.max_staleness:
-                self.fleet.mark_unused(r)
-                log.add(self.env.now, r.device_id, "dropped", step=r.step,
-                        units=r.units_delivered, detail="stale", staleness=staleness)
-                continue
-            weight = self.staleness_weight(staleness)
-            client = self.client_of(r.device_id)
-            n_batches = max(self.engine.batches_per_client(client), 1)
-            batch = int(r.tags.get("batch_index", 0)) % n_batches
-            ks = r.tags.get("perturbations")
-            if ks is None:
-                ks = self.perturbation_indices(r.device_id, r.units_delivered, r.step)
-            log.add(self.env.now, r.device_id, "receipt", step=r.step, units=r.units_delivered,
-                    detail=f"applied_step={self.step} weight={weight:.6g}", staleness=staleness)
-            if weight <= 0:
-                self.fleet.mark_unused(r)
-                continue
-            self._used_staleness.append((int(r.units_delivered), staleness))
-            work.append(
-                GradientWork(
-                    device_id=int(r.device_id),
-                    client_id=client,
-                    batch_index=batch,
-                    perturbations=tuple(ks),
-                    step=int(r.step),
-                    weight=weight,
-                    pool_seeds=self.protocol.pool_seeds(self, int(r.step), int(r.device_id),
-                                                        tuple(ks)),
-                )
-            )
-        return work
-
-    def record_step(
-        self,
-        outcome: StepOutcome,
-        estimate: Optional[StepEstimate],
-        attempt: int,
-        committed: bool,
-        lr: float,
-        evaluation: Optional[EvalResult] = None,
-        variance_gate: str = "off",
-    ) -> dict:
-        """Add the step row of one attempt (``variance_gate``: one of
-        :data:`fleetsim.record.schema.VARIANCE_GATE_OUTCOMES`)."""
-        used = [r for r in outcome.receipts + outcome.late if r.units_delivered > 0]
-        row = {
-            "sim_time_s": float(self.env.now),
-            "round": self.round,
-            "step": self.step,
-            "attempt": attempt,
-            "committed": committed,
-            "devices": len({r.device_id for r in used}),
-            "perturbations": int(estimate.n_perturbations) if estimate else 0,
-            "loss": float(estimate.loss) if estimate else math.nan,
-            "accuracy": evaluation.accuracy if evaluation else math.nan,
-            "eval_loss": evaluation.loss if evaluation else math.nan,
-            "val_accuracy": evaluation.val_accuracy if evaluation else math.nan,
-            "val_loss": evaluation.val_loss if evaluation else math.nan,
-            "variance": float(estimate.variance) if estimate else math.nan,
-            "variance_gate": variance_gate,
-            "lr": lr,
-            "bytes_up": int(sum(r.bytes_up for r in outcome.receipts + outcome.late)),
-            "bytes_down": int(sum(r.bytes_down for r in outcome.receipts + outcome.late)),
-            "step_seconds": outcome.committed - outcome.started,
-            "step_start_s": (self._step_start[1] if self._step_start[0] == self.step
-                             else outcome.started),
-            **self._staleness_columns(),
-        }
-        self.ctx.recorder.add_step(row)
-        if self.ctx.on_step is not None:
-            self.ctx.on_step(row)
-        return row
-
-    def _staleness_columns(self) -> dict:
-        """Per-row staleness of the work used since the last row (units-weighted)."""
-        used, self._used_staleness = self._used_staleness, []
-        units = sum(u for u, _ in used)
-        stale = [(u, s) for u, s in used if s > 0]
-        return {
-            "stale_units": int(sum(u for u, _ in stale)),
-            "staleness_max": int(max((s for _, s in used), default=0)),
-            "staleness_mean": float(sum(u * s for u, s in used) / units) if units else 0.0,
-        }
-
-    @property
-    def target_reached(self) -> bool:
-        """run.stop_at_target: the last evaluation reached the highest target."""
-        last = self.last_eval
-        return bool(last is not None and math.isfinite(last.accuracy)
-                    and math.isfinite(last.loss) and last.accuracy >= self.ctx.stop_accuracy)
-
-    def _evaluation_grid(self, every_s: float) -> Generator:
-        """protocol.eval_every_s: evaluate the model current at t = k × ``every_s``
-        (k = 0, 1, …; computed as a product, so grid times are exact multiples) until the
-        run ends, each as its own steps.parquet row: ``attempt`` −1, not committed, no
-        work, ``step`` = steps committed so far.  A SimPy process started before the
-        protocol's loop, so t = 0 is evaluated before the first step; a grid time equal to a
-        commit time sees the model of whichever SimPy schedules first (deterministic).
-        Issue 23: arms evaluated on one time grid, not at step counts whose times differ."""
-        k = 0
-        while True:
-            due = k * every_s
-            if due > self.env.now:
-                yield self.env.timeout(due - self.env.now)
-            evaluation = self._record_evaluation_row()
-            if k == 0:
-                self.initial_evaluation = evaluation
-            k += 1
-
-    def _record_evaluation_row(self) -> EvalResult:
-        """Evaluate the current model and record it as its own steps.parquet row of the
-        ``protocol.eval_every_s`` grid: ``attempt`` −1, not committed, no work, ``step`` =
-        steps committed so far.  Returns the evaluation."""
-        evaluation = self.evaluate()
-        self.ctx.recorder.add_step({
-            "sim_time_s": float(self.env.now), "round": self.round, "step": self.step,
-            "attempt": -1, "committed": False, "devices": 0, "perturbations": 0,
-            "loss": math.nan, "accuracy": evaluation.accuracy,
-            "eval_loss": evaluation.loss, "val_accuracy": evaluation.val_accuracy,
-            "val_loss": evaluation.val_loss, "variance": math.nan, "lr": math.nan,
-            "bytes_up": 0, "bytes_down": 0, "step_seconds": 0.0, "stale_units": 0,
-            "staleness_max": 0, "staleness_mean": 0.0,
-            # an evaluation, not an attempt: no gate, no step start
-            "variance_gate": "off", "step_start_s": math.nan,
-        })
-        return evaluation
-
-    def _evaluate_initial_model(self) -> None:
-        """Evaluate the model before the first step (t = 0; issue 24: accuracy curves start
-        there), for a run without a ``protocol.eval_every_s`` grid (whose t = 0 row is this
-        evaluation).  Kept in summary.json (:meth:`initial_evaluation_fields`), not as a
-        steps row and not in the event log: the tables, the summary's accuracies and time to
-        target and the stop rules are those of a run without it (it stops no run:
-        run.stop_at_target counts evaluations of trained models).  It draws no random numbers
-        and moves no simulated time; a resumed run replays it from the engine's journal like
-        every other call."""
-        self.initial_evaluation = self.engine.evaluate()
-
-    def initial_evaluation_fields(self) -> dict:
-        """summary.json's ``initial_accuracy`` and ``initial_eval_loss``: the evaluation of
-        the model before the first step (t = 0), where accuracy curves start (issue 24);
-        None for systems-only runs and for a non-finite initial model's accuracy."""
-        evaluation = self.initial_evaluation
-        if evaluation is None or not evaluation.n_examples:
-            return {"initial_accuracy": None, "initial_eval_loss": None}
-        finite = math.isfinite(evaluation.loss) and math.isfinite(evaluation.accuracy)
-        return {"initial_accuracy": float(evaluation.accuracy) if finite else None,
-                "initial_eval_loss": float(evaluation.loss) if finite else None}
-
-    def evaluate(self) -> EvalResult:
-        result = self.engine.evaluate()
-        self.last_eval = result
-        self.ctx.recorder.events.add(
-            self.env.now, -1, "evaluate", step=self.step,
-            detail=f"accuracy={result.accuracy:.6f} loss={result.loss:.6f}",
-        )
-        return result

@@ -281,9 +281,8 @@ def run_loaded(
     env, fleet, server, horizon_s = built.env, built.fleet, built.protocol, built.horizon_s
     run.server, run.env = server, env
     run.inputs = resume.inputs if resume is not None else input_digests(input_files(loaded))
-    # Everything is checked: mark the directory as being written and remove the outputs
-    # of the run it held before (a resume keeps its checkpoint).  From here until
-    # finish_run the directory reads as incomplete.
+    # All checked: mark the directory as being written and remove the outputs of the run it
+    # held before (a resume keeps its checkpoint); until finish_run it reads as incomplete.
     rundir.begin_run(out, digest, keep_checkpoint=resume is not None)
     for callback in callbacks:
         callback.on_train_begin(run)

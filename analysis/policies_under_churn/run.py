@@ -491,11 +491,43 @@ def _header(title: str, table: pd.DataFrame, publish_flag: str) -> list[str]:
     ]
 
 
+def _best_established(table: pd.DataFrame, start: float) -> tuple[str | None, list[str]]:
+    """At ``start``: the verdict lines against the barrier on committed perturbations, and
+    the arm committing the most of those established against it (None if none is)."""
+    part = table[table["start_hour"] == start]
+    best, most, texts = None, -math.inf, []
+    for arm in _arms(part):
+        if arm == REFERENCE_ARM:
+            continue
+        text = _paired(table, start, arm, REFERENCE_ARM, "k_perturbations",
+                       "committed perturbations")
+        texts.append(text)
+        mean = float(part[part["arm"] == arm]["k_perturbations"].mean())
+        if not text.startswith("not established") and mean > most:
+            best, most = arm, mean
+    return best, texts
+
+
+def answer_systems(table: pd.DataFrame) -> str:
+    """The systems page's answer, in words, from the table alone."""
+    answers = []
+    for start in sorted(table["start_hour"].unique()):
+        best, _ = _best_established(table, start)
+        if best is not None:
+            answers.append(f"starting {start:02.0f}:00, `{best}` commits the most "
+                           "perturbations in the day of the arms established against the "
+                           "barrier")
+    text = "; ".join(answers) if answers else "no arm is established against the barrier"
+    return text[0].upper() + text[1:] + "."
+
+
 def render_systems(table: pd.DataFrame) -> str:
     """The systems-side page (policies_under_churn.md) from its per-run table (pure)."""
     lines = _header("(c) Load allocation under churn: what each policy gets out of a day",
                     table, "--publish")
-    answers = []
+    lines[4:4] = [f"**Answer.** {answer_systems(table)} Each arm's verdict against the "
+                  "barrier is below; time to accuracy is on the learning-signal page, "
+                  "[allocation_under_churn.md](allocation_under_churn.md).", ""]
     for start in sorted(table["start_hour"].unique()):
         part = table[table["start_hour"] == start]
         lines += [f"## Start {start:02.0f}:00", "",
@@ -506,26 +538,8 @@ def render_systems(table: pd.DataFrame) -> str:
             lines.append(f"| {arm} | {len(mine)} | " + " | ".join(
                 _mean_cell(mine[c], d) for c, (_, d) in SYSTEMS_COLUMNS.items()) + " |")
         lines += ["", "Committed perturbations in the day against the barrier:", ""]
-        best, best_ratio = None, 0.0
-        for arm in _arms(part):
-            if arm == REFERENCE_ARM:
-                continue
-            text = _paired(table, start, arm, REFERENCE_ARM, "k_perturbations",
-                           "committed perturbations")
-            lines.append(f"* {text}")
-            a = part[part["arm"] == arm]["k_perturbations"].mean()
-            if not text.startswith("not established") and a > best_ratio:
-                best, best_ratio = arm, a
+        lines += [f"* {text}" for text in _best_established(table, start)[1]]
         lines.append("")
-        if best is not None:
-            answers.append(f"starting {start:02.0f}:00, `{best}` commits the most perturbations "
-                           "of the arms established against the barrier")
-    lines.insert(4, "**Answer.** " + ("; ".join(answers).capitalize() + "." if answers else
-                                       "No arm is established against the barrier.")
-                 + " Every arm is established against the barrier or marked \"not "
-                   "established\" below; time to accuracy is on the learning-signal page, "
-                   "[allocation_under_churn.md](allocation_under_churn.md).")
-    lines.insert(5, "")
     lines += ["![committed steps over the day](policies_under_churn/steps_over_time.png)", ""]
     return "\n".join(lines)
 
@@ -533,6 +547,30 @@ def render_systems(table: pd.DataFrame) -> str:
 def _targets(table: pd.DataFrame) -> list[float]:
     return sorted(float(c[len("tta_"):-2]) for c in table.columns
                   if c.startswith("tta_") and c.endswith("_s"))
+
+
+def accuracy_verdicts(table: pd.DataFrame) -> dict[str, str]:
+    """Paired verdicts on the time to the highest target: each arm against the barrier,
+    and variance_paced against its equal-budget control."""
+    top = max(_targets(table))
+    start = float(table["start_hour"].iloc[0])
+    column, quantity = f"tta_{top:g}_s", f"time to {top:g}"
+    verdicts = {arm: _paired(table, start, arm, REFERENCE_ARM, column, quantity)
+                for arm in _arms(table) if arm != REFERENCE_ARM}
+    if {"variance_paced", "capability_10"} <= set(_arms(table)):
+        verdicts["variance_paced vs capability_10"] = _paired(
+            table, start, "variance_paced", "capability_10", column, quantity)
+    return verdicts
+
+
+def answer_accuracy(table: pd.DataFrame) -> str:
+    """The learning-signal page's answer, in words, from the table alone."""
+    verdicts = accuracy_verdicts(table)
+    established = [v for v in verdicts.values() if not v.startswith("not established")]
+    if not established:
+        return "No ranking is established (see the verdicts)."
+    return ("Established (paired by seed): " + "; ".join(established)
+            + ". Rankings not listed here are not established.")
 
 
 def render_accuracy(table: pd.DataFrame) -> str:

@@ -184,7 +184,8 @@ def fastest_v(table: pd.DataFrame) -> pd.DataFrame:
                 verdict = paired_verdict(f"v = {int(best['v'])}", a.to_numpy(dtype=float),
                                          f"v = {int(second['v'])}", b.to_numpy(dtype=float),
                                          quantity="time").text
-        rows.append({"fraction": fraction, "fastest_v": int(best["v"]),
+        at_start = float(best["median_s"]) == 0.0  # no v can be faster than the initial model
+        rows.append({"fraction": fraction, "fastest_v": None if at_start else int(best["v"]),
                      "median_s": float(best["median_s"]), "verdict": verdict})
     return pd.DataFrame(rows)
 
@@ -234,6 +235,11 @@ def answer(table: pd.DataFrame) -> str:
     if not open_.empty:
         parts.append("Not established at " + ", ".join(f"{f:.0%}" for f in open_["fraction"])
                      + " (see the verdicts).")
+    at_start = fast[fast["median_s"] == 0.0]
+    if not at_start.empty:
+        parts.append("The initial model already reaches "
+                     + ", ".join(f"{f:.0%}" for f in at_start["fraction"])
+                     + " of the target (t = 0).")
     grows = [int(v) for v in fast["fastest_v"].dropna()]
     if len(set(grows)) > 1:
         trend = ("grows" if grows == sorted(grows) else "does not grow monotonically") + \

@@ -583,9 +583,10 @@ def render_accuracy(table: pd.DataFrame) -> str:
         "head, real forward gradients on AG News (each phone holds a uniform sample of 8 of "
         "the 6,080 training items), Adam at 0.01 on the server for every arm (the arms differ "
         "in allocation, not in the update rule; the learning rate is not tuned per arm). "
-        "Every arm is evaluated on one simulated-time grid, every 15 minutes from t = 0 on "
-        "400 held-out items; a run stops at the first evaluation reaching the highest "
-        "target, else at the day's end.",
+        "Every arm is evaluated on one simulated-time grid, every simulated minute from t = 0, "
+        "on 200 held-out items; a run stops at the first evaluation reaching the highest "
+        f"target, else at the common budget of {table['end_s'].max() / 3600:.3g} simulated "
+        "hours.",
         "",
         "Kaplan–Meier median minutes to each held-out accuracy over the seeds (runs that "
         "never reached it censored at their end), 95 % log-log interval, \"not reached (k of "

@@ -8,12 +8,14 @@ evaluated on one 5 s simulated-time grid and stopped by one 120 s budget.
 
 Two stages, each a sweep run through ``fleetsim sweep``'s machinery (resumable):
 
-1. ``sweep_tune.yaml``: v ∈ {1, 3, 5, 10, 15, 50} × lr ∈ {0.003, 0.01, 0.03, 0.1} × tuning
-   seeds 0, 1.  Each v's lr is the one with the best validation accuracy within the budget,
+1. ``sweep_tune.yaml``: v ∈ {1, 3} × lr ∈ {0.003, 0.01, 0.03, 0.1} and v = 5 × lr ∈
+   {0.03, 0.1}, tuning seeds 0, 1; ``sweep_tune_large_v.yaml``: v ∈ {10, 15, 50} × lr ∈
+   {0.03, 0.1}, seed 0.  Each v's lr is the one with the best validation accuracy within the budget,
    mean over the tuning seeds (:func:`fleetsim.analysis.discipline.select_by_validation`);
    the test split never enters the choice.
-2. ``sweep_chosen.yaml`` (written by this script from stage 1's choice): each v at its chosen
-   lr × seeds 0–9 (the tuning runs of seeds 0 and 1 are reused: same scenario).
+2. ``sweep_chosen.yaml`` (written by this script from stage 1's choice): the two v with the
+   best validation score at their chosen lr × seeds 0–9 (the tuning runs of seeds 0 and 1
+   are reused: same scenario); the other v keep their tuning runs.
 
 The target (100 %) comes from the validation split too: the best chosen candidate's mean
 validation accuracy.  The page gives, per v and fraction of the target, the Kaplan–Meier
@@ -78,6 +80,10 @@ TUNING_SEEDS = (0, 1)
 #: run's host cost grows with v × steps, i.e. with the simulated budget, so every v costs
 #: about as much as v = 1 (3–6 host minutes on the shared 2-core host).
 TOP_ARMS = 2
+#: Stage 1's sweep files: v = 1, 3, 5 on both tuning seeds; v = 10, 15, 50 on seed 0 only
+#: (each costs as much host time as a v = 1 run and none can be ranked on so few seeds).
+TUNE_SWEEPS = ("sweep_tune.yaml", "sweep_tune_large_v.yaml")
+TUNE_SWEEPS_QUICK = ("sweep_tune_quick.yaml",)
 #: Simulated seconds at which the page reports each v's test accuracy (points of the
 #: budget's evaluation grid; the quick smoke test's budget is 6 s on a 2 s grid).
 ACCURACY_AT_S = (30.0, 60.0, 120.0)
@@ -318,8 +324,13 @@ def render(table: pd.DataFrame) -> str:
     ]
     for v, part in grid.groupby(BY, sort=True):
         cells = []
-        for _, row in part.sort_values(LR).iterrows():
-            text = f"{row['validation']:.4f}"
+        by_lr = part.set_index(LR)
+        for lr in sorted(grid[LR].unique()):
+            if lr not in by_lr.index:
+                cells.append("—")  # not in this v's grid
+                continue
+            row = by_lr.loc[lr]
+            text = f"{row['validation']:.4f} (n = {int(row['runs'])})"
             cells.append(f"**{text}**" if row["chosen"] else text)
         lines.append(f"| {int(v)} | " + " | ".join(cells) + " |")
     edge = [v for v, lr in lrs.items()
@@ -449,9 +460,11 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = out / "runs" / kind
     figures = out / ("figures-quick" if args.quick else "figures")
     suffix = "_quick" if args.quick else ""
-    tune = run_study(HERE / f"sweep_tune{suffix}.yaml", out_dir, args.set, args.fresh,
-                     args.backend, args.max_parallel)
-    tuned = load_runs(tune.run_dirs)
+    tune_dirs: list[Path] = []
+    for i, name in enumerate(TUNE_SWEEPS_QUICK if args.quick else TUNE_SWEEPS):
+        tune_dirs += run_study(HERE / name, out_dir, args.set, args.fresh and i == 0,
+                               args.backend, args.max_parallel).run_dirs
+    tuned = load_runs(tune_dirs)
     selection = select_by_validation(tuned, [BY], [LR])
     chosen = tuned.summary[tuned.summary["run"].isin(selection.chosen_runs)]
     lrs = {int(v): float(lr) for v, lr in zip(chosen[BY], chosen[LR])}
@@ -470,9 +483,9 @@ def main(argv: list[str] | None = None) -> None:
     stage2.write_text(stage2_sweep(top, seeds, shown, args.quick,
                                    "scenario.yaml" if inside else str(HERE / "scenario.yaml")))
     final = run_study(stage2, out_dir, args.set, False, args.backend, args.max_parallel)
-    run_dirs = list(dict.fromkeys([*tune.run_dirs, *final.run_dirs]))
+    run_dirs = list(dict.fromkeys([*tune_dirs, *final.run_dirs]))
     target = float(grid.loc[grid["chosen"], "validation"].max())
-    chosen_dirs = [d for d in tune.run_dirs if d.name in set(selection.chosen_runs)]
+    chosen_dirs = [d for d in tune_dirs if d.name in set(selection.chosen_runs)]
     compared = list(dict.fromkeys([*chosen_dirs, *final.run_dirs]))
     check_discipline(compared, [f * target for f in FRACTIONS],
                      args.quick or args.allow_unequal_horizons)

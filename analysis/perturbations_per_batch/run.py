@@ -333,8 +333,9 @@ def render(table: pd.DataFrame) -> str:
             text = f"{row['validation']:.4f} (n = {int(row['runs'])})"
             cells.append(f"**{text}**" if row["chosen"] else text)
         lines.append(f"| {int(v)} | " + " | ".join(cells) + " |")
+    own = grid.groupby(BY)[LR].agg(["min", "max", "size"])  # each v's own grid
     edge = [v for v, lr in lrs.items()
-            if lr in (grid[LR].min(), grid[LR].max())]
+            if own.loc[v, "size"] > 1 and lr in (own.loc[v, "min"], own.loc[v, "max"])]
     lines += [
         "",
         f"Target (100 %): **{target:.4f}**, the best chosen candidate's mean validation "

@@ -227,9 +227,9 @@ def _s(x: float) -> str:
     return "∞" if math.isinf(x) else f"{x:.1f}"
 
 
-def _interval(mean: float, low: float, high: float) -> str:
-    if math.isnan(low):
-        return f"{mean:.3f}"
+def _interval(mean: float, low: float, high: float, n: int) -> str:
+    if math.isnan(low) or n < 3:  # with one or two seeds an interval says nothing
+        return f"{mean:.3f} (n = {n})"
     return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
 
 
@@ -260,7 +260,8 @@ def answer(table: pd.DataFrame) -> str:
         trend = f"is v = {grows[0]} at every level any v reached"
     else:
         trend = "cannot be named: no v reached any level"
-    parts.append(f"The fastest v by median time {trend}.")
+    parts.append(f"The fastest v by median time {trend} (medians of a v with fewer than ten "
+                 "seeds are shown, never ranked).")
     return " ".join(parts)
 
 
@@ -305,12 +306,12 @@ def render(table: pd.DataFrame) -> str:
         "(`protocol.eval_every_s`) |",
         f"| runs | {len(table)} ({int(table[SEED].isin(TUNING_SEEDS).sum())} in the tuning "
         f"stage, seeds {', '.join(map(str, TUNING_SEEDS))}); at its chosen lr, "
-        + ", ".join(f"v = {int(v)}: {n} seeds" for v, n in
+        + ", ".join(f"v = {int(v)}: {n} seed{'s' if n > 1 else ''}" for v, n in
                     runs.groupby(BY).size().items())
-        + f" (ten seeds for the {TOP_ARMS} v with the best validation score, chosen before "
-        "any test number was read; the others keep their tuning seeds, so a ranking "
-        "involving them is never established: every run costs host time in proportion to "
-        "its simulated time) |",
+        + " (seeds per v as the host budget allowed; which v got more seeds was decided "
+        "without reading any test number; a ranking needs ten paired seeds of both v, so a v "
+        "with fewer is never ranked: every run costs host time in proportion to its "
+        "simulated time) |",
         f"| host time | {host_min:.1f} min summed over the runs (2-core host, shared) |",
         f"| commit | {', '.join(commits)} |",
         "",
@@ -397,7 +398,7 @@ def render(table: pd.DataFrame) -> str:
         "|---|---|" + "---|" * len(times),
     ]
     for _, row in acc.iterrows():
-        cells = [_interval(*row[f"{t:g}s"][:3]) for t in times]
+        cells = [_interval(*row[f"{t:g}s"]) for t in times]
         lines.append(f"| {row['v']} | {lrs[int(row['v'])]:g} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -455,6 +456,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--publish", action="store_true",
                         help="copy runs.csv to docs/results/ and render the results page")
+    parser.add_argument("--analyse-only", action="store_true",
+                        help="run no stage-2 runs: analyse the finished runs at each v's chosen "
+                        "lr as they are (what the committed page was made with)")
     args = parser.parse_args(argv)
     out = args.out or HERE
     kind = "quick" if args.quick else "full"
@@ -477,17 +481,27 @@ def main(argv: list[str] | None = None) -> None:
     # The stage-2 sweep file lives beside the study (committed) unless --out puts the study
     # elsewhere (then beside its runs, its base scenario named by absolute path).
     inside = out.resolve() == HERE
-    stage2 = (HERE if inside else out) / f"sweep_chosen{suffix}.yaml"
-    where = out_dir.resolve()
-    shown = os.path.relpath(where, REPO) if where.is_relative_to(REPO) else str(where)
-    stage2.parent.mkdir(parents=True, exist_ok=True)
-    stage2.write_text(stage2_sweep(top, seeds, shown, args.quick,
-                                   "scenario.yaml" if inside else str(HERE / "scenario.yaml")))
-    final = run_study(stage2, out_dir, args.set, False, args.backend, args.max_parallel)
-    run_dirs = list(dict.fromkeys([*tune_dirs, *final.run_dirs]))
+    if args.analyse_only:
+        # Publish what was run: every finished run at a v's chosen lr (seed counts may then
+        # differ by v; the page lists them and ranks nothing on fewer than ten seeds).
+        final_dirs = sorted(
+            d for d in out_dir.glob("protocol.*")
+            if (d / "run_complete.json").is_file()
+            and d.name not in {t.name for t in tune_dirs}
+            and any(d.name.startswith(f"{BY}={v}__{LR}={lr:g}__") for v, lr in lrs.items()))
+    else:
+        stage2 = (HERE if inside else out) / f"sweep_chosen{suffix}.yaml"
+        where = out_dir.resolve()
+        shown = os.path.relpath(where, REPO) if where.is_relative_to(REPO) else str(where)
+        stage2.parent.mkdir(parents=True, exist_ok=True)
+        stage2.write_text(stage2_sweep(top, seeds, shown, args.quick,
+                                       "scenario.yaml" if inside else str(HERE / "scenario.yaml")))
+        final_dirs = run_study(stage2, out_dir, args.set, False, args.backend,
+                               args.max_parallel).run_dirs
+    run_dirs = list(dict.fromkeys([*tune_dirs, *final_dirs]))
     target = float(grid.loc[grid["chosen"], "validation"].max())
     chosen_dirs = [d for d in tune_dirs if d.name in set(selection.chosen_runs)]
-    compared = list(dict.fromkeys([*chosen_dirs, *final.run_dirs]))
+    compared = list(dict.fromkeys([*chosen_dirs, *final_dirs]))
     check_discipline(compared, [f * target for f in FRACTIONS],
                      args.quick or args.allow_unequal_horizons)
     table = build_table(run_dirs, target, ACCURACY_AT_S_QUICK if args.quick else ACCURACY_AT_S)

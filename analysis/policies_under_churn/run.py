@@ -473,8 +473,10 @@ def _header(title: str, table: pd.DataFrame, publish_flag: str) -> list[str]:
         "device (200 a step) unless the arm says otherwise |",
         f"| runs | {len(table)}: {len(_arms(table))} arms × start "
         + ", ".join(f"{h:02.0f}:00" for h in starts)
-        + f" × seeds {seeds[0]}–{seeds[-1]} (paired: a seed is the same fleet and windows "
-        "for every arm) |",
+        + f", seeds {seeds[0]}–{seeds[-1]}; runs per arm: "
+        + ", ".join(f"{arm} {n}" for arm, n in table.groupby("arm", sort=False).size().items())
+        + " (paired: a seed is the same fleet and windows for every arm; seed counts as the "
+        "host budget allowed, an arm with fewer than ten is never ranked) |",
         f"| host time | {table['host_s'].sum() / 60.0:.1f} min summed over the runs (2-core "
         "host, shared) |",
         f"| commit | {', '.join(sorted(set(table['commit'])))} |",
@@ -657,6 +659,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the variant with real forward gradients (sweep_accuracy.yaml)")
     parser.add_argument("--publish", action="store_true",
                         help="copy runs.csv to docs/results/ and render the results page")
+    parser.add_argument("--analyse-only", action="store_true",
+                        help="run nothing: analyse the finished runs in the sweep folder as they "
+                        "are (seed counts may then differ by arm; the page lists them)")
     args = parser.parse_args(argv)
     out = args.out or HERE
     kind = ("accuracy" if args.accuracy else "") + ("-quick" if args.quick else "")
@@ -664,8 +669,15 @@ def main(argv: list[str] | None = None) -> None:
     stem = "sweep" + ("_accuracy" if args.accuracy else "") + ("_quick" if args.quick else "")
     sweep, out_dir = HERE / f"{stem}.yaml", out / "runs" / kind
     figures = out / ("figures" if kind == "full" else f"figures-{kind}")
-    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
-                     seeds=args.seeds)
+    if args.analyse_only:
+        done = sorted(d for d in out_dir.glob("arm=*") if (d / "run_complete.json").is_file())
+        host = sum(float(json.loads((d / "summary.json").read_text()).get("host_seconds") or 0)
+                   for d in done)
+        seeds = sorted({int(d.name.rsplit("run.seed=", 1)[1]) for d in done})
+        runs = StudyRuns(sweep, out_dir, done, 0.0, host, seeds)
+    else:
+        runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
+                         seeds=args.seeds)
     analyse(runs, figures, args.quick or args.allow_unequal_horizons)
     if args.publish:
         print(f"published {publish(figures, 'accuracy' if args.accuracy else 'systems')}")

@@ -50,9 +50,9 @@ from matplotlib.figure import Figure
 from fleetsim.analysis import load_runs, step_breakdown, timeline_figure
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import breakdown_shares
-from fleetsim.analysis.pages import write_runs_table
+from fleetsim.analysis.pages import write_page, write_runs_table
 from fleetsim.analysis.plots import grouped_breakdown_figure, save_figure
-from fleetsim.analysis.stats import censored_median, mean_confidence_interval
+from fleetsim.analysis.stats import censored_median, mean_confidence_interval, paired_verdict
 from fleetsim.analysis.study import (
     StudyRuns,
     check_discipline,
@@ -66,6 +66,33 @@ from fleetsim.analysis.study import (
 )
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+RESULTS = REPO / "docs" / "results"
+#: (page, per-run table) each mode publishes with --publish.
+PUBLISHED = {
+    "systems": (RESULTS / "policies_under_churn.md",
+                RESULTS / "policies_under_churn" / "runs.csv"),
+    "accuracy": (RESULTS / "allocation_under_churn.md",
+                 RESULTS / "allocation_under_churn" / "runs.csv"),
+}
+#: The arm every other is compared with, paired by seed (same fleet, same windows).
+REFERENCE_ARM = "barrier"
+#: What the arms are, for the pages.
+ARM_WORDS = {
+    "barrier": "uniform v per device, the server waits for every cohort device (or its "
+               "interruption): the plain synchronous barrier",
+    "overselect_deadline": "as deployed systems run it (Bonawitz et al., MLSys 2019): 130 % of "
+                           "the cohort selected, commit at 100 % of the needed units or at the "
+                           "30-minute report deadline, late work dropped",
+    "capability": "the step's 200 perturbations spread by predicted throughput",
+    "deadline": "each device gets what it can finish within 30 minutes",
+    "overcommit_carry": "130 % selected, commit at the needed units, late work carried into "
+                        "later steps (staleness ≤ 4)",
+    "variance_paced": "starts at 10 perturbations a step, doubles the budget after a noisy "
+                      "step (split-half variance above the threshold), spread by capability",
+    "capability_10": "equal-budget control for variance_paced: capability fixed at 10 "
+                     "perturbations a step",
+}
 POLICIES = ("uniform", "capability", "deadline", "variance_paced", "overcommit")
 METRICS = {
     "steps": "committed steps in the run",
@@ -80,8 +107,12 @@ METRICS = {
 
 
 def variant(summary: pd.Series) -> str:
-    """The policy name with its variant: ``deadline(600s)``, ``overcommit(x2)``, and
-    ``+carry`` when late work is carried into later steps."""
+    """The sweep arm's name when the run came from an ``arms:`` sweep (its run id starts
+    ``arm=<name>__``), else the policy name with its variant: ``deadline(600s)``,
+    ``overcommit(x2)``, and ``+carry`` when late work is carried into later steps."""
+    run = str(summary.get("run", ""))
+    if run.startswith("arm="):
+        return run[len("arm="):].split("__", 1)[0]
     name = str(summary["policy.name"])
     if name == "deadline":
         name = f"deadline({float(summary['policy.deadline_s']):g}s)"
@@ -134,6 +165,8 @@ def per_run_metrics(runset: RunSet, breakdown: pd.DataFrame | None = None) -> pd
                 "mean_staleness": staleness,
                 "kj_per_k_perturbations": float(summary["energy_j"]) / committed
                 if committed else math.nan,
+                "perturbations_per_step": committed / n_steps if n_steps else math.nan,
+                "host_s": float(summary.get("host_seconds", math.nan)),
             }
         )
     return pd.DataFrame(rows)
@@ -320,8 +353,10 @@ def analyse(runs: StudyRuns, figures: Path, mark: bool = False) -> dict:
     ends = check_discipline(runs.run_dirs, run_targets, mark)
     keys = [k for k in ("policy.name", "protocol.commit.late_work", "run.start_hour", "run.seed")
             if k in summary.columns]
-    write_runs_table(per_run_table(runs.run_dirs, keys, run_targets), figures / "runs.csv")
-    per_run.to_csv(figures / "per_run.csv", index=False)
+    provenance = per_run_table(runs.run_dirs, keys, run_targets)
+    write_runs_table(page_table(provenance, per_run), figures / "runs.csv")
+    write_page(figures / "runs.csv", figures / "page.md",
+               render_accuracy if run_targets else render_systems)
     table = churn_table(per_run)
     fleet = int(summary["fleet_size"].iloc[0])
     hours = float(summary["simulated_seconds"].max()) / 3600.0
@@ -371,10 +406,262 @@ def analyse(runs: StudyRuns, figures: Path, mark: bool = False) -> dict:
     return facts
 
 
+# ------------------------------------------------------------------ results pages
+def page_table(provenance: pd.DataFrame, per_run: pd.DataFrame) -> pd.DataFrame:
+    """The per-run table a page is rendered from: :func:`per_run_table`'s provenance, end,
+    stop rule and seconds to each target, with :func:`per_run_metrics`' columns."""
+    metrics = per_run.drop(columns=["seed"]).rename(columns={"variant": "arm"})
+    overlap = [c for c in metrics.columns if c in provenance.columns and c != "run"]
+    metrics = metrics.drop(columns=overlap)  # the provenance's own (e.g. steps: the same)
+    table = provenance.merge(metrics, on="run", how="left", validate="one_to_one")
+    return table.rename(columns={"run.start_hour": "start_hour", "run.seed": "seed"})
+
+
+def _num(x: float, digits: int = 3) -> str:
+    if math.isnan(x):
+        return "—"
+    return "∞" if math.isinf(x) else f"{x:.{digits}g}"
+
+
+def _mean_cell(values: pd.Series, digits: int = 3) -> str:
+    mean, low, high, _ = mean_confidence_interval(values.to_numpy(dtype=float))
+    if math.isnan(low):
+        return _num(mean, digits)
+    return f"{_num(mean, digits)} [{_num(low, digits)}, {_num(high, digits)}]"
+
+
+def _arms(table: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(table["arm"]))
+
+
+def _paired(table: pd.DataFrame, start: float, arm: str, other: str, column: str,
+            quantity: str) -> str:
+    """Paired-by-seed verdict of ``arm`` against ``other`` on ``column`` at ``start``."""
+    part = table[table["start_hour"] == start]
+    a = part[part["arm"] == arm].set_index("seed")[column]
+    b = part[part["arm"] == other].set_index("seed")[column].reindex(a.index)
+    return paired_verdict(arm, a.to_numpy(dtype=float), other, b.to_numpy(dtype=float),
+                          quantity=quantity).text
+
+
+SYSTEMS_COLUMNS = {
+    "steps": ("committed steps in the day", 4),
+    "k_perturbations": ("committed perturbations (thousands)", 3),
+    "median_step_min": ("median minutes per step", 3),
+    "wasted_time_share": ("wasted ÷ busy device-time", 2),
+    "straggler_share": ("straggler wait ÷ step time", 2),
+    "kj_per_k_perturbations": ("device kJ per 1,000 committed perturbations", 3),
+}
+
+
+def _header(title: str, table: pd.DataFrame, publish_flag: str) -> list[str]:
+    seeds = sorted(int(s) for s in table["seed"].unique())
+    starts = sorted(float(h) for h in table["start_hour"].unique())
+    return [
+        f"# {title}",
+        "",
+        f"<!-- Written by analysis/policies_under_churn/run.py {publish_flag} from its "
+        "runs.csv; tests/analysis/test_results_pages.py renders it again. Do not edit by "
+        "hand. -->",
+        "",
+        "| | |",
+        "|---|---|",
+        "| fleet | 10,000 phones of the 2024 market-share mix, one simulated day from the "
+        "start hour, diurnal charging windows fitted on FLASH, 3G, an interrupted unit is "
+        "lost; charged for TinyLlama-1.1B INT8 (128 tokens per item) |",
+        "| step | FwdLLM, 100 devices a step (availability-aware cohort), 2 perturbations per "
+        "device (200 a step) unless the arm says otherwise |",
+        f"| runs | {len(table)}: {len(_arms(table))} arms × start "
+        + ", ".join(f"{h:02.0f}:00" for h in starts)
+        + f", seeds {seeds[0]}–{seeds[-1]}; runs per arm: "
+        + ", ".join(f"{arm} {n}" for arm, n in table.groupby("arm", sort=False).size().items())
+        + " (paired: a seed is the same fleet and windows for every arm; seed counts as the "
+        "host budget allowed, an arm with fewer than ten is never ranked) |",
+        f"| host time | {table['host_s'].sum() / 60.0:.1f} min summed over the runs (2-core "
+        "host, shared) |",
+        f"| commit | {', '.join(sorted(set(table['commit'])))} |",
+        "",
+        "Arms:",
+        "",
+        *[f"* `{arm}`: {ARM_WORDS.get(arm, arm)}" for arm in _arms(table)],
+        "",
+        "Means over seeds with a 95 % interval (Hall's skewness-corrected t). Verdicts: "
+        "paired by seed against `barrier`, the geometric-mean ratio with its 95 % interval; "
+        "established only with at least 10 pairs and an interval excluding 1, else \"not "
+        "established\".",
+        "",
+    ]
+
+
+def _best_established(table: pd.DataFrame, start: float) -> tuple[str | None, list[str]]:
+    """At ``start``: the verdict lines against the barrier on committed perturbations, and
+    the arm committing the most of those established against it (None if none is)."""
+    part = table[table["start_hour"] == start]
+    best, most, texts = None, -math.inf, []
+    for arm in _arms(part):
+        if arm == REFERENCE_ARM:
+            continue
+        text = _paired(table, start, arm, REFERENCE_ARM, "k_perturbations",
+                       "committed perturbations")
+        texts.append(text)
+        mean = float(part[part["arm"] == arm]["k_perturbations"].mean())
+        if not text.startswith("not established") and mean > most:
+            best, most = arm, mean
+    return best, texts
+
+
+def answer_systems(table: pd.DataFrame) -> str:
+    """The systems page's answer, in words, from the table alone."""
+    answers = []
+    for start in sorted(table["start_hour"].unique()):
+        best, _ = _best_established(table, start)
+        if best is not None:
+            answers.append(f"starting {start:02.0f}:00, `{best}` commits the most "
+                           "perturbations in the day of the arms established against the "
+                           "barrier")
+    text = "; ".join(answers) if answers else "no arm is established against the barrier"
+    return text[0].upper() + text[1:] + "."
+
+
+def render_systems(table: pd.DataFrame) -> str:
+    """The systems-side page (policies_under_churn.md) from its per-run table (pure)."""
+    lines = _header("(c) Load allocation under churn: what each policy gets out of a day",
+                    table, "--publish")
+    lines[4:4] = [f"**Answer.** {answer_systems(table)} Each arm's verdict against the "
+                  "barrier is below; time to accuracy is on the learning-signal page, "
+                  "[allocation_under_churn.md](allocation_under_churn.md).", ""]
+    for start in sorted(table["start_hour"].unique()):
+        part = table[table["start_hour"] == start]
+        lines += [f"## Start {start:02.0f}:00", "",
+                  "| arm | runs | " + " | ".join(w for w, _ in SYSTEMS_COLUMNS.values()) + " |",
+                  "|---|---|" + "---|" * len(SYSTEMS_COLUMNS)]
+        for arm in _arms(part):
+            mine = part[part["arm"] == arm]
+            lines.append(f"| {arm} | {len(mine)} | " + " | ".join(
+                _mean_cell(mine[c], d) for c, (_, d) in SYSTEMS_COLUMNS.items()) + " |")
+        lines += ["", "Committed perturbations in the day against the barrier:", ""]
+        lines += [f"* {text}" for text in _best_established(table, start)[1]]
+        lines.append("")
+    lines += ["![committed steps over the day](policies_under_churn/steps_over_time.png)", ""]
+    return "\n".join(lines)
+
+
+def _targets(table: pd.DataFrame) -> list[float]:
+    return sorted(float(c[len("tta_"):-2]) for c in table.columns
+                  if c.startswith("tta_") and c.endswith("_s"))
+
+
+def accuracy_verdicts(table: pd.DataFrame) -> dict[str, str]:
+    """Paired verdicts on the time to the highest target: each arm against the barrier,
+    and variance_paced against its equal-budget control."""
+    top = max(_targets(table))
+    start = float(table["start_hour"].iloc[0])
+    column, quantity = f"tta_{top:g}_s", f"time to {top:g}"
+    verdicts = {arm: _paired(table, start, arm, REFERENCE_ARM, column, quantity)
+                for arm in _arms(table) if arm != REFERENCE_ARM}
+    if {"variance_paced", "capability_10"} <= set(_arms(table)):
+        verdicts["variance_paced vs capability_10"] = _paired(
+            table, start, "variance_paced", "capability_10", column, quantity)
+    return verdicts
+
+
+def answer_accuracy(table: pd.DataFrame) -> str:
+    """The learning-signal page's answer, in words, from the table alone."""
+    verdicts = accuracy_verdicts(table)
+    established = [v for v in verdicts.values() if not v.startswith("not established")]
+    if not established:
+        return "No ranking is established (see the verdicts)."
+    return ("Established (paired by seed): " + "; ".join(established)
+            + ". Rankings not listed here are not established.")
+
+
+def render_accuracy(table: pd.DataFrame) -> str:
+    """The learning-signal page (allocation_under_churn.md) from its per-run table (pure)."""
+    targets = _targets(table)
+    lines = _header("(c) Load allocation under churn: time to accuracy", table,
+                    "--accuracy --publish")
+    lines += [
+        "Learning signal: all-MiniLM-L6-v2, LoRA rank 4 on query/value of the top layer + "
+        "head, real forward gradients on AG News (each phone holds a uniform sample of 8 of "
+        "the 6,080 training items), Adam at 0.01 on the server for every arm (the arms differ "
+        "in allocation, not in the update rule; the learning rate is not tuned per arm). "
+        "Every arm is evaluated on one simulated-time grid, every simulated minute from t = 0, "
+        "on 200 held-out items; a run stops at the first evaluation reaching the highest "
+        f"target, else at the common budget of {table['end_s'].max() / 3600:.3g} simulated "
+        "hours.",
+        "",
+        "Kaplan–Meier median minutes to each held-out accuracy over the seeds (runs that "
+        "never reached it censored at their end), 95 % log-log interval, \"not reached (k of "
+        "n)\" when fewer than half reached.",
+        "",
+    ]
+    lines += ["| arm | " + " | ".join(f"to {t:g}" for t in targets)
+              + " | perturbations per step | device kJ per run |",
+              "|---|" + "---|" * (len(targets) + 2)]
+    for arm in _arms(table):
+        mine = table[table["arm"] == arm]
+        cells = []
+        for t in targets:
+            times = mine[f"tta_{t:g}_s"].to_numpy(dtype=float)
+            km = censored_median(times[np.isfinite(times)] / 60.0,
+                                 mine.loc[~np.isfinite(times), "end_s"].to_numpy(float) / 60.0)
+            cells.append(km.label if math.isinf(km.median) else
+                         f"{_num(km.median)} [{_num(km.low)}, {_num(km.high)}] "
+                         f"({km.reached}/{km.runs})")
+        energy = mine["kj_per_k_perturbations"] * mine["k_perturbations"]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | "
+                     f"{_mean_cell(mine['perturbations_per_step'])} | {_mean_cell(energy)} |")
+    top = max(targets)
+    start = float(table["start_hour"].iloc[0])
+    lines += ["", f"Time to {top:g} against the barrier and the equal-budget control "
+              "(paired by seed, over the seeds where both arms reached it):", ""]
+    verdicts = {}
+    for arm in _arms(table):
+        if arm == REFERENCE_ARM:
+            continue
+        verdicts[arm] = _paired(table, start, arm, REFERENCE_ARM, f"tta_{top:g}_s",
+                                f"time to {top:g}")
+        lines.append(f"* {verdicts[arm]}")
+    if {"variance_paced", "capability_10"} <= set(_arms(table)):
+        control = _paired(table, start, "variance_paced", "capability_10", f"tta_{top:g}_s",
+                          f"time to {top:g}")
+        lines.append(f"* {control}")
+        verdicts["variance_paced vs capability_10"] = control
+    established = [k for k, v in verdicts.items() if not v.startswith("not established")]
+    lines.insert(4, "**Answer.** " + (
+        "established against the barrier (paired by seed): " + "; ".join(
+            verdicts[k] for k in established) + "." if established else
+        "No ranking is established (see the verdicts).")
+        + " Rankings not listed here are not established.")
+    lines.insert(5, "")
+    lines += ["", "![held-out accuracy over simulated minutes]"
+              "(allocation_under_churn/accuracy.png)", ""]
+    return "\n".join(lines)
+
+
+def publish(figures: Path, mode: str) -> Path:
+    """Copy the per-run table and the page's figures to docs/results/ and render the page
+    from the copy."""
+    import shutil
+
+    page, table = PUBLISHED[mode]
+    table.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(figures / "runs.csv", table)
+    for name in ("steps_over_time.png", "accuracy.png", "churn_metrics.png", "step_time.png"):
+        if (figures / name).is_file():
+            shutil.copyfile(figures / name, table.parent / name)
+    return write_page(table, page, render_accuracy if mode == "accuracy" else render_systems)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--accuracy", action="store_true",
                         help="the variant with real forward gradients (sweep_accuracy.yaml)")
+    parser.add_argument("--publish", action="store_true",
+                        help="copy runs.csv to docs/results/ and render the results page")
+    parser.add_argument("--analyse-only", action="store_true",
+                        help="run nothing: analyse the finished runs in the sweep folder as they "
+                        "are (seed counts may then differ by arm; the page lists them)")
     args = parser.parse_args(argv)
     out = args.out or HERE
     kind = ("accuracy" if args.accuracy else "") + ("-quick" if args.quick else "")
@@ -382,9 +669,18 @@ def main(argv: list[str] | None = None) -> None:
     stem = "sweep" + ("_accuracy" if args.accuracy else "") + ("_quick" if args.quick else "")
     sweep, out_dir = HERE / f"{stem}.yaml", out / "runs" / kind
     figures = out / ("figures" if kind == "full" else f"figures-{kind}")
-    runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
-                     seeds=args.seeds)
+    if args.analyse_only:
+        done = sorted(d for d in out_dir.glob("arm=*") if (d / "run_complete.json").is_file())
+        host = sum(float(json.loads((d / "summary.json").read_text()).get("host_seconds") or 0)
+                   for d in done)
+        seeds = sorted({int(d.name.rsplit("run.seed=", 1)[1]) for d in done})
+        runs = StudyRuns(sweep, out_dir, done, 0.0, host, seeds)
+    else:
+        runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
+                         seeds=args.seeds)
     analyse(runs, figures, args.quick or args.allow_unequal_horizons)
+    if args.publish:
+        print(f"published {publish(figures, 'accuracy' if args.accuracy else 'systems')}")
     print(f"figures and tables in {figures}")
 
 

@@ -95,3 +95,23 @@ def test_compare_names_each_method_as_its_paper(tmp_path):
     assert sorted(per_run["method"]) == ["Adapter-BP", "FedAdapter", "FwdLLM (seed-only upload)"]
     by_method = pd.read_csv(compare_runs(runs, "method", tmp_path / "by")["csv"])
     assert sorted(by_method["method"]) == sorted(per_run["method"])
+
+
+def test_fwdllm_step_time_does_not_depend_on_the_cohort_size(tmp_path):
+    """Issue 23 (b)'s scale-down check, the clock's half: on the paper profile (identical,
+    always-online phones, each sending its own upload on its own 10 Mibit/s link), a FwdLLM
+    step over 100 clients costs exactly what one over 1,000 does: 0.3085584 s of perturbed
+    inference plus the 450,340-parameter fp32 upload."""
+    per_step = {}
+    for clients in (100, 1000):
+        out = run_scenario(SCENARIO, overrides=[
+            f"fleet.size={clients}", f"protocol.devices_per_step={clients}",
+            "protocol.rounds=1", "protocol.batches_per_round=3"],
+            run_dir=tmp_path / str(clients))
+        steps = pd.read_parquet(out / "steps.parquet")
+        committed = steps[steps["committed"]]
+        assert len(committed) == 3
+        per_step[clients] = committed["step_seconds"].to_numpy()
+    expected = 0.3085584 + upload_s(450_340)
+    for clients, seconds in per_step.items():
+        assert seconds == pytest.approx([expected] * 3, rel=1e-9), clients

@@ -1,0 +1,100 @@
+"""Issue 23, rule 5: every results page under docs/results/ that a study publishes is the
+page its study script renders from the committed per-run table — rendered again here, so a
+number edited by hand, or a table changed without regenerating its page, fails — and a few
+of each page's headline numbers are recomputed here from the table by other means."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleetsim.analysis.pages import check_page, read_runs_table
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "docs" / "results"
+
+#: (study folder, render function, per-run table, page)
+PAGES = [
+    ("perturbations_per_batch", "render", "perturbations_per_batch/runs.csv",
+     "perturbations_per_batch.md"),
+    ("policies_under_churn", "render_systems", "policies_under_churn/runs.csv",
+     "policies_under_churn.md"),
+    ("policies_under_churn", "render_accuracy", "allocation_under_churn/runs.csv",
+     "allocation_under_churn.md"),
+]
+
+
+def _script(study: str):
+    spec = importlib.util.spec_from_file_location(f"page_{study}",
+                                                  REPO / "analysis" / study / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("study,render,table,page", PAGES, ids=[p[3] for p in PAGES])
+def test_page_is_rendered_from_its_committed_table(study, render, table, page):
+    table_path, page_path = RESULTS / table, RESULTS / page
+    assert table_path.is_file(), f"{table_path} is not committed"
+    check_page(table_path, page_path, getattr(_script(study), render))
+
+
+@pytest.mark.parametrize("study,render,table,page", PAGES, ids=[p[3] for p in PAGES])
+def test_every_run_has_provenance(study, render, table, page):
+    runs = read_runs_table(RESULTS / table)
+    assert runs["run"].is_unique
+    assert runs["scenario_hash"].str.fullmatch(r"[0-9a-f]{16}").all()
+    assert runs["commit"].str.fullmatch(r"[0-9a-f]{40}(\+dirty)?").all()
+
+
+def test_study_a_numbers_recomputed():
+    """(a): the chosen lr per v (plain groupby here), the target, the ten-seed arms, and
+    every time-to-fraction median where all of an arm's seeds reached (then the Kaplan–Meier
+    median is the lower middle order statistic) appear on the page as rendered."""
+    module = _script("perturbations_per_batch")
+    runs = read_runs_table(RESULTS / "perturbations_per_batch" / "runs.csv")
+    page = (RESULTS / "perturbations_per_batch.md").read_text()
+    tune = runs[runs["run.seed"].isin(module.TUNING_SEEDS)]
+    means = tune.groupby(["protocol.perturbations_per_device", "protocol.lr"])[
+        "best_val_accuracy"].mean()
+    chosen = {}
+    for v in means.index.get_level_values(0).unique():
+        part = means.loc[v]
+        chosen[v] = float(part[part >= part.max() - 1e-12].index.min())
+        assert f"**{part.max():.4f} (n = " in page
+    target = max(means.loc[(v, chosen[v])] for v in chosen)
+    assert f"Target (100 %): **{target:.4f}**" in page
+    assert runs["target_accuracy"].eq(runs["target_accuracy"].iloc[0]).all()
+    assert runs["target_accuracy"].iloc[0] == pytest.approx(target)
+    final = runs[[chosen[v] == lr for v, lr in
+                  zip(runs["protocol.perturbations_per_device"], runs["protocol.lr"])]]
+    seeds = final.groupby("protocol.perturbations_per_device").size()
+    assert seeds.eq(10).sum() >= module.TOP_ARMS
+    assert set(seeds) <= {10, len(module.TUNING_SEEDS), 1}
+    for fraction in module.FRACTIONS:
+        for _, part in final.groupby("protocol.perturbations_per_device"):
+            times = np.sort(part[module.tta_column(fraction)].to_numpy(dtype=float))
+            if np.isfinite(times).all():
+                median = times[(len(times) - 1) // 2]
+                assert f"{median:.1f} [" in page
+
+
+def test_study_c_means_recomputed():
+    """(c): each arm's mean committed steps per start hour, recomputed with numpy."""
+    runs = read_runs_table(RESULTS / "policies_under_churn" / "runs.csv")
+    page = (RESULTS / "policies_under_churn.md").read_text()
+    assert runs.groupby(["arm", "start_hour"]).size().ge(10).all()
+    for (arm, _), part in runs.groupby(["arm", "start_hour"]):
+        mean = float(np.mean(part["steps"].to_numpy(dtype=float)))
+        assert any(line.startswith(f"| {arm} | {len(part)} | {mean:.4g}")
+                   for line in page.splitlines()), arm
+    accuracy = read_runs_table(RESULTS / "allocation_under_churn" / "runs.csv")
+    sizes = accuracy.groupby("arm").size()
+    page = (RESULTS / "allocation_under_churn.md").read_text()
+    assert ", ".join(f"{arm} {n}" for arm, n in sizes.reindex(
+        list(dict.fromkeys(accuracy["arm"]))).items()) in page
+    assert not math.isnan(accuracy["end_s"].max())

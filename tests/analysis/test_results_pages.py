@@ -98,3 +98,13 @@ def test_study_c_means_recomputed():
     assert ", ".join(f"{arm} {n}" for arm, n in sizes.reindex(
         list(dict.fromkeys(accuracy["arm"]))).items()) in page
     assert not math.isnan(accuracy["end_s"].max())
+
+
+def test_readme_results_table_is_written_from_the_tables():
+    """The README's results table is analysis/results_readme.py's rendering of the committed
+    per-run tables (each answer by its page's own function)."""
+    spec = importlib.util.spec_from_file_location("results_readme",
+                                                  REPO / "analysis" / "results_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render_block() in (REPO / "README.md").read_text()

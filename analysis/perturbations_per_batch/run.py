@@ -63,6 +63,7 @@ from fleetsim.analysis.study import (
     study_arguments,
     study_entry,
 )
+from fleetsim.errors import FleetsimInputError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -110,7 +111,7 @@ def tuning_grid(table: pd.DataFrame) -> pd.DataFrame:
     """Stage 1 from the per-run table: per (v, lr), the mean over the tuning seeds of each
     run's best validation accuracy within the budget, and the chosen lr per v (highest mean;
     ties to the smaller lr)."""
-    tune = table[table[SEED].isin(TUNING_SEEDS)]
+    tune = table[table["stage"] == "tune"]  # the runs of the tuning sweeps, nothing else
     grid = (tune.groupby([BY, LR], sort=True)
             .agg(runs=(SEED, "size"), validation=("best_val_accuracy", "mean"))
             .reset_index())
@@ -304,7 +305,7 @@ def render(table: pd.DataFrame) -> str:
         f"| horizon | every run to one budget of {budget:.0f} s simulated "
         "(`run.max_sim_hours`), evaluated on one simulated-time grid from t = 0 "
         "(`protocol.eval_every_s`) |",
-        f"| runs | {len(table)} ({int(table[SEED].isin(TUNING_SEEDS).sum())} in the tuning "
+        f"| runs | {len(table)} ({int((table['stage'] == 'tune').sum())} in the tuning "
         f"stage, seeds {', '.join(map(str, TUNING_SEEDS))}); at its chosen lr, "
         + ", ".join(f"v = {int(v)}: {n} seed{'s' if n > 1 else ''}" for v, n in
                     runs.groupby(BY).size().items())
@@ -416,7 +417,8 @@ def render(table: pd.DataFrame) -> str:
 
 # ------------------------------------------------------------------ the runs
 def build_table(run_dirs: list[Path], target: float,
-                times: tuple[float, ...] = ACCURACY_AT_S) -> pd.DataFrame:
+                times: tuple[float, ...] = ACCURACY_AT_S,
+                tune_names: frozenset[str] = frozenset()) -> pd.DataFrame:
     """The per-run table of both stages: provenance, v, lr, seed, simulated end, best
     validation accuracy, host seconds, seconds to each fraction of ``target`` and the test
     accuracy at the evaluation-grid points ``times`` (simulated seconds)."""
@@ -432,6 +434,9 @@ def build_table(run_dirs: list[Path], target: float,
         at = grid_rows[np.isclose(grid_rows["sim_time_s"], t)].groupby("run")["accuracy"].max()
         table[f"acc_at_{t:g}s"] = table["run"].map(at).astype(float)
     table["target_accuracy"] = target
+    # stage: "tune" for a run of the tuning sweeps (the only runs the lr choice and the
+    # target read), "final" for stage 2's
+    table["stage"] = ["tune" if run in tune_names else "final" for run in table["run"]]
     return table
 
 
@@ -504,7 +509,10 @@ def main(argv: list[str] | None = None) -> None:
     compared = list(dict.fromkeys([*chosen_dirs, *final_dirs]))
     check_discipline(compared, [f * target for f in FRACTIONS],
                      args.quick or args.allow_unequal_horizons)
-    table = build_table(run_dirs, target, ACCURACY_AT_S_QUICK if args.quick else ACCURACY_AT_S)
+    table = build_table(run_dirs, target, ACCURACY_AT_S_QUICK if args.quick else ACCURACY_AT_S,
+                        frozenset(d.name for d in tune_dirs))
+    if abs(target_accuracy(tuning_grid(table)) - target) > 1e-12:  # one definition, two readers
+        raise FleetsimInputError("study (a): the page's target differs from the table's")
     figures.mkdir(parents=True, exist_ok=True)
     write_runs_table(table, figures / "runs.csv")
     write_page(figures / "runs.csv", figures / "page.md", render)

@@ -56,6 +56,7 @@ def test_run_study_goes_through_the_sweep_and_resumes(
     sweep.write_text(
         f"base: {base}\ngrid:\n  protocol.perturbations_per_device: [1, 5]\n"
         "seeds: [0, 1]\nset:\n  protocol.batches_per_round: 3\n"
+        "  protocol.eval_every_s: 0\n  protocol.eval_every_steps: 1\n"
     )
     calls: list = []
     runs = run_study(sweep, tmp_path / "out", run_fn=_fake_runner(calls, write_synthetic_run))
@@ -146,9 +147,10 @@ def test_study_grids_are_sweeps() -> None:
     from fleetsim.sweep import load_sweep, plan_sweep
 
     expected = {
-        "perturbations_per_batch/sweep.yaml": 18,  # v in {1,3,5,10,15,50} x 3 seeds
-        "policies_under_churn/sweep.yaml": 80,  # 8 variants x 2 start hours x 5 seeds
-        "policies_under_churn/sweep_accuracy.yaml": 50,  # 5 variants x 2 start hours x 5 seeds
+        "perturbations_per_batch/sweep_tune.yaml": 20,  # 10 (v, lr) candidates x 2 seeds
+        "perturbations_per_batch/sweep_tune_large_v.yaml": 6,  # 6 candidates x seed 0
+        "policies_under_churn/sweep.yaml": 100,  # 5 arms x 2 start hours x 10 seeds
+        "policies_under_churn/sweep_accuracy.yaml": 50,  # 5 arms x 10 seeds
         "end_to_end/sweep_paper.yaml": 12,  # 4 protocols x 3 seeds
         "end_to_end/sweep_fleet.yaml": 12,
         "end_to_end/sweep_fleet_llama7b.yaml": 12,
@@ -156,30 +158,11 @@ def test_study_grids_are_sweeps() -> None:
     for name, count in expected.items():
         runs = plan_sweep(load_sweep(REPO / "analysis" / name), validate=False)
         assert len(runs) == count, name
-    perturbations = _load_script("perturbations_per_batch")
-    assert perturbations.V_VALUES == (1, 3, 5, 10, 15, 50)
-    plan = plan_sweep(load_sweep(REPO / "analysis" / "perturbations_per_batch" / "sweep.yaml"),
-                      validate=False)
-    assert sorted({r.params[perturbations.BY] for r in plan}) == list(perturbations.V_VALUES)
-    policies = _load_script("policies_under_churn")
     plan = plan_sweep(load_sweep(REPO / "analysis" / "policies_under_churn" / "sweep.yaml"),
                       validate=False)
-    assert {r.params["policy.name"] for r in plan} == set(policies.POLICIES)
+    assert {r.params["arm"] for r in plan} == {
+        "barrier", "overselect_deadline", "capability", "deadline", "overcommit_carry"}
     assert {r.params["run.start_hour"] for r in plan} == {9, 21}
-    assert perturbations.paper_best_v() == {0.4: 1, 0.6: 3, 0.8: 3, 0.9: 5, 0.95: 10, 0.99: 50}
-
-
-def test_best_v_per_level(make_run) -> None:
-    study = _load_script("perturbations_per_batch")
-    dirs = [
-        make_run(name="v1", units_per_device=1, accuracies=(0.5, 0.6, 0.7)),
-        make_run(name="v5", units_per_device=5, accuracies=(0.3, 0.7, 0.9)),
-    ]
-    fractions = {0.5: 0.5, 0.7: 0.7, 0.9: 0.9, 0.95: 0.95}
-    table = time_to_accuracy_table(load_runs(dirs), list(fractions), by=study.BY)
-    best = study.best_v(table, fractions)
-    assert best["best_v"].tolist()[:3] == [1, 5, 5]
-    assert best["best_v"].isna().tolist() == [False, False, False, True]
 
 
 def test_run_study_analyses_runs_that_ended_diverged_or_without_progress(

@@ -10,11 +10,11 @@ renders the block again and compares.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 from fleetsim.analysis.pages import read_runs_table
+from fleetsim.analysis.study import load_study_script
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "docs" / "results"
@@ -48,11 +48,7 @@ WITHDRAWN = [
 
 
 def _module(study: str):
-    spec = importlib.util.spec_from_file_location(f"readme_{study}",
-                                                  REPO / "analysis" / study / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study_script(REPO / "analysis" / study / "run.py", f"readme_{study}")
 
 
 def render_block() -> str:

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
@@ -263,6 +264,22 @@ def per_run_table(
         best = runset.steps.groupby("run")["val_accuracy"].max()
         rows["best_val_accuracy"] = rows["run"].map(best).to_numpy()
     return runs_table(rows.reset_index(drop=True), run_dirs)
+
+
+def load_study_script(path: Path, name: str | None = None) -> ModuleType:
+    """Import a study script (``analysis/<study>/run.py``, not a package module) from its
+    file, under ``name`` (default: ``study_<folder>``), so its reducers and page renderers
+    can be called (by the README's results table, the page tests).  Raises
+    :class:`FleetsimInputError` when the file is missing."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise FleetsimInputError(f"{path}: no such study script")
+    spec = importlib.util.spec_from_file_location(name or f"study_{path.parent.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
 
 
 def study_entry(main: Callable[[], object]) -> int:

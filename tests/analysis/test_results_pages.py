@@ -5,7 +5,6 @@ of each page's headline numbers are recomputed here from the table by other mean
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from fleetsim.analysis.pages import check_page, read_runs_table
+from fleetsim.analysis.study import load_study_script
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "docs" / "results"
@@ -29,11 +29,7 @@ PAGES = [
 
 
 def _script(study: str):
-    spec = importlib.util.spec_from_file_location(f"page_{study}",
-                                                  REPO / "analysis" / study / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_study_script(REPO / "analysis" / study / "run.py", f"page_{study}")
 
 
 @pytest.mark.parametrize("study,render,table,page", PAGES, ids=[p[3] for p in PAGES])
@@ -105,8 +101,12 @@ def test_study_c_means_recomputed():
 def test_readme_results_table_is_written_from_the_tables():
     """The README's results table is analysis/results_readme.py's rendering of the committed
     per-run tables (each answer by its page's own function)."""
-    spec = importlib.util.spec_from_file_location("results_readme",
-                                                  REPO / "analysis" / "results_readme.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_study_script(REPO / "analysis" / "results_readme.py", "results_readme")
     assert module.render_block() in (REPO / "README.md").read_text()
+
+
+def test_load_study_script_names_a_missing_file(tmp_path):
+    from fleetsim.errors import FleetsimInputError
+
+    with pytest.raises(FleetsimInputError, match="no such study script"):
+        load_study_script(tmp_path / "run.py")

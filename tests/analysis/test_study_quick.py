@@ -1,7 +1,6 @@
 """Each study's --quick sweep, run for real (the CI smoke test of analysis/*/run.py), with
 one figure of each checked against the run directories read another way."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,11 +14,9 @@ pytestmark = pytest.mark.skipif(not DATA.is_file(), reason="AG News not present"
 
 
 def _script(study: str):
-    spec = importlib.util.spec_from_file_location(f"study_{study}",
-                                                  REPO / "analysis" / study / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from fleetsim.analysis.study import load_study_script
+
+    return load_study_script(REPO / "analysis" / study / "run.py")
 
 
 def _first_reach_s(run_dir: Path, target: float) -> float:

@@ -186,13 +186,17 @@ def fastest_v(table: pd.DataFrame) -> pd.DataFrame:
         elif second is not None:
             a = runs[runs[BY] == best["v"]].set_index(SEED)[column]
             b = runs[runs[BY] == second["v"]].set_index(SEED)[column]
-            b = b.reindex(a.index)
-            if not np.isfinite(b.to_numpy(dtype=float)).any():
-                verdict = (f"v = {int(best['v'])} reached it in {int(best['reached'])} of "
-                           f"{int(best['runs'])} runs, the runner-up v = {int(second['v'])} "
-                           f"in none")
-                verdict = (verdict if best["reached"] >= 10
-                           else f"not established ({verdict}; fewer than 10 runs reached)")
+            b = b.reindex(a.index).dropna()  # seeds the runner-up ran (inf: never reached)
+            a = a.reindex(b.index)
+            if len(b) and not np.isfinite(b.to_numpy(dtype=float)).any():
+                # the runner-up never reached the level in any paired seed: established only
+                # when the fastest v reached it in each of at least ten such pairs
+                won = int(np.isfinite(a.to_numpy(dtype=float)).sum())
+                verdict = (f"v = {int(best['v'])} reached it in {won} of {len(b)} paired "
+                           f"seeds, the runner-up v = {int(second['v'])} in none")
+                verdict = (verdict if won >= 10 and won == len(b)
+                           else f"not established ({verdict}; fewer than 10 paired seeds "
+                                "where only the fastest v reached it)")
             else:
                 verdict = paired_verdict(f"v = {int(best['v'])}", a.to_numpy(dtype=float),
                                          f"v = {int(second['v'])}", b.to_numpy(dtype=float),

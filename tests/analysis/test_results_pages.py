@@ -110,3 +110,24 @@ def test_load_study_script_names_a_missing_file(tmp_path):
 
     with pytest.raises(FleetsimInputError, match="no such study script"):
         load_study_script(tmp_path / "run.py")
+
+
+def test_study_a_never_ranks_against_a_runner_up_with_too_few_seeds():
+    """A runner-up that never reached a level is evidence only over the seeds it ran: ten
+    wins of the fastest v against one unpaired miss establish nothing."""
+    import pandas as pd
+
+    module = _script("perturbations_per_batch")
+    rows = []
+    for v, seeds, t in ((1, range(10), 50.0), (3, range(1), float("inf"))):
+        for seed in seeds:
+            row = {"run": f"v{v}s{seed}", "protocol.perturbations_per_device": v,
+                   "protocol.lr": 0.01, "run.seed": seed, "end_s": 120.0,
+                   "best_val_accuracy": 0.7, "stage": "tune" if seed < 2 else "final"}
+            row.update({module.tta_column(f): (0.0 if f == 0.4 else t)
+                        for f in module.FRACTIONS})
+            rows.append(row)
+    fast = module.fastest_v(pd.DataFrame(rows)).set_index("fraction")
+    assert fast.loc[0.8, "fastest_v"] == 1
+    assert fast.loc[0.8, "verdict"].startswith("not established")
+    assert "1 paired seeds" in fast.loc[0.8, "verdict"]

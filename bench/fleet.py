@@ -8,21 +8,31 @@ windows per device per day) is synthesised with numpy.  Per-unit times come from
 traces latency model (``fleetsim.traces.latency``), as in a real run.
 
 Each configuration runs in a fresh subprocess so that its peak resident memory
-(``ru_maxrss``) is its own.  Host seconds include synthesising the fleet.
+(``ru_maxrss``) and its heap are its own.  Host seconds include synthesising the fleet.
+
+The SimPy floor (issue 25) is :func:`simpy_floor`: a minimal SimPy model with the same
+tasks and SimPy event count and none of fleetsim's work; ``clock / floor`` divides the
+fleet's host seconds less its synthesis by the floor's.  Both run the clock inside
+:func:`fleetsim.fleet.heap.frozen_heap`, as ``fleetsim.runner`` does.  The headline also
+profiles the 1,000-a-round configuration (cProfile, own time by area) and prints the
+load average before and after, since the figures are meant for a quiet machine.
 
 Usage::
 
-    .venv/bin/python bench/fleet.py                 # grid 10k/100k/1M x 100/1k/10k, 200 rounds
-    .venv/bin/python bench/fleet.py --rounds 20     # quicker
+    .venv/bin/python bench/fleet.py                 # headline: 1M x 1,000 and 10,000 x 200
+    .venv/bin/python bench/fleet.py --no-profile    # without the profile run
+    .venv/bin/python bench/fleet.py --grid          # scaling grid 10k/100k/1M x 100/1k/10k
     .venv/bin/python bench/fleet.py --single 1000000 1000 200
 
-Ends with ``RESULT fleet_1m_1000x200_host_s=...`` and ``RESULT fleet_1m_1000x200_peak_gib=...``.
+Ends with ``RESULT fleet_1m_1000x200_host_s``, ``fleet_1m_10000x200_host_s``,
+``fleet_over_simpy_floor_1m_1000x200`` (and at 10,000) and ``fleet_1m_1000x200_peak_gib``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -95,6 +105,7 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
     import simpy
 
     from fleetsim.fleet import Fleet, FleetConfig, ReceiptStatus, Task, TaskKind
+    from fleetsim.fleet.heap import frozen_heap
     from fleetsim.numerics.base import ModelFacts
     from fleetsim.record.events import EventLog
     from fleetsim.record.recorder import devices_frame
@@ -169,7 +180,8 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
 
     # Run until the server is done: timers of cancelled tasks stay in SimPy's queue and
     # would otherwise carry the clock past the last round.
-    env.run(until=env.process(server()))
+    with frozen_heap():  # as fleetsim.runner runs the clock
+        env.run(until=env.process(server()))
     # included in host time: part of every run
     totals = devices_frame(fleet.device_columns(env.now))
     host_s = time.perf_counter() - t0
@@ -183,32 +195,143 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
         "peak_gib": peak_gib,
         "sim_s": env.now - START_S,
         "events": len(log),
+        "simpy_events": scheduled_events(env),
         "devices_with_work": len(totals),
         "energy_kj": fleet.energy_totals()["total_j"] / 1000,
         **stats,
     }
 
 
-def run_in_subprocess(n_devices: int, per_round: int, rounds: int) -> dict:
+def simpy_floor(per_round: int, rounds: int, seed: int = SEED) -> dict:
+    """The SimPy floor: a minimal SimPy model with the structure and event count of
+    :func:`run_one` and none of fleetsim's work.
+
+    Each round a server process starts ``per_round`` task processes in one zero-delay
+    callback (as the fleet's dispatch batch does), each task waits three timeouts
+    (download, compute, upload; durations drawn up front with numpy) and succeeds a result
+    event; the server waits for all results or the round deadline.  What it leaves out is
+    what fleetsim adds per event: availability windows, admission, energy and time
+    accounting, the event log, receipts and the per-device ledger."""
+    import simpy
+
+    from fleetsim.fleet.heap import frozen_heap
+
+    rng = np.random.default_rng(seed)
+    n_tasks = per_round * rounds
+    durations = rng.uniform(1.0, 60.0, size=(n_tasks, 3)).tolist()
+    t0 = time.perf_counter()
+    env = simpy.Environment(initial_time=START_S)
+    done = {"n": 0}
+
+    def task(i: int, result: simpy.Event):
+        down, comp, up = durations[i]
+        yield env.timeout(down)
+        yield env.timeout(comp)
+        yield env.timeout(up)
+        done["n"] += 1
+        result.succeed(i)
+
+    def server():
+        for r in range(rounds):
+            results = [env.event() for _ in range(per_round)]
+
+            def start(_event, r=r, results=results):
+                for k, result in enumerate(results):
+                    env.process(task(r * per_round + k, result))
+
+            env.timeout(0).callbacks.append(start)
+            yield env.all_of(results) | env.timeout(ROUND_DEADLINE_S)
+
+    with frozen_heap():  # as the fleet's run is measured
+        env.run(until=env.process(server()))
+    host_s = time.perf_counter() - t0
+    return {"host_s": host_s, "simpy_events": scheduled_events(env), "tasks": done["n"]}
+
+
+def scheduled_events(env) -> int:
+    """Events SimPy scheduled so far (its private event-id counter: read, not advanced,
+    by copying it)."""
+    import copy
+
+    return next(copy.copy(env._eid))
+
+
+def profile_breakdown(n_devices: int, per_round: int, rounds: int, top: int = 12) -> str:
+    """Run :func:`run_one` under cProfile; own time by area (SimPy, the lifecycle, the
+    event log, ...) and the top functions."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_one(n_devices, per_round, rounds)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    areas = {
+        "simpy": "/simpy/", "fleet lifecycle": "fleetsim/fleet/lifecycle",
+        "fleet dispatch/flush": "fleetsim/fleet/fleet.py",
+        "device state": "fleetsim/fleet/device_state", "ledger": "fleetsim/fleet/ledger",
+        "event log": "fleetsim/record/events", "availability": "fleetsim/traces/",
+        "bench server": "bench/fleet.py", "numpy": "/numpy/",
+    }
+    own: dict[str, float] = {}
+    rows = []
+    total = 0.0
+    for (filename, line, name), (_cc, _nc, tottime, _ct, _callers) in stats.items():
+        total += tottime
+        area = next((a for a, key in areas.items() if key in filename), "other")
+        own[area] = own.get(area, 0.0) + tottime
+        rows.append((tottime, f"{Path(filename).name}:{line}({name})"))
+    lines = [f"profile of {n_devices} x {per_round} x {rounds} under cProfile "
+             f"({total:.1f} s with profiling overhead): own time by area"]
+    for area, t in sorted(own.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {area:<22} {t:7.2f} s  {100 * t / total:5.1f} %")
+    lines.append("  top functions by own time:")
+    for t, where in sorted(rows, reverse=True)[:top]:
+        lines.append(f"  {t:7.2f} s  {where}")
+    return "\n".join(lines)
+
+
+def run_in_subprocess(*args: str) -> dict:
+    """One configuration (``--single`` / ``--floor``) in a fresh interpreter: its peak RSS
+    and its heap are its own."""
     out = subprocess.run(
-        [sys.executable, __file__, "--single", str(n_devices), str(per_round), str(rounds)],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1_000, 10_000])
-    parser.add_argument("--single", type=int, nargs=3, metavar=("N", "PER_ROUND", "ROUNDS"))
-    args = parser.parse_args()
-    if args.single:
-        print(json.dumps(run_one(*args.single)))
-        return
+def headline(rounds: int, profile: bool) -> None:
+    """The issue-25 figures: 1M phones at 1,000 and 10,000 a round, each beside the SimPy
+    floor with the same tasks, a profile breakdown, and the RESULT lines."""
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    figures = {}
+    for per_round in (1_000, 10_000):
+        floor = run_in_subprocess("--floor", str(per_round), str(rounds))
+        row = run_in_subprocess("--single", "1000000", str(per_round), str(rounds))
+        sim = row["host_s"] - row["setup_s"]
+        ratio = sim / floor["host_s"]
+        print(f"1,000,000 phones x {per_round} a round x {rounds} rounds: "
+              f"{row['host_s']:.2f} host-s ({row['setup_s']:.2f} s fleet synthesis), "
+              f"peak {row['peak_gib']:.3f} GiB, {row['simpy_events']} SimPy events, "
+              f"{row['events']} logged events, {row['delivered']} delivered, "
+              f"{row['cancelled']} cancelled")
+        print(f"  SimPy floor with the same tasks: {floor['host_s']:.2f} host-s, "
+              f"{floor['simpy_events']} SimPy events; clock / floor = {ratio:.2f}")
+        figures[per_round] = (row, ratio)
+    if profile:
+        print(profile_breakdown(1_000_000, 1_000, rounds))
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    tag = f"x{rounds}"
+    print(f"RESULT fleet_1m_1000{tag}_host_s={figures[1_000][0]['host_s']:.2f}")
+    print(f"RESULT fleet_1m_10000{tag}_host_s={figures[10_000][0]['host_s']:.2f}")
+    print(f"RESULT fleet_over_simpy_floor_1m_1000{tag}={figures[1_000][1]:.2f}")
+    print(f"RESULT fleet_over_simpy_floor_1m_10000{tag}={figures[10_000][1]:.2f}")
+    print(f"RESULT fleet_1m_1000{tag}_peak_gib={figures[1_000][0]['peak_gib']:.3f}")
+
+
+def grid(sizes: list[int], cohorts: list[int], rounds: int) -> None:
+    """Scaling over fleet size and cohort size (each configuration in its own process)."""
     results = {}
     header = (
         f"{'fleet':>9} {'per round':>9} {'rounds':>6} {'host s':>8} {'setup s':>8} "
@@ -216,9 +339,9 @@ def main() -> None:
         f"{'short':>7}"
     )
     print(header)
-    for n in args.sizes:
-        for k in args.per_round:
-            row = run_in_subprocess(n, k, args.rounds)
+    for n in sizes:
+        for k in cohorts:
+            row = run_in_subprocess("--single", str(n), str(k), str(rounds))
             results[(n, k)] = row
             print(
                 f"{n:>9} {k:>9} {row['rounds']:>6} {row['host_s']:>8.2f} {row['setup_s']:>8.2f} "
@@ -226,8 +349,7 @@ def main() -> None:
                 f"{row['delivered']:>9} {row['cancelled']:>9} {row['cohort_short']:>7}",
                 flush=True,
             )
-    # Scaling ratios: fleet size at fixed cohort, cohort size at fixed fleet.
-    sizes, cohorts = sorted(args.sizes), sorted(args.per_round)
+    sizes, cohorts = sorted(sizes), sorted(cohorts)
     for k in cohorts:
         if len(sizes) > 1:
             small, large = results[(sizes[0], k)], results[(sizes[-1], k)]
@@ -246,10 +368,27 @@ def main() -> None:
                 f"({tasks:.0f}x tasks dispatched) -> simulation host time x{ratio:.2f}, "
                 f"per task x{ratio / tasks:.2f}"
             )
-    key = (1_000_000, 1_000)
-    if key in results and args.rounds == 200:
-        print(f"RESULT fleet_1m_1000x200_host_s={results[key]['host_s']:.2f}")
-        print(f"RESULT fleet_1m_1000x200_peak_gib={results[key]['peak_gib']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--grid", action="store_true",
+                        help="the scaling grid (--sizes x --per-round) instead of the headline")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1_000, 10_000])
+    parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
+    parser.add_argument("--single", type=int, nargs=3, metavar=("N", "PER_ROUND", "ROUNDS"))
+    parser.add_argument("--floor", type=int, nargs=2, metavar=("PER_ROUND", "ROUNDS"))
+    args = parser.parse_args()
+    if args.single:
+        print(json.dumps(run_one(*args.single)))
+    elif args.floor:
+        print(json.dumps(simpy_floor(*args.floor)))
+    elif args.grid:
+        grid(args.sizes, args.per_round, args.rounds)
+    else:
+        headline(args.rounds, not args.no_profile)
 
 
 if __name__ == "__main__":

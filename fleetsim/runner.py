@@ -32,6 +32,7 @@ from fleetsim.callbacks import (
 )
 from fleetsim.cost_model import model_labels
 from fleetsim.errors import FleetsimInputError, RunStopped
+from fleetsim.fleet.heap import frozen_heap
 from fleetsim.numerics.errors import NumericalFault
 from fleetsim.numerics.journal import JournalEngine
 from fleetsim.policies.registry import make_policy
@@ -188,9 +189,8 @@ def run_callbacks(sc, progress: Optional[bool]) -> list[RunCallback]:
 
 
 def _finish_instant(env: simpy.Environment, server: simpy.Process, horizon_s: float) -> None:
-    """After the horizon fired: process the events still due at exactly ``horizon_s``
-    (work that ends at the horizon is on time; ``finished()`` starts nothing new then).
-    Bounded, so that a process polling with zero delays cannot hold the run."""
+    """After the horizon fired: process the events due at exactly ``horizon_s`` (work ending
+    then is on time; ``finished()`` starts nothing new).  Bounded: zero-delay polls end."""
     for _ in range(1_000_000):
         if server.triggered or env.peek() > horizon_s:
             return
@@ -288,10 +288,10 @@ def run_loaded(
         callback.on_train_begin(run)
     process = env.process(server.run())
     try:
-        # The horizon stops the clock even in the middle of a step: run until the earlier
-        # of the server's end and the horizon, then let what is due at that instant happen.
-        env.run(until=env.any_of([process, env.timeout(horizon_s)]))
-        _finish_instant(env, process, horizon_s)
+        # Until the server ends or the horizon (even mid-step), then what is due at that instant;
+        with frozen_heap():  # garbage collections skip the heap built before the clock started
+            env.run(until=env.any_of([process, env.timeout(horizon_s)]))
+            _finish_instant(env, process, horizon_s)
     except NumericalFault as exc:
         # Stop cleanly: log it; the checkpointer keeps the last good state; outputs follow.
         run.fault = exc

@@ -45,7 +45,7 @@ def _default_choose_backend(*args, **kwargs) -> np.ndarray:
 
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """One task on its way through a device: its phase, progress and accounting so far."""
 
@@ -120,6 +120,9 @@ class DeviceState:
         self._choose_backend_fn = choose_backend_fn or _default_choose_backend
         self.power = power or PowerTable.load(config.energy)
         self.cursor = AvailabilityCursor(availability)
+        # Compute times are the nominal ones (no noise draw, no thermal slow-down): the
+        # lifecycle may plan a task's phases at its start.
+        self.exact_compute = config.compute_noise_sigma <= 0 and not config.thermal.enabled
 
         up_j, down_j, base_w = self.power.radio_arrays(list(table.network_types))
         net = np.asarray(table.network_type_index, dtype=np.int64)
@@ -153,8 +156,9 @@ class DeviceState:
         # and end of the last compute span.
         self.load_start: dict[int, float] = {}
         self.load_end: dict[int, float] = {}
-        self._backend_cache: dict[str, np.ndarray] = {}
-        self._unit_cache: dict[tuple[str, float], np.ndarray] = {}
+        # Keyed both by the normalised kind name and by the key as the caller gave it.
+        self._backend_cache: dict = {}
+        self._unit_cache: dict = {}
 
     @property
     def num_devices(self) -> int:
@@ -174,6 +178,10 @@ class DeviceState:
     # ------------------------------------------------------------------ lookups (cached)
 
     def backend_array(self, kind: TaskKind) -> np.ndarray:
+        # Looked up per task: the key as given first (a dict hit, no enum property access).
+        cached = self._backend_cache.get(kind)
+        if cached is not None:
+            return cached
         key = kind.value if isinstance(kind, TaskKind) else TaskKind(kind).value
         cached = self._backend_cache.get(key)
         if cached is None:
@@ -184,9 +192,13 @@ class DeviceState:
                 dtype=object,
             )
             self._backend_cache[key] = cached
+        self._backend_cache[kind] = cached
         return cached
 
     def unit_array(self, kind: TaskKind, inferences_per_unit: float) -> np.ndarray:
+        cached = self._unit_cache.get((kind, inferences_per_unit))
+        if cached is not None:
+            return cached
         kind_name = kind.value if isinstance(kind, TaskKind) else TaskKind(kind).value
         key = (kind_name, float(inferences_per_unit))
         cached = self._unit_cache.get(key)
@@ -204,6 +216,7 @@ class DeviceState:
                 dtype=np.float64,
             )
             self._unit_cache[key] = cached
+        self._unit_cache[(kind, inferences_per_unit)] = cached
         return cached
 
     def _transfer_seconds(

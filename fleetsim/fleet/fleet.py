@@ -42,6 +42,7 @@ from fleetsim.fleet.device_state import (
     UnitSecondsFn,
 )
 from fleetsim.fleet.energy import PowerTable
+from fleetsim.fleet.job_charges import charge_partial_phase
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
@@ -245,7 +246,7 @@ class Fleet(DeviceState):
             d, step = job.task.device_id, job.task.step
             phase = job.phase or ("queued" if id(job) not in current else "between phases")
             if id(job) in current:
-                lifecycle.charge_partial_phase(self, job)
+                charge_partial_phase(self, job)
             job.units_lost += job.units_done - job.units_delivered
             if job.cancelled or (d, step) in withdrawn:
                 self.log.add(now, d, "cancelled", step, units=job.units_done, detail=phase)

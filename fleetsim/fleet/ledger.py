@@ -15,6 +15,7 @@ Units: seconds of simulated time, bytes, joules.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ _FLOAT_COLUMNS = ("busy_s", "compute_s", "network_s", "interrupted_s", "wasted_s
                   "radio_j")
 _INT_COLUMNS = ("units_delivered", "units_lost", "bytes_up", "bytes_down")
 _WASTED = 1 + _FLOAT_COLUMNS.index("wasted_s")  # its place in a buffered row
+_job_figures = operator.attrgetter(*_FLOAT_COLUMNS, *_INT_COLUMNS)  # one C call per task
 
 #: finished tasks buffered before they are added to the columns: the buffer's memory stays
 #: below ~0.5 MiB while one numpy pass per 1,024 tasks keeps the per-task cost flat.
@@ -47,11 +49,7 @@ class DeviceLedger:
     # ------------------------------------------------------------------ writing
     def record(self, job: Any) -> None:
         """Add one finished task's figures (a :class:`~fleetsim.fleet.device_state.Job`)."""
-        self._rows.append(
-            (job.task.device_id,)
-            + tuple(getattr(job, name) for name in _FLOAT_COLUMNS)
-            + tuple(getattr(job, name) for name in _INT_COLUMNS)
-        )
+        self._rows.append((job.task.device_id, *_job_figures(job)))
         if len(self._rows) >= FOLD_ROWS:
             self._apply()
 

@@ -51,15 +51,22 @@ until the queue is empty, or the clock will stop at the last stale timer.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
 import simpy
 
 from fleetsim.fleet.device_state import DeviceState, Job
+from fleetsim.fleet.job_charges import (
+    abandon_unit_in_progress,
+    charge_partial_phase,
+    charge_untimed_transfer,
+    spend,
+)
 from fleetsim.fleet.ledger import BACKEND_INDEX
+from fleetsim.fleet.unit_times import thermal_adjust, unit_times
 from fleetsim.fleet.work import ReceiptStatus, WorkReceipt
-from fleetsim.rng import stream
 
 # Outcomes of one phase (transfer or compute span).
 _DONE = "done"
@@ -74,6 +81,40 @@ def run_job(fleet: DeviceState, job: Job):
         if not admit(fleet, job):
             return
         fleet.log.add(env.now, d, "assign", task.step, units=task.units, detail=job.backend)
+        plan = straight_through_plan(fleet, job)
+        if plan is not None:
+            # The common case, flat: no nested phase generators (bench/fleet.py, issue 25).
+            # Same timeouts, accounting and events, in the same order, as the general path
+            # below takes when nothing interrupts the task.
+            down_s, span, up_s, payload = plan
+            if task.download_bytes > 0:
+                if down_s > 0:
+                    job.phase, job.phase_start = "download", env.now
+                    yield env.timeout(down_s)
+                    job.phase = ""
+                    spend(fleet, job, "download", down_s)
+                job.bytes_down = int(task.download_bytes)
+                if down_s <= 0:
+                    charge_untimed_transfer(fleet, job, "download", job.bytes_down)
+                fleet.log.add(env.now, d, "download", task.step, job.bytes_down, down_s)
+            job.phase, job.phase_start = "compute", env.now
+            yield env.timeout(span)
+            job.phase = ""
+            spend(fleet, job, "compute", span)
+            job.units_done = task.units
+            fleet.log.add(env.now, d, "compute", task.step, duration_s=span, units=task.units)
+            if up_s > 0:
+                job.phase, job.phase_start = "upload", env.now
+                yield env.timeout(up_s)
+                job.phase = ""
+                spend(fleet, job, "upload", up_s)
+            job.bytes_up = payload
+            if up_s <= 0:
+                charge_untimed_transfer(fleet, job, "upload", payload)
+            job.units_delivered = job.units_done
+            fleet.log.add(env.now, d, "upload", task.step, payload, up_s, units=job.units_done)
+            finish(fleet, job, ReceiptStatus.DELIVERED)
+            return
         # Download.
         if task.download_bytes > 0:
             seconds = fleet.transfer_seconds_one(d, task.download_bytes, "download")
@@ -106,6 +147,40 @@ def run_job(fleet: DeviceState, job: Job):
         finish(fleet, job, ReceiptStatus.CANCELLED)
 
 
+def straight_through_plan(
+    fleet: DeviceState, job: Job
+) -> Optional[tuple[float, float, float, int]]:
+    """``(download s, compute span s, upload s, upload bytes)`` when the admitted task will
+    run download → compute → upload without interruption, else None (the general path).
+
+    It will when compute time is exact (no noise, no thermal model), there is no deadline,
+    and the whole task ends within the device's current window.  The window test is the
+    general path's phase by phase (``now + seconds <= window end``, with ``now`` summed as
+    SimPy sums it): the phase ends only grow, so the last one decides.  Also prepares the
+    compute span for a cancel (:func:`charge_partial_phase`), as :func:`compute` does."""
+    task = job.task
+    if task.deadline_s is not None or not fleet.exact_compute:
+        return None
+    d = task.device_id
+    now = fleet.env.now
+    down_s = (fleet.transfer_seconds_one(d, task.download_bytes, "download")
+              if task.download_bytes > 0 else 0.0)
+    base_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
+    setup_s = fleet.setup_seconds(task)
+    span = base_s * task.units + setup_s
+    payload = int(task.upload_bytes(task.units))  # a pure function of the units (Task)
+    up_s = fleet.transfer_seconds_one(d, payload, "upload")
+    end = now + down_s if down_s > 0 else now
+    end = end + span
+    if up_s > 0:
+        end = end + up_s
+    if not end <= job.window_end:
+        return None
+    job.span_cum = (base_s * np.arange(1, task.units + 1) + setup_s) if setup_s else None
+    job.span_unit_s = base_s
+    return down_s, span, up_s, payload
+
+
 def admit(fleet: DeviceState, job: Job) -> bool:
     task, d, now = job.task, job.task.device_id, fleet.env.now
     if job.online_hint is None or job.hint_time != now:
@@ -119,20 +194,10 @@ def admit(fleet: DeviceState, job: Job) -> bool:
                       f"needed={int(task.memory_bytes)} available={available}")
     job.backend = str(fleet.backend_array(task.kind)[d])
     unit_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
-    if job.backend not in fleet.compute_watts or not np.isfinite(unit_s) or unit_s < 0:
+    if job.backend not in fleet.compute_watts or not math.isfinite(unit_s) or unit_s < 0:
         return refuse(fleet, job, "refuse_backend", f"backend={job.backend!r} unit_s={unit_s}")
     fleet.ledger.last_backend[d] = BACKEND_INDEX[job.backend]
     return True
-
-
-def abandon_unit_in_progress(fleet: DeviceState, job: Job, elapsed_s: float, why: str) -> None:
-    """The unit being computed is given up after ``elapsed_s`` seconds (a deadline, or an
-    interruption under 'lose'): its time is wasted and, if it had started, it is lost work."""
-    job.wasted_s += elapsed_s
-    if elapsed_s > 0:
-        job.units_lost += 1
-        fleet.log.add(fleet.env.now, job.task.device_id, "lost_work", job.task.step,
-                      duration_s=elapsed_s, units=1, detail=why)
 
 
 def refuse(fleet: DeviceState, job: Job, kind: str, detail: str = "") -> bool:
@@ -141,74 +206,6 @@ def refuse(fleet: DeviceState, job: Job, kind: str, detail: str = "") -> bool:
     fleet.log.add(fleet.env.now, job.task.device_id, kind, job.task.step, detail=detail)
     finish(fleet, job, ReceiptStatus.REFUSED)
     return False
-
-
-def spend(fleet: DeviceState, job: Job, phase: str, seconds: float) -> None:
-    """Account ``seconds`` of active ``phase`` time to the job (the device's columns are
-    updated once, when the task ends)."""
-    if seconds <= 0:
-        return
-    d = job.task.device_id
-    job.busy_s += seconds
-    if phase == "compute":
-        joules = fleet.compute_watts[job.backend] * seconds
-        job.compute_s += seconds
-        job.compute_j += joules
-    else:
-        watts = fleet.up_radio_watts[d] if phase == "upload" else fleet.down_radio_watts[d]
-        joules = float(watts) * seconds
-        job.network_s += seconds
-        job.radio_j += joules
-    job.energy_j += joules
-
-
-def charge_untimed_transfer(fleet: DeviceState, job: Job, direction: str, payload: int) -> None:
-    """Radio energy of ``payload`` bytes moved in no simulated time (``fleet.transfers:
-    uplink_only`` downloads, every transfer under ``none``, an infinite link): the
-    per-byte term of the Huang et al. (MobiSys 2012) model, α_dir × bytes, which a timed
-    transfer charges through its power × seconds (α·throughput·t = α·bytes); the base
-    power β is charged for a transfer's duration, here none.  The clock may ignore a
-    transfer; the energy ledger never ignores its bytes."""
-    if payload <= 0:
-        return
-    d = job.task.device_id
-    per_byte = (fleet.up_radio_j_per_byte if direction == "upload"
-                else fleet.down_radio_j_per_byte)[d]
-    joules = float(per_byte) * int(payload)
-    job.radio_j += joules
-    job.energy_j += joules
-
-
-def charge_partial_phase(fleet: DeviceState, job: Job) -> None:
-    """On cancellation: account the part of the phase in progress that elapsed."""
-    elapsed = fleet.env.now - job.phase_start
-    if job.phase == "paused":
-        job.interrupted_s += elapsed
-    elif job.phase in ("download", "compute", "upload"):
-        spend(fleet, job, job.phase, elapsed)
-    if job.phase == "compute":
-        # Credit the units the span finished before the cancel; the one in progress is
-        # lost work too.
-        if job.span_cum is not None:
-            finished = int(np.searchsorted(job.span_cum, elapsed, side="right"))
-            finished_at = float(job.span_cum[finished - 1]) if finished else 0.0
-        else:
-            finished = int(elapsed // job.span_unit_s) if job.span_unit_s > 0 else 0
-            finished = min(finished, job.task.units - job.units_done)
-            finished_at = finished * job.span_unit_s
-        job.units_done += finished
-        if finished:
-            fleet.log.add(
-                fleet.env.now,
-                job.task.device_id,
-                "compute",
-                job.task.step,
-                duration_s=finished_at,
-                units=finished,
-            )
-        if elapsed > finished_at:
-            job.units_lost += 1
-    job.phase = ""
 
 
 def timeout_until(fleet: DeviceState, t: float) -> simpy.Timeout:
@@ -267,45 +264,6 @@ def active(fleet: DeviceState, job: Job, phase: str, seconds: float):
         if not back:
             return _GONE
     return _DONE
-
-
-def unit_times(fleet: DeviceState, job: Job) -> np.ndarray:
-    """Nominal × noise seconds of every unit of the task (drawn once per task); the first
-    unit also carries the task's setup forwards (:attr:`Task.setup_inferences`)."""
-    task, d = job.task, job.task.device_id
-    base = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
-    sigma = fleet.config.compute_noise_sigma
-    if sigma <= 0 or task.units == 0:
-        times = np.full(task.units, base)
-    else:
-        key = (d, task.step)
-        nth = fleet.tasks_per_step.get(key, 0)
-        fleet.tasks_per_step[key] = nth + 1
-        rng = stream(fleet.seed, "noise", "compute", d, task.step, nth)
-        # Mean-one multiplier: the noise-free prediction is unbiased.
-        times = base * rng.lognormal(mean=-0.5 * sigma * sigma, sigma=sigma, size=task.units)
-    if task.units:
-        times[0] += fleet.setup_seconds(task)  # the setup forwards (noise-free), before unit 0
-    return times
-
-
-def thermal_adjust(fleet: DeviceState, d: int, now: float, times: np.ndarray, first_started: bool):
-    """Slow the units that start after the device has been hot for ``onset_s``."""
-    cfg = fleet.config.thermal
-    if not cfg.enabled:
-        return times
-    last_end = fleet.load_end.get(d)
-    if last_end is None or now - last_end >= cfg.cooldown_s:
-        fleet.load_start[d] = now
-    hot_at = fleet.load_start[d] + cfg.onset_s
-    starts = now + np.concatenate(([0.0], np.cumsum(times)[:-1]))
-    slow = starts >= hot_at
-    if first_started:
-        slow[0] = False  # the unit in progress keeps the speed it started with
-    if slow.any():
-        times = times.copy()
-        times[slow] *= cfg.slowdown
-    return times
 
 
 def compute(fleet: DeviceState, job: Job):

@@ -10,14 +10,19 @@ _KINDS = frozenset(EVENT_KINDS)
 
 
 class EventLog:
-    """Append-only columnar log.  ``seq`` is the append order, which on the
-    SimPy clock is the order events happened in (ties at equal time keep the
-    order in which the simulation processed them, which is deterministic for a
-    fixed seed)."""
+    """Append-only log.  ``seq`` is the append order, which on the SimPy clock is the
+    order events happened in (ties at equal time keep the order in which the simulation
+    processed them, which is deterministic for a fixed seed).
+
+    Rows are kept as tuples (one list append per event: the log is on the hot path of
+    every task, ``bench/fleet.py``) and turned into columns only by :meth:`to_frame` and
+    :meth:`state`."""
+
+    _FIELDS = tuple(name for name in EVENT_COLUMNS if name != "seq")
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._cols: dict[str, list] = {name: [] for name in EVENT_COLUMNS}
+        self._rows: list[tuple] = []
 
     def add(
         self,
@@ -35,29 +40,29 @@ class EventLog:
             return
         if kind not in _KINDS:
             raise ValueError(f"unknown event kind {kind!r}; allowed: {', '.join(EVENT_KINDS)}")
-        c = self._cols
-        c["seq"].append(len(c["seq"]))
-        c["time_s"].append(float(time_s))
-        c["device_id"].append(int(device_id))
-        c["kind"].append(kind)
-        c["step"].append(int(step))
-        c["payload_bytes"].append(int(payload_bytes))
-        c["duration_s"].append(float(duration_s))
-        c["units"].append(int(units))
-        c["detail"].append(detail)
-        c["staleness"].append(int(staleness))
+        self._rows.append((float(time_s), int(device_id), kind, int(step), int(payload_bytes),
+                           float(duration_s), int(units), detail, int(staleness)))
 
     def __len__(self) -> int:
-        return len(self._cols["seq"])
+        return len(self._rows)
+
+    def _columns(self) -> dict[str, list]:
+        columns = {"seq": list(range(len(self._rows)))}
+        if self._rows:
+            columns.update(zip(self._FIELDS, map(list, zip(*self._rows))))
+        else:
+            columns.update((name, []) for name in self._FIELDS)
+        return columns
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            {name: pd.Series(vals, dtype=EVENT_COLUMNS[name]) for name, vals in self._cols.items()}
+            {name: pd.Series(vals, dtype=EVENT_COLUMNS[name])
+             for name, vals in self._columns().items()}
         )
 
     def state(self) -> dict:
-        """For checkpoints."""
-        return {k: list(v) for k, v in self._cols.items()}
+        """For checkpoints: the columns as lists (keys: ``EVENT_COLUMNS``)."""
+        return self._columns()
 
     def load_state(self, state: dict) -> None:
-        self._cols = {k: list(state[k]) for k in EVENT_COLUMNS}
+        self._rows = list(zip(*(state[k] for k in self._FIELDS)))

@@ -74,6 +74,20 @@ class AvailabilityTrace(ABC):
         """Start of the first window with ``end > t`` (``t`` where online now);
         ``np.inf`` where the device never comes online again."""
 
+    def window_state(self, device_ids: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(window_end, until)`` in one query: ``until`` is the window's end where the
+        device is online at ``t`` and its next start where it is offline, the time until
+        which its state at ``t`` holds (what :class:`~fleetsim.traces.window_cursor.
+        AvailabilityCursor` caches).  A trace may override it to share one lookup."""
+        ids = np.asarray(device_ids, dtype=np.int64)
+        end = self.window_end(ids, t)
+        online = end > t
+        until = end
+        if not online.all():
+            until = end.copy()
+            until[~online] = self.next_start(ids[~online], t)
+        return end, until
+
 
 class AlwaysOnline(AvailabilityTrace):
     """Every device online all the time (the paper's closed-form assumption)."""
@@ -185,7 +199,20 @@ class IntervalAvailability(AvailabilityTrace):
         return exists & (self.starts[safe] + shift <= t)
 
     def window_end(self, device_ids: np.ndarray, t: float) -> np.ndarray:
+        return self._window_end(device_ids, t, *self._lookup(device_ids, t)[:3])
+
+    def window_state(self, device_ids: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """One lookup for both answers (the cursor's refresh: issue 25's profile)."""
         idx, exists, shift, _ = self._lookup(device_ids, t)
+        end = self._window_end(device_ids, t, idx, exists, shift)
+        online = end > t
+        if online.all():
+            return end, end
+        return end, np.where(online, end, self._next_start(t, idx, exists, shift))
+
+    def _window_end(self, device_ids: np.ndarray, t: float, idx: np.ndarray,
+                    exists: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        t = float(t)
         if len(self.starts) == 0:
             return np.full(len(idx), float(t))
         safe = np.minimum(idx, len(self.starts) - 1)
@@ -212,7 +239,11 @@ class IntervalAvailability(AvailabilityTrace):
         return np.where(online, end, float(t))
 
     def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
-        idx, exists, shift, _ = self._lookup(device_ids, t)
+        idx, exists, shift, t = self._lookup(device_ids, t)
+        return self._next_start(t, idx, exists, shift)
+
+    def _next_start(self, t: float, idx: np.ndarray, exists: np.ndarray,
+                    shift: np.ndarray) -> np.ndarray:
         if len(self.starts) == 0:
             return np.full(len(idx), np.inf)
         safe = np.minimum(idx, len(self.starts) - 1)

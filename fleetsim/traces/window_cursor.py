@@ -29,14 +29,8 @@ class AvailabilityCursor:
     def _refresh(self, ids: np.ndarray, t: float) -> None:
         if len(ids) == 0:
             return
-        end = self.trace.window_end(ids, t)
-        online = end > t
-        self.online[ids] = online
-        until = end
-        offline_ids = ids[~online]
-        if len(offline_ids):
-            until = end.copy()
-            until[~online] = self.trace.next_start(offline_ids, t)
+        end, until = self.trace.window_state(ids, t)
+        self.online[ids] = end > t
         self.valid_until[ids] = until
 
     def refresh_all(self, t: float) -> None:

@@ -1,0 +1,91 @@
+"""The lifecycle's straight-through path (issue 25) changes nothing a run records: with it
+and without it (every task on the general phase-by-phase path), a churning fleet with
+cancels, deadlines, setup forwards and free transfers gives the same events, receipts and
+device totals.  And frozen_heap freezes only for the block it wraps."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+from fleetsim.fleet import Task, lifecycle
+from fleetsim.fleet.heap import frozen_heap
+from fleetsim.record.recorder import devices_frame
+from fleetsim.rng import stream
+from tests.support.fleet_helpers import intervals, make_fleet, make_table
+
+N = 400
+
+
+def _windows(seed: int) -> list[list[tuple[float, float]]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(N):
+        cuts = np.sort(rng.uniform(0.0, 86_400.0, size=8))
+        out.append([(float(a), float(b)) for a, b in zip(cuts[0::2], cuts[1::2])])
+    return out
+
+
+def _run(straight: bool, monkeypatch, interruption: str, transfers: str) -> tuple:
+    if not straight:
+        monkeypatch.setattr(lifecycle, "straight_through_plan", lambda fleet, job: None)
+    rng = np.random.default_rng(3)
+    table = make_table(N, uplink_bps=rng.uniform(1e5, 1e7, N),
+                       downlink_bps=rng.uniform(1e6, 5e7, N))
+    env, fleet, log = make_fleet(table, intervals(_windows(1), period_s=86_400.0),
+                                 unit_s=rng.uniform(0.5, 20.0, N), seed=5,
+                                 interruption=interruption, transfers=transfers)
+    env.run(until=36_000.0)
+    receipts = []
+
+    def server():
+        for r in range(40):
+            idle = fleet.idle_ids()
+            chosen = stream(5, "test", r).choice(idle, size=min(60, len(idle)), replace=False)
+            events = [fleet.dispatch(Task(
+                step=r, device_id=int(d), units=1 + int(d) % 9,
+                download_bytes=0 if d % 4 == 0 else 2_000_000,
+                upload_bytes=lambda units: 16 + 12 * units,
+                setup_inferences=1.0 if d % 2 else 0.0,
+                deadline_s=env.now + 40.0 if d % 5 == 0 else None)) for d in chosen]
+            yield env.all_of(events) | env.timeout(150.0)
+            for d, event in zip(chosen, events):
+                if not event.triggered:
+                    fleet.cancel(int(d), r)
+            yield env.all_of(events)
+            receipts.extend(event.value for event in events)
+
+    env.run(until=env.process(server()))
+    return (log.to_frame(), devices_frame(fleet.device_columns(env.now)), receipts,
+            fleet.energy_totals())
+
+
+@pytest.mark.parametrize("interruption,transfers",
+                         [("pause", "both"), ("lose", "both"), ("lose", "uplink_only"),
+                          ("pause", "none")])
+def test_straight_through_path_records_what_the_general_path_records(
+    monkeypatch, interruption, transfers
+):
+    fast = _run(True, monkeypatch, interruption, transfers)
+    general = _run(False, monkeypatch, interruption, transfers)
+    assert fast[0].equals(general[0])
+    assert fast[1].equals(general[1])
+    assert fast[2] == general[2]
+    assert fast[3] == general[3]
+    # the comparison is not empty: work was delivered, cancelled and cut by deadlines
+    kinds = set(fast[0]["kind"])
+    assert {"upload", "cancelled", "interrupted"} <= kinds
+    assert sum(r.status.value == "delivered" for r in fast[2]) > 100
+
+
+def test_frozen_heap_freezes_for_the_block_only():
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with frozen_heap():  # nested: no second freeze
+            assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0

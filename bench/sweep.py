@@ -97,23 +97,59 @@ seeds: [0, 1, 2, 3]
 
 
 class PeakMemory:
-    """Peak summed RSS of this process and its descendants, sampled in a thread."""
+    """Peak summed RSS of this process and its descendants, sampled in a thread, and the
+    peak of each process by role (``per_role()``: this driver, Ray's services, each worker)."""
 
     def __init__(self, interval_s: float = 0.05) -> None:
         self.interval_s = interval_s
         self.peak = 0
+        self.by_pid: dict[int, tuple[str, int]] = {}  # pid -> (role, peak RSS bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _role(proc: psutil.Process, me: psutil.Process) -> str:
+        if proc.pid == me.pid:
+            return "driver"
+        try:
+            name = " ".join(proc.cmdline()) or proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return "other"
+        if "default_worker.py" in name or name.startswith("ray::"):
+            return "worker"
+        return "ray service"
 
     def _sample(self) -> int:
         me = psutil.Process()
         total = 0
         for proc in [me, *me.children(recursive=True)]:
             try:
-                total += proc.memory_info().rss
+                rss = proc.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+                continue
+            total += rss
+            role, peak = self.by_pid.get(proc.pid) or (self._role(proc, me), 0)
+            self.by_pid[proc.pid] = (role, max(peak, rss))
         return total
+
+    def per_role(self) -> str:
+        """'driver 812 MiB; ray services 3 processes 310 MiB; worker x2: max 620 MiB ...'"""
+        roles: dict[str, list[int]] = {}
+        for role, peak in self.by_pid.values():
+            roles.setdefault(role, []).append(peak)
+        parts = []
+        for role in ("driver", "ray service", "worker", "other"):
+            peaks = roles.get(role)
+            if not peaks:
+                continue
+            mib = [p / 2**20 for p in peaks]
+            if role == "worker":
+                parts.append(f"{len(mib)} workers: peak per worker max {max(mib):.0f} MiB, "
+                             f"mean {sum(mib) / len(mib):.0f} MiB")
+            else:
+                parts.append(f"{role}{'s' if len(mib) > 1 else ''} ({len(mib)}): "
+                             f"{sum(mib):.0f} MiB")
+        return "; ".join(parts)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -130,7 +166,7 @@ class PeakMemory:
         self._thread.join()
 
 
-def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, int]:
+def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, PeakMemory]:
     with PeakMemory() as memory:
         start = time.perf_counter()
         result = run_sweep(sweep, progress=False, **kwargs)
@@ -144,7 +180,8 @@ def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, int]:
         f"  {kwargs.get('backend')}: seconds per run on its worker: mean {per_run.mean():.2f}, "
         f"min {per_run.min():.2f}, max {per_run.max():.2f}"
     )
-    return seconds, memory.peak
+    print(f"  {kwargs.get('backend')}: peak memory by process: {memory.per_role()}")
+    return seconds, memory
 
 
 def _burn(n: int) -> int:
@@ -247,7 +284,7 @@ def main() -> None:
                 torch_threads=threads,
                 overrides=overrides,
             )
-            baselines[threads] = (seconds, memory)
+            baselines[threads] = (seconds, memory.peak)
             print(
                 f"sequential: 8 runs in {seconds:.1f} s ({threads} torch thread"
                 f"{'s' if threads > 1 else ''}), peak memory {memory / 2**20:.0f} MiB"
@@ -261,7 +298,7 @@ def main() -> None:
         try:
             warm_ray_workers(cores)
             startup_s = time.perf_counter() - ray_start
-            ray_s, ray_mem = timed_sweep(
+            ray_s, ray_memory = timed_sweep(
                 load_sweep(work / "sweep.yaml", out=str(work / "ray")),
                 backend="ray",
                 max_parallel=cores,
@@ -273,6 +310,8 @@ def main() -> None:
                 import ray
 
                 ray.shutdown()
+        ray_mem = ray_memory.peak
+        workers = [peak for role, peak in ray_memory.by_pid.values() if role == "worker"]
         print(
             f"ray: 8 runs in {ray_s:.1f} s ({cores} tasks x 1 torch thread), "
             f"peak memory {ray_mem / 2**20:.0f} MiB (all Ray processes included); "
@@ -300,6 +339,8 @@ def main() -> None:
         print(f"RESULT sweep_sequential_peak_mib={seq_mem / 2**20:.0f}")
         print(f"RESULT sweep_ray_peak_mib={ray_mem / 2**20:.0f}")
         print(f"RESULT sweep_machine_parallel_headroom={headroom:.2f}")
+        print(f"RESULT sweep_ray_startup_s={startup_s:.1f}")
+        print(f"RESULT sweep_ray_worker_peak_mib={max(workers, default=0) / 2**20:.0f}")
     finally:
         if args.keep:
             print(f"sweep folders kept in {work}")

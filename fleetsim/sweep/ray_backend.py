@@ -38,10 +38,18 @@ def _package_root() -> str:
     return str(Path(fleetsim.__file__).resolve().parent.parent)
 
 
+#: Object store of a local Ray instance.  A sweep passes only run outcomes (a few KB each)
+#: through it; Ray's default reserves 30 % of the machine's memory in /dev/shm (5.2 GB on a
+#: 24 GiB laptop-sized machine, ``bench/sweep.py``), which a small /dev/shm cannot hold
+#: (Ray then falls back to slower disk) and other programs see as taken.
+LOCAL_OBJECT_STORE_BYTES = 256 << 20
+
+
 def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
     """Connect to (``address``) or start a local Ray instance; True if this call started
     or joined it (and should shut it down).  A Ray already initialised in this process is
-    reused as it is."""
+    reused as it is.  A local instance gets ``num_cpus`` CPUs (one run each) and a
+    :data:`LOCAL_OBJECT_STORE_BYTES` object store; no dashboard."""
     try:
         import ray
     except ImportError:
@@ -60,6 +68,7 @@ def start_ray(address: Optional[str], num_cpus: Optional[int]) -> bool:
         kwargs["address"] = address
     else:
         kwargs["num_cpus"] = num_cpus
+        kwargs["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
         # Workers of a local instance import fleetsim from the same checkout as the driver,
         # even when it is not installed and the sweep runs from another folder.
         path = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)

@@ -258,3 +258,13 @@ def test_real_runs_same_results_sequential_and_ray(tmp_path, base_scenario, loca
     # The runner's scenario.yaml matches the plan's: a re-run skips the finished run.
     again = run_sweep(tmp_path / "ray.yaml", backend="ray", progress=False)
     assert again.executed == 0 and again.skipped == 1 and again.ok
+
+
+def test_local_ray_instance_has_laptop_sized_defaults(local_ray):
+    """A local instance: one CPU slot per asked-for run, a small object store (issue 25: a
+    sweep moves only KB-sized outcomes; Ray's default takes 30 % of memory), no dashboard."""
+    from fleetsim.sweep.ray_backend import LOCAL_OBJECT_STORE_BYTES
+
+    resources = local_ray.cluster_resources()
+    assert resources["CPU"] == 2
+    assert resources["object_store_memory"] == pytest.approx(LOCAL_OBJECT_STORE_BYTES, rel=0.01)

@@ -20,6 +20,14 @@ exponential data), because a "95 %" that covers 83 % of the time is a wrong numb
   *established*: at least ``MIN_SEEDS_FOR_RANKING`` seeds and a paired-ratio interval
   that excludes 1 (or, unpaired, intervals that do not overlap); otherwise the verdict
   says "not established" and why.
+* :func:`paired_first_verdict` — the paired ranking when runs may not reach the target:
+  a pair where one arm never got there in its run has no ratio, but its order is known
+  (the arm that reached it by the other's end got there first).  Over the pairs whose
+  order is known, the share where arm A got there first, with the Clopper–Pearson
+  interval (``scipy.stats.binomtest(...).proportion_ci(method="exact")``; coverage at
+  least nominal by construction, simulated in the tests): established when at least
+  ``MIN_SEEDS_FOR_RANKING`` pairs are ordered and the interval excludes one half (the
+  sign test; Dixon & Mood, *JASA* 41, 1946).
 * :func:`censored_median` — the median time to an event (an accuracy target) when
   some runs never got there.  A run that ended without reaching the target is
   *right-censored* at its end.  The Kaplan–Meier estimate of the survival function
@@ -177,6 +185,55 @@ def paired_verdict(
         return Verdict(False, f"not established ({detail}; fewer than {min_seeds} seeds)")
     if not ratio.excludes_one:
         return Verdict(False, f"not established ({detail}; the interval contains 1)")
+    return Verdict(True, detail)
+
+
+def paired_first_verdict(
+    a_label: str,
+    a_times: Iterable[float | None],
+    a_ends: Iterable[float],
+    b_label: str,
+    b_times: Iterable[float | None],
+    b_ends: Iterable[float],
+    quantity: str = "the target",
+    confidence: float = 0.95,
+    min_seeds: int = MIN_SEEDS_FOR_RANKING,
+) -> Verdict:
+    """Which of two arms gets to an event (``quantity``, e.g. "0.75") first, over paired
+    seeds where runs may end without it.
+
+    ``a_times[i]``: seconds arm A took in pair ``i`` (NaN, inf or None: not reached in its
+    run, which ended at ``a_ends[i]``); likewise B.  A pair's order is known when both
+    reached (the earlier first; equal times are a tie, left out) or when one reached it
+    no later than the other's run ended without it; when neither reached it, it is
+    unknown.  When every pair has both times, this is the :func:`paired_verdict` ratio
+    instead (more informative).  Otherwise: the share of ordered pairs where A was first,
+    with its Clopper–Pearson interval; established when at least ``min_seeds`` pairs are
+    ordered and the interval excludes 1/2.  Raises ValueError on unequal lengths."""
+    a = np.asarray([math.nan if v is None else v for v in a_times], dtype=float)
+    b = np.asarray([math.nan if v is None else v for v in b_times], dtype=float)
+    a_end, b_end = np.asarray(list(a_ends), dtype=float), np.asarray(list(b_ends), dtype=float)
+    if not a.shape == b.shape == a_end.shape == b_end.shape:
+        raise ValueError("paired times and run ends need equal lengths")
+    a_hit, b_hit = np.isfinite(a), np.isfinite(b)
+    if a.size and (a_hit & b_hit).all():
+        return paired_verdict(a_label, a, b_label, b, f"time to {quantity}", confidence,
+                              min_seeds)
+    a_first = (a_hit & b_hit & (a < b)) | (a_hit & ~b_hit & (a <= b_end))
+    b_first = (a_hit & b_hit & (b < a)) | (b_hit & ~a_hit & (b <= a_end))
+    wins, ordered = int(a_first.sum()), int(a_first.sum() + b_first.sum())
+    if ordered == 0:
+        return Verdict(False, f"not established ({a_label} against {b_label} on {quantity}: "
+                              f"no pair of {a.size} has a known order)")
+    ci = stats.binomtest(wins, ordered).proportion_ci(confidence, method="exact")
+    detail = (f"{a_label} reached {quantity} before {b_label} in {wins} of {ordered} "
+              f"paired seeds with a known order (share {wins / ordered:.2f}, "
+              f"{confidence:.0%} Clopper–Pearson [{ci.low:.2f}, {ci.high:.2f}]; "
+              f"{a.size - ordered} of {a.size} pairs tied or unordered)")
+    if ordered < min_seeds:
+        return Verdict(False, f"not established ({detail}; fewer than {min_seeds} seeds)")
+    if ci.low <= 0.5 <= ci.high:
+        return Verdict(False, f"not established ({detail}; the interval contains 1/2)")
     return Verdict(True, detail)
 
 

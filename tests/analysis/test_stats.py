@@ -10,6 +10,7 @@ from fleetsim.analysis.stats import (
     censored_median,
     interval_verdict,
     mean_confidence_interval,
+    paired_first_verdict,
     paired_ratio_interval,
     paired_verdict,
 )
@@ -166,3 +167,49 @@ def test_censored_median_rejects_negative_times_and_handles_no_runs() -> None:
     with pytest.raises(ValueError, match=">= 0"):
         censored_median([-1.0])
     assert math.isnan(censored_median([]).median)
+
+
+def test_paired_first_verdict_orders_censored_pairs() -> None:
+    nan = math.nan
+    # A reached it in every seed within 5 min; B reached it once (seed 0, later), and its
+    # other runs ended at 120 min without it: A first in all ten.
+    a = [60.0 * (1 + i % 5) for i in range(10)]
+    b = [600.0] + [nan] * 9
+    verdict = paired_first_verdict("A", a, [7200.0] * 10, "B", b, [7200.0] * 10, "0.75")
+    assert verdict.established
+    assert "A reached 0.75 before B in 10 of 10 paired seeds" in verdict.text
+    # reversed: established the other way round is not A's win
+    reverse = paired_first_verdict("B", b, [7200.0] * 10, "A", a, [7200.0] * 10, "0.75")
+    assert reverse.established and "in 0 of 10" in reverse.text
+    # a reach after the other's run ended (a shorter run) has no known order
+    short = paired_first_verdict("A", [9000.0] * 10, [9000.0] * 10, "B", [nan] * 10,
+                                 [7200.0] * 10, "0.75")
+    assert not short.established and "no pair of 10 has a known order" in short.text
+    # nine ordered pairs are too few; ten with one loss still excludes 1/2 (CP [0.55, 1.0])
+    assert not paired_first_verdict("A", a[:9], [7200.0] * 9, "B", b[:9], [7200.0] * 9).established
+    mixed_b = [30.0] + [nan] * 9
+    assert paired_first_verdict("A", a, [7200.0] * 10, "B", mixed_b, [7200.0] * 10).established
+    # all reached: the paired ratio verdict
+    both = paired_first_verdict("A", a, [7200.0] * 10, "B", [2 * x for x in a], [7200.0] * 10)
+    assert "0.5× B's" in both.text and both.established
+
+
+def test_paired_first_verdict_false_rankings_are_rare_by_simulation() -> None:
+    """Two arms with the same time distribution, censored at a common budget: a ranking is
+    declared (either way) in at most 5 % of studies (the sign test's exact level), and a
+    clear difference is found in most."""
+    rng = np.random.default_rng(23)
+    budget = np.full(12, 100.0)
+    false_rankings = found = 0
+    trials = 2000
+    for _ in range(trials):
+        a = rng.exponential(80.0, 12)
+        b = rng.exponential(80.0, 12)
+        a[a > budget] = math.nan
+        b[b > budget] = math.nan
+        false_rankings += paired_first_verdict("A", a, budget, "B", b, budget).established
+        fast = rng.exponential(10.0, 12)
+        found += paired_first_verdict("A", fast, budget, "B", b,
+                                      budget).established
+    assert false_rankings / trials <= 0.05
+    assert found / trials >= 0.5

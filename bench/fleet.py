@@ -36,6 +36,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -138,6 +139,7 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
     )
     t_setup = time.perf_counter() - t0
     stats = {"dispatched": 0, "delivered": 0, "cancelled": 0, "refused": 0, "cohort_short": 0}
+    cohorts: list[int] = []  # tasks dispatched each round: the floor runs the same
 
     def server():
         for r in range(rounds):
@@ -162,6 +164,7 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
                 for d in chosen
             ]
             stats["dispatched"] += len(events)
+            cohorts.append(len(events))
             yield env.all_of(events) | env.timeout(deadline - env.now)
             if not all(event.triggered for event in events):
                 for d, event in zip(chosen, events):
@@ -198,15 +201,16 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
         "simpy_events": scheduled_events(env),
         "devices_with_work": len(totals),
         "energy_kj": fleet.energy_totals()["total_j"] / 1000,
+        "cohorts": cohorts,
         **stats,
     }
 
 
-def simpy_floor(per_round: int, rounds: int, seed: int = SEED) -> dict:
+def simpy_floor(cohorts: list[int], seed: int = SEED) -> dict:
     """The SimPy floor: a minimal SimPy model with the structure and event count of
     :func:`run_one` and none of fleetsim's work.
 
-    Each round a server process starts ``per_round`` task processes in one zero-delay
+    Round ``r`` starts ``cohorts[r]`` task processes (the fleet run's) in one zero-delay
     callback (as the fleet's dispatch batch does), each task waits three timeouts
     (download, compute, upload; durations drawn up front with numpy) and succeeds a result
     event; the server waits for all results or the round deadline.  What it leaves out is
@@ -217,7 +221,8 @@ def simpy_floor(per_round: int, rounds: int, seed: int = SEED) -> dict:
     from fleetsim.fleet.heap import frozen_heap
 
     rng = np.random.default_rng(seed)
-    n_tasks = per_round * rounds
+    n_tasks = sum(cohorts)
+    first = np.concatenate(([0], np.cumsum(cohorts)[:-1])).tolist()
     durations = rng.uniform(1.0, 60.0, size=(n_tasks, 3)).tolist()
     t0 = time.perf_counter()
     env = simpy.Environment(initial_time=START_S)
@@ -232,12 +237,12 @@ def simpy_floor(per_round: int, rounds: int, seed: int = SEED) -> dict:
         result.succeed(i)
 
     def server():
-        for r in range(rounds):
-            results = [env.event() for _ in range(per_round)]
+        for r, size in enumerate(cohorts):
+            results = [env.event() for _ in range(size)]
 
             def start(_event, r=r, results=results):
                 for k, result in enumerate(results):
-                    env.process(task(r * per_round + k, result))
+                    env.process(task(first[r] + k, result))
 
             env.timeout(0).callbacks.append(start)
             yield env.all_of(results) | env.timeout(ROUND_DEADLINE_S)
@@ -307,8 +312,11 @@ def headline(rounds: int, profile: bool) -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     figures = {}
     for per_round in (1_000, 10_000):
-        floor = run_in_subprocess("--floor", str(per_round), str(rounds))
         row = run_in_subprocess("--single", "1000000", str(per_round), str(rounds))
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as cohorts:
+            json.dump(row["cohorts"], cohorts)
+            cohorts.flush()
+            floor = run_in_subprocess("--floor", cohorts.name)
         sim = row["host_s"] - row["setup_s"]
         ratio = sim / floor["host_s"]
         print(f"1,000,000 phones x {per_round} a round x {rounds} rounds: "
@@ -316,8 +324,9 @@ def headline(rounds: int, profile: bool) -> None:
               f"peak {row['peak_gib']:.3f} GiB, {row['simpy_events']} SimPy events, "
               f"{row['events']} logged events, {row['delivered']} delivered, "
               f"{row['cancelled']} cancelled")
-        print(f"  SimPy floor with the same tasks: {floor['host_s']:.2f} host-s, "
-              f"{floor['simpy_events']} SimPy events; clock / floor = {ratio:.2f}")
+        print(f"  SimPy floor with the same {row['dispatched']} tasks in the same cohorts: "
+              f"{floor['host_s']:.2f} host-s, {floor['simpy_events']} SimPy events; "
+              f"clock / floor = {ratio:.2f}")
         figures[per_round] = (row, ratio)
     if profile:
         print(profile_breakdown(1_000_000, 1_000, rounds))
@@ -379,12 +388,13 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, nargs="+", default=[100, 1_000, 10_000])
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run")
     parser.add_argument("--single", type=int, nargs=3, metavar=("N", "PER_ROUND", "ROUNDS"))
-    parser.add_argument("--floor", type=int, nargs=2, metavar=("PER_ROUND", "ROUNDS"))
+    parser.add_argument("--floor", metavar="COHORTS_JSON",
+                        help="the SimPy floor for the cohort sizes in this JSON list")
     args = parser.parse_args()
     if args.single:
         print(json.dumps(run_one(*args.single)))
     elif args.floor:
-        print(json.dumps(simpy_floor(*args.floor)))
+        print(json.dumps(simpy_floor(json.loads(Path(args.floor).read_text()))))
     elif args.grid:
         grid(args.sizes, args.per_round, args.rounds)
     else:

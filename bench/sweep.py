@@ -10,7 +10,8 @@ New: one Ray task per run on a local Ray instance, ``max_parallel`` = cores, one
 thread per task (so tasks do not fight over cores).  One untimed run first fills the
 on-disk caches (tokenised data) that every later run reads, so no timed sweep pays for them.
 
-The Ray instance is started, and its workers warmed (heavy imports done), before the timed
+The Ray instance is started, and its workers warmed (heavy imports and one untimed run each, as the
+sequential process is), before the timed
 sweep, as with a long-lived instance on a cluster; the start-up time is printed and a second
 speed-up figure includes it.  Peak memory is the peak
 resident memory of this process and all its children (Ray's raylet, GCS and workers),
@@ -115,9 +116,13 @@ class PeakMemory:
             name = " ".join(proc.cmdline()) or proc.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return "other"
+        services = ("DashboardAgent", "RuntimeEnvAgent", "gcs_server", "raylet", "dashboard",
+                    "log_monitor", "monitor.py")
+        if any(service in name for service in services):
+            return "ray service"
         if "default_worker.py" in name or name.startswith("ray::"):
-            return "worker"
-        return "ray service"
+            return "worker"  # ray::IDLE, ray::execute_run, ...
+        return "ray service" if "ray" in name else "other"
 
     def _sample(self) -> int:
         me = psutil.Process()
@@ -208,24 +213,26 @@ def parallel_headroom(cores: int, n: int = 20_000_000) -> float:
     return sequential / parallel
 
 
-def warm_ray_workers(cores: int) -> None:
-    """Start one worker per core and import the runner's heavy modules in it (torch,
-    transformers, peft): a long-lived Ray instance has warm workers, and the timed sweep then
-    measures runs, not Python imports."""
+def warm_ray_workers(cores: int, scenario: Path, overrides: tuple[str, ...], out: Path) -> None:
+    """Warm one worker per core as the sequential baseline's process is warmed: the runner's
+    heavy imports (torch, transformers, peft) and one untimed run of the benchmark scenario
+    (its in-process caches: model, tokenised data).  A long-lived Ray instance has warm
+    workers, and the timed sweep then measures runs, not imports and first loads."""
     import ray
 
     @ray.remote(num_cpus=1, max_retries=0)
-    def warm() -> int:
+    def warm(k: int) -> int:
         from fleetsim.sweep.execute import limit_threads
 
         limit_threads(1)
-        import fleetsim.numerics.engine  # noqa: F401
-        import fleetsim.runner  # noqa: F401
+        from fleetsim.runner import run_scenario as run
 
+        run(scenario, [*overrides, "run.seed=99", "run.progress=false"],
+            run_dir=out / f"warm-up-worker-{k}")
         time.sleep(1.0)  # hold the CPU slot so the other warm-up tasks land on other workers
         return os.getpid()
 
-    pids = ray.get([warm.remote() for _ in range(cores)])
+    pids = ray.get([warm.remote(k) for k in range(cores)])
     if len(set(pids)) != cores:
         print(f"note: warm-up reached {len(set(pids))} of {cores} workers")
 
@@ -287,7 +294,7 @@ def main() -> None:
             baselines[threads] = (seconds, memory.peak)
             print(
                 f"sequential: 8 runs in {seconds:.1f} s ({threads} torch thread"
-                f"{'s' if threads > 1 else ''}), peak memory {memory / 2**20:.0f} MiB"
+                f"{'s' if threads > 1 else ''}), peak memory {memory.peak / 2**20:.0f} MiB"
             )
         best_threads = min(baselines, key=lambda t: baselines[t][0])
         seq_s, seq_mem = baselines[best_threads]
@@ -296,7 +303,7 @@ def main() -> None:
         started = start_ray(None, cores)
         init_s = time.perf_counter() - ray_start
         try:
-            warm_ray_workers(cores)
+            warm_ray_workers(cores, work / "bench.yaml", overrides, work)
             startup_s = time.perf_counter() - ray_start
             ray_s, ray_memory = timed_sweep(
                 load_sweep(work / "sweep.yaml", out=str(work / "ray")),

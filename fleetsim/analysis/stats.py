@@ -231,7 +231,7 @@ def paired_first_verdict(
               f"{confidence:.0%} Clopper–Pearson [{ci.low:.2f}, {ci.high:.2f}]; "
               f"{a.size - ordered} of {a.size} pairs tied or unordered)")
     if ordered < min_seeds:
-        return Verdict(False, f"not established ({detail}; fewer than {min_seeds} seeds)")
+        return Verdict(False, f"not established ({detail}; fewer than {min_seeds} ordered pairs)")
     if ci.low <= 0.5 <= ci.high:
         return Verdict(False, f"not established ({detail}; the interval contains 1/2)")
     return Verdict(True, detail)

@@ -18,6 +18,9 @@ resident memory of this process and all its children (Ray's raylet, GCS and work
 sampled every 50 ms.  The machine's parallel headroom (pure-Python work in ``cores``
 processes vs one after the other, measured before and after) is printed beside the
 speed-up: on a shared machine other programs' load caps what any parallel sweep can reach.
+The same 8 runs in ``cores`` plain processes (``multiprocessing``, warmed alike, no Ray) give
+the ceiling for this workload (``RESULT sweep_workload_ceiling_speedup``) and Ray's share of
+it (``RESULT sweep_ray_over_ceiling``).
 
     .venv/bin/python bench/sweep.py            # prints figures, ends with RESULT lines
 """
@@ -213,6 +216,42 @@ def parallel_headroom(cores: int, n: int = 20_000_000) -> float:
     return sequential / parallel
 
 
+def _pool_init(scenario: Path, overrides: tuple[str, ...], out: Path) -> None:
+    from fleetsim.sweep.execute import limit_threads
+
+    limit_threads(1)
+    run_scenario(scenario, [*overrides, "run.seed=99", "run.progress=false"],
+                 run_dir=out / f"warm-up-pool-{os.getpid()}")
+    time.sleep(1.0)  # hold the process so the other initialisers run in the other workers
+
+
+def _pool_run(args: tuple[Path, tuple[str, ...], Path, str, int]) -> float:
+    scenario, overrides, out, policy, seed = args
+    start = time.perf_counter()
+    run_scenario(scenario, [*overrides, f"policy.name={policy}", f"run.seed={seed}",
+                            "run.progress=false"], run_dir=out / f"pool-{policy}-{seed}")
+    return time.perf_counter() - start
+
+
+def workload_ceiling(cores: int, scenario: Path, overrides: tuple[str, ...], out: Path) -> float:
+    """Seconds for the same 8 runs in ``cores`` plain processes (``multiprocessing``, spawn,
+    one torch thread each, warmed by one untimed run each as the other sides are), no Ray:
+    what any parallel sweep of *this* workload can reach on this machine now.  Two torch
+    processes slow each other more than pure-Python work does (memory bandwidth), so this,
+    not :func:`parallel_headroom`, is the ceiling to hold Ray's speed-up against."""
+    import multiprocessing
+
+    jobs = [(scenario, overrides, out, policy, seed)
+            for policy in ("uniform", "capability") for seed in range(4)]
+    with multiprocessing.get_context("spawn").Pool(
+        cores, initializer=_pool_init, initargs=(scenario, overrides, out)
+    ) as pool:
+        pool.map(time.sleep, [0.0] * cores)  # wait until every worker is warm
+        start = time.perf_counter()
+        pool.map(_pool_run, jobs, chunksize=1)
+        return time.perf_counter() - start
+
+
 def warm_ray_workers(cores: int, scenario: Path, overrides: tuple[str, ...], out: Path) -> None:
     """Warm one worker per core as the sequential baseline's process is warmed: the runner's
     heavy imports (torch, transformers, peft) and one untimed run of the benchmark scenario
@@ -334,6 +373,10 @@ def main() -> None:
         )
         for threads, (seconds, _) in baselines.items():
             print(f"  vs sequential with {threads} torch threads: {seconds / ray_s:.2f}x")
+        pool_s = workload_ceiling(cores, work / "bench.yaml", overrides, work)
+        print(f"the same 8 runs in {cores} plain processes (no Ray, warmed alike): "
+              f"{pool_s:.1f} s, {seq_s / pool_s:.2f}x the sequential baseline: the ceiling "
+              f"for this workload; Ray reaches {pool_s / ray_s:.0%} of it")
         headroom_after = parallel_headroom(cores)
         headroom = (headroom_before + headroom_after) / 2
         print(
@@ -346,6 +389,8 @@ def main() -> None:
         print(f"RESULT sweep_sequential_peak_mib={seq_mem / 2**20:.0f}")
         print(f"RESULT sweep_ray_peak_mib={ray_mem / 2**20:.0f}")
         print(f"RESULT sweep_machine_parallel_headroom={headroom:.2f}")
+        print(f"RESULT sweep_workload_ceiling_speedup={seq_s / pool_s:.2f}")
+        print(f"RESULT sweep_ray_over_ceiling={pool_s / ray_s:.2f}")
         print(f"RESULT sweep_ray_startup_s={startup_s:.1f}")
         print(f"RESULT sweep_ray_worker_peak_mib={max(workers, default=0) / 2**20:.0f}")
     finally:

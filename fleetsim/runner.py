@@ -288,7 +288,7 @@ def run_loaded(
         callback.on_train_begin(run)
     process = env.process(server.run())
     try:
-        # Until the server ends or the horizon (even mid-step), then what is due at that instant;
+        # Until the server ends or the horizon (even mid-step), then what is due then.
         with frozen_heap():  # garbage collections skip the heap built before the clock started
             env.run(until=env.any_of([process, env.timeout(horizon_s)]))
             _finish_instant(env, process, horizon_s)

@@ -56,6 +56,7 @@ class Job:
     cancelled: bool = False
     released: bool = False  # no longer counted busy (finished, or cancelled by the server)
     backend: str = ""
+    unit_s: float = 0.0  # nominal seconds per unit on this device (set on admission)
     window_end: float = 0.0  # end of the device's current availability window
     online_hint: Optional[bool] = None  # availability looked up in the dispatch batch...
     hint_time: float = -np.inf  # ...at this time (used only if the task starts then)

@@ -165,7 +165,7 @@ def straight_through_plan(
     now = fleet.env.now
     down_s = (fleet.transfer_seconds_one(d, task.download_bytes, "download")
               if task.download_bytes > 0 else 0.0)
-    base_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
+    base_s = job.unit_s
     setup_s = fleet.setup_seconds(task)
     span = base_s * task.units + setup_s
     payload = int(task.upload_bytes(task.units))  # a pure function of the units (Task)
@@ -193,7 +193,7 @@ def admit(fleet: DeviceState, job: Job) -> bool:
         return refuse(fleet, job, "refuse_memory",
                       f"needed={int(task.memory_bytes)} available={available}")
     job.backend = str(fleet.backend_array(task.kind)[d])
-    unit_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
+    job.unit_s = unit_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
     if job.backend not in fleet.compute_watts or not math.isfinite(unit_s) or unit_s < 0:
         return refuse(fleet, job, "refuse_backend", f"backend={job.backend!r} unit_s={unit_s}")
     fleet.ledger.last_backend[d] = BACKEND_INDEX[job.backend]
@@ -268,9 +268,8 @@ def active(fleet: DeviceState, job: Job, phase: str, seconds: float):
 
 def compute(fleet: DeviceState, job: Job):
     env, task, d = fleet.env, job.task, job.task.device_id
-    base_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
-    exact = fleet.config.compute_noise_sigma <= 0 and not fleet.config.thermal.enabled
-    times = None if exact else unit_times(fleet, job)
+    base_s = job.unit_s
+    times = None if fleet.exact_compute else unit_times(fleet, job)
     head_remaining: Optional[float] = None
     deadline = task.deadline_s if task.deadline_s is not None else np.inf
     while job.units_done < task.units:

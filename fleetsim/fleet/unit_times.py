@@ -21,7 +21,7 @@ def unit_times(fleet: DeviceState, job: Job) -> np.ndarray:
     """Nominal × noise seconds of every unit of the task (drawn once per task); the first
     unit also carries the task's setup forwards (:attr:`Task.setup_inferences`)."""
     task, d = job.task, job.task.device_id
-    base = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
+    base = job.unit_s  # the nominal time per unit, looked up on admission
     sigma = fleet.config.compute_noise_sigma
     if sigma <= 0 or task.units == 0:
         times = np.full(task.units, base)

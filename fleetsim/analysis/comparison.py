@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fleetsim.analysis.figures.convergence import time_axis_for
 from fleetsim.analysis.load import RunSet, check_key, load_runs
 from fleetsim.analysis.metrics import (
     DEFAULT_TARGETS,
@@ -192,8 +193,10 @@ def compare_runs(
         else (default_targets(runset) if accuracy else [])
     )
     curves = out_dir / "curves.png"
+    # minutes for a sweep of minute-long runs, not ticks of 0.005 h
+    time_axis = time_axis_for(float(runset.summary["simulated_seconds"].max()))
     convergence_figure(
-        runset, x="hours", by=by, targets=plot_targets, path=curves, ends=ends,
+        runset, x=time_axis, by=by, targets=plot_targets, path=curves, ends=ends,
         formats=formats, log_time=log_time,
     )
     kinds = [("curves", curves)]

@@ -36,6 +36,7 @@ from fleetsim.analysis.figures.timeline import (
     sample_devices,
     timeline_figure,
     trace_availability_spans,
+    trace_phone_models,
 )
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "time_to_accuracy_figure",
     "timeline_figure",
     "trace_availability_spans",
+    "trace_phone_models",
     "utilisation_figure",
     "write_run_convergence",
 ]

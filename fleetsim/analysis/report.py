@@ -21,6 +21,8 @@ from fleetsim.analysis.comparison import (  # compare_runs, comparison_table: re
     comparison_table,
     default_targets,
 )
+from fleetsim.analysis.figures.common import PART_WORDS
+from fleetsim.analysis.figures.convergence import time_axis_for
 from fleetsim.analysis.load import load_runs
 from fleetsim.analysis.metrics import (
     BREAKDOWN_PARTS,
@@ -51,6 +53,37 @@ def _html_table(frame: pd.DataFrame) -> str:
     return formatted.to_html(index=False, escape=True, border=0, classes="table")
 
 
+# Sums of float differences leave residues of ~1e-15 where a share is exactly zero; a
+# table that prints 2.296e-15 % reads as a measurement.  Below this a value is shown as 0.
+_RESIDUE = 1e-9
+
+
+def _clean(value: float) -> float:
+    return 0.0 if abs(value) < _RESIDUE else value
+
+
+def _percent(share: float) -> float:
+    """A share in [0, 1] as percent rounded to 0.1 (the precision the figures show)."""
+    return round(100.0 * _clean(share), 1) if math.isfinite(share) else share
+
+
+def _utilisation_words(util: pd.DataFrame) -> pd.DataFrame:
+    """The utilisation table as the page shows it: shares in percent, columns in words."""
+    table = pd.DataFrame(
+        {
+            "level": [str(v).replace("_", " ") for v in util["level"]],
+            "group": util["group"],
+            "devices": util["devices"],
+            "device hours": [round(float(v), 3) for v in util["device_hours"]],
+        }
+    )
+    for share in UTILISATION_SHARES:
+        table[f"{share} (%)"] = [_percent(float(v)) for v in util[share]]
+    table["compute of busy (%)"] = [_percent(float(v)) for v in util["compute_of_busy"]]
+    table["coverage (%)"] = [_percent(float(v)) for v in util["coverage"]]
+    return table
+
+
 def _embed_png(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
@@ -63,6 +96,7 @@ table.table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
 table.table th, table.table td { padding: 0.2em 0.7em; border-bottom: 1px solid #eee;
   text-align: right; }
 table.table th { background: #f4f4f4; }
+table.table td:first-child, table.table th:first-child { text-align: left; }
 img { max-width: 100%; } .note { color: #666; font-size: 0.9em; }
 """
 
@@ -136,11 +170,15 @@ def write_report(
     formats = tuple(dict.fromkeys(formats))
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / REPORT_DIR_NAME
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Load (and so validate) before creating anything: a report on a folder that is not a
+    # finished run must leave no report/ behind, or `fleetsim run` later finds an
+    # unidentified run there and refuses the directory.
     runset = load_runs([run_dir])
+    out_dir.mkdir(parents=True, exist_ok=True)
     run = runset.runs[0]
     summary = runset.summary.iloc[0]
     accuracy = has_accuracy(runset)
+    time_axis = time_axis_for(float(summary["simulated_seconds"]))
     targets = check_targets(targets) if targets is not None else default_targets(runset)
     sections: list[tuple[str, str]] = [("Run", _html_table(_facts(summary)))]
 
@@ -151,7 +189,7 @@ def write_report(
 
     if accuracy:
         convergence_figure(
-            runset, x="hours", targets=targets, path=out_dir / "convergence_time.png",
+            runset, x=time_axis, targets=targets, path=out_dir / "convergence_time.png",
             formats=formats, log_time=log_time,
         )
         figure_section(
@@ -186,7 +224,7 @@ def write_report(
             )
         )
     else:
-        convergence_figure(runset, x="hours", metrics=("steps",), path=out_dir / "progress.png",
+        convergence_figure(runset, x=time_axis, metrics=("steps",), path=out_dir / "progress.png",
                            formats=formats, log_time=log_time)
         figure_section(
             "Progress over simulated time",
@@ -215,24 +253,7 @@ def write_report(
             "Devices that had work.  used: busy on work the server used; wasted: busy on work "
             "dropped, rolled back, late or lost; idle: available without work.",
         )
-        sections.append(
-            (
-                "Utilisation table",
-                _html_table(
-                    util[
-                        [
-                            "level",
-                            "group",
-                            "devices",
-                            "device_hours",
-                            *UTILISATION_SHARES,
-                            "compute_of_busy",
-                            "coverage",
-                        ]
-                    ]
-                ),
-            )
-        )
+        sections.append(("Utilisation table", _html_table(_utilisation_words(util))))
 
     breakdown = step_breakdown(runset.events, runset.steps)
     if len(breakdown):
@@ -251,9 +272,11 @@ def write_report(
         means = breakdown[list(BREAKDOWN_PARTS)].mean()
         table = pd.DataFrame(
             {
-                "part": list(BREAKDOWN_PARTS),
-                "share of step time": [float(shares.iloc[0][p]) for p in BREAKDOWN_PARTS],
-                "mean seconds per step": [float(means[p]) for p in BREAKDOWN_PARTS],
+                "part": [PART_WORDS[p] for p in BREAKDOWN_PARTS],
+                "share of step time (%)": [
+                    _percent(float(shares.iloc[0][p])) for p in BREAKDOWN_PARTS
+                ],
+                "mean seconds per step": [_clean(float(means[p])) for p in BREAKDOWN_PARTS],
             }
         )
         sections.append(("Step time breakdown", _html_table(table)))

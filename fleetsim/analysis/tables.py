@@ -19,8 +19,12 @@ def format_value(value: object) -> str:
             return "—"
         if math.isinf(value):
             return "∞" if value > 0 else "-∞"
-        if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
+        if value != 0 and (abs(value) >= 1e12 or abs(value) < 1e-3):
             return f"{value:.3e}"
+        if abs(value) >= 1e4:
+            # 80,290 s reads at a glance where 8.029e+04 does not (4 significant digits
+            # turn a five-digit count of seconds into an exponent).
+            return f"{value:,.0f}"
         return f"{value:.4g}"
     return str(value)
 

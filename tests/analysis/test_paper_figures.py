@@ -121,7 +121,10 @@ def test_compare_curves_by_policy_in_words(make_run, tmp_path) -> None:
                  accuracies=(0.2, 0.4, 0.6, 0.8), extra_params={"policy.name": "deadline"}),
     ]
     figure = convergence_figure(load_runs(dirs), by="policy.name", metrics=("accuracy",))
-    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    # several groups: one legend below the panels, none covering a curve
+    assert figure.axes[0].get_legend() is None
+    (legend,) = figure.legends
+    labels = [t.get_text() for t in legend.get_texts()]
     assert labels == ["uniform allocation: median of 2 runs, band: quartiles",
                       "deadline-aware allocation"]
     median = next(ln for ln in figure.axes[0].get_lines() if ln.get_gid() == "median:uniform")

@@ -96,8 +96,20 @@ def test_convergence_x_axes(make_run) -> None:
     energy = xdata("energy")
     assert energy[-1] == pytest.approx(summary["energy_j"] / 1e3)
     assert np.all(np.diff(energy) > 0)
-    with pytest.raises(FleetsimInputError, match="hours, steps, perturbations"):
-        convergence_figure(runs, x="minutes")
+    hours = xdata("hours")
+    np.testing.assert_allclose(xdata("minutes"), hours * 60.0)
+    np.testing.assert_allclose(xdata("seconds"), hours * 3600.0)
+    with pytest.raises(FleetsimInputError, match="hours, minutes, seconds, steps"):
+        convergence_figure(runs, x="days")
+
+
+def test_time_axis_reads_in_the_run_s_unit() -> None:
+    # issue 24 (seen in a browser): a 69 s run was drawn on ticks of 0.0025 h
+    from fleetsim.analysis.figures.convergence import time_axis_for
+
+    assert time_axis_for(69.0) == "seconds"
+    assert time_axis_for(600.0) == "minutes"
+    assert time_axis_for(4 * 3600.0) == "hours"
 
 
 def test_systems_only_curves_show_progress(make_run) -> None:
@@ -246,3 +258,35 @@ def test_interruption_without_resume_is_a_marker(make_run) -> None:
     (ax,) = timeline_figure(runs).axes
     markers = [line for line in ax.get_lines() if line.get_gid() == "interruption"]
     assert len(markers) == 1 and list(markers[0].get_xdata()) == [2.0]
+
+
+def test_stacked_step_bars_keep_headroom(make_run) -> None:
+    # issue 24 (seen in a browser): zero-height parts stacked on top put the axis' sticky
+    # edge at the tallest bar, so the tallest bars touched the frame and read as clipped
+    from fleetsim.analysis.figures.breakdown import grouped_breakdown_figure
+
+    runs = load_runs([make_run(name="h", devices=(("p", "cpu", 1.0),), accuracies=[0.5] * 4)])
+    breakdown = step_breakdown(runs.events, runs.steps)
+    tallest = float(breakdown[list(BREAKDOWN_PARTS)].sum(axis=1).max())
+    step_ax = breakdown_figure(breakdown).axes[0]
+    assert step_ax.get_ylim()[1] > tallest * 1.03
+    tops = [p.get_y() + p.get_height() for p in step_ax.patches]
+    assert max(tops) == pytest.approx(tallest)
+    grouped = grouped_breakdown_figure(breakdown, {"h": "a"}, by="policy.name").axes[0]
+    assert grouped.get_ylim()[1] > tallest * 1.03
+    long = load_runs([make_run(name="l", devices=(("p", "cpu", 1.0),), accuracies=[0.5] * 90)])
+    long_breakdown = step_breakdown(long.events, long.steps)
+    area_ax = breakdown_figure(long_breakdown).axes[0]
+    assert area_ax.get_ylim()[1] > float(
+        long_breakdown[list(BREAKDOWN_PARTS)].sum(axis=1).max()) * 1.03
+
+
+def test_share_panels_have_no_empty_rows(make_run) -> None:
+    # issue 24 (seen in a browser): a panel of 60+ phone models had several empty bar rows
+    # above and below it (matplotlib's 5 % margin)
+    runs = load_runs([make_run(name="rows", devices=(("a", "cpu", 1.0), ("b", "npu", 2.0),
+                                                     ("c", "cpu", 3.0)))])
+    figure = utilisation_figure(utilisation(runs))
+    for ax in figure.axes:
+        rows = len(ax.get_yticks())
+        assert ax.get_ylim() == (rows - 0.5, -0.5)

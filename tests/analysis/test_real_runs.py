@@ -246,3 +246,22 @@ def test_rebuilt_availability_matches_device_accounting(real_runs, protocol: str
     for device, row in devices.iterrows():
         assert available.get(device, 0.0) == pytest.approx(row["busy_s"] + row["idle_s"], abs=1e-6)
         assert offline.get(device, 0.0) == pytest.approx(row["offline_s"], abs=1e-6)
+
+
+def test_rebuilt_phone_models_match_the_devices_table(real_runs) -> None:
+    # issue 24 (seen in a browser): devices without work (refused for memory) were drawn
+    # as bare "device 38"; their phones are rebuilt from the scenario's seeded population
+    from fleetsim.analysis.plots import timeline_figure, trace_phone_models
+
+    runs = load_runs([real_runs["fwdllm"]])
+    run = runs.runs[0]
+    devices = runs.devices.set_index("device_id")["phone_model"]
+    size = int(runs.scenarios[run]["fleet"]["size"])
+    rebuilt = trace_phone_models(runs.scenarios[run], runs.run_dirs[run], list(range(size)))
+    assert len(rebuilt) == size
+    assert {d: rebuilt[d] for d in devices.index} == devices.to_dict()
+    idle = [d for d in range(size) if d not in devices.index]
+    assert idle, "the scenario should leave some phones without work"
+    figure = timeline_figure(runs, run=run, device_ids=idle[:3])
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert labels == [f"device {d} ({rebuilt[d]})" for d in idle[:3]]

@@ -91,6 +91,18 @@ def test_markdown_table_formats_missing_values() -> None:
     assert text.splitlines() == ["| a | b |", "| --- | --- |", "| 1.5 | x\\|y |", "| — | — |"]
 
 
+def test_table_values_read_at_a_glance() -> None:
+    # issue 24 (seen in a browser): 80,290 simulated seconds printed as 8.029e+04
+    from fleetsim.analysis.tables import format_value
+
+    assert format_value(80290.4) == "80,290"
+    assert format_value(1234567.0) == "1,234,567"
+    assert format_value(9999.0) == "9999"
+    assert format_value(0.1031) == "0.1031"
+    assert format_value(2.5e-5) == "2.500e-05"
+    assert format_value(3e13) == "3.000e+13"
+
+
 def test_runs_without_committed_steps_still_report(make_run, tmp_path) -> None:
     empty = make_run(name="empty", accuracies=())
     page = write_report(empty).read_text()
@@ -106,3 +118,62 @@ def test_report_is_reproducible(make_run, tmp_path) -> None:
     first = write_report(run, tmp_path / "one").read_bytes()
     second = write_report(run, tmp_path / "two").read_bytes()
     assert first == second
+
+
+def _html_frame(page: str, heading: str) -> pd.DataFrame:
+    """The first table under ``heading`` (cells as text; no lxml needed)."""
+    from html.parser import HTMLParser
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag: str, attrs: object) -> None:
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in ("td", "th") and self.cell is not None:
+                self.rows[-1].append("".join(self.cell).strip())
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell.append(data)
+
+    section = page.split(f"<h2>{heading}</h2>", 1)[1].split("<h2>", 1)[0]
+    parser = Cells()
+    parser.feed(section)
+    header, *rows = parser.rows
+    return pd.DataFrame(rows, columns=header)
+
+
+def test_report_tables_give_shares_in_percent(make_run) -> None:
+    # issue 24 (seen in a browser): the utilisation and step tables printed shares as
+    # fractions with float residues (2.296e-15) where the figures show percent
+    run = make_run(name="pct", repeat_steps=(1,), offline_device=0)
+    page = write_report(run).read_text()
+    util = _html_frame(page, "Utilisation table")
+    shares = ["used (%)", "wasted (%)", "idle (%)", "offline (%)"]
+    assert set(shares) <= set(util.columns)
+    fleet = util[util["level"] == "fleet"].iloc[0]
+    assert sum(float(fleet[c]) for c in shares) == pytest.approx(100.0, abs=0.2)
+    assert all(0.0 <= float(v) <= 100.0 for c in shares for v in util[c])
+    steps = _html_frame(page, "Step time breakdown")
+    assert list(steps.columns) == ["part", "share of step time (%)", "mean seconds per step"]
+    assert sum(float(v) for v in steps["share of step time (%)"]) == pytest.approx(100.0, abs=0.5)
+    assert "e-1" not in page.split("<h2>Utilisation table</h2>", 1)[1].split("<h2>Scenario")[0]
+
+
+def test_report_on_an_unfinished_folder_writes_nothing(tmp_path) -> None:
+    # a refused `fleetsim report` used to leave report/ behind, and `fleetsim run` then
+    # refused that directory as holding an unidentified run
+    folder = tmp_path / "sys"
+    folder.mkdir()
+    with pytest.raises(FleetsimInputError, match="not a finished run directory"):
+        write_report(folder)
+    assert list(folder.iterdir()) == []

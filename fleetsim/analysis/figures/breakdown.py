@@ -66,6 +66,19 @@ def utilisation_figure(
 
 MAX_STEP_BARS = 80
 
+# Space above the tallest stacked bar, as a fraction of it.  Zero-height parts stacked on
+# top (no variance repeats, say) put matplotlib's sticky edge at the bar's top, so the
+# autoscaled axis ended exactly there and the tallest bars read as cut off.
+_HEADROOM = 0.06
+
+
+def _headroom(ax, tallest: float) -> None:
+    """Set the y range to 0 … ``tallest`` plus :data:`_HEADROOM`, so no bar touches the
+    frame (``tallest`` in the axis' units; nothing is changed when it is not positive)."""
+    if np.isfinite(tallest) and tallest > 0:
+        ax.set_ylim(0.0, tallest * (1.0 + _HEADROOM))
+
+
 
 def breakdown_figure(
     breakdown: pd.DataFrame,
@@ -114,6 +127,7 @@ def breakdown_figure(
             )
             for area, part in zip(areas, BREAKDOWN_PARTS):
                 area.set_gid(part)
+        _headroom(step_ax, float(breakdown[list(BREAKDOWN_PARTS)].sum(axis=1).max()) / scale)
         step_ax.set_xlabel("server step")
         step_ax.set_ylabel(f"simulated time ({unit})")
         handles, labels = step_ax.get_legend_handles_labels()
@@ -167,6 +181,7 @@ def grouped_breakdown_figure(
         for bar in bars:
             bar.set_gid(part)
         bottom += values
+    _headroom(ax, float(bottom.max()) if len(bottom) else 0.0)
     ax.set_ylabel("mean simulated seconds per committed step")
     handles, labels = ax.get_legend_handles_labels()
     figure.legend(handles, labels, fontsize=8, ncol=3, loc="outside lower center", frameon=False)

@@ -19,6 +19,8 @@ from fleetsim.errors import FleetsimInputError
 
 X_AXES = {
     "hours": "simulated wall-clock time (h)",
+    "minutes": "simulated wall-clock time (min)",
+    "seconds": "simulated wall-clock time (s)",
     "steps": "committed steps",
     "perturbations": "perturbations used by committed steps",
     "energy": "device energy (kJ)",
@@ -99,6 +101,18 @@ def _with_initial_evaluation(steps: pd.DataFrame, summary: pd.Series) -> pd.Data
     return pd.concat([first, steps], ignore_index=True).copy()
 
 
+#: seconds per unit of each simulated-time x axis
+TIME_AXES = {"hours": 3600.0, "minutes": 60.0, "seconds": 1.0}
+
+
+def time_axis_for(horizon_s: float) -> str:
+    """The simulated-time x axis that reads best for runs ending by ``horizon_s``
+    (seconds): hours beyond 3 h, minutes beyond 3 min, else seconds (the units the device
+    timeline uses), so a one-minute run is not drawn on ticks of 0.0025 h."""
+    unit, _ = _time_unit(float(horizon_s))
+    return {"h": "hours", "min": "minutes", "s": "seconds"}[unit]
+
+
 def progress_frame(runset: RunSet, run: str) -> pd.DataFrame:
     """One run's step rows in time order with every x axis of :data:`X_AXES` as a column,
     starting with the initial model's evaluation at t = 0 where the run recorded one
@@ -109,6 +123,8 @@ def progress_frame(runset: RunSet, run: str) -> pd.DataFrame:
     committed = steps["committed"].to_numpy(dtype=bool)
     frame = steps.assign(
         hours=steps["sim_time_s"] / 3600.0,
+        minutes=steps["sim_time_s"] / 60.0,
+        seconds=steps["sim_time_s"],
         steps=np.cumsum(committed),
         perturbations=np.cumsum(np.where(committed, steps["perturbations"], 0)),
         bytes=np.cumsum(steps["bytes_up"] + steps["bytes_down"]) / 1e6,
@@ -239,7 +255,7 @@ def convergence_figure(
 
     ``ends`` (run id → simulated seconds at its end) marks where each run stopped, for a
     comparison whose runs end at different simulated times (issue 23, equal horizons): a
-    dashed vertical line in the run's colour on the hours axis, an ✕ at the run's last
+    dashed vertical line in the run's colour on a simulated-time axis, an ✕ at the run's last
     point on the others (artist gid ``end:<run>``).
 
     ``metrics`` defaults to accuracy and loss when any run evaluated accuracy, else
@@ -298,8 +314,9 @@ def convergence_figure(
             for run in runs:
                 if ends is None or run not in ends:
                     continue
-                if x == "hours":
-                    ax.axvline(float(ends[run]) / 3600.0, color=colours[group], linestyle="--",
+                if x in TIME_AXES:
+                    ax.axvline(float(ends[run]) / TIME_AXES[x], color=colours[group],
+                               linestyle="--",
                                linewidth=0.8, alpha=0.7, gid=f"end:{run}")
                 else:
                     rx, ry = curves[run]
@@ -314,8 +331,20 @@ def convergence_figure(
         ax.set_xlabel(X_AXES[x] + (" (symmetric log scale)" if log_time else ""))
         ax.set_ylabel(METRICS[metric])
         ax.grid(alpha=0.3)
-        if any_curve or (metric == "accuracy" and targets):
+        if len(groups) == 1 and (any_curve or (metric == "accuracy" and targets)):
             ax.legend(fontsize=8)
+    if len(groups) > 1:
+        # Several groups: one legend below the panels.  Inside a panel, four groups' long
+        # names and the targets covered the curves they name.
+        handles, names = [], []
+        for ax in axes:
+            for handle, name in zip(*ax.get_legend_handles_labels()):
+                if name not in names:
+                    handles.append(handle)
+                    names.append(name)
+        if handles:
+            figure.legend(handles, names, fontsize=8, loc="outside lower center",
+                          ncol=2 if len(metrics) > 1 else 1, frameon=False)
     if log_time:
         set_log_time(axes[0], drawn_x)
     if drawn_x:

@@ -147,6 +147,35 @@ def trace_availability_spans(
     return pd.DataFrame(rows, columns=["device_id", "state", "start_s", "end_s"])
 
 
+def trace_phone_models(
+    scenario: dict, run_dir: Path, device_ids: Sequence[int]
+) -> dict[int, str]:
+    """Phone model names of ``device_ids`` rebuilt from the run's scenario (the same seeded
+    population the run drew: traces section, fleet size, seed), for devices that did no
+    work and so have no row in ``devices.parquet`` (refused for memory, never selected).
+    Empty when the population cannot be rebuilt (e.g. a trace path that does not resolve
+    from the run directory)."""
+    from pydantic import ValidationError
+
+    from fleetsim.errors import FleetsimInputError as InputError
+    from fleetsim.traces.config import TracesConfig
+    from fleetsim.traces.fleet_builder import build_devices
+
+    try:
+        config = TracesConfig.model_validate(scenario["traces"])
+        size = int(scenario["fleet"]["size"])
+        seed = int(scenario["run"]["seed"])
+        horizon = float(scenario["run"]["max_sim_hours"]) * 3600.0
+        table, _ = build_devices(config, size, seed, horizon, Path(run_dir))
+    except (InputError, ValidationError, KeyError, TypeError, ValueError, OSError):
+        return {}
+    return {
+        int(d): table.phone_models[int(table.phone_model_index[int(d)])]
+        for d in device_ids
+        if 0 <= int(d) < len(table)
+    }
+
+
 def sample_devices(events: pd.DataFrame, sample: int, seed: int = 0) -> list[int]:
     """Up to ``sample`` device ids among those with events, drawn from the
     ``("analysis", "timeline_sample")`` stream of ``seed`` and sorted."""
@@ -252,6 +281,9 @@ def timeline_figure(
     ax.set_yticks(range(len(device_ids)))
     phones = runset.devices[runset.devices["run"] == run].set_index("device_id")
     phone_of = phones["phone_model"].to_dict() if "phone_model" in phones else {}
+    unnamed = [d for d in device_ids if d not in phone_of]
+    if unnamed and run in runset.scenarios:
+        phone_of.update(trace_phone_models(runset.scenarios[run], runset.run_dirs[run], unnamed))
     ax.set_yticklabels(
         [f"device {d} ({phone_of[d]})" if d in phone_of else f"device {d}" for d in device_ids],
         fontsize=8,

@@ -13,9 +13,13 @@ Decisions (tested in ``tests/analysis/test_cost_model.py``):
   ``model.max_seq_len``) × batch, through the same latency model;
 * memory: the charged model's weights at ``dtype`` (int8 = 1 byte, int4 = 0.5 byte per
   weight) plus activations — so fewer phones can hold it;
-* payload: the trainable parameters of the scenario's ``peft:`` applied to the charged
-  model (a LoRA of rank r on LLaMA-2-7B is what a phone would send), counted on the meta
-  device without weights.
+* payload: the trainable parameters of ``fleet.cost_model.peft`` (default: the scenario's
+  ``peft:``) applied to the charged model (a LoRA of rank r on LLaMA-2-7B is what a phone
+  would send), counted on the meta device without weights; its extra compute and memory
+  follow the same PEFT.  A separate charged PEFT lets a study charge the phones for a
+  paper's PEFT (FwdLLM's adapters on every layer) while the host computes the learning
+  signal with a cheaper one (a top-layer LoRA), which then differs from the paper's in
+  what it can learn per step — every output names both.
 
 Everything the runner writes names both models: ``summary.json`` has ``charged_model``,
 ``learning_model`` and ``model_label`` ("phones charged for X; learning signal from Y").
@@ -79,14 +83,42 @@ def charged_facts(scenario: Any, base_dir: Path, num_labels: Optional[int] = Non
             "max_seq_len": cost.max_seq_len or scenario.model.max_seq_len,
         }
     )
-    facts = model_facts(model, scenario.peft, scenario.data, scenario.numerics, base_dir,
+    peft = getattr(cost, "peft", None) or scenario.peft  # fleet.cost_model.peft, else peft:
+    facts = model_facts(model, peft, scenario.data, scenario.numerics, base_dir,
                         key="fleet.cost_model.name_or_path",
                         also_allowed=list(folders), num_labels=num_labels)
     return dataclasses.replace(facts, dtype_bytes=COST_DTYPE_BYTES[cost.dtype])
 
 
-def model_label(charged: str, learning: str) -> str:
-    """``"phones charged for X; learning signal from Y"``, or the one name when equal."""
+def peft_words(facts: ModelFacts) -> str:
+    """The PEFT of ``facts`` in words: "adapter, width 48, 6 of 6 layers, head",
+    "lora, rank 4, 1 of 6 layers, head", "bitfit, 6 of 6 layers", "full"; "" when the
+    facts carry no PEFT (a bare config)."""
+    peft = facts.peft
+    if peft is None:
+        return ""
+    if peft.method == "full" or peft.embeddings_trainable:
+        return peft.method
+    parts = [peft.method]
+    if peft.rank:
+        parts.append(f"{'width' if peft.method == 'adapter' else 'rank'} {peft.rank}")
+    if peft.layers:
+        parts.append(f"{len(peft.layers)} of {facts.n_layers} layers")
+    top = peft.trainable_per_layer[-1] if peft.trainable_per_layer else 0
+    if top:
+        parts.append("head")
+    return ", ".join(parts)
+
+
+def model_label(charged: str, learning: str, charged_peft: str = "",
+                learning_peft: str = "") -> str:
+    """``"phones charged for X; learning signal from Y"``, or the one name when equal.
+    ``charged_peft`` / ``learning_peft`` (:func:`peft_words`) are named after each model
+    when they differ ("phones charged for X (adapter, width 48, 6 of 6 layers, head);
+    learning signal from Y (lora, rank 4, 1 of 6 layers, head)")."""
+    if charged_peft != learning_peft and charged_peft and learning_peft:
+        return (f"phones charged for {charged} ({charged_peft}); learning signal from "
+                f"{learning} ({learning_peft})")
     if charged == learning:
         return charged
     return f"phones charged for {charged}; learning signal from {learning}"
@@ -120,10 +152,29 @@ def charge_engine(scenario: Any, engine: Any, base_dir: Path) -> Any:
     return ChargedEngine(engine, charged_facts(scenario, base_dir, num_labels))
 
 
-def model_labels(charged: ModelFacts, learning: ModelFacts) -> dict[str, str]:
-    """Summary fields naming the charged and the learning model of a run."""
+def charged_peft_given(scenario: Any) -> bool:
+    """Whether ``scenario`` charges the phones for a PEFT of its own
+    (``fleet.cost_model.peft``)."""
+    cost = scenario.fleet.cost_model
+    return cost is not None and getattr(cost, "peft", None) is not None
+
+
+def model_labels(charged: ModelFacts, learning: ModelFacts,
+                 separate_peft: bool = False) -> dict[str, str]:
+    """Summary fields naming the charged and the learning model of a run;
+    ``separate_peft`` (``fleet.cost_model.peft`` was given): the label names each model's
+    PEFT too, and ``charged_peft`` / ``learning_peft`` (:func:`peft_words`) are added."""
+    if not separate_peft:
+        return {
+            "charged_model": charged.name,
+            "learning_model": learning.name,
+            "model_label": model_label(charged.name, learning.name),
+        }
+    charged_peft, learning_peft = peft_words(charged), peft_words(learning)
     return {
         "charged_model": charged.name,
         "learning_model": learning.name,
-        "model_label": model_label(charged.name, learning.name),
+        "charged_peft": charged_peft,
+        "learning_peft": learning_peft,
+        "model_label": model_label(charged.name, learning.name, charged_peft, learning_peft),
     }

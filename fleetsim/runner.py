@@ -30,7 +30,7 @@ from fleetsim.callbacks import (
     RunState,
     StepDelay,
 )
-from fleetsim.cost_model import model_labels
+from fleetsim.cost_model import charged_peft_given, model_labels
 from fleetsim.errors import FleetsimInputError, RunStopped
 from fleetsim.fleet.heap import frozen_heap
 from fleetsim.numerics.errors import NumericalFault
@@ -339,7 +339,7 @@ def run_loaded(
         # and the one whose forward gradients are computed (numerics).
         "charged_trainable_params": int(facts.trainable_params),
         "learned_trainable_params": int(engine.facts().trainable_params),
-        **model_labels(facts, engine.facts()),  # charged_model, learning_model, model_label
+        **model_labels(facts, engine.facts(), charged_peft_given(sc)),  # names, label, PEFTs
         "numerics": engine.describe(),
         **code_provenance(),  # fleetsim_version, git_commit, git_dirty
         "scenario_hash": digest,

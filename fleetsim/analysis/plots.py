@@ -27,9 +27,9 @@ from fleetsim.analysis.figures.convergence import (
     has_accuracy,
     median_band,
     progress_frame,
-    time_to_accuracy_figure,
     write_run_convergence,
 )
+from fleetsim.analysis.figures.time_to_accuracy import time_to_accuracy_figure
 from fleetsim.analysis.figures.timeline import (
     TIMELINE_STATES,
     device_spans,

@@ -8,11 +8,11 @@ Each area owns its section's model next to its code (``fleet/config.py``,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleetsim.fleet.config import FleetConfig
+from fleetsim.fleet.config import CostModelConfig, FleetConfig
 from fleetsim.numerics.config import (
     DataConfig,
     ModelConfig,
@@ -141,13 +141,39 @@ class OutputConfig(BaseModel):
         return names
 
 
+class ChargedModelConfig(CostModelConfig):
+    """``fleet.cost_model`` with the PEFT the phones are charged for.  It lives here, not
+    in ``fleet/config.py``, because the PEFT section belongs to the numerics floor, which
+    the simulated side does not import."""
+
+    peft: Optional[PeftConfig] = Field(
+        None,
+        description="The PEFT the phones are charged for (trainable parameters uploaded, "
+        "their extra compute and memory) when it differs from peft: (default: peft:). E.g. "
+        "the paper's adapters on every layer of the charged model, while the learning signal "
+        "comes from a cheaper top-layer LoRA of model:. A protocol's PEFT preset "
+        "(adapter_bp, bitfit_bp, ...) applies to it as to peft:.",
+    )
+
+
+class ScenarioFleetConfig(FleetConfig):
+    """``fleet:`` with :class:`ChargedModelConfig` as its ``cost_model``."""
+
+    cost_model: Optional[ChargedModelConfig] = Field(
+        None,
+        description="The model the phones are charged for (latency, memory, payload) when it "
+        "differs from model: (default: the same model).",
+    )
+
+
 class Scenario(BaseModel):
     """A complete fleetsim scenario."""
 
     model_config = ConfigDict(extra="forbid")
 
     description: str = Field("", description="Free text shown in reports.")
-    fleet: FleetConfig = Field(description="Fleet size and device behaviour on the clock.")
+    fleet: ScenarioFleetConfig = Field(
+        description="Fleet size and device behaviour on the clock.")
     traces: TracesConfig = Field(
         default_factory=TracesConfig, description="Device catalogue, population, availability, "
         "network."
@@ -214,6 +240,16 @@ class Scenario(BaseModel):
         if fills:
             self.peft = PeftConfig.model_validate(
                 {**self.peft.model_dump(exclude_unset=True), **fills})
+        cost = self.fleet.cost_model
+        if cost is not None and cost.peft is not None:
+            # the charged PEFT is the same method's, on the charged model
+            fills, problem = protocol.peft_preset(cost.peft.model_dump(),
+                                                  cost.peft.model_fields_set)
+            if problem is not None:
+                raise ValueError(problem.replace("peft.", "fleet.cost_model.peft."))
+            if fills:
+                cost.peft = PeftConfig.model_validate(
+                    {**cost.peft.model_dump(exclude_unset=True), **fills})
         if protocol.two_learning_rates:
             p = self.protocol
             self.protocol = p.model_copy(update={

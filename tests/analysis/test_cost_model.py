@@ -101,3 +101,66 @@ def test_validate_names_the_charged_model(capsys) -> None:
     assert main(["validate", str(SCENARIO), *sets]) == 0
     out = capsys.readouterr().out
     assert "(phones charged for tinyllama-1.1b, int4)" in out
+
+
+# fleet.cost_model.peft: the phones are charged for the paper's PEFT (adapters, width 48, on
+# every layer of DistilBERT) while the host learns with a top-layer LoRA (issue 23 (b))
+CHEAP_LEARNING = ["peft.method=lora", "peft.rank=4", "peft.alpha=8", "peft.top_layers=1"]
+PAPER_CHARGE = ["fleet.cost_model.name_or_path=models/distilbert-base-uncased",
+                "fleet.cost_model.dtype=float32", "fleet.cost_model.peft.method=adapter",
+                "fleet.cost_model.peft.rank=48"]
+
+
+def test_charged_peft_prices_the_phones_and_leaves_the_learning_peft() -> None:
+    from fleetsim.numerics.facts import model_facts
+    from fleetsim.runner import validate_loaded
+
+    paper = validate_loaded(load_scenario(SCENARIO, SMALL))  # adapters learn and are charged
+    split = load_scenario(SCENARIO, SMALL + CHEAP_LEARNING + PAPER_CHARGE)
+    charged = charged_facts(split.scenario, split.base_dir)
+    # the phones pay for exactly what the paper profile's own PEFT costs ...
+    assert charged.trainable_params == paper.facts.trainable_params
+    assert charged.peft.method == "adapter" and charged.peft.rank == 48
+    assert charged.peft.layers == tuple(range(6))
+    built = validate_loaded(split)
+    assert built.facts.trainable_params == paper.facts.trainable_params
+    assert built.protocol.upload_fn()(1) == paper.protocol.upload_fn()(1)
+    kind = next(iter(paper.memory))
+    assert built.memory[kind] == paper.memory[kind]
+    # ... while the learning model keeps the cheap LoRA of the top layer
+    learning = model_facts(split.scenario.model, split.scenario.peft, split.scenario.data,
+                           split.scenario.numerics, split.base_dir)
+    assert learning.peft.method == "lora" and learning.peft.layers == (5,)
+    assert learning.trainable_params < charged.trainable_params / 10
+    # without the key the charged PEFT is peft: (the learning one) on the charged model
+    same = load_scenario(SCENARIO, SMALL + CHEAP_LEARNING + PAPER_CHARGE[:2])
+    assert charged_facts(same.scenario, same.base_dir).trainable_params == \
+        learning.trainable_params
+
+
+def test_a_protocol_preset_binds_the_charged_peft_too() -> None:
+    from fleetsim.errors import FleetsimInputError
+
+    preset = ["protocol.name=bitfit_bp", "peft.method=bitfit"]
+    loaded = load_scenario(SCENARIO, SMALL + preset + [
+        "fleet.cost_model.name_or_path=models/distilbert-base-uncased",
+        "fleet.cost_model.peft.rank=8"])
+    assert loaded.scenario.fleet.cost_model.peft.method == "bitfit"  # filled in
+    with pytest.raises(FleetsimInputError, match=r"fleet\.cost_model\.peft\.method"):
+        load_scenario(SCENARIO, SMALL + preset + PAPER_CHARGE)
+
+
+def test_outputs_name_each_peft_when_they_differ(tmp_path: Path) -> None:
+    from fleetsim.cost_model import peft_words
+    from fleetsim.runner import run_scenario
+
+    run_dir = run_scenario(SCENARIO, SMALL + CHEAP_LEARNING + PAPER_CHARGE
+                           + ["run.progress=false"], run_dir=tmp_path / "run")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["charged_peft"] == "adapter, width 48, 6 of 6 layers, head"
+    assert summary["learning_peft"] == "lora, rank 4, 1 of 6 layers, head"
+    assert summary["model_label"] == (
+        "phones charged for distilbert-base-uncased (adapter, width 48, 6 of 6 layers, head); "
+        "learning signal from distilbert-base-uncased (lora, rank 4, 1 of 6 layers, head)")
+    loaded = load_scenario(SCENARIO, SMALL + CHEAP_LEARNING + PAPER_CHARGE)
+    assert peft_words(charged_facts(loaded.scenario, loaded.base_dir)) == summary["charged_peft"]

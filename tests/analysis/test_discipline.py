@@ -110,7 +110,7 @@ def test_convergence_figures_mark_each_run_end(make_run) -> None:
             if x == "hours":  # a vertical line at the end, in hours
                 assert marks["end:short"].get_xdata()[0] == pytest.approx(36.0 / 3600)
     # the time-to-target figure marks each group's earliest end (seconds at this scale)
-    from fleetsim.analysis.figures.convergence import time_to_accuracy_figure
+    from fleetsim.analysis.figures.time_to_accuracy import time_to_accuracy_figure
     from fleetsim.analysis.metrics import time_to_accuracy_table
 
     table = time_to_accuracy_table(runset, [0.4, 0.7], by="scenario_name")

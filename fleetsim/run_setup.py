@@ -163,6 +163,7 @@ def build_run(
         on_step=on_step,
         stop_requested=stop_requested or (lambda: False),
         stop_accuracy=max(sc.run.targets) if sc.run.stop_at_target else math.inf,
+        stop_on_validation=sc.run.stop_split == "validation",
     )
     protocol = make_server(ctx)
     check_feasible(loaded, fleet, protocol, memory[protocol.task_kind])

@@ -394,3 +394,37 @@ def test_the_final_evaluation_does_not_relabel_another_stop(tmp_path):
     summary, steps, _, _ = read_run(run_scenario(scenario, run_dir=tmp_path / "o"))
     assert summary["steps"] == 3 and summary["stopped_by"] == "max_steps"
     assert summary["time_to_target"]["0.01"] is not None  # it was reached, at the end
+
+
+def test_stop_split_validation_stops_on_the_validation_split(tmp_path):
+    # issue 23, rule 3: a tuning run may stop at a target, but on the validation split: the
+    # test split must not decide even when a tuning run ends
+    def scenario(name: str, targets: str, stop: str, split: str) -> Path:
+        text = LEARNING.format(targets=targets, stop=stop).replace(
+            "max_eval_examples: 40,", "max_eval_examples: 40, validation_fraction: 0.25,")
+        text = text.replace("stop_at_target:", f"stop_split: {split}, stop_at_target:")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        return path
+
+    _, steps, _, _ = read_run(run_scenario(scenario("full", "[0.05]", "false", "test"),
+                                           run_dir=tmp_path / "full"))
+    val, acc = steps["val_accuracy"].to_numpy(), steps["accuracy"].to_numpy()
+    assert np.isfinite(val).all() and np.isfinite(acc).all()
+    # a target both splits reach, first at different evaluations
+    candidates = [t for t in sorted(set(val[1:]) | set(acc[1:]))
+                  if (val >= t).any() and (acc >= t).any()
+                  and np.flatnonzero(val >= t)[0] != np.flatnonzero(acc >= t)[0]]
+    assert candidates, "the splits should reach some target at different evaluations"
+    target = float(candidates[-1])
+    by_val, by_test = (int(np.flatnonzero(a >= target)[0]) for a in (val, acc))
+    for split, first in (("validation", by_val), ("test", by_test)):
+        path = scenario(split, f"[{target!r}]", "true", split)
+        summary, stopped, _, _ = read_run(run_scenario(path, run_dir=tmp_path / split))
+        assert summary["stopped_by"] == "targets_reached", split
+        assert len(stopped) == first + 1, split
+    # a validation stop needs a validation split
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(LEARNING.format(targets="[0.5]", stop="true").replace(
+        "stop_at_target:", "stop_split: validation, stop_at_target:"))
+    assert main(["validate", str(bad)]) == 2

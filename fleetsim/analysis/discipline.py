@@ -218,8 +218,31 @@ class Selection:
 
         shown = self.grid.copy()
         shown["validation"] = [f"{v:.4f}" for v in shown["validation"]]
+        if "median_s" in shown.columns:
+            shown["reached"] = [f"{int(k)} of {int(n)}"
+                                for k, n in zip(shown["reached"], shown["runs"])]
+            shown["median_s"] = [f"{v / 60:.3g}" if math.isfinite(v) else "not reached"
+                                 for v in shown["median_s"]]
+            shown = shown.rename(columns={"median_s": "median minutes to target"})
         shown["chosen"] = ["chosen" if c else "" for c in shown["chosen"]]
         return f"Chosen by {self.criterion}.\n\n" + markdown_table(shown)
+
+
+def _first_at_or_above(runset: RunSet, column: str, target: float,
+                       budget_s: float) -> pd.Series:
+    """Per run (summary order): the simulated seconds of the first evaluation whose
+    ``column`` reaches ``target`` at or before ``budget_s``; inf when none did."""
+    steps = runset.steps
+    if column not in steps.columns:
+        raise FleetsimInputError(
+            f"steps.parquet has no {column!r} column: the runs were not evaluated on a "
+            "validation split (set numerics.data.validation_fraction)"
+        )
+    values = steps[column].to_numpy(dtype=float)
+    times = steps["sim_time_s"].to_numpy(dtype=float)
+    hits = steps[np.isfinite(values) & (values >= target) & (times <= budget_s)]
+    first = hits.groupby("run")["sim_time_s"].min()
+    return first.reindex(runset.summary["run"]).fillna(math.inf)
 
 
 def _validation_at_budget(runset: RunSet, column: str, budget_s: float) -> pd.Series:
@@ -241,9 +264,18 @@ def select_by_validation(
     tuned_keys: Sequence[str] = ("protocol.lr",),
     column: str = VALIDATION_COLUMN,
     budget_s: float = math.inf,
+    target: float | None = None,
 ) -> Selection:
     """Pick each arm's setting of ``tuned_keys`` (e.g. ``protocol.lr``) from the sweep's
     grid by the validation split.
+
+    With ``target`` (a time-to-accuracy study, whose tuning runs stop on the validation
+    split: ``run.stop_split: validation``), the criterion is how soon each candidate
+    reaches ``target`` on the validation split: most runs (seeds) reaching it at or
+    before ``budget_s`` first, then the smallest median simulated time to it (a run that
+    never reached it counts as infinitely late), then the highest mean best validation
+    accuracy, then the smallest tuned values.  The grid then has ``reached`` and
+    ``median_s`` columns beside ``validation``.
 
     Criterion: for each run, the best validation accuracy (``column`` of
     ``steps.parquet``) evaluated at or before ``budget_s`` simulated seconds; per
@@ -264,34 +296,71 @@ def select_by_validation(
                 f"selection key {key!r} is not a scenario key of the runs; known: "
                 + ", ".join(runset.param_columns)
             )
-    frame = summary[["run", *arm_keys, *tuned_keys]].copy()
-    frame["score"] = _validation_at_budget(runset, column, budget_s).fillna(-math.inf).to_numpy()
-    candidates = (
-        frame.groupby([*arm_keys, *tuned_keys], dropna=False, sort=True)
-        .agg(runs=("run", "size"), validation=("score", "mean"))
-        .reset_index()
-    )
-    candidates["chosen"] = False
-    for _, part in candidates.groupby(list(arm_keys), dropna=False, sort=False):
-        best = part["validation"].max()
-        tied = part[part["validation"] >= best - 1e-12]
-        pick = tied.sort_values(list(tuned_keys), kind="stable").index[0]
-        candidates.loc[pick, "chosen"] = True
-    chosen = candidates[candidates["chosen"]]
-    keyed = frame.merge(chosen[[*arm_keys, *tuned_keys]], on=[*arm_keys, *tuned_keys])
-    chosen_ids = set(keyed["run"])
+    frame = validation_scores(runset, [*arm_keys, *tuned_keys], column, budget_s, target)
+    selection = choose_settings(frame, arm_keys, tuned_keys, by_time=target is not None)
     criterion = (
-        f"best {column} at or before {budget_s / 3600:g} h simulated, mean over seeds; "
+        f"most seeds reaching {column} {target:g}"
+        + (f" at or before {budget_s / 3600:g} h simulated" if math.isfinite(budget_s) else "")
+        + f", then the smallest median simulated time to it, then the best mean {column}; "
+        f"ties to the smaller {', '.join(tuned_keys)}"
+        if target is not None
+        else f"best {column} at or before {budget_s / 3600:g} h simulated, mean over seeds; "
         f"ties to the smaller {', '.join(tuned_keys)}"
         if math.isfinite(budget_s)
         else f"best {column} over the run, mean over seeds; ties to the smaller "
         f"{', '.join(tuned_keys)}"
     )
-    return Selection(
-        grid=candidates,
-        chosen_runs=[r for r in summary["run"] if r in chosen_ids],
-        criterion=criterion,
+    return Selection(grid=selection.grid, chosen_runs=selection.chosen_runs,
+                     criterion=criterion)
+
+
+def validation_scores(runset: RunSet, keys: Sequence[str], column: str = VALIDATION_COLUMN,
+                      budget_s: float = math.inf, target: float | None = None) -> pd.DataFrame:
+    """One row per run (summary order): ``run``, ``keys`` (scenario columns), ``score``
+    (best ``column`` at or before ``budget_s``; -inf when never evaluated) and, with
+    ``target``, ``first_s`` (simulated seconds of the first evaluation reaching it at or
+    before ``budget_s``; inf when none): the per-run table :func:`choose_settings` reads."""
+    frame = runset.summary[["run", *keys]].copy()
+    frame["score"] = _validation_at_budget(runset, column, budget_s).fillna(-math.inf).to_numpy()
+    if target is not None:
+        frame["first_s"] = _first_at_or_above(runset, column, target, budget_s).to_numpy()
+    return frame.reset_index(drop=True)
+
+
+def choose_settings(frame: pd.DataFrame, arm_keys: Sequence[str],
+                    tuned_keys: Sequence[str], by_time: bool = False) -> Selection:
+    """The choice of :func:`select_by_validation` from its per-run scores, so a results
+    page can recompute it from a committed per-run table.
+
+    ``frame``: one row per tuning run with ``run``, the arm and tuned keys, ``score`` (the
+    run's best validation accuracy within the budget; -inf when none) and, with
+    ``by_time``, ``first_s`` (simulated seconds to the validation target; inf when not
+    reached).  Returns the :class:`Selection` with an empty ``criterion``."""
+    aggregations = {"runs": ("run", "size"), "validation": ("score", "mean")}
+    if by_time:
+        aggregations.update(reached=("first_s", lambda v: int(np.isfinite(v).sum())),
+                            median_s=("first_s", "median"))
+    candidates = (
+        frame.groupby([*arm_keys, *tuned_keys], dropna=False, sort=True)
+        .agg(**aggregations)
+        .reset_index()
     )
+    candidates["chosen"] = False
+    for _, part in candidates.groupby(list(arm_keys), dropna=False, sort=False):
+        if by_time:
+            order = part.assign(_reached=-part["reached"], _score=-part["validation"])
+            pick = order.sort_values(["_reached", "median_s", "_score", *tuned_keys],
+                                     kind="stable").index[0]
+        else:
+            best = part["validation"].max()
+            tied = part[part["validation"] >= best - 1e-12]
+            pick = tied.sort_values(list(tuned_keys), kind="stable").index[0]
+        candidates.loc[pick, "chosen"] = True
+    chosen = candidates[candidates["chosen"]]
+    keyed = frame.merge(chosen[[*arm_keys, *tuned_keys]], on=[*arm_keys, *tuned_keys])
+    chosen_ids = set(keyed["run"])
+    return Selection(grid=candidates,
+                     chosen_runs=[r for r in frame["run"] if r in chosen_ids], criterion="")
 
 
 __all__ = [
@@ -302,7 +371,9 @@ __all__ = [
     "VALIDATION_COLUMN",
     "check_eval_grids",
     "check_horizons",
+    "choose_settings",
     "eval_grids",
     "require_equal_horizons",
     "select_by_validation",
+    "validation_scores",
 ]

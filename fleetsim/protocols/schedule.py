@@ -111,7 +111,11 @@ class RunSchedule:
 
     @property
     def target_reached(self) -> bool:
-        """run.stop_at_target: the last evaluation reached the highest target."""
+        """run.stop_at_target: the last evaluation reached the highest target (on the
+        validation split with run.stop_split: validation)."""
         last = self.last_eval
-        return bool(last is not None and math.isfinite(last.accuracy)
-                    and math.isfinite(last.loss) and last.accuracy >= self.ctx.stop_accuracy)
+        if last is None:
+            return False
+        accuracy = last.val_accuracy if self.ctx.stop_on_validation else last.accuracy
+        return bool(math.isfinite(accuracy) and math.isfinite(last.loss)
+                    and accuracy >= self.ctx.stop_accuracy)

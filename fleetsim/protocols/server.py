@@ -65,8 +65,10 @@ class ServerContext:
     overcommit_factor: float = 1.0
     on_step: Optional[Callable[[dict], None]] = None  # progress callback
     stop_requested: Callable[[], bool] = field(default=lambda: False)
-    # run.stop_at_target: stop once an evaluation reaches this accuracy (inf: never)
+    # run.stop_at_target: stop once an evaluation reaches this accuracy (inf: never), read
+    # on the validation split when run.stop_split is "validation"
     stop_accuracy: float = math.inf
+    stop_on_validation: bool = False
 
 
 class StepServer(RunSchedule, CarriedWork, StepRecords):

@@ -33,7 +33,8 @@ STATUSES: dict[str, tuple[int, str]] = {
 STOP_RULES: dict[str, str] = {
     "rounds": "protocol.rounds: every round ran",
     "max_steps": "protocol.max_steps: that many steps committed",
-    "targets_reached": "run.stop_at_target: an evaluation reached the highest of run.targets",
+    "targets_reached": ("run.stop_at_target: an evaluation reached the highest of run.targets "
+                        "(on the split run.stop_split names)"),
     "max_sim_hours": "run.max_sim_hours: the simulated clock reached the horizon",
     "stop_request": "a stop request from the user (Ctrl-C / SIGTERM)",
     "numerical_fault": "a non-finite loss or estimate with numerics.on_nonfinite: stop",

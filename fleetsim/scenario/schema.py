@@ -59,6 +59,13 @@ class RunConfig(BaseModel):
         "of run.targets (status completed, stopped_by targets_reached): a time-to-accuracy "
         "study needs nothing after that point.  Needs run.targets.",
     )
+    stop_split: Literal["test", "validation"] = Field(
+        "test",
+        description="Which evaluated accuracy run.stop_at_target reads: 'test' (the held-out "
+        "split, as run.targets' time_to_target) or 'validation' (data.validation_fraction's "
+        "split): a tuning run that stops on the validation split never reads the test split, "
+        "not even to decide when to end.",
+    )
     progress: bool = Field(True, description="Show a progress bar on stderr.")
     start_hour: float = Field(
         0.0, ge=0, lt=24,
@@ -201,6 +208,11 @@ class Scenario(BaseModel):
         problem = policy.config_problem(self.policy, p.commit.deadline_s) if policy else None
         if problem is not None:
             raise ValueError(problem)
+        if self.run.stop_split == "validation" and self.data.validation_fraction <= 0:
+            raise ValueError(
+                "run.stop_split: 'validation' needs a validation split; set "
+                "data.validation_fraction (e.g. 0.2) or use stop_split: test"
+            )
         if self.numerics.engine == "none" and self.run.targets:
             raise ValueError(
                 "run.targets: a systems-only run (numerics.engine: none) computes no accuracy; "

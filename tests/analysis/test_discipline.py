@@ -191,6 +191,54 @@ def test_select_by_validation_picks_each_arms_lr(make_run) -> None:
         select_by_validation(runset, ["protocol.nope"])
 
 
+def test_select_by_time_to_a_validation_target(make_run) -> None:
+    # issue 23 (c): a time-to-accuracy study tunes each arm on how soon it reaches the target
+    # on the validation split.  lr 0.01: both seeds reach 0.6, at evaluations 3 and 2; lr 0.1:
+    # both reach it at evaluation 2 (sooner: chosen, although lr 0.01's best validation
+    # accuracy is higher); lr 1.0: one seed only (the test split, 0.9, never counts).
+    spec = {
+        0.01: [(0.1, 0.2, 0.6, 0.9), (0.2, 0.6, 0.3, 0.9)],
+        0.1: [(0.1, 0.6, 0.5, 0.5), (0.2, 0.65, 0.3, 0.3)],
+        1.0: [(0.7, 0.1, 0.1, 0.1), (0.3, 0.1, 0.1, 0.1)],
+    }
+    dirs = []
+    for lr, seeds in spec.items():
+        for seed, val in enumerate(seeds):
+            run = make_run(name=f"lr{lr}-s{seed}", protocol="fwdllm", seed=seed,
+                           accuracies=(0.9, 0.9, 0.9, 0.9), extra_params={"protocol.lr": lr})
+            dirs.append(_with_validation(run, val))
+    runset = load_runs(dirs)
+    times = runset.steps.groupby("run")["sim_time_s"].apply(list)
+    chosen = select_by_validation(runset, ["protocol.name"], ["protocol.lr"], target=0.6)
+    assert sorted(chosen.chosen_runs) == ["lr0.1-s0", "lr0.1-s1"]
+    grid = chosen.grid.set_index("protocol.lr")
+    assert grid["reached"].tolist() == [2, 2, 1]
+    assert grid.loc[0.01, "median_s"] == pytest.approx(
+        (times["lr0.01-s0"][2] + times["lr0.01-s1"][1]) / 2)
+    assert grid.loc[0.1, "median_s"] == pytest.approx(times["lr0.1-s0"][1])
+    assert grid.loc[1.0, "median_s"] == math.inf  # the median of one hit and one miss
+    assert grid.loc[0.01, "validation"] > grid.loc[0.1, "validation"]
+    assert chosen.criterion.startswith("most seeds reaching val_accuracy 0.6")
+    page = chosen.markdown()
+    assert "| fwdllm | 1 | 2 | 0.5000 | 1 of 2 | not reached |  |" in page
+    assert "| fwdllm | 0.1 | 2 | 0.6250 | 2 of 2 | " in page
+    # a budget before lr 0.1's hits: lr 1.0's single early hit now wins on seeds reaching
+    early = select_by_validation(runset, ["protocol.name"], ["protocol.lr"], target=0.6,
+                                 budget_s=times["lr1.0-s0"][0])
+    assert sorted(early.chosen_runs) == ["lr1.0-s0", "lr1.0-s1"]
+    # a page recomputes the choice from the committed per-run table alone
+    from io import StringIO
+
+    from fleetsim.analysis.discipline import choose_settings, validation_scores
+
+    per_run = validation_scores(runset, ["protocol.name", "protocol.lr"], target=0.6)
+    text = per_run.to_csv(index=False)
+    again = choose_settings(pd.read_csv(StringIO(text)), ["protocol.name"], ["protocol.lr"],
+                            by_time=True)
+    pd.testing.assert_frame_equal(again.grid, chosen.grid)
+    assert sorted(again.chosen_runs) == sorted(chosen.chosen_runs)
+
+
 def test_select_by_validation_needs_a_validation_split(make_run) -> None:
     runset = load_runs([make_run(name="a")])
     with pytest.raises(FleetsimInputError, match="validation split"):

@@ -48,6 +48,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from fleetsim.analysis import load_runs, step_breakdown, timeline_figure
+from fleetsim.analysis.discipline import choose_settings, validation_scores
 from fleetsim.analysis.load import RunSet
 from fleetsim.analysis.metrics import breakdown_shares
 from fleetsim.analysis.pages import write_page, write_runs_table
@@ -69,6 +70,7 @@ from fleetsim.analysis.study import (
     study_entry,
     write_table,
 )
+from fleetsim.errors import FleetsimInputError
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -82,6 +84,8 @@ PUBLISHED = {
 }
 #: The arm every other is compared with, paired by seed (same fleet, same windows).
 REFERENCE_ARM = "barrier"
+#: the key each arm's tuning stage chooses (sweep_accuracy_tune.yaml's grid)
+TUNED = "protocol.lr"
 #: What the arms are, for the pages.
 ARM_WORDS = {
     "barrier": "uniform v per device, the server waits for every cohort device (or its "
@@ -343,7 +347,48 @@ def accuracy_figure(runs: StudyRuns, per_run: pd.DataFrame, title: str, path: Pa
     return save_figure(figure, path)
 
 
-def analyse(runs: StudyRuns, figures: Path, mark: bool = False) -> dict:
+def tuning_rows(run_dirs: list[Path]) -> pd.DataFrame:
+    """The tuning stage's per-run rows (``stage`` "tune"): provenance, arm, ``lr``, seed,
+    end, ``best_val_accuracy`` and ``first_val_s`` (simulated seconds to the highest target
+    on the validation split within the budget; inf when not reached): what the page's
+    choice (:func:`tuning_selection`) is recomputed from."""
+    runset = load_runs(run_dirs)
+    summary = runset.summary
+    targets = [float(t) for t in json.loads(summary["run.targets"].iloc[0])]
+    budget = float(summary["run.max_sim_hours"].max()) * 3600.0
+    rows = per_run_table(run_dirs, [TUNED, "run.start_hour", "run.seed"], targets)
+    scores = validation_scores(runset, [], target=max(targets), budget_s=budget)
+    rows = rows.merge(scores[["run", "first_s"]], on="run", validate="one_to_one")
+    by_run = summary.copy().set_index("run").loc[rows["run"]].reset_index()
+    rows = rows.assign(arm=[variant(r) for _, r in by_run.iterrows()],
+                       host_s=by_run["host_seconds"].to_numpy(float), stage="tune")
+    return rows.rename(columns={TUNED: "lr", "run.start_hour": "start_hour",
+                                "run.seed": "seed", "first_s": "first_val_s"})
+
+
+def tuning_selection(table: pd.DataFrame):
+    """Each arm's chosen ``lr`` from the tuning rows of a per-run table
+    (:func:`fleetsim.analysis.discipline.choose_settings` by time to the validation
+    target); None without tuning rows."""
+    if "stage" not in table.columns or not (table["stage"] == "tune").any():
+        return None
+    tune = table[table["stage"] == "tune"]
+    frame = pd.DataFrame({"run": tune["run"], "arm": tune["arm"], "lr": tune["lr"],
+                          "score": tune["best_val_accuracy"].fillna(-math.inf),
+                          "first_s": tune["first_val_s"].astype(float)})
+    return choose_settings(frame, ["arm"], ["lr"], by_time=True)
+
+
+def final_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The test-split runs of a per-run table (all rows of a table without a tuning
+    stage)."""
+    if "stage" not in table.columns:
+        return table
+    return table[table["stage"] != "tune"].reset_index(drop=True)
+
+
+def analyse(runs: StudyRuns, figures: Path, mark: bool = False,
+            tuning: pd.DataFrame | None = None) -> dict:
     """Tables and figures from the finished runs; returns the facts of ``study.json``.
     Issue 23's discipline: runs on different evaluation grids are refused, and so are runs
     that ended short of the common simulated-time budget without reaching every target
@@ -356,10 +401,14 @@ def analyse(runs: StudyRuns, figures: Path, mark: bool = False) -> dict:
     run_targets = ([float(t) for t in json.loads(summary["run.targets"].iloc[0])]
                    if "run.targets" in summary else [])
     ends = check_discipline(runs.run_dirs, run_targets, mark)
-    keys = [k for k in ("policy.name", "protocol.commit.late_work", "run.start_hour", "run.seed")
-            if k in summary.columns]
+    keys = [k for k in ("policy.name", "protocol.commit.late_work", "run.start_hour", "run.seed",
+                        TUNED) if k in summary.columns]
     provenance = per_run_table(runs.run_dirs, keys, run_targets)
-    write_runs_table(page_table(provenance, per_run), figures / "runs.csv")
+    table = page_table(provenance, per_run)
+    if tuning is not None and len(tuning):
+        # one table, both stages: the page recomputes the choice from its tuning rows
+        table = pd.concat([table.assign(stage="final"), tuning], ignore_index=True)
+    write_runs_table(table, figures / "runs.csv")
     write_page(figures / "runs.csv", figures / "page.md",
                render_accuracy if run_targets else render_systems)
     table = churn_table(per_run)
@@ -415,11 +464,13 @@ def analyse(runs: StudyRuns, figures: Path, mark: bool = False) -> dict:
 def page_table(provenance: pd.DataFrame, per_run: pd.DataFrame) -> pd.DataFrame:
     """The per-run table a page is rendered from: :func:`per_run_table`'s provenance, end,
     stop rule and seconds to each target, with :func:`per_run_metrics`' columns."""
-    metrics = per_run.drop(columns=["seed"]).rename(columns={"variant": "arm"})
+    # seed and start hour come from the provenance (run.seed, run.start_hour): kept once
+    metrics = per_run.drop(columns=["seed", "start_hour"]).rename(columns={"variant": "arm"})
     overlap = [c for c in metrics.columns if c in provenance.columns and c != "run"]
     metrics = metrics.drop(columns=overlap)  # the provenance's own (e.g. steps: the same)
     table = provenance.merge(metrics, on="run", how="left", validate="one_to_one")
-    return table.rename(columns={"run.start_hour": "start_hour", "run.seed": "seed"})
+    return table.rename(columns={"run.start_hour": "start_hour", "run.seed": "seed",
+                                 TUNED: "lr"})
 
 
 def _num(x: float, digits: int = 3) -> str:
@@ -584,7 +635,7 @@ def accuracy_verdicts(table: pd.DataFrame) -> dict[str, str]:
 
 def answer_accuracy(table: pd.DataFrame) -> str:
     """The learning-signal page's answer, in words, from the table alone."""
-    verdicts = accuracy_verdicts(table)
+    verdicts = accuracy_verdicts(final_rows(table))
     established = [v for v in verdicts.values() if not v.startswith("not established")]
     if not established:
         return "No ranking is established (see the verdicts)."
@@ -593,16 +644,24 @@ def answer_accuracy(table: pd.DataFrame) -> str:
 
 
 def render_accuracy(table: pd.DataFrame) -> str:
-    """The learning-signal page (allocation_under_churn.md) from its per-run table (pure)."""
+    """The learning-signal page (allocation_under_churn.md) from its per-run table (pure):
+    the test-split runs, and the tuning stage's choice when the table has its rows."""
+    selection = tuning_selection(table)
+    table = final_rows(table)
     targets = _targets(table)
     lines = _header("(c) Load allocation under churn: time to accuracy", table,
                     "--accuracy --publish")
+    rates = sorted({float(v) for v in table["lr"]}) if "lr" in table.columns else [0.01]
     lines += [
         "Learning signal: all-MiniLM-L6-v2, LoRA rank 4 on query/value of the top layer + "
         "head, real forward gradients on AG News (each phone holds a uniform sample of 8 of "
-        "the 6,080 training items), Adam at 0.01 on the server for every arm (the arms differ "
-        "in allocation, not in the update rule; the learning rate is not tuned per arm). "
-        "Every arm is evaluated on one simulated-time grid, every simulated minute from t = 0, "
+        "the 6,080 training items), Adam on the server at "
+        + ", ".join(f"{r:g}" for r in rates) + " in these runs"
+        + (" (the tuning stage below chose each arm's rate on a validation split). "
+           if selection is not None else
+           " for every arm (the arms differ in allocation, not in the update rule; the "
+           "learning rate is not tuned per arm: issue 23's rule 3 is not met here). ")
+        + "Every arm is evaluated on one simulated-time grid, every simulated minute from t = 0, "
         "on 200 held-out items; a run stops at the first evaluation reaching the highest "
         f"target, else at the common budget of {table['end_s'].max() / 3600:.3g} simulated "
         "hours.",
@@ -643,9 +702,38 @@ def render_accuracy(table: pd.DataFrame) -> str:
         "No ranking is established (see the verdicts).")
         + " Rankings not listed here are not established.")
     lines.insert(5, "")
+    if selection is not None:
+        lines += ["", *tuning_section(table, selection)]
     lines += ["", "![held-out accuracy over simulated minutes]"
               "(allocation_under_churn/accuracy.png)", ""]
     return "\n".join(lines)
+
+
+def tuning_section(final: pd.DataFrame, selection) -> list[str]:
+    """The page's account of the tuning stage: the grid, the criterion, the choice, and
+    for each arm whether its test runs ran at the chosen rate."""
+    grid = selection.grid
+    lines = ["## Tuning: each arm's learning rate on the validation split", "",
+             "Each arm's Adam rate from the grid " + ", ".join(
+                 f"{v:g}" for v in sorted(set(grid["lr"]))) + " (sweep_accuracy_tune.yaml), on "
+             "5 % of the training items carved off as a validation split; a tuning run stops "
+             "when its validation accuracy reaches the highest target, so the test split "
+             "decides nothing. Chosen by: most tuning seeds reaching it within the budget, "
+             "then the smallest median simulated time to it, then the best mean validation "
+             "accuracy; ties to the smaller rate.", "",
+             selection.markdown().split("\n\n", 1)[1].rstrip("\n"), ""]
+    used = final.groupby("arm")["lr"].agg(lambda v: sorted({float(x) for x in v})) \
+        if "lr" in final.columns else {}
+    for _, row in grid[grid["chosen"]].iterrows():
+        arm, chosen = row["arm"], float(row["lr"])
+        ran = used.get(arm, []) if len(used) else []
+        if ran == [chosen]:
+            lines.append(f"* `{arm}`: chosen {chosen:g}; its test runs ran at it.")
+        else:
+            lines.append(f"* `{arm}`: chosen {chosen:g}; its test runs ran at "
+                         + ", ".join(f"{r:g}" for r in ran) + ", so its verdicts above "
+                         "are provisional until it is rerun at the chosen rate.")
+    return lines
 
 
 def publish(figures: Path, mode: str) -> Path:
@@ -662,12 +750,25 @@ def publish(figures: Path, mode: str) -> Path:
     return write_page(table, page, render_accuracy if mode == "accuracy" else render_systems)
 
 
+def finished(sweep: Path, out_dir: Path) -> StudyRuns:
+    """The finished runs in a sweep folder, as they are (``--analyse-only``)."""
+    done = sorted(d for d in out_dir.glob("arm=*") if (d / "run_complete.json").is_file())
+    host = sum(float(json.loads((d / "summary.json").read_text()).get("host_seconds") or 0)
+               for d in done)
+    seeds = sorted({int(d.name.rsplit("run.seed=", 1)[1]) for d in done})
+    return StudyRuns(sweep, out_dir, done, 0.0, host, seeds)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--accuracy", action="store_true",
                         help="the variant with real forward gradients (sweep_accuracy.yaml)")
     parser.add_argument("--publish", action="store_true",
                         help="copy runs.csv to docs/results/ and render the results page")
+    parser.add_argument("--tune", action="store_true",
+                        help="with --accuracy: run the tuning stage (sweep_accuracy_tune.yaml, "
+                        "each arm's learning rate on a validation split) first and put its "
+                        "runs and choice in the table and on the page")
     parser.add_argument("--analyse-only", action="store_true",
                         help="run nothing: analyse the finished runs in the sweep folder as they "
                         "are (seed counts may then differ by arm; the page lists them)")
@@ -678,16 +779,18 @@ def main(argv: list[str] | None = None) -> None:
     stem = "sweep" + ("_accuracy" if args.accuracy else "") + ("_quick" if args.quick else "")
     sweep, out_dir = HERE / f"{stem}.yaml", out / "runs" / kind
     figures = out / ("figures" if kind == "full" else f"figures-{kind}")
-    if args.analyse_only:
-        done = sorted(d for d in out_dir.glob("arm=*") if (d / "run_complete.json").is_file())
-        host = sum(float(json.loads((d / "summary.json").read_text()).get("host_seconds") or 0)
-                   for d in done)
-        seeds = sorted({int(d.name.rsplit("run.seed=", 1)[1]) for d in done})
-        runs = StudyRuns(sweep, out_dir, done, 0.0, host, seeds)
-    else:
-        runs = run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
-                         seeds=args.seeds)
-    analyse(runs, figures, args.quick or args.allow_unequal_horizons)
+    tuning = None
+    if args.tune:
+        if not args.accuracy:
+            raise FleetsimInputError("--tune: the tuning stage belongs to --accuracy")
+        tune_sweep = HERE / ("sweep_accuracy_tune" + ("_quick" if args.quick else "") + ".yaml")
+        tune_dir = out / "runs" / ("accuracy_tune" + ("-quick" if args.quick else ""))
+        tune_runs = (finished(tune_sweep, tune_dir) if args.analyse_only else run_study(
+            tune_sweep, tune_dir, args.set, args.fresh, args.backend, args.max_parallel))
+        tuning = tuning_rows(tune_runs.run_dirs)
+    runs = (finished(sweep, out_dir) if args.analyse_only else run_study(
+        sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel, seeds=args.seeds))
+    analyse(runs, figures, args.quick or args.allow_unequal_horizons, tuning)
     if args.publish:
         print(f"published {publish(figures, 'accuracy' if args.accuracy else 'systems')}")
     print(f"figures and tables in {figures}")

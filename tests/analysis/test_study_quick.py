@@ -104,11 +104,35 @@ def test_policies_under_churn_quick(tmp_path: Path) -> None:
 def test_policies_under_churn_accuracy_quick(tmp_path: Path) -> None:
     # real forward gradients on the same fleet; the table's medians are the runs' own
     # times to target (one seed: reached -> its time, not reached -> inf)
-    _script("policies_under_churn").main(["--accuracy", "--quick", "--out", str(tmp_path)])
+    # with its tuning stage (each arm's rate chosen on a validation split, issue 23 rule 3)
+    _script("policies_under_churn").main(["--accuracy", "--tune", "--quick", "--out",
+                                          str(tmp_path)])
     figures = tmp_path / "figures-accuracy-quick"
     table = pd.read_csv(figures / "time_to_accuracy_wide.csv").set_index("variant")
     assert (table["start_hour"] == 9).all()
-    per_run = pd.read_csv(figures / "runs.csv")
+    both = pd.read_csv(figures / "runs.csv")
+    tune = both[both["stage"] == "tune"]
+    assert len(tune) == 4 and set(tune["lr"]) == {0.01, 0.03}
+    for _, row in tune.iterrows():
+        run_dir = tmp_path / "runs" / "accuracy_tune-quick" / row["run"]
+        steps = pd.read_parquet(run_dir / "steps.parquet")
+        summary = json.loads((run_dir / "summary.json").read_text())
+        hits = steps[(steps["val_accuracy"] >= 0.5 - 1e-12)]
+        first = float(hits["sim_time_s"].min()) if len(hits) else math.inf
+        assert row["first_val_s"] == pytest.approx(first) if math.isfinite(first) \
+            else math.isinf(row["first_val_s"])
+        # a tuning run that reached the target on the validation split stopped there
+        if math.isfinite(first):
+            assert summary["stopped_by"] == "targets_reached"
+            evaluated = steps.loc[steps["val_accuracy"].notna(), "sim_time_s"]
+            assert float(evaluated.max()) == pytest.approx(first)  # no evaluation after it
+    module = _script("policies_under_churn")
+    selection = module.tuning_selection(both)
+    assert sorted(selection.grid.loc[selection.grid["chosen"], "arm"]) == [
+        "capability_10", "variance_paced"]
+    page = (figures / "page.md").read_text()
+    assert "## Tuning: each arm's learning rate on the validation split" in page
+    per_run = both[both["stage"] == "final"].reset_index(drop=True)
     assert len(per_run) == 2
     assert set(per_run["arm"]) == {"variance_paced", "capability_10"}
     for _, row in per_run.iterrows():
@@ -130,8 +154,7 @@ def test_policies_under_churn_accuracy_quick(tmp_path: Path) -> None:
     # the control's budget is what it says: 10 perturbations in every committed step
     control = per_run.set_index("arm").loc["capability_10"]
     assert control["perturbations_per_step"] == pytest.approx(10.0)
-    module = _script("policies_under_churn")
-    assert (figures / "page.md").read_text() == module.render_accuracy(per_run)
+    assert page == module.render_accuracy(both)
 
 
 def test_devices_per_step_quick(tmp_path: Path) -> None:

@@ -359,9 +359,9 @@ def tuning_rows(run_dirs: list[Path]) -> pd.DataFrame:
     rows = per_run_table(run_dirs, [TUNED, "run.start_hour", "run.seed"], targets)
     scores = validation_scores(runset, [], target=max(targets), budget_s=budget)
     rows = rows.merge(scores[["run", "first_s"]], on="run", validate="one_to_one")
-    by_run = summary.copy().set_index("run").loc[rows["run"]].reset_index()
-    rows = rows.assign(arm=[variant(r) for _, r in by_run.iterrows()],
-                       host_s=by_run["host_seconds"].to_numpy(float), stage="tune")
+    arm = {run: variant(row) for run, row in zip(summary["run"], summary.to_dict("records"))}
+    host = dict(zip(summary["run"], summary["host_seconds"].astype(float)))
+    rows = rows.assign(arm=rows["run"].map(arm), host_s=rows["run"].map(host), stage="tune")
     return rows.rename(columns={TUNED: "lr", "run.start_hour": "start_hour",
                                 "run.seed": "seed", "first_s": "first_val_s"})
 
@@ -376,7 +376,13 @@ def tuning_selection(table: pd.DataFrame):
     frame = pd.DataFrame({"run": tune["run"], "arm": tune["arm"], "lr": tune["lr"],
                           "score": tune["best_val_accuracy"].fillna(-math.inf),
                           "first_s": tune["first_val_s"].astype(float)})
-    return choose_settings(frame, ["arm"], ["lr"], by_time=True)
+    selection = choose_settings(frame, ["arm"], ["lr"], by_time=True)
+    # an arm that has not run every rate of the grid yet has no choice
+    rates = {float(v) for v in selection.grid["lr"]}
+    tried = selection.grid.groupby("arm")["lr"].transform(
+        lambda v: {float(x) for x in v} == rates)
+    selection.grid["chosen"] = selection.grid["chosen"] & tried.astype(bool)
+    return selection
 
 
 def final_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -724,15 +730,25 @@ def tuning_section(final: pd.DataFrame, selection) -> list[str]:
              selection.markdown().split("\n\n", 1)[1].rstrip("\n"), ""]
     used = final.groupby("arm")["lr"].agg(lambda v: sorted({float(x) for x in v})) \
         if "lr" in final.columns else {}
-    for _, row in grid[grid["chosen"]].iterrows():
-        arm, chosen = row["arm"], float(row["lr"])
+    rates = sorted({float(v) for v in grid["lr"]})
+    for arm, part in grid.groupby("arm", sort=False):
         ran = used.get(arm, []) if len(used) else []
+        ran_text = ", ".join(f"{r:g}" for r in ran) or "no rate"
+        tried = sorted(float(v) for v in part["lr"])
+        if tried != rates:
+            lines.append(f"* `{arm}`: tuning incomplete ({len(tried)} of {len(rates)} rates "
+                         f"run), so no rate is chosen; its test runs ran at {ran_text}.")
+            continue
+        chosen = float(part.loc[part["chosen"], "lr"].iloc[0])
+        # a choice at the end of the grid may be short of the best rate
+        edge = (" (at the end of the grid: a rate beyond it was not tried)"
+                if chosen in (rates[0], rates[-1]) else "")
         if ran == [chosen]:
-            lines.append(f"* `{arm}`: chosen {chosen:g}; its test runs ran at it.")
+            lines.append(f"* `{arm}`: chosen {chosen:g}{edge}; its test runs ran at it.")
         else:
-            lines.append(f"* `{arm}`: chosen {chosen:g}; its test runs ran at "
-                         + ", ".join(f"{r:g}" for r in ran) + ", so its verdicts above "
-                         "are provisional until it is rerun at the chosen rate.")
+            lines.append(f"* `{arm}`: chosen {chosen:g}{edge}; its test runs ran at "
+                         f"{ran_text}, so its verdicts above are provisional until it is "
+                         "rerun at the chosen rate.")
     return lines
 
 

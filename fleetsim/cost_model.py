@@ -31,6 +31,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
+from fleetsim.errors import FleetsimInputError
 from fleetsim.workload import ModelFacts
 
 #: Bytes per stored weight of each ``fleet.cost_model.dtype``.
@@ -83,10 +84,19 @@ def charged_facts(scenario: Any, base_dir: Path, num_labels: Optional[int] = Non
             "max_seq_len": cost.max_seq_len or scenario.model.max_seq_len,
         }
     )
-    peft = getattr(cost, "peft", None) or scenario.peft  # fleet.cost_model.peft, else peft:
-    facts = model_facts(model, peft, scenario.data, scenario.numerics, base_dir,
-                        key="fleet.cost_model.name_or_path",
-                        also_allowed=list(folders), num_labels=num_labels)
+    own_peft = getattr(cost, "peft", None)
+    peft = own_peft or scenario.peft  # fleet.cost_model.peft, else peft:
+    try:
+        facts = model_facts(model, peft, scenario.data, scenario.numerics, base_dir,
+                            key="fleet.cost_model.name_or_path",
+                            also_allowed=list(folders), num_labels=num_labels)
+    except FleetsimInputError as exc:
+        message = str(exc)
+        if own_peft is not None and message.startswith("peft."):
+            # the charged PEFT's problem (a layer index beyond the charged model's, say):
+            # named at its own key, so the error points at its line, not at peft:'s
+            raise FleetsimInputError("fleet.cost_model." + message) from None
+        raise
     return dataclasses.replace(facts, dtype_bytes=COST_DTYPE_BYTES[cost.dtype])
 
 

@@ -68,9 +68,13 @@ def check_feasible(
     fits = fleet.can_hold(ids, memory_bytes)
     if not fits.any():
         best = int(np.max(fleet.table.usable_ram_bytes))
+        # the phones are charged for fleet.cost_model when there is one: name that model
+        cost = sc.fleet.cost_model
+        charged = (f"{cost.name_or_path} ({cost.dtype}; fleet.cost_model)" if cost is not None
+                   else sc.model.name_or_path)
         raise FleetsimInputError(
             f"{loaded.path}: traces: no device can hold the job: {protocol.task_kind.value} of "
-            f"{sc.model.name_or_path} needs {memory_bytes / 2**20:.0f} MiB, the largest usable "
+            f"{charged} needs {memory_bytes / 2**20:.0f} MiB, the largest usable "
             f"RAM in the fleet is {best / 2**20:.0f} MiB (traces.usable_ram_fraction="
             f"{sc.traces.usable_ram_fraction}); use a smaller model/PEFT/batch or another "
             "population"

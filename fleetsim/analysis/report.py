@@ -41,6 +41,7 @@ from fleetsim.analysis.plots import (
     utilisation_figure,
 )
 from fleetsim.analysis.tables import format_value, markdown_table  # markdown_table: re-exported
+from fleetsim.errors import FleetsimInputError
 
 REPORT_DIR_NAME = "report"
 REPORT_HTML = "report.html"
@@ -174,6 +175,13 @@ def write_report(
     # finished run must leave no report/ behind, or `fleetsim run` later finds an
     # unidentified run there and refuses the directory.
     runset = load_runs([run_dir])
+    if len(runset.runs) != 1:
+        # a sweep folder: a one-run page would title one run and draw all of them
+        raise FleetsimInputError(
+            f"{run_dir}: holds {len(runset.runs)} runs (a sweep folder?); `fleetsim report` "
+            f"shows one run: give one of its run directories (e.g. {run_dir}/"
+            f"{runset.runs[0]}), or compare them with `fleetsim compare {run_dir}`"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     run = runset.runs[0]
     summary = runset.summary.iloc[0]

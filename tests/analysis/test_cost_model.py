@@ -164,3 +164,30 @@ def test_outputs_name_each_peft_when_they_differ(tmp_path: Path) -> None:
         "learning signal from distilbert-base-uncased (lora, rank 4, 1 of 6 layers, head)")
     loaded = load_scenario(SCENARIO, SMALL + CHEAP_LEARNING + PAPER_CHARGE)
     assert peft_words(charged_facts(loaded.scenario, loaded.base_dir)) == summary["charged_peft"]
+
+
+def test_a_charged_peft_error_names_its_own_key(capsys) -> None:
+    # found by a new-user trial: a layer index beyond the charged model's was blamed on
+    # the learning peft: at its line
+    from fleetsim.cli import main
+
+    sets = ["fleet.cost_model.name_or_path=llama-2-7b", "fleet.cost_model.peft.method=lora",
+            "fleet.cost_model.peft.layers=[40]"]
+    args = [a for o in SMALL + sets for a in ("--set", o)]
+    assert main(["validate", str(SCENARIO), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "--set fleet.cost_model.peft.layers: " in err[0] and "-32..31" in err[0]
+
+
+def test_memory_refusal_names_the_charged_model(capsys) -> None:
+    # found by a new-user trial: the refusal named the learning model for the charged
+    # model's memory (7 GiB "of all-minilm-l6-v2")
+    from fleetsim.cli import main
+
+    sets = ["fleet.cost_model.name_or_path=llama-2-7b", "fleet.cost_model.dtype=float32"]
+    args = [a for o in SMALL + sets for a in ("--set", o)]
+    assert main(["validate", str(SCENARIO), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no device can hold the job" in err
+    assert "of llama-2-7b (float32; fleet.cost_model) needs" in err

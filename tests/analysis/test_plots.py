@@ -290,3 +290,28 @@ def test_share_panels_have_no_empty_rows(make_run) -> None:
     for ax in figure.axes:
         rows = len(ax.get_yticks())
         assert ax.get_ylim() == (rows - 0.5, -0.5)
+
+
+def test_group_median_holds_each_run_to_its_end(make_run) -> None:
+    # found by a new-user trial: a run's curve stopped at its last commit, so the median of
+    # committed steps fell at the end as the shorter run dropped out of the grid
+    import json
+
+    long = make_run(name="long", seed=0, accuracies=[0.2, 0.3, 0.4, 0.5],
+                    extra_params={"policy.name": "uniform"})
+    short = make_run(name="short", seed=1, accuracies=[0.2, 0.3],
+                     extra_params={"policy.name": "uniform"})
+    ends = []
+    for run in (long, short):
+        ends.append(json.loads((run / "summary.json").read_text())["simulated_seconds"])
+    for run in (long, short):  # both runs end at the same simulated time
+        summary = json.loads((run / "summary.json").read_text())
+        summary["simulated_seconds"] = max(ends) + 10.0
+        (run / "summary.json").write_text(json.dumps(summary))
+    figure = convergence_figure(load_runs([long, short]), x="seconds", by="policy.name",
+                                metrics=("steps",))
+    (median,) = [ln for ln in figure.axes[0].get_lines() if ln.get_gid() == "median:uniform"]
+    ys = np.asarray(median.get_ydata(), dtype=float)
+    assert np.all(np.diff(ys) >= 0)
+    assert ys[-1] == pytest.approx(3.0)  # the median of 4 and 2 committed steps
+    assert median.get_xdata()[-1] == pytest.approx(max(ends) + 10.0)

@@ -177,3 +177,15 @@ def test_report_on_an_unfinished_folder_writes_nothing(tmp_path) -> None:
     with pytest.raises(FleetsimInputError, match="not a finished run directory"):
         write_report(folder)
     assert list(folder.iterdir()) == []
+
+
+def test_report_on_a_folder_of_runs_is_refused(make_run) -> None:
+    # found by a new-user trial: a sweep folder gave a page titled with one run that drew all
+    first = make_run(name="a")
+    make_run(name="b")
+    folder = first.parent
+    pd.DataFrame({"run_id": ["a", "b"], "status": ["done", "done"]}).to_parquet(
+        folder / "sweep_index.parquet")
+    with pytest.raises(FleetsimInputError, match="holds 2 runs .*fleetsim compare"):
+        write_report(folder)
+    assert not (folder / "report").exists()

@@ -3,6 +3,7 @@ directory's own convergence.png (time to accuracy: ``time_to_accuracy.py``)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -170,6 +171,14 @@ def _metric_points(frame: pd.DataFrame, metric: str, x: str) -> tuple[np.ndarray
     return points[x].to_numpy(dtype=float), points[metric].to_numpy(dtype=float)
 
 
+def _held_to_end(xs: np.ndarray, ys: np.ndarray, end: float) -> tuple[np.ndarray, np.ndarray]:
+    """A step curve extended to ``end`` (same unit as ``xs``) with its last value, when the
+    run ended after its last point."""
+    if len(xs) and math.isfinite(end) and end > float(xs[-1]):
+        return np.append(xs, end), np.append(ys, ys[-1])
+    return xs, ys
+
+
 def median_band(
     curves: Sequence[tuple[np.ndarray, np.ndarray]],
     quantiles: tuple[float, float] = BAND_QUANTILES,
@@ -296,6 +305,13 @@ def convergence_figure(
                                linewidth=1.2, label=words)[0]
                 line.set_gid(runs[0])
             else:
+                if x in TIME_AXES:
+                    # a run counts with its last value up to its own end, not only up to
+                    # its last row: else the median dropped at the end as runs fell out
+                    ends_s = dict(zip(runset.summary["run"],
+                                      runset.summary["simulated_seconds"].astype(float)))
+                    curves = {run: _held_to_end(cx, cy, ends_s.get(run, math.nan) / TIME_AXES[x])
+                              for run, (cx, cy) in curves.items()}
                 grid, median, low, high = median_band(list(curves.values()))
                 if not len(grid):
                     continue

@@ -49,8 +49,10 @@ def test_convergence_draws_group_medians_not_seeds(make_run, tmp_path) -> None:
     ]
     # the three seeds share one schedule (commits at 13, 26, 39, 52 s): the median by hand
     median = next(line for line in _lines(accuracy_ax) if line.get_gid() == "median:2")
-    np.testing.assert_allclose(median.get_xdata(), np.array([13.0, 26.0, 39.0, 52.0]) / 3600)
-    np.testing.assert_allclose(median.get_ydata(), [0.2, 0.6, 0.45, 0.8])
+    # then held at its last value to the runs' common end (62 s)
+    np.testing.assert_allclose(median.get_xdata(),
+                               np.array([13.0, 26.0, 39.0, 52.0, 62.0]) / 3600)
+    np.testing.assert_allclose(median.get_ydata(), [0.2, 0.6, 0.45, 0.8, 0.8])
     assert [c.get_gid() for c in accuracy_ax.collections] == ["band:2"]
     # one colour per group
     v5 = next(line for line in _lines(accuracy_ax) if line.get_gid() == "v5-s0")

@@ -115,6 +115,19 @@ def _apply_lora(model: TextClassifier, peft: PeftConfig, layers: list[int]) -> N
     from peft import LoraConfig, inject_adapter_in_model
 
     targets = targets_for(model.family, peft.target_modules or default_targets(model.family))
+    linear_paths = [name for name, module in model.layers.named_modules()
+                    if isinstance(module, nn.Linear)]
+    layer_linears = sorted({name.rsplit(".", 1)[-1] for name in linear_paths})
+    unknown = [t for t in targets
+               if not any(n == t or n.endswith("." + t) for n in linear_paths)]
+    if unknown:
+        # peft only needs one target to match and ignores the rest: a typo would silently
+        # train (and charge) fewer modules than the scenario names
+        raise FleetsimInputError(
+            f"peft.target_modules: {', '.join(repr(t) for t in unknown)} names no linear "
+            f"module of this {model.family}-family model's layers; allowed: "
+            f"{', '.join(layer_linears)}"
+        )
     lora = LoraConfig(
         r=peft.rank, lora_alpha=peft.alpha, lora_dropout=0.0, bias="none",
         target_modules=targets, layers_to_transform=layers,
@@ -123,9 +136,6 @@ def _apply_lora(model: TextClassifier, peft: PeftConfig, layers: list[int]) -> N
     try:
         inject_adapter_in_model(lora, model.backbone)
     except ValueError as exc:
-        layer_linears = sorted({
-            name.rsplit(".", 1)[-1] for name, module in model.layers.named_modules()
-            if isinstance(module, nn.Linear)})
         raise FleetsimInputError(
             f"peft.target_modules: {targets} names no linear module of layers {layers} of "
             f"this {model.family}-family model; allowed: {', '.join(layer_linears)}"

@@ -191,3 +191,20 @@ def test_memory_refusal_names_the_charged_model(capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "no device can hold the job" in err
     assert "of llama-2-7b (float32; fleet.cost_model) needs" in err
+
+
+def test_an_unknown_lora_target_is_refused(capsys) -> None:
+    # found by a new-user trial: peft trains the targets that match and ignores the rest,
+    # so a typo silently trained (and charged) fewer modules than the scenario named
+    from fleetsim.cli import main
+
+    for sets in (["peft.method=lora", "peft.target_modules=[query, foo]"],
+                 ["fleet.cost_model.name_or_path=llama-2-7b", "fleet.cost_model.peft.method=lora",
+                  "fleet.cost_model.peft.target_modules=[q_proj, foo]"]):
+        args = [a for o in SMALL + sets for a in ("--set", o)]
+        assert main(["validate", str(SCENARIO), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "'foo' names no linear module" in err[0], err
+        assert "target_modules" in err[0] and "allowed:" in err[0]
+    ok = ["peft.method=lora", "peft.target_modules=[query, attention.self.value]"]
+    assert main(["validate", str(SCENARIO), *[a for o in SMALL + ok for a in ("--set", o)]]) == 0

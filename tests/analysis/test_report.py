@@ -68,6 +68,11 @@ def test_compare_runs_table_markdown_and_curves(make_run, tmp_path) -> None:
     assert table.loc[2, "tta_0.7_median_h"] == math.inf
     assert pd.isna(table.loc[2, "final_accuracy"])
     assert table["final_accuracy"].tolist()[:2] == pytest.approx([0.625, 0.8])
+    # the note claims intervals only where the table has them (a new-user trial found it
+    # promising intervals for every mean)
+    note = written["markdown"].read_text()
+    assert "other quantities are means over runs without an interval" in note
+    assert "final_accuracy_ci_low" in table.columns and "energy_kj_ci_low" not in table.columns
     markdown = written["markdown"].read_text()
     assert "| protocol.perturbations_per_device | runs |" in markdown
     assert "| 9 | 1 |" in markdown

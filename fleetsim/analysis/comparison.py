@@ -178,7 +178,8 @@ def compare_runs(
         f"{len(runset.runs)} runs, {grouping}. Final accuracy: the mean over runs with a 95 % "
         "interval (Hall's skewness-corrected t); the other quantities are means over runs "
         "without an interval, shares as fractions of 1 (0.5 = 50 %); time to accuracy (tta, "
-        "simulated hours) is the median over all runs with those that never reached the target censored at their end (∞ = "
+        "simulated hours) is the median over all runs with those that never reached the "
+        "target censored at their end (∞ = "
         "not reached by at least half, or an unbounded interval end; see the reached "
         "column); — = missing.\n\n"
     )

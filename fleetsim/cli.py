@@ -17,6 +17,15 @@ EXIT_BAD_INPUT = 2
 EXIT_RUN_STOPPED = 3
 
 
+def _sim_time(seconds: float) -> str:
+    """Simulated time in the unit that reads (a 40 s run printed "0.011 h")."""
+    if seconds < 180:
+        return f"{seconds:.1f} s"
+    if seconds < 3 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.3f} h"
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from fleetsim.runner import resume_run, run_loaded, stop_on_signals
     from fleetsim.scenario.loader import load_scenario, locate_error
@@ -53,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         acc_text = "n/a (systems-only)" if summary.get("systems_only") else "not evaluated"
     print(
         f"run directory: {out}\n"
-        f"final accuracy: {acc_text} | simulated: {summary['simulated_seconds'] / 3600:.3f} h | "
+        f"final accuracy: {acc_text} | simulated: {_sim_time(summary['simulated_seconds'])} | "
         f"rounds: {summary['rounds']} | steps: {summary['steps']} | "
         f"host: {summary['host_seconds']:.1f} s | status: {status} "
         f"(stopped by {summary.get('stopped_by', '?')})"

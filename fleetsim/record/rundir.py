@@ -127,6 +127,10 @@ def _legacy_state(run_dir: Path) -> RunDirState:
     cannot be read are left to the readers, which name them."""
     summary = _read_json(run_dir / "summary.json")
     if summary is None:
+        if run_dir.is_dir() and not any(run_dir.iterdir()):
+            # an empty folder was never a run: "did not finish" would send a user
+            # looking for a run that never started
+            return RunDirState(False, None, "an empty folder, not a run directory", None)
         return RunDirState(False, None, "no readable summary.json (the run did not finish)",
                            None)
     from fleetsim.safe_yaml import load_bounded  # yaml reading stays bounded

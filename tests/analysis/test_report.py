@@ -194,3 +194,17 @@ def test_report_on_a_folder_of_runs_is_refused(make_run) -> None:
     with pytest.raises(FleetsimInputError, match="holds 2 runs .*fleetsim compare"):
         write_report(folder)
     assert not (folder / "report").exists()
+
+
+def test_report_on_an_empty_folder_says_it_is_not_a_run(tmp_path) -> None:
+    # found by a new-user trial: an empty folder "did not finish"
+    with pytest.raises(FleetsimInputError, match="an empty folder, not a run directory"):
+        write_report(tmp_path / "empty" if (tmp_path / "empty").mkdir() is None else tmp_path)
+
+
+def test_the_final_line_gives_simulated_time_in_a_unit_that_reads() -> None:
+    from fleetsim.cli import _sim_time
+
+    assert _sim_time(40.0) == "40.0 s"
+    assert _sim_time(600.0) == "10.0 min"
+    assert _sim_time(24 * 3600.0) == "24.000 h"

@@ -228,10 +228,8 @@ class Selection:
         return f"Chosen by {self.criterion}.\n\n" + markdown_table(shown)
 
 
-def _first_at_or_above(runset: RunSet, column: str, target: float,
-                       budget_s: float) -> pd.Series:
-    """Per run (summary order): the simulated seconds of the first evaluation whose
-    ``column`` reaches ``target`` at or before ``budget_s``; inf when none did."""
+def _evaluated_within(runset: RunSet, column: str, budget_s: float) -> pd.DataFrame:
+    """The step rows with a finite ``column`` evaluated at or before ``budget_s``."""
     steps = runset.steps
     if column not in steps.columns:
         raise FleetsimInputError(
@@ -239,22 +237,21 @@ def _first_at_or_above(runset: RunSet, column: str, target: float,
             "validation split (set numerics.data.validation_fraction)"
         )
     values = steps[column].to_numpy(dtype=float)
-    times = steps["sim_time_s"].to_numpy(dtype=float)
-    hits = steps[np.isfinite(values) & (values >= target) & (times <= budget_s)]
+    return steps[np.isfinite(values) & (steps["sim_time_s"].to_numpy(dtype=float) <= budget_s)]
+
+
+def _first_at_or_above(runset: RunSet, column: str, target: float,
+                       budget_s: float) -> pd.Series:
+    """Per run (summary order): the simulated seconds of the first evaluation whose
+    ``column`` reaches ``target`` at or before ``budget_s``; inf when none did."""
+    inside = _evaluated_within(runset, column, budget_s)
+    hits = inside[inside[column].to_numpy(dtype=float) >= target]
     first = hits.groupby("run")["sim_time_s"].min()
     return first.reindex(runset.summary["run"]).fillna(math.inf)
 
 
 def _validation_at_budget(runset: RunSet, column: str, budget_s: float) -> pd.Series:
-    steps = runset.steps
-    if column not in steps.columns:
-        raise FleetsimInputError(
-            f"steps.parquet has no {column!r} column: the runs were not evaluated on a "
-            "validation split (set numerics.data.validation_fraction)"
-        )
-    values = steps[column].to_numpy(dtype=float)
-    inside = steps[np.isfinite(values) & (steps["sim_time_s"].to_numpy(dtype=float) <= budget_s)]
-    best = inside.groupby("run")[column].max()
+    best = _evaluated_within(runset, column, budget_s).groupby("run")[column].max()
     return best.reindex(runset.summary["run"])
 
 

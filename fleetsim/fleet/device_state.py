@@ -79,6 +79,12 @@ class Job:
     span_cum: Optional[np.ndarray] = field(default=None, repr=False)
     span_unit_s: float = 0.0
     noise: Optional[np.ndarray] = field(default=None, repr=False)
+    # A task run on one timer (lifecycle.begin_on_timer): its phase ends (t0, t1, t2, t3),
+    # phase seconds (download, compute, upload) and upload bytes, and how many of its
+    # phases have been applied to the accounting so far.
+    timer_plan: Optional[tuple] = field(default=None, repr=False)
+    phases_applied: int = 0
+    ended: bool = False  # the receipt has been sent (lifecycle.finish)
 
 
 

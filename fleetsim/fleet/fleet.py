@@ -3,10 +3,11 @@ r"""The fleet: owner of every device's state on the SimPy clock.
 The server talks to devices only through :class:`Fleet`: it asks who is online,
 until when, who can hold a job and what a unit would cost (vectorised numpy over the
 whole fleet, :class:`~fleetsim.traces.window_cursor.AvailabilityCursor`), and it
-``dispatch``\ es and ``cancel``\ s tasks.  Only devices with work are SimPy
-processes; each runs its queue of tasks through the lifecycle in
-:mod:`fleetsim.fleet.lifecycle` (download → compute → upload, with interruption,
-where the clock advances for a device).  Per-device accounting is the
+``dispatch``\ es and ``cancel``\ s tasks.  Only devices with work take SimPy events.
+A task that nothing can interrupt runs on one timer (:mod:`fleetsim.fleet.timer_path`);
+otherwise the device becomes a process that runs its queue of tasks through the
+lifecycle in :mod:`fleetsim.fleet.lifecycle` (download → compute → upload, with
+interruption, where the clock advances for a device).  Per-device accounting is the
 :class:`~fleetsim.fleet.ledger.DeviceLedger`'s; the run directory's
 ``devices.parquet`` is built by the recorder from :meth:`Fleet.device_columns`.
 
@@ -33,7 +34,7 @@ from typing import Optional
 import numpy as np
 import simpy
 
-from fleetsim.fleet import lifecycle
+from fleetsim.fleet import lifecycle, timer_path
 from fleetsim.fleet.config import FleetConfig
 from fleetsim.fleet.device_state import (
     ChooseBackendFn,
@@ -246,6 +247,9 @@ class Fleet(DeviceState):
             d, step = job.task.device_id, job.task.step
             phase = job.phase or ("queued" if id(job) not in current else "between phases")
             if id(job) in current:
+                if job.timer_plan is not None:
+                    timer_path.apply_due_phases(self, job, now)
+                    phase = job.phase or "between phases"
                 charge_partial_phase(self, job)
             job.units_lost += job.units_done - job.units_delivered
             if job.cancelled or (d, step) in withdrawn:
@@ -302,7 +306,7 @@ class Fleet(DeviceState):
             if queue is None:
                 queue = self._queues[d] = deque()
                 queue.append(job)
-                self._procs[d] = self.env.process(self._device_loop(d))
+                self._start_queue(d)
             else:
                 queue.append(job)
 
@@ -316,9 +320,41 @@ class Fleet(DeviceState):
         current = self._current.get(d)
         if current is not None and current.task.step == step and not current.cancelled:
             current.cancelled = True
-            self._procs[d].interrupt(current)
+            if current.timer_plan is None:
+                self._procs[d].interrupt(current)
+                return
+            timer_path.cancel(self, current)
+            del self._current[d]
+            self._start_queue(d)
 
     # ------------------------------------------------------------------ internals: devices
+
+    def _start_queue(self, d: int) -> None:
+        """Start the device's queued tasks: each one that runs straight through on one
+        timer (:mod:`fleetsim.fleet.timer_path`), the rest, from the first that does not,
+        in a device process.  A refused task ends at once and the next one starts."""
+        queue = self._queues[d]
+        while queue:
+            job = queue[0]
+            how = timer_path.begin_on_timer(self, job)
+            if how == timer_path.GENERAL:
+                self._procs[d] = self.env.process(self._device_loop(d))
+                return
+            queue.popleft()
+            if how == timer_path.ON_TIMER:
+                self._current[d] = job
+                timer = lifecycle.timeout_until(self, timer_path.timer_end(job))
+                timer.callbacks.append(lambda _event, job=job: self._timer_fired(job))
+                return
+        del self._queues[d]
+
+    def _timer_fired(self, job: Job) -> None:
+        if job.ended:  # cancelled, or ended by stop_in_flight: a stale timer
+            return
+        timer_path.complete(self, job)
+        d = job.task.device_id
+        del self._current[d]
+        self._start_queue(d)
 
     def _device_loop(self, d: int):
         queue = self._queues[d]

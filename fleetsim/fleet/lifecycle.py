@@ -393,6 +393,7 @@ def end_without_delivery(fleet: DeviceState, job: Job, outcome: str) -> None:
 
 def finish(fleet: DeviceState, job: Job, status: ReceiptStatus) -> None:
     d, task = job.task.device_id, job.task
+    job.ended = True
     if job.units_delivered == 0:
         job.wasted_s = job.busy_s
     fleet.ledger.record(job)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from fleetsim.record.schema import EVENT_COLUMNS, EVENT_KINDS
@@ -10,9 +11,12 @@ _KINDS = frozenset(EVENT_KINDS)
 
 
 class EventLog:
-    """Append-only log.  ``seq`` is the append order, which on the SimPy clock is the
-    order events happened in (ties at equal time keep the order in which the simulation
-    processed them, which is deterministic for a fixed seed).
+    """Append-only log, written in time order.  ``seq`` is the row's place in that order:
+    rows are sorted by time, and rows of equal time keep the order in which they were
+    appended, which is deterministic for a fixed seed.  Most rows are appended at the
+    simulated instant they describe; a task run on one timer
+    (:mod:`fleetsim.fleet.timer_path`) appends its phase events when its timer fires,
+    with their own earlier times, which the sort puts in place.
 
     Rows are kept as tuples (one list append per event: the log is on the hot path of
     every task, ``bench/fleet.py``) and turned into columns only by :meth:`to_frame` and
@@ -46,10 +50,19 @@ class EventLog:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def ordered(self) -> list[tuple]:
+        """The rows in time order (a stable sort: equal times keep their append order)."""
+        rows = self._rows
+        times = np.fromiter((row[0] for row in rows), dtype=np.float64, count=len(rows))
+        if len(rows) < 2 or bool((times[1:] >= times[:-1]).all()):
+            return rows
+        return [rows[i] for i in np.argsort(times, kind="stable").tolist()]
+
     def _columns(self) -> dict[str, list]:
-        columns = {"seq": list(range(len(self._rows)))}
-        if self._rows:
-            columns.update(zip(self._FIELDS, map(list, zip(*self._rows))))
+        rows = self.ordered()
+        columns = {"seq": list(range(len(rows)))}
+        if rows:
+            columns.update(zip(self._FIELDS, map(list, zip(*rows))))
         else:
             columns.update((name, []) for name in self._FIELDS)
         return columns

@@ -148,9 +148,10 @@ class IntervalAvailability(AvailabilityTrace):
         return k
 
     def _first_end_after(
-        self, lo: np.ndarray, hi: np.ndarray, shift: np.ndarray, t: float
+        self, lo: np.ndarray, hi: np.ndarray, shift: float, t: float
     ) -> np.ndarray:
-        """Per device: smallest j in [lo, hi) with ends[j] + shift > t, else hi.
+        """Per device: smallest j in [lo, hi) with ends[j] + shift > t, else hi (``shift``:
+        the same period offset for every device).
 
         A vectorised binary search over every device's slice at once (about
         log2(longest slice) numpy passes, no per-device Python loop)."""
@@ -163,10 +164,11 @@ class IntervalAvailability(AvailabilityTrace):
             active = a < b
             if not active.any():
                 return a
-            mid = (a + b) // 2
+            mid = (a + b) >> 1
             le = (self.ends[np.minimum(mid, last)] + shift) <= t
-            a = np.where(active & le, mid + 1, a)
-            b = np.where(active & ~le, mid, b)
+            right = active & le
+            a = np.where(right, mid + 1, a)
+            b = np.where(active ^ right, mid, b)
 
     def _lookup(self, device_ids: np.ndarray, t: float):
         """Per device: index of the first interval with end > t (global index),
@@ -175,20 +177,19 @@ class IntervalAvailability(AvailabilityTrace):
         lo = self.offsets[ids]
         hi = self.offsets[ids + 1]
         t = float(t)
-        shift = np.zeros(len(ids))
-        k = 0.0
-        if self.period_s:
-            k = self._period_index(t)
-            shift[:] = k * float(self.period_s)
-        idx = self._first_end_after(lo, hi, shift, t)
+        k = self._period_index(t) if self.period_s else 0.0
+        base = k * float(self.period_s) if self.period_s else 0.0
+        idx = self._first_end_after(lo, hi, base, t)
         exists = idx < hi
         if self.period_s:
             # Past the last window of this period: first window of the next one.
             wrap = ~exists & (hi > lo)
             idx = np.where(wrap, lo, idx)
             # (k + 1) * P, not shift + P: the same float _period_index will produce
-            shift = np.where(wrap, (k + 1.0) * float(self.period_s), shift)
+            shift = np.where(wrap, (k + 1.0) * float(self.period_s), base)
             exists = exists | wrap
+        else:
+            shift = np.zeros(len(ids))
         return idx, exists, shift, t
 
     def is_available(self, device_ids: np.ndarray, t: float) -> np.ndarray:
@@ -223,20 +224,29 @@ class IntervalAvailability(AvailabilityTrace):
             # the device's first window starts at 0 (a window wrapped around the
             # boundary, e.g. 23:00-01:00): one window, not two touching ones.
             p = float(self.period_s)
-            ids = np.asarray(device_ids, dtype=np.int64)
-            lo = self.offsets[ids]
-            has = self.offsets[ids + 1] > lo
-            first = np.minimum(lo, len(self.starts) - 1)
-            starts_at_zero = has & (self.starts[first] <= 0.0)
-            whole = starts_at_zero & (self.ends[first] >= p)
-            cont = online & starts_at_zero & (self.ends[safe] >= p)
+            first_end = self._wrapping_first_end()[np.asarray(device_ids, dtype=np.int64)]
+            # NaN where the first window does not start at 0 (every comparison is False)
+            cont = online & (first_end == first_end) & (self.ends[safe] >= p)
             k_next = np.round(shift / p) + 1.0
             # ends[j] + k*P may round one ulp past (k+1)*P, where _period_index already
             # reads the next period: the window ends at the period's end as computed there.
             end = np.minimum(end, k_next * p)
-            end = np.where(cont, self.ends[first] + k_next * p, end)
-            end = np.where(online & whole, np.inf, end)
+            end = np.where(cont, first_end + k_next * p, end)
+            end = np.where(online & (first_end >= p), np.inf, end)  # online all period
         return np.where(online, end, float(t))
+
+    def _wrapping_first_end(self) -> np.ndarray:
+        """Per device: the end of its first window when that window starts at 0 (it may
+        continue a window of the previous period), else NaN.  Computed once: a per-device
+        constant that every lookup of a repeating trace needs (issue 25's profile)."""
+        cached = getattr(self, "_first_end_cache", None)
+        if cached is None:
+            lo, hi = self.offsets[:-1], self.offsets[1:]
+            first = np.minimum(lo, max(len(self.starts) - 1, 0))
+            at_zero = (hi > lo) & (self.starts[first] <= 0.0)
+            cached = np.where(at_zero, self.ends[first], np.nan)
+            self._first_end_cache = cached
+        return cached
 
     def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:
         idx, exists, shift, t = self._lookup(device_ids, t)

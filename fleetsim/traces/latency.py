@@ -227,19 +227,22 @@ def choose_backend(
         for b in BACKENDS
     }
     present = {b: ~np.isnan(lat[b]) for b in BACKENDS}
-    out = np.full(len(ids), "cpu", dtype=object)
+    # Chosen as an index into BACKENDS, named at the end: an object array of a million
+    # names costs more to fill than to gather (issue 25's profile).
+    code = {b: i for i, b in enumerate(BACKENDS)}
+    out = np.full(len(ids), code["cpu"], dtype=np.int8)
     if kind == "backprop":
         if preference == "gpu":
-            out[present["gpu"]] = "gpu"
-        return out
-    best = np.where(present["cpu"], lat["cpu"], np.inf)
-    for b in ("gpu", "npu"):  # later wins ties: NPU over GPU over CPU
-        better = present[b] & (lat[b] <= best)
-        out[better] = b
-        best = np.where(better, lat[b], best)
-    if preference != "auto":
-        out[present[preference]] = preference
-    return out
+            out[present["gpu"]] = code["gpu"]
+    else:
+        best = np.where(present["cpu"], lat["cpu"], np.inf)
+        for b in ("gpu", "npu"):  # later wins ties: NPU over GPU over CPU
+            better = present[b] & (lat[b] <= best)
+            out[better] = code[b]
+            best = np.where(better, lat[b], best)
+        if preference != "auto":
+            out[present[preference]] = code[preference]
+    return np.array(BACKENDS, dtype=object)[out]
 
 
 def _backward_factor(facts: ModelFacts) -> float:

@@ -1,0 +1,119 @@
+"""A task that runs straight through on one timer instead of a SimPy process (issue 25).
+
+Most tasks of a large fleet start online, need no deadline, have exact compute times and
+end inside the device's current window (:func:`fleetsim.fleet.lifecycle.straight_through_plan`).
+Their whole life is known when they start: download ends at ``t1``, compute at ``t2``,
+upload at ``t3``.  Such a task needs no process and no timer per phase: one SimPy timeout
+at ``t3`` applies the three phases, in order, with the same charges and the same logged
+events (at ``t1``, ``t2`` and ``t3``) as the phase-by-phase path would.  That is two SimPy
+events per task (the timer and the receipt) instead of six (process start, three timers,
+the receipt, process end).
+
+A cancel or the end of the run before ``t3`` first applies the phases that ended by then
+(:func:`apply_due_phases`), then charges the phase in progress as the general path's
+interrupt handler does (:func:`fleetsim.fleet.job_charges.charge_partial_phase`).  The
+timer of such a task stays in SimPy's queue and fires with no effect.
+
+Event-log order.  Phase events are logged when the timer fires (or at the cancel), with
+their own times, so the log is appended out of time order; :class:`~fleetsim.record.events.EventLog`
+orders rows by time when it is written.  Every time, charge, receipt and device total is
+the general path's (``tests/fleet/test_straight_through.py``).
+"""
+
+from __future__ import annotations
+
+from fleetsim.fleet import lifecycle
+from fleetsim.fleet.device_state import DeviceState, Job
+from fleetsim.fleet.job_charges import charge_partial_phase, charge_untimed_transfer, spend
+from fleetsim.fleet.work import ReceiptStatus
+
+#: The outcomes of :func:`begin_on_timer`.
+REFUSED, ON_TIMER, GENERAL = "refused", "on_timer", "general"
+
+_PHASE_IN_PROGRESS = ("download", "compute", "upload")
+
+
+def begin_on_timer(fleet: DeviceState, job: Job) -> str:
+    """Start ``job`` now: admit it and, when it runs straight through, log its assignment
+    and set ``job.timer_plan``.  Returns :data:`REFUSED` (the task has ended, its receipt
+    sent), :data:`ON_TIMER` (the caller schedules :func:`timer_end` at ``plan[3]`` and
+    calls :func:`complete` then) or :data:`GENERAL` (run it as a process,
+    :func:`fleetsim.fleet.lifecycle.run_job`; nothing was logged or charged)."""
+    if not lifecycle.admit(fleet, job):
+        return REFUSED
+    plan = lifecycle.straight_through_plan(fleet, job)
+    if plan is None:
+        return GENERAL
+    task, d, t0 = job.task, job.task.device_id, fleet.env.now
+    fleet.log.add(t0, d, "assign", task.step, units=task.units, detail=job.backend)
+    down_s, span, up_s, payload = plan
+    # Phase ends as SimPy would sum them (now + delay, phase by phase), so that every
+    # logged time equals the general path's to the bit.
+    t1 = t0 + down_s if task.download_bytes > 0 and down_s > 0 else t0
+    t2 = t1 + span
+    t3 = t2 + up_s if up_s > 0 else t2
+    job.timer_plan = (t0, t1, t2, t3, down_s, span, up_s, payload)
+    job.phases_applied = 0
+    if task.download_bytes > 0 and down_s <= 0:
+        # A download in no simulated time (uplink_only, none): done at the start.
+        job.bytes_down = int(task.download_bytes)
+        charge_untimed_transfer(fleet, job, "download", job.bytes_down)
+        fleet.log.add(t0, d, "download", task.step, job.bytes_down, down_s)
+    return ON_TIMER
+
+
+def timer_end(job: Job) -> float:
+    """When the task's timer fires: the end of its upload (simulated seconds)."""
+    return job.timer_plan[3]
+
+
+def apply_due_phases(fleet: DeviceState, job: Job, now: float) -> None:
+    """Apply, in order, the phases of a timer task that ended at or before ``now`` (as the
+    general path's phase timers would have by then), and leave ``job.phase`` /
+    ``job.phase_start`` on the phase in progress.  Phase ends at ``now`` count as ended:
+    a timer set earlier fires before a callback scheduled at the same instant."""
+    t0, t1, t2, t3, down_s, span, up_s, payload = job.timer_plan
+    task, d = job.task, job.task.device_id
+    if job.phases_applied == 0 and t1 <= now:
+        if task.download_bytes > 0 and down_s > 0:
+            spend(fleet, job, "download", down_s)
+            job.bytes_down = int(task.download_bytes)
+            fleet.log.add(t1, d, "download", task.step, job.bytes_down, down_s)
+        job.phases_applied = 1
+    if job.phases_applied == 1 and t2 <= now:
+        spend(fleet, job, "compute", span)
+        job.units_done = task.units
+        fleet.log.add(t2, d, "compute", task.step, duration_s=span, units=task.units)
+        job.phases_applied = 2
+    if job.phases_applied == 2 and t3 <= now:
+        spend(fleet, job, "upload", up_s)
+        job.bytes_up = payload
+        if up_s <= 0:
+            charge_untimed_transfer(fleet, job, "upload", payload)
+        job.units_delivered = job.units_done
+        fleet.log.add(t3, d, "upload", task.step, payload, up_s, units=job.units_done)
+        job.phases_applied = 3
+    if job.phases_applied < 3:
+        job.phase = _PHASE_IN_PROGRESS[job.phases_applied]
+        job.phase_start = (t0, t1, t2)[job.phases_applied]
+    else:
+        job.phase = ""
+
+
+def complete(fleet: DeviceState, job: Job) -> None:
+    """The timer fired: apply every phase and send the DELIVERED receipt."""
+    apply_due_phases(fleet, job, job.timer_plan[3])
+    lifecycle.finish(fleet, job, ReceiptStatus.DELIVERED)
+
+
+def cancel(fleet: DeviceState, job: Job) -> None:
+    """The server withdrew the task now: what the general path's interrupt handler does
+    (charge the phase in progress, log ``cancelled``, send the CANCELLED receipt)."""
+    now = fleet.env.now
+    apply_due_phases(fleet, job, now)
+    phase = job.phase or "between phases"
+    charge_partial_phase(fleet, job)
+    fleet.log.add(now, job.task.device_id, "cancelled", job.task.step, units=job.units_done,
+                  detail=phase)
+    job.units_lost += job.units_done - job.units_delivered
+    lifecycle.finish(fleet, job, ReceiptStatus.CANCELLED)

@@ -59,6 +59,7 @@ from fleetsim.run_setup import (
     validate_loaded,
 )
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
+from fleetsim.scenario.schema import fill_output_dir
 
 
 def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
@@ -75,13 +76,10 @@ def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
             f"{loaded.path}: run.name: {name!r} would write outside output.dir; use one "
             "folder name (no '/', no '..')"
         )
-    try:
-        return Path(sc.output.dir.format(name=name, seed=sc.run.seed))
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise FleetsimInputError(
-            f"{loaded.path}: output.dir: bad placeholder in {sc.output.dir!r} ({exc}); "
-            "allowed placeholders: {name}, {seed}"
-        ) from None
+    try:  # the schema made this check already (fleetsim validate refuses the same)
+        return Path(fill_output_dir(sc.output.dir, name, sc.run.seed))
+    except ValueError as exc:
+        raise FleetsimInputError(f"{loaded.path}: {exc}") from None
 
 
 def input_files(loaded: LoadedScenario) -> list[Path]:

@@ -67,6 +67,12 @@ CASES = [
                                                                    "unknown key"]),
     ("set_wrong_type", MINIMAL, ["--set", "run.seed=abc"], ["--set run.seed", "valid integer"]),
     ("set_into_value", MINIMAL, ["--set", "fleet.size.x=3"], ["fleet.size is a value"]),
+    ("rate_beside_a_trace_network", MINIMAL.replace(
+        "kind: always_online", "kind: always_online\n  network:\n    type: flash_wifi\n"
+        "    uplink_mbps: 10"), [],
+     ["s.yaml:10: traces.network.uplink_mbps: applies only to type: fixed", "'flash_wifi'"]),
+    ("downlink_beside_a_trace_network", MINIMAL, ["--set", "traces.network.downlink_mbps=5"],
+     ["--set traces.network.downlink_mbps: applies only to type: fixed"]),
     ("cohort_too_big", MINIMAL.replace("devices_per_step: 5", "devices_per_step: 50"), [],
      ["devices_per_step (50) exceeds fleet.size (20)"]),
     ("deadline_policy_without_deadline", MINIMAL + "policy:\n  name: deadline\n", [],

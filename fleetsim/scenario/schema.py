@@ -227,8 +227,8 @@ class Scenario(BaseModel):
         p = self.protocol
         if p.devices_per_step > self.fleet.size:
             raise ValueError(
-                f"protocol.devices_per_step ({p.devices_per_step}) exceeds fleet.size "
-                f"({self.fleet.size})"
+                f"protocol.devices_per_step: must be at most fleet.size, {self.fleet.size} "
+                f"devices (got {p.devices_per_step})"
             )
         policy = known_policy_class(self.policy.name)
         problem = policy.config_problem(self.policy, p.commit.deadline_s) if policy else None

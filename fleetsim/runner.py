@@ -409,15 +409,15 @@ def resume_run(
     from fleetsim.scenario.loader import validate_raw
 
     run_dir = Path(run_dir)
+    state = rundir.run_dir_state(run_dir)
+    if state.complete:  # before the checkpoint: a finished run usually keeps none
+        raise FleetsimInputError(
+            f"--resume {run_dir}: the run in {run_dir} has finished (status {state.status}); "
+            "there is nothing to resume"
+        )
     ckpt = read_checkpoint(run_dir)
     loaded = validate_raw(ckpt.scenario_raw, Path(ckpt.scenario_path), Path(ckpt.base_dir))
     check_belongs(ckpt, run_dir, rundir.scenario_hash(loaded.scenario.model_dump(mode="json")))
-    state = rundir.run_dir_state(run_dir)
-    if state.complete:
-        raise FleetsimInputError(
-            f"--resume {run_dir}: the directory holds the finished run (status "
-            f"{state.status}); nothing to resume"
-        )
     if state.scenario_hash is not None and state.scenario_hash != ckpt.scenario_hash:
         raise FleetsimInputError(
             f"--resume {run_dir}: the run being written there is scenario "

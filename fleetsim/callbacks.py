@@ -65,7 +65,8 @@ class RunCallback:
 
 
 class ProgressBar(RunCallback):
-    """tqdm bar over committed steps: simulated time, step, loss, accuracy (stderr)."""
+    """tqdm bar over committed steps: simulated time, steps committed so far, loss and
+    the latest evaluated accuracy ("acc –" until the first evaluation) on stderr."""
 
     def __init__(self, total: Optional[int], label: str) -> None:
         from tqdm import tqdm
@@ -89,8 +90,12 @@ class ProgressBar(RunCallback):
         if not math.isnan(row["accuracy"]):
             self.acc = row["accuracy"]
         hours = row["sim_time_s"] / 3600
+        # row["step"] counts the steps committed before this row: a committed row's step
+        # is one more (the step 1 just committed, not 0)
+        done = int(row["step"]) + (1 if row["committed"] else 0)
+        acc = "–" if math.isnan(self.acc) else f"{self.acc:.3f}"
         self.bar.set_postfix_str(
-            f"sim {hours:.2f} h | step {row['step']} | loss {row['loss']:.4f} | acc {self.acc:.3f}",
+            f"sim {hours:.2f} h | step {done} | loss {row['loss']:.4f} | acc {acc}",
             refresh=False,
         )
 

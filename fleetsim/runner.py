@@ -59,6 +59,7 @@ from fleetsim.run_setup import (
     validate_loaded,
 )
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
+from fleetsim.scenario.schema import fill_output_dir
 
 
 def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
@@ -75,13 +76,10 @@ def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
             f"{loaded.path}: run.name: {name!r} would write outside output.dir; use one "
             "folder name (no '/', no '..')"
         )
-    try:
-        return Path(sc.output.dir.format(name=name, seed=sc.run.seed))
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise FleetsimInputError(
-            f"{loaded.path}: output.dir: bad placeholder in {sc.output.dir!r} ({exc}); "
-            "allowed placeholders: {name}, {seed}"
-        ) from None
+    try:  # the schema made this check already (fleetsim validate refuses the same)
+        return Path(fill_output_dir(sc.output.dir, name, sc.run.seed))
+    except ValueError as exc:
+        raise FleetsimInputError(f"{loaded.path}: {exc}") from None
 
 
 def input_files(loaded: LoadedScenario) -> list[Path]:
@@ -411,15 +409,15 @@ def resume_run(
     from fleetsim.scenario.loader import validate_raw
 
     run_dir = Path(run_dir)
+    state = rundir.run_dir_state(run_dir)
+    if state.complete:  # before the checkpoint: a finished run usually keeps none
+        raise FleetsimInputError(
+            f"--resume {run_dir}: the run in {run_dir} has finished (status {state.status}); "
+            "there is nothing to resume"
+        )
     ckpt = read_checkpoint(run_dir)
     loaded = validate_raw(ckpt.scenario_raw, Path(ckpt.scenario_path), Path(ckpt.base_dir))
     check_belongs(ckpt, run_dir, rundir.scenario_hash(loaded.scenario.model_dump(mode="json")))
-    state = rundir.run_dir_state(run_dir)
-    if state.complete:
-        raise FleetsimInputError(
-            f"--resume {run_dir}: the directory holds the finished run (status "
-            f"{state.status}); nothing to resume"
-        )
     if state.scenario_hash is not None and state.scenario_hash != ckpt.scenario_hash:
         raise FleetsimInputError(
             f"--resume {run_dir}: the run being written there is scenario "

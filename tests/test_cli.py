@@ -288,3 +288,25 @@ def test_validate_print_resolved_prints_the_resolved_scenario(tmp_path, capsys) 
     assert printed["protocol"]["lr"] == 0.02
     assert printed["protocol"]["devices_per_step"] == 5
     assert printed["run"]["seed"] == 0 and printed["policy"]["name"] == "uniform"
+
+
+def test_progress_line_shows_the_step_just_committed_and_no_accuracy_before_one() -> None:
+    """The run's live progress line: after the first commit it reads "step 1" (it read
+    "step 0", one behind the bar's count) and "acc –" until an evaluation (not "acc nan")."""
+    import io
+    import math
+
+    from fleetsim.callbacks import ProgressBar
+
+    bar = ProgressBar(3, "t")
+    bar.bar.fp = io.StringIO()  # keep the test's stderr clean
+    row = {"sim_time_s": 3600.0, "step": 0, "committed": True, "loss": 0.5,
+           "accuracy": math.nan}
+    bar.after_central_iteration(None, row)
+    assert bar.bar.n == 1
+    assert bar.bar.postfix == "sim 1.00 h | step 1 | loss 0.5000 | acc –"
+    bar.after_central_iteration(None, {**row, "step": 1, "committed": False})  # a repeat
+    assert bar.bar.postfix.startswith("sim 1.00 h | step 1 |")
+    bar.after_central_iteration(None, {**row, "step": 1, "accuracy": 0.25})
+    assert bar.bar.n == 2 and bar.bar.postfix.endswith("| step 2 | loss 0.5000 | acc 0.250")
+    bar.on_train_end(None)

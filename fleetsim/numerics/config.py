@@ -10,6 +10,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetsim.errors import did_you_mean
+
 KNOWN_MODELS = ("all-minilm-l6-v2", "smollm2-135m", "tiny-bert", "tiny-llama")
 # tokens (perturbations × examples × max_seq_len) per batched host call under
 # host_batch_perturbations 'auto': on a 2-core CPU the cost per row rises once a call's
@@ -415,7 +417,8 @@ class DataConfig(BaseModel):
             return value
         if value.startswith("hf:") and len(value) > 3:
             return value
-        raise ValueError(f"unknown dataset {value!r}; allowed: {ALLOWED_NAMES_TEXT}")
+        raise ValueError(f"data.name: unknown dataset {value!r}"
+                         f"{did_you_mean(value, BUILTIN_DATASETS)}; allowed: {ALLOWED_NAMES_TEXT}")
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataConfig:

@@ -87,9 +87,8 @@ def _read_with_extends(
     if path in stack:
         chain = " -> ".join(str(p) for p in stack + (path,))
         raise FleetsimInputError(f"{stack[-1]}: extends: cycle in extends chain: {chain}")
-    if not path.is_file():
-        where = f"{stack[-1]}: extends: " if stack else ""
-        raise FleetsimInputError(f"{where}scenario file not found: {path}")
+    if not path.is_file():  # the one named on the command line (extends: is checked below)
+        raise FleetsimInputError(f"scenario file not found: {path}")
     text = read_yaml_text(path, "scenario")  # UTF-8, at most 1 MiB, a regular file
     data, lines = _compose_lines(text, path)
     if data is None:
@@ -106,18 +105,36 @@ def _read_with_extends(
     parents = parent if isinstance(parent, list) else [parent]
     merged: dict = {}
     merged_origins: dict[KeyPath, tuple[Path, int]] = {}
-    for p in parents:
+    for i, p in enumerate(parents):
+        line = lines.get(("extends", str(i)), lines.get(("extends",), 1))
         if not isinstance(p, str) or not p:
             raise FleetsimInputError(
-                f"{path}:{lines.get(('extends',), 1)}: extends: must be a file path (string) or a "
-                f"list of them, got {p!r}"
+                f"{path}:{line}: extends: must be a file path (string) or a list of them, "
+                f"got {p!r}"
             )
-        pdata, porigins = _read_with_extends((path.parent / p), stack + (path,))
+        target = path.parent / p
+        if not target.is_file():
+            raise FleetsimInputError(
+                f"{path}:{line}: extends: scenario file not found: {target}"
+                f"{did_you_mean(p, _scenario_files_beside(Path(p), target.parent))}"
+            )
+        pdata, porigins = _read_with_extends(target, stack + (path,))
         merged = _deep_merge(merged, pdata)
         merged_origins.update(porigins)
     merged = _deep_merge(merged, data)
     merged_origins.update({k: v for k, v in origins.items() if k != ("extends",)})
     return merged, merged_origins
+
+
+def _scenario_files_beside(given: Path, folder: Path) -> list[str]:
+    """The YAML files in ``folder``, each written as ``given`` was (its folder part
+    kept): what a misspelt ``extends:`` path is compared with for a did-you-mean."""
+    try:
+        names = sorted(f.name for f in folder.iterdir()
+                       if f.suffix in (".yaml", ".yml") and f.is_file())
+    except OSError:  # no such folder, or unreadable
+        return []
+    return [str(given.parent / name) for name in names]
 
 
 def parse_override(text: str) -> tuple[KeyPath, Any]:
@@ -238,6 +255,12 @@ def _field_at(loc: KeyPath) -> Optional[FieldInfo]:
     return owner.model_fields.get(loc[-1]) if owner is not None and loc else None
 
 
+def _section_at(loc: KeyPath) -> Optional[type[BaseModel]]:
+    """The pydantic model of the scenario section (or sub-section) at ``loc``."""
+    info = _field_at(loc)
+    return _unwrap_model(info.annotation) if info is not None else None
+
+
 def unit_of(loc: KeyPath) -> Optional[str]:
     """The unit of the scenario key ``loc`` in range errors ("h", "s", "devices", ...);
     None for a plain number (a share, a factor, a rank)."""
@@ -280,6 +303,46 @@ def range_message(loc: KeyPath, info: FieldInfo) -> str:
     return "must be " + " and ".join(parts)
 
 
+#: pydantic's error types of a value that is not a number where one is needed
+NUMBER_ERRORS = {"float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"}
+#: a number written with its unit ("2h", "30 s", "10Mbit/s"): the number, then the unit
+_NUMBER_WITH_UNIT = re.compile(r"\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?)\s*[^\d\s].*")
+_UNIT_WORDS = {"h": "hours", "s": "seconds", "min": "minutes"}
+
+
+def number_expected(loc: KeyPath, info: FieldInfo, kind: str, value: Any) -> str:
+    """``"; expected a number of hours, without its unit (2, not '2h'), more than 0 h and
+    at most 8,784 h (one year)"``: what the numeric scenario key ``loc`` takes, for the
+    one-line error of a value that is not a number (or not a whole one)."""
+    whole = kind.startswith("int")
+    unit = unit_of(loc)
+    text = f"; expected a {'whole ' if whole else ''}number"
+    if unit is not None:
+        text += f" of {_UNIT_WORDS.get(unit, unit)}"
+    written = _NUMBER_WITH_UNIT.fullmatch(value) if isinstance(value, str) else None
+    if written is not None:
+        text += f", without its unit ({written.group(1)}, not {value!r})"
+    bounds = range_message(loc, info)
+    if bounds != "must be ":
+        text += f", {bounds[len('must be '):]}"
+    return text
+
+
+def mapping_expected(model: type[BaseModel], value: Any) -> str:
+    """``"must be a section (a mapping of keys: method, rank, ...), not 'lora' (did you
+    mean {method: lora}?)"``: for a section given a single value; the hint names the key
+    whose allowed values include it."""
+    hint = ""
+    for name, info in model.model_fields.items():
+        choices = [a for a in typing.get_args(info.annotation)
+                   if typing.get_origin(info.annotation) is typing.Literal]
+        if isinstance(value, str) and value in choices:
+            hint = f" (did you mean {{{name}: {value}}}?)"
+            break
+    return (f"must be a section (a mapping of keys: {', '.join(model.model_fields)}), not "
+            f"{value!r}{hint}")
+
+
 def format_validation_error(
     exc: ValidationError,
     path: Path,
@@ -309,6 +372,8 @@ def format_validation_error(
             msg = f"unknown key{hint}; allowed keys here: {allowed}"
         elif kind == "missing":
             msg = "required key is missing"
+        elif kind in ("model_type", "dict_type") and _section_at(loc) is not None:
+            msg = mapping_expected(_section_at(loc), err.get("input"))
         elif kind in RANGE_ERRORS and _field_at(loc) is not None:
             msg = range_message(loc, _field_at(loc))
             value = err.get("input")
@@ -333,6 +398,8 @@ def format_validation_error(
             if kind == "literal_error" and isinstance(value, str):  # a misspelt choice
                 msg += did_you_mean(value, re.findall(r"'([^']*)'",
                                                       str(err.get("ctx", {}).get("expected"))))
+            if kind in NUMBER_ERRORS and _field_at(loc) is not None:
+                msg += number_expected(loc, _field_at(loc), kind, value)
         # "--set KEY" already names the key
         msgs.append(f"{where}: {msg}" if where == f"--set {key}" else f"{where}: {key}: {msg}")
     return msgs[0] if len(msgs) == 1 else msgs[0] + "".join(f"\n  also {m}" for m in msgs[1:])

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fleetsim.errors import did_you_mean
 from fleetsim.fleet.config import CostModelConfig, FleetConfig
 from fleetsim.numerics.config import (
     DataConfig,
@@ -97,6 +98,25 @@ class RunConfig(BaseModel):
         return self
 
 
+#: The placeholders output.dir may hold, filled in from run.name and run.seed
+OUTPUT_DIR_PLACEHOLDERS = ("name", "seed")
+
+
+def fill_output_dir(template: str, name: str, seed: int) -> str:
+    """``output.dir`` with ``{name}`` and ``{seed}`` filled in.  Raises ValueError naming
+    the key and the allowed placeholders for any other one (``{sed}``) or a stray brace:
+    the check ``validate`` (through the schema) and ``run`` make."""
+    try:
+        return template.format(name=name, seed=seed)
+    except KeyError as exc:
+        word = str(exc.args[0])
+        problem = f"{{{word}}}{did_you_mean(word, OUTPUT_DIR_PLACEHOLDERS)}"
+    except (IndexError, ValueError, AttributeError) as exc:
+        problem = f"({exc})"
+    raise ValueError(f"output.dir: bad placeholder {problem}; allowed placeholders: "
+                     f"{', '.join(f'{{{p}}}' for p in OUTPUT_DIR_PLACEHOLDERS)}")
+
+
 class OutputConfig(BaseModel):
     """Where and what to write."""
 
@@ -138,6 +158,12 @@ class OutputConfig(BaseModel):
         "entry-point group (a fleetsim.callbacks.RunCallback subclass, or a function of no "
         "arguments returning one), called after the built-in ones.",
     )
+
+    @field_validator("dir")
+    @classmethod
+    def _known_placeholders(cls, template: str) -> str:
+        fill_output_dir(template, "run", 0)  # the values do not matter, the names do
+        return template
 
     @field_validator("trackers", "callbacks")
     @classmethod
@@ -201,8 +227,8 @@ class Scenario(BaseModel):
         p = self.protocol
         if p.devices_per_step > self.fleet.size:
             raise ValueError(
-                f"protocol.devices_per_step ({p.devices_per_step}) exceeds fleet.size "
-                f"({self.fleet.size})"
+                f"protocol.devices_per_step: must be at most fleet.size, {self.fleet.size} "
+                f"devices (got {p.devices_per_step})"
             )
         policy = known_policy_class(self.policy.name)
         problem = policy.config_problem(self.policy, p.commit.deadline_s) if policy else None

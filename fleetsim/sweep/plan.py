@@ -247,9 +247,12 @@ def _locate(
             if loc is None:  # the command line's --set: the loader's own words say so
                 return f"{sweep.path}: run {run_id}: {message}"
             return at(loc, f"{key}: {rest}" if path != over else rest)
-    # A check across keys ("protocol.devices_per_step (50) exceeds fleet.size (8)"): blame
-    # the last override of a key it names.
+    # A check across keys ("protocol.devices_per_step: must be at most fleet.size, 8
+    # devices (got 50)"): blame the last override of a key it names (that line, not the
+    # base scenario's line of the first key).
     rest = message.rpartition("(top level): ")[2]
+    if found is not None:
+        rest = f"{found[0]}: {found[1]}"
     named = {tuple(k.split(".")) for k in _SCENARIO_KEY.findall(rest) if "." in k}
     for text, loc in reversed(sources):
         over = parse_override(text)[0]

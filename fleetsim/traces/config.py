@@ -179,6 +179,15 @@ class NetworkConfig(BaseModel):
     def _fixed_rates(self) -> NetworkConfig:
         if self.type == "fixed" and self.uplink_mbps is None:
             raise ValueError("traces.network.uplink_mbps: type 'fixed' needs uplink_mbps")
+        for key in ("uplink_mbps", "downlink_mbps"):
+            # the trace types draw each phone's rates from their tables: a rate set beside
+            # one would be ignored without a word
+            if self.type != "fixed" and getattr(self, key) is not None:
+                raise ValueError(
+                    f"traces.network.{key}: applies only to type: fixed (here type is "
+                    f"{self.type!r}, which draws each phone's rates from its table); "
+                    f"remove {key} or set type: fixed"
+                )
         return self
 
 

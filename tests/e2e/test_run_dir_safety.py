@@ -290,12 +290,18 @@ def test_resume_refuses_an_input_file_changed_since_the_checkpoint(tmp_path, cap
     assert f"input file {catalogue.resolve()} changed since the checkpoint" in line
 
 
-def test_resume_of_a_finished_run_is_refused(tmp_path, capsys):
-    path = scenario(tmp_path, every=2)
+@pytest.mark.parametrize("every", [2, 0], ids=["checkpoint_kept", "no_checkpoint"])
+def test_resume_of_a_finished_run_is_refused(tmp_path, capsys, every):
+    """Whether or not the finished run kept a checkpoint, --resume says it has finished
+    (without one it asked for checkpoint options, as if the run had been cut short)."""
+    path = scenario(tmp_path, every=every)
     assert run_cli("run", str(path), "--out", str(tmp_path / "r")) == 0
+    assert (tmp_path / "r" / CHECKPOINT_NAME).exists() == bool(every)
     capsys.readouterr()
     assert run_cli("run", "--resume", str(tmp_path / "r")) == 2
-    assert "holds the finished run" in one_error_line(capsys)
+    assert one_error_line(capsys) == (
+        f"fleetsim: error: --resume {tmp_path / 'r'}: the run in {tmp_path / 'r'} has "
+        "finished (status completed); there is nothing to resume")
 
 
 # ------------------------------------------------------- overwrite_kill_mixed_run_dir

@@ -67,8 +67,27 @@ CASES = [
                                                                    "unknown key"]),
     ("set_wrong_type", MINIMAL, ["--set", "run.seed=abc"], ["--set run.seed", "valid integer"]),
     ("set_into_value", MINIMAL, ["--set", "fleet.size.x=3"], ["fleet.size is a value"]),
+    ("rate_beside_a_trace_network", MINIMAL.replace(
+        "kind: always_online", "kind: always_online\n  network:\n    type: flash_wifi\n"
+        "    uplink_mbps: 10"), [],
+     ["s.yaml:10: traces.network.uplink_mbps: applies only to type: fixed", "'flash_wifi'"]),
+    ("downlink_beside_a_trace_network", MINIMAL, ["--set", "traces.network.downlink_mbps=5"],
+     ["--set traces.network.downlink_mbps: applies only to type: fixed"]),
     ("cohort_too_big", MINIMAL.replace("devices_per_step: 5", "devices_per_step: 50"), [],
-     ["devices_per_step (50) exceeds fleet.size (20)"]),
+     ["s.yaml:9: protocol.devices_per_step: must be at most fleet.size, 20 devices "
+      "(got 50)"]),
+    ("unknown_dataset", MINIMAL + "data:\n  name: bbc_nws\n", [],
+     ["s.yaml:12: data.name: unknown dataset 'bbc_nws' (did you mean 'bbc_news'?); allowed: "
+      "bbc_news, rotten_tomatoes"]),
+    ("hours_with_unit", MINIMAL + "run:\n  max_sim_hours: 2h\n", [],
+     ["s.yaml:12: run.max_sim_hours: ", "(got '2h'); expected a number of hours, without its "
+      "unit (2, not '2h'), more than 0 h and at most 8,784 h (one year)"]),
+    ("whole_number", MINIMAL, ["--set", "protocol.devices_per_step=2.5"],
+     ["--set protocol.devices_per_step: ", "expected a whole number of devices, at least 1"]),
+    ("section_given_a_value", MINIMAL.replace(
+        "size: 20", "size: 20\n  cost_model:\n    name_or_path: tiny-bert\n    peft: lora"), [],
+     ["s.yaml:5: fleet.cost_model.peft: must be a section (a mapping of keys: method, rank, ",
+      "not 'lora' (did you mean {method: lora}?)"]),
     ("deadline_policy_without_deadline", MINIMAL + "policy:\n  name: deadline\n", [],
      ["policy.deadline_s", "needs"]),
     ("deadline_commit_without_deadline",
@@ -116,6 +135,21 @@ def test_extends_cycle(tmp_path, capsys):
     code, err = run_cli(["validate", str(tmp_path / "a.yaml")], capsys)
     assert code == 2
     assert "cycle in extends chain" in err and "a.yaml" in err and "b.yaml" in err
+
+
+def test_misspelt_extends_path_names_its_line_and_the_close_file(tmp_path, capsys):
+    write(tmp_path, MINIMAL, "base.yaml")
+    child = write(tmp_path, "description: child\nextends: bse.yaml\n", "child.yaml")
+    code, err = run_cli(["validate", str(child)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert (f"{child}:2: extends: scenario file not found: {tmp_path / 'bse.yaml'} "
+            "(did you mean 'base.yaml'?)") in err
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", MINIMAL, "base.yaml")
+    listed = write(tmp_path, "extends:\n  - base.yaml\n  - sub/bas.yaml\n", "listed.yaml")
+    code, err = run_cli(["validate", str(listed)], capsys)
+    assert code == 2 and f"{listed}:3: extends: " in err
+    assert "(did you mean 'sub/base.yaml'?)" in err
 
 
 def test_extends_merges_and_overrides(tmp_path):

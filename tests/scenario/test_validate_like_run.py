@@ -95,3 +95,15 @@ def test_dirichlet_case(tmp_path, capsys):
         if empty is not None:
             assert f": {empty} of 40 clients would hold no examples" in verr
     assert _cli(["validate", str(work / "enough.yaml")], capsys)[0] == 0
+
+
+def test_misspelt_output_dir_placeholder_refused_by_validate_and_run(tmp_path, capsys):
+    """validate refused nothing and run refused ``{sed}``: both now give the same line,
+    at the line of output.dir, with the placeholder it probably meant."""
+    (tmp_path / "w.csv").write_text("device_id,start_s,end_s\n0,0,100\n", encoding="utf-8")
+    (tmp_path / "s.yaml").write_text(BASE + "output: {dir: 'runs/x-{sed}'}\n", encoding="utf-8")
+    v = _cli(["validate", str(tmp_path / "s.yaml")], capsys)
+    r = _cli(["run", str(tmp_path / "s.yaml"), "--no-progress"], capsys)
+    assert v == r and v[0] == 2 and v[1].count("\n") == 1
+    assert (f"{tmp_path / 's.yaml'}:10: output.dir: bad placeholder {{sed}} (did you mean "
+            "'seed'?); allowed placeholders: {name}, {seed}") in v[1]

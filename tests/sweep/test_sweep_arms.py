@@ -127,7 +127,8 @@ BAD_ARMS = [
      ":4: arms.a.peft: run arm=a: peft.method: Input should be 'lora', 'bitfit', 'adapter', "
      "'head_only' or 'full' (got 'lorra')"),
     ("cross_key", "base: base.yaml\narms:\n  a:\n    fleet.size: 2\n",
-     ":4: arms.a.fleet.size: run arm=a: protocol.devices_per_step (4) exceeds fleet.size (2)"),
+     ":4: arms.a.fleet.size: run arm=a: protocol.devices_per_step: must be at most "
+     "fleet.size, 2 devices (got 4)"),
     ("bad_name", "base: base.yaml\narms:\n  a/b: {}\n",
      ":3: arms.a/b: an arm name is letters, digits and _ . + - (starting with a letter or "
      "digit), e.g. fwdllm or adapter_bp"),

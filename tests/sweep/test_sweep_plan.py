@@ -119,7 +119,7 @@ BAD_SWEEPS = [
     # A combination the scenario rejects fails before anything runs, naming the run.
     ("bad_combination", "base: base.yaml\ngrid:\n  protocol.devices_per_step: [2, 50]\n",
      ["sweep.yaml:3: grid.protocol.devices_per_step: run protocol.devices_per_step=50",
-      "exceeds fleet.size (8)"]),
+      "must be at most fleet.size, 8 devices (got 50)"]),
     ("unknown_scenario_key", "base: base.yaml\ngrid:\n  protocol.speed: [1]\n",
      ["sweep.yaml:3: grid.protocol.speed: run protocol.speed=1: unknown key"]),
     ("bad_value_type", "base: base.yaml\nseeds: [0]\ngrid:\n  protocol.lr: [fast]\n",

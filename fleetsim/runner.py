@@ -415,6 +415,14 @@ def resume_run(
             f"--resume {run_dir}: the run in {run_dir} has finished (status {state.status}); "
             "there is nothing to resume"
         )
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        # no run ever wrote here: asking for checkpoint options would send the user
+        # looking for a run that never started
+        what = "no such folder" if not run_dir.is_dir() else "an empty folder"
+        raise FleetsimInputError(
+            f"--resume {run_dir}: {what}, not a run directory; --resume continues a run "
+            "that wrote checkpoints there (fleetsim run SCENARIO first)"
+        )
     ckpt = read_checkpoint(run_dir)
     loaded = validate_raw(ckpt.scenario_raw, Path(ckpt.scenario_path), Path(ckpt.base_dir))
     check_belongs(ckpt, run_dir, rundir.scenario_hash(loaded.scenario.model_dump(mode="json")))

@@ -140,6 +140,10 @@ class AvailabilityConfig(BaseModel):
         return self
 
 
+#: the radio technology each trace network type implies (fleetsim.traces.network.RADIO_OF_TYPE)
+RADIO_OF_TRACE_TYPE = {"hsdpa_3g": "hsdpa", "5g_mmwave": "5g", "flash_wifi": "wifi"}
+
+
 class NetworkConfig(BaseModel):
     """Per-device uplink/downlink bandwidth."""
 
@@ -188,6 +192,23 @@ class NetworkConfig(BaseModel):
                     f"{self.type!r}, which draws each phone's rates from its table); "
                     f"remove {key} or set type: fixed"
                 )
+        if self.type != "fixed" and self.mebibit:
+            raise ValueError(
+                f"traces.network.mebibit: applies only to type: fixed (here type is "
+                f"{self.type!r}, whose tables are in Mbit/s); remove mebibit or set type: fixed"
+            )
+        implied = RADIO_OF_TRACE_TYPE.get(self.type)
+        if implied is not None and "radio" in self.model_fields_set and self.radio != implied:
+            raise ValueError(
+                f"traces.network.radio: type {self.type!r} implies radio {implied!r} (got "
+                f"{self.radio!r}); remove radio or set type: fixed"
+            )
+        if self.type == "fixed" and self.path is not None:
+            raise ValueError(
+                "traces.network.path: a distribution table applies only to the trace types "
+                "(hsdpa_3g, 5g_mmwave, flash_wifi); type fixed uses uplink_mbps/downlink_mbps; "
+                "remove path or set one of those types"
+            )
         return self
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.rng import stream
-from fleetsim.traces.config import NetworkConfig
+from fleetsim.traces.config import RADIO_OF_TRACE_TYPE, NetworkConfig
 from fleetsim.traces.plausibility import check_link_mbps
 from fleetsim.traces.tables import NETWORK_TABLES, numeric_column, read_table, require_columns
 
@@ -94,7 +94,7 @@ def sample_network(
 
 #: radio technology behind each network type (``DeviceTable.network_types`` holds
 #: these names, which the energy model keys its radio power figures on)
-RADIO_OF_TYPE = {"hsdpa_3g": "hsdpa", "5g_mmwave": "5g", "flash_wifi": "wifi"}
+RADIO_OF_TYPE = RADIO_OF_TRACE_TYPE
 
 
 def radio_technology(cfg: NetworkConfig) -> str:

@@ -102,5 +102,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, text):
 
 
 def test_resume_without_checkpoint_is_bad_input(tmp_path, capsys):
+    # a run killed before it wrote a checkpoint
+    (tmp_path / "run_in_progress.json").write_text("{}")
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "no checkpoint.pkl" in capsys.readouterr().err

@@ -193,6 +193,9 @@ def test_foreign_checkpoint_is_refused_and_the_run_left_as_it_was(tmp_path, caps
     assert run_cli("run", str(a), "--out", str(tmp_path / "out_a")) == 0
     assert run_cli("run", str(b), "--out", str(tmp_path / "out_b")) == 0
     capsys.readouterr()
+    # run_b killed after a checkpoint (a finished run is refused before its checkpoint is read)
+    digest = json.loads((tmp_path / "out_b" / rundir.COMPLETE_FILE).read_text())["scenario_hash"]
+    simulate_kill(tmp_path / "out_b", digest)
     before = snapshot(tmp_path / "out_b")
     shutil.copy(tmp_path / "out_a" / CHECKPOINT_NAME, tmp_path / "out_b" / CHECKPOINT_NAME)
     assert run_cli("run", "--resume", str(tmp_path / "out_b")) == 2
@@ -200,8 +203,8 @@ def test_foreign_checkpoint_is_refused_and_the_run_left_as_it_was(tmp_path, caps
     assert "belongs to the run directory" in line and str((tmp_path / "out_a").resolve()) in line
     after = snapshot(tmp_path / "out_b")
     after.pop(CHECKPOINT_NAME), before.pop(CHECKPOINT_NAME)
-    assert after == before
-    assert json.loads(after["summary.json"])["scenario_name"] == "run_b"
+    assert after == before  # the rest of run_b's folder untouched
+    assert json.loads(after[rundir.IN_PROGRESS_FILE])["scenario_hash"] == digest
 
 
 def _killed_run(tmp_path: Path, **kw) -> tuple[Path, Path, dict[str, bytes]]:
@@ -302,6 +305,21 @@ def test_resume_of_a_finished_run_is_refused(tmp_path, capsys, every):
     assert one_error_line(capsys) == (
         f"fleetsim: error: --resume {tmp_path / 'r'}: the run in {tmp_path / 'r'} has "
         "finished (status completed); there is nothing to resume")
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_resume_of_a_folder_no_run_wrote_says_so(tmp_path, capsys, kind):
+    """--resume on a missing or empty folder says no run is there (it asked for
+    checkpoint options, as if a run had been cut short)."""
+    target = tmp_path / "r"
+    if kind == "empty":
+        target.mkdir()
+    assert run_cli("run", "--resume", str(target)) == 2
+    what = "no such folder" if kind == "missing" else "an empty folder"
+    assert one_error_line(capsys) == (
+        f"fleetsim: error: --resume {target}: {what}, not a run directory; --resume "
+        "continues a run that wrote checkpoints there (fleetsim run SCENARIO first)")
+    assert target.exists() == (kind == "empty")  # nothing created
 
 
 # ------------------------------------------------------- overwrite_kill_mixed_run_dir

@@ -4,6 +4,7 @@ the file, the line, the key path and what is allowed."""
 from __future__ import annotations
 
 import copy
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -119,11 +120,43 @@ def _read_with_extends(
                 f"{did_you_mean(p, _scenario_files_beside(Path(p), target.parent))}"
             )
         pdata, porigins = _read_with_extends(target, stack + (path,))
+        if target.parent.resolve() != path.parent.resolve():
+            _rebase_paths(pdata, target.parent, path.parent)
         merged = _deep_merge(merged, pdata)
         merged_origins.update(porigins)
     merged = _deep_merge(merged, data)
     merged_origins.update({k: v for k, v in origins.items() if k != ("extends",)})
     return merged, merged_origins
+
+
+def _rebase_paths(data: dict, source: Path, target: Path, top: bool = True) -> None:
+    """Relative paths written in a scenario that another one extends from another folder
+    name files beside *that* scenario: rewrite each, in place, relative to ``target``, the
+    folder every path of the merged scenario resolves against.  A path is a string value
+    naming an existing file or folder relative to ``source`` (names such as a model id or
+    ``default`` are left alone); ``output`` (relative to the working directory) and
+    ``description`` are not paths of this kind."""
+    for key, value in data.items():
+        if top and key in ("output", "description"):
+            continue
+        if isinstance(value, dict):
+            _rebase_paths(value, source, target, top=False)
+        elif isinstance(value, list):
+            data[key] = [_rebased(v, source, target) for v in value]
+        else:
+            data[key] = _rebased(value, source, target)
+
+
+def _rebased(value: object, source: Path, target: Path) -> object:
+    if not isinstance(value, str) or not value or "\n" in value or len(value) > 4096:
+        return value
+    given = Path(value).expanduser()
+    try:
+        if given.is_absolute() or not (source / given).exists():
+            return value
+    except OSError:
+        return value
+    return os.path.relpath((source / given).resolve(), target.resolve())
 
 
 def _scenario_files_beside(given: Path, folder: Path) -> list[str]:

@@ -11,6 +11,8 @@ import pytest
 
 from fleetsim.cli import main
 
+REPO = Path(__file__).resolve().parents[2]
+
 MINIMAL = """\
 fleet:
   size: 20
@@ -209,3 +211,23 @@ def test_errors_found_while_building_a_run_name_file_and_line(tmp_path, capsys):
                          "--no-progress", "--set", "fleet.energy.power_file=nope.yaml"], capsys)
     assert code == 2
     assert "error: --set fleet.energy.power_file: cannot read power figures" in err
+
+
+def test_paths_of_an_extended_scenario_resolve_beside_it(tmp_path):
+    """A scenario extending one in another folder: the relative paths the base writes name
+    files beside the base (here data.path and the charged model's folder), not beside the
+    extending file; names that are not paths (a model id) stay as written."""
+    from fleetsim.scenario.loader import load_scenario
+
+    base = REPO / "analysis" / "end_to_end" / "scenario.yaml"
+    mine = write(tmp_path, f"extends: {base}\nfleet:\n  size: 12\n", "mine.yaml")
+    loaded = load_scenario(mine)
+    data_path = (loaded.base_dir / loaded.scenario.data.path).resolve()
+    assert data_path == (base.parent / "../../../shared/datasets/ag_news/test.csv").resolve()
+    charged = (loaded.base_dir / loaded.scenario.fleet.cost_model.name_or_path).resolve()
+    assert charged == (REPO / "scenarios" / "models" / "distilbert-base-uncased").resolve()
+    assert loaded.scenario.model.name_or_path == "all-minilm-l6-v2"
+    assert loaded.scenario.fleet.size == 12
+    # the same folder: nothing rewritten (the shipped pair keeps its scenario hash)
+    same = load_scenario(REPO / "analysis" / "end_to_end" / "scenario_fleet.yaml")
+    assert same.scenario.data.path == "../../../shared/datasets/ag_news/test.csv"

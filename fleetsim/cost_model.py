@@ -170,10 +170,15 @@ def charged_peft_given(scenario: Any) -> bool:
 
 
 def model_labels(charged: ModelFacts, learning: ModelFacts,
-                 separate_peft: bool = False) -> dict[str, str]:
+                 separate_peft: bool = False, systems_only: bool = False) -> dict[str, str]:
     """Summary fields naming the charged and the learning model of a run;
     ``separate_peft`` (``fleet.cost_model.peft`` was given): the label names each model's
-    PEFT too, and ``charged_peft`` / ``learning_peft`` (:func:`peft_words`) are added."""
+    PEFT too, and ``charged_peft`` / ``learning_peft`` (:func:`peft_words`) are added.
+    ``systems_only`` (no gradients computed): the label names the charged model only, since
+    no model supplies a learning signal (``mode`` says systems-only)."""
+    if systems_only:
+        return {"charged_model": charged.name, "learning_model": learning.name,
+                "model_label": charged.name}
     if not separate_peft:
         return {
             "charged_model": charged.name,

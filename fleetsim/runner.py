@@ -337,7 +337,8 @@ def run_loaded(
         # and the one whose forward gradients are computed (numerics).
         "charged_trainable_params": int(facts.trainable_params),
         "learned_trainable_params": int(engine.facts().trainable_params),
-        **model_labels(facts, engine.facts(), charged_peft_given(sc)),  # names, label, PEFTs
+        # names, label, PEFTs
+        **model_labels(facts, engine.facts(), charged_peft_given(sc), engine.systems_only),
         "numerics": engine.describe(),
         **code_provenance(),  # fleetsim_version, git_commit, git_dirty
         "scenario_hash": digest,

@@ -61,3 +61,19 @@ def test_unknown_learning_model_keeps_its_key(tmp_path, capsys) -> None:
     assert err.startswith("fleetsim: error: --set model.name_or_path: 'tiny-bertt' is neither")
     assert "(did you mean 'tiny-bert'?); allowed: all-minilm-l6-v2, smollm2-135m, tiny-bert, " \
            "tiny-llama, a local directory or a cached hub id" in err
+
+
+def test_systems_only_run_names_no_learning_signal(tmp_path) -> None:
+    """A systems-only run computes no gradients: its label names the charged model alone,
+    not 'learning signal from' a model that supplied none."""
+    import json
+
+    from fleetsim.runner import run_scenario
+
+    out = run_scenario(SCENARIO, SMALL + ["numerics.engine=none",
+                                          "fleet.cost_model.name_or_path=tinyllama-1.1b"],
+                       run_dir=tmp_path / "r")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["systems_only"] is True
+    assert summary["charged_model"] == "tinyllama-1.1b"
+    assert summary["model_label"] == "tinyllama-1.1b"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import simpy
@@ -191,3 +192,33 @@ def validate_loaded(loaded: LoadedScenario) -> BuiltRun:
         n_clients=sc.fleet.size, seed=sc.run.seed, base_dir=loaded.base_dir, plan=plan,
     )
     return build_run(loaded, engine, Recorder(record_events=False))
+
+
+def input_files(loaded: LoadedScenario) -> list[Path]:
+    """Every input *file* the resolved scenario names (trace, catalogue, population, power
+    table, local data files, ...): each string value that, resolved against the scenario's
+    folder, is a regular file.  Their SHA-256 go into checkpoints (a resume refuses when
+    one changed).  Folders (model weights, datasets) are not hashed."""
+    data = loaded.scenario.model_dump(mode="json")
+    data.pop("description", None)
+    data.pop("output", None)
+    found: set[Path] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value and len(value) < 4096 and "\n" not in value:
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else Path(loaded.base_dir) / p
+            try:
+                if p.is_file():
+                    found.add(p.resolve())
+            except OSError:
+                return
+
+    walk(data)
+    return sorted(found)

@@ -56,6 +56,7 @@ from fleetsim.run_setup import (
     check_data,
     check_feasible,
     data_plan_for,
+    input_files,
     validate_loaded,
 )
 from fleetsim.scenario.loader import LoadedScenario, load_scenario
@@ -80,36 +81,6 @@ def run_dir_for(loaded: LoadedScenario, run_dir: Optional[Path]) -> Path:
         return Path(fill_output_dir(sc.output.dir, name, sc.run.seed))
     except ValueError as exc:
         raise FleetsimInputError(f"{loaded.path}: {exc}") from None
-
-
-def input_files(loaded: LoadedScenario) -> list[Path]:
-    """Every input *file* the resolved scenario names (trace, catalogue, population, power
-    table, local data files, ...): each string value that, resolved against the scenario's
-    folder, is a regular file.  Their SHA-256 go into checkpoints (a resume refuses when
-    one changed).  Folders (model weights, datasets) are not hashed."""
-    data = loaded.scenario.model_dump(mode="json")
-    data.pop("description", None)
-    data.pop("output", None)
-    found: set[Path] = set()
-
-    def walk(value: object) -> None:
-        if isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-        elif isinstance(value, str) and value and len(value) < 4096 and "\n" not in value:
-            p = Path(value).expanduser()
-            p = p if p.is_absolute() else Path(loaded.base_dir) / p
-            try:
-                if p.is_file():
-                    found.add(p.resolve())
-            except OSError:
-                return
-
-    walk(data)
-    return sorted(found)
 
 
 def prepare_output(

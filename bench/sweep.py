@@ -108,6 +108,8 @@ class PeakMemory:
         self.interval_s = interval_s
         self.peak = 0
         self.by_pid: dict[int, tuple[str, int]] = {}  # pid -> (role, peak RSS bytes)
+        # pid -> (CPU seconds when first seen in the window, CPU seconds at the last sample)
+        self.cpu_by_pid: dict[int, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -138,7 +140,24 @@ class PeakMemory:
             total += rss
             role, peak = self.by_pid.get(proc.pid) or (self._role(proc, me), 0)
             self.by_pid[proc.pid] = (role, max(peak, rss))
+            try:
+                times = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            cpu = times.user + times.system
+            first = self.cpu_by_pid.get(pid := proc.pid, (cpu, cpu))[0]
+            self.cpu_by_pid[pid] = (first, cpu)
         return total
+
+    def cpu_per_role(self) -> str:
+        """CPU seconds each role used while sampled: what a parallel sweep pays beyond the
+        runs themselves (the driver's loop, Ray's services) on a machine with few cores."""
+        used: dict[str, float] = {}
+        for pid, (first, last) in self.cpu_by_pid.items():
+            role = self.by_pid[pid][0]
+            used[role] = used.get(role, 0.0) + (last - first)
+        return ", ".join(f"{role} {used[role]:.1f} s" for role in
+                         ("driver", "ray service", "worker", "other") if role in used)
 
     def per_role(self) -> str:
         """'driver 812 MiB; ray services 3 processes 310 MiB; worker x2: max 620 MiB ...'"""
@@ -189,6 +208,8 @@ def timed_sweep(sweep: LoadedSweep, **kwargs) -> tuple[float, PeakMemory]:
         f"min {per_run.min():.2f}, max {per_run.max():.2f}"
     )
     print(f"  {kwargs.get('backend')}: peak memory by process: {memory.per_role()}")
+    print(f"  {kwargs.get('backend')}: CPU seconds used during the sweep by process: "
+          f"{memory.cpu_per_role()}")
     return seconds, memory
 
 

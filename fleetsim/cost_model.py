@@ -174,22 +174,14 @@ def model_labels(charged: ModelFacts, learning: ModelFacts,
     """Summary fields naming the charged and the learning model of a run;
     ``separate_peft`` (``fleet.cost_model.peft`` was given): the label names each model's
     PEFT too, and ``charged_peft`` / ``learning_peft`` (:func:`peft_words`) are added.
-    ``systems_only`` (no gradients computed): the label names the charged model only, since
-    no model supplies a learning signal (``mode`` says systems-only)."""
-    if systems_only:
-        return {"charged_model": charged.name, "learning_model": learning.name,
-                "model_label": charged.name}
+    ``systems_only`` (no gradients computed): the label names the charged model (and its
+    PEFT) only, since no model supplies a learning signal (``mode`` says systems-only)."""
+    fields = {"charged_model": charged.name, "learning_model": learning.name}
     if not separate_peft:
-        return {
-            "charged_model": charged.name,
-            "learning_model": learning.name,
-            "model_label": model_label(charged.name, learning.name),
-        }
+        label = charged.name if systems_only else model_label(charged.name, learning.name)
+        return {**fields, "model_label": label}
     charged_peft, learning_peft = peft_words(charged), peft_words(learning)
-    return {
-        "charged_model": charged.name,
-        "learning_model": learning.name,
-        "charged_peft": charged_peft,
-        "learning_peft": learning_peft,
-        "model_label": model_label(charged.name, learning.name, charged_peft, learning_peft),
-    }
+    label = (f"{charged.name} ({charged_peft})" if systems_only else
+             model_label(charged.name, learning.name, charged_peft, learning_peft))
+    return {**fields, "charged_peft": charged_peft, "learning_peft": learning_peft,
+            "model_label": label}

@@ -71,8 +71,11 @@ def test_summary_and_report_name_both_models(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["charged_model"] == "tinyllama-1.1b"
     assert summary["learning_model"] == "distilbert-base-uncased"
-    label = "phones charged for tinyllama-1.1b; learning signal from distilbert-base-uncased"
+    # systems-only (the paper profile computes no gradients): no model supplies a learning
+    # signal, so the label names the charged model alone (found by a new-user trial)
+    label = "tinyllama-1.1b"
     assert summary["model_label"] == label
+    assert summary["mode"].startswith("systems-only")
     # each model with its own trainable count, labelled (issue 24.1): the charged count is
     # the charged model's facts, the learned one the learning engine's
     loaded = load_scenario(SCENARIO, SMALL + TINYLLAMA)
@@ -159,7 +162,11 @@ def test_outputs_name_each_peft_when_they_differ(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["charged_peft"] == "adapter, width 48, 6 of 6 layers, head"
     assert summary["learning_peft"] == "lora, rank 4, 1 of 6 layers, head"
+    # systems-only: the charged model and PEFT alone; with numerics, both (model_label)
     assert summary["model_label"] == (
+        "distilbert-base-uncased (adapter, width 48, 6 of 6 layers, head)")
+    assert model_label("distilbert-base-uncased", "distilbert-base-uncased",
+                       summary["charged_peft"], summary["learning_peft"]) == (
         "phones charged for distilbert-base-uncased (adapter, width 48, 6 of 6 layers, head); "
         "learning signal from distilbert-base-uncased (lora, rank 4, 1 of 6 layers, head)")
     loaded = load_scenario(SCENARIO, SMALL + CHEAP_LEARNING + PAPER_CHARGE)

@@ -94,7 +94,7 @@ def test_policies_under_churn_quick(tmp_path: Path) -> None:
         assert row["k_perturbations"] == pytest.approx(summary["total_perturbations"] / 1e3)
         assert row["kj_per_k_perturbations"] == pytest.approx(
             summary["energy_j"] / summary["total_perturbations"])
-        assert "phones charged for tinyllama-1.1b" in summary["model_label"]
+        assert summary["model_label"] == "tinyllama-1.1b"  # systems-only: no learning signal
     for name in ("churn.md", "churn_metrics.png", "steps_over_time.png", "step_time.png"):
         assert (figures / name).is_file(), name
     module = _script("policies_under_churn")

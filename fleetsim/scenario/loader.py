@@ -274,8 +274,8 @@ def format_validation_error(
             msg = f"unknown key{hint}; allowed keys here: {allowed}"
         elif kind == "missing":
             msg = "required key is missing"
-        elif kind in ("model_type", "dict_type") and _section_at(loc) is not None:
-            msg = mapping_expected(_section_at(loc), err.get("input"))
+        elif kind in ("model_type", "dict_type") and (section := _section_at(loc)) is not None:
+            msg = mapping_expected(section, err.get("input"))
         elif kind in RANGE_ERRORS and _field_at(loc) is not None:
             msg = range_message(loc, _field_at(loc))
             value = err.get("input")

@@ -140,7 +140,8 @@ class AvailabilityConfig(BaseModel):
         return self
 
 
-#: the radio technology each trace network type implies (fleetsim.traces.network.RADIO_OF_TYPE)
+#: the radio technology each trace network type implies (``DeviceTable.network_types`` holds
+#: these names, which the energy model keys its radio power figures on)
 RADIO_OF_TRACE_TYPE = {"hsdpa_3g": "hsdpa", "5g_mmwave": "5g", "flash_wifi": "wifi"}
 
 

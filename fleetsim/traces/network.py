@@ -92,10 +92,5 @@ def sample_network(
     return up, down, label
 
 
-#: radio technology behind each network type (``DeviceTable.network_types`` holds
-#: these names, which the energy model keys its radio power figures on)
-RADIO_OF_TYPE = RADIO_OF_TRACE_TYPE
-
-
 def radio_technology(cfg: NetworkConfig) -> str:
-    return RADIO_OF_TYPE.get(cfg.type, cfg.radio)
+    return RADIO_OF_TRACE_TYPE.get(cfg.type, cfg.radio)

@@ -1,31 +1,33 @@
-"""Study (b): end to end — does FwdLLM's speed-up survive a real fleet? (FwdLLM Fig. 10)
+"""Study (b): end to end — FwdLLM against the backprop baselines (FwdLLM Fig. 10).
 
-**Withdrawn, being redone (issue 23; docs/results/end_to_end.md says why).**  Only
-``--quick`` runs: the pipeline's smoke test on the ``*_quick.yaml`` sweeps.  The full sweeps
-of the design below were removed.
+Setting "paper" (``scenario.yaml``): the paper's closed-form profile (100 identical,
+always-online phones with FwdLLM's per-batch DistilBERT constants, uplink-only 10 Mibit/s),
+each arm charged for DistilBERT with its paper's PEFT and layout: FwdLLM one perturbation
+per client per batch over the whole cohort with a dense upload; Adapter-BP, BitFit-BP,
+Full-BP and FedAdapter 10 clients a step (or round); plus ``fedsgd_same_peft``, FedSGD
+(backprop) on FwdLLM's own learning PEFT and charged as Adapter-BP, which separates "forward
+gradient against backprop" from "which PEFT".  all-MiniLM-L6-v2 on AG News supplies the
+learning signal (the scale-down is on the page).  Plain SGD; every arm evaluated on one
+simulated-time grid; a run stops at the first evaluation reaching 0.8 or at the common
+budget of one simulated hour.
 
-Three settings, each a sweep run through ``fleetsim sweep``'s machinery (resumable):
-(i) ``sweep_paper.yaml`` on ``scenario.yaml`` — the paper's closed-form profile (identical,
-always-online phones charged for DistilBERT with the paper's constants); (ii)
-``sweep_fleet.yaml`` on ``scenario_fleet.yaml`` — the same cohort size on 200 market-share
-phones with their own latency, RAM admission, diurnal charging windows and FLASH Wi-Fi;
-(iii) ``sweep_fleet_llama7b.yaml`` — that fleet with the phones charged for LLaMA-2-7B INT4
-(``fleet.cost_model``): a billion-parameter model's latency, memory and payload.
-Protocols: fwdllm, fedsgd (backprop, same PEFT), fedavg (local backprop, top-layer PEFT as
-FedAdapter), kseed (seed-only) × seeds 0–2; all-MiniLM-L6-v2 + top-layer LoRA on AG News
-supplies the learning signal.  ``--quick`` runs the ``*_quick.yaml`` sweeps (fwdllm and
-fedsgd, one seed, 2 steps).
+Stages, each a sweep run through ``fleetsim sweep``'s machinery (resumable):
 
-The common target (``--target-accuracy``; default: 95 % of the lowest, over settings (i)
-and (ii) and protocols, median best accuracy) is reached or not by each run; per setting and
-protocol the table gives the median simulated minutes to it (runs that never reached censored at
-their end), "reached k of n", and FwdLLM's speed-up over each baseline (ratio of medians)
-beside the paper's ratios.
+* ``--tune``: ``sweep_paper_tune.yaml``, each arm's rate on the validation split (seed 0);
+* default: ``sweep_paper.yaml``, the arms at their chosen rates × seeds 0–9 on the test
+  split (the page checks each ran at its chosen rate);
+* ``--scale``: ``sweep_paper_scale.yaml``, FwdLLM at 100 and at 1,000 clients for six steps
+  × three seeds: simulated seconds per step and held-out loss per step at both scales.
 
-Outputs (``figures/`` or ``figures-quick/``): ``speedup.{csv,md}``, ``time_to_target.{csv,md}``,
-``step_time_<setting>.png``, ``curves_<setting>.png``, ``timeline_fleet_<protocol>.png``,
-``admission.{csv,md}`` (phones that refused the task for memory), ``study.json``.
+``--publish`` copies the per-run table (all three stages) to
+``docs/results/end_to_end/runs.csv`` and renders ``docs/results/end_to_end.md`` from it
+(:func:`render`); ``tests/analysis/test_results_pages.py`` renders it again.  ``--quick``
+runs the ``*_quick.yaml`` smoke sweeps of the three settings (paper, realistic fleet, the
+fleet charged for LLaMA-2-7B INT4) through the same reducers (CI).
 
+    python analysis/end_to_end/run.py --tune --backend ray --max-parallel 2
+    python analysis/end_to_end/run.py --backend ray --max-parallel 2
+    python analysis/end_to_end/run.py --scale --publish
     python analysis/end_to_end/run.py --quick
 """
 
@@ -33,180 +35,481 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from fleetsim.analysis import convergence_figure, load_runs, step_breakdown, timeline_figure
-from fleetsim.analysis.load import RunSet
-from fleetsim.analysis.metrics import time_to_accuracy_table
-from fleetsim.analysis.pages import write_runs_table
-from fleetsim.analysis.plots import grouped_breakdown_figure
+from fleetsim.analysis.discipline import check_eval_grids, choose_settings, validation_scores
+from fleetsim.analysis.load import load_runs
+from fleetsim.analysis.pages import write_page, write_runs_table
+from fleetsim.analysis.plots import save_figure
+from fleetsim.analysis.stats import (
+    censored_median,
+    mean_confidence_interval,
+    paired_first_verdict,
+    paired_ratio_interval,
+)
 from fleetsim.analysis.study import (
     StudyRuns,
     check_discipline,
-    host_note,
     per_run_table,
     run_study,
     study_arguments,
     study_entry,
-    write_table,
 )
 from fleetsim.errors import FleetsimInputError
 
 HERE = Path(__file__).resolve().parent
-BY = "protocol.name"
+REPO = HERE.parents[1]
+RESULTS = REPO / "docs" / "results"
+PAGE, TABLE = RESULTS / "end_to_end.md", RESULTS / "end_to_end" / "runs.csv"
+#: the arm every other is compared with, paired by seed
+REFERENCE_ARM = "fwdllm"
+#: FwdLLM Fig. 10 (DistilBERT on AG News, closed formula): minutes to 0.88 accuracy.
+PAPER_MINUTES = {"fwdllm": 25.2, "fedadapter": 30.6, "adapter_bp": 92.8, "bitfit_bp": 103.9,
+                 "full_bp": 418.9}
+#: What each arm is, for the page: (paper name, layout, PEFT it learns on / is charged for).
+ARMS = {
+    "fwdllm": ("FwdLLM", "all 100 clients a step, 1 perturbation each, dense upload",
+               "learns on LoRA r4 (query/value, top layer) + head; charged for width-48 "
+               "adapters on all 6 layers + head (450,340)"),
+    "fedsgd_same_peft": ("— (control: FedSGD)", "10 clients a step, backprop",
+                         "FwdLLM's learning PEFT; charged as Adapter-BP"),
+    "adapter_bp": ("Adapter-BP", "10 clients a step, backprop",
+                   "width-48 adapters on all 6 layers + head (learned and charged)"),
+    "bitfit_bp": ("BitFit-BP", "10 clients a step, backprop", "biases + head"),
+    "full_bp": ("Full-BP", "10 clients a step, backprop", "every parameter"),
+    "fedadapter": ("FedAdapter", "10 clients a round, 15 local SGD steps each, FedAvg "
+                   "(server rate 1)", "width-48 adapters on the top 2 layers + head"),
+}
 SETTINGS = ("paper", "fleet", "fleet_llama7b")
-#: the settings whose runs set the default common target (the charged model of (iii) changes
-#: only the clock, not what is learned per step)
-TARGET_SETTINGS = ("paper", "fleet")
-#: FwdLLM Fig. 10, DistilBERT on AG News: minutes to 0.88 (closed formula).
-PAPER_MINUTES = {"FwdLLM": 25.2, "FedAdapter": 30.6, "Adapter-BP": 92.8, "BitFit-BP": 103.9,
-                 "Full-BP": 418.9}
-#: The paper's method each fleetsim protocol is (None: not in the paper's Fig. 10; fedsgd
-#: with another PEFT is not Adapter-BP, nor FedAvg/FedAdam FedAdapter: README, Protocols).
-PAPER_NAME = {"fwdllm": "FwdLLM", "fedadapter": "FedAdapter", "adapter_bp": "Adapter-BP",
-              "bitfit_bp": "BitFit-BP", "full_bp": "Full-BP", "fedavg": None, "fedsgd": None,
-              "kseed": None}
+TARGETS_KEY = "run.targets"
 
 
-def default_target(runsets: dict[str, RunSet]) -> float:
-    """95 % of the lowest median (over seeds) best accuracy of any (setting, protocol) of
-    :data:`TARGET_SETTINGS`."""
-    lowest = math.inf
-    for setting, runset in runsets.items():
-        if setting not in TARGET_SETTINGS:
+# ------------------------------------------------------------------ per-run rows
+def arm_of(run_id: str) -> str:
+    """The arm of a run id ``arm=<arm>[+<rate>]__...`` (the tuning sweep names its arms
+    ``<arm>+<rate>``)."""
+    if not run_id.startswith("arm="):
+        raise FleetsimInputError(f"{run_id}: not a run of an arms: sweep")
+    return run_id[len("arm="):].split("__", 1)[0].split("+", 1)[0]
+
+
+def _rate(summary: pd.DataFrame) -> pd.Series:
+    """The tuned learning rate of each run: FedAdapter's client rate, else protocol.lr."""
+    client = summary.get("protocol.client_lr")
+    rate = pd.to_numeric(summary["protocol.lr"], errors="coerce")
+    if client is not None:
+        fedavg = summary["protocol.name"].isin(["fedadapter", "fedavg"])
+        rate = rate.where(~fedavg, pd.to_numeric(client, errors="coerce"))
+    return rate
+
+
+def _step_facts(steps: pd.DataFrame, reached_s: float) -> tuple[float, float]:
+    """(simulated seconds per committed step: median step length; committed steps at or
+    before ``reached_s``, NaN when not reached) of one run's steps table."""
+    committed = steps[(steps["attempt"] >= 0) & steps["committed"].astype(bool)]
+    per_step = float(committed["step_seconds"].median()) if len(committed) else math.nan
+    if not math.isfinite(reached_s):
+        return per_step, math.nan
+    return per_step, float((committed["sim_time_s"] <= reached_s + 1e-9).sum())
+
+
+def run_rows(run_dirs: list[Path], stage: str) -> pd.DataFrame:
+    """The per-run rows of one stage (issue 23, rule 5): provenance, ``stage``, ``arm``,
+    ``method`` (the paper's name fleetsim gives the run), ``lr``, ``clients``, seed, end,
+    seconds to each target (test split), ``best_val_accuracy``, ``s_per_step`` (simulated
+    seconds a committed step takes), ``steps_to_<t>`` (committed steps when the highest
+    target was first reached; NaN when not), ``host_s``; tuning rows add ``first_val_s``
+    (simulated seconds to the highest target on the validation split within the budget)."""
+    runset = load_runs(run_dirs)
+    summary = runset.summary
+    targets = [float(t) for t in json.loads(summary[TARGETS_KEY].iloc[0])] \
+        if TARGETS_KEY in summary and summary[TARGETS_KEY].notna().all() else []
+    rows = per_run_table(run_dirs, ["run.seed"], targets)
+    facts = summary.set_index("run")
+    rows.insert(3, "stage", stage)
+    rows.insert(4, "arm", rows["run"].map(arm_of))
+    rows.insert(5, "method", rows["run"].map(facts["method"]))
+    rows.insert(6, "lr", rows["run"].map(_rate(summary).set_axis(summary["run"])))
+    rows.insert(7, "clients", rows["run"].map(facts["protocol.devices_per_step"]).astype(int))
+    rows = rows.rename(columns={"run.seed": "seed"})
+    top = max(targets) if targets else math.nan
+    per_step, to_top = [], []
+    for run in rows["run"]:
+        reached = float(rows.loc[rows["run"] == run, f"tta_{top:g}_s"].iloc[0]) \
+            if targets else math.nan
+        a, b = _step_facts(runset.steps[runset.steps["run"] == run], reached)
+        per_step.append(a)
+        to_top.append(b)
+    rows["s_per_step"] = per_step
+    if targets:
+        rows[f"steps_to_{top:g}"] = to_top
+    rows["host_s"] = rows["run"].map(facts["host_seconds"].astype(float))
+    if stage == "tune" and targets:
+        budget = float(summary["run.max_sim_hours"].astype(float).max()) * 3600.0
+        scores = validation_scores(runset, [], target=top, budget_s=budget)
+        rows["first_val_s"] = rows["run"].map(scores.set_index("run")["first_s"])
+    if stage == "scale":
+        loss0 = pd.to_numeric(facts["initial_eval_loss"], errors="coerce")
+        last = (runset.steps[runset.steps["eval_loss"].notna()]
+                .groupby("run").agg(eval_steps=("step", "max"), eval_loss=("eval_loss", "last")))
+        rows["eval_loss_start"] = rows["run"].map(loss0)
+        rows["eval_loss_end"] = rows["run"].map(last["eval_loss"])
+        # steps are numbered from 0: the evaluation after step k has seen k + 1 steps
+        rows["eval_after_steps"] = rows["run"].map(last["eval_steps"] + 1)
+    return rows
+
+
+# ------------------------------------------------------------------ tuning
+def tuning_selection(table: pd.DataFrame):
+    """Each arm's chosen rate from the tuning rows of a per-run table
+    (:func:`fleetsim.analysis.discipline.choose_settings` by time to the validation
+    target); None without tuning rows."""
+    tune = table[table["stage"] == "tune"] if "stage" in table.columns else table.iloc[:0]
+    if tune.empty:
+        return None
+    frame = pd.DataFrame({"run": tune["run"], "arm": tune["arm"], "lr": tune["lr"],
+                          "score": tune["best_val_accuracy"].fillna(-math.inf),
+                          "first_s": tune["first_val_s"].astype(float)})
+    return choose_settings(frame, ["arm"], ["lr"], by_time=True)
+
+
+def chosen_rates(table: pd.DataFrame) -> dict[str, float]:
+    """arm → the rate the tuning stage chose (empty without tuning rows)."""
+    selection = tuning_selection(table)
+    if selection is None:
+        return {}
+    grid = selection.grid
+    return {str(a): float(r) for a, r in zip(grid.loc[grid["chosen"], "arm"],
+                                              grid.loc[grid["chosen"], "lr"])}
+
+
+# ------------------------------------------------------------------ the page
+def _num(x: float, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return "∞" if math.isinf(x) else f"{x:.{digits}g}"
+
+
+def _arms(table: pd.DataFrame) -> list[str]:
+    order = [a for a in ARMS if a in set(table["arm"])]
+    return order + [a for a in dict.fromkeys(table["arm"]) if a not in order]
+
+
+def _targets(table: pd.DataFrame) -> list[float]:
+    return sorted(float(c[len("tta_"):-2]) for c in table.columns
+                  if c.startswith("tta_") and c.endswith("_s"))
+
+
+def _km_minutes(mine: pd.DataFrame, target: float) -> str:
+    times = mine[f"tta_{target:g}_s"].to_numpy(dtype=float)
+    km = censored_median(times[np.isfinite(times)] / 60.0,
+                         mine.loc[~np.isfinite(times), "end_s"].to_numpy(float) / 60.0)
+    if math.isinf(km.median):
+        return km.label
+    return f"{_num(km.median)} [{_num(km.low)}, {_num(km.high)}] ({km.reached}/{km.runs})"
+
+
+def _steps_cell(mine: pd.DataFrame, target: float) -> str:
+    """Median committed steps to ``target`` over the runs that reached it (k of n)."""
+    steps = mine[f"steps_to_{target:g}"].to_numpy(dtype=float)
+    hit = steps[np.isfinite(steps)]
+    if hit.size * 2 <= len(steps) and hit.size < len(steps):
+        return f"not reached ({hit.size} of {len(steps)})"
+    return f"{_num(float(np.median(hit)), 4)} ({hit.size}/{len(steps)})"
+
+
+def verdicts(final: pd.DataFrame) -> dict[str, str]:
+    """Paired-by-seed verdicts on reaching the highest target first: each arm against
+    FwdLLM (runs that ended without it censored at their end)."""
+    top = max(_targets(final))
+    column = f"tta_{top:g}_s"
+    reference = final[final["arm"] == REFERENCE_ARM].set_index("seed")
+    out = {}
+    for arm in _arms(final):
+        if arm == REFERENCE_ARM:
             continue
-        best = runset.steps.groupby("run")["accuracy"].max()
-        protocol = runset.summary.set_index("run")[BY]
-        medians = best.groupby(protocol.reindex(best.index)).median()
-        lowest = min(lowest, float(medians.min()))
-    return round(0.95 * lowest, 4)
+        other = final[final["arm"] == arm].set_index("seed")
+        seeds = sorted(set(other.index) & set(reference.index))
+        a, b = reference.loc[seeds], other.loc[seeds]
+        out[arm] = paired_first_verdict(
+            "FwdLLM", a[column].to_numpy(float), a["end_s"].to_numpy(float),
+            ARMS.get(arm, (arm,))[0], b[column].to_numpy(float), b["end_s"].to_numpy(float),
+            f"{top:g}").text
+    return out
 
 
-def speedup_table(tta: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Per setting and protocol: median minutes to target, reached k of n, FwdLLM's
-    speed-up (baseline median ÷ FwdLLM median; ∞ when FwdLLM reached and the baseline's
-    median did not, NaN when FwdLLM's did not) and the paper's ratio."""
-    rows = []
-    for setting, table in tta.items():
-        by_protocol = table.set_index(BY)
-        fwd = float(by_protocol.loc["fwdllm", "median_s"]) if "fwdllm" in by_protocol.index \
-            else math.nan
-        for protocol, cell in by_protocol.iterrows():
-            median = float(cell["median_s"])
-            if not math.isfinite(fwd):
-                ratio = math.nan
-            else:
-                ratio = median / fwd if math.isfinite(median) else math.inf
-            paper = PAPER_NAME.get(str(protocol))
-            rows.append(
-                {
-                    "setting": setting,
-                    "protocol": protocol,
-                    "paper_name": paper or "—",
-                    "median_min": median / 60.0,
-                    "ci_low_min": float(cell["ci_low_s"]) / 60.0,
-                    "ci_high_min": float(cell["ci_high_s"]) / 60.0,
-                    "reached": f"{int(cell['reached'])} of {int(cell['runs'])}",
-                    "fwdllm_speedup": ratio,
-                    "paper_speedup": PAPER_MINUTES[paper] / PAPER_MINUTES["FwdLLM"]
-                    if paper else math.nan,
-                }
-            )
-    return pd.DataFrame(rows)
+def answer(table: pd.DataFrame) -> str:
+    """The page's answer, in words, from the table alone."""
+    final = table[table["stage"] == "final"]
+    if final.empty:
+        return "No test runs yet."
+    said = verdicts(final)
+    established = [v for v in said.values() if not v.startswith("not established")]
+    rest = [ARMS.get(a, (a,))[0] for a, v in said.items() if v.startswith("not established")]
+    text = ("On the paper profile (scaled down, see the page): " + "; ".join(established)
+            if established else "On the paper profile no ranking against FwdLLM is established")
+    if rest:
+        text += f"; against {', '.join(rest)}: not established"
+    return text + "."
 
 
-def admission_table(runsets: dict[str, RunSet]) -> pd.DataFrame:
-    """Per setting and protocol: fleet size, distinct phones that refused a task for memory
-    (``refuse_memory`` events) and phones that did any work (mean over seeds)."""
-    rows = []
-    for setting, runset in runsets.items():
-        refused = (runset.events[runset.events["kind"] == "refuse_memory"]
-                   .groupby("run")["device_id"].nunique())
-        worked = runset.devices.groupby("run")["device_id"].nunique()
-        for protocol, members in runset.summary.groupby(BY, sort=True):
-            runs = list(members["run"])
-            rows.append({
-                "setting": setting, "protocol": protocol,
-                "fleet_size": int(members["fleet_size"].iloc[0]),
-                "phones_refused_for_memory": float(refused.reindex(runs).fillna(0).mean()),
-                "phones_with_work": float(worked.reindex(runs).fillna(0).mean()),
-            })
-    return pd.DataFrame(rows)
+def _scale_section(scale: pd.DataFrame) -> list[str]:
+    """The scale-down check: per-step quantities at 100 and 1,000 clients."""
+    if scale.empty:
+        return ["## Scale-down check", "", "Not run yet (`--scale`).", ""]
+    scale = scale.assign(drop=(scale["eval_loss_start"] - scale["eval_loss_end"])
+                         / scale["eval_after_steps"])
+    lines = ["## Scale-down check: per-step quantities at 100 and 1,000 clients", "",
+             "FwdLLM at the chosen rate for "
+             f"{int(scale['eval_after_steps'].max())} steps from the same start, seeds "
+             + ", ".join(str(int(s)) for s in sorted(scale["seed"].unique()))
+             + " (each phone holds a uniform sample of 8 training items at both scales, "
+             "so only the cohort differs); held-out loss on 1,000 test items.", "",
+             "| clients | runs | simulated s per step | held-out loss drop per step |",
+             "|---|---|---|---|"]
+    for clients, part in scale.groupby("clients"):
+        mean, low, high, _ = mean_confidence_interval(part["drop"].to_numpy(float))
+        per_step = sorted({round(float(v), 9) for v in part["s_per_step"]})
+        lines.append(f"| {int(clients):,} | {len(part)} | "
+                     + ", ".join(f"{v:.6g}" for v in per_step)
+                     + f" | {_num(mean)} [{_num(low)}, {_num(high)}] |")
+    small, large = (scale[scale["clients"] == c].set_index("seed")
+                    for c in sorted(scale["clients"].unique())[:2])
+    seeds = sorted(set(small.index) & set(large.index))
+    ratio = paired_ratio_interval(large.loc[seeds, "drop"], small.loc[seeds, "drop"])
+    lines += ["", f"Learning per step at {int(large['clients'].iloc[0]):,} clients is "
+              f"{_num(ratio.ratio)}× that at {int(small['clients'].iloc[0]):,} "
+              f"[{_num(ratio.low)}, {_num(ratio.high)}], {ratio.n} paired seeds "
+              "(geometric mean of the per-seed ratios, 95 % interval). The time per step "
+              "does not depend on the cohort on this profile (every phone works in "
+              "parallel and uploads on its own link); the learning per step does when the "
+              "interval excludes 1, and then FwdLLM's steps to the target below are those "
+              "of the scaled-down cohort, not the paper's.", ""]
+    return lines
 
 
-def analyse(
-    runs: dict[str, StudyRuns], figures: Path, target: float | None, mark: bool = False
-) -> dict:
-    """Tables and figures of the three settings.  Issue 23's discipline per setting: runs
-    on different evaluation grids are refused, and so are runs that ended short of the
-    common simulated-time budget without reaching the target unless ``mark`` (then each
-    run's end is marked in the curves); ``runs_<setting>.csv`` are the per-run tables."""
-    runsets = {setting: load_runs(r.run_dirs) for setting, r in runs.items()}
-    target = target or default_target(runsets)
-    ends = {s: check_discipline(r.run_dirs, [target], mark) for s, r in runs.items()}
-    for setting, r in runs.items():
-        write_runs_table(per_run_table(r.run_dirs, [BY, "run.seed"], [target]),
-                         figures / f"runs_{setting}.csv")
-    tta = {s: time_to_accuracy_table(rs, [target], by=BY) for s, rs in runsets.items()}
-    label = str(next(iter(runsets.values())).summary["model_label"].iloc[0])
-    notes = "; ".join(f"{s}: {host_note(r)}" for s, r in runs.items())
-    note = (
-        f"{label}. Common target accuracy {target:.4f}. Median simulated minutes over seeds, "
-        "runs that never reached the target censored at their end (∞ = not reached by more "
-        "than half); interval: 95 % log-log band; speed-up = baseline median ÷ FwdLLM median. "
-        f"{notes}."
-    )
-    write_table(speedup_table(tta), figures, "speedup", note)
-    write_table(pd.concat([t.assign(setting=s) for s, t in tta.items()]), figures,
-                "time_to_target", note)
-    write_table(admission_table(runsets), figures, "admission", note)
-    for setting, runset in runsets.items():
-        breakdown = step_breakdown(runset.events, runset.steps)
-        group = dict(zip(runset.summary["run"], runset.summary[BY]))
-        grouped_breakdown_figure(breakdown, group, BY, path=figures / f"step_time_{setting}.png")
-        convergence_figure(runset, x="hours", by=BY, metrics=("accuracy",), targets=[target],
-                           path=figures / f"curves_{setting}.png", ends=ends[setting])
-    fleet = runsets.get("fleet")
-    if fleet is not None:
-        first = fleet.summary[fleet.summary["run.seed"] == fleet.summary["run.seed"].min()]
-        for run, protocol in zip(first["run"], first[BY]):
-            timeline_figure(fleet, run=run, path=figures / f"timeline_fleet_{protocol}.png")
-    facts = {
-        "unequal_horizons_s": ends,
-        "target_accuracy": target,
-        "model_label": label,
-        "seeds": sorted({s for r in runs.values() for s in r.seeds}),
-        "runs": int(np.sum([len(r.run_dirs) for r in runs.values()])),
-        "host_minutes_summed": float(sum(r.run_host_seconds for r in runs.values()) / 60.0),
-    }
-    (figures / "study.json").write_text(json.dumps(facts, indent=2) + "\n")
-    return facts
+def _tuning_section(table: pd.DataFrame, final: pd.DataFrame) -> list[str]:
+    selection = tuning_selection(table)
+    if selection is None:
+        return ["## Tuning", "", "No tuning runs in the table.", ""]
+    lines = ["## Tuning: each arm's learning rate on the validation split", "",
+             "Plain SGD, each arm's rate from its own grid (sweep_paper_tune.yaml; "
+             "FedAdapter's is its clients' local rate), seed 0, on 5 % of the training "
+             "items carved off as a validation split; a tuning run stops when its "
+             "validation accuracy reaches the highest target, so the test split decides "
+             "nothing. Chosen by: most tuning seeds reaching it within the budget, then "
+             "the smallest median simulated time to it, then the best mean validation "
+             "accuracy; ties to the smaller rate.", "",
+             selection.markdown().split("\n\n", 1)[1].rstrip("\n"), ""]
+    grid = selection.grid
+    for arm, part in grid.groupby("arm", sort=False):
+        rates = sorted(float(v) for v in part["lr"])
+        chosen = float(part.loc[part["chosen"], "lr"].iloc[0])
+        edge = (" (at the end of its grid: a rate beyond it was not tried)"
+                if chosen in (rates[0], rates[-1]) else "")
+        ran = sorted({float(v) for v in final.loc[final["arm"] == arm, "lr"]})
+        ran_text = ", ".join(f"{r:g}" for r in ran) or "no test runs"
+        tail = ("its test runs ran at it" if ran == [chosen] else
+                f"its test runs ran at {ran_text}, so its numbers above are provisional")
+        lines.append(f"* `{arm}`: grid {', '.join(f'{r:g}' for r in rates)}; chosen "
+                     f"{chosen:g}{edge}; {tail}.")
+    return lines + [""]
+
+
+def render(table: pd.DataFrame) -> str:
+    """docs/results/end_to_end.md from its per-run table (pure)."""
+    final = table[table["stage"] == "final"].reset_index(drop=True)
+    scale = table[table["stage"] == "scale"].reset_index(drop=True)
+    targets = _targets(final) if len(final) else []
+    top = max(targets) if targets else math.nan
+    seeds = sorted(int(s) for s in final["seed"].unique()) if len(final) else []
+    lines = [
+        "# (b) End to end: FwdLLM against the backprop baselines (Fig. 10)", "",
+        "<!-- Written by analysis/end_to_end/run.py --publish from end_to_end/runs.csv; "
+        "tests/analysis/test_results_pages.py renders it again. Do not edit by hand. -->", "",
+        f"**Answer.** {answer(table)}", "",
+        "| | |", "|---|---|",
+        "| clock | FwdLLM's closed-form profile: identical, always-online phones with the "
+        "paper's per-batch DistilBERT constants (NPU for perturbed inference, CPU for "
+        "backprop), uplink-only 10 Mibit/s, each arm charged for DistilBERT with its "
+        "paper's PEFT (`fleet.cost_model`) |",
+        "| learning signal | all-MiniLM-L6-v2 (the encoder fleetsim ships, standing in "
+        "for DistilBERT) on AG News: the 7,600 items of its test file split 80/20 by the "
+        "run seed (standing in for the 120,000-item train split), 5 % of the training "
+        "part carved off for validation, 32 tokens, batches of 8, 100 clients holding an "
+        "iid share each; plain SGD |",
+        f"| runs | {len(final)} test runs: {len(_arms(final)) if len(final) else 0} arms × "
+        f"seeds {seeds[0] if seeds else '—'}–{seeds[-1] if seeds else '—'} (paired: a "
+        "seed is the same split and partition for every arm); "
+        f"{int((table['stage'] == 'tune').sum())} tuning runs; {len(scale)} scale-check runs |",
+        f"| host time | {table['host_s'].sum() / 60.0:.1f} min summed over the runs "
+        "(2-core host) |",
+        f"| commit | {', '.join(sorted(set(table['commit'])))} |", "",
+        "**Scaled down, and by how much.** The paper runs FwdLLM over 1,000 clients with "
+        "adapters on every layer of DistilBERT; on this host that is hours per run. Here "
+        "FwdLLM's cohort is 100 clients (10× fewer perturbations a step) and it learns on "
+        "a top-layer LoRA of the stand-in encoder (7,684 trainable, against 450,340 "
+        "charged), while the phones are charged for the paper's adapters. The baselines "
+        "learn on their own method's PEFT. `fedsgd_same_peft` is backprop on FwdLLM's "
+        "learning PEFT, so FwdLLM against it is forward gradient against backprop on "
+        "equal terms. The check at the bottom measures what the cohort's scale-down does "
+        "to the per-step quantities.", "",
+        "Arms:", "",
+        *[f"* `{arm}` ({ARMS[arm][0]}): {ARMS[arm][1]}; {ARMS[arm][2]}."
+          for arm in _arms(final) if arm in ARMS], "",
+    ]
+    if len(final):
+        lines += [
+            "Every arm is evaluated on one simulated-time grid (every 5 simulated seconds "
+            "from t = 0, 200 held-out test items) and stops at the first evaluation "
+            f"reaching {top:g}, else at the common budget of "
+            f"{final['end_s'].max() / 3600:.3g} simulated hour(s). Minutes: the "
+            "Kaplan–Meier median over seeds, runs that never reached the target censored "
+            "at their end, 95 % log-log interval, (reached/runs). Steps: the median "
+            "committed steps (FedAdapter: rounds) at the first evaluation reaching it, "
+            "over the runs that reached it. Per-step cost × steps ≈ minutes (the grid "
+            "rounds the time up to the next evaluation). Paper: FwdLLM Fig. 10's minutes "
+            "to 0.88 and the steps they imply at the same per-step cost.", "",
+            "| arm | method | rate | simulated s per step | steps to "
+            f"{top:g} | " + " | ".join(f"minutes to {t:g}" for t in targets)
+            + " | paper: minutes to 0.88 | paper: steps implied |",
+            "|---|---|---|---|---|" + "---|" * len(targets) + "---|---|",
+        ]
+        for arm in _arms(final):
+            mine = final[final["arm"] == arm]
+            per_step = float(mine["s_per_step"].median())
+            paper = PAPER_MINUTES.get(arm)
+            rates = ", ".join(f"{r:g}" for r in sorted(set(mine["lr"].astype(float))))
+            lines.append(
+                f"| {arm} | {mine['method'].iloc[0]} | {rates} | {_num(per_step, 4)} | "
+                f"{_steps_cell(mine, top)} | "
+                + " | ".join(_km_minutes(mine, t) for t in targets)
+                + f" | {_num(paper) if paper else '—'} | "
+                + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")
+        lines += ["", f"Which arm reaches {top:g} first, against FwdLLM (paired by seed; a "
+                  "pair's order is known when one arm reached it before the other's run "
+                  "ended; the ratio of times when every pair reached it; established only "
+                  "with at least 10 pairs and an interval excluding 1 or 1/2):", ""]
+        lines += [f"* {v}" for v in verdicts(final).values()]
+        lines += ["", "![held-out accuracy over simulated minutes](end_to_end/curves_paper.png)",
+                  ""]
+    lines += _tuning_section(table, final)
+    lines += _scale_section(scale)
+    lines += ["## Not in this study yet", "",
+              "The same arms on the realistic fleet (market-share phones with churn, RAM "
+              "admission and FLASH bandwidth) and charged for LLaMA-2-7B INT4 run only as "
+              "smoke tests (`--quick`); their ten-seed runs are the next step (issue 23).", ""]
+    return "\n".join(lines)
+
+
+def curves_figure(run_dirs: list[Path], table: pd.DataFrame, path: Path) -> Figure:
+    """Held-out accuracy against simulated minutes (log scale), one line per run,
+    coloured by arm."""
+    figure = Figure(figsize=(8.0, 4.6), layout="constrained")
+    ax = figure.subplots()
+    arm_of_run = dict(zip(table["run"], table["arm"]))
+    colours = {a: f"C{i % 10}" for i, a in enumerate(_arms(table))}
+    seen: set[str] = set()
+    for run_dir in run_dirs:
+        arm = arm_of_run.get(run_dir.name)
+        if arm is None:
+            continue
+        steps = pd.read_parquet(run_dir / "steps.parquet", columns=["sim_time_s", "accuracy"])
+        steps = steps[steps["accuracy"].notna() & (steps["sim_time_s"] > 0)]
+        ax.plot(steps["sim_time_s"] / 60.0, steps["accuracy"], color=colours[arm], alpha=0.6,
+                lw=1, label=None if arm in seen else arm)
+        seen.add(arm)
+    for target in _targets(table):
+        ax.axhline(target, color="grey", lw=0.6, linestyle=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("simulated minutes (log scale)")
+    ax.set_ylabel("held-out accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+# ------------------------------------------------------------------ running
+def _finished(sweep: Path, out_dir: Path, args) -> StudyRuns:
+    return run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
+                     seeds=None if "tune" in sweep.name or "scale" in sweep.name else args.seeds)
+
+
+def analyse(stages: dict[str, StudyRuns], figures: Path, mark: bool) -> pd.DataFrame:
+    """The per-run table of every stage run (``figures/runs.csv``), the page rendered from
+    it (``figures/page.md``) and the accuracy curves of the test runs.  The test runs of one
+    comparison must share the evaluation grid and horizon (issue 23, rules 1-2) unless
+    ``mark``."""
+    figures.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for stage, runs in stages.items():
+        rows = run_rows(runs.run_dirs, stage)
+        if stage == "final":
+            check_discipline(runs.run_dirs, _targets(rows), mark)
+        elif stage == "tune":
+            # a tuning run stops on the validation split, so only the grid rule applies
+            check_eval_grids(load_runs(runs.run_dirs))
+        tables.append(rows)
+    table = pd.concat(tables, ignore_index=True)
+    write_runs_table(table, figures / "runs.csv")
+    write_page(figures / "runs.csv", figures / "page.md", render)
+    if "final" in stages:
+        curves_figure(stages["final"].run_dirs, table[table["stage"] == "final"],
+                      figures / "curves_paper.png")
+    return table
+
+
+def quick(args, out: Path) -> None:
+    """The smoke test: each setting's quick sweep through :func:`run_rows` and the page."""
+    figures = out / "figures-quick"
+    for setting in SETTINGS:
+        runs = run_study(HERE / f"sweep_{setting}_quick.yaml", out / "runs" / f"{setting}_quick",
+                         args.set, args.fresh, args.backend, args.max_parallel)
+        check_discipline(runs.run_dirs, [], True)
+        rows = run_rows(runs.run_dirs, "final")
+        write_runs_table(rows, figures / f"runs_{setting}.csv")
+        write_page(figures / f"runs_{setting}.csv", figures / f"page_{setting}.md", render)
+    print(f"figures and tables in {figures}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0])
-    parser.add_argument("--target-accuracy", type=float, default=None,
-                        help="common target accuracy (default: see the module docstring)")
+    parser.add_argument("--tune", action="store_true",
+                        help="run the tuning stage (sweep_paper_tune.yaml) first")
+    parser.add_argument("--scale", action="store_true",
+                        help="run the scale-down check (sweep_paper_scale.yaml) too")
+    parser.add_argument("--publish", action="store_true",
+                        help="copy runs.csv and the curves to docs/results/ and render the page")
     args = parser.parse_args(argv)
-    if not args.quick:
-        # The full sweeps ran the withdrawn design (FwdLLM 10 phones x 10 perturbations, Adam
-        # at FwdLLM's rate for every arm): removed so that nobody regenerates its numbers.
-        raise FleetsimInputError(
-            "study (b) is withdrawn and being redone (issue 23, docs/results/end_to_end.md): "
-            "its full sweeps are gone; --quick still runs the pipeline's smoke test"
-        )
     out = args.out or HERE
-    figures = out / ("figures-quick" if args.quick else "figures")
-    runs = {}
-    for setting in SETTINGS:
-        name = f"sweep_{setting}_quick.yaml" if args.quick else f"sweep_{setting}.yaml"
-        folder = out / "runs" / (f"{setting}_quick" if args.quick else setting)
-        runs[setting] = run_study(HERE / name, folder, args.set, args.fresh, args.backend,
-                                  args.max_parallel, seeds=args.seeds)
-    analyse(runs, figures, args.target_accuracy, args.quick or args.allow_unequal_horizons)
+    if args.quick:
+        quick(args, out)
+        return
+    stages: dict[str, StudyRuns] = {}
+    tune_dir = out / "runs" / "paper_tune"
+    if args.tune or (tune_dir / "sweep_index.parquet").is_file():
+        stages["tune"] = _finished(HERE / "sweep_paper_tune.yaml", tune_dir, args)
+    if not args.tune or (out / "runs" / "paper").is_dir():
+        stages["final"] = _finished(HERE / "sweep_paper.yaml", out / "runs" / "paper", args)
+    scale_dir = out / "runs" / "paper_scale"
+    if args.scale or (scale_dir / "sweep_index.parquet").is_file():
+        stages["scale"] = _finished(HERE / "sweep_paper_scale.yaml", scale_dir, args)
+    figures = out / "figures"
+    table = analyse(stages, figures, args.allow_unequal_horizons)
+    if "tune" in stages:
+        rates = ", ".join(f"{a} {r:g}" for a, r in chosen_rates(table).items())
+        print(f"chosen rates (validation split): {rates}")
+    if args.publish:
+        TABLE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(figures / "runs.csv", TABLE)
+        if (figures / "curves_paper.png").is_file():
+            shutil.copyfile(figures / "curves_paper.png", TABLE.parent / "curves_paper.png")
+        print(f"published {write_page(TABLE, PAGE, render)}")
     print(f"figures and tables in {figures}")
 
 

@@ -31,6 +31,7 @@ inputs and prefix cache in :mod:`fleetsim.numerics.inputs`: each a part of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -152,6 +153,8 @@ class TorchEngine(ThetaState, EstimateDispatch, ModelInputs, NumericsEngine):
         # ``_retain`` steps only (see retain_steps).
         self._retain = 0
         self._history: dict[int, tuple[dict, Optional[list[Any]]]] = {}
+        # (theta_version, result) of the last evaluate(): reused while θ is unchanged
+        self._last_evaluation: Optional[tuple[int, EvalResult]] = None
         self.check_indices = self._check_tensor_indices()
         self._prefix_store: Optional[Any] = None
         self._prefix_done = np.zeros(len(self.labels), dtype=bool)
@@ -250,11 +253,18 @@ class TorchEngine(ThetaState, EstimateDispatch, ModelInputs, NumericsEngine):
         a logit or the loss is not finite, the result is ``EvalResult(nan, nan, n)``
         with ``n > 0`` (the argmax of NaN logits is an arbitrary class, so a count of
         "correct" answers would be noise).  ``n_examples == 0`` means there was nothing
-        to evaluate.  Callers tell the two apart by ``n_examples``."""
+        to evaluate.  Callers tell the two apart by ``n_examples``.
+
+        θ unchanged since the last call (``theta_version``): that call's numbers, without
+        running the model again (evaluation is a pure function of θ and the fixed splits)."""
+        cached = self._last_evaluation
+        if cached is not None and cached[0] == self.theta_version:
+            return dataclasses.replace(cached[1])
         test = self._evaluate_on(self.eval_idx)
         if len(self.plan.validation_idx):
             validation = self._evaluate_on(self.plan.validation_idx)
             test.val_accuracy, test.val_loss = validation.accuracy, validation.loss
+        self._last_evaluation = (self.theta_version, dataclasses.replace(test))
         return test
 
     def _evaluate_on(self, eval_idx: np.ndarray) -> EvalResult:

@@ -5,6 +5,10 @@ the θ of recent steps kept for stale work, the server optimiser's step and the 
 reads ``names``, ``params`` (the trainable tensors, engine order), ``optimizer`` (a
 :class:`fleetsim.numerics.optim.ServerOptimizer`, the update rules), ``previous_gradient``,
 ``_retain`` and ``_history``, which the engine sets up, and ``cfg.on_nonfinite``.
+
+``theta_version`` counts the changes of θ (an applied step, a loaded checkpoint): an
+evaluation of an unchanged θ is the same numbers, so the engine reuses it (a simulated-time
+evaluation grid evaluates many times between two slow steps).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from fleetsim.numerics.base import GradientWork, StepEstimate
 
 class ThetaState:
     """θ, its history for stale work, the server optimiser step, checkpoint state."""
+
+    #: incremented whenever θ changes (see the module docstring)
+    theta_version: int = 0
 
     def current_params(self) -> dict:
         return {n: p.detach() for n, p in zip(self.names, self.params)}
@@ -64,6 +71,7 @@ class ThetaState:
             return
         with torch.no_grad():
             self.optimizer.step([p.data for p in self.params], gradient, lr)
+        self.theta_version += 1
         self.previous_gradient = [g.detach().to("cpu") for g in gradient]
 
     # ---------------------------------------------------------------- checkpoints
@@ -88,6 +96,7 @@ class ThetaState:
         with torch.no_grad():
             for name, param in zip(self.names, self.params):
                 param.copy_(state["params"][name].to(param.device, param.dtype))
+        self.theta_version += 1
         self.optimizer.load_state_dict(state["optimizer"])
         previous = state.get("previous_gradient")
         self.previous_gradient = None if previous is None else [g.clone() for g in previous]

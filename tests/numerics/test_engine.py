@@ -208,3 +208,28 @@ def test_bert_attention_targets_name_the_same_projections_on_llama():
     assert targets_for("llama", ["query", "value", "gate_proj"]) == ["q_proj", "v_proj",
                                                                     "gate_proj"]
     assert targets_for("bert", ["q_proj", "key", "dense"]) == ["query", "key", "dense"]
+
+
+def test_evaluation_of_an_unchanged_theta_is_reused_and_a_step_renews_it(make_engine,
+                                                                          monkeypatch):
+    """A simulated-time evaluation grid evaluates many times between two slow steps (Full-BP
+    takes 209 simulated s a step, evaluated every 15 s): while θ is unchanged the engine
+    returns the last numbers without running the model; an applied step or a loaded
+    checkpoint makes it evaluate again, and the numbers equal a fresh evaluation's."""
+    engine = make_engine(server_optimizer=ServerOptimizerConfig(name="sgd"))
+    calls = []
+    real = engine._evaluate_on
+    monkeypatch.setattr(engine, "_evaluate_on", lambda idx: calls.append(1) or real(idx))
+    first = engine.evaluate()
+    again = engine.evaluate()
+    assert len(calls) == 1 and again == first and again is not first
+    again.accuracy = -1.0  # a caller's change never reaches the cache
+    assert engine.evaluate() == first
+    state = engine.state_dict()
+    work = [GradientWork(0, 0, 0, tuple(range(8)))]
+    engine.apply(engine.forward_gradient(0, work), 0.5)
+    stepped = engine.evaluate()
+    assert len(calls) == 2 and stepped.loss != first.loss
+    assert stepped == real(engine.eval_idx)
+    engine.load_state_dict(state)
+    assert engine.evaluate() == first and len(calls) == 3

@@ -9,24 +9,28 @@ Full-BP and FedAdapter 10 clients a step (or round); plus ``fedsgd_same_peft``, 
 gradient against backprop" from "which PEFT".  all-MiniLM-L6-v2 on AG News supplies the
 learning signal (the scale-down is on the page).  Plain SGD; every arm evaluated on one
 simulated-time grid; a run stops at the first evaluation reaching 0.8 or at the common
-budget of one simulated hour.
+budget of 30 simulated minutes.
 
 Stages, each a sweep run through ``fleetsim sweep``'s machinery (resumable):
 
 * ``--tune``: ``sweep_paper_tune.yaml``, each arm's rate on the validation split (seed 0);
-* default: ``sweep_paper.yaml``, the arms at their chosen rates × seeds 0–9 on the test
-  split (the page checks each ran at its chosen rate);
+* ``--setting paper`` (the default): ``sweep_paper.yaml``, the arms at their chosen rates ×
+  seeds 0–9 on the test split (the page checks each ran at its chosen rate);
+  ``--setting fleet`` / ``fleet_llama7b``: ``sweep_fleet[_llama7b].yaml``, the same arms
+  and rates on the realistic fleet (``scenario_fleet.yaml``), charged for DistilBERT or
+  for LLaMA-2-7B INT4;
 * ``--scale``: ``sweep_paper_scale.yaml``, FwdLLM at 100 and at 1,000 clients for six steps
   × three seeds: simulated seconds per step and held-out loss per step at both scales.
 
-``--publish`` copies the per-run table (all three stages) to
-``docs/results/end_to_end/runs.csv`` and renders ``docs/results/end_to_end.md`` from it
-(:func:`render`); ``tests/analysis/test_results_pages.py`` renders it again.  ``--quick``
-runs the ``*_quick.yaml`` smoke sweeps of the three settings (paper, realistic fleet, the
-fleet charged for LLaMA-2-7B INT4) through the same reducers (CI).
+Stages that ran before (their sweep folder exists) are analysed with the one run now.
+``--publish`` copies the per-run table to ``docs/results/end_to_end/runs.csv`` and renders
+``docs/results/end_to_end.md`` from it (:func:`render`);
+``tests/analysis/test_results_pages.py`` renders it again.  ``--quick`` runs the
+``*_quick.yaml`` smoke sweeps of the three settings through the same reducers (CI).
 
     python analysis/end_to_end/run.py --tune --backend ray --max-parallel 2
     python analysis/end_to_end/run.py --backend ray --max-parallel 2
+    python analysis/end_to_end/run.py --setting fleet --setting fleet_llama7b --backend ray
     python analysis/end_to_end/run.py --scale --publish
     python analysis/end_to_end/run.py --quick
 """
@@ -118,8 +122,9 @@ def _step_facts(steps: pd.DataFrame, reached_s: float) -> tuple[float, float]:
     return per_step, float((committed["sim_time_s"] <= reached_s + 1e-9).sum())
 
 
-def run_rows(run_dirs: list[Path], stage: str) -> pd.DataFrame:
-    """The per-run rows of one stage (issue 23, rule 5): provenance, ``stage``, ``arm``,
+def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.DataFrame:
+    """The per-run rows of one stage (issue 23, rule 5): provenance, ``stage``,
+    ``setting`` (:data:`SETTINGS`), ``arm``,
     ``method`` (the paper's name fleetsim gives the run), ``lr``, ``clients``, seed, end,
     seconds to each target (test split), ``best_val_accuracy``, ``s_per_step`` (simulated
     seconds a committed step takes), ``steps_to_<t>`` (committed steps when the highest
@@ -132,10 +137,11 @@ def run_rows(run_dirs: list[Path], stage: str) -> pd.DataFrame:
     rows = per_run_table(run_dirs, ["run.seed"], targets)
     facts = summary.set_index("run")
     rows.insert(3, "stage", stage)
-    rows.insert(4, "arm", rows["run"].map(arm_of))
-    rows.insert(5, "method", rows["run"].map(facts["method"]))
-    rows.insert(6, "lr", rows["run"].map(_rate(summary).set_axis(summary["run"])))
-    rows.insert(7, "clients", rows["run"].map(facts["protocol.devices_per_step"]).astype(int))
+    rows.insert(4, "setting", setting)
+    rows.insert(5, "arm", rows["run"].map(arm_of))
+    rows.insert(6, "method", rows["run"].map(facts["method"]))
+    rows.insert(7, "lr", rows["run"].map(_rate(summary).set_axis(summary["run"])))
+    rows.insert(8, "clients", rows["run"].map(facts["protocol.devices_per_step"]).astype(int))
     rows = rows.rename(columns={"run.seed": "seed"})
     top = max(targets) if targets else math.nan
     per_step, to_top = [], []
@@ -189,6 +195,22 @@ def chosen_rates(table: pd.DataFrame) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------ the page
+#: What each setting's clock is, for the page.
+SETTING_WORDS = {
+    "paper": "FwdLLM's closed-form profile: 100 identical, always-online phones with the "
+             "paper's per-batch DistilBERT constants (NPU for perturbed inference, CPU for "
+             "backprop), uplink-only 10 Mibit/s, each arm charged for DistilBERT with its "
+             "paper's PEFT (`fleet.cost_model`)",
+    "fleet": "a realistic fleet (`scenario_fleet.yaml`): 200 phones of the 2024 market-share "
+             "catalogue from 21:00 with their own NPU/CPU latency, RAM admission, diurnal "
+             "charging windows fitted on FLASH and measured FLASH Wi-Fi both ways, "
+             "availability-aware cohorts, interrupted work paused; charged for DistilBERT "
+             "as above; each arm at the rate chosen on the paper profile",
+    "fleet_llama7b": "the same fleet with the phones charged for LLaMA-2-7B INT4 (its "
+                     "latency, memory and payload; the learning signal unchanged)",
+}
+
+
 def _num(x: float, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -200,9 +222,14 @@ def _arms(table: pd.DataFrame) -> list[str]:
     return order + [a for a in dict.fromkeys(table["arm"]) if a not in order]
 
 
+def _settings(table: pd.DataFrame) -> list[str]:
+    present = set(table["setting"]) if "setting" in table.columns else {"paper"}
+    return [s for s in SETTINGS if s in present] + sorted(present - set(SETTINGS))
+
+
 def _targets(table: pd.DataFrame) -> list[float]:
     return sorted(float(c[len("tta_"):-2]) for c in table.columns
-                  if c.startswith("tta_") and c.endswith("_s"))
+                  if c.startswith("tta_") and c.endswith("_s") and table[c].notna().any())
 
 
 def _km_minutes(mine: pd.DataFrame, target: float) -> str:
@@ -214,18 +241,26 @@ def _km_minutes(mine: pd.DataFrame, target: float) -> str:
     return f"{_num(km.median)} [{_num(km.low)}, {_num(km.high)}] ({km.reached}/{km.runs})"
 
 
-def _steps_cell(mine: pd.DataFrame, target: float) -> str:
-    """Median committed steps to ``target`` over the runs that reached it (k of n)."""
+def _median_steps(mine: pd.DataFrame, target: float) -> float:
+    """Median committed steps to ``target`` over the runs that reached it; NaN when at
+    most half of the runs reached it (the median of the reached ones would flatter)."""
     steps = mine[f"steps_to_{target:g}"].to_numpy(dtype=float)
     hit = steps[np.isfinite(steps)]
-    if hit.size * 2 <= len(steps) and hit.size < len(steps):
-        return f"not reached ({hit.size} of {len(steps)})"
-    return f"{_num(float(np.median(hit)), 4)} ({hit.size}/{len(steps)})"
+    return float(np.median(hit)) if hit.size * 2 > len(steps) else math.nan
+
+
+def _steps_cell(mine: pd.DataFrame, target: float) -> str:
+    steps = mine[f"steps_to_{target:g}"].to_numpy(dtype=float)
+    median = _median_steps(mine, target)
+    hit = int(np.isfinite(steps).sum())
+    if math.isnan(median):
+        return f"not reached ({hit} of {len(steps)})"
+    return f"{_num(median, 4)} ({hit}/{len(steps)})"
 
 
 def verdicts(final: pd.DataFrame) -> dict[str, str]:
-    """Paired-by-seed verdicts on reaching the highest target first: each arm against
-    FwdLLM (runs that ended without it censored at their end)."""
+    """Paired-by-seed verdicts on reaching the highest target first, within one setting:
+    each arm against FwdLLM (runs that ended without it censored at their end)."""
     top = max(_targets(final))
     column = f"tta_{top:g}_s"
     reference = final[final["arm"] == REFERENCE_ARM].set_index("seed")
@@ -238,24 +273,59 @@ def verdicts(final: pd.DataFrame) -> dict[str, str]:
         a, b = reference.loc[seeds], other.loc[seeds]
         out[arm] = paired_first_verdict(
             "FwdLLM", a[column].to_numpy(float), a["end_s"].to_numpy(float),
-            ARMS.get(arm, (arm,))[0], b[column].to_numpy(float), b["end_s"].to_numpy(float),
-            f"{top:g}").text
+            f"{ARMS.get(arm, (arm,))[0]} (`{arm}`)", b[column].to_numpy(float),
+            b["end_s"].to_numpy(float), f"{top:g}").text
     return out
 
 
 def answer(table: pd.DataFrame) -> str:
-    """The page's answer, in words, from the table alone."""
+    """The page's answer, in words, from the table alone: per setting, the rankings against
+    FwdLLM that are established and those that are not."""
     final = table[table["stage"] == "final"]
     if final.empty:
         return "No test runs yet."
-    said = verdicts(final)
-    established = [v for v in said.values() if not v.startswith("not established")]
-    rest = [ARMS.get(a, (a,))[0] for a, v in said.items() if v.startswith("not established")]
-    text = ("On the paper profile (scaled down, see the page): " + "; ".join(established)
-            if established else "On the paper profile no ranking against FwdLLM is established")
-    if rest:
-        text += f"; against {', '.join(rest)}: not established"
-    return text + "."
+    parts = []
+    for setting in _settings(final):
+        said = verdicts(final[final["setting"] == setting])
+        established = [v for v in said.values() if not v.startswith("not established")]
+        rest = [a for a, v in said.items() if v.startswith("not established")]
+        text = f"{setting}: " + ("; ".join(established) if established
+                                 else "no ranking against FwdLLM is established")
+        if rest and established:
+            text += f"; against {', '.join(f'`{a}`' for a in rest)}: not established"
+        parts.append(text)
+    return "Time to the highest target, paired by seed. " + " — ".join(parts) + "."
+
+
+def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
+    targets = _targets(final)
+    top = max(targets)
+    seeds = sorted(int(s) for s in final["seed"].unique())
+    lines = [f"## Setting `{setting}`", "", f"Clock: {SETTING_WORDS.get(setting, setting)}. "
+             f"{len(final)} runs: {len(_arms(final))} arms × seeds {seeds[0]}–{seeds[-1]}; "
+             f"common budget {final['end_s'].max() / 3600:.3g} simulated hour(s).", "",
+             "| arm | method | rate | simulated s per step | steps to "
+             f"{top:g} | s per step × steps, min | "
+             + " | ".join(f"minutes to {t:g}" for t in targets)
+             + " | paper: minutes to 0.88 | paper: steps implied |",
+             "|---|---|---|---|---|---|" + "---|" * len(targets) + "---|---|"]
+    for arm in _arms(final):
+        mine = final[final["arm"] == arm]
+        per_step = float(mine["s_per_step"].median())
+        paper = PAPER_MINUTES.get(arm) if setting == "paper" else None
+        rates = ", ".join(f"{r:g}" for r in sorted(set(mine["lr"].astype(float))))
+        product = per_step * _median_steps(mine, top) / 60.0
+        lines.append(
+            f"| {arm} | {mine['method'].iloc[0]} | {rates} | {_num(per_step, 4)} | "
+            f"{_steps_cell(mine, top)} | {_num(product)} | "
+            + " | ".join(_km_minutes(mine, t) for t in targets)
+            + f" | {_num(paper) if paper else '—'} | "
+            + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")
+    lines += ["", f"Which arm reaches {top:g} first, against FwdLLM:", ""]
+    lines += [f"* {v}" for v in verdicts(final).values()]
+    lines += ["", f"![held-out accuracy over simulated minutes, {setting}]"
+              f"(end_to_end/curves_{setting}.png)", ""]
+    return lines
 
 
 def _scale_section(scale: pd.DataFrame) -> list[str]:
@@ -265,31 +335,31 @@ def _scale_section(scale: pd.DataFrame) -> list[str]:
     scale = scale.assign(drop=(scale["eval_loss_start"] - scale["eval_loss_end"])
                          / scale["eval_after_steps"])
     lines = ["## Scale-down check: per-step quantities at 100 and 1,000 clients", "",
-             "FwdLLM at the chosen rate for "
+             f"FwdLLM at {', '.join(f'{r:g}' for r in sorted(set(scale['lr'])))} for "
              f"{int(scale['eval_after_steps'].max())} steps from the same start, seeds "
              + ", ".join(str(int(s)) for s in sorted(scale["seed"].unique()))
              + " (each phone holds a uniform sample of 8 training items at both scales, "
              "so only the cohort differs); held-out loss on 1,000 test items.", "",
-             "| clients | runs | simulated s per step | held-out loss drop per step |",
-             "|---|---|---|---|"]
+             "| clients | runs | simulated s per step | held-out loss drop per step "
+             "[95 % interval] |", "|---|---|---|---|"]
     for clients, part in scale.groupby("clients"):
         mean, low, high, _ = mean_confidence_interval(part["drop"].to_numpy(float))
         per_step = sorted({round(float(v), 9) for v in part["s_per_step"]})
         lines.append(f"| {int(clients):,} | {len(part)} | "
                      + ", ".join(f"{v:.6g}" for v in per_step)
                      + f" | {_num(mean)} [{_num(low)}, {_num(high)}] |")
-    small, large = (scale[scale["clients"] == c].set_index("seed")
-                    for c in sorted(scale["clients"].unique())[:2])
+    sizes = sorted(scale["clients"].unique())
+    small = scale[scale["clients"] == sizes[0]].set_index("seed")
+    large = scale[scale["clients"] == sizes[-1]].set_index("seed")
     seeds = sorted(set(small.index) & set(large.index))
     ratio = paired_ratio_interval(large.loc[seeds, "drop"], small.loc[seeds, "drop"])
-    lines += ["", f"Learning per step at {int(large['clients'].iloc[0]):,} clients is "
-              f"{_num(ratio.ratio)}× that at {int(small['clients'].iloc[0]):,} "
-              f"[{_num(ratio.low)}, {_num(ratio.high)}], {ratio.n} paired seeds "
-              "(geometric mean of the per-seed ratios, 95 % interval). The time per step "
-              "does not depend on the cohort on this profile (every phone works in "
-              "parallel and uploads on its own link); the learning per step does when the "
-              "interval excludes 1, and then FwdLLM's steps to the target below are those "
-              "of the scaled-down cohort, not the paper's.", ""]
+    lines += ["", f"Learning per step at {int(sizes[-1]):,} clients is {_num(ratio.ratio)}× "
+              f"that at {int(sizes[0]):,} [{_num(ratio.low)}, {_num(ratio.high)}], "
+              f"{ratio.n} paired seeds (geometric mean of the per-seed ratios, 95 % "
+              "interval). The time per step does not depend on the cohort on this profile "
+              "(every phone works in parallel and uploads on its own link). Where the "
+              "interval excludes 1 the learning per step does, and FwdLLM's steps to the "
+              "target above are those of the scaled-down cohort, not the paper's.", ""]
     return lines
 
 
@@ -299,11 +369,11 @@ def _tuning_section(table: pd.DataFrame, final: pd.DataFrame) -> list[str]:
         return ["## Tuning", "", "No tuning runs in the table.", ""]
     lines = ["## Tuning: each arm's learning rate on the validation split", "",
              "Plain SGD, each arm's rate from its own grid (sweep_paper_tune.yaml; "
-             "FedAdapter's is its clients' local rate), seed 0, on 5 % of the training "
-             "items carved off as a validation split; a tuning run stops when its "
-             "validation accuracy reaches the highest target, so the test split decides "
-             "nothing. Chosen by: most tuning seeds reaching it within the budget, then "
-             "the smallest median simulated time to it, then the best mean validation "
+             "FedAdapter's is its clients' local rate), seed 0, paper profile, on 5 % of "
+             "the training items carved off as a validation split; a tuning run stops when "
+             "its validation accuracy reaches the highest target, so the test split "
+             "decides nothing. Chosen by: most tuning seeds reaching it within the budget, "
+             "then the smallest median simulated time to it, then the best mean validation "
              "accuracy; ties to the smaller rate.", "",
              selection.markdown().split("\n\n", 1)[1].rstrip("\n"), ""]
     grid = selection.grid
@@ -325,85 +395,64 @@ def render(table: pd.DataFrame) -> str:
     """docs/results/end_to_end.md from its per-run table (pure)."""
     final = table[table["stage"] == "final"].reset_index(drop=True)
     scale = table[table["stage"] == "scale"].reset_index(drop=True)
-    targets = _targets(final) if len(final) else []
-    top = max(targets) if targets else math.nan
-    seeds = sorted(int(s) for s in final["seed"].unique()) if len(final) else []
     lines = [
         "# (b) End to end: FwdLLM against the backprop baselines (Fig. 10)", "",
         "<!-- Written by analysis/end_to_end/run.py --publish from end_to_end/runs.csv; "
         "tests/analysis/test_results_pages.py renders it again. Do not edit by hand. -->", "",
         f"**Answer.** {answer(table)}", "",
         "| | |", "|---|---|",
-        "| clock | FwdLLM's closed-form profile: identical, always-online phones with the "
-        "paper's per-batch DistilBERT constants (NPU for perturbed inference, CPU for "
-        "backprop), uplink-only 10 Mibit/s, each arm charged for DistilBERT with its "
-        "paper's PEFT (`fleet.cost_model`) |",
         "| learning signal | all-MiniLM-L6-v2 (the encoder fleetsim ships, standing in "
         "for DistilBERT) on AG News: the 7,600 items of its test file split 80/20 by the "
         "run seed (standing in for the 120,000-item train split), 5 % of the training "
         "part carved off for validation, 32 tokens, batches of 8, 100 clients holding an "
         "iid share each; plain SGD |",
-        f"| runs | {len(final)} test runs: {len(_arms(final)) if len(final) else 0} arms × "
-        f"seeds {seeds[0] if seeds else '—'}–{seeds[-1] if seeds else '—'} (paired: a "
-        "seed is the same split and partition for every arm); "
-        f"{int((table['stage'] == 'tune').sum())} tuning runs; {len(scale)} scale-check runs |",
+        f"| runs | {len(final)} test runs in {len(_settings(final)) if len(final) else 0} "
+        "setting(s) (paired: a seed is the same split, partition and fleet for every arm); "
+        f"{int((table['stage'] == 'tune').sum())} tuning runs; {len(scale)} scale-check "
+        "runs |",
         f"| host time | {table['host_s'].sum() / 60.0:.1f} min summed over the runs "
         "(2-core host) |",
         f"| commit | {', '.join(sorted(set(table['commit'])))} |", "",
         "**Scaled down, and by how much.** The paper runs FwdLLM over 1,000 clients with "
         "adapters on every layer of DistilBERT; on this host that is hours per run. Here "
         "FwdLLM's cohort is 100 clients (10× fewer perturbations a step) and it learns on "
-        "a top-layer LoRA of the stand-in encoder (7,684 trainable, against 450,340 "
-        "charged), while the phones are charged for the paper's adapters. The baselines "
-        "learn on their own method's PEFT. `fedsgd_same_peft` is backprop on FwdLLM's "
-        "learning PEFT, so FwdLLM against it is forward gradient against backprop on "
-        "equal terms. The check at the bottom measures what the cohort's scale-down does "
-        "to the per-step quantities.", "",
+        "a top-layer LoRA of the stand-in encoder (7,684 trainable), while the phones are "
+        "charged for the paper's adapters (450,340). The baselines learn on their own "
+        "method's PEFT. `fedsgd_same_peft` is backprop on FwdLLM's learning PEFT and "
+        "clock of Adapter-BP, so FwdLLM against it is forward gradient against backprop "
+        "on equal terms. The check at the bottom measures what the cohort's scale-down "
+        "does to the per-step quantities.", "",
         "Arms:", "",
         *[f"* `{arm}` ({ARMS[arm][0]}): {ARMS[arm][1]}; {ARMS[arm][2]}."
-          for arm in _arms(final) if arm in ARMS], "",
+          for arm in _arms(table) if arm in ARMS], "",
     ]
     if len(final):
+        top = max(_targets(final))
         lines += [
             "Every arm is evaluated on one simulated-time grid (every 5 simulated seconds "
             "from t = 0, 200 held-out test items) and stops at the first evaluation "
-            f"reaching {top:g}, else at the common budget of "
-            f"{final['end_s'].max() / 3600:.3g} simulated hour(s). Minutes: the "
+            f"reaching {top:g}, else at its setting's common budget. Minutes: the "
             "Kaplan–Meier median over seeds, runs that never reached the target censored "
             "at their end, 95 % log-log interval, (reached/runs). Steps: the median "
             "committed steps (FedAdapter: rounds) at the first evaluation reaching it, "
-            "over the runs that reached it. Per-step cost × steps ≈ minutes (the grid "
+            "over the runs that reached it (\"not reached\" when at most half did). "
+            "Simulated s per step × steps is the decomposition of the minutes (the grid "
             "rounds the time up to the next evaluation). Paper: FwdLLM Fig. 10's minutes "
-            "to 0.88 and the steps they imply at the same per-step cost.", "",
-            "| arm | method | rate | simulated s per step | steps to "
-            f"{top:g} | " + " | ".join(f"minutes to {t:g}" for t in targets)
-            + " | paper: minutes to 0.88 | paper: steps implied |",
-            "|---|---|---|---|---|" + "---|" * len(targets) + "---|---|",
-        ]
-        for arm in _arms(final):
-            mine = final[final["arm"] == arm]
-            per_step = float(mine["s_per_step"].median())
-            paper = PAPER_MINUTES.get(arm)
-            rates = ", ".join(f"{r:g}" for r in sorted(set(mine["lr"].astype(float))))
-            lines.append(
-                f"| {arm} | {mine['method'].iloc[0]} | {rates} | {_num(per_step, 4)} | "
-                f"{_steps_cell(mine, top)} | "
-                + " | ".join(_km_minutes(mine, t) for t in targets)
-                + f" | {_num(paper) if paper else '—'} | "
-                + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")
-        lines += ["", f"Which arm reaches {top:g} first, against FwdLLM (paired by seed; a "
-                  "pair's order is known when one arm reached it before the other's run "
-                  "ended; the ratio of times when every pair reached it; established only "
-                  "with at least 10 pairs and an interval excluding 1 or 1/2):", ""]
-        lines += [f"* {v}" for v in verdicts(final).values()]
-        lines += ["", "![held-out accuracy over simulated minutes](end_to_end/curves_paper.png)",
-                  ""]
+            "to 0.88 and the steps they imply at the same per-step cost. Verdicts: paired "
+            "by seed; a pair's order is known when one arm reached the target before the "
+            "other's run ended; the ratio of times when every pair reached it; established "
+            "only with at least 10 pairs and an interval excluding 1 (or 1/2 for shares).",
+            ""]
+        for setting in _settings(final):
+            lines += _setting_section(final[final["setting"] == setting], setting)
     lines += _tuning_section(table, final)
     lines += _scale_section(scale)
-    lines += ["## Not in this study yet", "",
-              "The same arms on the realistic fleet (market-share phones with churn, RAM "
-              "admission and FLASH bandwidth) and charged for LLaMA-2-7B INT4 run only as "
-              "smoke tests (`--quick`); their ten-seed runs are the next step (issue 23).", ""]
+    missing = [s for s in SETTINGS if s not in set(final.get("setting", []))]
+    if missing:
+        lines += ["## Not in this study yet", "",
+                  "Settings without test runs in the table: "
+                  + ", ".join(f"`{s}` ({SETTING_WORDS[s]})" for s in missing)
+                  + ". They run only as smoke tests (`--quick`) so far.", ""]
     return "\n".join(lines)
 
 
@@ -435,32 +484,29 @@ def curves_figure(run_dirs: list[Path], table: pd.DataFrame, path: Path) -> Figu
 
 
 # ------------------------------------------------------------------ running
-def _finished(sweep: Path, out_dir: Path, args) -> StudyRuns:
-    return run_study(sweep, out_dir, args.set, args.fresh, args.backend, args.max_parallel,
-                     seeds=None if "tune" in sweep.name or "scale" in sweep.name else args.seeds)
-
-
-def analyse(stages: dict[str, StudyRuns], figures: Path, mark: bool) -> pd.DataFrame:
-    """The per-run table of every stage run (``figures/runs.csv``), the page rendered from
-    it (``figures/page.md``) and the accuracy curves of the test runs.  The test runs of one
-    comparison must share the evaluation grid and horizon (issue 23, rules 1-2) unless
-    ``mark``."""
+def analyse(stages: dict[tuple[str, str], StudyRuns], figures: Path, mark: bool
+            ) -> pd.DataFrame:
+    """The per-run table of every (stage, setting) run (``figures/runs.csv``), the page
+    rendered from it (``figures/page.md``) and each setting's accuracy curves.  The test
+    runs of one setting must share the evaluation grid and horizon (issue 23, rules 1-2)
+    unless ``mark``; tuning runs stop on the validation split, so only the grid rule
+    applies to them."""
     figures.mkdir(parents=True, exist_ok=True)
     tables = []
-    for stage, runs in stages.items():
-        rows = run_rows(runs.run_dirs, stage)
+    for (stage, setting), runs in stages.items():
+        rows = run_rows(runs.run_dirs, stage, setting)
         if stage == "final":
             check_discipline(runs.run_dirs, _targets(rows), mark)
         elif stage == "tune":
-            # a tuning run stops on the validation split, so only the grid rule applies
             check_eval_grids(load_runs(runs.run_dirs))
         tables.append(rows)
     table = pd.concat(tables, ignore_index=True)
     write_runs_table(table, figures / "runs.csv")
     write_page(figures / "runs.csv", figures / "page.md", render)
-    if "final" in stages:
-        curves_figure(stages["final"].run_dirs, table[table["stage"] == "final"],
-                      figures / "curves_paper.png")
+    for (stage, setting), runs in stages.items():
+        if stage == "final":
+            mine = table[(table["stage"] == "final") & (table["setting"] == setting)]
+            curves_figure(runs.run_dirs, mine, figures / f"curves_{setting}.png")
     return table
 
 
@@ -471,7 +517,7 @@ def quick(args, out: Path) -> None:
         runs = run_study(HERE / f"sweep_{setting}_quick.yaml", out / "runs" / f"{setting}_quick",
                          args.set, args.fresh, args.backend, args.max_parallel)
         check_discipline(runs.run_dirs, [], True)
-        rows = run_rows(runs.run_dirs, "final")
+        rows = run_rows(runs.run_dirs, "final", setting)
         write_runs_table(rows, figures / f"runs_{setting}.csv")
         write_page(figures / f"runs_{setting}.csv", figures / f"page_{setting}.md", render)
     print(f"figures and tables in {figures}")
@@ -480,9 +526,13 @@ def quick(args, out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = study_arguments(__doc__.splitlines()[0])
     parser.add_argument("--tune", action="store_true",
-                        help="run the tuning stage (sweep_paper_tune.yaml) first")
+                        help="run the tuning stage (sweep_paper_tune.yaml); the test runs "
+                        "are analysed with it only where they have run")
     parser.add_argument("--scale", action="store_true",
                         help="run the scale-down check (sweep_paper_scale.yaml) too")
+    parser.add_argument("--setting", action="append", choices=SETTINGS, default=None,
+                        help="run this setting's test sweep (sweep_<setting>.yaml; "
+                        "repeatable; default: paper); settings run before are analysed too")
     parser.add_argument("--publish", action="store_true",
                         help="copy runs.csv and the curves to docs/results/ and render the page")
     args = parser.parse_args(argv)
@@ -490,25 +540,34 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         quick(args, out)
         return
-    stages: dict[str, StudyRuns] = {}
-    tune_dir = out / "runs" / "paper_tune"
-    if args.tune or (tune_dir / "sweep_index.parquet").is_file():
-        stages["tune"] = _finished(HERE / "sweep_paper_tune.yaml", tune_dir, args)
-    if not args.tune or (out / "runs" / "paper").is_dir():
-        stages["final"] = _finished(HERE / "sweep_paper.yaml", out / "runs" / "paper", args)
-    scale_dir = out / "runs" / "paper_scale"
-    if args.scale or (scale_dir / "sweep_index.parquet").is_file():
-        stages["scale"] = _finished(HERE / "sweep_paper_scale.yaml", scale_dir, args)
+    runs_dir = out / "runs"
+
+    def stage(sweep: str, folder: str, seeds=None) -> StudyRuns:
+        return run_study(HERE / sweep, runs_dir / folder, args.set, args.fresh, args.backend,
+                         args.max_parallel, seeds=seeds)
+
+    def ran(folder: str) -> bool:
+        return (runs_dir / folder / "sweep_index.parquet").is_file()
+
+    stages: dict[tuple[str, str], StudyRuns] = {}
+    if args.tune or ran("paper_tune"):
+        stages[("tune", "paper")] = stage("sweep_paper_tune.yaml", "paper_tune")
+    wanted = args.setting or ([] if args.tune or args.scale else ["paper"])
+    for setting in SETTINGS:
+        if setting in wanted or ran(setting):
+            stages[("final", setting)] = stage(f"sweep_{setting}.yaml", setting, args.seeds)
+    if args.scale or ran("paper_scale"):
+        stages[("scale", "paper")] = stage("sweep_paper_scale.yaml", "paper_scale")
     figures = out / "figures"
     table = analyse(stages, figures, args.allow_unequal_horizons)
-    if "tune" in stages:
+    if ("tune", "paper") in stages:
         rates = ", ".join(f"{a} {r:g}" for a, r in chosen_rates(table).items())
         print(f"chosen rates (validation split): {rates}")
     if args.publish:
         TABLE.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(figures / "runs.csv", TABLE)
-        if (figures / "curves_paper.png").is_file():
-            shutil.copyfile(figures / "curves_paper.png", TABLE.parent / "curves_paper.png")
+        for picture in figures.glob("curves_*.png"):
+            shutil.copyfile(picture, TABLE.parent / picture.name)
         print(f"published {write_page(TABLE, PAGE, render)}")
     print(f"figures and tables in {figures}")
 

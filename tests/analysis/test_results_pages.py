@@ -25,6 +25,7 @@ PAGES = [
      "policies_under_churn.md"),
     ("policies_under_churn", "render_accuracy", "allocation_under_churn/runs.csv",
      "allocation_under_churn.md"),
+    ("end_to_end", "render", "end_to_end/runs.csv", "end_to_end.md"),
 ]
 
 
@@ -184,4 +185,46 @@ def test_study_c_tuning_choice_recomputed():
                            -float(rows["best_val_accuracy"].mean()), float(lr)))
         chosen = min(scored)[3]
         assert f"* `{arm}`: chosen {chosen:g}" in page, arm
+        assert set(final.loc[final["arm"] == arm, "lr"].astype(float)) == {chosen}, arm
+
+
+def test_study_b_numbers_recomputed():
+    """(b): per setting and arm, the median simulated seconds per step, the median steps to
+    the highest target ("not reached" when at most half reached it) and the paper's implied
+    steps recomputed with numpy from the committed table; each arm's tuned rate chosen here
+    by hand (most seeds reaching the validation target, then the smallest median time, then
+    the best validation accuracy, then the smaller rate) is the page's and its test runs ran
+    at it;
+    every test-run arm has ten seeds in every setting."""
+    runs = read_runs_table(RESULTS / "end_to_end" / "runs.csv")
+    page = (RESULTS / "end_to_end.md").read_text()
+    final = runs[runs["stage"] == "final"]
+    top = max(float(c[4:-2]) for c in final.columns
+              if c.startswith("tta_") and final[c].notna().any())
+    paper_minutes = {"fwdllm": 25.2, "fedadapter": 30.6, "adapter_bp": 92.8,
+                     "bitfit_bp": 103.9, "full_bp": 418.9}
+    for (setting, arm), part in final.groupby(["setting", "arm"]):
+        assert sorted(part["seed"]) == list(range(10)), (setting, arm)
+        per_step = float(np.median(part["s_per_step"].to_numpy(float)))
+        steps = part[f"steps_to_{top:g}"].to_numpy(float)
+        hit = steps[np.isfinite(steps)]
+        cell = (f"{float(np.median(hit)):.4g} ({hit.size}/{len(steps)})"
+                if 2 * hit.size > len(steps) else f"not reached ({hit.size} of {len(steps)})")
+        row = f"| {arm} | {part['method'].iloc[0]} | "
+        line = next(x for x in page.split(f"## Setting `{setting}`")[1].splitlines()
+                    if x.startswith(row))
+        assert f" | {per_step:.4g} | {cell} | " in line, (setting, arm)
+        if setting == "paper" and arm in paper_minutes:
+            implied = paper_minutes[arm] * 60.0 / per_step
+            assert line.endswith(f" | {paper_minutes[arm]:.3g} | {implied:.4g} |"), arm
+    tune = runs[runs["stage"] == "tune"]
+    assert set(tune["arm"]) == set(final["arm"])
+    for arm, part in tune.groupby("arm"):
+        scored = []
+        for lr, rows in part.groupby("lr"):
+            first = rows["first_val_s"].to_numpy(dtype=float)
+            scored.append((-int(np.isfinite(first).sum()), float(np.median(first)),
+                           -float(rows["best_val_accuracy"].mean()), float(lr)))
+        chosen = min(scored)[3]
+        assert f"* `{arm}`: grid " in page and f"; chosen {chosen:g}" in page, arm
         assert set(final.loc[final["arm"] == arm, "lr"].astype(float)) == {chosen}, arm

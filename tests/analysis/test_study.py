@@ -174,18 +174,6 @@ def test_every_shipped_sweep_validates() -> None:
         assert plan_sweep(load_sweep(path)), path
 
 
-def test_withdrawn_study_b_refuses_its_full_mode(capsys) -> None:
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, str(REPO / "analysis" / "end_to_end" / "run.py")],
-                         capture_output=True, text=True, cwd=REPO)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1].endswith(
-        "study (b) is withdrawn and being redone (issue 23, docs/results/end_to_end.md): its "
-        "full sweeps are gone; --quick still runs the pipeline's smoke test")
-
-
 def test_run_study_analyses_runs_that_ended_diverged_or_without_progress(
     tmp_path: Path, write_synthetic_run, capsys
 ) -> None:

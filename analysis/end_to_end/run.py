@@ -204,8 +204,9 @@ SETTING_WORDS = {
     "fleet": "a realistic fleet (`scenario_fleet.yaml`): 200 phones of the 2024 market-share "
              "catalogue from 21:00 with their own NPU/CPU latency, RAM admission, diurnal "
              "charging windows fitted on FLASH and measured FLASH Wi-Fi both ways, "
-             "availability-aware cohorts, interrupted work paused; charged for DistilBERT "
-             "as above; each arm at the rate chosen on the paper profile",
+             "availability-aware cohorts, interrupted work paused; each arm charged for "
+             "DistilBERT with its paper's PEFT and run at the rate chosen on the paper "
+             "profile",
     "fleet_llama7b": "the same fleet with the phones charged for LLaMA-2-7B INT4 (its "
                      "latency, memory and payload; the learning signal unchanged)",
 }
@@ -304,7 +305,7 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
     lines = [f"## Setting `{setting}`", "", f"Clock: {SETTING_WORDS.get(setting, setting)}. "
              f"{len(final)} runs: {len(_arms(final))} arms × seeds {seeds[0]}–{seeds[-1]}; "
              f"common budget {final['end_s'].max() / 3600:.3g} simulated hour(s).", "",
-             "| arm | method | rate | simulated s per step | steps to "
+             "| arm | method | rate | simulated s per step (median) | steps to "
              f"{top:g} | s per step × steps, min | "
              + " | ".join(f"minutes to {t:g}" for t in targets)
              + " | paper: minutes to 0.88 | paper: steps implied |",

@@ -80,7 +80,7 @@ ARMS = {
     "fwdllm": ("FwdLLM", "all 100 clients a step, 1 perturbation each, dense upload",
                "learns on LoRA r4 (query/value, top layer) + head; charged for width-48 "
                "adapters on all 6 layers + head (450,340)"),
-    "fedsgd_same_peft": ("— (control: FedSGD)", "10 clients a step, backprop",
+    "fedsgd_same_peft": ("FedSGD, a control", "10 clients a step, backprop",
                          "FwdLLM's learning PEFT; charged as Adapter-BP"),
     "adapter_bp": ("Adapter-BP", "10 clients a step, backprop",
                    "width-48 adapters on all 6 layers + head (learned and charged)"),
@@ -124,9 +124,9 @@ def _step_facts(steps: pd.DataFrame, reached_s: float) -> tuple[float, float]:
 
 def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.DataFrame:
     """The per-run rows of one stage (issue 23, rule 5): provenance, ``stage``,
-    ``setting`` (:data:`SETTINGS`), ``arm``,
-    ``method`` (the paper's name fleetsim gives the run), ``lr``, ``clients``, seed, end,
-    seconds to each target (test split), ``best_val_accuracy``, ``s_per_step`` (simulated
+    ``setting`` (:data:`SETTINGS`), ``arm``, ``method`` (the paper's name fleetsim gives
+    the run), ``lr``, ``clients``, seed, end, ``budget_s`` (``run.max_sim_hours`` in
+    seconds), seconds to each target (test split), ``best_val_accuracy``, ``s_per_step`` (simulated
     seconds a committed step takes), ``steps_to_<t>`` (committed steps when the highest
     target was first reached; NaN when not), ``host_s``; tuning rows add ``first_val_s``
     (simulated seconds to the highest target on the validation split within the budget)."""
@@ -155,6 +155,7 @@ def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.Dat
     if targets:
         rows[f"steps_to_{top:g}"] = to_top
     rows["host_s"] = rows["run"].map(facts["host_seconds"].astype(float))
+    rows["budget_s"] = rows["run"].map(facts["run.max_sim_hours"].astype(float) * 3600.0)
     if stage == "tune" and targets:
         budget = float(summary["run.max_sim_hours"].astype(float).max()) * 3600.0
         scores = validation_scores(runset, [], target=top, budget_s=budget)
@@ -306,19 +307,24 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
              f"{len(final)} runs: {len(_arms(final))} arms × seeds {seeds[0]}–{seeds[-1]}; "
              f"common budget {final['end_s'].max() / 3600:.3g} simulated hour(s).", "",
              "| arm | method | rate | simulated s per step (median) | steps to "
-             f"{top:g} | s per step × steps, min | "
+             f"{top:g} | s per step × steps, min | ÷ FwdLLM: s per step, steps | "
              + " | ".join(f"minutes to {t:g}" for t in targets)
              + " | paper: minutes to 0.88 | paper: steps implied |",
-             "|---|---|---|---|---|---|" + "---|" * len(targets) + "---|---|"]
+             "|---|---|---|---|---|---|---|" + "---|" * len(targets) + "---|---|"]
+    reference = final[final["arm"] == REFERENCE_ARM]
+    ref_step = float(reference["s_per_step"].median()) if len(reference) else math.nan
+    ref_steps = _median_steps(reference, top) if len(reference) else math.nan
     for arm in _arms(final):
         mine = final[final["arm"] == arm]
         per_step = float(mine["s_per_step"].median())
         paper = PAPER_MINUTES.get(arm) if setting == "paper" else None
         rates = ", ".join(f"{r:g}" for r in sorted(set(mine["lr"].astype(float))))
-        product = per_step * _median_steps(mine, top) / 60.0
+        steps = _median_steps(mine, top)
+        product = per_step * steps / 60.0
         lines.append(
             f"| {arm} | {mine['method'].iloc[0]} | {rates} | {_num(per_step, 4)} | "
             f"{_steps_cell(mine, top)} | {_num(product)} | "
+            f"{_num(per_step / ref_step)}×, {_num(steps / ref_steps)}× | "
             + " | ".join(_km_minutes(mine, t) for t in targets)
             + f" | {_num(paper) if paper else '—'} | "
             + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")
@@ -368,12 +374,17 @@ def _tuning_section(table: pd.DataFrame, final: pd.DataFrame) -> list[str]:
     selection = tuning_selection(table)
     if selection is None:
         return ["## Tuning", "", "No tuning runs in the table.", ""]
+    tune = table[table["stage"] == "tune"]
     lines = ["## Tuning: each arm's learning rate on the validation split", "",
              "Plain SGD, each arm's rate from its own grid (sweep_paper_tune.yaml; "
              "FedAdapter's is its clients' local rate), seed 0, paper profile, on 5 % of "
              "the training items carved off as a validation split; a tuning run stops when "
              "its validation accuracy reaches the highest target, so the test split "
-             "decides nothing. Chosen by: most tuning seeds reaching it within the budget, "
+             "decides nothing, else at the tuning budget of "
+             + ", ".join(f"{b / 60:.3g}" for b in sorted(set(tune["budget_s"])))
+             + " simulated minutes (a rate slower than that is never an arm's fastest; an "
+             "arm none of whose rates reached the target is chosen by its validation "
+             "accuracy). Chosen by: most tuning seeds reaching it within the budget, "
              "then the smallest median simulated time to it, then the best mean validation "
              "accuracy; ties to the smaller rate.", "",
              selection.markdown().split("\n\n", 1)[1].rstrip("\n"), ""]
@@ -384,9 +395,13 @@ def _tuning_section(table: pd.DataFrame, final: pd.DataFrame) -> list[str]:
         edge = (" (at the end of its grid: a rate beyond it was not tried)"
                 if chosen in (rates[0], rates[-1]) else "")
         ran = sorted({float(v) for v in final.loc[final["arm"] == arm, "lr"]})
-        ran_text = ", ".join(f"{r:g}" for r in ran) or "no test runs"
-        tail = ("its test runs ran at it" if ran == [chosen] else
-                f"its test runs ran at {ran_text}, so its numbers above are provisional")
+        if ran == [chosen]:
+            tail = "its test runs ran at it"
+        elif not ran:
+            tail = "no test runs yet"
+        else:
+            tail = (f"its test runs ran at {', '.join(f'{r:g}' for r in ran)}, so its "
+                    "numbers above are provisional")
         lines.append(f"* `{arm}`: grid {', '.join(f'{r:g}' for r in rates)}; chosen "
                      f"{chosen:g}{edge}; {tail}.")
     return lines + [""]
@@ -438,11 +453,13 @@ def render(table: pd.DataFrame) -> str:
             "committed steps (FedAdapter: rounds) at the first evaluation reaching it, "
             "over the runs that reached it (\"not reached\" when at most half did). "
             "Simulated s per step × steps is the decomposition of the minutes (the grid "
-            "rounds the time up to the next evaluation). Paper: FwdLLM Fig. 10's minutes "
-            "to 0.88 and the steps they imply at the same per-step cost. Verdicts: paired "
-            "by seed; a pair's order is known when one arm reached the target before the "
-            "other's run ended; the ratio of times when every pair reached it; established "
-            "only with at least 10 pairs and an interval excluding 1 (or 1/2 for shares).",
+            "rounds the time up to the next evaluation); \"÷ FwdLLM\" divides each factor "
+            "by FwdLLM's (a FedAdapter step is a round of 15 local steps). Paper: FwdLLM "
+            "Fig. 10's minutes to 0.88 and the steps they imply at the same per-step cost. "
+            "Verdicts: paired by seed; a pair's order is known when one arm reached the "
+            "target before the other's run ended; the ratio of times when every pair "
+            "reached it; established only with at least 10 pairs and an interval excluding "
+            "1 (or 1/2 for shares).",
             ""]
         for setting in _settings(final):
             lines += _setting_section(final[final["setting"] == setting], setting)
@@ -553,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
     stages: dict[tuple[str, str], StudyRuns] = {}
     if args.tune or ran("paper_tune"):
         stages[("tune", "paper")] = stage("sweep_paper_tune.yaml", "paper_tune")
-    wanted = args.setting or ([] if args.tune or args.scale else ["paper"])
+    wanted = args.setting or ([] if args.tune else ["paper"])
     for setting in SETTINGS:
         if setting in wanted or ran(setting):
             stages[("final", setting)] = stage(f"sweep_{setting}.yaml", setting, args.seeds)

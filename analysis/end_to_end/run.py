@@ -113,13 +113,26 @@ def _rate(summary: pd.DataFrame) -> pd.Series:
 
 
 def _step_facts(steps: pd.DataFrame, reached_s: float) -> tuple[float, float]:
-    """(simulated seconds per committed step: median step length; committed steps at or
-    before ``reached_s``, NaN when not reached) of one run's steps table."""
+    """(simulated seconds per committed step, committed steps when ``reached_s`` was
+    reached) of one run's steps table.
+
+    Seconds per step: the median gap between successive commits (the first from t = 0),
+    so waits for a cohort and attempts that delivered nothing count, as they do in the
+    time to target.  Steps: read from the evaluation row at ``reached_s`` (an evaluation
+    on the time grid, attempt -1, records the steps committed so far; a per-step
+    evaluation sits on the row of the step it follows, numbered from 0); NaN when not
+    reached."""
     committed = steps[(steps["attempt"] >= 0) & steps["committed"].astype(bool)]
-    per_step = float(committed["step_seconds"].median()) if len(committed) else math.nan
+    times = np.sort(committed["sim_time_s"].to_numpy(dtype=float))
+    per_step = float(np.median(np.diff(np.r_[0.0, times]))) if times.size else math.nan
     if not math.isfinite(reached_s):
         return per_step, math.nan
-    return per_step, float((committed["sim_time_s"] <= reached_s + 1e-9).sum())
+    evaluated = steps[steps["accuracy"].notna()
+                      & np.isclose(steps["sim_time_s"].to_numpy(float), reached_s)]
+    if evaluated.empty:
+        raise FleetsimInputError(f"no evaluation at {reached_s} s, where the target was reached")
+    row = evaluated.iloc[0]
+    return per_step, float(row["step"] + (0 if int(row["attempt"]) < 0 else 1))
 
 
 def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.DataFrame:
@@ -162,12 +175,14 @@ def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.Dat
         rows["first_val_s"] = rows["run"].map(scores.set_index("run")["first_s"])
     if stage == "scale":
         loss0 = pd.to_numeric(facts["initial_eval_loss"], errors="coerce")
-        last = (runset.steps[runset.steps["eval_loss"].notna()]
-                .groupby("run").agg(eval_steps=("step", "max"), eval_loss=("eval_loss", "last")))
+        evaluated = runset.steps[runset.steps["eval_loss"].notna()].sort_values("sim_time_s")
+        last = evaluated.groupby("run").last()
+        # a per-step evaluation sits on the row of step k (numbered from 0: k + 1 steps
+        # seen); one on the time grid (attempt -1) records the steps committed so far
+        seen = last["step"] + (last["attempt"] >= 0).astype(int)
         rows["eval_loss_start"] = rows["run"].map(loss0)
         rows["eval_loss_end"] = rows["run"].map(last["eval_loss"])
-        # steps are numbered from 0: the evaluation after step k has seen k + 1 steps
-        rows["eval_after_steps"] = rows["run"].map(last["eval_steps"] + 1)
+        rows["eval_after_steps"] = rows["run"].map(seen)
     return rows
 
 
@@ -243,21 +258,25 @@ def _km_minutes(mine: pd.DataFrame, target: float) -> str:
     return f"{_num(km.median)} [{_num(km.low)}, {_num(km.high)}] ({km.reached}/{km.runs})"
 
 
-def _median_steps(mine: pd.DataFrame, target: float) -> float:
-    """Median committed steps to ``target`` over the runs that reached it; NaN when at
-    most half of the runs reached it (the median of the reached ones would flatter)."""
+def _steps_median(mine: pd.DataFrame, target: float):
+    """Kaplan-Meier median committed steps to ``target`` over the runs (a run that never
+    reached it censored at the steps it committed), as the minutes are."""
     steps = mine[f"steps_to_{target:g}"].to_numpy(dtype=float)
-    hit = steps[np.isfinite(steps)]
-    return float(np.median(hit)) if hit.size * 2 > len(steps) else math.nan
+    hit = np.isfinite(steps)
+    return censored_median(steps[hit], mine.loc[~hit, "steps"].to_numpy(dtype=float))
+
+
+def _median_steps(mine: pd.DataFrame, target: float) -> float:
+    """:func:`_steps_median`'s median; NaN when not reached by half of the runs."""
+    median = _steps_median(mine, target).median
+    return median if math.isfinite(median) else math.nan
 
 
 def _steps_cell(mine: pd.DataFrame, target: float) -> str:
-    steps = mine[f"steps_to_{target:g}"].to_numpy(dtype=float)
-    median = _median_steps(mine, target)
-    hit = int(np.isfinite(steps).sum())
-    if math.isnan(median):
-        return f"not reached ({hit} of {len(steps)})"
-    return f"{_num(median, 4)} ({hit}/{len(steps)})"
+    km = _steps_median(mine, target)
+    if not math.isfinite(km.median):
+        return km.label
+    return f"{_num(km.median, 4)} ({km.reached}/{km.runs})"
 
 
 def verdicts(final: pd.DataFrame) -> dict[str, str]:
@@ -305,7 +324,7 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
     seeds = sorted(int(s) for s in final["seed"].unique())
     lines = [f"## Setting `{setting}`", "", f"Clock: {SETTING_WORDS.get(setting, setting)}. "
              f"{len(final)} runs: {len(_arms(final))} arms × seeds {seeds[0]}–{seeds[-1]}; "
-             f"common budget {final['end_s'].max() / 3600:.3g} simulated hour(s).", "",
+             f"common budget {final['budget_s'].max() / 3600:.3g} simulated hour(s).", "",
              "| arm | method | rate | simulated s per step (median) | steps to "
              f"{top:g} | s per step × steps, min | ÷ FwdLLM: s per step, steps | "
              + " | ".join(f"minutes to {t:g}" for t in targets)
@@ -345,8 +364,9 @@ def _scale_section(scale: pd.DataFrame) -> list[str]:
              f"FwdLLM at {', '.join(f'{r:g}' for r in sorted(set(scale['lr'])))} for "
              f"{int(scale['eval_after_steps'].max())} steps from the same start, seeds "
              + ", ".join(str(int(s)) for s in sorted(scale["seed"].unique()))
-             + " (each phone holds a uniform sample of 8 training items at both scales, "
-             "so only the cohort differs); held-out loss on 1,000 test items.", "",
+             + " (each phone holds a uniform sample of 8 training items, one batch, at "
+             "both scales, so only the cohort differs; at 1,000 phones the samples overlap, "
+             "as 8,000 exceeds the training items); held-out loss on 1,000 test items.", "",
              "| clients | runs | simulated s per step | held-out loss drop per step "
              "[95 % interval] |", "|---|---|---|---|"]
     for clients, part in scale.groupby("clients"):
@@ -363,7 +383,8 @@ def _scale_section(scale: pd.DataFrame) -> list[str]:
     lines += ["", f"Learning per step at {int(sizes[-1]):,} clients is {_num(ratio.ratio)}× "
               f"that at {int(sizes[0]):,} [{_num(ratio.low)}, {_num(ratio.high)}], "
               f"{ratio.n} paired seeds (geometric mean of the per-seed ratios, 95 % "
-              "interval). The time per step does not depend on the cohort on this profile "
+              "interval; a seed whose loss did not drop at one scale has no ratio and is "
+              "left out). The time per step does not depend on the cohort on this profile "
               "(every phone works in parallel and uploads on its own link). Where the "
               "interval excludes 1 the learning per step does, and FwdLLM's steps to the "
               "target above are those of the scaled-down cohort, not the paper's.", ""]
@@ -451,7 +472,9 @@ def render(table: pd.DataFrame) -> str:
             "Kaplan–Meier median over seeds, runs that never reached the target censored "
             "at their end, 95 % log-log interval, (reached/runs). Steps: the median "
             "committed steps (FedAdapter: rounds) at the first evaluation reaching it, "
-            "over the runs that reached it (\"not reached\" when at most half did). "
+            "the Kaplan–Meier median over seeds as for the minutes (a run that never "
+            "reached it censored at the steps it committed). Simulated s per step: the "
+            "median gap between commits. "
             "Simulated s per step × steps is the decomposition of the minutes (the grid "
             "rounds the time up to the next evaluation); \"÷ FwdLLM\" divides each factor "
             "by FwdLLM's (a FedAdapter step is a round of 15 local steps). Paper: FwdLLM "

@@ -205,3 +205,30 @@ def test_run_study_analyses_runs_that_ended_diverged_or_without_progress(
         capsys.readouterr().err)
     again = run_study(sweep, tmp_path / "out", run_fn=run)
     assert len(calls) == 3 and again.not_done == runs.not_done
+
+
+def test_study_b_step_facts_count_waits_and_read_steps_from_the_evaluation() -> None:
+    """Study (b)'s decomposition: seconds per step are the gaps between commits (a failed
+    attempt's time counts, as it does in the time to target) and the steps to a target
+    are those the evaluation reaching it records (a grid evaluation, attempt -1: steps so
+    far; a per-step evaluation: its step, numbered from 0, plus one)."""
+    import pandas as pd
+
+    from fleetsim.analysis.study import load_study_script
+
+    module = load_study_script(REPO / "analysis" / "end_to_end" / "run.py", "e2e_facts")
+    nan = float("nan")
+    steps = pd.DataFrame({
+        "sim_time_s": [0.0, 4.0, 8.0, 10.0, 12.0, 14.0, 15.0],
+        "step": [0, 0, 1, 1, 1, 2, 3],
+        "attempt": [-1, 0, 0, -1, 1, 0, -1],
+        "committed": [False, True, False, False, True, True, False],
+        "accuracy": [0.3, nan, nan, 0.6, nan, nan, 0.85],
+    })
+    per_step, to_target = module._step_facts(steps, 15.0)
+    assert per_step == 4.0  # gaps 4, 8, 2
+    assert to_target == 3.0
+    assert module._step_facts(steps, 10.0)[1] == 1.0
+    assert math.isnan(module._step_facts(steps, math.inf)[1])
+    per_step_eval = steps.assign(accuracy=[nan, nan, nan, nan, nan, 0.9, nan])
+    assert module._step_facts(per_step_eval, 14.0)[1] == 3.0  # step 2's row: 3 steps

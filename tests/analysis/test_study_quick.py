@@ -78,12 +78,10 @@ def test_end_to_end_quick(tmp_path: Path) -> None:
             steps = pd.read_parquet(runs / row["run"] / "steps.parquet")
             for target in (0.7, 0.75, 0.8):
                 assert row[f"tta_{target:g}_s"] == _first_reach_s(runs / row["run"], target)
-            work = steps[steps["attempt"] >= 0]
-            if len(work):
-                assert row["s_per_step"] == pytest.approx(work["step_seconds"].median())
-            reached = row["tta_0.8_s"]
-            if math.isfinite(reached):
-                assert row["steps_to_0.8"] == (work["sim_time_s"] <= reached + 1e-9).sum()
+            commits = steps.loc[steps["committed"] & (steps["attempt"] >= 0), "sim_time_s"]
+            if len(commits):
+                gaps = [b - a for a, b in zip([0.0, *sorted(commits)], sorted(commits))]
+                assert row["s_per_step"] == pytest.approx(float(pd.Series(gaps).median()))
     paper = pd.read_csv(figures / "runs_paper.csv").set_index("arm")
     # one FwdLLM step is one perturbation per client over the whole cohort, on the paper's
     # closed form: 0.3085584 s + 450,340 fp32 weights at 10 Mibit/s

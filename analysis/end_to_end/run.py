@@ -493,7 +493,9 @@ def render(table: pd.DataFrame) -> str:
         lines += ["## Not in this study yet", "",
                   "Settings without test runs in the table: "
                   + ", ".join(f"`{s}` ({SETTING_WORDS[s]})" for s in missing)
-                  + ". They run only as smoke tests (`--quick`) so far.", ""]
+                  + ". Their ten-seed sweeps (`sweep_<setting>.yaml`: the same arms at the "
+                  "rates tuned on the paper profile; `run.py --setting <setting>`) have not "
+                  "run yet; only their smoke tests (`--quick`) have.", ""]
     return "\n".join(lines)
 
 

@@ -86,8 +86,10 @@ ARMS = {
                    "width-48 adapters on all 6 layers + head (learned and charged)"),
     "bitfit_bp": ("BitFit-BP", "10 clients a step, backprop", "biases + head"),
     "full_bp": ("Full-BP", "10 clients a step, backprop", "every parameter"),
-    "fedadapter": ("FedAdapter", "10 clients a round, 15 local SGD steps each, FedAvg "
-                   "(server rate 1)", "width-48 adapters on the top 2 layers + head"),
+    "fedadapter": ("FedAdapter", "10 clients a round, each one local epoch of SGD (its "
+                   "batches, at most protocol.batches_per_round = 15; a client holds about "
+                   "58 items, 8 batches, here), FedAvg with server rate 1",
+                   "width-48 adapters on the top 2 layers + head"),
 }
 SETTINGS = ("paper", "fleet", "fleet_llama7b")
 TARGETS_KEY = "run.targets"
@@ -477,7 +479,7 @@ def render(table: pd.DataFrame) -> str:
             "median gap between commits. "
             "Simulated s per step × steps is the decomposition of the minutes (the grid "
             "rounds the time up to the next evaluation); \"÷ FwdLLM\" divides each factor "
-            "by FwdLLM's (a FedAdapter step is a round of 15 local steps). Paper: FwdLLM "
+            "by FwdLLM's (a FedAdapter step is a round: one local epoch per client). Paper: FwdLLM "
             "Fig. 10's minutes to 0.88 and the steps they imply at the same per-step cost. "
             "Verdicts: paired by seed; a pair's order is known when one arm reached the "
             "target before the other's run ended; the ratio of times when every pair "

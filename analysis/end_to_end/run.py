@@ -230,6 +230,15 @@ SETTING_WORDS = {
 }
 
 
+#: How the answer names each setting.
+SETTING_SHORT = {
+    "paper": "on the paper profile, scaled down (FwdLLM over 100 clients on a top-layer LoRA "
+             "of MiniLM; the baselines on their own PEFT; target 0.8)",
+    "fleet": "on the realistic fleet",
+    "fleet_llama7b": "on the realistic fleet charged for LLaMA-2-7B INT4",
+}
+
+
 def _num(x: float, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -312,12 +321,13 @@ def answer(table: pd.DataFrame) -> str:
         said = verdicts(final[final["setting"] == setting])
         established = [v for v in said.values() if not v.startswith("not established")]
         rest = [a for a, v in said.items() if v.startswith("not established")]
-        text = f"{setting}: " + ("; ".join(established) if established
+        where = SETTING_SHORT.get(setting, setting)
+        text = f"{where}: " + ("; ".join(established) if established
                                  else "no ranking against FwdLLM is established")
         if rest and established:
             text += f"; against {', '.join(f'`{a}`' for a in rest)}: not established"
         parts.append(text)
-    return "Time to the highest target, paired by seed. " + " — ".join(parts) + "."
+    return "Time to the highest target, paired by seed, " + " — ".join(parts) + "."
 
 
 def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
@@ -345,7 +355,8 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
         lines.append(
             f"| {arm} | {mine['method'].iloc[0]} | {rates} | {_num(per_step, 4)} | "
             f"{_steps_cell(mine, top)} | {_num(product)} | "
-            f"{_num(per_step / ref_step)}×, {_num(steps / ref_steps)}× | "
+            f"{_num(per_step / ref_step)}×, "
+            f"{_num(steps / ref_steps) + '×' if math.isfinite(steps) else '—'} | "
             + " | ".join(_km_minutes(mine, t) for t in targets)
             + f" | {_num(paper) if paper else '—'} | "
             + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")

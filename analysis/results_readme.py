@@ -38,8 +38,9 @@ STUDIES = [
      "policies_under_churn", "answer_accuracy", "allocation_under_churn/runs.csv"),
     ("end_to_end.md",
      "(b) end to end: FwdLLM against Adapter-BP, BitFit-BP, Full-BP and FedAdapter (Fig. 10) "
-     "at the paper's layouts, each arm's SGD rate tuned on validation, ten seeds; MiniLM on "
-     "AG News learns, the phones are charged for DistilBERT (and LLaMA-2-7B INT4)",
+     "at the paper's layouts on its closed-form profile, each arm's SGD rate tuned on "
+     "validation, ten seeds; MiniLM on AG News learns, the phones are charged for DistilBERT "
+     "(the realistic-fleet settings have not run yet)",
      "end_to_end", "answer", "end_to_end/runs.csv"),
 ]
 

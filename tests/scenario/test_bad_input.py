@@ -220,14 +220,14 @@ def test_paths_of_an_extended_scenario_resolve_beside_it(tmp_path):
     from fleetsim.scenario.loader import load_scenario
 
     base = REPO / "analysis" / "end_to_end" / "scenario.yaml"
-    mine = write(tmp_path, f"extends: {base}\nfleet:\n  size: 12\n", "mine.yaml")
+    mine = write(tmp_path, f"extends: {base}\nfleet:\n  size: 120\n", "mine.yaml")
     loaded = load_scenario(mine)
     data_path = (loaded.base_dir / loaded.scenario.data.path).resolve()
     assert data_path == (base.parent / "../../../shared/datasets/ag_news/test.csv").resolve()
     charged = (loaded.base_dir / loaded.scenario.fleet.cost_model.name_or_path).resolve()
     assert charged == (REPO / "scenarios" / "models" / "distilbert-base-uncased").resolve()
     assert loaded.scenario.model.name_or_path == "all-minilm-l6-v2"
-    assert loaded.scenario.fleet.size == 12
+    assert loaded.scenario.fleet.size == 120
     # the same folder: nothing rewritten (the shipped pair keeps its scenario hash)
     same = load_scenario(REPO / "analysis" / "end_to_end" / "scenario_fleet.yaml")
     assert same.scenario.data.path == "../../../shared/datasets/ag_news/test.csv"

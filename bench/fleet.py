@@ -296,6 +296,8 @@ def profile_breakdown(n_devices: int, per_round: int, rounds: int, top: int = 12
     areas = {
         "simpy": "/simpy/", "fleet lifecycle": "fleetsim/fleet/lifecycle",
         "fleet timer path": "fleetsim/fleet/timer_path",
+        "fleet admission": "fleetsim/fleet/admission", "task end": "fleetsim/fleet/task_end",
+        "job charges": "fleetsim/fleet/job_charges",
         "fleet dispatch/flush": "fleetsim/fleet/fleet.py",
         "device state": "fleetsim/fleet/device_state", "ledger": "fleetsim/fleet/ledger",
         "event log": "fleetsim/record/events", "availability": "fleetsim/traces/",

@@ -60,6 +60,11 @@ class Job:
     window_end: float = 0.0  # end of the device's current availability window
     online_hint: Optional[bool] = None  # availability looked up in the dispatch batch...
     hint_time: float = -np.inf  # ...at this time (used only if the task starts then)
+    # What admission and the timer path read per device, looked up for the whole dispatch
+    # batch (admission.look_up_batch): usable RAM bytes, backend, nominal seconds per unit,
+    # setup seconds, download seconds, upload seconds, upload bytes, download and upload
+    # radio watts.  Time-independent.
+    device_facts: Optional[tuple] = field(default=None, repr=False)
     phase: str = ""  # phase in progress: "download" | "compute" | "upload" | "paused"
     phase_start: float = 0.0
     units_done: int = 0
@@ -79,12 +84,12 @@ class Job:
     span_cum: Optional[np.ndarray] = field(default=None, repr=False)
     span_unit_s: float = 0.0
     noise: Optional[np.ndarray] = field(default=None, repr=False)
-    # A task run on one timer (lifecycle.begin_on_timer): its phase ends (t0, t1, t2, t3),
+    # A task run on one timer (timer_path.begin_on_timer): its phase ends (t0, t1, t2, t3),
     # phase seconds (download, compute, upload) and upload bytes, and how many of its
     # phases have been applied to the accounting so far.
     timer_plan: Optional[tuple] = field(default=None, repr=False)
     phases_applied: int = 0
-    ended: bool = False  # the receipt has been sent (lifecycle.finish)
+    ended: bool = False  # the receipt has been sent (task_end.finish)
 
 
 
@@ -158,6 +163,11 @@ class DeviceState:
         # Tasks held per device (queued, running or about to start); a task withdrawn by
         # the server stops counting at once (see cancel).
         self._busy_count = np.zeros(n, dtype=np.int32)
+        # Changes not yet added to it (a list append per task instead of a numpy scalar
+        # update, issue 25's profile): devices that took a task, devices that released one.
+        # busy_counts() folds them in before any read.
+        self._taken: list[int] = []
+        self._released: list[int] = []
         self.tasks_per_step: dict[tuple[int, int], int] = {}
         # Thermal state, only for devices that computed: start of the current sustained load
         # and end of the last compute span.
@@ -180,7 +190,18 @@ class DeviceState:
     def release(self, job: Job) -> None:
         if not job.released:
             job.released = True
-            self._busy_count[job.task.device_id] -= 1
+            self._released.append(job.task.device_id)
+
+    def busy_counts(self) -> np.ndarray:
+        """Tasks each device holds now (queued, running or dispatched this instant; a task
+        the server withdrew stops counting at once): shape ``(n,)``."""
+        if self._taken:
+            np.add.at(self._busy_count, np.array(self._taken, dtype=np.int64), 1)
+            self._taken = []
+        if self._released:
+            np.subtract.at(self._busy_count, np.array(self._released, dtype=np.int64), 1)
+            self._released = []
+        return self._busy_count
 
     # ------------------------------------------------------------------ lookups (cached)
 
@@ -226,9 +247,12 @@ class DeviceState:
         self._unit_cache[(kind, inferences_per_unit)] = cached
         return cached
 
-    def _transfer_seconds(
+    def transfer_seconds(
         self, ids: np.ndarray, payload: int | np.ndarray, direction: str
     ) -> np.ndarray:
+        """Seconds to move ``payload`` bytes (one for all, or one per device) to or from
+        each device as configured (``direction``: ``"download"`` | ``"upload"``): the
+        element-wise twin of :meth:`transfer_seconds_one`."""
         mode = self.config.transfers
         if mode == "none" or (mode == "uplink_only" and direction == "download"):
             return np.zeros(len(ids))

@@ -35,6 +35,7 @@ import numpy as np
 import simpy
 
 from fleetsim.fleet import lifecycle, timer_path
+from fleetsim.fleet.admission import look_up_batch
 from fleetsim.fleet.config import FleetConfig
 from fleetsim.fleet.device_state import (
     ChooseBackendFn,
@@ -44,6 +45,7 @@ from fleetsim.fleet.device_state import (
 )
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.job_charges import charge_partial_phase
+from fleetsim.fleet.task_end import finish
 from fleetsim.fleet.work import ReceiptStatus, Task, TaskKind, WorkReceipt
 from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
@@ -81,6 +83,7 @@ class Fleet(DeviceState):
         self._pending_cancels: list[tuple[int, int]] = []
         self._flush_scheduled = False
         self._dispatch_seq = 0
+        self._num_devices = len(table)
 
     # ------------------------------------------------------------------ queries (vectorised)
 
@@ -91,11 +94,11 @@ class Fleet(DeviceState):
     def idle_ids(self) -> np.ndarray:
         """Devices online now with no task assigned."""
         mask = self.cursor.available_mask(self.env.now)
-        return np.flatnonzero(mask & (self._busy_count == 0))
+        return np.flatnonzero(mask & (self.busy_counts() == 0))
 
     def busy_ids(self) -> np.ndarray:
         """Devices holding at least one task (including tasks dispatched this instant)."""
-        return np.flatnonzero(self._busy_count > 0)
+        return np.flatnonzero(self.busy_counts() > 0)
 
     def window_end(self, ids: np.ndarray) -> np.ndarray:
         """End of each device's current availability window (now where offline; inf where
@@ -131,8 +134,8 @@ class Fleet(DeviceState):
         one per device), as configured: downloads take no time under ``transfers:
         uplink_only``, nothing does under ``none``."""
         ids = np.asarray(ids, dtype=np.int64)
-        down = self._transfer_seconds(ids, download_bytes, "download")
-        up = self._transfer_seconds(ids, upload_bytes, "upload")
+        down = self.transfer_seconds(ids, download_bytes, "download")
+        up = self.transfer_seconds(ids, upload_bytes, "upload")
         return down + up
 
     def can_hold(self, ids: np.ndarray, memory_bytes: int) -> np.ndarray:
@@ -149,19 +152,19 @@ class Fleet(DeviceState):
 
         A device that already holds a task queues this one behind it."""
         d = int(task.device_id)
-        if not 0 <= d < self.num_devices:
-            raise ValueError(f"task device_id {d} outside the fleet (0..{self.num_devices - 1})")
+        if not 0 <= d < self._num_devices:
+            raise ValueError(f"task device_id {d} outside the fleet (0..{self._num_devices - 1})")
         if task.units < 1:
             raise ValueError(f"task units must be >= 1, got {task.units}")
-        job = Job(
-            task=task, event=self.env.event(), seq=self._dispatch_seq, t_assigned=self.env.now
-        )
+        env = self.env
+        event = simpy.Event(env)
+        self._pending.append(Job(task, event, self._dispatch_seq, env.now))
         self._dispatch_seq += 1
-        self._pending.append(job)
-        self._busy_count[d] += 1
-        self.ledger.tasks[d] += 1
-        self._schedule_flush()
-        return job.event
+        self._taken.append(d)
+        self.ledger.dispatched.append(d)
+        if not self._flush_scheduled:
+            self._schedule_flush()
+        return event
 
     def cancel(self, device_id: int, step: int) -> None:
         """Withdraw the device's task(s) of ``step`` dispatched so far (e.g. after an early
@@ -254,11 +257,11 @@ class Fleet(DeviceState):
             job.units_lost += job.units_done - job.units_delivered
             if job.cancelled or (d, step) in withdrawn:
                 self.log.add(now, d, "cancelled", step, units=job.units_done, detail=phase)
-                lifecycle.finish(self, job, ReceiptStatus.CANCELLED)
+                finish(self, job, ReceiptStatus.CANCELLED)
                 continue
             self.log.add(now, d, "unfinished", step, units=job.units_done,
                          detail=f"phase={phase} assigned={job.task.units}")
-            lifecycle.finish(self, job, ReceiptStatus.CANCELLED)
+            finish(self, job, ReceiptStatus.CANCELLED)
             unfinished.append(job.event.value)
         self._current.clear()
         self._queues.clear()
@@ -288,19 +291,14 @@ class Fleet(DeviceState):
         self._pending = []
         for d, s in cancels:
             self._apply_cancel(d, s)
-        starting = [j for j in jobs if not j.cancelled and j.task.device_id not in self._queues]
-        if starting:
-            ids = np.array([j.task.device_id for j in starting], dtype=np.int64)
-            online, end = self.cursor.state(ids, self.env.now)
-            for job, on, e in zip(starting, online, end):
-                job.online_hint = bool(on)
-                job.window_end = float(e)
-                job.hint_time = self.env.now
+        look_up_batch(
+            self, [j for j in jobs if not j.cancelled and j.task.device_id not in self._queues]
+        )
         for job in jobs:
             d = job.task.device_id
             if job.cancelled:
                 self.log.add(self.env.now, d, "cancelled", job.task.step, detail="before start")
-                lifecycle.finish(self, job, ReceiptStatus.CANCELLED)
+                finish(self, job, ReceiptStatus.CANCELLED)
                 continue
             queue = self._queues.get(d)
             if queue is None:
@@ -316,7 +314,7 @@ class Fleet(DeviceState):
             for job in [j for j in queue if j.task.step == step]:
                 queue.remove(job)
                 self.log.add(self.env.now, d, "cancelled", step, detail="queued")
-                lifecycle.finish(self, job, ReceiptStatus.CANCELLED)
+                finish(self, job, ReceiptStatus.CANCELLED)
         current = self._current.get(d)
         if current is not None and current.task.step == step and not current.cancelled:
             current.cancelled = True
@@ -343,18 +341,22 @@ class Fleet(DeviceState):
             queue.popleft()
             if how == timer_path.ON_TIMER:
                 self._current[d] = job
-                timer = lifecycle.timeout_until(self, timer_path.timer_end(job))
-                timer.callbacks.append(lambda _event, job=job: self._timer_fired(job))
+                timer = lifecycle.timeout_until(self, timer_path.timer_end(job), value=job)
+                timer.callbacks.append(self._timer_fired)
                 return
         del self._queues[d]
 
-    def _timer_fired(self, job: Job) -> None:
+    def _timer_fired(self, timer: simpy.Timeout) -> None:
+        job = timer.value
         if job.ended:  # cancelled, or ended by stop_in_flight: a stale timer
             return
         timer_path.complete(self, job)
         d = job.task.device_id
         del self._current[d]
-        self._start_queue(d)
+        if self._queues[d]:
+            self._start_queue(d)
+        else:  # nothing queued behind it (most tasks): what _start_queue would do
+            del self._queues[d]
 
     def _device_loop(self, d: int):
         queue = self._queues[d]

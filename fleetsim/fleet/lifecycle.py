@@ -51,12 +51,12 @@ until the queue is empty, or the clock will stop at the last stale timer.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
 import simpy
 
+from fleetsim.fleet.admission import admit, straight_through_plan
 from fleetsim.fleet.device_state import DeviceState, Job
 from fleetsim.fleet.job_charges import (
     abandon_unit_in_progress,
@@ -64,9 +64,9 @@ from fleetsim.fleet.job_charges import (
     charge_untimed_transfer,
     spend,
 )
-from fleetsim.fleet.ledger import BACKEND_INDEX
+from fleetsim.fleet.task_end import finish
 from fleetsim.fleet.unit_times import thermal_adjust, unit_times
-from fleetsim.fleet.work import ReceiptStatus, WorkReceipt
+from fleetsim.fleet.work import ReceiptStatus
 
 # Outcomes of one phase (transfer or compute span).
 _DONE = "done"
@@ -147,78 +147,17 @@ def run_job(fleet: DeviceState, job: Job):
         finish(fleet, job, ReceiptStatus.CANCELLED)
 
 
-def straight_through_plan(
-    fleet: DeviceState, job: Job
-) -> Optional[tuple[float, float, float, int]]:
-    """``(download s, compute span s, upload s, upload bytes)`` when the admitted task will
-    run download → compute → upload without interruption, else None (the general path).
-
-    It will when compute time is exact (no noise, no thermal model), there is no deadline,
-    and the whole task ends within the device's current window.  The window test is the
-    general path's phase by phase (``now + seconds <= window end``, with ``now`` summed as
-    SimPy sums it): the phase ends only grow, so the last one decides.  Also prepares the
-    compute span for a cancel (:func:`charge_partial_phase`), as :func:`compute` does."""
-    task = job.task
-    if task.deadline_s is not None or not fleet.exact_compute:
-        return None
-    d = task.device_id
-    now = fleet.env.now
-    down_s = (fleet.transfer_seconds_one(d, task.download_bytes, "download")
-              if task.download_bytes > 0 else 0.0)
-    base_s = job.unit_s
-    setup_s = fleet.setup_seconds(task)
-    span = base_s * task.units + setup_s
-    payload = int(task.upload_bytes(task.units))  # a pure function of the units (Task)
-    up_s = fleet.transfer_seconds_one(d, payload, "upload")
-    end = now + down_s if down_s > 0 else now
-    end = end + span
-    if up_s > 0:
-        end = end + up_s
-    if not end <= job.window_end:
-        return None
-    job.span_cum = (base_s * np.arange(1, task.units + 1) + setup_s) if setup_s else None
-    job.span_unit_s = base_s
-    return down_s, span, up_s, payload
-
-
-def admit(fleet: DeviceState, job: Job) -> bool:
-    task, d, now = job.task, job.task.device_id, fleet.env.now
-    if job.online_hint is None or job.hint_time != now:
-        online, end = fleet.cursor.state(np.array([d], dtype=np.int64), now)
-        job.online_hint, job.window_end = bool(online[0]), float(end[0])
-    if not job.online_hint:
-        return refuse(fleet, job, "refuse_offline")
-    available = int(fleet.table.usable_ram_bytes[d])
-    if available < task.memory_bytes:
-        return refuse(fleet, job, "refuse_memory",
-                      f"needed={int(task.memory_bytes)} available={available}")
-    job.backend = str(fleet.backend_array(task.kind)[d])
-    job.unit_s = unit_s = float(fleet.unit_array(task.kind, task.inferences_per_unit)[d])
-    if job.backend not in fleet.compute_watts or not math.isfinite(unit_s) or unit_s < 0:
-        return refuse(fleet, job, "refuse_backend", f"backend={job.backend!r} unit_s={unit_s}")
-    fleet.ledger.last_backend[d] = BACKEND_INDEX[job.backend]
-    return True
-
-
-def refuse(fleet: DeviceState, job: Job, kind: str, detail: str = "") -> bool:
-    """The device cannot take the task (offline, too little RAM, no usable backend): log
-    ``kind`` and end the task REFUSED.  Returns False (for :func:`admit`)."""
-    fleet.log.add(fleet.env.now, job.task.device_id, kind, job.task.step, detail=detail)
-    finish(fleet, job, ReceiptStatus.REFUSED)
-    return False
-
-
-def timeout_until(fleet: DeviceState, t: float) -> simpy.Timeout:
-    """A timeout firing at exactly ``t`` (a window boundary or deadline): ``now + (t -
-    now)`` can miss ``t`` by an ulp, which would put the event on the wrong side of a
-    half-open boundary or of a server timer set for the same instant."""
+def timeout_until(fleet: DeviceState, t: float, value: object = None) -> simpy.Timeout:
+    """A timeout firing at exactly ``t`` (a window boundary or deadline), with ``value``:
+    ``now + (t - now)`` can miss ``t`` by an ulp, which would put the event on the wrong
+    side of a half-open boundary or of a server timer set for the same instant."""
     now = fleet.env.now
     delay = t - now
     for _ in range(4):
         if now + delay == t:
             break
         delay = float(np.nextafter(delay, np.inf if now + delay < t else -np.inf))
-    return fleet.env.timeout(max(delay, 0.0))
+    return fleet.env.timeout(delay if delay > 0.0 else 0.0, value)
 
 
 def wait_online(fleet: DeviceState, job: Job):
@@ -389,34 +328,3 @@ def end_without_delivery(fleet: DeviceState, job: Job, outcome: str) -> None:
         fleet.log.add(fleet.env.now, d, "lost_work", task.step, units=undelivered, detail=outcome)
     status = ReceiptStatus.EXPIRED if outcome == _EXPIRED else ReceiptStatus.INTERRUPTED
     finish(fleet, job, status)
-
-
-def finish(fleet: DeviceState, job: Job, status: ReceiptStatus) -> None:
-    d, task = job.task.device_id, job.task
-    job.ended = True
-    if job.units_delivered == 0:
-        job.wasted_s = job.busy_s
-    fleet.ledger.record(job)
-    fleet.release(job)
-    receipt = WorkReceipt(
-        device_id=d,
-        step=task.step,
-        status=status,
-        units_assigned=task.units,
-        units_done=job.units_done,
-        units_delivered=job.units_delivered,
-        t_assigned=job.t_assigned,
-        t_finished=fleet.env.now,
-        bytes_down=job.bytes_down,
-        bytes_up=job.bytes_up,
-        backend=job.backend,
-        tags=task.tags,
-        busy_s=job.busy_s,
-        compute_s=job.compute_s,
-        network_s=job.network_s,
-        interrupted_s=job.interrupted_s,
-        wasted_s=job.wasted_s,
-        units_lost=job.units_lost,
-        energy_j=job.energy_j,
-    )
-    job.event.succeed(receipt)

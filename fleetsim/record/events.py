@@ -47,6 +47,16 @@ class EventLog:
         self._rows.append((float(time_s), int(device_id), kind, int(step), int(payload_bytes),
                            float(duration_s), int(units), detail, int(staleness)))
 
+    def add_rows(self, rows: tuple[tuple, ...]) -> None:
+        """Append rows already in column order and typed as :meth:`add` types them
+        ``(time_s: float, device_id: int, kind: str, step: int, payload_bytes: int,
+        duration_s: float, units: int, detail: str, staleness: int)``, with ``kind`` one of
+        the schema's kinds.  For the per-task hot path (a task's phase events in one call,
+        :mod:`fleetsim.fleet.timer_path`); callers pass literal kinds and values they took
+        from :meth:`add`-checked sources, so nothing is converted or checked here."""
+        if self.enabled:
+            self._rows.extend(rows)
+
     def __len__(self) -> int:
         return len(self._rows)
 

@@ -170,16 +170,27 @@ class IntervalAvailability(AvailabilityTrace):
             a = np.where(right, mid + 1, a)
             b = np.where(active ^ right, mid, b)
 
-    def _lookup(self, device_ids: np.ndarray, t: float):
+    def _lookup(self, device_ids: np.ndarray, t: float, hint: np.ndarray | None = None):
         """Per device: index of the first interval with end > t (global index),
-        whether it exists, and the period offset added to its times."""
+        whether it exists, and the period offset added to its times.
+
+        ``hint``: per device, the interval index of an earlier lookup (the cursor's), or -1
+        where there is none.  Where the hinted interval, or the one after it, is provably
+        the first with end > t (its predecessor in the device's slice ends at or before t,
+        itself after t, both in t's period), the search is skipped; any other device is
+        searched.  The answer is the same either way (a lower bound in a sorted
+        slice is unique); the hint only saves the search when the clock moved past one
+        boundary (issue 25's profile)."""
         ids = np.asarray(device_ids, dtype=np.int64)
         lo = self.offsets[ids]
         hi = self.offsets[ids + 1]
         t = float(t)
         k = self._period_index(t) if self.period_s else 0.0
         base = k * float(self.period_s) if self.period_s else 0.0
-        idx = self._first_end_after(lo, hi, base, t)
+        if hint is None or len(self.ends) == 0:
+            idx = self._first_end_after(lo, hi, base, t)
+        else:
+            idx = self._first_end_after_hinted(lo, hi, base, t, hint)
         exists = idx < hi
         if self.period_s:
             # Past the last window of this period: first window of the next one.
@@ -191,6 +202,24 @@ class IntervalAvailability(AvailabilityTrace):
         else:
             shift = np.zeros(len(ids))
         return idx, exists, shift, t
+
+    def _first_end_after_hinted(self, lo: np.ndarray, hi: np.ndarray, base: float, t: float,
+                                hint_index: np.ndarray) -> np.ndarray:
+        """:meth:`_first_end_after` where a hint verifies (see :meth:`_lookup`)."""
+        last = len(self.ends) - 1
+        ends = self.ends
+        c = np.clip(hint_index, lo, np.maximum(hi - 1, lo))
+        usable = (hint_index >= lo) & (hint_index < hi)
+        after_c = ends[np.minimum(c, last)] + base > t
+        before_ok = (c == lo) | (ends[np.maximum(c - 1, 0)] + base <= t)
+        at_c = usable & after_c & before_ok
+        nxt = c + 1
+        at_next = usable & ~after_c & (nxt < hi) & (ends[np.minimum(nxt, last)] + base > t)
+        idx = np.where(at_c, c, nxt)
+        rest = np.flatnonzero(~(at_c | at_next))
+        if len(rest):
+            idx[rest] = self._first_end_after(lo[rest], hi[rest], base, t)
+        return idx
 
     def is_available(self, device_ids: np.ndarray, t: float) -> np.ndarray:
         idx, exists, shift, _ = self._lookup(device_ids, t)
@@ -204,12 +233,28 @@ class IntervalAvailability(AvailabilityTrace):
 
     def window_state(self, device_ids: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
         """One lookup for both answers (the cursor's refresh: issue 25's profile)."""
-        idx, exists, shift, _ = self._lookup(device_ids, t)
-        end = self._window_end(device_ids, t, idx, exists, shift)
-        online = end > t
+        return self.window_state_hinted(device_ids, t, None)[:2]
+
+    def window_state_hinted(
+        self, device_ids: np.ndarray, t: float, hint: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`window_state` plus each device's interval index (-1: none), to pass back
+        as ``hint`` at a later lookup (:meth:`_lookup`; the availability cursor keeps
+        them).  Same ``(end, until)`` with or without a hint, whatever the hint."""
+        idx, exists, shift, _ = self._lookup(device_ids, t, hint)
+        t = float(t)
+        found = np.where(exists, idx, -1)
+        if len(self.starts) == 0:
+            return np.full(len(idx), t), np.full(len(idx), np.inf), found
+        # _window_end and _next_start fused: the interval's shifted start read once.
+        safe = np.minimum(idx, len(self.starts) - 1)
+        start = self.starts[safe] + shift
+        online = exists & (start <= t)
+        end = self._end_where_online(device_ids, t, safe, shift, online)
         if online.all():
-            return end, end
-        return end, np.where(online, end, self._next_start(t, idx, exists, shift))
+            return end, end, found
+        next_start = np.where(exists, np.maximum(start, t), np.inf)
+        return end, np.where(online, end, next_start), found
 
     def _window_end(self, device_ids: np.ndarray, t: float, idx: np.ndarray,
                     exists: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -218,12 +263,21 @@ class IntervalAvailability(AvailabilityTrace):
             return np.full(len(idx), float(t))
         safe = np.minimum(idx, len(self.starts) - 1)
         online = exists & (self.starts[safe] + shift <= t)
+        return self._end_where_online(device_ids, t, safe, shift, online)
+
+    def _end_where_online(self, device_ids: np.ndarray, t: float, safe: np.ndarray,
+                          shift: np.ndarray, online: np.ndarray) -> np.ndarray:
+        """The end of the window holding ``t`` where ``online`` (interval ``safe``, shifted
+        by ``shift``), else ``t``."""
         end = self.ends[safe] + shift
         if self.period_s:
             # A window reaching the period's end continues into the next period when
             # the device's first window starts at 0 (a window wrapped around the
             # boundary, e.g. 23:00-01:00): one window, not two touching ones.
             p = float(self.period_s)
+            if not self._any_wrapping():
+                # No device's first window starts at 0: neither rule below applies.
+                return np.where(online, np.minimum(end, (np.round(shift / p) + 1.0) * p), t)
             first_end = self._wrapping_first_end()[np.asarray(device_ids, dtype=np.int64)]
             # NaN where the first window does not start at 0 (every comparison is False)
             cont = online & (first_end == first_end) & (self.ends[safe] >= p)
@@ -233,7 +287,7 @@ class IntervalAvailability(AvailabilityTrace):
             end = np.minimum(end, k_next * p)
             end = np.where(cont, first_end + k_next * p, end)
             end = np.where(online & (first_end >= p), np.inf, end)  # online all period
-        return np.where(online, end, float(t))
+        return np.where(online, end, t)
 
     def _wrapping_first_end(self) -> np.ndarray:
         """Per device: the end of its first window when that window starts at 0 (it may
@@ -246,6 +300,14 @@ class IntervalAvailability(AvailabilityTrace):
             at_zero = (hi > lo) & (self.starts[first] <= 0.0)
             cached = np.where(at_zero, self.ends[first], np.nan)
             self._first_end_cache = cached
+        return cached
+
+    def _any_wrapping(self) -> bool:
+        """Whether any device's first window starts at 0 (computed once)."""
+        cached = getattr(self, "_any_wrapping_cache", None)
+        if cached is None:
+            cached = self._any_wrapping_cache = bool(
+                np.any(~np.isnan(self._wrapping_first_end())))
         return cached
 
     def next_start(self, device_ids: np.ndarray, t: float) -> np.ndarray:

@@ -25,11 +25,21 @@ class AvailabilityCursor:
         # -inf: nothing known yet, the first query looks every device up.
         self.valid_until = np.full(n, -np.inf)
         self._last_t = -np.inf
+        # Interval traces: each device's interval index at its last lookup, handed back as
+        # a hint that lets the next lookup skip its search when the clock moved past one
+        # boundary (IntervalAvailability.window_state_hinted; the answer is verified).
+        self._hinted = isinstance(trace, IntervalAvailability)
+        if self._hinted:
+            self._hint_index = np.full(n, -1, dtype=np.int64)
 
     def _refresh(self, ids: np.ndarray, t: float) -> None:
         if len(ids) == 0:
             return
-        end, until = self.trace.window_state(ids, t)
+        if self._hinted:
+            end, until, self._hint_index[ids] = self.trace.window_state_hinted(
+                ids, t, self._hint_index[ids])
+        else:
+            end, until = self.trace.window_state(ids, t)
         self.online[ids] = end > t
         self.valid_until[ids] = until
 

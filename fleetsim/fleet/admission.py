@@ -73,23 +73,29 @@ def look_up_batch(fleet: DeviceState, jobs: list[Job]) -> None:
     ids = np.fromiter((task.device_id for task in tasks), dtype=np.int64, count=len(tasks))
     online, end = fleet.cursor.state(ids, now)
     ram = fleet.table.usable_ram_bytes[ids].tolist()
-    backend: list = [None] * len(tasks)
-    unit_s: list = [None] * len(tasks)
-    setup_s: list = [0.0] * len(tasks)
-    groups: dict[tuple, list[int]] = {}
-    for i, task in enumerate(tasks):
-        groups.setdefault((task.kind, task.inferences_per_unit, task.setup_inferences),
-                          []).append(i)
-    for (kind, per_unit, setup), members in groups.items():
-        sel = ids[members] if len(groups) > 1 else ids
-        for i, b, u in zip(members, fleet.backend_array(kind)[sel].tolist(),
-                           fleet.unit_array(kind, per_unit)[sel].tolist()):
-            backend[i], unit_s[i] = str(b), u
-        if setup > 0:
-            for i, s in zip(members, fleet.unit_array(kind, setup)[sel].tolist()):
-                setup_s[i] = s
+    keys = {(task.kind, task.inferences_per_unit, task.setup_inferences) for task in tasks}
+    if len(keys) == 1:  # one kind of task (a cohort's): no per-group index lists
+        (kind, per_unit, setup), = keys
+        backend = [str(b) for b in fleet.backend_array(kind)[ids].tolist()]
+        unit_s = fleet.unit_array(kind, per_unit)[ids].tolist()
+        setup_s = (fleet.unit_array(kind, setup)[ids].tolist() if setup > 0
+                   else [0.0] * len(tasks))
+    else:
+        backend, unit_s, setup_s = [None] * len(tasks), [None] * len(tasks), [0.0] * len(tasks)
+        groups: dict[tuple, list[int]] = {}
+        for i, task in enumerate(tasks):
+            groups.setdefault((task.kind, task.inferences_per_unit, task.setup_inferences),
+                              []).append(i)
+        for (kind, per_unit, setup), members in groups.items():
+            sel = ids[members]
+            for i, b, u in zip(members, fleet.backend_array(kind)[sel].tolist(),
+                               fleet.unit_array(kind, per_unit)[sel].tolist()):
+                backend[i], unit_s[i] = str(b), u
+            if setup > 0:
+                for i, v in zip(members, fleet.unit_array(kind, setup)[sel].tolist()):
+                    setup_s[i] = v
     payload = [int(task.upload_bytes(task.units)) for task in tasks]  # pure in the units
-    down_bytes = [max(int(task.download_bytes), 0) for task in tasks]
+    down_bytes = [task.download_bytes if task.download_bytes > 0 else 0 for task in tasks]
     down_s = fleet.transfer_seconds(ids, np.array(down_bytes, dtype=np.float64),
                                     "download").tolist()
     up_s = fleet.transfer_seconds(ids, np.array(payload, dtype=np.float64), "upload").tolist()

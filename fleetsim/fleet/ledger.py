@@ -45,8 +45,10 @@ class DeviceLedger:
         # instead of a numpy scalar update (issue 25's profile); folded on reading.
         self.dispatched: list[int] = []
         self.last_backend = np.full(n, -1, dtype=np.int8)  # index into BACKENDS, -1: none
-        self._float = {name: np.zeros(n) for name in _FLOAT_COLUMNS}
-        self._int = {name: np.zeros(n, dtype=np.int64) for name in _INT_COLUMNS}
+        # One row per device, one column per figure: a finished task's figures are added
+        # to its device's row in one indexed operation.
+        self._float = np.zeros((n, len(_FLOAT_COLUMNS)))
+        self._int = np.zeros((n, len(_INT_COLUMNS)), dtype=np.int64)
         self._rows: list[tuple] = []  # finished tasks not yet added to the columns
 
     @property
@@ -84,33 +86,29 @@ class DeviceLedger:
         rows = np.array(self._rows, dtype=np.float64)
         self._rows = []
         ids = rows[:, 0].astype(np.int64)
-        # A device with one row in the buffer (most of them) takes one addition per column,
+        floats = rows[:, 1:1 + len(_FLOAT_COLUMNS)]
+        ints = rows[:, 1 + len(_FLOAT_COLUMNS):].astype(np.int64)
+        # A device with one row in the buffer (most of them) takes one addition per figure,
         # a plain indexed add; devices with several rows go through np.add.at, which adds
         # them in buffer order.  Either way each cell sees the additions np.add.at over the
         # whole buffer would make, in the same order (np.add.at is ~10x slower per row).
         _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
         repeated = counts[inverse] > 1
-        parts = [(ids[~repeated], rows[~repeated], False)]
+        once = ~repeated
+        self._float[ids[once]] += floats[once]
+        self._int[ids[once]] += ints[once]
         if repeated.any():
-            parts.append((ids[repeated], rows[repeated], True))
-        for part_ids, part_rows, in_order in parts:
-            for i, name in enumerate(_FLOAT_COLUMNS, start=1):
-                if in_order:
-                    np.add.at(self._float[name], part_ids, part_rows[:, i])
-                else:
-                    self._float[name][part_ids] += part_rows[:, i]
-            for i, name in enumerate(_INT_COLUMNS, start=1 + len(_FLOAT_COLUMNS)):
-                values = part_rows[:, i].astype(np.int64)
-                if in_order:
-                    np.add.at(self._int[name], part_ids, values)
-                else:
-                    self._int[name][part_ids] += values
+            np.add.at(self._float, ids[repeated], floats[repeated])
+            np.add.at(self._int, ids[repeated], ints[repeated])
 
     # ------------------------------------------------------------------ reading
     def column(self, name: str) -> np.ndarray:
-        """One column over all devices (after adding every recorded task)."""
+        """One column over all devices (after adding every recorded task), shape ``(n,)``:
+        a contiguous copy (a sum over it adds in the same order as over any 1-D array)."""
         self._apply()
-        return self._float[name] if name in self._float else self._int[name]
+        if name in _FLOAT_COLUMNS:
+            return np.ascontiguousarray(self._float[:, _FLOAT_COLUMNS.index(name)])
+        return np.ascontiguousarray(self._int[:, _INT_COLUMNS.index(name)])
 
     def energy_totals(self) -> dict[str, float]:
         """Run totals in joules: compute, radio and their sum."""

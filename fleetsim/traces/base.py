@@ -175,10 +175,10 @@ class IntervalAvailability(AvailabilityTrace):
         whether it exists, and the period offset added to its times.
 
         ``hint``: per device, the interval index of an earlier lookup (the cursor's), or -1
-        where there is none.  Where the hinted interval, or the one after it, is provably
-        the first with end > t (its predecessor in the device's slice ends at or before t,
-        itself after t, both in t's period), the search is skipped; any other device is
-        searched.  The answer is the same either way (a lower bound in a sorted
+        where there is none.  Where the hinted interval, the one after it or the slice's
+        first is provably the first with end > t (its predecessor in the device's slice
+        ends at or before t, itself after t, both in t's period), the search is skipped;
+        any other device is searched.  The answer is the same either way (a lower bound in a sorted
         slice is unique); the hint only saves the search when the clock moved past one
         boundary (issue 25's profile)."""
         ids = np.asarray(device_ids, dtype=np.int64)
@@ -214,9 +214,16 @@ class IntervalAvailability(AvailabilityTrace):
         before_ok = (c == lo) | (ends[np.maximum(c - 1, 0)] + base <= t)
         at_c = usable & after_c & before_ok
         nxt = c + 1
-        at_next = usable & ~after_c & (nxt < hi) & (ends[np.minimum(nxt, last)] + base > t)
+        # c ended by t: the next interval if it ends after t; none (hi) if c was the last
+        at_next = usable & ~after_c & ((nxt >= hi) | (ends[np.minimum(nxt, last)] + base > t))
         idx = np.where(at_c, c, nxt)
         rest = np.flatnonzero(~(at_c | at_next))
+        if len(rest):
+            # Third guess, the slice's first interval: the clock crossed into a new period.
+            first = lo[rest]
+            at_first = (first < hi[rest]) & (ends[np.minimum(first, last)] + base > t)
+            idx[rest[at_first]] = first[at_first]
+            rest = rest[~at_first]
         if len(rest):
             idx[rest] = self._first_end_after(lo[rest], hi[rest], base, t)
         return idx

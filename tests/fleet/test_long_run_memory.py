@@ -42,7 +42,7 @@ class BufferToEndLedger(DeviceLedger):
 
     def add_wasted(self, device_id: int, seconds: float) -> None:
         self.calls = getattr(self, "calls", 0) + 1
-        self._float["wasted_s"][device_id] += seconds
+        self._float[device_id, _FLOAT_COLUMNS.index("wasted_s")] += seconds
 
 
 def _devices_bytes(tmp_path: Path, name: str) -> bytes:

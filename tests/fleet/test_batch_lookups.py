@@ -30,7 +30,8 @@ def _backend(table, device_ids, kind, preference="auto"):
 
 def _fleet():
     rng = np.random.default_rng(5)
-    table = make_table(N, uplink_bps=rng.uniform(1e5, 1e7, N), downlink_bps=rng.uniform(1e6, 5e7, N),
+    table = make_table(N, uplink_bps=rng.uniform(1e5, 1e7, N),
+                       downlink_bps=rng.uniform(1e6, 5e7, N),
                        usable_ram=rng.integers(1 << 30, 6 << 30, N))
     env, fleet, _ = make_fleet(table, intervals([[(0.0, 1e6)]] * N))
     fleet._unit_seconds_fn, fleet._choose_backend_fn = _unit_seconds, _backend

@@ -9,6 +9,13 @@ class FleetsimInputError(ValueError):
     """Bad user input: message names file, key path and allowed values."""
 
 
+class InfeasibleRunError(FleetsimInputError):
+    """A valid scenario whose fleet can never take its work (e.g. no phone has the RAM its
+    job needs): refused before the clock starts, exit code 2 like any input error.  The
+    fleet's facts do not change during a run, so the run would reach nothing at any
+    horizon; a sweep records it as the outcome ``infeasible`` (not retried by default)."""
+
+
 class RunStopped(RuntimeError):
     """A run stopped on purpose (e.g. a numerical fault); outputs were written.
 

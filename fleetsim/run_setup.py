@@ -15,7 +15,7 @@ from typing import Optional
 import simpy
 
 from fleetsim.cost_model import charge_engine
-from fleetsim.errors import FleetsimInputError
+from fleetsim.errors import FleetsimInputError, InfeasibleRunError
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import TaskKind
@@ -73,7 +73,7 @@ def check_feasible(
         cost = sc.fleet.cost_model
         charged = (f"{cost.name_or_path} ({cost.dtype}; fleet.cost_model)" if cost is not None
                    else sc.model.name_or_path)
-        raise FleetsimInputError(
+        raise InfeasibleRunError(
             f"{loaded.path}: traces: no device can hold the job: {protocol.task_kind.value} of "
             f"{charged} needs {memory_bytes / 2**20:.0f} MiB, the largest usable "
             f"RAM in the fleet is {best / 2**20:.0f} MiB (traces.usable_ram_fraction="

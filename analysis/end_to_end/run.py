@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 
 from fleetsim.analysis.discipline import check_eval_grids, choose_settings, validation_scores
 from fleetsim.analysis.load import load_runs
-from fleetsim.analysis.pages import write_page, write_runs_table
+from fleetsim.analysis.pages import git_commit, write_page, write_runs_table
 from fleetsim.analysis.plots import save_figure
 from fleetsim.analysis.stats import (
     censored_median,
@@ -186,6 +186,36 @@ def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.Dat
         rows["eval_loss_end"] = rows["run"].map(last["eval_loss"])
         rows["eval_after_steps"] = rows["run"].map(seen)
     return rows
+
+
+def infeasible_rows(runs: list, stage: str, setting: str, like: pd.DataFrame,
+                    methods: dict[str, str]) -> pd.DataFrame:
+    """Rows, in ``like``'s columns, for the runs no phone of the fleet could hold
+    (:class:`fleetsim.analysis.study.InfeasibleRun`): they never reach a target, at any
+    horizon (the fleet's RAM does not change), so they end at the common budget with no
+    step; ``stopped_by`` is ``infeasible: <what the job needs, the most any phone has>``.
+    ``methods``: arm → the paper's name (from the arm's runs that did start)."""
+    rows = []
+    for run in runs:
+        sc, arm = run.scenario, arm_of(run.run_id)
+        protocol = sc["protocol"]
+        client = protocol["name"] in ("fedadapter", "fedavg")
+        budget = float(sc["run"]["max_sim_hours"]) * 3600.0
+        row = {column: math.nan for column in like.columns}
+        row.update({
+            "run": run.run_id, "commit": git_commit(), "scenario_hash": run.scenario_hash,
+            "stage": stage, "setting": setting, "arm": arm,
+            "method": methods.get(arm, ARMS.get(arm, (arm,))[0]),
+            "lr": float(protocol["client_lr"] if client else protocol["lr"]),
+            "clients": int(protocol["devices_per_step"]), "seed": int(sc["run"]["seed"]),
+            "end_s": budget, "budget_s": budget, "steps": 0, "host_s": run.host_seconds,
+            "stopped_by": "infeasible: " + run.error.split("hold the job: ", 1)[-1],
+        })
+        for column in like.columns:
+            if column.startswith("tta_"):
+                row[column] = math.inf
+        rows.append(row)
+    return pd.DataFrame(rows, columns=like.columns)
 
 
 # ------------------------------------------------------------------ tuning
@@ -337,11 +367,11 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
     lines = [f"## Setting `{setting}`", "", f"Clock: {SETTING_WORDS.get(setting, setting)}. "
              f"{len(final)} runs: {len(_arms(final))} arms × seeds {seeds[0]}–{seeds[-1]}; "
              f"common budget {final['budget_s'].max() / 3600:.3g} simulated hour(s).", "",
-             "| arm | method | rate | simulated s per step (median) | steps to "
-             f"{top:g} | s per step × steps, min | ÷ FwdLLM: s per step, steps | "
-             + " | ".join(f"minutes to {t:g}" for t in targets)
+             "| arm | method | rate | simulated s per step (median) | steps committed "
+             f"(median, range) | steps to {top:g} | s per step × steps, min | ÷ FwdLLM: "
+             "s per step, steps | " + " | ".join(f"minutes to {t:g}" for t in targets)
              + " | paper: minutes to 0.88 | paper: steps implied |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(targets) + "---|---|"]
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(targets) + "---|---|"]
     reference = final[final["arm"] == REFERENCE_ARM]
     ref_step = float(reference["s_per_step"].median()) if len(reference) else math.nan
     ref_steps = _median_steps(reference, top) if len(reference) else math.nan
@@ -352,14 +382,26 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
         rates = ", ".join(f"{r:g}" for r in sorted(set(mine["lr"].astype(float))))
         steps = _median_steps(mine, top)
         product = per_step * steps / 60.0
+        committed = mine["steps"].to_numpy(dtype=float)
+        steps_ratio = (f"{_num(steps / ref_steps)}×"
+                       if math.isfinite(steps) and math.isfinite(ref_steps) else "—")
         lines.append(
             f"| {arm} | {mine['method'].iloc[0]} | {rates} | {_num(per_step, 4)} | "
+            f"{_num(float(np.median(committed)), 4)} ({_num(committed.min(), 4)}–"
+            f"{_num(committed.max(), 4)}) | "
             f"{_steps_cell(mine, top)} | {_num(product)} | "
-            f"{_num(per_step / ref_step)}×, "
-            f"{_num(steps / ref_steps) + '×' if math.isfinite(steps) else '—'} | "
+            f"{_num(per_step / ref_step)}×, {steps_ratio} | "
             + " | ".join(_km_minutes(mine, t) for t in targets)
             + f" | {_num(paper) if paper else '—'} | "
             + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")
+    refused = final[final["stopped_by"].astype(str).str.startswith("infeasible")]
+    for arm, part in refused.groupby("arm", sort=False):
+        reasons = sorted(set(part["stopped_by"].str[len("infeasible: "):]))
+        lines += ["", f"`{arm}` could not start in {len(part)} of "
+                  f"{int((final['arm'] == arm).sum())} runs (seeds "
+                  + ", ".join(str(int(s)) for s in sorted(part["seed"]))
+                  + "): no phone of the fleet can hold its job: " + "; ".join(reasons)
+                  + ". Those runs count as never reaching a target."]
     lines += ["", f"Which arm reaches {top:g} first, against FwdLLM:", ""]
     lines += [f"* {v}" for v in verdicts(final).values()]
     lines += ["", f"![held-out accuracy over simulated minutes, {setting}]"
@@ -486,8 +528,10 @@ def render(table: pd.DataFrame) -> str:
             "at their end, 95 % log-log interval, (reached/runs). Steps: the median "
             "committed steps (FedAdapter: rounds) at the first evaluation reaching it, "
             "the Kaplan–Meier median over seeds as for the minutes (a run that never "
-            "reached it censored at the steps it committed). Simulated s per step: the "
-            "median gap between commits. "
+            "reached it censored at the steps it committed). Steps committed: over the "
+            "whole run (to the target or the budget). Simulated s per step: the "
+            "median gap between commits (a fleet's long stalls, a step waiting hours for a "
+            "phone that went offline mid-task, show in the steps committed, not here). "
             "Simulated s per step × steps is the decomposition of the minutes (the grid "
             "rounds the time up to the next evaluation); \"÷ FwdLLM\" divides each factor "
             "by FwdLLM's (a FedAdapter step is a round: one local epoch per client). Paper: FwdLLM "
@@ -551,6 +595,12 @@ def analyse(stages: dict[tuple[str, str], StudyRuns], figures: Path, mark: bool
     tables = []
     for (stage, setting), runs in stages.items():
         rows = run_rows(runs.run_dirs, stage, setting)
+        if runs.infeasible:
+            methods = dict(zip(rows["arm"], rows["method"]))
+            for done in tables:
+                methods = {**dict(zip(done["arm"], done["method"])), **methods}
+            rows = pd.concat([rows, infeasible_rows(runs.infeasible, stage, setting, rows,
+                                                    methods)], ignore_index=True)
         if stage == "final":
             check_discipline(runs.run_dirs, _targets(rows), mark)
         elif stage == "tune":

@@ -207,9 +207,10 @@ def paired_first_verdict(
     reached (the earlier first; equal times are a tie, left out) or when one reached it
     no later than the other's run ended without it; when neither reached it, it is
     unknown.  When every pair has both times, this is the :func:`paired_verdict` ratio
-    instead (more informative).  Otherwise: the share of ordered pairs where A was first,
-    with its Clopper–Pearson interval; established when at least ``min_seeds`` pairs are
-    ordered and the interval excludes 1/2.  Raises ValueError on unequal lengths."""
+    instead (more informative).  Otherwise: the share of ordered pairs where the arm first
+    in most of them was first (A on a tie), with its Clopper–Pearson interval; established
+    when at least ``min_seeds`` pairs are ordered and the interval excludes 1/2.  Raises
+    ValueError on unequal lengths."""
     a = np.asarray([math.nan if v is None else v for v in a_times], dtype=float)
     b = np.asarray([math.nan if v is None else v for v in b_times], dtype=float)
     a_end, b_end = np.asarray(list(a_ends), dtype=float), np.asarray(list(b_ends), dtype=float)
@@ -225,9 +226,13 @@ def paired_first_verdict(
     if ordered == 0:
         return Verdict(False, f"not established ({a_label} against {b_label} on {quantity}: "
                               f"no pair of {a.size} has a known order)")
-    ci = stats.binomtest(wins, ordered).proportion_ci(confidence, method="exact")
-    detail = (f"{a_label} reached {quantity} before {b_label} in {wins} of {ordered} "
-              f"paired seeds with a known order (share {wins / ordered:.2f}, "
+    # Said from the side first in most ordered pairs (A on a tie of counts); the interval
+    # is that side's share's, so "excludes 1/2" reads the same either way.
+    first, second, count = ((a_label, b_label, wins) if 2 * wins >= ordered
+                            else (b_label, a_label, ordered - wins))
+    ci = stats.binomtest(count, ordered).proportion_ci(confidence, method="exact")
+    detail = (f"{first} reached {quantity} before {second} in {count} of {ordered} "
+              f"paired seeds with a known order (share {count / ordered:.2f}, "
               f"{confidence:.0%} Clopper–Pearson [{ci.low:.2f}, {ci.high:.2f}]; "
               f"{a.size - ordered} of {a.size} pairs tied or unordered)")
     if ordered < min_seeds:

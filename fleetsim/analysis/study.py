@@ -8,7 +8,9 @@ same machinery as ``fleetsim sweep analysis/<study>/sweep.yaml``: run directorie
 from their parameters, a ``sweep_index.parquet`` of statuses, and resumption (a run that
 ended with the same resolved scenario is kept, a failed or killed one is retried).  Runs that
 ended diverged or without progress are results (they never reach a target) and are analysed
-with the rest; the study names them on stderr.
+with the rest; the study names them on stderr.  So are runs no device of their fleet can
+hold (``infeasible``): they have no run directory, so :attr:`StudyRuns.infeasible` carries
+their error and scenario hash for the study's table.
 """
 
 from __future__ import annotations
@@ -32,7 +34,20 @@ from fleetsim.sweep.index import RunStatus, read_index
 
 #: Statuses of runs that ended with an outcome of their own besides done: analysed (their
 #: accuracy never counts: see fleetsim.record.status), never retried by a study.
-OUTCOMES = (RunStatus.DIVERGED.value, RunStatus.NO_PROGRESS.value)
+OUTCOMES = (RunStatus.DIVERGED.value, RunStatus.NO_PROGRESS.value, RunStatus.INFEASIBLE.value)
+
+
+@dataclass(frozen=True)
+class InfeasibleRun:
+    """A planned run refused before its clock started because no device of its fleet can
+    hold its job (:class:`fleetsim.errors.InfeasibleRunError`): it never reaches anything."""
+
+    run_id: str
+    params: dict
+    error: str  # the refusal: what the job needs, the most any device has
+    scenario_hash: str  # of the resolved scenario it would have written (first 16 hex)
+    scenario: dict  # that resolved scenario
+    host_seconds: float  # the set-up that refused it
 
 
 @dataclass
@@ -46,6 +61,7 @@ class StudyRuns:
     run_host_seconds: float  # summed host seconds of all finished runs (their summaries)
     seeds: list[int]
     not_done: dict[str, str] = field(default_factory=dict)  # run id -> diverged/no_progress
+    infeasible: list[InfeasibleRun] = field(default_factory=list)  # not in run_dirs
 
 
 def sweep_file(study_dir: Path, quick: bool) -> Path:
@@ -66,10 +82,10 @@ def run_study(
 ) -> StudyRuns:
     """Run (or resume) the sweep ``sweep_path`` into ``out_dir``; ``overrides`` apply to
     every run (``--set``); ``seeds`` replaces the sweep file's seeds; ``fresh`` deletes
-    ``out_dir`` first.  Returns the finished run
-    directories in sweep order (runs that ended diverged or without progress included, named
-    in ``not_done``); raises :class:`FleetsimInputError` naming the runs that ended without
-    an outcome (failed, killed, ...; rerunning retries them)."""
+    ``out_dir`` first.  Returns the finished run directories in sweep order (runs that
+    ended diverged or without progress included, named in ``not_done``; infeasible runs,
+    which have none, in ``infeasible``); raises :class:`FleetsimInputError` naming the runs
+    that ended without an outcome (failed, killed, ...; rerunning retries them)."""
     out_dir = Path(out_dir)
     if fresh and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -101,7 +117,14 @@ def run_study(
               f"target: {', '.join(not_done)}", file=sys.stderr)
     plan = plan_sweep(loaded, tuple(overrides), validate=False)
     index = read_index(result.index_path).set_index("run_id")
-    run_dirs = [run.run_dir for run in plan]
+    refused = {r for r, status in not_done.items() if status == RunStatus.INFEASIBLE.value}
+    infeasible = [
+        InfeasibleRun(run.run_id, dict(run.params), str(index.loc[run.run_id, "error"]),
+                      *_resolved(loaded.base_path, run.overrides),
+                      float(index.loc[run.run_id, "host_seconds"]))
+        for run in plan if run.run_id in refused
+    ]
+    run_dirs = [run.run_dir for run in plan if run.run_id not in refused]
     host = pd.to_numeric(index.loc[[r.run_id for r in plan], "host_seconds"], errors="coerce")
     seeds = sorted({int(r.params["run.seed"]) for r in plan if "run.seed" in r.params})
     return StudyRuns(
@@ -112,7 +135,22 @@ def run_study(
         run_host_seconds=float(host.sum()),
         not_done=not_done,
         seeds=seeds,
+        infeasible=infeasible,
     )
+
+
+def _resolved(base: Path, overrides: Sequence[str]) -> tuple[str, dict]:
+    """The hash :func:`fleetsim.analysis.pages.scenario_hash` gives the ``scenario.yaml`` a
+    run of ``base`` with ``overrides`` writes, and that resolved scenario."""
+    import hashlib
+
+    import yaml
+
+    from fleetsim.scenario.loader import load_scenario
+
+    resolved = load_scenario(base, list(overrides)).resolved_yaml()
+    return (hashlib.sha256(resolved.encode("utf-8")).hexdigest()[:16],
+            yaml.safe_load(resolved))
 
 
 def study_arguments(description: str) -> argparse.ArgumentParser:

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from fleetsim.errors import FleetsimInputError, RunStopped
+from fleetsim.errors import FleetsimInputError, InfeasibleRunError, RunStopped
 from fleetsim.record.atomic import write_text
 from fleetsim.sweep.index import OUTCOME_OF_RUN_STATUS, RunStatus
 from fleetsim.sweep.plan import PlannedRun
@@ -179,9 +179,11 @@ def execute_run(
         one_line = " | ".join(line.strip() for line in message.splitlines() if line.strip())
         with contextlib.suppress(OSError):
             write_text(Path(run_dir) / ERROR_FILE, traceback.format_exc())
+        status = (RunStatus.INFEASIBLE if isinstance(exc, InfeasibleRunError)
+                  else RunStatus.FAILED_TO_START if refused else RunStatus.FAILED)
         return RunOutcome(
             run_id=run_id,
-            status=(RunStatus.FAILED_TO_START if refused else RunStatus.FAILED).value,
+            status=status.value,
             error=one_line or type(exc).__name__,
             host_seconds=time.perf_counter() - start,
             worker=worker,

@@ -2,7 +2,8 @@
 :mod:`fleetsim.sweep.ray_backend`) or sequentially in this process.
 
 Each run is isolated: its exceptions are caught on the worker and recorded as ``failed``
-(``failed_to_start`` when the runner refused its input: FleetsimInputError);
+(``failed_to_start`` when the runner refused its input: FleetsimInputError; ``infeasible``
+when the input is valid but no device of its fleet can hold the job: InfeasibleRunError);
 a worker that dies (signal, out-of-memory kill) is recorded as ``killed`` by the driver
 (``timed_out`` when the sweep's run timeout ended it).  Neither affects the other runs.
 A run that ends with a ``summary.json`` is recorded with its own status: ``done``
@@ -114,6 +115,9 @@ class SweepResult:
             (RunStatus.NO_PROGRESS.value, "all",
              "no step committed (see each run's error); change the scenario and sweep into "
              "another --out"),
+            (RunStatus.INFEASIBLE.value, "all",
+             "no device of the fleet can hold the job (see each run's error); change the "
+             "model, PEFT, batch or population and sweep into another --out"),
         ):
             n = by_status.get(status, 0)
             if n:

@@ -34,6 +34,7 @@ class RunStatus(str, Enum):
     DIVERGED = "diverged"  # the run ended diverged: its model became non-finite (exit 3)
     NO_PROGRESS = "no_progress"  # the run ended without committing a step (exit 4)
     STOPPED = "stopped"  # the run ended on a stop request (Ctrl-C / SIGTERM; exit 130)
+    INFEASIBLE = "infeasible"  # no device of the run's fleet can hold its job (exit 2)
     FAILED_TO_START = "failed_to_start"  # the runner refused the run's input (its exit 2)
     FAILED = "failed"  # the run raised instead of ending (it crashed)
     TIMED_OUT = "timed_out"  # killed by the sweep's run timeout (run_timeout_s)
@@ -49,6 +50,10 @@ STATUS_MEANING: dict[RunStatus, str] = {
     RunStatus.DIVERGED: "the run ended `diverged`: its model became non-finite (exit code 3)",
     RunStatus.NO_PROGRESS: "the run ended `no_progress`: no step committed (exit code 4)",
     RunStatus.STOPPED: "the run ended `stop_requested` (Ctrl-C / SIGTERM reached it)",
+    RunStatus.INFEASIBLE: "the runner refused the run before its clock started because no "
+                          "device of its fleet can ever hold its job (`error`: the memory "
+                          "it needs, the most any device has): an outcome of the scenario, "
+                          "kept like `no_progress`",
     RunStatus.FAILED_TO_START: "the runner refused the run's input before its clock started "
                                "(what `fleetsim run` exits 2 for: e.g. a data or trace file "
                                "missing on the worker, an output folder it cannot write); "
@@ -81,14 +86,14 @@ RETRY_CHOICES: dict[str, frozenset[RunStatus]] = {
     "diverged": frozenset({RunStatus.DIVERGED}),
     "all": frozenset(
         {RunStatus.FAILED_TO_START, RunStatus.FAILED, RunStatus.KILLED, RunStatus.TIMED_OUT,
-         RunStatus.STOPPED, RunStatus.DIVERGED, RunStatus.NO_PROGRESS}
+         RunStatus.STOPPED, RunStatus.DIVERGED, RunStatus.NO_PROGRESS, RunStatus.INFEASIBLE}
     ),
     "none": frozenset(),
 }
 #: ``fleetsim sweep``'s ``--retry`` default: the runs that ended without an outcome of their
-#: own (a refused input, an error, a killed worker, a timeout, a stop request).  A diverged
-#: or no-progress run is an outcome of its scenario and seed (the same run ends the same way
-#: again), so it is kept unless asked for.
+#: own (a refused input, an error, a killed worker, a timeout, a stop request).  A diverged,
+#: no-progress or infeasible run is an outcome of its scenario and seed (the same run ends
+#: the same way again), so it is kept unless asked for.
 DEFAULT_RETRY = "failed"
 
 

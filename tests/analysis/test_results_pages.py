@@ -196,9 +196,10 @@ def test_study_c_tuning_choice_recomputed():
 
 
 def test_study_b_numbers_recomputed():
-    """(b): per setting and arm, the median simulated seconds per step, the median steps to
-    the highest target ("not reached" when at most half reached it) and the paper's implied
-    steps recomputed with numpy from the committed table; each arm's tuned rate chosen here
+    """(b): per setting and arm, the median simulated seconds per step, the committed steps
+    (median and range), the median steps to the highest target ("not reached" when at most
+    half reached it) and the paper's implied steps recomputed with numpy from the committed
+    table; each arm's tuned rate chosen here
     by hand (most seeds reaching the validation target, then the smallest median time, then
     the best validation accuracy, then the smaller rate) is the page's and its test runs ran
     at it;
@@ -218,11 +219,14 @@ def test_study_b_numbers_recomputed():
         row = f"| {arm} | {part['method'].iloc[0]} | "
         line = next(x for x in page.split(f"## Setting `{setting}`")[1].splitlines()
                     if x.startswith(row))
-        assert f" | {per_step:.4g} | " in line, (setting, arm)
+        committed = part["steps"].to_numpy(float)
+        steps_cell = (f"{np.median(committed):.4g} ({committed.min():.4g}–"
+                      f"{committed.max():.4g})")
+        assert f" | {per_step:.4g} | {steps_cell} | " in line, (setting, arm)
         if hit.size == len(steps):
             # every run reached it: the Kaplan-Meier median is the lower middle value
             lower_middle = hit[(len(hit) + 1) // 2 - 1]
-            assert f" | {per_step:.4g} | {lower_middle:.4g} ({hit.size}/{len(steps)}) | " \
+            assert f" | {steps_cell} | {lower_middle:.4g} ({hit.size}/{len(steps)}) | " \
                 in line, (setting, arm)
         else:
             assert f"({hit.size}/{len(steps)})" in line or \

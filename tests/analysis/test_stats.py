@@ -178,9 +178,14 @@ def test_paired_first_verdict_orders_censored_pairs() -> None:
     verdict = paired_first_verdict("A", a, [7200.0] * 10, "B", b, [7200.0] * 10, "0.75")
     assert verdict.established
     assert "A reached 0.75 before B in 10 of 10 paired seeds" in verdict.text
-    # reversed: established the other way round is not A's win
+    # reversed: the verdict names the arm that was first, whichever side it was given on
     reverse = paired_first_verdict("B", b, [7200.0] * 10, "A", a, [7200.0] * 10, "0.75")
-    assert reverse.established and "in 0 of 10" in reverse.text
+    assert reverse.established
+    assert "A reached 0.75 before B in 10 of 10 paired seeds" in reverse.text
+    assert "[0.69, 1.00]" in reverse.text
+    mostly_b = paired_first_verdict("A", [nan] * 9 + [5.0], [7200.0] * 10, "B",
+                                    a[:9] + [50.0], [7200.0] * 10, "0.75")
+    assert "B reached 0.75 before A in 9 of 10" in mostly_b.text and mostly_b.established
     # a reach after the other's run ended (a shorter run) has no known order
     short = paired_first_verdict("A", [9000.0] * 10, [9000.0] * 10, "B", [nan] * 10,
                                  [7200.0] * 10, "0.75")

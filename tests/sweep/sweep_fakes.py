@@ -46,6 +46,11 @@ def _fault(description: str, run_dir: Path) -> None:
         description = "kill" if description == "flaky_kill" else "fail"
     if description == "fail":
         raise RuntimeError("injected failure\nsecond line of the message")
+    if description == "infeasible":  # what the runner raises when no phone can hold the job
+        from fleetsim.errors import InfeasibleRunError
+
+        raise InfeasibleRunError("traces: no device can hold the job: backprop of m needs "
+                                 "9 MiB, the largest usable RAM in the fleet is 1 MiB")
     if description == "refuse":  # what the runner raises for an input it refuses (exit 2)
         from fleetsim.errors import FleetsimInputError
 

@@ -86,11 +86,13 @@ def test_case_sweep_rerun_turns_diverged_into_done(tmp_path, sweep_main, capsys,
 
 # ------------------------------------------------------------------ every status, every retry
 
-ENDS = ["ok", "horizon", "diverge", "noprog", "stop", "refuse", "fail"]
+ENDS = ["ok", "horizon", "diverge", "noprog", "stop", "infeasible", "refuse", "fail"]
 STATUS_OF = {"ok": "done", "horizon": "done", "diverge": "diverged", "noprog": "no_progress",
-             "stop": "stopped", "refuse": "failed_to_start", "fail": "failed"}
+             "stop": "stopped", "infeasible": "infeasible", "refuse": "failed_to_start",
+             "fail": "failed"}
 RUN_STATUS_OF = {"ok": "completed", "horizon": "horizon_reached", "diverge": "diverged",
-                 "noprog": "no_progress", "stop": "stop_requested", "refuse": "", "fail": ""}
+                 "noprog": "no_progress", "stop": "stop_requested", "infeasible": "",
+                 "refuse": "", "fail": ""}
 
 
 def _sweep(tmp_path: Path) -> Path:
@@ -113,15 +115,17 @@ def test_index_records_each_runs_own_final_status(tmp_path, base_scenario):
             assert row["error"] == "RuntimeError: injected failure | second line of the message"
         elif end == "refuse":  # the runner's own one line, as `fleetsim run` would print it
             assert row["error"] == "data.path: data/missing.csv not found on this worker"
+        elif end == "infeasible":
+            assert row["error"].startswith("traces: no device can hold the job: ")
         else:
             assert row["error"] == ""
     assert result.counts == {"pending": 0, "running": 0, "done": 2, "diverged": 1,
-                             "no_progress": 1, "stopped": 1, "failed_to_start": 1, "failed": 1,
-                             "timed_out": 0, "killed": 0}
+                             "no_progress": 1, "stopped": 1, "infeasible": 1,
+                             "failed_to_start": 1, "failed": 1, "timed_out": 0, "killed": 0}
     assert not result.ok
     assert [r for r, _ in result.failures] == [
-        "description=diverge", "description=noprog", "description=stop", "description=refuse",
-        "description=fail"]
+        "description=diverge", "description=noprog", "description=stop",
+        "description=infeasible", "description=refuse", "description=fail"]
     assert result.advice() == [
         "re-run the same command to retry the 3 stopped/failed_to_start/failed run(s) "
         "(--retry failed, the default)",
@@ -131,6 +135,10 @@ def test_index_records_each_runs_own_final_status(tmp_path, base_scenario):
         "1 no_progress run(s) are kept as they ended: a re-run of the same command does not "
         "retry them (no step committed (see each run's error); change the scenario and sweep "
         "into another --out, or run them again with --retry all)",
+        "1 infeasible run(s) are kept as they ended: a re-run of the same command does not "
+        "retry them (no device of the fleet can hold the job (see each run's error); change "
+        "the model, PEFT, batch or population and sweep into another --out, or run them again "
+        "with --retry all)",
     ]
 
 
@@ -138,7 +146,7 @@ def test_index_records_each_runs_own_final_status(tmp_path, base_scenario):
 RERUN = {
     "failed": {"stop", "refuse", "fail"},
     "diverged": {"diverge"},
-    "all": {"diverge", "noprog", "stop", "refuse", "fail"},
+    "all": {"diverge", "noprog", "stop", "infeasible", "refuse", "fail"},
     "none": set(),
 }
 
@@ -209,13 +217,13 @@ def test_lost_index_is_rebuilt_with_the_same_statuses(tmp_path, base_scenario):
     rows = by_id(read_index(tmp_path / "out"))
     for end in ENDS:
         run_id = f"description={end}"
-        if end in ("fail", "refuse"):
+        if end in ("fail", "refuse", "infeasible"):
             # No summary, no index: nothing says it ever ran, so it runs (and fails again).
             assert rows[run_id]["status"] == STATUS_OF[end] and rows[run_id]["attempts"] == 1
             continue
         for key in ("status", "run_status", "error", "attempts"):
             assert rows[run_id][key] == first[run_id][key], (end, key)
-    assert again.executed == 2
+    assert again.executed == 3
 
 
 def test_deleted_run_directory_is_run_again(tmp_path, base_scenario):
@@ -349,3 +357,36 @@ def test_index_of_unknown_statuses_starts_those_runs_afresh(tmp_path, base_scena
         "done", "completed")
     assert rows["description=fail"]["status"] == "failed"
     assert rows["description=fail"]["attempts"] == 2
+
+
+def test_study_keeps_infeasible_runs_as_outcomes_with_their_scenario(tmp_path, base_scenario):
+    """A study (run_study) counts a run no phone can hold as an outcome, not a failure: it
+    returns it apart from the run directories, with its refusal and the hash of the
+    scenario it would have written (the hash a started run's scenario.yaml gets)."""
+    from fleetsim.analysis.pages import scenario_hash
+    from fleetsim.analysis.study import run_study
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: base.yaml\nout: {tmp_path / 'out'}\n"
+                    "grid:\n  description: [ok, infeasible]\nseeds: [0, 1]\n")
+    runs = run_study(path, tmp_path / "out", run_fn=fake_run)
+    assert [d.name for d in runs.run_dirs] == ["description=ok__run.seed=0",
+                                               "description=ok__run.seed=1"]
+    assert [r.run_id for r in runs.infeasible] == ["description=infeasible__run.seed=0",
+                                                   "description=infeasible__run.seed=1"]
+    for run in runs.infeasible:
+        assert run.error.startswith("traces: no device can hold the job: backprop of m")
+        assert run.scenario["description"] == "infeasible"
+        assert run.scenario["run"]["seed"] == run.params["run.seed"]
+        # the same scenario with the ok description hashes as the started run's file does
+        ok = tmp_path / "out" / run.run_id.replace("infeasible", "ok")
+        twin = tmp_path / "twin" / run.run_id
+        twin.mkdir(parents=True)
+        (twin / "scenario.yaml").write_text(
+            (ok / "scenario.yaml").read_text().replace("description: ok",
+                                                       "description: infeasible"))
+        assert scenario_hash(twin) == run.scenario_hash
+    # kept as an outcome: a second study invocation runs nothing again
+    again = run_study(path, tmp_path / "out", run_fn=fake_run)
+    assert attempts(tmp_path / "out" / "description=infeasible__run.seed=0") == 1
+    assert len(again.infeasible) == 2

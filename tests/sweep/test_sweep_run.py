@@ -58,8 +58,8 @@ def test_failure_is_isolated_and_rerun_retries_only_unfinished(tmp_path, base_sc
     first = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
     assert not first.ok
     assert first.counts == {"pending": 0, "running": 0, "done": 2, "diverged": 0,
-                            "no_progress": 0, "stopped": 0, "failed_to_start": 0, "failed": 1,
-                            "timed_out": 0, "killed": 0}
+                            "no_progress": 0, "stopped": 0, "infeasible": 0,
+                            "failed_to_start": 0, "failed": 1, "timed_out": 0, "killed": 0}
     rows = by_id(read_index(tmp_path / "out"))
     failed = rows["description=fail"]
     assert failed["status"] == "failed"

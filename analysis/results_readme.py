@@ -39,8 +39,8 @@ STUDIES = [
     ("end_to_end.md",
      "(b) end to end: FwdLLM against Adapter-BP, BitFit-BP, Full-BP and FedAdapter (Fig. 10) "
      "at the paper's layouts on its closed-form profile, each arm's SGD rate tuned on "
-     "validation, ten seeds; MiniLM on AG News learns, the phones are charged for DistilBERT "
-     "(the realistic-fleet settings have not run yet)",
+     "validation, ten seeds; then the same arms on a realistic 200-phone fleet with churn, "
+     "the phones charged for DistilBERT and for LLaMA-2-7B INT4; MiniLM on AG News learns",
      "end_to_end", "answer", "end_to_end/runs.csv"),
 ]
 

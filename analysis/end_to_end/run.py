@@ -270,9 +270,31 @@ SETTING_SHORT = {
 
 
 def _num(x: float, digits: int = 3) -> str:
+    """``digits`` significant digits; a number of more digits than that in full with
+    thousands separators (21,530, not 2.153e+04); "—" for NaN, "∞" for infinity."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
-    return "∞" if math.isinf(x) else f"{x:.{digits}g}"
+    if math.isinf(x):
+        return "∞"
+    return f"{x:,.0f}" if abs(x) >= 10 ** digits else f"{x:.{digits}g}"
+
+
+def _refusal(reasons: pd.Series) -> str:
+    """One phrase for the infeasible runs of an arm, from their ``stopped_by``: what the
+    job needs and the range of the most RAM any phone of each run's fleet has."""
+    found = reasons.str.extract(r"(?P<kind>\w+) of (?P<model>\S+) \((?P<dtype>\w+)[^)]*\) "
+                                r"needs (?P<need>\d+) MiB, the largest usable RAM in the "
+                                r"fleet is (?P<best>\d+) MiB")
+    if found.isna().any().any():
+        return "; ".join(sorted(set(reasons.str[len("infeasible: "):])))
+    need = sorted(set(found["need"].astype(int)))
+    best = found["best"].astype(int)
+    model = Path(found["model"].iloc[0]).name
+    needs = " or ".join(f"{n:,}" for n in need)
+    most = (f"{best.min():,} MiB" if best.min() == best.max()
+            else f"{best.min():,}–{best.max():,} MiB, by seed")
+    return (f"{found['kind'].iloc[0]} of {model} ({found['dtype'].iloc[0]}) needs {needs} MiB "
+            f"of usable RAM; the most any phone of the fleet has is {most}")
 
 
 def _arms(table: pd.DataFrame) -> list[str]:
@@ -390,18 +412,19 @@ def _setting_section(final: pd.DataFrame, setting: str) -> list[str]:
             f"{_num(float(np.median(committed)), 4)} ({_num(committed.min(), 4)}–"
             f"{_num(committed.max(), 4)}) | "
             f"{_steps_cell(mine, top)} | {_num(product)} | "
-            f"{_num(per_step / ref_step)}×, {steps_ratio} | "
+            f"{_num(per_step / ref_step)}{'×' if math.isfinite(per_step) else ''}, "
+            f"{steps_ratio} | "
             + " | ".join(_km_minutes(mine, t) for t in targets)
             + f" | {_num(paper) if paper else '—'} | "
             + (f"{_num(paper * 60.0 / per_step, 4)}" if paper else "—") + " |")
     refused = final[final["stopped_by"].astype(str).str.startswith("infeasible")]
     for arm, part in refused.groupby("arm", sort=False):
-        reasons = sorted(set(part["stopped_by"].str[len("infeasible: "):]))
         lines += ["", f"`{arm}` could not start in {len(part)} of "
-                  f"{int((final['arm'] == arm).sum())} runs (seeds "
+                  f"{int((final['arm'] == arm).sum())} runs (seed"
+                  + ("s " if len(part) > 1 else " ")
                   + ", ".join(str(int(s)) for s in sorted(part["seed"]))
-                  + "): no phone of the fleet can hold its job: " + "; ".join(reasons)
-                  + ". Those runs count as never reaching a target."]
+                  + f"): no phone can hold its job ({_refusal(part['stopped_by'])}). Those "
+                  "runs count as never reaching a target."]
     lines += ["", f"Which arm reaches {top:g} first, against FwdLLM:", ""]
     lines += [f"* {v}" for v in verdicts(final).values()]
     lines += ["", f"![held-out accuracy over simulated minutes, {setting}]"

@@ -195,6 +195,13 @@ def test_study_c_tuning_choice_recomputed():
         assert set(final.loc[final["arm"] == arm, "lr"].astype(float)) == {chosen}, arm
 
 
+def _g4(x: float) -> str:
+    """The page's number format at four digits: in full with separators from 10,000 up."""
+    if math.isnan(x):
+        return "—"
+    return f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}"
+
+
 def test_study_b_numbers_recomputed():
     """(b): per setting and arm, the median simulated seconds per step, the committed steps
     (median and range), the median steps to the highest target ("not reached" when at most
@@ -220,17 +227,23 @@ def test_study_b_numbers_recomputed():
         line = next(x for x in page.split(f"## Setting `{setting}`")[1].splitlines()
                     if x.startswith(row))
         committed = part["steps"].to_numpy(float)
-        steps_cell = (f"{np.median(committed):.4g} ({committed.min():.4g}–"
-                      f"{committed.max():.4g})")
-        assert f" | {per_step:.4g} | {steps_cell} | " in line, (setting, arm)
+        steps_cell = (f"{_g4(np.median(committed))} ({_g4(committed.min())}–"
+                      f"{_g4(committed.max())})")
+        assert f" | {_g4(per_step)} | {steps_cell} | " in line, (setting, arm)
         if hit.size == len(steps):
             # every run reached it: the Kaplan-Meier median is the lower middle value
             lower_middle = hit[(len(hit) + 1) // 2 - 1]
-            assert f" | {steps_cell} | {lower_middle:.4g} ({hit.size}/{len(steps)}) | " \
+            assert f" | {steps_cell} | {_g4(lower_middle)} ({hit.size}/{len(steps)}) | " \
                 in line, (setting, arm)
         else:
             assert f"({hit.size}/{len(steps)})" in line or \
                 f"({hit.size} of {len(steps)})" in line, (setting, arm)
+        refused = part["stopped_by"].astype(str).str.startswith("infeasible")
+        if refused.any():  # runs no phone could hold: named under the setting's table
+            section = page.split(f"## Setting `{setting}`")[1].split("## ")[0]
+            assert (f"`{arm}` could not start in {int(refused.sum())} of {len(part)} runs"
+                    in section), (setting, arm)
+            assert np.isinf(part.loc[refused, f"tta_{top:g}_s"]).all()
         if setting == "paper" and arm in paper_minutes:
             implied = paper_minutes[arm] * 60.0 / per_step
             assert line.endswith(f" | {paper_minutes[arm]:.3g} | {implied:.4g} |"), arm

@@ -98,10 +98,11 @@ TARGETS_KEY = "run.targets"
 # ------------------------------------------------------------------ per-run rows
 def arm_of(run_id: str) -> str:
     """The arm of a run id ``arm=<arm>[+<rate>]__...`` (the tuning sweep names its arms
-    ``<arm>+<rate>``)."""
-    if not run_id.startswith("arm="):
+    ``<arm>+<rate>``), with or without its sweep folder in front (``fleet/arm=...``)."""
+    name = run_id.rsplit("/", 1)[-1]
+    if not name.startswith("arm="):
         raise FleetsimInputError(f"{run_id}: not a run of an arms: sweep")
-    return run_id[len("arm="):].split("__", 1)[0].split("+", 1)[0]
+    return name[len("arm="):].split("__", 1)[0].split("+", 1)[0]
 
 
 def _rate(summary: pd.DataFrame) -> pd.Series:
@@ -185,16 +186,22 @@ def run_rows(run_dirs: list[Path], stage: str, setting: str = "paper") -> pd.Dat
         rows["eval_loss_start"] = rows["run"].map(loss0)
         rows["eval_loss_end"] = rows["run"].map(last["eval_loss"])
         rows["eval_after_steps"] = rows["run"].map(seen)
+    # Settings share run ids (arm=fwdllm__run.seed=0 in each): a run is named with its
+    # sweep folder (fleet/arm=fwdllm__run.seed=0), so the table's run column is unique.
+    folder = {d.name: d.parent.name for d in map(Path, run_dirs)}
+    rows["run"] = [f"{folder[name]}/{name}" for name in rows["run"]]
     return rows
 
 
-def infeasible_rows(runs: list, stage: str, setting: str, like: pd.DataFrame,
+def infeasible_rows(runs: list, folder: str, stage: str, setting: str, like: pd.DataFrame,
                     methods: dict[str, str]) -> pd.DataFrame:
     """Rows, in ``like``'s columns, for the runs no phone of the fleet could hold
     (:class:`fleetsim.analysis.study.InfeasibleRun`): they never reach a target, at any
     horizon (the fleet's RAM does not change), so they end at the common budget with no
     step; ``stopped_by`` is ``infeasible: <what the job needs, the most any phone has>``.
-    ``methods``: arm → the paper's name (from the arm's runs that did start)."""
+    ``folder``: their sweep folder's name (runs are named ``<folder>/<run id>``, as
+    :func:`run_rows` names them); ``methods``: arm → the paper's name (from the arm's runs
+    that did start)."""
     rows = []
     for run in runs:
         sc, arm = run.scenario, arm_of(run.run_id)
@@ -203,7 +210,8 @@ def infeasible_rows(runs: list, stage: str, setting: str, like: pd.DataFrame,
         budget = float(sc["run"]["max_sim_hours"]) * 3600.0
         row = {column: math.nan for column in like.columns}
         row.update({
-            "run": run.run_id, "commit": git_commit(), "scenario_hash": run.scenario_hash,
+            "run": f"{folder}/{run.run_id}", "commit": git_commit(),
+            "scenario_hash": run.scenario_hash,
             "stage": stage, "setting": setting, "arm": arm,
             "method": methods.get(arm, ARMS.get(arm, (arm,))[0]),
             "lr": float(protocol["client_lr"] if client else protocol["lr"]),
@@ -553,7 +561,8 @@ def render(table: pd.DataFrame) -> str:
             "the Kaplan–Meier median over seeds as for the minutes (a run that never "
             "reached it censored at the steps it committed). Steps committed: over the "
             "whole run (to the target or the budget). Simulated s per step: the "
-            "median gap between commits (a fleet's long stalls, a step waiting hours for a "
+            "median gap between commits, the median over the runs that committed a step "
+            "(a fleet's long stalls, a step waiting hours for a "
             "phone that went offline mid-task, show in the steps committed, not here). "
             "Simulated s per step × steps is the decomposition of the minutes (the grid "
             "rounds the time up to the next evaluation); \"÷ FwdLLM\" divides each factor "
@@ -588,7 +597,7 @@ def curves_figure(run_dirs: list[Path], table: pd.DataFrame, path: Path) -> Figu
     colours = {a: f"C{i % 10}" for i, a in enumerate(_arms(table))}
     seen: set[str] = set()
     for run_dir in run_dirs:
-        arm = arm_of_run.get(run_dir.name)
+        arm = arm_of_run.get(f"{run_dir.parent.name}/{run_dir.name}")
         if arm is None:
             continue
         steps = pd.read_parquet(run_dir / "steps.parquet", columns=["sim_time_s", "accuracy"])
@@ -622,8 +631,9 @@ def analyse(stages: dict[tuple[str, str], StudyRuns], figures: Path, mark: bool
             methods = dict(zip(rows["arm"], rows["method"]))
             for done in tables:
                 methods = {**dict(zip(done["arm"], done["method"])), **methods}
-            rows = pd.concat([rows, infeasible_rows(runs.infeasible, stage, setting, rows,
-                                                    methods)], ignore_index=True)
+            rows = pd.concat([rows, infeasible_rows(runs.infeasible, runs.out_dir.name, stage,
+                                                    setting, rows, methods)],
+                             ignore_index=True)
         if stage == "final":
             check_discipline(runs.run_dirs, _targets(rows), mark)
         elif stage == "tune":

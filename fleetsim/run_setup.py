@@ -15,7 +15,7 @@ from typing import Optional
 import simpy
 
 from fleetsim.cost_model import charge_engine
-from fleetsim.errors import FleetsimInputError, InfeasibleRunError
+from fleetsim.errors import InfeasibleRunError
 from fleetsim.fleet.energy import PowerTable
 from fleetsim.fleet.fleet import Fleet
 from fleetsim.fleet.work import TaskKind
@@ -93,7 +93,7 @@ def check_feasible(
         if fastest > deadline:
             key = ("protocol.commit.deadline_s" if deadline == sc.protocol.commit.deadline_s
                    else "policy.deadline_s")
-            raise FleetsimInputError(
+            raise InfeasibleRunError(
                 f"{loaded.path}: {key}: no device can meet the deadline of {deadline:g} s: the "
                 f"fastest device needs {fastest:.3g} s for one unit with its transfers"
             )

@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 
 from fleetsim.analysis.discipline import check_eval_grids, choose_settings, validation_scores
 from fleetsim.analysis.load import load_runs
-from fleetsim.analysis.pages import git_commit, write_page, write_runs_table
+from fleetsim.analysis.pages import write_page, write_runs_table
 from fleetsim.analysis.plots import save_figure
 from fleetsim.analysis.stats import (
     censored_median,
@@ -210,7 +210,7 @@ def infeasible_rows(runs: list, folder: str, stage: str, setting: str, like: pd.
         budget = float(sc["run"]["max_sim_hours"]) * 3600.0
         row = {column: math.nan for column in like.columns}
         row.update({
-            "run": f"{folder}/{run.run_id}", "commit": git_commit(),
+            "run": f"{folder}/{run.run_id}", "commit": run.commit,
             "scenario_hash": run.scenario_hash,
             "stage": stage, "setting": setting, "arm": arm,
             "method": methods.get(arm, ARMS.get(arm, (arm,))[0]),
@@ -220,7 +220,7 @@ def infeasible_rows(runs: list, folder: str, stage: str, setting: str, like: pd.
             "stopped_by": "infeasible: " + run.error.split("hold the job: ", 1)[-1],
         })
         for column in like.columns:
-            if column.startswith("tta_"):
+            if column.startswith("tta_") or column == "first_val_s":  # never reached
                 row[column] = math.inf
         rows.append(row)
     return pd.DataFrame(rows, columns=like.columns)
@@ -284,7 +284,9 @@ def _num(x: float, digits: int = 3) -> str:
         return "—"
     if math.isinf(x):
         return "∞"
-    return f"{x:,.0f}" if abs(x) >= 10 ** digits else f"{x:.{digits}g}"
+    shown = f"{x:.{digits}g}"
+    # decided after rounding: 999.7 at three digits is 1,000, not 1e+03
+    return f"{x:,.0f}" if abs(float(shown)) >= 10 ** digits else shown
 
 
 def _refusal(reasons: pd.Series) -> str:
@@ -334,7 +336,11 @@ def _steps_median(mine: pd.DataFrame, target: float):
     reached it censored at the steps it committed), as the minutes are."""
     steps = mine[f"steps_to_{target:g}"].to_numpy(dtype=float)
     hit = np.isfinite(steps)
-    return censored_median(steps[hit], mine.loc[~hit, "steps"].to_numpy(dtype=float))
+    # a run no phone could hold never reaches it at any number of steps: censored at ∞,
+    # as its minutes are at the common budget (it stays at risk throughout)
+    never = mine["stopped_by"].astype(str).str.startswith("infeasible").to_numpy()
+    censor = np.where(never, math.inf, mine["steps"].to_numpy(dtype=float))
+    return censored_median(steps[hit], censor[~hit])
 
 
 def _median_steps(mine: pd.DataFrame, target: float) -> float:
@@ -654,9 +660,13 @@ def quick(args, out: Path) -> None:
     figures = out / "figures-quick"
     for setting in SETTINGS:
         runs = run_study(HERE / f"sweep_{setting}_quick.yaml", out / "runs" / f"{setting}_quick",
-                         args.set, args.fresh, args.backend, args.max_parallel)
+                         args.set, args.fresh, args.backend, args.max_parallel,
+                         allow_infeasible=True)
         check_discipline(runs.run_dirs, [], True)
         rows = run_rows(runs.run_dirs, "final", setting)
+        if runs.infeasible:
+            rows = pd.concat([rows, infeasible_rows(runs.infeasible, runs.out_dir.name, "final",
+                                                    setting, rows, {})], ignore_index=True)
         write_runs_table(rows, figures / f"runs_{setting}.csv")
         write_page(figures / f"runs_{setting}.csv", figures / f"page_{setting}.md", render)
     print(f"figures and tables in {figures}")
@@ -683,7 +693,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage(sweep: str, folder: str, seeds=None) -> StudyRuns:
         return run_study(HERE / sweep, runs_dir / folder, args.set, args.fresh, args.backend,
-                         args.max_parallel, seeds=seeds)
+                         args.max_parallel, seeds=seeds, allow_infeasible=True)
 
     def ran(folder: str) -> bool:
         return (runs_dir / folder / "sweep_index.parquet").is_file()

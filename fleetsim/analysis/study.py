@@ -29,7 +29,7 @@ import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.sweep import load_sweep, plan_sweep, run_sweep
-from fleetsim.sweep.execute import RunFn
+from fleetsim.sweep.execute import RunFn, infeasible_record
 from fleetsim.sweep.index import RunStatus, read_index
 
 #: Statuses of runs that ended with an outcome of their own besides done: analysed (their
@@ -48,6 +48,7 @@ class InfeasibleRun:
     scenario_hash: str  # of the resolved scenario it would have written (first 16 hex)
     scenario: dict  # that resolved scenario
     host_seconds: float  # the set-up that refused it
+    commit: str  # the code that refused it (``+dirty`` when tracked files differed)
 
 
 @dataclass
@@ -79,13 +80,16 @@ def run_study(
     run_fn: RunFn | None = None,
     progress: bool = False,
     seeds: Sequence[int] | None = None,
+    allow_infeasible: bool = False,
 ) -> StudyRuns:
     """Run (or resume) the sweep ``sweep_path`` into ``out_dir``; ``overrides`` apply to
     every run (``--set``); ``seeds`` replaces the sweep file's seeds; ``fresh`` deletes
     ``out_dir`` first.  Returns the finished run directories in sweep order (runs that
     ended diverged or without progress included, named in ``not_done``; infeasible runs,
-    which have none, in ``infeasible``); raises :class:`FleetsimInputError` naming the runs
-    that ended without an outcome (failed, killed, ...; rerunning retries them)."""
+    which have none, in ``infeasible``, only with ``allow_infeasible``: a study that tables
+    them itself); raises :class:`FleetsimInputError` naming the runs that ended without
+    an outcome (failed, killed, ...; rerunning retries them), or the infeasible runs of a
+    study that does not table them."""
     out_dir = Path(out_dir)
     if fresh and out_dir.exists():
         shutil.rmtree(out_dir)
@@ -118,12 +122,23 @@ def run_study(
     plan = plan_sweep(loaded, tuple(overrides), validate=False)
     index = read_index(result.index_path).set_index("run_id")
     refused = {r for r, status in not_done.items() if status == RunStatus.INFEASIBLE.value}
-    infeasible = [
-        InfeasibleRun(run.run_id, dict(run.params), str(index.loc[run.run_id, "error"]),
-                      *_resolved(loaded.base_path, run.overrides),
-                      float(index.loc[run.run_id, "host_seconds"]))
-        for run in plan if run.run_id in refused
-    ]
+    if refused and not allow_infeasible:
+        first = sorted(refused)[0]
+        raise FleetsimInputError(
+            f"{sweep_path}: {len(refused)} run(s) no phone of the fleet can hold, e.g. "
+            f"{first}: {index.loc[first, 'error']}; this study does not table such runs: "
+            "change the scenario (model, PEFT, batch or population)")
+    infeasible = []
+    for run in plan:
+        if run.run_id not in refused:
+            continue
+        record = infeasible_record(run) or {}
+        commit = (str(record["git_commit"]) + ("+dirty" if record.get("git_dirty") else "")
+                  if record.get("git_commit") else "unknown")
+        infeasible.append(InfeasibleRun(
+            run.run_id, dict(run.params), str(index.loc[run.run_id, "error"]),
+            *_resolved(loaded.base_path, run.overrides),
+            float(index.loc[run.run_id, "host_seconds"]), commit))
     run_dirs = [run.run_dir for run in plan if run.run_id not in refused]
     host = pd.to_numeric(index.loc[[r.run_id for r in plan], "host_seconds"], errors="coerce")
     seeds = sorted({int(r.params["run.seed"]) for r in plan if "run.seed" in r.params})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -369,13 +370,16 @@ def test_study_keeps_infeasible_runs_as_outcomes_with_their_scenario(tmp_path, b
     path = tmp_path / "sweep.yaml"
     path.write_text(f"base: base.yaml\nout: {tmp_path / 'out'}\n"
                     "grid:\n  description: [ok, infeasible]\nseeds: [0, 1]\n")
-    runs = run_study(path, tmp_path / "out", run_fn=fake_run)
+    with pytest.raises(FleetsimInputError, match="no phone of the fleet can hold"):
+        run_study(path, tmp_path / "out", run_fn=fake_run)  # a study that does not table them
+    runs = run_study(path, tmp_path / "out", run_fn=fake_run, allow_infeasible=True)
     assert [d.name for d in runs.run_dirs] == ["description=ok__run.seed=0",
                                                "description=ok__run.seed=1"]
     assert [r.run_id for r in runs.infeasible] == ["description=infeasible__run.seed=0",
                                                    "description=infeasible__run.seed=1"]
     for run in runs.infeasible:
         assert run.error.startswith("traces: no device can hold the job: backprop of m")
+        assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", run.commit)
         assert run.scenario["description"] == "infeasible"
         assert run.scenario["run"]["seed"] == run.params["run.seed"]
         # the same scenario with the ok description hashes as the started run's file does
@@ -387,6 +391,36 @@ def test_study_keeps_infeasible_runs_as_outcomes_with_their_scenario(tmp_path, b
                                                        "description: infeasible"))
         assert scenario_hash(twin) == run.scenario_hash
     # kept as an outcome: a second study invocation runs nothing again
-    again = run_study(path, tmp_path / "out", run_fn=fake_run)
+    again = run_study(path, tmp_path / "out", run_fn=fake_run, allow_infeasible=True)
     assert attempts(tmp_path / "out" / "description=infeasible__run.seed=0") == 1
     assert len(again.infeasible) == 2
+
+
+def test_infeasible_status_lasts_only_while_its_scenario_does(tmp_path, base_scenario):
+    """An infeasible run leaves a record of the scenario it was refused for; a later sweep
+    keeps its status only while that record is there for the planned scenario.  A changed
+    base or a deleted run directory runs it again (it is refused again, for the new one)."""
+    import shutil
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: base.yaml\nout: {tmp_path / 'out'}\n"
+                    "grid:\n  description: [ok, infeasible]\n")
+    run_dir = tmp_path / "out" / "description=infeasible"
+    run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    record = json.loads((run_dir / "infeasible.json").read_text())
+    assert record["error"].startswith("traces: no device can hold the job")
+    kept = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    assert kept.executed == 0 and attempts(run_dir) == 1
+    # the base changes (every run's resolved scenario with it): the ok run's directory now
+    # holds another scenario, so that folder is refused; the infeasible one alone would rerun
+    shutil.rmtree(tmp_path / "out" / "description=ok")
+    base_scenario.write_text(base_scenario.read_text().replace("size: 8", "size: 9"))
+    rerun = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    assert rerun.executed == 2 and attempts(run_dir) == 2
+    assert json.loads((run_dir / "infeasible.json").read_text())["scenario_sha256"] != \
+        record["scenario_sha256"]
+    assert by_id(read_index(tmp_path / "out"))["description=infeasible"]["status"] == \
+        "infeasible"
+    shutil.rmtree(run_dir)  # deleted to redo it: runs again
+    again = run_sweep(path, backend="sequential", progress=False, run_fn=fake_run)
+    assert again.executed == 1 and attempts(run_dir) == 1

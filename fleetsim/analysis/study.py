@@ -29,8 +29,9 @@ import pandas as pd
 
 from fleetsim.errors import FleetsimInputError
 from fleetsim.sweep import load_sweep, plan_sweep, run_sweep
-from fleetsim.sweep.execute import RunFn, infeasible_record
+from fleetsim.sweep.execute import RunFn
 from fleetsim.sweep.index import RunStatus, read_index
+from fleetsim.sweep.infeasible import infeasible_record
 
 #: Statuses of runs that ended with an outcome of their own besides done: analysed (their
 #: accuracy never counts: see fleetsim.record.status), never retried by a study.

@@ -28,16 +28,13 @@ from typing import Any, Optional
 from fleetsim.errors import FleetsimInputError, InfeasibleRunError, RunStopped
 from fleetsim.record.atomic import write_text
 from fleetsim.sweep.index import OUTCOME_OF_RUN_STATUS, RunStatus
+from fleetsim.sweep.infeasible import record_infeasible
 from fleetsim.sweep.plan import PlannedRun
 
 #: ``(scenario_path, overrides, run_dir) -> run directory``; default: fleetsim.runner's
 RunFn = Callable[[Path, Sequence[str], Path], Path]
 
 ERROR_FILE = "sweep_error.txt"
-#: What an ``infeasible`` run leaves in its directory (it writes no outputs): the hash of the
-#: resolved scenario it was refused for, the refusal and the code that refused it.  A later
-#: sweep keeps the status only while the record is there for the same scenario.
-INFEASIBLE_FILE = "infeasible.json"
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -133,27 +130,6 @@ def _default_run_fn(scenario_path: Path, overrides: Sequence[str], run_dir: Path
     return run_scenario(scenario_path, overrides, run_dir=run_dir, progress=False)
 
 
-def resolved_sha256(resolved_yaml: str) -> str:
-    """SHA-256 (hex) of a resolved scenario's text, as ``scenario.yaml`` holds it."""
-    import hashlib
-
-    return hashlib.sha256(resolved_yaml.encode("utf-8")).hexdigest()
-
-
-def _record_infeasible(run_dir: Path, scenario_path: Path, overrides: Sequence[str],
-                       error: str) -> None:
-    """Write :data:`INFEASIBLE_FILE` for a run refused as infeasible (best effort: without
-    it a later sweep runs it again, which refuses it again)."""
-    from fleetsim.record.provenance import code_provenance
-    from fleetsim.scenario.loader import load_scenario
-
-    with contextlib.suppress(OSError, FleetsimInputError):
-        resolved = load_scenario(scenario_path, list(overrides)).resolved_yaml()
-        write_text(run_dir / INFEASIBLE_FILE, json.dumps(
-            {"scenario_sha256": resolved_sha256(resolved), "error": error,
-             **code_provenance()}, indent=1))
-
-
 def execute_run(
     run_id: str,
     scenario_path: str,
@@ -205,8 +181,8 @@ def execute_run(
         with contextlib.suppress(OSError):
             write_text(Path(run_dir) / ERROR_FILE, traceback.format_exc())
         if isinstance(exc, InfeasibleRunError):
-            _record_infeasible(Path(run_dir), Path(scenario_path), overrides,
-                               one_line or type(exc).__name__)
+            record_infeasible(Path(run_dir), Path(scenario_path), overrides,
+                              one_line or type(exc).__name__)
         status = (RunStatus.INFEASIBLE if isinstance(exc, InfeasibleRunError)
                   else RunStatus.FAILED_TO_START if refused else RunStatus.FAILED)
         return RunOutcome(

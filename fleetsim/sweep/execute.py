@@ -41,7 +41,6 @@ from fleetsim.record.rundir import run_dir_state
 from fleetsim.safe_yaml import load_bounded
 from fleetsim.sweep.backend import (  # noqa: F401 - ERROR_FILE, RunFn, execute_run: public here too
     ERROR_FILE,
-    INFEASIBLE_FILE,
     RunFn,
     RunOutcome,
     _Callback,
@@ -52,7 +51,6 @@ from fleetsim.sweep.backend import (  # noqa: F401 - ERROR_FILE, RunFn, execute_
     _number,
     execute_run,
     limit_threads,
-    resolved_sha256,
     summary_outcome,
 )
 from fleetsim.sweep.config import LoadedSweep, load_sweep
@@ -64,6 +62,7 @@ from fleetsim.sweep.index import (
     RunStatus,
     SweepIndex,
 )
+from fleetsim.sweep.infeasible import infeasible_record_holds
 from fleetsim.sweep.plan import PlannedRun, check_run_dirs, plan_sweep
 
 Backend = Literal["ray", "sequential"]
@@ -405,28 +404,6 @@ def _run_locked(
 _ENDED_WITH_SUMMARY = frozenset(OUTCOME_OF_RUN_STATUS.values())
 
 
-def infeasible_record(run: PlannedRun) -> Optional[dict[str, Any]]:
-    """The record an ``infeasible`` run left (:data:`INFEASIBLE_FILE`), or None when its
-    directory holds none or one for another resolved scenario than the planned one."""
-    import json
-
-    try:
-        record = json.loads((run.run_dir / INFEASIBLE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict):
-        return None
-    if run.resolved_yaml and record.get("scenario_sha256") != resolved_sha256(
-            run.resolved_yaml):
-        return None
-    return record
-
-
-def infeasible_record_holds(run: PlannedRun) -> bool:
-    """Whether the run's ``infeasible`` status is still its planned scenario's."""
-    return infeasible_record(run) is not None
-
-
 def _reconcile(
     index: SweepIndex, run: PlannedRun, prior: Optional[dict[str, Any]]
 ) -> RunStatus:
@@ -462,8 +439,7 @@ def _reconcile(
                      error="the sweep process ended while this run was going")
         return RunStatus.KILLED
     if status is RunStatus.INFEASIBLE and not infeasible_record_holds(run):
-        # Refused for another scenario (the base, `set`, an arm changed), or its directory
-        # was deleted to redo it: what was refused is not what is planned now.
+        # Refused for another scenario (base, set, arm changed) or its directory deleted.
         index.update(run.run_id, status=RunStatus.PENDING.value, error="")
         return RunStatus.PENDING
     if status in _ENDED_WITH_SUMMARY:

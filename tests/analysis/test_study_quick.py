@@ -71,10 +71,11 @@ def test_end_to_end_quick(tmp_path: Path) -> None:
     for setting in ("paper", "fleet", "fleet_llama7b"):
         table = pd.read_csv(figures / f"runs_{setting}.csv")
         assert (figures / f"page_{setting}.md").read_text() == module.render(table)
-        runs = tmp_path / "runs" / f"{setting}_quick"
+        runs = tmp_path / "runs"  # the run column is <sweep folder>/<run id>
         assert {"fwdllm", "adapter_bp"} <= set(table["arm"])
         for _, row in table.iterrows():
             assert row["method"] == methods[row["arm"]]
+            assert row["run"].startswith(f"{setting}_quick/arm=")
             steps = pd.read_parquet(runs / row["run"] / "steps.parquet")
             for target in (0.7, 0.75, 0.8):
                 assert row[f"tta_{target:g}_s"] == _first_reach_s(runs / row["run"], target)

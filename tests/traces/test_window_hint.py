@@ -84,12 +84,23 @@ def test_any_hint_gives_the_plain_answer(period):
         np.testing.assert_array_equal(until, plain[1])
 
 
-def test_cursor_state_matches_the_trace_at_every_step():
+@pytest.mark.parametrize("wrapping", [True, False])
+@pytest.mark.parametrize("period", [DAY, 2 * DAY, None])
+def test_cursor_state_matches_the_trace_at_every_step(period, wrapping):
+    """The cursor's whole-fleet state (cached, refreshed by hinted lookups) and its
+    per-device answers equal fresh lookups: small steps, exact boundary times, several
+    boundaries of one phone between two queries, a jump over whole periods, a query back
+    in time."""
     rng = np.random.default_rng(3)
-    trace = _trace(rng, 300, DAY)
+    trace = _trace(rng, 300, period, wrapping)
     cursor = AvailabilityCursor(trace)
     ids = np.arange(trace.num_devices)
-    for t in np.cumsum(rng.exponential(1_200.0, size=300)).tolist():
+    steps = np.cumsum(rng.exponential(1_200.0, size=300))
+    boundaries = rng.choice(np.concatenate((trace.starts, trace.ends)), size=80)
+    times = np.sort(np.concatenate((steps, boundaries + DAY, boundaries + 2 * DAY)))
+    times = np.concatenate((times, [times[-1] + 5 * DAY, times[-1] + 5 * DAY + 1.0,
+                                    times[-1] - 100.0, times[-1] + 6 * DAY]))
+    for t in times.tolist():
         online = cursor.available_mask(t).copy()
         np.testing.assert_array_equal(online, trace.is_available(ids, t))
         sample = rng.choice(ids, size=40, replace=False)

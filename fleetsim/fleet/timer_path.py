@@ -123,6 +123,8 @@ def _apply_all_phases(fleet: DeviceState, job: Job) -> None:
     d, step, units = int(task.device_id), int(task.step), int(task.units)
     facts = job.device_facts
     busy, energy, network, radio = job.busy_s, job.energy_j, job.network_s, job.radio_j
+    # The download and upload charges below are spend()'s transfer branch written out twice
+    # on purpose: a helper call per phase is what this pass exists to save.
     if task.download_bytes > 0 and down_s > 0:
         watts = facts[7] if facts is not None else float(fleet.down_radio_watts[d])
         joules = watts * down_s

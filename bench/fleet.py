@@ -148,8 +148,7 @@ def run_one(n_devices: int, per_round: int, rounds: int, log_events: bool = True
 
     def server():
         for r in range(rounds):
-            idle = fleet.idle_ids()
-            eligible = idle[fleet.can_hold(idle, MEMORY_BYTES)]
+            eligible = fleet.idle_ids(MEMORY_BYTES)  # idle, online, RAM holds the job
             size = min(per_round, len(eligible))
             stats["cohort_short"] += per_round - size
             chosen = stream(SEED, "bench", "cohort", r).choice(eligible, size=size, replace=False)

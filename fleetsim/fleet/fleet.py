@@ -28,6 +28,7 @@ step, so no draw depends on any other device.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from typing import Optional
 
@@ -51,6 +52,9 @@ from fleetsim.record.events import EventLog
 from fleetsim.traces.base import AvailabilityTrace, DeviceTable
 from fleetsim.traces.window_cursor import online_seconds
 from fleetsim.workload import BACKENDS, ModelFacts
+
+#: The order a dispatch batch starts in: by device, then step, then dispatch call.
+_DISPATCH_ORDER = operator.attrgetter("task.device_id", "task.step", "seq")
 
 
 class Fleet(DeviceState):
@@ -84,6 +88,7 @@ class Fleet(DeviceState):
         self._flush_scheduled = False
         self._dispatch_seq = 0
         self._num_devices = len(table)
+        self._fits_cache: dict[int, np.ndarray] = {}
 
     # ------------------------------------------------------------------ queries (vectorised)
 
@@ -91,10 +96,26 @@ class Fleet(DeviceState):
         """Devices online now (busy or not)."""
         return self.cursor.available_ids(self.env.now)
 
-    def idle_ids(self) -> np.ndarray:
-        """Devices online now with no task assigned."""
-        mask = self.cursor.available_mask(self.env.now)
-        return np.flatnonzero(mask & (self.busy_counts() == 0))
+    def idle_ids(self, memory_bytes: int = 0) -> np.ndarray:
+        """Devices online now with no task assigned, ascending; with ``memory_bytes``, only
+        those whose usable RAM holds a job that size (:meth:`can_hold`), in the same pass."""
+        mask = self.idle_mask()
+        if memory_bytes:
+            mask &= self.fits_mask(memory_bytes)
+        return np.flatnonzero(mask)
+
+    def idle_mask(self) -> np.ndarray:
+        """bool ``[n]``, a fresh array: online now with no task assigned."""
+        return self.cursor.available_mask(self.env.now) & (self.busy_counts() == 0)
+
+    def fits_mask(self, memory_bytes: int) -> np.ndarray:
+        """bool ``[n]``: whether each device's usable RAM holds a job needing
+        ``memory_bytes`` (static: computed once per size; do not modify)."""
+        key = int(memory_bytes)
+        mask = self._fits_cache.get(key)
+        if mask is None:
+            mask = self._fits_cache[key] = self.table.usable_ram_bytes >= key
+        return mask
 
     def busy_ids(self) -> np.ndarray:
         """Devices holding at least one task (including tasks dispatched this instant)."""
@@ -140,8 +161,7 @@ class Fleet(DeviceState):
 
     def can_hold(self, ids: np.ndarray, memory_bytes: int) -> np.ndarray:
         """Whether each device's usable RAM holds a job needing ``memory_bytes``."""
-        ids = np.asarray(ids, dtype=np.int64)
-        return self.table.usable_ram_bytes[ids] >= int(memory_bytes)
+        return self.fits_mask(memory_bytes)[np.asarray(ids, dtype=np.int64)]
 
     # ------------------------------------------------------------------ server actions
 
@@ -286,7 +306,7 @@ class Fleet(DeviceState):
         """Apply this instant's cancels then dispatches, sorted by (device, step)."""
         self._flush_scheduled = False
         cancels = sorted(set(self._pending_cancels))
-        jobs = sorted(self._pending, key=lambda j: (j.task.device_id, j.task.step, j.seq))
+        jobs = sorted(self._pending, key=_DISPATCH_ORDER)
         self._pending_cancels = []
         self._pending = []
         for d, s in cancels:

@@ -16,6 +16,7 @@ Units: seconds of simulated time, bytes, joules.
 from __future__ import annotations
 
 import operator
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,23 @@ BACKEND_INDEX = {name: i for i, name in enumerate(BACKENDS)}
 _FLOAT_COLUMNS = ("busy_s", "compute_s", "network_s", "interrupted_s", "wasted_s", "compute_j",
                   "radio_j")
 _INT_COLUMNS = ("units_delivered", "units_lost", "bytes_up", "bytes_down")
-_WASTED = 1 + _FLOAT_COLUMNS.index("wasted_s")  # its place in a buffered row
+_WASTED = _FLOAT_COLUMNS.index("wasted_s")  # its place in a buffered row
+_WIDTH = len(_FLOAT_COLUMNS) + len(_INT_COLUMNS)
 _job_figures = operator.attrgetter(*_FLOAT_COLUMNS, *_INT_COLUMNS)  # one C call per task
 
 #: finished tasks buffered before they are added to the columns: the buffer's memory stays
 #: below ~0.5 MiB while one numpy pass per 1,024 tasks keeps the per-task cost flat.
 FOLD_ROWS = 1024
+
+
+def _add_rows(table: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> None:
+    """``table[ids] += rows`` for distinct ``ids``, through the flat view: the same
+    element-wise additions, with 1-D indexing (a third of the 2-D indexing's cost)."""
+    width = table.shape[1]
+    assert table.flags.c_contiguous  # so that the flat reshape is a view, not a copy
+    flat = table.reshape(-1)
+    cells = (ids[:, None] * width + np.arange(width)).reshape(-1)
+    flat[cells] += rows.reshape(-1)
 
 
 class DeviceLedger:
@@ -49,7 +61,9 @@ class DeviceLedger:
         # to its device's row in one indexed operation.
         self._float = np.zeros((n, len(_FLOAT_COLUMNS)))
         self._int = np.zeros((n, len(_INT_COLUMNS)), dtype=np.int64)
-        self._rows: list[tuple] = []  # finished tasks not yet added to the columns
+        # Finished tasks not yet added to the columns: their devices and their figures.
+        self._row_ids: list[int] = []
+        self._rows: list[tuple] = []
 
     @property
     def tasks(self) -> np.ndarray:
@@ -62,15 +76,17 @@ class DeviceLedger:
     # ------------------------------------------------------------------ writing
     def record(self, job: Any) -> None:
         """Add one finished task's figures (a :class:`~fleetsim.fleet.device_state.Job`)."""
-        self._rows.append((job.task.device_id, *_job_figures(job)))
+        self._row_ids.append(job.task.device_id)
+        self._rows.append(_job_figures(job))
         if len(self._rows) >= FOLD_ROWS:
             self._apply()
 
     def add_wasted(self, device_id: int, seconds: float) -> None:
         """Busy time of delivered work that the server did not use (added in turn with the
         finished tasks, module docstring)."""
-        row = [0.0] * (1 + len(_FLOAT_COLUMNS) + len(_INT_COLUMNS))
-        row[0], row[_WASTED] = device_id, seconds
+        row = [0.0] * _WIDTH
+        row[_WASTED] = seconds
+        self._row_ids.append(device_id)
         self._rows.append(tuple(row))
         if len(self._rows) >= FOLD_ROWS:
             self._apply()
@@ -83,11 +99,14 @@ class DeviceLedger:
     def _apply(self) -> None:
         if not self._rows:
             return
-        rows = np.array(self._rows, dtype=np.float64)
-        self._rows = []
-        ids = rows[:, 0].astype(np.int64)
-        floats = rows[:, 1:1 + len(_FLOAT_COLUMNS)]
-        ints = rows[:, 1 + len(_FLOAT_COLUMNS):].astype(np.int64)
+        # Every figure through float64, as np.array(rows) would convert it (ints are counts
+        # and bytes, exact below 2**53); one flat pass, ~5x faster than np.array on tuples.
+        rows = np.fromiter(chain.from_iterable(self._rows), dtype=np.float64,
+                           count=len(self._rows) * _WIDTH).reshape(len(self._rows), _WIDTH)
+        ids = np.array(self._row_ids, dtype=np.int64)
+        self._rows, self._row_ids = [], []
+        floats = rows[:, :len(_FLOAT_COLUMNS)]
+        ints = rows[:, len(_FLOAT_COLUMNS):].astype(np.int64)
         # A device with one row in the buffer (most of them) takes one addition per figure,
         # a plain indexed add; devices with several rows go through np.add.at, which adds
         # them in buffer order.  Either way each cell sees the additions np.add.at over the
@@ -95,8 +114,8 @@ class DeviceLedger:
         _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
         repeated = counts[inverse] > 1
         once = ~repeated
-        self._float[ids[once]] += floats[once]
-        self._int[ids[once]] += ints[once]
+        _add_rows(self._float, ids[once], floats[once])
+        _add_rows(self._int, ids[once], ints[once])
         if repeated.any():
             np.add.at(self._float, ids[repeated], floats[repeated])
             np.add.at(self._int, ids[repeated], ints[repeated])

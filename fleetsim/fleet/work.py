@@ -26,7 +26,7 @@ class ReceiptStatus(str, Enum):
     EXPIRED = "expired"  # the task's deadline passed before any unit was computed
 
 
-@dataclass
+@dataclass(slots=True)
 class Task:
     """One unit-divisible piece of work for one device in one server step.
 
@@ -56,7 +56,7 @@ class Task:
     deliver_partial: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class WorkReceipt:
     device_id: int
     step: int

@@ -92,7 +92,8 @@ class StepServer(RunSchedule, CarriedWork, StepRecords):
         # step -> device -> next perturbation index (steps that can still receive work)
         self._next_k: dict[int, dict[int, int]] = {}
         self.history: list[tuple[float, int]] = []
-        self._refused: set[int] = set()  # devices whose memory refusal was logged
+        # Devices whose memory refusal was logged (bool per device, made on first use).
+        self._refused: Optional[np.ndarray] = None
         self._eligible: Optional[np.ndarray] = None
         self.sync = ModelSync(ctx.fleet.num_devices)  # which θ each device holds
         # (units, staleness) of the receipts turned into work since the last step row.
@@ -216,29 +217,29 @@ class StepServer(RunSchedule, CarriedWork, StepRecords):
         )
 
     def candidates(self) -> np.ndarray:
-        """Devices online now, not busy with carried work, and able to hold the job.
+        """Devices online now, not busy with carried work, and able to hold the job
+        (ascending ids).
 
         The server knows each phone's RAM: a device that cannot hold the job is
         never assigned it; its refusal is logged once (needed vs available bytes)."""
-        ids = self.fleet.available_ids()
-        busy = self.fleet.busy_ids()
-        if len(busy):
-            ids = np.setdiff1d(ids, busy, assume_unique=False)
+        idle = self.fleet.idle_mask()
         need = int(self.ctx.memory_bytes.get(self.task_kind, 0))
-        if need and len(ids):
-            fits = self.fleet.can_hold(ids, need)
-            if not fits.all():
-                self._log_memory_refusals(ids[~fits], need)
-                ids = ids[fits]
-        return ids
+        if not need:
+            return np.flatnonzero(idle)
+        fits = self.fleet.fits_mask(need)
+        if self._refused is None:
+            self._refused = np.zeros(self.fleet.num_devices, dtype=bool)
+        # One pass over the fleet for the devices to log (a million-phone fleet: no set
+        # lookups per unfit device and round).
+        fresh = np.flatnonzero(idle & ~fits & ~self._refused)
+        if len(fresh):
+            self._log_memory_refusals(fresh, need)
+        return np.flatnonzero(idle & fits)
 
     def _log_memory_refusals(self, ids: np.ndarray, need: int) -> None:
-        fresh = [int(d) for d in ids.tolist() if int(d) not in self._refused]
-        if not fresh:
-            return
+        self._refused[ids] = True
         usable = self.fleet.table.usable_ram_bytes
-        for d in fresh:
-            self._refused.add(d)
+        for d in ids.tolist():
             self.ctx.recorder.events.add(
                 self.env.now, d, "refuse_memory", step=self.step,
                 detail=f"needed={need} available={int(usable[d])} kind={self.task_kind.value}",

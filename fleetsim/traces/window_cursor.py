@@ -25,19 +25,19 @@ class AvailabilityCursor:
         # -inf: nothing known yet, the first query looks every device up.
         self.valid_until = np.full(n, -np.inf)
         self._last_t = -np.inf
-        # Interval traces: each device's interval index at its last lookup, handed back as
-        # a hint that lets the next lookup skip its search when the clock moved past one
-        # boundary (IntervalAvailability.window_state_hinted; the answer is verified).
-        self._hinted = isinstance(trace, IntervalAvailability)
-        if self._hinted:
-            self._hint_index = np.full(n, -1, dtype=np.int64)
+        # Interval traces: each device's step code (interval and online flag) at its last
+        # lookup, from which the next lookup steps one boundary on when the clock moved
+        # past one (IntervalAvailability.window_state_stepped; each step is verified).
+        self._stepped = isinstance(trace, IntervalAvailability)
+        if self._stepped:
+            self._step_code = np.full(n, -1, dtype=np.int64)
 
     def _refresh(self, ids: np.ndarray, t: float) -> None:
         if len(ids) == 0:
             return
-        if self._hinted:
-            end, until, self._hint_index[ids] = self.trace.window_state_hinted(
-                ids, t, self._hint_index[ids])
+        if self._stepped:
+            end, until, self._step_code[ids] = self.trace.window_state_stepped(
+                ids, t, self._step_code[ids])
         else:
             end, until = self.trace.window_state(ids, t)
         self.online[ids] = end > t

@@ -36,8 +36,8 @@ class BufferToEndLedger(DeviceLedger):
     work added to ``wasted_s`` at once (the reference for the byte-identical check)."""
 
     def record(self, job) -> None:
-        self._rows.append((job.task.device_id,)
-                          + tuple(getattr(job, n) for n in _FLOAT_COLUMNS)
+        self._row_ids.append(job.task.device_id)
+        self._rows.append(tuple(getattr(job, n) for n in _FLOAT_COLUMNS)
                           + tuple(getattr(job, n) for n in _INT_COLUMNS))
 
     def add_wasted(self, device_id: int, seconds: float) -> None:

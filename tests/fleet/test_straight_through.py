@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fleetsim.fleet import Task, lifecycle
-from fleetsim.fleet.heap import frozen_heap
+from fleetsim.fleet.heap import YOUNG_OBJECTS, frozen_heap
 from fleetsim.record.recorder import devices_frame
 from fleetsim.rng import stream
 from tests.support.fleet_helpers import intervals, make_fleet, make_table
@@ -109,3 +109,20 @@ def test_frozen_heap_freezes_for_the_block_only():
             assert gc.get_freeze_count() == frozen
         assert gc.get_freeze_count() == frozen
     assert gc.get_freeze_count() == 0
+
+
+def test_frozen_heap_raises_the_young_threshold_for_the_block_only():
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 9, 11)
+        with frozen_heap():
+            assert gc.get_threshold() == (YOUNG_OBJECTS, 9, 11)
+            with frozen_heap():
+                assert gc.get_threshold() == (YOUNG_OBJECTS, 9, 11)
+        assert gc.get_threshold() == (700, 9, 11)
+        gc.set_threshold(YOUNG_OBJECTS * 2, 10, 10)  # a caller's larger one is kept
+        with frozen_heap():
+            assert gc.get_threshold() == (YOUNG_OBJECTS * 2, 10, 10)
+        assert gc.get_threshold() == (YOUNG_OBJECTS * 2, 10, 10)
+    finally:
+        gc.set_threshold(*before)

@@ -101,11 +101,47 @@ def look_up_batch(fleet: DeviceState, jobs: list[Job]) -> None:
     up_s = fleet.transfer_seconds(ids, np.array(payload, dtype=np.float64), "upload").tolist()
     down_w = fleet.down_radio_watts[ids].tolist()
     up_w = fleet.up_radio_watts[ids].tolist()
-    for job, on, e, facts in zip(jobs, online.tolist(), end.tolist(),
-                                 zip(ram, backend, unit_s, setup_s, down_s, up_s, payload,
-                                     down_w, up_w)):
+    plans = _start_plans(fleet, tasks, now, online, end, ram, backend, unit_s, setup_s,
+                         down_s, up_s, down_bytes)
+    for job, on, e, facts, plan in zip(jobs, online.tolist(), end.tolist(),
+                                       zip(ram, backend, unit_s, setup_s, down_s, up_s,
+                                           payload, down_w, up_w), plans):
         job.online_hint, job.window_end, job.hint_time = on, e, now
         job.device_facts = facts
+        job.start_plan = plan
+
+
+def _start_plans(fleet: DeviceState, tasks: list, now: float, online: np.ndarray,
+                 window_end: np.ndarray, ram: list, backend: list, unit_s: list,
+                 setup_s: list, down_s: list, up_s: list, down_bytes: list) -> list:
+    """Per task of a dispatch batch starting now: ``(t1, t2, t3, compute span)`` when
+    :func:`admit` will admit it and :func:`straight_through_plan` will plan it (the phase
+    ends :func:`fleetsim.fleet.timer_path.begin_on_timer` would compute), else None.  The
+    same decisions and the same float operations as theirs, element-wise over the batch;
+    valid at ``now`` only."""
+    if not fleet.exact_compute:
+        return [None] * len(tasks)
+    units = np.fromiter((task.units for task in tasks), dtype=np.float64, count=len(tasks))
+    unit = np.array(unit_s, dtype=np.float64)
+    down = np.array(down_s, dtype=np.float64)
+    up = np.array(up_s, dtype=np.float64)
+    span = unit * units + np.array(setup_s, dtype=np.float64)
+    # straight_through_plan's window test, then begin_on_timer's phase ends
+    last = np.where(down > 0, now + down, now) + span
+    last = np.where(up > 0, last + up, last)
+    t1 = np.where((np.array(down_bytes) > 0) & (down > 0), now + down, now)
+    t2 = t1 + span
+    t3 = np.where(up > 0, t2 + up, t2)
+    with np.errstate(invalid="ignore"):
+        ok = online & (last <= window_end) & np.isfinite(unit) & (unit >= 0)
+    watts = fleet.compute_watts
+    return [
+        (a, b, c, s) if go and task.deadline_s is None and held >= task.memory_bytes
+        and name in watts else None
+        for go, task, held, name, a, b, c, s in zip(
+            ok.tolist(), tasks, ram, backend, t1.tolist(), t2.tolist(), t3.tolist(),
+            span.tolist())
+    ]
 
 
 def admit(fleet: DeviceState, job: Job) -> bool:

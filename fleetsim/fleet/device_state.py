@@ -65,6 +65,9 @@ class Job:
     # setup seconds, download seconds, upload seconds, upload bytes, download and upload
     # radio watts.  Time-independent.
     device_facts: Optional[tuple] = field(default=None, repr=False)
+    # The batch's verdict at hint_time: (t1, t2, t3, compute span) when the task will be
+    # admitted and run straight through on one timer, else None (admission._start_plans).
+    start_plan: Optional[tuple] = field(default=None, repr=False)
     phase: str = ""  # phase in progress: "download" | "compute" | "upload" | "paused"
     phase_start: float = 0.0
     units_done: int = 0

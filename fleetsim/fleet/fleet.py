@@ -321,12 +321,17 @@ class Fleet(DeviceState):
                 finish(self, job, ReceiptStatus.CANCELLED)
                 continue
             queue = self._queues.get(d)
-            if queue is None:
+            if queue is not None:
+                queue.append(job)
+            elif job.start_plan is not None and job.hint_time == self.env.now:
+                # Looked up in this batch: admitted and straight through (most tasks).
+                timer_path.begin_planned(self, job)
+                self._queues[d] = deque()
+                self._start_timer(d, job)
+            else:
                 queue = self._queues[d] = deque()
                 queue.append(job)
                 self._start_queue(d)
-            else:
-                queue.append(job)
 
     def _apply_cancel(self, d: int, step: int) -> None:
         queue = self._queues.get(d)
@@ -360,11 +365,14 @@ class Fleet(DeviceState):
                 return
             queue.popleft()
             if how == timer_path.ON_TIMER:
-                self._current[d] = job
-                timer = lifecycle.timeout_until(self, timer_path.timer_end(job), value=job)
-                timer.callbacks.append(self._timer_fired)
+                self._start_timer(d, job)
                 return
         del self._queues[d]
+
+    def _start_timer(self, d: int, job: Job) -> None:
+        self._current[d] = job
+        timer = lifecycle.timeout_until(self, timer_path.timer_end(job), value=job)
+        timer.callbacks.append(self._timer_fired)
 
     def _timer_fired(self, timer: simpy.Timeout) -> None:
         job = timer.value

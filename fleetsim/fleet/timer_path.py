@@ -22,9 +22,12 @@ the general path's (``tests/fleet/test_straight_through.py``).
 
 from __future__ import annotations
 
+import numpy as np
+
 from fleetsim.fleet import admission
 from fleetsim.fleet.device_state import DeviceState, Job
 from fleetsim.fleet.job_charges import charge_partial_phase, charge_untimed_transfer, spend
+from fleetsim.fleet.ledger import BACKEND_INDEX
 from fleetsim.fleet.task_end import finish
 from fleetsim.fleet.work import ReceiptStatus
 
@@ -45,16 +48,38 @@ def begin_on_timer(fleet: DeviceState, job: Job) -> str:
     plan = admission.straight_through_plan(fleet, job)
     if plan is None:
         return GENERAL
-    task, t0 = job.task, fleet.env.now
+    down_s, span, up_s, payload = plan
+    t0 = fleet.env.now
+    # Phase ends as SimPy would sum them (now + delay, phase by phase), so that every
+    # logged time equals the general path's to the bit.
+    t1 = t0 + down_s if job.task.download_bytes > 0 and down_s > 0 else t0
+    t2 = t1 + span
+    t3 = t2 + up_s if up_s > 0 else t2
+    _start(fleet, job, t0, t1, t2, t3, down_s, span, up_s, payload)
+    return ON_TIMER
+
+
+def begin_planned(fleet: DeviceState, job: Job) -> None:
+    """:func:`begin_on_timer` for a task of a dispatch batch that the batch's lookups
+    found will be admitted and run straight through (``job.start_plan``, at its
+    ``hint_time``, which must be now): admission's and the plan's effects on the job, then
+    the same start.  The caller schedules :func:`timer_end` as for :data:`ON_TIMER`."""
+    t1, t2, t3, span = job.start_plan
+    task, facts = job.task, job.device_facts
+    job.backend, unit_s, setup_s = facts[1], facts[2], facts[3]
+    job.unit_s = job.span_unit_s = unit_s
+    fleet.ledger.last_backend[task.device_id] = BACKEND_INDEX[job.backend]
+    job.span_cum = (unit_s * np.arange(1, task.units + 1) + setup_s) if setup_s else None
+    _start(fleet, job, fleet.env.now, t1, t2, t3, facts[4], span, facts[5], facts[6])
+
+
+def _start(fleet: DeviceState, job: Job, t0: float, t1: float, t2: float, t3: float,
+           down_s: float, span: float, up_s: float, payload: int) -> None:
+    """Log the admitted task's assignment and set its plan (phase ends ``t0`` to ``t3``)."""
+    task = job.task
     d = int(task.device_id)
     fleet.log.add_rows(((float(t0), d, "assign", int(task.step), 0, 0.0, int(task.units),
                          job.backend, -1),))
-    down_s, span, up_s, payload = plan
-    # Phase ends as SimPy would sum them (now + delay, phase by phase), so that every
-    # logged time equals the general path's to the bit.
-    t1 = t0 + down_s if task.download_bytes > 0 and down_s > 0 else t0
-    t2 = t1 + span
-    t3 = t2 + up_s if up_s > 0 else t2
     job.timer_plan = (t0, t1, t2, t3, down_s, span, up_s, payload)
     job.phases_applied = 0
     if task.download_bytes > 0 and down_s <= 0:
@@ -62,7 +87,6 @@ def begin_on_timer(fleet: DeviceState, job: Job) -> str:
         job.bytes_down = int(task.download_bytes)
         charge_untimed_transfer(fleet, job, "download", job.bytes_down)
         fleet.log.add(t0, d, "download", task.step, job.bytes_down, down_s)
-    return ON_TIMER
 
 
 def timer_end(job: Job) -> float:

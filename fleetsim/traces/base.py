@@ -110,6 +110,10 @@ class AlwaysOnline(AvailabilityTrace):
         return np.full(len(device_ids), float(t))
 
 
+#: Intervals per block of :meth:`IntervalAvailability._first_end_after_all`'s sweep.
+_SWEEP_BLOCK = 1 << 16
+
+
 class IntervalAvailability(AvailabilityTrace):
     """Availability from explicit sorted, non-overlapping intervals per device
     (CSR layout: device i owns ``starts[offsets[i]:offsets[i+1]]``).
@@ -180,10 +184,23 @@ class IntervalAvailability(AvailabilityTrace):
         """:meth:`_first_end_after` for every device's whole slice: the slice's start plus
         how many of its intervals end by ``t`` (the ends are sorted within a slice, so they
         are the ones before the first that ends after ``t``), counted in one pass."""
-        ended = np.zeros(len(self.ends) + 1, dtype=np.int64)
-        np.cumsum((self.ends + shift) <= t, out=ended[1:])
+        n = len(self.ends)
         lo, hi = self.offsets[:-1], self.offsets[1:]
-        return lo + (ended[hi] - ended[lo])
+        if n == 0:
+            return lo.copy()
+        # In blocks, so that no interval-length float array is allocated (a million
+        # phones have millions of intervals; fresh memory costs more than the arithmetic).
+        ended = np.empty(n + 1, dtype=bool)
+        ended[n] = False  # past the last interval: where a trailing empty slice points
+        block = np.empty(min(n, _SWEEP_BLOCK))
+        for start in range(0, n, _SWEEP_BLOCK):
+            part = self.ends[start:start + _SWEEP_BLOCK]
+            np.add(part, shift, out=block[:len(part)])
+            np.less_equal(block[:len(part)], t, out=ended[start:start + len(part)])
+        # reduceat sums [lo, next lo) (to the end for the last); for an empty slice
+        # (lo == hi) it returns one element instead, which counts nothing here
+        counts = np.add.reduceat(ended, lo, dtype=np.int64)
+        return lo + np.where(hi > lo, counts, 0)
 
     def _lookup(self, device_ids: np.ndarray, t: float, hint: np.ndarray | None = None):
         """Per device: index of the first interval with end > t (global index),

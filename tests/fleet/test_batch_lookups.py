@@ -73,3 +73,66 @@ def test_batch_lookups_equal_per_task_lookups():
             expected = _per_task(fleet, job.task)
             assert job.device_facts == expected, (mixed, job.task.device_id)
             assert all(type(a) is type(b) for a, b in zip(job.device_facts, expected))
+
+
+def test_idle_ids_fits_and_can_hold_equal_their_definitions():
+    """``idle_ids(m)`` is the devices online, holding no task and with usable RAM of at least
+    ``m``, ascending, computed here from the windows and the table; ``idle_ids()`` the idle
+    ones; ``can_hold`` and ``fits_mask`` the RAM test; none changes the fleet's state."""
+    gib = 1 << 30
+    ram = np.array([1, 2, 3, 4, 5, 6, 2, 3, 4, 5, 1, 6], dtype=np.int64) * gib
+    ram[3] += 12_345  # not a whole GiB
+    # windows: long ones, some starting late (offline first), some ending at 15 s
+    windows = [[(0.0, 1e6)] if d % 4 == 0 else
+               [(50.0, 1e6)] if d % 4 == 1 else
+               [(0.0, 15.0), (400.0, 1e6)] if d % 4 == 2 else
+               [(0.0, 1e6)] for d in range(N)]
+    env, fleet, _ = make_fleet(make_table(N, usable_ram=ram), intervals(windows), unit_s=100.0)
+    busy_devices = {0, 7, 11}
+
+    def online_at(t: float) -> np.ndarray:
+        return np.array([any(s <= t < e for s, e in w) for w in windows])
+
+    sizes = [0, 1, gib, 2 * gib, int(ram[3]), int(ram[3]) + 1, 6 * gib, 6 * gib + 1]
+
+    def check(busy: set[int]):
+        t = env.now
+        online = online_at(t)
+        np.testing.assert_array_equal(online, fleet.availability.is_available(np.arange(N), t))
+        idle = online & ~np.isin(np.arange(N), sorted(busy))
+        np.testing.assert_array_equal(fleet.idle_mask(), idle)
+        np.testing.assert_array_equal(fleet.idle_ids(), np.flatnonzero(idle))
+        for m in sizes:
+            fits = ram >= m
+            got = fleet.idle_ids(m)
+            np.testing.assert_array_equal(got, np.flatnonzero(idle & fits), err_msg=str(m))
+            assert got.dtype.kind == "i"
+            np.testing.assert_array_equal(fleet.fits_mask(m), fits)
+            ids = np.array([11, 3, 0, 3, 7, 10])
+            np.testing.assert_array_equal(fleet.can_hold(ids, m), fits[ids])
+            np.testing.assert_array_equal(fleet.can_hold(np.array([], dtype=np.int64), m), [])
+        # the idle mask is fresh: changing it changes nothing the fleet keeps
+        fleet.idle_mask()[:] = True
+        np.testing.assert_array_equal(fleet.idle_mask(), idle)
+        np.testing.assert_array_equal(fleet.available_ids(), np.flatnonzero(online))
+        np.testing.assert_array_equal(fleet.busy_ids(), sorted(busy))
+
+    env.run(until=10.0)
+    check(set())
+    events = {}
+
+    def server():
+        for d in sorted(busy_devices):
+            events[d] = fleet.dispatch(Task(step=0, device_id=d, units=5))
+        check(busy_devices)  # dispatched this instant: busy at once
+        yield env.timeout(10.0)  # t = 20: devices 2, 6, 10 went offline at 15
+        check(busy_devices)
+        fleet.cancel(7, 0)
+        check(busy_devices - {7})  # withdrawn: idle from this instant
+        yield env.timeout(40.0)  # t = 60: devices 1, 5, 9 came online at 50
+        check(busy_devices - {7})
+
+    env.run(until=env.process(server()))
+    env.run(until=1_000.0)  # every task ended; devices 2, 6, 10 back online at 400
+    assert all(event.triggered for event in events.values())
+    check(set())

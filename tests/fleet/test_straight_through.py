@@ -10,7 +10,7 @@ import gc
 import numpy as np
 import pytest
 
-from fleetsim.fleet import Task, lifecycle
+from fleetsim.fleet import Task, admission, lifecycle, timer_path
 from fleetsim.fleet.heap import YOUNG_OBJECTS, frozen_heap
 from fleetsim.record.recorder import devices_frame
 from fleetsim.rng import stream
@@ -28,9 +28,13 @@ def _windows(seed: int) -> list[list[tuple[float, float]]]:
     return out
 
 
-def _run(straight: bool, monkeypatch, interruption: str, transfers: str) -> tuple:
+def _run(straight: bool, monkeypatch, interruption: str, transfers: str,
+         batch_plans: bool = True) -> tuple:
     if not straight:
         monkeypatch.setattr(lifecycle, "straight_through_plan", lambda fleet, job: None)
+    if not batch_plans:  # every task admitted and planned on its own (begin_on_timer)
+        monkeypatch.setattr(admission, "_start_plans",
+                            lambda fleet, tasks, *args: [None] * len(tasks))
     rng = np.random.default_rng(3)
     table = make_table(N, uplink_bps=rng.uniform(1e5, 1e7, N),
                        downlink_bps=rng.uniform(1e6, 5e7, N))
@@ -67,6 +71,30 @@ def _run(straight: bool, monkeypatch, interruption: str, transfers: str) -> tupl
     receipts.extend(sorted(fleet.stop_in_flight(), key=lambda r: r.device_id))
     return (log.to_frame(), devices_frame(fleet.device_columns(env.now)), receipts,
             fleet.energy_totals())
+
+
+@pytest.mark.parametrize("interruption,transfers",
+                         [("pause", "both"), ("lose", "uplink_only"), ("pause", "none")])
+def test_batch_start_plans_start_tasks_as_one_by_one_admission_does(
+    monkeypatch, interruption, transfers
+):
+    """A dispatch batch's start plans (admission._start_plans, used by Fleet._flush) start
+    each task as admit + straight_through_plan + begin_on_timer would: the same log, row
+    for row in the same order, the same totals and receipts."""
+    batch = _run(True, monkeypatch, interruption, transfers)
+    one_by_one = _run(True, monkeypatch, interruption, transfers, batch_plans=False)
+    assert batch[0].equals(one_by_one[0])
+    assert batch[1].equals(one_by_one[1])
+    assert batch[2] == one_by_one[2]
+    assert batch[3] == one_by_one[3]
+    # and the plans were used: most tasks started from them
+    used = []
+    monkeypatch.undo()
+    original = timer_path.begin_planned
+    monkeypatch.setattr(timer_path, "begin_planned",
+                        lambda fleet, job: (used.append(job), original(fleet, job))[1])
+    _run(True, monkeypatch, interruption, transfers)
+    assert len(used) > 500
 
 
 def _rows_sorted(log):

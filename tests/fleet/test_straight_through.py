@@ -129,13 +129,15 @@ def test_straight_through_path_records_what_the_general_path_records(
 
 
 def test_frozen_heap_freezes_for_the_block_only():
+    # A frozen object that is dropped leaves the permanent generation (reference counting
+    # still frees it), so the count may fall inside the block; it never grows there.
     assert gc.get_freeze_count() == 0
     with frozen_heap():
         frozen = gc.get_freeze_count()
         assert frozen > 0
         with frozen_heap():  # nested: no second freeze
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen
+            assert 0 < gc.get_freeze_count() <= frozen
+        assert 0 < gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0
 
 

@@ -115,6 +115,7 @@ class Fleet(DeviceState):
         mask = self._fits_cache.get(key)
         if mask is None:
             mask = self._fits_cache[key] = self.table.usable_ram_bytes >= key
+            mask.flags.writeable = False  # shared by every caller
         return mask
 
     def busy_ids(self) -> np.ndarray:

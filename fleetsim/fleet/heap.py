@@ -50,7 +50,8 @@ def frozen_heap() -> Iterator[None]:
     gc.collect()  # what is garbage now must not be frozen with the live heap
     gc.freeze()
     threshold = gc.get_threshold()
-    gc.set_threshold(max(YOUNG_OBJECTS, threshold[0]), *threshold[1:])
+    if threshold[0] > 0:  # 0: the caller turned automatic collection off; left so
+        gc.set_threshold(max(YOUNG_OBJECTS, threshold[0]), *threshold[1:])
     try:
         yield
     finally:

@@ -175,9 +175,11 @@ class IntervalAvailability(AvailabilityTrace):
             b = np.where(active ^ right, mid, b)
 
     def _whole_fleet(self, ids: np.ndarray) -> bool:
-        """Whether ``ids`` is every device, in order (0, 1, ..., n - 1)."""
+        """Whether ``ids`` is every device, in order (0, 1, ..., n - 1), of a table laid out
+        as the class requires (the slices tile the intervals from 0 to the last)."""
         n = self.num_devices
         return (len(ids) == n and n > 0 and int(ids[0]) == 0 and int(ids[-1]) == n - 1
+                and int(self.offsets[0]) == 0 and int(self.offsets[-1]) == len(self.ends)
                 and bool((np.diff(ids) == 1).all()))
 
     def _first_end_after_all(self, shift: float, t: float) -> np.ndarray:
@@ -333,7 +335,7 @@ class IntervalAvailability(AvailabilityTrace):
         interval's start and end) where a hinted lookup reads about ten."""
         ids = np.asarray(device_ids, dtype=np.int64)
         t = float(t)
-        code = np.asarray(code, dtype=np.int64)
+        code = np.array(code, dtype=np.int64)  # a copy: the caller's codes stay as given
         n = len(self.ends)
         known = code >= 0
         if n == 0 or not known.any():  # nothing to step from (the cursor's first lookup)

@@ -154,5 +154,9 @@ def test_frozen_heap_raises_the_young_threshold_for_the_block_only():
         with frozen_heap():
             assert gc.get_threshold() == (YOUNG_OBJECTS * 2, 10, 10)
         assert gc.get_threshold() == (YOUNG_OBJECTS * 2, 10, 10)
+        gc.set_threshold(0, 10, 10)  # collection turned off by the caller stays off
+        with frozen_heap():
+            assert gc.get_threshold() == (0, 10, 10)
+        assert gc.get_threshold() == (0, 10, 10)
     finally:
         gc.set_threshold(*before)

@@ -329,3 +329,22 @@ def test_whole_fleet_sweep_equals_the_binary_search(period, block, monkeypatch):
     idx, exists, _, _ = empty._lookup(np.arange(3), 5.0)
     np.testing.assert_array_equal(idx, 0)
     assert not exists.any()
+
+
+def test_stepped_lookup_leaves_the_callers_codes_as_given():
+    rng = np.random.default_rng(21)
+    trace = _trace(rng, 60, DAY)
+    ids = np.arange(trace.num_devices)
+    code = rng.integers(-3, 2 * len(trace.ends) + 3, size=len(ids)).astype(np.int64)
+    given = code.copy()
+    trace.window_state_stepped(ids, 5_000.0, code)
+    np.testing.assert_array_equal(code, given)
+
+
+def test_a_table_whose_slices_do_not_tile_its_intervals_is_not_swept():
+    # offsets end before the last interval: the sweep would count the stray interval
+    trace = IntervalAvailability(np.array([0, 1]), np.array([100.0, 0.0]),
+                                 np.array([200.0, 5.0]))
+    assert not trace._whole_fleet(np.arange(1))
+    np.testing.assert_array_equal(trace.window_state(np.arange(1), 50.0),
+                                  _plain(trace, np.arange(1), 50.0))

@@ -54,9 +54,18 @@ def straight_through_plan(
         end = end + up_s
     if not end <= job.window_end:
         return None
-    job.span_cum = (base_s * np.arange(1, task.units + 1) + setup_s) if setup_s else None
-    job.span_unit_s = base_s
+    prepare_compute_span(job, base_s, setup_s)
     return down_s, span, up_s, payload
+
+
+def prepare_compute_span(job: Job, unit_s: float, setup_s: float) -> None:
+    """The compute span's unit end offsets (seconds from its start; the setup forwards
+    charged to the first unit), as :func:`fleetsim.fleet.lifecycle.compute` prepares
+    them, for a cancel that charges part of the span
+    (:func:`fleetsim.fleet.job_charges.charge_partial_phase`)."""
+    task = job.task
+    job.span_cum = (unit_s * np.arange(1, task.units + 1) + setup_s) if setup_s else None
+    job.span_unit_s = unit_s
 
 
 def look_up_batch(fleet: DeviceState, jobs: list[Job]) -> None:

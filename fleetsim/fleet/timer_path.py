@@ -22,8 +22,6 @@ the general path's (``tests/fleet/test_straight_through.py``).
 
 from __future__ import annotations
 
-import numpy as np
-
 from fleetsim.fleet import admission
 from fleetsim.fleet.device_state import DeviceState, Job
 from fleetsim.fleet.job_charges import charge_partial_phase, charge_untimed_transfer, spend
@@ -67,9 +65,9 @@ def begin_planned(fleet: DeviceState, job: Job) -> None:
     t1, t2, t3, span = job.start_plan
     task, facts = job.task, job.device_facts
     job.backend, unit_s, setup_s = facts[1], facts[2], facts[3]
-    job.unit_s = job.span_unit_s = unit_s
+    job.unit_s = unit_s
     fleet.ledger.last_backend[task.device_id] = BACKEND_INDEX[job.backend]
-    job.span_cum = (unit_s * np.arange(1, task.units + 1) + setup_s) if setup_s else None
+    admission.prepare_compute_span(job, unit_s, setup_s)
     _start(fleet, job, fleet.env.now, t1, t2, t3, facts[4], span, facts[5], facts[6])
 
 

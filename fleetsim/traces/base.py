@@ -290,25 +290,20 @@ class IntervalAvailability(AvailabilityTrace):
         """:meth:`window_state` plus each device's interval index (-1: none), to pass back
         as ``hint`` at a later lookup (:meth:`_lookup`; the availability cursor keeps
         them).  Same ``(end, until)`` with or without a hint, whatever the hint."""
-        return self._window_state(device_ids, t, hint)[:3]
-
-    def _window_state(self, device_ids: np.ndarray, t: float, hint: np.ndarray | None):
-        """``(end, until, index, shift)``: :meth:`window_state_hinted` plus the period
-        offset of each device's interval."""
         idx, exists, shift, _ = self._lookup(device_ids, t, hint)
         t = float(t)
         found = np.where(exists, idx, -1)
         if len(self.starts) == 0:
-            return np.full(len(idx), t), np.full(len(idx), np.inf), found, shift
+            return np.full(len(idx), t), np.full(len(idx), np.inf), found
         # _window_end and _next_start fused: the interval's shifted start read once.
         safe = np.minimum(idx, len(self.starts) - 1)
         start = self.starts[safe] + shift
         online = exists & (start <= t)
         end = self._end_where_online(device_ids, t, safe, shift, online)
         if online.all():
-            return end, end, found, shift
+            return end, end, found
         next_start = np.where(exists, np.maximum(start, t), np.inf)
-        return end, np.where(online, end, next_start), found, shift
+        return end, np.where(online, end, next_start), found
 
     def window_state_stepped(
         self, device_ids: np.ndarray, t: float, code: np.ndarray
@@ -326,7 +321,7 @@ class IntervalAvailability(AvailabilityTrace):
         window, every window of the device ends by ``t``), the window holding ``t`` ends
         inside the period (no wrapping rule applies), and the next period's first window
         starts after ``t``.  Every other device (several boundaries passed, a wrapping
-        window, no interval, any code at all) is looked up by :meth:`_window_state`.  The
+        window, no interval, any code at all) is looked up by :meth:`window_state_hinted`.  The
         answers equal the plain lookup's to the bit whatever the codes.
 
         Why: at 1,000 phones a round about 45 phones cross a window boundary per task
@@ -378,8 +373,8 @@ class IntervalAvailability(AvailabilityTrace):
         return end, until, code
 
     def _coded_state(self, ids: np.ndarray, t: float, code: np.ndarray):
-        """:meth:`_window_state` with the hint and result as step codes."""
-        end, until, found, _ = self._window_state(ids, t, np.where(code >= 0, code >> 1, -1))
+        """:meth:`window_state_hinted` with the hint and result as step codes."""
+        end, until, found = self.window_state_hinted(ids, t, np.where(code >= 0, code >> 1, -1))
         return end, until, np.where(found >= 0, 2 * found + (end > t), -1)
 
     def _window_end(self, device_ids: np.ndarray, t: float, idx: np.ndarray,

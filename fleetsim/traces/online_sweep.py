@@ -129,11 +129,20 @@ class OnlineSweep:
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def online_at(self, t: float) -> np.ndarray:
-        """bool ``[devices]``, read-only and updated in place by later calls: whether each
-        device is online at ``t`` (:meth:`IntervalAvailability.is_available` for every
-        device, to the bit)."""
+        """bool ``[devices]``, read-only and updated in place by later calls (a fresh
+        array where the period's float arithmetic breaks down, below): whether each device
+        is online at ``t`` (:meth:`IntervalAvailability.is_available` for every device, to
+        the bit)."""
         t = float(t)
         k = self.trace._period_index(t) if self._period else 0.0
+        if t != t or (self._period and not (k + 1.0) * self._period > t):
+            # NaN, or a time so large against the period that _period_index cannot keep
+            # (k + 1) * P above it (the proof's wrap step needs that): plain lookup.
+            self._count = None
+            online = self.trace.is_available(
+                np.arange(self.trace.num_devices, dtype=np.int64), t)
+            online.flags.writeable = False
+            return online
         if self._count is None or k != self._k or t < self._t:
             self._restart(t, k)
         else:

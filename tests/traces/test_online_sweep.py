@@ -240,3 +240,17 @@ def test_the_loaders_interval_tables_are_swept(kind, tmp_path):
     for t in np.arange(0.0, 2 * DAY, 1_789.0).tolist():
         np.testing.assert_array_equal(cursor.available_mask(t), trace.is_available(ids, t))
     assert cursor._sweep is not None
+
+
+def test_times_the_period_arithmetic_cannot_hold_are_looked_up():
+    """Where ``(k + 1) * P`` no longer exceeds ``t`` (a tiny period against a huge time) the
+    proof does not hold: the sweep answers with the plain lookup, then carries on."""
+    trace = IntervalAvailability(np.array([0, 2, 3]), np.array([1.25e-8, 6.25e-8, 0.0]),
+                                 np.array([3.75e-8, 1e-7, 5e-8]), period_s=1e-7)
+    sweep = OnlineSweep(trace)
+    ids = np.arange(2)
+    for t in [2.5e-8, 3.0e16, -2.758e8, 7.1e-8, np.nan, 1.3e-6]:
+        k = trace._period_index(t) if t == t else np.nan
+        holds = (k + 1.0) * 1e-7 > t
+        np.testing.assert_array_equal(sweep.online_at(t), trace.is_available(ids, t))
+        assert holds or sweep._count is None

@@ -21,7 +21,17 @@ Adding ``base`` keeps the order (rounding is monotone), so exactly the ends befo
 Where no window ends after ``t`` the lookup wraps to the next period's first window,
 which starts at or after ``(k + 1) * P > t`` (its start is not negative): offline, as
 the count (every window passed) says.  A new period, or a clock moving back, starts again
-from one whole-fleet lookup; every boundary of the period is then applied at most once.
+(from a zero count, or from one whole-fleet :meth:`~IntervalAvailability.is_available`);
+every boundary of the period is then applied at most once.
+
+The time domain: the proof needs ``(k + 1) * P > t`` for the period index ``k`` that
+:meth:`IntervalAvailability._period_index` returns.  Where that fails (a time past about
+``2**51`` periods, an infinite time with a period) or ``t`` is NaN, the sweep answers with
+the plain lookup.  The lookup itself has a one-ulp instant at a period's end when ``P``
+is not a whole number (``fl(k * P + P) < fl((k + 1) * P)``): ``is_available`` reads a
+window ending at ``P`` as offline there while ``window_end`` reads it as continuing; the
+sweep follows ``is_available``.  Periods of whole seconds (a day, a week) have no such
+instant.
 
 Units: seconds of simulated time.
 """
@@ -40,7 +50,9 @@ BOUNDARIES_PER_BUCKET = 16_384
 #: A restart applies the boundaries passed so far when they are at most this many per
 #: device (about 15 ns each), else looks every device up (about 90 ns a device).
 WALK_PER_DEVICE = 2
-_BLOCK = 1 << 16  # elements per block of the one-off passes (no table-length temporaries)
+_BLOCK = 1 << 16  # elements per block of the one-off float passes (no float temporaries
+# the length of the table; the uint8 keys and the argsort's int64 result still are)
+assert MAX_BUCKETS <= 256  # the keys are uint8
 
 
 class NotSweepable(ValueError):
@@ -50,8 +62,9 @@ class NotSweepable(ValueError):
 def sweepable(trace: IntervalAvailability) -> bool:
     """Whether :class:`OnlineSweep` may keep ``trace``'s online state (module docstring):
     at least one window; the device slices tile the table in order; within each slice
-    ``s_0 <= e_0 <= s_1 <= e_1 <= ...`` (no NaN); with a period, no start below 0.
-    The loaders' tables satisfy this; any other table is looked up device by device."""
+    ``s_0 <= e_0 <= s_1 <= e_1 <= ...`` (no NaN); a period, if any, finite and above 0,
+    and then no start below 0.  The loaders' tables satisfy this (bar a table with no
+    window at all); any other table is looked up device by device."""
     offsets, starts, ends = trace.offsets, trace.starts, trace.ends
     n = len(ends)
     if n == 0 or len(starts) != n or len(offsets) < 2:
@@ -76,8 +89,9 @@ class OnlineSweep:
     """The online state at ``t`` of every device of a :func:`sweepable` trace, for a
     clock that mostly moves forward (module docstring).
 
-    Memory: two int32 (int64 past 2**31 windows) permutations of the windows and an int32
-    owner per window, about 12 bytes a window, plus one byte a device."""
+    Memory kept: two int32 (int64 past 2**31 windows) permutations of the windows and an
+    int32 owner per window, about 12 bytes a window, plus one byte a device; building it
+    holds a uint8 key and an int64 argsort result per window (side by side) for a moment."""
 
     def __init__(self, trace: IntervalAvailability) -> None:
         if not sweepable(trace):
@@ -91,11 +105,13 @@ class OnlineSweep:
         else:
             finite = np.concatenate([trace.starts[np.isfinite(trace.starts)],
                                      trace.ends[np.isfinite(trace.ends)]])
-            lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 0.0)
-            if not hi > lo:
-                buckets = 1
-            scale = buckets / (hi - lo) if hi > lo else 0.0
-            shift = float(np.floor(lo * scale))
+            first, last = ((float(finite.min()), float(finite.max())) if len(finite)
+                           else (0.0, 0.0))
+            with np.errstate(over="ignore"):
+                scale = buckets / (last - first) if last > first else 0.0
+            shift = float(np.floor(first * scale)) if np.isfinite(scale) else 0.0
+        if not (np.isfinite(scale) and scale > 0 and np.isfinite(shift)):
+            buckets = 1  # a span too small or too large to scale: one bucket, no keys
         self._buckets = buckets
         index = np.int32 if n < 2**31 else np.int64
         # Starts (+1) and ends (-1) apart: each side's windows in bucket order, the
@@ -103,47 +119,51 @@ class OnlineSweep:
         self._order, self._bounds, latest = [], [], []
         for times in (trace.starts, trace.ends):
             key = _bucket_keys(times, scale, shift, buckets)
-            counts = np.zeros(buckets, dtype=np.int64)
+            per_bucket = np.zeros(buckets, dtype=np.int64)
             top = np.full(buckets, -np.inf)
-            for lo in range(0, n, _BLOCK):
-                part = key[lo:lo + _BLOCK]
-                counts += np.bincount(part, minlength=buckets)
-                np.maximum.at(top, part, times[lo:lo + _BLOCK])
+            for at in range(0, n, _BLOCK):
+                part = key[at:at + _BLOCK]
+                per_bucket += np.bincount(part, minlength=buckets)
+                np.maximum.at(top, part, times[at:at + _BLOCK])
             self._order.append(np.argsort(key, kind="stable").astype(index))
-            self._bounds.append(np.concatenate(([0], np.cumsum(counts))).tolist())
+            self._bounds.append(np.concatenate(([0], np.cumsum(per_bucket))).tolist())
             latest.append(top)
         #: per bucket, its latest boundary: the whole bucket is passed at t iff
         #: latest + base <= t (buckets follow the time order: a key never decreases)
         self._latest = np.maximum(latest[0], latest[1])
-        counts = np.diff(trace.offsets)
-        self._owner = np.repeat(np.arange(len(counts), dtype=np.int32 if len(counts) < 2**31
-                                          else np.int64), counts)
+        windows = np.diff(trace.offsets)  # per device
+        self._owner = np.repeat(np.arange(len(windows), dtype=np.int32 if len(windows) < 2**31
+                                          else np.int64), windows)
         longest = max(max(np.diff(b)) for b in self._bounds)
         self._plus = np.ones(longest, dtype=np.int8)
         self._minus = np.full(longest, -1, dtype=np.int8)
-        self._count: np.ndarray | None = None  # int8 [devices]: 0 offline, 1 online
+        # int8 [devices]: 0 offline, 1 online once a query's boundaries are all applied (a
+        # bucket's starts are added before its ends, so a phone with over 127 windows in
+        # one bucket wraps around in between: the sum is exact modulo 256, and it ends 0/1)
+        self._count: np.ndarray | None = None
         self._online: np.ndarray | None = None  # its bool view, read-only
+        self._valid = False  # whether the count is the state at _t (else: restart)
         self._k = 0.0  # the period the count is for
         self._t = -np.inf
         self._next = 0  # buckets before it are applied, or pending
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def online_at(self, t: float) -> np.ndarray:
-        """bool ``[devices]``, read-only and updated in place by later calls (a fresh
-        array where the period's float arithmetic breaks down, below): whether each device
-        is online at ``t`` (:meth:`IntervalAvailability.is_available` for every device, to
-        the bit)."""
+        """bool ``[devices]``, read-only, the same array at every call and updated in place
+        (except a fresh one where the period's arithmetic breaks down, module docstring):
+        whether each device is online at ``t`` (:meth:`IntervalAvailability.is_available`
+        for every device, to the bit)."""
         t = float(t)
         k = self.trace._period_index(t) if self._period else 0.0
         if t != t or (self._period and not (k + 1.0) * self._period > t):
             # NaN, or a time so large against the period that _period_index cannot keep
             # (k + 1) * P above it (the proof's wrap step needs that): plain lookup.
-            self._count = None
+            self._valid = False  # the next query starts again
             online = self.trace.is_available(
                 np.arange(self.trace.num_devices, dtype=np.int64), t)
             online.flags.writeable = False
             return online
-        if self._count is None or k != self._k or t < self._t:
+        if not self._valid or k != self._k or t < self._t:
             self._restart(t, k)
         else:
             self._advance(t)
@@ -153,9 +173,10 @@ class OnlineSweep:
     # ------------------------------------------------------------------ internals
     def _restart(self, t: float, k: float) -> None:
         """The state at ``t`` in period ``k``, from nothing: by applying the period's
-        boundaries up to ``t`` to a zero count where they are fewer than
+        boundaries up to ``t`` to a zero count where they are at most
         :data:`WALK_PER_DEVICE` per device (a new period, the usual case), else from one
-        whole-fleet lookup with the later boundaries of ``t``'s bucket pending."""
+        whole-fleet :meth:`~IntervalAvailability.is_available` with the later boundaries
+        of ``t``'s bucket pending."""
         trace = self.trace
         base = k * self._period
         # the first bucket whose latest boundary is still ahead; every earlier one passed
@@ -164,24 +185,33 @@ class OnlineSweep:
         passed = self._bounds[0][first] + self._bounds[1][first]
         self._k, self._pending = k, None
         if passed <= WALK_PER_DEVICE * trace.num_devices:
-            count = np.zeros(trace.num_devices, dtype=np.int8)
+            state = np.zeros(trace.num_devices, dtype=np.int8)
             self._next = 0
         else:
-            end, _ = trace.window_state(np.arange(trace.num_devices, dtype=np.int64), t)
-            count = (end > t).astype(np.int8)
+            # is_available itself (window_state's end can differ from it by an ulp at
+            # huge times, where _end_where_online's period count rounds)
+            state = trace.is_available(np.arange(trace.num_devices, dtype=np.int64),
+                                       t).astype(np.int8)
             self._next = first
             if first < self._buckets:
                 dev, sign, times = self._read(first)
                 self._next += 1
                 keep = times + base > t  # the lookup counted the rest already
                 self._pending = dev[keep], sign[keep], times[keep]
-        self._count = count
-        self._online = count.view(np.bool_)
-        self._online.flags.writeable = False
+        if self._count is None or self._online is None:
+            self._count = np.empty(trace.num_devices, dtype=np.int8)
+            self._online = self._count.view(np.bool_)
+            self._online.flags.writeable = False
+        self._count[:] = state  # the same array as before: callers may hold it
+        self._valid = True
         if self._next == 0:
             self._advance(t)
 
     def _advance(self, t: float) -> None:
+        """Apply the boundaries from the last query's time up to ``t`` (same period, not
+        earlier).  Invariant: every boundary in the buckets before ``_next`` is applied,
+        except ``_pending``, bucket ``_next - 1``'s that were still ahead at the last
+        query."""
         base = self._k * self._period
         count = self._count
         while True:

@@ -156,6 +156,9 @@ def test_the_mask_is_read_only_and_kept_up_to_date():
         mask[0] = False
     sweep.online_at(150.0)
     assert mask.tolist() == [False, True]  # the same array, updated in place
+    assert sweep.online_at(DAY + 60.0) is mask  # a new period: still the same array
+    assert mask.tolist() == [True, True]
+    assert sweep.online_at(20.0) is mask and mask.tolist() == [True, False]  # back in time
 
 
 def _refused_tables() -> dict[str, IntervalAvailability]:
@@ -253,4 +256,31 @@ def test_times_the_period_arithmetic_cannot_hold_are_looked_up():
         k = trace._period_index(t) if t == t else np.nan
         holds = (k + 1.0) * 1e-7 > t
         np.testing.assert_array_equal(sweep.online_at(t), trace.is_available(ids, t))
-        assert holds or sweep._count is None
+        assert holds or not sweep._valid
+
+
+def test_a_restart_by_lookup_at_a_huge_time_reads_is_available(monkeypatch):
+    """At ~2**52 periods ``window_state``'s end rounds below ``t`` for a window ending at
+    ``P`` while ``is_available`` says online: the restart uses the latter (reviewer's case)."""
+    monkeypatch.setattr(online_sweep, "BOUNDARIES_PER_BUCKET", 2)
+    monkeypatch.setattr(online_sweep, "WALK_PER_DEVICE", 0)
+    trace = IntervalAvailability(
+        np.array([0, 4]),
+        np.array([5223.998825989369, 23441.727710132865, 64485.14810009399, 72609.82328387583]),
+        np.array([18570.12704306099, 53969.65376558177, 69278.96182479335, 86400.0]),
+        period_s=DAY)
+    t = 3.166098346679724e20
+    np.testing.assert_array_equal(OnlineSweep(trace).online_at(t),
+                                  trace.is_available(np.arange(1), t))
+
+
+@pytest.mark.parametrize("times", [[0.0, 1e-310], [-1e308, 1e308], [5.0, 5.0]])
+def test_spans_too_small_or_large_to_scale_take_one_bucket(times):
+    """No period and a span whose scale is not finite: one bucket, no NaN keys (numpy
+    warnings are errors here)."""
+    trace = IntervalAvailability(np.array([0, 1, 2]), np.array([times[0], times[1]]),
+                                 np.array([times[0], times[1] + abs(times[1]) * 0.0]))
+    with np.errstate(all="raise"):
+        sweep = OnlineSweep(trace)
+        for t in [-np.inf, times[0], times[1], 0.0, 1.0, np.inf]:
+            np.testing.assert_array_equal(sweep.online_at(t), trace.is_available(np.arange(2), t))

@@ -95,7 +95,6 @@ class Job:
     ended: bool = False  # the receipt has been sent (task_end.finish)
 
 
-
 class DeviceState:
     """Every device's state on one SimPy environment, with the cached per-device lookups
     (backend, seconds per unit, transfer seconds) the lifecycle charges with.

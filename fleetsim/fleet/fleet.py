@@ -396,16 +396,3 @@ class Fleet(DeviceState):
             del self._current[d]
         del self._queues[d]
         del self._procs[d]
-
-
-
-
-
-
-
-
-
-
-
-
-
